@@ -1,0 +1,1077 @@
+// gkd.cu — Generalized Knowledge Distillation (Agarwal et al., ICLR 2024) for GPT-2.
+//
+// This file holds the algorithm and the program around it:
+//   1. the divergences D(P, Q) of SPEC section 1 (forward KL, reverse KL, JSD(beta)) and
+//      cross-entropy, each computing value and gradient in one call per row of logits;
+//   2. batched sampling with a KV cache (prefill the prompts, then one token per step);
+//   3. the GKD training step, written to read like the paper's Algorithm 1 (gkd_step);
+//   4. evaluation, and the command line: init, distill, sft, sample, eval, tokenize.
+// The model itself (layers, forward/backward, checkpoints) is in model.h.
+//
+// Non-obvious choices:
+// - The divergence math runs in double per row even for fp32 logits: it is O(V) per
+//   position against O(V*C) for the LM head that produced them, and it keeps small
+//   probabilities exact enough to match an fp64 reference to ~1e-6.
+// - Randomness is counter-based: the lambda coin of step k and the sampling RNG of
+//   (step k, row b) are derived from (seed, k, b). A run is reproducible, the samples do
+//   not depend on batch composition, and a resumed run needs no RNG state but the step.
+// - A row is prompt + completion (+ EOS). The model reads all of it but the last token;
+//   the logits at position t predict token t+1, so the targets are the positions
+//   P-1 .. n-2. Rows are right-padded; with causal attention and positions starting at 0
+//   in every row, padding never changes a real position's logits.
+// - The file compiles as C++ (g++ -x c++) on machines without a GPU; the CUDA path will
+//   live here too, behind __CUDACC__.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include <omp.h>
+
+#include <nlohmann/json.hpp>
+
+#include "data/dataset.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "utils.h"
+
+using nlohmann::json;
+
+// ----------------------------------------------------------------------------
+// 1. divergences and cross-entropy over one row of logits
+
+// Online max and sum of exp over x[0..V) / tau: one pass, one exp per element.
+template <typename T>
+static void online_logsumexp(const T* x, int V, double inv_tau, double& maxv, double& log_z) {
+    double m = -INFINITY, z = 0;
+    for (int i = 0; i < V; i++) {
+        double v = (double)x[i] * inv_tau;
+        if (v > m) { z = z * std::exp(m - v) + 1.0; m = v; }
+        else z += std::exp(v - m);
+    }
+    maxv = m;
+    log_z = std::log(z);
+}
+
+static inline double log_add_exp(double a, double b) {
+    double m = std::max(a, b);
+    if (m == -INFINITY) return -INFINITY;
+    return m + std::log(std::exp(a - m) + std::exp(b - m));
+}
+
+// D(P, Q) for P = softmax(teacher/tau), Q = softmax(student/tau) over the V real columns:
+// beta = 0 forward KL(P||Q), beta = 1 reverse KL(Q||P), else beta KL(P||M) + (1-beta) KL(Q||M)
+// with M = beta P + (1-beta) Q. Writes grad_scale * dD/dstudent into dstudent[0..Vp)
+// (padded columns get 0) when dstudent is not null. Returns D.
+template <typename T>
+double divergence_row(const T* teacher, const T* student, T* dstudent, int V, int Vp, double beta, double tau,
+                      double grad_scale) {
+    const double inv_tau = 1.0 / tau;
+    double mt, lzt, ms, lzs;
+    online_logsumexp(teacher, V, inv_tau, mt, lzt);
+    online_logsumexp(student, V, inv_tau, ms, lzs);
+    const double log_beta = std::log(beta), log_1mbeta = std::log1p(-beta);
+    // log p, log q, and g = dD/dq (up to a constant that the softmax Jacobian removes)
+    auto logs = [&](int i, double& lp, double& lq) {
+        lp = (double)teacher[i] * inv_tau - mt - lzt;
+        lq = (double)student[i] * inv_tau - ms - lzs;
+    };
+    double D = 0, qg = 0;  // qg = sum_i q_i g_i
+    for (int i = 0; i < V; i++) {
+        double lp, lq;
+        logs(i, lp, lq);
+        double p = std::exp(lp), q = std::exp(lq);
+        if (beta == 0.0) {
+            D += p * (lp - lq);
+        } else if (beta == 1.0) {
+            double g = lq - lp;
+            D += q * g;
+            qg += q * g;
+        } else {
+            double lm = log_add_exp(log_beta + lp, log_1mbeta + lq);
+            D += beta * p * (lp - lm) + (1.0 - beta) * q * (lq - lm);
+            qg += q * (1.0 - beta) * (lq - lm);
+        }
+    }
+    if (!dstudent) return D;
+    const double scale = grad_scale * inv_tau;
+    for (int i = 0; i < V; i++) {
+        double lp, lq;
+        logs(i, lp, lq);
+        double q = std::exp(lq), grad;
+        if (beta == 0.0) grad = q - std::exp(lp);
+        else if (beta == 1.0) grad = q * ((lq - lp) - qg);
+        else grad = q * ((1.0 - beta) * (lq - log_add_exp(log_beta + lp, log_1mbeta + lq)) - qg);
+        dstudent[i] = (T)(grad * scale);
+    }
+    for (int i = V; i < Vp; i++) dstudent[i] = T(0);
+    return D;
+}
+
+// -log softmax(logits)[target] over the V real columns; gradient (softmax - onehot) * scale.
+template <typename T>
+double cross_entropy_row(const T* logits, int target, T* dlogits, int V, int Vp, double grad_scale) {
+    double m, lz;
+    online_logsumexp(logits, V, 1.0, m, lz);
+    double nll = -((double)logits[target] - m - lz);
+    if (dlogits) {
+        for (int i = 0; i < V; i++) {
+            double q = std::exp((double)logits[i] - m - lz);
+            dlogits[i] = (T)((q - (i == target ? 1.0 : 0.0)) * grad_scale);
+        }
+        for (int i = V; i < Vp; i++) dlogits[i] = T(0);
+    }
+    return nll;
+}
+
+// ----------------------------------------------------------------------------
+// sequences and batches
+
+// A training row: the prompt and its completion. The completion ends with EOS when it
+// ended by itself; a sampled completion cut at max_new_tokens has none.
+struct Sequence {
+    const std::vector<int>* prompt = nullptr;
+    std::vector<int> completion;
+};
+
+struct TrainBatch {
+    int B = 0, T = 0;                // T = the longest row's input length
+    std::vector<int> tokens;         // (B, T) model inputs, right-padded with EOS
+    std::vector<int> targets;        // (B, T) the next token where a position is a target, else -1
+    std::vector<int> target_count;   // (B) target positions per row (its L_y)
+    int num_targets = 0;
+};
+
+// SPEC section 2: the completion tokens (and the EOS that ends them) are the targets;
+// prompt positions never are.
+static TrainBatch build_batch(const std::vector<Sequence>& rows, int eos) {
+    TrainBatch b;
+    b.B = (int)rows.size();
+    for (const auto& r : rows) b.T = std::max(b.T, (int)(r.prompt->size() + r.completion.size()) - 1);
+    b.tokens.assign((size_t)b.B * b.T, eos);
+    b.targets.assign((size_t)b.B * b.T, -1);
+    b.target_count.assign(b.B, 0);
+    for (int i = 0; i < b.B; i++) {
+        const std::vector<int>& p = *rows[i].prompt;
+        const std::vector<int>& c = rows[i].completion;
+        GKD_ASSERT(!p.empty() && !c.empty(), "a row needs a prompt token and a completion token");
+        int P = (int)p.size(), n = P + (int)c.size();
+        auto token = [&](int j) { return j < P ? p[j] : c[j - P]; };
+        for (int t = 0; t < n - 1; t++) b.tokens[(size_t)i * b.T + t] = token(t);
+        for (int t = P - 1; t < n - 1; t++) b.targets[(size_t)i * b.T + t] = token(t + 1);
+        b.target_count[i] = n - P;
+        b.num_targets += n - P;
+    }
+    return b;
+}
+
+enum class LossNorm { Sequence, Token };
+
+// The weight of each target position in the batch loss: 1/(B * L_y) for the paper's
+// per-sequence normalisation, 1/(number of targets) for TRL's per-token one.
+static double position_weight(const TrainBatch& b, int row, LossNorm norm) {
+    return norm == LossNorm::Sequence ? 1.0 / ((double)b.B * b.target_count[row]) : 1.0 / b.num_targets;
+}
+
+// Loss over the batch and its gradient over the student logits, written into dstudent
+// (B, T, Vps); non-target positions get zero gradient. teacher may be null for
+// cross-entropy (sft). Per-position values are summed in a fixed order.
+template <typename T>
+double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* student, T* dstudent, int V, int Vps,
+                  bool cross_entropy, double beta, double tau, LossNorm norm, double* mean_per_token = nullptr) {
+    const int N = b.B * b.T;
+    std::vector<double> per_position(N, 0.0);
+    #pragma omp parallel for schedule(dynamic, 8)
+    for (int n = 0; n < N; n++) {
+        const T* s = student + (size_t)n * Vps;
+        T* ds = dstudent ? dstudent + (size_t)n * Vps : nullptr;
+        int target = b.targets[n];
+        if (target < 0) {
+            if (ds) std::fill(ds, ds + Vps, T(0));
+            continue;
+        }
+        double w = position_weight(b, n / b.T, norm);
+        per_position[n] = cross_entropy
+            ? cross_entropy_row(s, target, ds, V, Vps, w)
+            : divergence_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, beta, tau, w);
+    }
+    double loss = 0, total = 0;
+    for (int n = 0; n < N; n++)
+        if (b.targets[n] >= 0) {
+            loss += per_position[n] * position_weight(b, n / b.T, norm);
+            total += per_position[n];
+        }
+    if (mean_per_token) *mean_per_token = total / b.num_targets;
+    return loss;
+}
+
+// ----------------------------------------------------------------------------
+// 2. sampling with a KV cache
+
+// softmax(logits / temperature) over the V real tokens; temperature 0 is argmax (the
+// lowest id wins ties).
+static int pick_token(const float* logits, int V, double temperature, Rng& rng) {
+    int best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (temperature == 0.0) return best;
+    double mx = logits[best], total = 0;
+    for (int i = 0; i < V; i++) total += std::exp(((double)logits[i] - mx) / temperature);
+    double u = rng.uniform() * total, cum = 0;
+    int last_positive = best;
+    for (int i = 0; i < V; i++) {
+        double w = std::exp(((double)logits[i] - mx) / temperature);
+        if (w > 0) last_positive = i;
+        cum += w;
+        if (cum > u) return i;
+    }
+    return last_positive;  // u landed on rounding slack at the very end
+}
+
+// Reusable buffers for batched generation from one model.
+struct Generator {
+    KVCache<float> cache;
+    InferScratch<float> scratch;
+    std::vector<float> logits;                       // (rows, Vp)
+    std::vector<int> tokens, cache_row, start, n_new;
+};
+
+// Samples a completion for every prompt: prefill all prompts at once, then decode one
+// token per step for the rows still going. Row b stops at its first EOS (kept) or after
+// budgets[b] tokens. Its randomness comes from (seed, stream, row_ids[b]) alone.
+static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
+                                              const std::vector<const std::vector<int>*>& prompts,
+                                              const std::vector<int>& budgets, double temperature, int eos,
+                                              uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
+    const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
+    std::vector<std::vector<int>> out(Bn);
+    if (Bn == 0) return out;
+    std::vector<Rng> rngs;
+    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
+    int Pmax = 0;
+    for (auto* p : prompts) Pmax = std::max(Pmax, (int)p->size());
+    g.cache.allocate(m.config, Bn);
+    g.logits.resize((size_t)Bn * Vp);
+    g.tokens.assign((size_t)Bn * Pmax, eos);
+    g.cache_row.resize(Bn);
+    g.start.assign(Bn, 0);
+    g.n_new.resize(Bn);
+    for (int b = 0; b < Bn; b++) {
+        const std::vector<int>& p = *prompts[b];
+        GKD_ASSERT(budgets[b] >= 1 && (int)p.size() + budgets[b] <= m.config.max_seq_len, "budget past the context");
+        std::copy(p.begin(), p.end(), g.tokens.begin() + (size_t)b * Pmax);
+        g.cache_row[b] = b;
+        g.n_new[b] = (int)p.size();
+    }
+    gpt_infer(m, g.cache, g.scratch, g.tokens.data(), g.cache_row.data(), g.start.data(), g.n_new.data(), Bn, Pmax,
+              g.logits.data(), false);
+    std::vector<int> active(Bn);  // active[i] = the batch row whose logits are in slot i
+    for (int b = 0; b < Bn; b++) active[b] = b;
+    while (!active.empty()) {
+        std::vector<int> still;
+        for (size_t i = 0; i < active.size(); i++) {
+            int b = active[i];
+            int tok = pick_token(g.logits.data() + i * Vp, V, temperature, rngs[b]);
+            out[b].push_back(tok);
+            if (tok != eos && (int)out[b].size() < budgets[b]) still.push_back(b);
+        }
+        active.swap(still);
+        if (active.empty()) break;
+        int n = (int)active.size();
+        for (int i = 0; i < n; i++) {
+            int b = active[i];
+            g.tokens[i] = out[b].back();
+            g.cache_row[i] = b;
+            g.start[i] = (int)(prompts[b]->size() + out[b].size()) - 1;
+            g.n_new[i] = 1;
+        }
+        gpt_infer(m, g.cache, g.scratch, g.tokens.data(), g.cache_row.data(), g.start.data(), g.n_new.data(), n, 1,
+                  g.logits.data(), false);
+    }
+    return out;
+}
+
+// ----------------------------------------------------------------------------
+// optimizer and schedule
+
+struct AdamW {
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+    std::vector<float> m, v;  // first and second moments, like the parameters
+    long long t = 0;          // updates taken
+};
+
+// PyTorch's AdamW: decoupled weight decay (only on PARAMETER_DECAYS tensors), then Adam
+// with bias correction.
+static void adamw_update(GPT<float>& model, AdamW& opt, double lr) {
+    if (opt.m.empty()) { opt.m.assign(model.num_parameters, 0.f); opt.v.assign(model.num_parameters, 0.f); }
+    opt.t++;
+    const double bc1 = 1.0 - std::pow(opt.beta1, (double)opt.t), bc2 = 1.0 - std::pow(opt.beta2, (double)opt.t);
+    size_t offset = 0;
+    for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+        const size_t n = model.param_sizes[k];
+        const double decay = PARAMETER_DECAYS[k] ? opt.weight_decay : 0.0;
+        float* p = model.params_memory.data() + offset;
+        const float* g = model.grads_memory.data() + offset;
+        float* m = opt.m.data() + offset;
+        float* v = opt.v.data() + offset;
+        #pragma omp parallel for
+        for (size_t i = 0; i < n; i++) {
+            double mi = opt.beta1 * m[i] + (1.0 - opt.beta1) * g[i];
+            double vi = opt.beta2 * v[i] + (1.0 - opt.beta2) * (double)g[i] * g[i];
+            m[i] = (float)mi;
+            v[i] = (float)vi;
+            double pi = p[i] * (1.0 - lr * decay);
+            p[i] = (float)(pi - lr * (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps));
+        }
+        offset += n;
+    }
+}
+
+// Global L2 norm of the gradient, summed over fixed chunks in a fixed order.
+static double grad_norm(const GPT<float>& model) {
+    const size_t n = model.num_parameters, chunk = 1 << 16, nchunks = (n + chunk - 1) / chunk;
+    std::vector<double> partial(nchunks, 0.0);
+    #pragma omp parallel for
+    for (size_t c = 0; c < nchunks; c++) {
+        double s = 0;
+        for (size_t i = c * chunk; i < std::min(n, (c + 1) * chunk); i++) s += (double)model.grads_memory[i] * model.grads_memory[i];
+        partial[c] = s;
+    }
+    double total = 0;
+    for (double s : partial) total += s;
+    return std::sqrt(total);
+}
+
+// PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+static void clip_gradients(GPT<float>& model, double norm, double max_norm) {
+    if (max_norm <= 0) return;
+    double coef = max_norm / (norm + 1e-6);
+    if (coef >= 1.0) return;
+    for (float& g : model.grads_memory) g = (float)(g * coef);
+}
+
+enum class Schedule { Constant, Cosine };
+
+// Linear warmup over `warmup` steps (step k gets (k+1)/warmup of the rate), then constant
+// or a cosine decay to zero at the last step.
+static double learning_rate(double lr, Schedule schedule, int warmup, int steps, int step) {
+    if (step < warmup) return lr * (step + 1) / warmup;
+    if (schedule == Schedule::Constant) return lr;
+    double progress = (double)(step - warmup) / std::max(1, steps - warmup);
+    return lr * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+// ----------------------------------------------------------------------------
+// 3. the GKD trainer
+
+enum RngStream : uint64_t { STREAM_COIN = 1, STREAM_SHUFFLE = 2, STREAM_STUDENT_SAMPLES = 3, STREAM_TEACHER_SAMPLES = 4 };
+
+struct TrainOptions {
+    bool sft = false;  // cross-entropy on completions instead of a divergence to a teacher
+    std::string teacher_path, student_path, data_path, out_dir, eval_data_path, tokenizer;
+    double lambda = 0.5, beta = 0.5, temperature = 1.0, loss_temperature = 1.0;
+    int max_new_tokens = 64;
+    bool seq_kd = false;
+    LossNorm loss_norm = LossNorm::Sequence;
+    int batch = 8, steps = 0;  // steps 0: one pass over the data
+    double lr = 1e-4;
+    Schedule schedule = Schedule::Constant;
+    int warmup = 0;
+    double weight_decay = 0, grad_clip = 1.0, adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+    uint64_t seed = 0;
+    bool shuffle = true;
+    int eval_every = 0;
+    bool quiet = false;  // no progress line (tests)
+};
+
+struct Trainer {
+    TrainOptions opt;
+    GPT<float> student, teacher;
+    bool has_teacher = false;
+    std::unique_ptr<Tokenizer> tok;
+    Dataset data, eval_data;
+    AdamW adam;
+    Generator student_gen, teacher_gen;
+    KVCache<float> teacher_cache;
+    InferScratch<float> teacher_scratch;
+    std::vector<float> teacher_logits;  // (B, T, Vp of the teacher)
+    std::vector<int> permutation;       // of the current epoch, when shuffling
+    long long permutation_epoch = -1;
+};
+
+struct StepStats {
+    double loss = 0, grad_norm = 0, lr = 0, ms = 0, sample_ms = 0;
+    bool on_policy = false;
+    int tokens = 0, completion_tokens = 0;
+};
+
+// The examples of step k: kB..kB+B-1 (mod N) of the file, or of this epoch's shuffle.
+static std::vector<const Example*> select_examples(Trainer& tr, int step) {
+    const size_t N = tr.data.examples.size(), B = tr.opt.batch;
+    std::vector<const Example*> out;
+    for (size_t i = 0; i < B; i++) {
+        size_t global = (size_t)step * B + i, index = global % N;
+        if (tr.opt.shuffle) {
+            long long epoch = (long long)(global / N);
+            if (epoch != tr.permutation_epoch) {
+                tr.permutation.resize(N);
+                for (size_t j = 0; j < N; j++) tr.permutation[j] = (int)j;
+                Rng rng(derive_seed(tr.opt.seed, STREAM_SHUFFLE, (uint64_t)epoch));
+                for (size_t j = N - 1; j > 0; j--) std::swap(tr.permutation[j], tr.permutation[rng.below(j + 1)]);
+                tr.permutation_epoch = epoch;
+            }
+            index = tr.permutation[index];
+        }
+        out.push_back(&tr.data.examples[index]);
+    }
+    return out;
+}
+
+// The largest context both models can read.
+static int shared_context(const Trainer& tr) {
+    int T = tr.student.config.max_seq_len;
+    return tr.has_teacher ? std::min(T, tr.teacher.config.max_seq_len) : T;
+}
+
+// Completions sampled from `model` for the batch's prompts, at the sampling temperature.
+static std::vector<Sequence> sample_completions(Trainer& tr, const GPT<float>& model, Generator& gen,
+                                                const std::vector<const Example*>& batch, int step, uint64_t stream) {
+    std::vector<const std::vector<int>*> prompts;
+    std::vector<int> budgets;
+    std::vector<uint64_t> row_ids;
+    for (size_t i = 0; i < batch.size(); i++) {
+        prompts.push_back(&batch[i]->prompt);
+        budgets.push_back(std::min(tr.opt.max_new_tokens, shared_context(tr) - (int)batch[i]->prompt.size()));
+        row_ids.push_back(i);
+    }
+    auto completions = generate(model, gen, prompts, budgets, tr.opt.temperature, tr.tok->eos_id(),
+                                derive_seed(tr.opt.seed, stream), (uint64_t)step, row_ids);
+    std::vector<Sequence> rows(batch.size());
+    for (size_t i = 0; i < batch.size(); i++) { rows[i].prompt = prompts[i]; rows[i].completion = std::move(completions[i]); }
+    return rows;
+}
+
+static std::vector<Sequence> dataset_completions(const std::vector<const Example*>& batch, int eos) {
+    std::vector<Sequence> rows(batch.size());
+    for (size_t i = 0; i < batch.size(); i++) {
+        rows[i].prompt = &batch[i]->prompt;
+        rows[i].completion = batch[i]->completion;
+        rows[i].completion.push_back(eos);
+    }
+    return rows;
+}
+
+// Teacher logits at every position of the batch: a forward pass with no activations kept.
+static void teacher_forward(Trainer& tr, const TrainBatch& b) {
+    const GPTConfig& c = tr.teacher.config;
+    tr.teacher_cache.allocate(c, b.B);
+    tr.teacher_logits.resize((size_t)b.B * b.T * c.padded_vocab_size);
+    std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
+    for (int i = 0; i < b.B; i++) rows[i] = i;
+    gpt_infer(tr.teacher, tr.teacher_cache, tr.teacher_scratch, b.tokens.data(), rows.data(), start.data(),
+              n_new.data(), b.B, b.T, tr.teacher_logits.data(), true);
+}
+
+// One step of GKD, the paper's Algorithm 1 (and SFT, its supervised special case).
+static StepStats gkd_step(Trainer& tr, int step) {
+    const TrainOptions& o = tr.opt;
+    const int eos = tr.tok->eos_id();
+    StepStats st;
+    double t0 = now_seconds();
+    st.lr = learning_rate(o.lr, o.schedule, o.warmup, o.steps, step);
+
+    // u ~ U(0,1); on-policy when u < lambda
+    double u = Rng(derive_seed(o.seed, STREAM_COIN, (uint64_t)step)).uniform();
+    st.on_policy = !o.sft && u < o.lambda;
+
+    // the batch: prompts x, and completions y from the student (on-policy), the teacher
+    // (seq_kd) or the dataset
+    std::vector<const Example*> examples = select_examples(tr, step);
+    std::vector<Sequence> rows;
+    if (st.on_policy) rows = sample_completions(tr, tr.student, tr.student_gen, examples, step, STREAM_STUDENT_SAMPLES);
+    else if (o.seq_kd) rows = sample_completions(tr, tr.teacher, tr.teacher_gen, examples, step, STREAM_TEACHER_SAMPLES);
+    else rows = dataset_completions(examples, eos);
+    st.sample_ms = (now_seconds() - t0) * 1000;
+    TrainBatch b = build_batch(rows, eos);
+    st.tokens = b.num_targets;
+
+    // the teacher scores every token of x+y (no gradients); the student runs forward
+    const bool distill = !o.sft;
+    if (distill) teacher_forward(tr, b);
+    gpt_forward(tr.student, b.tokens.data(), b.B, b.T);
+
+    // token-level divergence D(p_T || p_S) at every completion position, and its gradient
+    const int V = tr.student.config.vocab_size, Vps = tr.student.config.padded_vocab_size;
+    st.loss = batch_loss(b, distill ? tr.teacher_logits.data() : (const float*)nullptr,
+                         distill ? tr.teacher.config.padded_vocab_size : 0, tr.student.acts.logits,
+                         tr.student.grads_acts.logits, V, Vps, !distill, o.beta, o.loss_temperature, o.loss_norm);
+    if (!std::isfinite(st.loss)) GKD_FAIL("step %d: the loss is not finite (%g); stopping", step, st.loss);
+
+    // backpropagate through the student only, then one AdamW step
+    gpt_zero_grad(tr.student);
+    gpt_backward(tr.student);
+    st.grad_norm = grad_norm(tr.student);
+    if (!std::isfinite(st.grad_norm)) GKD_FAIL("step %d: the gradient norm is not finite; stopping", step);
+    clip_gradients(tr.student, st.grad_norm, o.grad_clip);
+    adamw_update(tr.student, tr.adam, st.lr);
+    st.ms = (now_seconds() - t0) * 1000;
+    return st;
+}
+
+// ----------------------------------------------------------------------------
+// 4. evaluation
+
+struct EvalResult {
+    size_t examples = 0, tokens = 0;
+    double nll = 0;                  // mean over completion tokens (and their EOS)
+    double divergence = NAN;         // mean D to the teacher over the same tokens
+    double exact_match = 0;          // greedy completion == reference completion
+    json to_json() const {
+        json j = {{"examples", examples}, {"tokens", tokens}, {"nll", nll}, {"exact_match", exact_match}};
+        if (!std::isnan(divergence)) j["divergence"] = divergence;
+        return j;
+    }
+};
+
+static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, const Dataset& data, int eos,
+                           double beta, double tau, int batch) {
+    EvalResult r;
+    KVCache<float> cache, tcache;
+    InferScratch<float> scratch, tscratch;
+    Generator gen;
+    std::vector<float> logits, tlogits;
+    const int V = model.config.vocab_size, Vp = model.config.padded_vocab_size;
+    const int Vpt = teacher ? teacher->config.padded_vocab_size : 0;
+    double nll_sum = 0, div_sum = 0;
+    size_t matches = 0;
+    for (size_t first = 0; first < data.examples.size(); first += batch) {
+        size_t last = std::min(data.examples.size(), first + batch);
+        std::vector<const Example*> ex;
+        for (size_t i = first; i < last; i++) ex.push_back(&data.examples[i]);
+        TrainBatch b = build_batch(dataset_completions(ex, eos), eos);
+        std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
+        for (int i = 0; i < b.B; i++) rows[i] = i;
+        cache.allocate(model.config, b.B);
+        logits.resize((size_t)b.B * b.T * Vp);
+        gpt_infer(model, cache, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T,
+                  logits.data(), true);
+        double mean;
+        batch_loss(b, (const float*)nullptr, 0, logits.data(), (float*)nullptr, V, Vp, true, 0, 1, LossNorm::Token, &mean);
+        nll_sum += mean * b.num_targets;
+        if (teacher) {
+            tcache.allocate(teacher->config, b.B);
+            tlogits.resize((size_t)b.B * b.T * Vpt);
+            gpt_infer(*teacher, tcache, tscratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T,
+                      tlogits.data(), true);
+            batch_loss(b, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, beta, tau,
+                       LossNorm::Token, &mean);
+            div_sum += mean * b.num_targets;
+        }
+        r.tokens += b.num_targets;
+        // greedy decoding, with just enough budget to produce the reference and its EOS
+        std::vector<const std::vector<int>*> prompts;
+        std::vector<int> budgets;
+        std::vector<uint64_t> ids;
+        for (size_t i = 0; i < ex.size(); i++) {
+            prompts.push_back(&ex[i]->prompt);
+            budgets.push_back(std::min((int)ex[i]->completion.size() + 1, model.config.max_seq_len - (int)ex[i]->prompt.size()));
+            ids.push_back(first + i);
+        }
+        auto outs = generate(model, gen, prompts, budgets, 0.0, eos, 0, 0, ids);
+        for (size_t i = 0; i < ex.size(); i++) {
+            std::vector<int> want = ex[i]->completion;
+            want.push_back(eos);
+            matches += outs[i] == want;
+        }
+    }
+    r.examples = data.examples.size();
+    r.nll = nll_sum / r.tokens;
+    if (teacher) r.divergence = div_sum / r.tokens;
+    r.exact_match = (double)matches / r.examples;
+    return r;
+}
+
+// ----------------------------------------------------------------------------
+// the training driver: load, loop, log, save
+
+static void make_dirs(const std::string& dir) {
+    std::string partial;
+    for (size_t i = 0; i <= dir.size(); i++) {
+        if (i == dir.size() || dir[i] == '/') {
+            if (!partial.empty() && mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
+                GKD_FAIL("%s: cannot create the folder: %s", partial.c_str(), strerror(errno));
+        }
+        if (i < dir.size()) partial += dir[i];
+    }
+    struct stat st;
+    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) GKD_FAIL("%s: not a folder", dir.c_str());
+}
+
+static void load_trainer(Trainer& tr, const TrainOptions& opt) {
+    tr.opt = opt;
+    gpt_load(tr.student, opt.student_path);
+    tr.has_teacher = !opt.sft || opt.seq_kd;
+    if (tr.has_teacher) {
+        gpt_load(tr.teacher, opt.teacher_path);
+        if (tr.teacher.config.vocab_size != tr.student.config.vocab_size)
+            GKD_FAIL("vocabulary mismatch: teacher %s has V = %d but student %s has V = %d; they must share one "
+                     "tokenizer", opt.teacher_path.c_str(), tr.teacher.config.vocab_size, opt.student_path.c_str(),
+                     tr.student.config.vocab_size);
+    }
+    tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size);
+    // completions come from the file unless every step samples them
+    bool need_completion = opt.sft ? !opt.seq_kd : (opt.lambda < 1.0 && !opt.seq_kd);
+    tr.data = load_jsonl(opt.data_path, *tr.tok, shared_context(tr), need_completion);
+    if (!opt.eval_data_path.empty())
+        tr.eval_data = load_jsonl(opt.eval_data_path, *tr.tok, shared_context(tr), true);
+    if (tr.opt.steps == 0) tr.opt.steps = (int)((tr.data.examples.size() + opt.batch - 1) / opt.batch);
+    tr.adam.beta1 = opt.adam_beta1;
+    tr.adam.beta2 = opt.adam_beta2;
+    tr.adam.eps = opt.adam_eps;
+    tr.adam.weight_decay = opt.weight_decay;
+}
+
+static void write_metrics_line(FILE* f, const std::string& path, const json& j) {
+    std::string line = j.dump() + "\n";
+    if (fwrite(line.data(), 1, line.size(), f) != line.size() || fflush(f) != 0)
+        GKD_FAIL("%s: write failed: %s", path.c_str(), strerror(errno));
+}
+
+static json eval_line(Trainer& tr, int step) {
+    EvalResult r = evaluate(tr.student, tr.has_teacher ? &tr.teacher : nullptr, tr.eval_data, tr.tok->eos_id(),
+                            tr.opt.beta, tr.opt.loss_temperature, tr.opt.batch);
+    return json{{"step", step}, {"eval", r.to_json()}};
+}
+
+// Runs the whole training; returns the final step's stats.
+static StepStats train(Trainer& tr) {
+    const TrainOptions& o = tr.opt;
+    make_dirs(o.out_dir);
+    std::string metrics_path = o.out_dir + "/metrics.jsonl";
+    FILE* metrics = fopen(metrics_path.c_str(), "w");
+    if (!metrics) GKD_FAIL("%s: cannot open for writing: %s", metrics_path.c_str(), strerror(errno));
+    std::unique_ptr<FILE, int (*)(FILE*)> closer(metrics, fclose);
+    bool tty = isatty(2) && !o.quiet;
+    double start = now_seconds();
+    long long tokens_done = 0;
+    StepStats st;
+    for (int step = 0; step < o.steps; step++) {
+        st = gkd_step(tr, step);
+        tokens_done += st.tokens;
+        json line = {{"step", step}, {"loss", st.loss}, {"on_policy", st.on_policy}, {"lr", st.lr},
+                     {"tokens", st.tokens}, {"grad_norm", st.grad_norm}, {"step_ms", st.ms},
+                     {"sample_ms", st.sample_ms}};
+        write_metrics_line(metrics, metrics_path, line);
+        bool evaluate_now = !tr.eval_data.examples.empty() &&
+                            ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps);
+        if (evaluate_now) write_metrics_line(metrics, metrics_path, eval_line(tr, step));
+        if (!o.quiet) {
+            double elapsed = now_seconds() - start;
+            double eta = elapsed / (step + 1) * (o.steps - step - 1);
+            bool print_line = tty || (step + 1) % std::max(1, o.steps / 20) == 0 || step + 1 == o.steps;
+            if (print_line)
+                fprintf(stderr, "%sstep %d/%d | loss %.5f | %s | %.0f tok/s | %.0f ms/step | ETA %s%s",
+                        tty ? "\r" : "", step + 1, o.steps, st.loss, st.on_policy ? "on-policy " : "off-policy",
+                        tokens_done / std::max(elapsed, 1e-9), st.ms, format_duration(eta).c_str(),
+                        tty ? "   " : "\n");
+        }
+    }
+    if (tty) fprintf(stderr, "\n");
+    gpt_save(tr.student, o.out_dir + "/model.bin");
+    if (!o.quiet) fprintf(stderr, "saved %s/model.bin and %s\n", o.out_dir.c_str(), metrics_path.c_str());
+    return st;
+}
+
+// ----------------------------------------------------------------------------
+// the command line
+
+struct FlagSpec {
+    const char* name;
+    bool takes_value;
+    const char* help;
+};
+
+// Parses "--name value" and "--switch"; rejects unknown flags, missing values, repeats.
+struct Flags {
+    std::string command;
+    std::map<std::string, std::string> values;
+    std::set<std::string> switches;
+
+    Flags(const std::string& cmd, int argc, char** argv, const std::vector<FlagSpec>& specs) : command(cmd) {
+        for (int i = 0; i < argc; i++) {
+            std::string a = argv[i];
+            if (a.rfind("--", 0) != 0 || a.size() == 2)
+                GKD_FAIL("gkd %s: unexpected argument '%s' (flags are --name value; see gkd %s --help)", cmd.c_str(),
+                         a.c_str(), cmd.c_str());
+            std::string name = a.substr(2);
+            auto spec = std::find_if(specs.begin(), specs.end(), [&](const FlagSpec& s) { return name == s.name; });
+            if (spec == specs.end())
+                GKD_FAIL("gkd %s: unknown flag --%s (see gkd %s --help)", cmd.c_str(), name.c_str(), cmd.c_str());
+            if (values.count(name) || switches.count(name))
+                GKD_FAIL("gkd %s: --%s is given twice", cmd.c_str(), name.c_str());
+            if (!spec->takes_value) { switches.insert(name); continue; }
+            if (i + 1 >= argc) GKD_FAIL("gkd %s: --%s needs a value", cmd.c_str(), name.c_str());
+            values[name] = argv[++i];
+        }
+    }
+    bool has(const std::string& n) const { return values.count(n) > 0; }
+    bool on(const std::string& n) const { return switches.count(n) > 0; }
+    std::string str(const std::string& n, const std::string& def = "") const {
+        auto it = values.find(n);
+        return it == values.end() ? def : it->second;
+    }
+    std::string required(const std::string& n) const {
+        if (!has(n)) GKD_FAIL("gkd %s: --%s is required (see gkd %s --help)", command.c_str(), n.c_str(), command.c_str());
+        return values.at(n);
+    }
+    double num(const std::string& n, double def, double lo, double hi) const {
+        if (!has(n)) return def;
+        const std::string& s = values.at(n);
+        char* end = nullptr;
+        errno = 0;
+        double v = strtod(s.c_str(), &end);
+        if (s.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(v))
+            GKD_FAIL("gkd %s: --%s '%s' is not a number", command.c_str(), n.c_str(), s.c_str());
+        if (v < lo || v > hi)
+            GKD_FAIL("gkd %s: --%s %s is outside [%g, %g]", command.c_str(), n.c_str(), s.c_str(), lo, hi);
+        return v;
+    }
+    long long integer(const std::string& n, long long def, long long lo, long long hi) const {
+        if (!has(n)) return def;
+        const std::string& s = values.at(n);
+        char* end = nullptr;
+        errno = 0;
+        long long v = strtoll(s.c_str(), &end, 10);
+        if (s.empty() || *end != '\0' || errno == ERANGE)
+            GKD_FAIL("gkd %s: --%s '%s' is not an integer", command.c_str(), n.c_str(), s.c_str());
+        if (v < lo || v > hi)
+            GKD_FAIL("gkd %s: --%s %s is outside [%lld, %lld]", command.c_str(), n.c_str(), s.c_str(), lo, hi);
+        return v;
+    }
+    std::string choice(const std::string& n, const std::string& def, const std::vector<std::string>& allowed) const {
+        std::string v = str(n, def);
+        if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+            std::string list;
+            for (auto& a : allowed) list += (list.empty() ? "" : "|") + a;
+            GKD_FAIL("gkd %s: --%s '%s' must be one of %s", command.c_str(), n.c_str(), v.c_str(), list.c_str());
+        }
+        return v;
+    }
+};
+
+static bool wants_help(int argc, char** argv) {
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return true;
+    return false;
+}
+
+static void print_help(const std::string& usage, const std::vector<FlagSpec>& specs) {
+    printf("%s\n\nflags:\n", usage.c_str());
+    for (auto& s : specs) printf("  --%-20s %s\n", (std::string(s.name) + (s.takes_value ? " X" : "")).c_str(), s.help);
+}
+
+// --device: the CPU path is the only one in this build.
+static void check_device(const Flags& f) {
+    std::string d = f.choice("device", "auto", {"auto", "cpu", "cuda"});
+    if (d == "cuda")
+        GKD_FAIL("gkd %s: --device cuda: this build has no CUDA path; use --device cpu (or auto)", f.command.c_str());
+}
+
+static const std::vector<FlagSpec> TRAIN_FLAGS = {
+    {"data", true, "training examples, JSONL (SPEC section 5)"},
+    {"out", true, "run folder: metrics.jsonl and model.bin go here"},
+    {"lambda", true, "fraction of on-policy (student-sampled) batches, [0,1] (0.5)"},
+    {"beta", true, "0 forward KL, 1 reverse KL, between: JSD(beta) (0.5)"},
+    {"temperature", true, "sampling temperature for on-policy and seq-kd completions (1.0)"},
+    {"loss-temperature", true, "tau: both logit rows are divided by it in the divergence (1.0)"},
+    {"max-new-tokens", true, "longest sampled completion (64)"},
+    {"seq-kd", false, "off-policy batches use teacher samples instead of dataset completions"},
+    {"loss-norm", true, "sequence (mean over sequences of per-token means) | token (sequence)"},
+    {"batch", true, "sequences per step (8)"},
+    {"steps", true, "optimizer steps (default: one pass over the data)"},
+    {"lr", true, "peak learning rate (1e-4)"},
+    {"lr-schedule", true, "constant | cosine (constant)"},
+    {"warmup", true, "linear warmup steps (0)"},
+    {"weight-decay", true, "AdamW decoupled weight decay on matrices and embeddings (0)"},
+    {"grad-clip", true, "clip the global gradient norm to this; 0 = off (1.0)"},
+    {"adam-beta1", true, "(0.9)"},
+    {"adam-beta2", true, "(0.999)"},
+    {"adam-eps", true, "(1e-8)"},
+    {"seed", true, "seeds the lambda coin, the shuffle and the sampling (0)"},
+    {"shuffle", true, "1: reshuffle each epoch; 0: step k takes examples kB..kB+B-1 mod N (1)"},
+    {"device", true, "auto | cpu | cuda (auto)"},
+    {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
+    {"eval-every", true, "steps between evaluations (0: only at the end)"},
+    {"tokenizer", true, "byte (default for V = 257)"},
+    {"quiet", false, "no progress line"},
+};
+
+static TrainOptions parse_train_options(const Flags& f, bool sft) {
+    TrainOptions o;
+    o.sft = sft;
+    o.data_path = f.required("data");
+    o.out_dir = f.required("out");
+    o.lambda = f.num("lambda", 0.5, 0, 1);
+    o.beta = f.num("beta", 0.5, 0, 1);
+    o.temperature = f.num("temperature", 1.0, 0, 1e6);
+    o.loss_temperature = f.num("loss-temperature", 1.0, 1e-6, 1e6);
+    o.max_new_tokens = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
+    o.seq_kd = f.on("seq-kd");
+    o.loss_norm = f.choice("loss-norm", "sequence", {"sequence", "token"}) == "token" ? LossNorm::Token : LossNorm::Sequence;
+    o.batch = (int)f.integer("batch", 8, 1, 1 << 16);
+    o.steps = (int)f.integer("steps", 0, 1, 1 << 30);
+    o.lr = f.num("lr", 1e-4, 0, 10);
+    o.schedule = f.choice("lr-schedule", "constant", {"constant", "cosine"}) == "cosine" ? Schedule::Cosine : Schedule::Constant;
+    o.warmup = (int)f.integer("warmup", 0, 0, 1 << 30);
+    o.weight_decay = f.num("weight-decay", 0, 0, 1e3);
+    o.grad_clip = f.num("grad-clip", 1.0, 0, 1e12);
+    o.adam_beta1 = f.num("adam-beta1", 0.9, 0, 0.999999);
+    o.adam_beta2 = f.num("adam-beta2", 0.999, 0, 0.999999999);
+    o.adam_eps = f.num("adam-eps", 1e-8, 0, 1);
+    o.seed = (uint64_t)f.integer("seed", 0, 0, (1LL << 62));
+    o.shuffle = f.integer("shuffle", 1, 0, 1) == 1;
+    o.eval_data_path = f.str("eval-data");
+    o.eval_every = (int)f.integer("eval-every", 0, 0, 1 << 30);
+    o.tokenizer = f.str("tokenizer");
+    o.quiet = f.on("quiet");
+    check_device(f);
+    if (sft) {
+        o.student_path = f.required("model");
+        if (o.seq_kd) o.teacher_path = f.required("teacher");
+        else if (f.has("teacher")) GKD_FAIL("gkd sft: --teacher is only used with --seq-kd (SFT on teacher samples)");
+    } else {
+        o.teacher_path = f.required("teacher");
+        o.student_path = f.required("student");
+    }
+    return o;
+}
+
+static int cmd_train(int argc, char** argv, bool sft) {
+    std::vector<FlagSpec> specs = TRAIN_FLAGS;
+    if (sft) {
+        specs.push_back({"model", true, "the model to fine-tune (llm.c checkpoint)"});
+        specs.push_back({"teacher", true, "with --seq-kd: SeqKD, SFT on this teacher's samples"});
+    } else {
+        specs.push_back({"teacher", true, "frozen teacher checkpoint"});
+        specs.push_back({"student", true, "student checkpoint to start from"});
+    }
+    const char* cmd = sft ? "sft" : "distill";
+    if (wants_help(argc, argv)) {
+        print_help(sft ? "gkd sft --model F --data F.jsonl --out DIR [flags]: cross-entropy on completions"
+                       : "gkd distill --teacher F --student F --data F.jsonl --out DIR [flags]: GKD", specs);
+        return 0;
+    }
+    Flags f(cmd, argc, argv, specs);
+    TrainOptions o = parse_train_options(f, sft);
+    Trainer tr;
+    load_trainer(tr, o);
+    if (!o.quiet)
+        fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, %d threads\n", cmd,
+                o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps, o.batch,
+                omp_get_max_threads());
+    train(tr);
+    return 0;
+}
+
+static int cmd_init(int argc, char** argv) {
+    std::vector<FlagSpec> specs = {
+        {"layers", true, "L"}, {"channels", true, "C"}, {"heads", true, "NH (divides C)"},
+        {"context", true, "maxT, the longest sequence"}, {"vocab", true, "byte (V = 257) or a number"},
+        {"seed", true, "(0)"}, {"out", true, "checkpoint to write"}};
+    if (wants_help(argc, argv)) { print_help("gkd init: write a randomly initialised GPT-2 checkpoint", specs); return 0; }
+    Flags f("init", argc, argv, specs);
+    GPTConfig c;
+    c.num_layers = (int)f.integer("layers", 0, 1, 1024);
+    if (!f.has("layers")) f.required("layers");
+    c.channels = (int)f.integer("channels", 0, 1, 65536);
+    if (!f.has("channels")) f.required("channels");
+    c.num_heads = (int)f.integer("heads", 0, 1, 65536);
+    if (!f.has("heads")) f.required("heads");
+    c.max_seq_len = (int)f.integer("context", 0, 1, 1 << 20);
+    if (!f.has("context")) f.required("context");
+    std::string vocab = f.str("vocab", "byte");
+    c.vocab_size = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);
+    c.padded_vocab_size = pad_vocab(c.vocab_size);
+    if (c.channels % c.num_heads != 0)
+        GKD_FAIL("gkd init: --heads %d does not divide --channels %d", c.num_heads, c.channels);
+    validate_config(c, "gkd init");
+    std::string out = f.required("out");
+    GPT<float> m;
+    gpt_build(m, c);
+    gpt_init_random(m, (uint64_t)f.integer("seed", 0, 0, 1LL << 62));
+    gpt_save(m, out);
+    fprintf(stderr, "wrote %s: L=%d C=%d NH=%d maxT=%d V=%d Vp=%d, %zu parameters\n", out.c_str(), c.num_layers,
+            c.channels, c.num_heads, c.max_seq_len, c.vocab_size, c.padded_vocab_size, m.num_parameters);
+    return 0;
+}
+
+// Text for JSON output: invalid UTF-8 (a byte-level model can emit any byte) becomes U+FFFD.
+static std::string json_dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+static int cmd_sample(int argc, char** argv) {
+    std::vector<FlagSpec> specs = {
+        {"model", true, "checkpoint"}, {"prompt", true, "prompt text"}, {"data", true, "or: prompts from JSONL"},
+        {"num-samples", true, "samples per prompt (1)"}, {"max-new-tokens", true, "(64)"},
+        {"temperature", true, "0 = greedy (1.0)"}, {"seed", true, "(0)"}, {"batch", true, "rows decoded together (16)"},
+        {"tokenizer", true, "byte (default for V = 257)"}, {"device", true, "auto | cpu | cuda"}};
+    if (wants_help(argc, argv)) { print_help("gkd sample: one JSON object per sample on stdout", specs); return 0; }
+    Flags f("sample", argc, argv, specs);
+    std::string model_path = f.required("model");
+    int num_samples = (int)f.integer("num-samples", 1, 1, 1 << 20);
+    int max_new = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
+    double temperature = f.num("temperature", 1.0, 0, 1e6);
+    uint64_t seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
+    int batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    check_device(f);
+    if (f.has("prompt") == f.has("data")) GKD_FAIL("gkd sample: give exactly one of --prompt TEXT or --data F.jsonl");
+    GPT<float> m;
+    gpt_load(m, model_path);
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size);
+    Dataset d;
+    if (f.has("prompt")) {
+        d.examples.push_back(parse_example(json({{"prompt", f.str("prompt")}}).dump(), *tok, m.config.max_seq_len,
+                                           false, "--prompt"));
+    } else {
+        d = load_jsonl(f.str("data"), *tok, m.config.max_seq_len, false);
+    }
+    std::vector<std::pair<size_t, int>> rows;  // (example, sample)
+    for (size_t e = 0; e < d.examples.size(); e++)
+        for (int s = 0; s < num_samples; s++) rows.push_back({e, s});
+    Generator gen;
+    for (size_t first = 0; first < rows.size(); first += batch) {
+        size_t last = std::min(rows.size(), first + batch);
+        std::vector<const std::vector<int>*> prompts;
+        std::vector<int> budgets;
+        std::vector<uint64_t> ids;
+        for (size_t r = first; r < last; r++) {
+            const Example& ex = d.examples[rows[r].first];
+            prompts.push_back(&ex.prompt);
+            budgets.push_back(std::min(max_new, m.config.max_seq_len - (int)ex.prompt.size()));
+            ids.push_back(r);
+        }
+        auto outs = generate(m, gen, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
+        for (size_t i = 0; i < outs.size(); i++) {
+            std::vector<int> text_ids = outs[i];
+            if (!text_ids.empty() && text_ids.back() == tok->eos_id()) text_ids.pop_back();
+            json j = {{"prompt", tok->decode(*prompts[i])}, {"completion", tok->decode(text_ids)}, {"ids", outs[i]}};
+            printf("%s\n", json_dump(j).c_str());
+        }
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static int cmd_eval(int argc, char** argv) {
+    std::vector<FlagSpec> specs = {
+        {"model", true, "checkpoint to evaluate"}, {"data", true, "JSONL with completions"},
+        {"teacher", true, "also report the mean divergence to this teacher"},
+        {"beta", true, "divergence: 0 forward KL, 1 reverse KL, else JSD(beta) (0.5)"},
+        {"loss-temperature", true, "tau of the divergence (1.0)"}, {"batch", true, "(16)"},
+        {"tokenizer", true, "byte (default for V = 257)"}, {"device", true, "auto | cpu | cuda"}};
+    if (wants_help(argc, argv)) {
+        print_help("gkd eval: mean token NLL, mean divergence to a teacher, greedy exact match; one JSON object", specs);
+        return 0;
+    }
+    Flags f("eval", argc, argv, specs);
+    std::string model_path = f.required("model"), data_path = f.required("data");
+    double beta = f.num("beta", 0.5, 0, 1), tau = f.num("loss-temperature", 1.0, 1e-6, 1e6);
+    int batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    check_device(f);
+    GPT<float> m, t;
+    gpt_load(m, model_path);
+    int context = m.config.max_seq_len;
+    if (f.has("teacher")) {
+        gpt_load(t, f.str("teacher"));
+        if (t.config.vocab_size != m.config.vocab_size)
+            GKD_FAIL("vocabulary mismatch: teacher %s has V = %d but model %s has V = %d", f.str("teacher").c_str(),
+                     t.config.vocab_size, model_path.c_str(), m.config.vocab_size);
+        context = std::min(context, t.config.max_seq_len);
+    }
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size);
+    Dataset d = load_jsonl(data_path, *tok, context, true);
+    EvalResult r = evaluate(m, f.has("teacher") ? &t : nullptr, d, tok->eos_id(), beta, tau, batch);
+    printf("%s\n", r.to_json().dump().c_str());
+    return 0;
+}
+
+static int cmd_tokenize(int argc, char** argv) {
+    std::vector<FlagSpec> specs = {{"tokenizer", true, "byte (default)"},
+                                   {"decode", false, "read a JSON array of ids, print the text"}};
+    if (wants_help(argc, argv)) { print_help("gkd tokenize: text on stdin -> JSON array of ids on stdout", specs); return 0; }
+    Flags f("tokenize", argc, argv, specs);
+    auto tok = load_tokenizer(f.str("tokenizer", "byte"), 0);
+    std::string input;
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) input.append(buf, n);
+    if (!f.on("decode")) {
+        printf("%s\n", json(tok->encode(input)).dump().c_str());
+        return 0;
+    }
+    json j;
+    try {
+        j = json::parse(input);
+    } catch (const json::exception& e) {
+        GKD_FAIL("<stdin>: malformed JSON: %s", dataset_detail::short_json_error(e).c_str());
+    }
+    if (!j.is_array()) GKD_FAIL("<stdin>: expected a JSON array of token ids");
+    std::vector<int> ids;
+    for (size_t i = 0; i < j.size(); i++) {
+        if (!j[i].is_number_integer() || j[i].get<long long>() < 0 || j[i].get<long long>() >= tok->vocab_size())
+            GKD_FAIL("<stdin>: element %zu is not a token id in [0, %d)", i, tok->vocab_size());
+        ids.push_back(j[i].get<int>());
+    }
+    std::string text = tok->decode(ids);
+    fwrite(text.data(), 1, text.size(), stdout);
+    return 0;
+}
+
+static const char* USAGE =
+    "gkd: Generalized Knowledge Distillation for GPT-2 (CPU reference path)\n"
+    "\n"
+    "  gkd init      --layers L --channels C --heads NH --context T --vocab byte --out F\n"
+    "  gkd distill   --teacher F --student F --data F.jsonl --out DIR [--lambda --beta ...]\n"
+    "  gkd sft       --model F --data F.jsonl --out DIR\n"
+    "  gkd sample    --model F --prompt TEXT [--temperature t --num-samples N]\n"
+    "  gkd eval      --model F --data F.jsonl [--teacher F]\n"
+    "  gkd tokenize  [--tokenizer byte] [--decode] < input\n"
+    "\n"
+    "Each command takes --help. Data and formats: SPEC.md; a tour: README.md.\n";
+
+static int run_command(int argc, char** argv) {
+    if (argc < 2) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    std::string cmd = argv[1];
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") { fputs(USAGE, stdout); return 0; }
+    if (cmd == "init") return cmd_init(argc - 2, argv + 2);
+    if (cmd == "distill") return cmd_train(argc - 2, argv + 2, false);
+    if (cmd == "sft") return cmd_train(argc - 2, argv + 2, true);
+    if (cmd == "sample") return cmd_sample(argc - 2, argv + 2);
+    if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
+    if (cmd == "tokenize") return cmd_tokenize(argc - 2, argv + 2);
+    GKD_FAIL("gkd: unknown command '%s' (one of init, distill, sft, sample, eval, tokenize; see gkd --help)", cmd.c_str());
+}
+
+#ifndef GKD_NO_MAIN
+int main(int argc, char** argv) {
+    try {
+        return run_command(argc, argv);
+    } catch (const GkdError& e) {
+        fprintf(stderr, "gkd: error: %s\n", e.what());
+    } catch (const std::bad_alloc&) {
+        fprintf(stderr, "gkd: error: out of memory\n");
+    } catch (const std::exception& e) {
+        fprintf(stderr, "gkd: error: %s\n", e.what());
+    }
+    return 1;
+}
+#endif

@@ -1,0 +1,789 @@
+// model.h — GPT-2 on the CPU: parameters, every layer's forward and backward, a
+// KV-cached inference path for sampling and for the teacher, checkpoint I/O (llm.c's
+// format) and GPT-2 initialisation.
+//
+// Reading guide and non-obvious tricks:
+// - Everything is templated on the scalar type T. Training uses float; the gradient
+//   tests instantiate double so that central finite differences are accurate to ~1e-8.
+// - As in llm.c, the parameters are one allocation carved into 16 named tensors, and the
+//   activations are one allocation carved into named tensors laid out (L, B, T, ...) for
+//   the (B, T) of the current batch: allocate for the largest batch once, then any
+//   smaller (B, T) fits in the same memory.
+// - The LM head only computes the V real vocabulary columns; the padded columns
+//   (V..Vp-1) of the logits stay zero and never receive gradient.
+// - Softmaxes subtract the row max (attention here, the losses in gkd.cu).
+// - Two forward paths: gpt_forward keeps every activation for gpt_backward (the
+//   student); gpt_infer keeps only a KV cache and reusable scratch (sampling, and the
+//   teacher, which never needs a backward). Tests check they agree.
+// - Every reduction is done by one thread in a fixed order, so results are identical
+//   run after run, whatever the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <omp.h>
+
+#include "utils.h"
+
+// ----------------------------------------------------------------------------
+// configuration and parameters
+
+struct GPTConfig {
+    int max_seq_len = 0;        // maxT, learned positions
+    int vocab_size = 0;         // V, real tokens
+    int padded_vocab_size = 0;  // Vp >= V, llm.c pads to a multiple of 128
+    int num_layers = 0;         // L
+    int num_heads = 0;          // NH
+    int channels = 0;           // C
+};
+
+inline int pad_vocab(int V) { return (V + 127) / 128 * 128; }
+
+constexpr int NUM_PARAMETER_TENSORS = 16;
+inline const char* const PARAMETER_NAMES[NUM_PARAMETER_TENSORS] = {
+    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
+    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"};
+// Tensors that get weight decay: the matmul weights and the embeddings, as in GPT-2
+// practice; biases and LayerNorm parameters do not.
+inline const bool PARAMETER_DECAYS[NUM_PARAMETER_TENSORS] = {
+    true, true, false, false, true, false, true, false,
+    false, false, true, false, true, false, false, false};
+
+inline void fill_parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig& c) {
+    size_t Vp = c.padded_vocab_size, C = c.channels, L = c.num_layers, maxT = c.max_seq_len;
+    sizes[0] = Vp * C;          // wte
+    sizes[1] = maxT * C;        // wpe
+    sizes[2] = L * C;           // ln1w
+    sizes[3] = L * C;           // ln1b
+    sizes[4] = L * 3 * C * C;   // qkvw
+    sizes[5] = L * 3 * C;       // qkvb
+    sizes[6] = L * C * C;       // attprojw
+    sizes[7] = L * C;           // attprojb
+    sizes[8] = L * C;           // ln2w
+    sizes[9] = L * C;           // ln2b
+    sizes[10] = L * 4 * C * C;  // fcw
+    sizes[11] = L * 4 * C;      // fcb
+    sizes[12] = L * C * 4 * C;  // fcprojw
+    sizes[13] = L * C;          // fcprojb
+    sizes[14] = C;              // lnfw
+    sizes[15] = C;              // lnfb
+}
+
+template <typename T>
+struct ParameterTensors {
+    T* wte;       // (Vp, C)
+    T* wpe;       // (maxT, C)
+    T* ln1w;      // (L, C)
+    T* ln1b;      // (L, C)
+    T* qkvw;      // (L, 3C, C)
+    T* qkvb;      // (L, 3C)
+    T* attprojw;  // (L, C, C)
+    T* attprojb;  // (L, C)
+    T* ln2w;      // (L, C)
+    T* ln2b;      // (L, C)
+    T* fcw;       // (L, 4C, C)
+    T* fcb;       // (L, 4C)
+    T* fcprojw;   // (L, C, 4C)
+    T* fcprojb;   // (L, C)
+    T* lnfw;      // (C)
+    T* lnfb;      // (C)
+    T** array() { return &wte; }
+};
+
+template <typename T>
+void point_parameters(ParameterTensors<T>& p, T* memory, const size_t sizes[NUM_PARAMETER_TENSORS]) {
+    T** ptrs = p.array();
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) { ptrs[i] = memory; memory += sizes[i]; }
+}
+
+constexpr int NUM_ACTIVATION_TENSORS = 20;
+
+template <typename T>
+struct ActivationTensors {
+    T* encoded;    // (B, T, C)
+    T* ln1;        // (L, B, T, C)
+    T* ln1_mean;   // (L, B, T)
+    T* ln1_rstd;   // (L, B, T)
+    T* qkv;        // (L, B, T, 3C)
+    T* atty;       // (L, B, T, C)
+    T* att;        // (L, B, NH, T, T) softmaxed attention weights
+    T* attproj;    // (L, B, T, C)
+    T* residual2;  // (L, B, T, C)
+    T* ln2;        // (L, B, T, C)
+    T* ln2_mean;   // (L, B, T)
+    T* ln2_rstd;   // (L, B, T)
+    T* fch;        // (L, B, T, 4C)
+    T* fch_gelu;   // (L, B, T, 4C)
+    T* fcproj;     // (L, B, T, C)
+    T* residual3;  // (L, B, T, C)
+    T* lnf;        // (B, T, C)
+    T* lnf_mean;   // (B, T)
+    T* lnf_rstd;   // (B, T)
+    T* logits;     // (B, T, Vp) last, so that backward can zero everything before it
+    T** array() { return &encoded; }
+};
+
+inline void fill_activation_sizes(size_t s[NUM_ACTIVATION_TENSORS], const GPTConfig& c, size_t B, size_t T) {
+    size_t C = c.channels, L = c.num_layers, NH = c.num_heads, Vp = c.padded_vocab_size;
+    size_t sz[NUM_ACTIVATION_TENSORS] = {
+        B * T * C, L * B * T * C, L * B * T, L * B * T, L * B * T * 3 * C, L * B * T * C,
+        L * B * NH * T * T, L * B * T * C, L * B * T * C, L * B * T * C, L * B * T, L * B * T,
+        L * B * T * 4 * C, L * B * T * 4 * C, L * B * T * C, L * B * T * C, B * T * C, B * T,
+        B * T, B * T * Vp};
+    memcpy(s, sz, sizeof sz);
+}
+
+template <typename T>
+void point_activations(ActivationTensors<T>& a, T* memory, const size_t sizes[NUM_ACTIVATION_TENSORS]) {
+    T** ptrs = a.array();
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) { ptrs[i] = memory; memory += sizes[i]; }
+}
+
+template <typename T>
+struct GPT {
+    GPTConfig config;
+    size_t param_sizes[NUM_PARAMETER_TENSORS] = {};
+    size_t num_parameters = 0;
+    std::vector<T> params_memory;
+    ParameterTensors<T> params{};
+    // Training state, allocated only by gpt_prepare_training (never for a teacher).
+    std::vector<T> grads_memory;
+    ParameterTensors<T> grads{};
+    int max_B = 0, max_T = 0;
+    std::vector<T> acts_memory, grads_acts_memory;
+    ActivationTensors<T> acts{}, grads_acts{};
+    std::vector<T> attention_scratch;  // (threads, maxT) rows for attention backward
+    std::vector<int> inputs;           // (B, T) tokens of the last gpt_forward
+    int batch_B = 0, batch_T = 0;      // shape of the last gpt_forward
+};
+
+inline void validate_config(const GPTConfig& c, const std::string& where) {
+    auto bad = [&](const char* what) { GKD_FAIL("%s: invalid model shape: %s", where.c_str(), what); };
+    if (c.max_seq_len < 1 || c.max_seq_len > (1 << 20)) bad("context (maxT) must be in [1, 1048576]");
+    if (c.vocab_size < 2 || c.vocab_size > (1 << 24)) bad("vocabulary V must be in [2, 16777216]");
+    if (c.padded_vocab_size < c.vocab_size || c.padded_vocab_size > c.vocab_size + (1 << 16))
+        bad("padded vocabulary Vp must be in [V, V + 65536]");
+    if (c.num_layers < 1 || c.num_layers > 1024) bad("layers L must be in [1, 1024]");
+    if (c.channels < 1 || c.channels > (1 << 16)) bad("channels C must be in [1, 65536]");
+    if (c.num_heads < 1 || c.num_heads > c.channels || c.channels % c.num_heads != 0)
+        bad("heads NH must divide channels C");
+}
+
+// Sets the shape and allocates zeroed parameters. The config must be validated.
+template <typename T>
+void gpt_build(GPT<T>& m, const GPTConfig& c) {
+    m = GPT<T>();
+    m.config = c;
+    fill_parameter_sizes(m.param_sizes, c);
+    m.num_parameters = 0;
+    for (size_t s : m.param_sizes) m.num_parameters += s;
+    m.params_memory.assign(m.num_parameters, T(0));
+    point_parameters(m.params, m.params_memory.data(), m.param_sizes);
+}
+
+// ----------------------------------------------------------------------------
+// layers: forward and backward side by side. Backward functions accumulate (+=).
+
+template <typename T>
+void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, int Tn, int C) {
+    // out (B,T,C) = wte[token] + wpe[position]; each row's positions start at 0
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tn; t++) {
+            T* o = out + ((size_t)b * Tn + t) * C;
+            const T* e = wte + (size_t)inp[b * Tn + t] * C;
+            const T* p = wpe + (size_t)t * C;
+            for (int i = 0; i < C; i++) o[i] = e[i] + p[i];
+        }
+}
+
+template <typename T>
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, int Tn, int C) {
+    // serial over (b,t): two positions may share a token, and a fixed order keeps it exact
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tn; t++) {
+            const T* d = dout + ((size_t)b * Tn + t) * C;
+            T* de = dwte + (size_t)inp[b * Tn + t] * C;
+            T* dp = dwpe + (size_t)t * C;
+            for (int i = 0; i < C; i++) { de[i] += d[i]; dp[i] += d[i]; }
+        }
+}
+
+template <typename T>
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, int N, int C) {
+    // out (N,C), mean/rstd (N): normalise each row, biased variance, eps 1e-5
+    const T eps = T(1e-5);
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const T* x = inp + (size_t)n * C;
+        T m = 0;
+        for (int i = 0; i < C; i++) m += x[i];
+        m /= C;
+        T v = 0;
+        for (int i = 0; i < C; i++) { T d = x[i] - m; v += d * d; }
+        v /= C;
+        T s = T(1) / std::sqrt(v + eps);
+        T* o = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) o[i] = (x[i] - m) * s * weight[i] + bias[i];
+        if (mean) { mean[n] = m; rstd[n] = s; }
+    }
+}
+
+template <typename T>
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                        const T* mean, const T* rstd, int N, int C) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const T* d = dout + (size_t)n * C;
+        const T* x = inp + (size_t)n * C;
+        T m = mean[n], s = rstd[n];
+        T dnorm_mean = 0, dnorm_norm_mean = 0;
+        for (int i = 0; i < C; i++) {
+            T norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * norm;
+        }
+        dnorm_mean /= C;
+        dnorm_norm_mean /= C;
+        T* dx = dinp + (size_t)n * C;
+        for (int i = 0; i < C; i++) {
+            T norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
+            dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+        }
+    }
+    // dweight/dbias reduce over rows: each channel belongs to one thread, rows in order
+    #pragma omp parallel for
+    for (int i = 0; i < C; i++) {
+        T dw = 0, db = 0;
+        for (int n = 0; n < N; n++) {
+            T dd = dout[(size_t)n * C + i];
+            dw += dd * (inp[(size_t)n * C + i] - mean[n]) * rstd[n];
+            db += dd;
+        }
+        dweight[i] += dw;
+        dbias[i] += db;
+    }
+}
+
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, int ld_out) {
+    // out (N, ld_out)[:, :OC] = inp (N,C) @ weight (OC,C)^T + bias (OC)
+    // Four input rows share each weight row load; each output element is one thread's.
+    const int RB = 4;
+    int nblocks = (N + RB - 1) / RB;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int nb = 0; nb < nblocks; nb++)
+        for (int o = 0; o < OC; o++) {
+            int n0 = nb * RB;
+            const T* w = weight + (size_t)o * C;
+            T init = bias ? bias[o] : T(0);
+            if (n0 + RB <= N) {
+                const T *x0 = inp + (size_t)n0 * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
+                T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                #pragma omp simd reduction(+ : s0, s1, s2, s3)
+                for (int i = 0; i < C; i++) {
+                    s0 += x0[i] * w[i]; s1 += x1[i] * w[i]; s2 += x2[i] * w[i]; s3 += x3[i] * w[i];
+                }
+                out[(size_t)(n0 + 0) * ld_out + o] = init + s0;
+                out[(size_t)(n0 + 1) * ld_out + o] = init + s1;
+                out[(size_t)(n0 + 2) * ld_out + o] = init + s2;
+                out[(size_t)(n0 + 3) * ld_out + o] = init + s3;
+            } else {
+                for (int n = n0; n < N; n++) {
+                    const T* x = inp + (size_t)n * C;
+                    T s = 0;
+                    #pragma omp simd reduction(+ : s)
+                    for (int i = 0; i < C; i++) s += x[i] * w[i];
+                    out[(size_t)n * ld_out + o] = init + s;
+                }
+            }
+        }
+}
+
+template <typename T>
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                     int N, int C, int OC, int ld_dout) {
+    // dinp (N,C) += dout (N,OC) @ weight (OC,C)
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const T* d = dout + (size_t)n * ld_dout;
+        T* dx = dinp + (size_t)n * C;
+        for (int o = 0; o < OC; o++) {
+            T g = d[o];
+            if (g == T(0)) continue;  // masked positions: exact zeros, skip the work
+            const T* w = weight + (size_t)o * C;
+            #pragma omp simd
+            for (int i = 0; i < C; i++) dx[i] += g * w[i];
+        }
+    }
+    // dweight (OC,C) += dout^T @ inp; dbias (OC) += column sums of dout
+    #pragma omp parallel for
+    for (int o = 0; o < OC; o++) {
+        T* dw = dweight + (size_t)o * C;
+        T db = 0;
+        for (int n = 0; n < N; n++) {
+            T g = dout[(size_t)n * ld_dout + o];
+            if (g == T(0)) continue;
+            db += g;
+            const T* x = inp + (size_t)n * C;
+            #pragma omp simd
+            for (int i = 0; i < C; i++) dw[i] += g * x[i];
+        }
+        if (dbias) dbias[o] += db;
+    }
+}
+
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
+    // qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights
+    int hs = C / NH;
+    T scale = T(1) / std::sqrt(T(hs));
+    #pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tn; t++)
+            for (int h = 0; h < NH; h++) {
+                const T* q = qkv + ((size_t)b * Tn + t) * 3 * C + h * hs;
+                T* a = att + (((size_t)b * NH + h) * Tn + t) * Tn;
+                T maxv = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const T* k = qkv + ((size_t)b * Tn + t2) * 3 * C + C + h * hs;
+                    T s = 0;
+                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                    s *= scale;
+                    a[t2] = s;
+                    maxv = std::max(maxv, s);
+                }
+                T sum = 0;
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = std::exp(a[t2] - maxv); sum += a[t2]; }
+                T inv = T(1) / sum;
+                for (int t2 = 0; t2 < Tn; t2++) a[t2] = t2 <= t ? a[t2] * inv : T(0);
+                T* o = out + ((size_t)b * Tn + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const T* v = qkv + ((size_t)b * Tn + t2) * 3 * C + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
+                }
+            }
+}
+
+// scratch: at least (omp_get_max_threads(), Tn) values
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
+                        int B, int Tn, int C, int NH) {
+    int hs = C / NH;
+    T scale = T(1) / std::sqrt(T(hs));
+    // one (b, h) per task: every write below stays inside that row's head slice
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            T* datt = scratch + (size_t)omp_get_thread_num() * Tn;
+            for (int t = 0; t < Tn; t++) {
+                const T* a = att + (((size_t)b * NH + h) * Tn + t) * Tn;
+                const T* d = dout + ((size_t)b * Tn + t) * C + h * hs;
+                const T* q = qkv + ((size_t)b * Tn + t) * 3 * C + h * hs;
+                T* dq = dqkv + ((size_t)b * Tn + t) * 3 * C + h * hs;
+                // through out = sum a v
+                T dot_ad = 0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const T* v = qkv + ((size_t)b * Tn + t2) * 3 * C + 2 * C + h * hs;
+                    T* dv = dqkv + ((size_t)b * Tn + t2) * 3 * C + 2 * C + h * hs;
+                    T s = 0;
+                    for (int i = 0; i < hs; i++) { s += d[i] * v[i]; dv[i] += a[t2] * d[i]; }
+                    datt[t2] = s;
+                    dot_ad += a[t2] * s;
+                }
+                // through the softmax, then the scaled dot products
+                for (int t2 = 0; t2 <= t; t2++) {
+                    T dpre = a[t2] * (datt[t2] - dot_ad) * scale;
+                    const T* k = qkv + ((size_t)b * Tn + t2) * 3 * C + C + h * hs;
+                    T* dk = dqkv + ((size_t)b * Tn + t2) * 3 * C + C + h * hs;
+                    for (int i = 0; i < hs; i++) { dq[i] += dpre * k[i]; dk[i] += dpre * q[i]; }
+                }
+            }
+        }
+}
+
+template <typename T>
+inline T gelu_scalar(T x) {
+    const T s = T(0.7978845608028654);  // sqrt(2/pi)
+    return T(0.5) * x * (T(1) + std::tanh(s * (x + T(0.044715) * x * x * x)));
+}
+
+template <typename T>
+void gelu_forward(T* out, const T* inp, size_t N) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) out[i] = gelu_scalar(inp[i]);
+}
+
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, size_t N) {
+    const T s = T(0.7978845608028654);
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) {
+        T x = inp[i];
+        T u = s * (x + T(0.044715) * x * x * x);
+        T th = std::tanh(u);
+        T sech2 = T(1) - th * th;
+        T local = T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
+        dinp[i] += local * dout[i];
+    }
+}
+
+template <typename T>
+void residual_forward(T* out, const T* a, const T* b, size_t N) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
+}
+
+template <typename T>
+void residual_backward(T* da, T* db, const T* dout, size_t N) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) { da[i] += dout[i]; db[i] += dout[i]; }
+}
+
+// ----------------------------------------------------------------------------
+// the training forward and backward
+
+template <typename T>
+void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
+    GKD_ASSERT(Tn <= m.config.max_seq_len, "batch longer than the context");
+    if (m.grads_memory.empty()) {
+        m.grads_memory.assign(m.num_parameters, T(0));
+        point_parameters(m.grads, m.grads_memory.data(), m.param_sizes);
+    }
+    if (B <= m.max_B && Tn <= m.max_T) return;
+    m.max_B = std::max(B, m.max_B);
+    m.max_T = std::max(Tn, m.max_T);
+    size_t sizes[NUM_ACTIVATION_TENSORS], total = 0;
+    fill_activation_sizes(sizes, m.config, m.max_B, m.max_T);
+    for (size_t s : sizes) total += s;
+    m.acts_memory.assign(total, T(0));
+    m.grads_acts_memory.assign(total, T(0));
+    point_activations(m.acts, m.acts_memory.data(), sizes);
+    point_activations(m.grads_acts, m.grads_acts_memory.data(), sizes);
+    m.attention_scratch.assign((size_t)omp_get_max_threads() * m.max_T, T(0));
+    m.inputs.assign((size_t)m.max_B * m.max_T, 0);
+}
+
+// Re-points the activation tensors for the current (B, T) inside the allocation.
+template <typename T>
+void gpt_shape_activations(GPT<T>& m, int B, int Tn) {
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    fill_activation_sizes(sizes, m.config, B, Tn);
+    point_activations(m.acts, m.acts_memory.data(), sizes);
+    point_activations(m.grads_acts, m.grads_acts_memory.data(), sizes);
+}
+
+// tokens (B, T) -> acts.logits (B, T, Vp), keeping what gpt_backward needs.
+template <typename T>
+void gpt_forward(GPT<T>& m, const int* tokens, int B, int Tn) {
+    const GPTConfig& c = m.config;
+    gpt_prepare_training(m, B, Tn);
+    gpt_shape_activations(m, B, Tn);
+    m.batch_B = B;
+    m.batch_T = Tn;
+    for (int i = 0; i < B * Tn; i++) {
+        GKD_ASSERT(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id out of range");
+        m.inputs[i] = tokens[i];
+    }
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    ParameterTensors<T>& p = m.params;
+    ActivationTensors<T>& a = m.acts;
+    encoder_forward(a.encoded, m.inputs.data(), p.wte, p.wpe, B, Tn, C);
+    for (int l = 0; l < L; l++) {
+        const T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
+        T* ln1 = a.ln1 + (size_t)l * N * C;
+        T* qkv = a.qkv + (size_t)l * N * 3 * C;
+        T* atty = a.atty + (size_t)l * N * C;
+        T* att = a.att + (size_t)l * B * NH * Tn * Tn;
+        T* attproj = a.attproj + (size_t)l * N * C;
+        T* residual2 = a.residual2 + (size_t)l * N * C;
+        T* ln2 = a.ln2 + (size_t)l * N * C;
+        T* fch = a.fch + (size_t)l * N * 4 * C;
+        T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
+        T* fcproj = a.fcproj + (size_t)l * N * C;
+        T* residual3 = a.residual3 + (size_t)l * N * C;
+        layernorm_forward(ln1, a.ln1_mean + (size_t)l * N, a.ln1_rstd + (size_t)l * N, residual,
+                          p.ln1w + l * C, p.ln1b + l * C, N, C);
+        matmul_forward(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        attention_forward(atty, att, qkv, B, Tn, C, NH);
+        matmul_forward(attproj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
+        residual_forward(residual2, residual, attproj, (size_t)N * C);
+        layernorm_forward(ln2, a.ln2_mean + (size_t)l * N, a.ln2_rstd + (size_t)l * N, residual2,
+                          p.ln2w + l * C, p.ln2b + l * C, N, C);
+        matmul_forward(fch, ln2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        gelu_forward(fch_gelu, fch, (size_t)N * 4 * C);
+        matmul_forward(fcproj, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
+        residual_forward(residual3, residual2, fcproj, (size_t)N * C);
+    }
+    const T* last = a.residual3 + (size_t)(L - 1) * N * C;
+    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, N, C);
+    const int V = c.vocab_size, Vp = c.padded_vocab_size;
+    matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, V, Vp);
+    if (Vp > V)
+        for (int n = 0; n < N; n++) std::fill(a.logits + (size_t)n * Vp + V, a.logits + (size_t)(n + 1) * Vp, T(0));
+}
+
+template <typename T>
+void gpt_zero_grad(GPT<T>& m) {
+    std::fill(m.grads_memory.begin(), m.grads_memory.end(), T(0));
+}
+
+// Accumulates parameter gradients from grads_acts.logits (B, T, Vp), which the loss wrote.
+template <typename T>
+void gpt_backward(GPT<T>& m) {
+    const GPTConfig& c = m.config;
+    const int B = m.batch_B, Tn = m.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size;
+    ParameterTensors<T>& p = m.params;
+    ParameterTensors<T>& g = m.grads;
+    ActivationTensors<T>& a = m.acts;
+    ActivationTensors<T>& d = m.grads_acts;
+    // the backward accumulates, so zero every activation gradient except the logits'
+    std::fill(m.grads_acts_memory.data(), d.logits, T(0));
+
+    matmul_backward(d.lnf, g.wte, (T*)nullptr, d.logits, a.lnf, p.wte, N, C, V, Vp);
+    T* last = a.residual3 + (size_t)(L - 1) * N * C;
+    T* dlast = d.residual3 + (size_t)(L - 1) * N * C;
+    layernorm_backward(dlast, g.lnfw, g.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
+        T* dresidual = l == 0 ? d.encoded : d.residual3 + (size_t)(l - 1) * N * C;
+        size_t oC = (size_t)l * N * C, o3 = oC * 3, o4 = oC * 4, oN = (size_t)l * N;
+        size_t oAtt = (size_t)l * B * NH * Tn * Tn;
+        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+        residual_backward(d.residual2 + oC, d.fcproj + oC, d.residual3 + oC, (size_t)N * C);
+        matmul_backward(d.fch_gelu + o4, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, d.fcproj + oC,
+                        a.fch_gelu + o4, p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, C);
+        gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)N * 4 * C);
+        matmul_backward(d.ln2 + oC, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.fch + o4, a.ln2 + oC,
+                        p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, 4 * C);
+        layernorm_backward(d.residual2 + oC, g.ln2w + l * C, g.ln2b + l * C, d.ln2 + oC, a.residual2 + oC,
+                           p.ln2w + l * C, a.ln2_mean + oN, a.ln2_rstd + oN, N, C);
+        // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+        residual_backward(dresidual, d.attproj + oC, d.residual2 + oC, (size_t)N * C);
+        matmul_backward(d.atty + oC, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.attproj + oC,
+                        a.atty + oC, p.attprojw + (size_t)l * C * C, N, C, C, C);
+        attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, m.attention_scratch.data(), B, Tn, C, NH);
+        matmul_backward(d.ln1 + oC, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.qkv + o3, a.ln1 + oC,
+                        p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, 3 * C);
+        layernorm_backward(dresidual, g.ln1w + l * C, g.ln1b + l * C, d.ln1 + oC, residual, p.ln1w + l * C,
+                           a.ln1_mean + oN, a.ln1_rstd + oN, N, C);
+    }
+    encoder_backward(g.wte, g.wpe, d.encoded, m.inputs.data(), B, Tn, C);
+}
+
+// ----------------------------------------------------------------------------
+// forward-only inference with a KV cache: sampling, and the teacher's forward pass
+
+template <typename T>
+struct KVCache {
+    int L = 0, rows = 0, maxT = 0, C = 0;
+    std::vector<T> k, v;  // (L, rows, maxT, C) each
+    void allocate(const GPTConfig& c, int nrows) {
+        if (nrows <= rows && L == c.num_layers && C == c.channels && maxT == c.max_seq_len) return;
+        L = c.num_layers; rows = nrows; maxT = c.max_seq_len; C = c.channels;
+        k.assign((size_t)L * rows * maxT * C, T(0));
+        v.assign((size_t)L * rows * maxT * C, T(0));
+    }
+    T* key(int l, int row, int pos) { return k.data() + (((size_t)l * rows + row) * maxT + pos) * C; }
+    T* value(int l, int row, int pos) { return v.data() + (((size_t)l * rows + row) * maxT + pos) * C; }
+};
+
+// Scratch reused across layers: the teacher keeps no per-layer activations.
+template <typename T>
+struct InferScratch {
+    size_t capacity_rows = 0;
+    std::vector<T> x, ln, qkv, atty, proj, fch;  // (rows, C | C | 3C | C | C | 4C)
+    std::vector<T> scores;                        // (threads, maxT)
+    void ensure(size_t rows, int C, int maxT) {
+        size_t threads = (size_t)omp_get_max_threads();
+        if (scores.size() < threads * maxT) scores.assign(threads * maxT, T(0));
+        if (rows <= capacity_rows) return;
+        capacity_rows = rows;
+        x.assign(rows * C, T(0)); ln.assign(rows * C, T(0)); qkv.assign(rows * 3 * C, T(0));
+        atty.assign(rows * C, T(0)); proj.assign(rows * C, T(0)); fch.assign(rows * 4 * C, T(0));
+    }
+};
+
+// Runs Tn new tokens per row through the model, appending their keys and values to the
+// cache, and attending over everything the row has cached so far.
+//   tokens    (Bn, Tn) new tokens, right-padded; row b has n_new[b] real ones
+//   cache_row (Bn)     which cache row each batch row uses
+//   start     (Bn)     the position of the row's first new token (= tokens already cached)
+//   logits    all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token
+// Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length.
+// Padded slots compute junk that is never stored in the cache and never read.
+template <typename T>
+void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
+               const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions) {
+    const GPTConfig& c = m.config;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, hs = C / NH;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
+    const ParameterTensors<T>& p = m.params;
+    s.ensure((size_t)N, C, c.max_seq_len);
+    for (int b = 0; b < Bn; b++)
+        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && cache_row[b] < cache.rows, "sequence past the context");
+
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < Bn; b++)
+        for (int t = 0; t < Tn; t++) {
+            T* o = s.x.data() + ((size_t)b * Tn + t) * C;
+            int tok = tokens[b * Tn + t];
+            if (t >= n_new[b] || tok < 0 || tok >= V) { std::fill(o, o + C, T(0)); continue; }
+            const T* e = p.wte + (size_t)tok * C;
+            const T* pe = p.wpe + (size_t)(start[b] + t) * C;
+            for (int i = 0; i < C; i++) o[i] = e[i] + pe[i];
+        }
+    const T scale = T(1) / std::sqrt(T(hs));
+    for (int l = 0; l < L; l++) {
+        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.x.data(), p.ln1w + l * C, p.ln1b + l * C, N, C);
+        matmul_forward(s.qkv.data(), s.ln.data(), p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        for (int b = 0; b < Bn; b++)
+            for (int t = 0; t < n_new[b]; t++) {
+                const T* q = s.qkv.data() + ((size_t)b * Tn + t) * 3 * C;
+                memcpy(cache.key(l, cache_row[b], start[b] + t), q + C, sizeof(T) * C);
+                memcpy(cache.value(l, cache_row[b], start[b] + t), q + 2 * C, sizeof(T) * C);
+            }
+        #pragma omp parallel for collapse(3)
+        for (int b = 0; b < Bn; b++)
+            for (int t = 0; t < Tn; t++)
+                for (int h = 0; h < NH; h++) {
+                    T* o = s.atty.data() + ((size_t)b * Tn + t) * C + h * hs;
+                    if (t >= n_new[b]) { std::fill(o, o + hs, T(0)); continue; }
+                    const T* q = s.qkv.data() + ((size_t)b * Tn + t) * 3 * C + h * hs;
+                    T* sc = s.scores.data() + (size_t)omp_get_thread_num() * c.max_seq_len;
+                    int len = start[b] + t + 1;
+                    T maxv = -INFINITY;
+                    for (int j = 0; j < len; j++) {
+                        const T* k = cache.key(l, cache_row[b], j) + h * hs;
+                        T dot = 0;
+                        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+                        sc[j] = dot * scale;
+                        maxv = std::max(maxv, sc[j]);
+                    }
+                    T sum = 0;
+                    for (int j = 0; j < len; j++) { sc[j] = std::exp(sc[j] - maxv); sum += sc[j]; }
+                    T inv = T(1) / sum;
+                    std::fill(o, o + hs, T(0));
+                    for (int j = 0; j < len; j++) {
+                        const T* v = cache.value(l, cache_row[b], j) + h * hs;
+                        T w = sc[j] * inv;
+                        for (int i = 0; i < hs; i++) o[i] += w * v[i];
+                    }
+                }
+        matmul_forward(s.proj.data(), s.atty.data(), p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
+        residual_forward(s.x.data(), s.x.data(), s.proj.data(), (size_t)N * C);
+        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.x.data(), p.ln2w + l * C, p.ln2b + l * C, N, C);
+        matmul_forward(s.fch.data(), s.ln.data(), p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        gelu_forward(s.fch.data(), s.fch.data(), (size_t)N * 4 * C);
+        matmul_forward(s.proj.data(), s.fch.data(), p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
+        residual_forward(s.x.data(), s.x.data(), s.proj.data(), (size_t)N * C);
+    }
+    if (all_positions) {
+        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.x.data(), p.lnfw, p.lnfb, N, C);
+        matmul_forward(logits, s.ln.data(), p.wte, (const T*)nullptr, N, C, V, Vp);
+        for (int n = 0; n < N; n++) std::fill(logits + (size_t)n * Vp + V, logits + (size_t)(n + 1) * Vp, T(0));
+    } else {
+        // only each row's last new position feeds the LM head: the prefill skips the rest
+        for (int b = 0; b < Bn; b++) {
+            int t = std::max(n_new[b] - 1, 0);
+            memcpy(s.atty.data() + (size_t)b * C, s.x.data() + ((size_t)b * Tn + t) * C, sizeof(T) * C);
+        }
+        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.atty.data(), p.lnfw, p.lnfb, Bn, C);
+        matmul_forward(logits, s.ln.data(), p.wte, (const T*)nullptr, Bn, C, V, Vp);
+        for (int b = 0; b < Bn; b++) std::fill(logits + (size_t)b * Vp + V, logits + (size_t)(b + 1) * Vp, T(0));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints (llm.c's format) and initialisation
+
+constexpr int CHECKPOINT_MAGIC = 20240326;
+
+// Reads and validates a checkpoint: every size is checked against the file's length
+// before anything is allocated.
+inline void gpt_load(GPT<float>& m, const std::string& path) {
+    InputFile in(path);
+    int header[256];
+    if (in.size < (long long)sizeof header)
+        GKD_FAIL("%s: not a gkd/llm.c checkpoint: %lld bytes is shorter than the 1024-byte header",
+                 path.c_str(), in.size);
+    in.read_exact(header, sizeof header, "the header");
+    if (header[0] != CHECKPOINT_MAGIC)
+        GKD_FAIL("%s: bad magic number %d (expected %d): not an llm.c checkpoint", path.c_str(), header[0],
+                 CHECKPOINT_MAGIC);
+    int version = header[1];
+    if (version != 3 && version != 5)
+        GKD_FAIL("%s: unsupported checkpoint version %d (3 = fp32 and 5 = bf16 are supported)", path.c_str(), version);
+    GPTConfig c;
+    c.max_seq_len = header[2];
+    c.vocab_size = header[3];
+    c.num_layers = header[4];
+    c.num_heads = header[5];
+    c.channels = header[6];
+    c.padded_vocab_size = header[7];
+    validate_config(c, path);
+    size_t sizes[NUM_PARAMETER_TENSORS];
+    fill_parameter_sizes(sizes, c);
+    unsigned long long n = 0;
+    for (size_t s : sizes) n += s;
+    size_t elem = version == 3 ? 4 : 2;
+    unsigned long long expected = sizeof header + n * elem;
+    if ((unsigned long long)in.size != expected)
+        GKD_FAIL("%s: file is %lld bytes but its header (L=%d C=%d NH=%d maxT=%d Vp=%d, version %d) needs %llu: %s",
+                 path.c_str(), in.size, c.num_layers, c.channels, c.num_heads, c.max_seq_len, c.padded_vocab_size,
+                 version, expected, (unsigned long long)in.size < expected ? "truncated" : "trailing bytes");
+    gpt_build(m, c);
+    if (version == 3) {
+        in.read_exact(m.params_memory.data(), n * 4, "the parameters");
+    } else {
+        std::vector<uint16_t> raw(n);
+        in.read_exact(raw.data(), n * 2, "the parameters");
+        for (size_t i = 0; i < n; i++) {
+            uint32_t bits = (uint32_t)raw[i] << 16;  // bf16 is the top half of an fp32
+            memcpy(&m.params_memory[i], &bits, 4);
+        }
+    }
+}
+
+inline void gpt_save(const GPT<float>& m, const std::string& path) {
+    int header[256] = {0};
+    header[0] = CHECKPOINT_MAGIC;
+    header[1] = 3;
+    header[2] = m.config.max_seq_len;
+    header[3] = m.config.vocab_size;
+    header[4] = m.config.num_layers;
+    header[5] = m.config.num_heads;
+    header[6] = m.config.channels;
+    header[7] = m.config.padded_vocab_size;
+    AtomicWriter w(path);
+    w.write(header, sizeof header);
+    w.write(m.params_memory.data(), m.num_parameters * sizeof(float));
+    w.commit();
+}
+
+// GPT-2's initialisation: N(0, 0.02) weights and embeddings, residual projections scaled
+// by 1/sqrt(2L), zero biases, unit LayerNorm gains. Padded vocabulary rows stay zero.
+template <typename T>
+void gpt_init_random(GPT<T>& m, uint64_t seed) {
+    const GPTConfig& c = m.config;
+    Rng rng(seed);
+    ParameterTensors<T>& p = m.params;
+    std::fill(m.params_memory.begin(), m.params_memory.end(), T(0));
+    auto normal = [&](T* w, size_t n, double std) { for (size_t i = 0; i < n; i++) w[i] = T(rng.normal() * std); };
+    double residual_std = 0.02 / std::sqrt(2.0 * c.num_layers);
+    size_t C = c.channels, L = c.num_layers;
+    normal(p.wte, (size_t)c.vocab_size * C, 0.02);
+    normal(p.wpe, (size_t)c.max_seq_len * C, 0.02);
+    std::fill(p.ln1w, p.ln1w + L * C, T(1));
+    normal(p.qkvw, L * 3 * C * C, 0.02);
+    normal(p.attprojw, L * C * C, residual_std);
+    std::fill(p.ln2w, p.ln2w + L * C, T(1));
+    normal(p.fcw, L * 4 * C * C, 0.02);
+    normal(p.fcprojw, L * 4 * C * C, residual_std);
+    std::fill(p.lnfw, p.lnfw + C, T(1));
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# tests/cli_test.sh — the command line end to end: every subcommand's output format, and
+# the rule for bad input: exit status 1, exactly one line on stderr naming the file (and
+# line) or the flag, never a crash, never a half-written output.
+# Prints "N passed, N failed" last; exits non-zero on any failure.
+set -u
+cd "$(dirname "$0")/.."
+GKD=${GKD:-./gkd}
+W=$(mktemp -d /tmp/gkd_cli.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+pass=0
+fail=0
+
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*" >&2; }
+
+# expect_ok NAME CMD...: exit 0
+expect_ok() {
+  local name=$1; shift
+  if "$@" >"$W/out" 2>"$W/err"; then ok; else bad "$name: exit $? ($(head -c 300 "$W/err"))"; fi
+}
+
+# expect_error NAME 'expected text' CMD...: exit 1, one stderr line containing the text
+expect_error() {
+  local name=$1 want=$2; shift 2
+  "$@" >"$W/out" 2>"$W/err" </dev/null
+  local rc=$? lines
+  lines=$(wc -l <"$W/err")
+  if [ "$rc" -ne 1 ]; then bad "$name: exit $rc, wanted 1 ($(head -c 300 "$W/err"))"
+  elif [ "$lines" -ne 1 ]; then bad "$name: $lines lines on stderr, wanted 1: $(cat "$W/err")"
+  elif ! grep -qF -- "$want" "$W/err"; then bad "$name: stderr lacks '$want': $(cat "$W/err")"
+  else ok; fi
+}
+
+# check NAME CONDITION...: a shell test
+check() {
+  local name=$1; shift
+  if "$@"; then ok; else bad "$name"; fi
+}
+
+# --- init and checkpoints
+expect_ok "init student" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab byte --seed 1 --out "$W/s.bin"
+expect_ok "init teacher" $GKD init --layers 2 --channels 32 --heads 4 --context 32 --vocab byte --seed 2 --out "$W/t.bin"
+# L=1 C=16 maxT=32 Vp=384: wte 6144 + wpe 512 + 12 C^2 = 3072 + biases/LN 240
+check "checkpoint size = header + parameters" [ "$(stat -c %s "$W/s.bin")" -eq $((1024 + 4 * 9968)) ]
+expect_ok "init is deterministic" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab byte --seed 1 --out "$W/s2.bin"
+check "same seed, same bytes" cmp -s "$W/s.bin" "$W/s2.bin"
+expect_error "heads must divide channels" "--heads 3 does not divide --channels 16" $GKD init --layers 1 --channels 16 --heads 3 --context 32 --out "$W/x.bin"
+expect_error "missing --out" "--out is required" $GKD init --layers 1 --channels 16 --heads 2 --context 32
+
+# --- data
+cat >"$W/train.jsonl" <<'EOF'
+{"prompt": "2+3=", "completion": "5"}
+{"prompt": "1+1=", "completion": "2"}
+{"prompt_ids": [52, 43, 52, 61], "completion_ids": [56]}
+{"prompt": "caf\u00e9 ", "completion": "ok"}
+EOF
+printf '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": 3}\n' >"$W/badtype.jsonl"
+printf '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"\n' >"$W/malformed.jsonl"
+printf '{"prompt": "aaaaaaaaaaaaaaaaaaaa", "completion": "bbbbbbbbbbbbbbbbbbbb"}\n' >"$W/long.jsonl"
+: >"$W/empty.jsonl"
+
+# --- distill: outputs
+expect_ok "distill runs" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/run" --steps 4 --batch 2 --lambda 0.5 --max-new-tokens 8 --eval-data "$W/train.jsonl" --eval-every 2
+check "model.bin written" [ -s "$W/run/model.bin" ]
+check "no temporary file left" [ ! -e "$W/run/model.bin.tmp" ]
+check "metrics: 4 step lines and 2 eval lines" [ "$(grep -c '"loss"' "$W/run/metrics.jsonl")" -eq 4 -a "$(grep -c '"eval"' "$W/run/metrics.jsonl")" -eq 2 ]
+for key in step loss on_policy lr tokens step_ms; do
+  check "metrics has $key" grep -q "\"$key\"" "$W/run/metrics.jsonl"
+done
+check "progress line shows step, loss, tokens/s and ETA" grep -q "step 4/4 | loss .* tok/s .* ETA" "$W/err"
+
+# --- sft, sample, eval, tokenize
+expect_ok "sft runs" $GKD sft --model "$W/s.bin" --data "$W/train.jsonl" --out "$W/sft" --steps 3 --batch 2
+check "sft wrote model.bin" [ -s "$W/sft/model.bin" ]
+expect_ok "sample greedy" $GKD sample --model "$W/run/model.bin" --prompt "2+3=" --temperature 0 --max-new-tokens 5
+cp "$W/out" "$W/greedy1"
+check "sample prints prompt, completion and ids" grep -q '^{"completion":.*"ids":\[.*\],"prompt":"2+3="}$' "$W/greedy1"
+expect_ok "sample greedy again" $GKD sample --model "$W/run/model.bin" --prompt "2+3=" --temperature 0 --max-new-tokens 5
+check "greedy sampling is deterministic" cmp -s "$W/out" "$W/greedy1"
+expect_ok "sample from data, 3 each" $GKD sample --model "$W/s.bin" --data "$W/train.jsonl" --num-samples 3 --seed 4 --max-new-tokens 6
+check "12 samples" [ "$(wc -l <"$W/out")" -eq 12 ]
+cp "$W/out" "$W/samples1"
+expect_ok "same seed" $GKD sample --model "$W/s.bin" --data "$W/train.jsonl" --num-samples 3 --seed 4 --max-new-tokens 6 --batch 5
+check "same seed, same samples, whatever the batch" cmp -s "$W/out" "$W/samples1"
+expect_ok "eval with teacher" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --beta 0.1
+check "eval prints nll, divergence and exact_match" grep -q '"divergence":.*"exact_match":.*"nll":' "$W/out"
+printf 'h\xc3\xa9llo\n' >"$W/text"
+expect_ok "tokenize" $GKD tokenize --tokenizer byte <"$W/text"
+check "byte ids" [ "$(cat "$W/out")" = "[104,195,169,108,108,111,10]" ]
+cp "$W/out" "$W/ids"
+expect_ok "decode" $GKD tokenize --decode <"$W/ids"
+check "decode(encode(s)) == s" cmp -s "$W/out" "$W/text"
+expect_ok "no arguments prints usage" $GKD
+check "usage names the commands" grep -q "gkd distill" "$W/out"
+
+# --- bad input: one line, exit 1
+printf 'garbage' >"$W/corrupt.bin"
+head -c 5000 "$W/s.bin" >"$W/truncated.bin"
+expect_error "corrupt checkpoint" "$W/corrupt.bin: not a gkd/llm.c checkpoint" $GKD sample --model "$W/corrupt.bin" --prompt x
+expect_error "truncated checkpoint" "$W/truncated.bin: file is 5000 bytes" $GKD eval --model "$W/truncated.bin" --data "$W/train.jsonl"
+expect_error "missing checkpoint" "$W/nope.bin: cannot open" $GKD distill --teacher "$W/nope.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/r2"
+expect_error "malformed JSON line" "$W/malformed.jsonl:2: malformed JSON" $GKD sft --model "$W/s.bin" --data "$W/malformed.jsonl" --out "$W/r3"
+check "no output folder after a refused run" [ ! -e "$W/r3" ]
+expect_error "wrong type" "$W/badtype.jsonl:2: \"completion\" must be a string" $GKD sft --model "$W/s.bin" --data "$W/badtype.jsonl" --out "$W/r4"
+expect_error "too long for the context" "$W/long.jsonl:1: prompt (20 tokens) + completion (20 tokens) is longer than the model's context of 32 tokens" $GKD sft --model "$W/s.bin" --data "$W/long.jsonl" --out "$W/r5"
+expect_error "empty data" "$W/empty.jsonl: no examples" $GKD sft --model "$W/s.bin" --data "$W/empty.jsonl" --out "$W/r6"
+expect_ok "init a 300-token model" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab 300 --out "$W/v300.bin"
+expect_error "vocabulary mismatch names both files" "teacher $W/v300.bin has V = 300 but student $W/s.bin has V = 257" $GKD distill --teacher "$W/v300.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/r7"
+expect_error "a 300-token model needs a tokenizer" "needs a tokenizer file" $GKD sample --model "$W/v300.bin" --prompt x
+expect_error "unknown flag" "unknown flag --lamda" $GKD distill --lamda 0.5
+expect_error "missing value" "--steps needs a value" $GKD sft --model "$W/s.bin" --steps
+expect_error "not a number" "--lr 'fast' is not a number" $GKD sft --model "$W/s.bin" --data "$W/train.jsonl" --out "$W/r8" --lr fast
+expect_error "lambda out of range" "--lambda 2 is outside [0, 1]" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/r9" --lambda 2
+expect_error "negative temperature" "--temperature -1 is outside" $GKD sample --model "$W/s.bin" --prompt x --temperature -1
+expect_error "no GPU path" "--device cuda" $GKD sample --model "$W/s.bin" --prompt x --device cuda
+expect_error "bad decode input" "<stdin>: malformed JSON" $GKD tokenize --decode
+expect_error "unknown command" "unknown command 'train'" $GKD train
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

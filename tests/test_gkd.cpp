@@ -1,0 +1,897 @@
+// tests/test_gkd.cpp — the unit tests (doctest). Run from the repository root:
+//   make unit-test      (or: ./tests/test_gkd)
+//
+// It includes gkd.cu whole, as llm.c's test includes its trainer, so that every internal
+// function can be checked directly.
+//
+// What is checked, and how:
+// - every layer's backward, the whole model's backward and every loss gradient against
+//   central finite differences, in double precision (the model is templated on the scalar);
+// - the CPU path against an independent fp64 PyTorch implementation of SPEC
+//   (dev/reference_gkd.py), through the committed fixture tests/fixtures/reference/;
+// - the KV-cached decode against a full forward, sampling against softmax(logits/T),
+//   checkpoints, masking, data and flag validation, and run-to-run reproducibility.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#define GKD_NO_MAIN
+#include "../gkd.cu"
+
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+// ----------------------------------------------------------------------------
+// helpers
+
+static const std::string FIXTURE_DIR = "tests/fixtures/reference/";
+
+static std::vector<double> randn(size_t n, uint64_t seed, double std = 1.0) {
+    Rng rng(seed);
+    std::vector<double> v(n);
+    for (auto& x : v) x = rng.normal() * std;
+    return v;
+}
+
+// Central differences in double: with h = 1e-5 the truncation error is O(h^2 f''') ~ 1e-10
+// and the rounding error O(eps/h) ~ 1e-11, so 1e-6 (relative, or absolute below 1)
+// separates a right gradient from a wrong one, which is off by O(1).
+static double central_difference(double& x, const std::function<double()>& f, double h = 1e-5) {
+    double saved = x;
+    x = saved + h;
+    double up = f();
+    x = saved - h;
+    double down = f();
+    x = saved;
+    return (up - down) / (2 * h);
+}
+
+static void check_gradient(std::vector<double>& x, const std::vector<double>& analytic,
+                           const std::function<double()>& f, const char* what, double tol = 1e-6) {
+    REQUIRE(x.size() == analytic.size());
+    double worst = 0;
+    size_t worst_i = 0;
+    for (size_t i = 0; i < x.size(); i++) {
+        double numeric = central_difference(x[i], f);
+        double err = std::fabs(numeric - analytic[i]) / std::max(1.0, std::fabs(numeric));
+        if (err > worst) { worst = err; worst_i = i; }
+    }
+    INFO(what << ": worst element " << worst_i << " error " << worst);
+    CHECK(worst < tol);
+}
+
+static double dot(const std::vector<double>& a, const std::vector<double>& b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
+    return s;
+}
+
+static std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const GkdError& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+static bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+static std::string temp_dir() {
+    char tmpl[] = "/tmp/gkd_test.XXXXXX";
+    char* d = mkdtemp(tmpl);
+    REQUIRE(d != nullptr);
+    return d;
+}
+
+static void write_text(const std::string& path, const std::string& text) {
+    std::ofstream f(path, std::ios::binary);
+    f << text;
+}
+
+static std::string read_bytes(const std::string& path) { return read_whole_file(path); }
+
+// A small random model with weights large enough that every parameter matters.
+template <typename T>
+static void make_model(GPT<T>& m, int L, int C, int NH, int maxT, int V, uint64_t seed) {
+    GPTConfig c;
+    c.num_layers = L; c.channels = C; c.num_heads = NH; c.max_seq_len = maxT; c.vocab_size = V;
+    c.padded_vocab_size = V + 5;  // deliberately not a multiple of anything
+    gpt_build(m, c);
+    auto r = randn(m.num_parameters, seed, 0.3);
+    for (size_t i = 0; i < m.num_parameters; i++) m.params_memory[i] = (T)r[i];
+    for (int i = 0; i < L * C; i++) { m.params.ln1w[i] += 1; m.params.ln2w[i] += 1; }
+    for (int i = 0; i < C; i++) m.params.lnfw[i] += 1;
+    for (int v = V; v < c.padded_vocab_size; v++)
+        for (int i = 0; i < C; i++) m.params.wte[(size_t)v * C + i] = 0;
+}
+
+static std::vector<int> ids(std::initializer_list<int> l) { return std::vector<int>(l); }
+
+// ----------------------------------------------------------------------------
+// layers against finite differences
+
+TEST_CASE("matmul backward matches finite differences (with a strided output)") {
+    const int N = 5, C = 7, OC = 6, LD = 9;
+    auto inp = randn(N * C, 1), w = randn(OC * C, 2), bias = randn(OC, 3), r = randn(N * LD, 4);
+    for (int n = 0; n < N; n++) for (int o = OC; o < LD; o++) r[n * LD + o] = 0;  // columns past OC unused
+    auto loss = [&]() {
+        std::vector<double> out(N * LD, 0.0);
+        matmul_forward(out.data(), inp.data(), w.data(), bias.data(), N, C, OC, LD);
+        return dot(out, r);
+    };
+    std::vector<double> dinp(N * C, 0), dw(OC * C, 0), db(OC, 0);
+    matmul_backward(dinp.data(), dw.data(), db.data(), r.data(), inp.data(), w.data(), N, C, OC, LD);
+    check_gradient(inp, dinp, loss, "dinp");
+    check_gradient(w, dw, loss, "dweight");
+    check_gradient(bias, db, loss, "dbias");
+}
+
+TEST_CASE("layernorm backward matches finite differences") {
+    const int N = 4, C = 9;
+    auto inp = randn(N * C, 5, 2.0), w = randn(C, 6), b = randn(C, 7), r = randn(N * C, 8);
+    auto loss = [&]() {
+        std::vector<double> out(N * C), mean(N), rstd(N);
+        layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N, C);
+        return dot(out, r);
+    };
+    std::vector<double> out(N * C), mean(N), rstd(N), dinp(N * C, 0), dw(C, 0), db(C, 0);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N, C);
+    layernorm_backward(dinp.data(), dw.data(), db.data(), r.data(), inp.data(), w.data(), mean.data(), rstd.data(), N, C);
+    check_gradient(inp, dinp, loss, "dinp");
+    check_gradient(w, dw, loss, "dweight");
+    check_gradient(b, db, loss, "dbias");
+}
+
+TEST_CASE("attention backward matches finite differences") {
+    const int B = 2, T = 5, C = 8, NH = 2;
+    auto qkv = randn(B * T * 3 * C, 9), r = randn(B * T * C, 10);
+    std::vector<double> att(B * NH * T * T);
+    auto loss = [&]() {
+        std::vector<double> out(B * T * C);
+        attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+        return dot(out, r);
+    };
+    loss();
+    // the forward itself: each attention row is a causal distribution
+    for (int row = 0; row < B * NH * T; row++) {
+        int t = row % T;
+        double s = 0;
+        for (int t2 = 0; t2 < T; t2++) { s += att[row * T + t2]; if (t2 > t) CHECK(att[row * T + t2] == 0.0); }
+        CHECK(s == doctest::Approx(1.0).epsilon(1e-12));
+    }
+    std::vector<double> dqkv(B * T * 3 * C, 0), scratch((size_t)omp_get_max_threads() * T);
+    attention_backward(dqkv.data(), r.data(), qkv.data(), att.data(), scratch.data(), B, T, C, NH);
+    check_gradient(qkv, dqkv, loss, "dqkv");
+}
+
+TEST_CASE("gelu, residual and encoder backward match finite differences") {
+    const int N = 40;
+    auto x = randn(N, 11, 2.0), r = randn(N, 12);
+    auto gelu_loss = [&]() { std::vector<double> out(N); gelu_forward(out.data(), x.data(), N); return dot(out, r); };
+    std::vector<double> dx(N, 0);
+    gelu_backward(dx.data(), x.data(), r.data(), N);
+    check_gradient(x, dx, gelu_loss, "gelu");
+    CHECK(gelu_scalar(1.0) == doctest::Approx(0.8411919906082768).epsilon(1e-12));  // tanh-approximate GELU
+
+    auto a = randn(N, 13), b = randn(N, 14);
+    auto res_loss = [&]() { std::vector<double> out(N); residual_forward(out.data(), a.data(), b.data(), N); return dot(out, r); };
+    std::vector<double> da(N, 0), db(N, 0);
+    residual_backward(da.data(), db.data(), r.data(), N);
+    check_gradient(a, da, res_loss, "residual a");
+    check_gradient(b, db, res_loss, "residual b");
+
+    const int B = 2, T = 3, C = 4, V = 5;
+    std::vector<int> tokens = {1, 3, 1, 4, 1, 0};  // repeated tokens must accumulate
+    auto wte = randn(V * C, 15), wpe = randn(T * C, 16), re = randn(B * T * C, 17);
+    auto enc_loss = [&]() {
+        std::vector<double> out(B * T * C);
+        encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+        return dot(out, re);
+    };
+    std::vector<double> dwte(V * C, 0), dwpe(T * C, 0);
+    encoder_backward(dwte.data(), dwpe.data(), re.data(), tokens.data(), B, T, C);
+    check_gradient(wte, dwte, enc_loss, "dwte");
+    check_gradient(wpe, dwpe, enc_loss, "dwpe");
+}
+
+// ----------------------------------------------------------------------------
+// losses
+
+TEST_CASE("divergence and cross-entropy gradients match finite differences, padded columns excluded") {
+    const int V = 13, Vp = 16;
+    auto t = randn(Vp, 20, 2.0), s = randn(Vp, 21, 2.0);
+    for (int i = V; i < Vp; i++) { t[i] = 1e3; s[i] = -1e3; }  // padded junk must not matter
+    for (double beta : {0.0, 0.1, 0.5, 0.9, 1.0})
+        for (double tau : {0.5, 1.0, 2.0}) {
+            CAPTURE(beta);
+            CAPTURE(tau);
+            std::vector<double> grad(Vp, 99.0);
+            double D = divergence_row(t.data(), s.data(), grad.data(), V, Vp, beta, tau, 1.0);
+            CHECK(D > 0);
+            for (int i = V; i < Vp; i++) CHECK(grad[i] == 0.0);
+            std::vector<double> sv(s.begin(), s.begin() + V), gv(grad.begin(), grad.begin() + V);
+            auto f = [&]() {
+                std::vector<double> full = s;
+                std::copy(sv.begin(), sv.end(), full.begin());
+                return divergence_row(t.data(), full.data(), (double*)nullptr, V, Vp, beta, tau, 1.0);
+            };
+            check_gradient(sv, gv, f, "dD/ds");
+            // the gradient scale is applied linearly
+            std::vector<double> g2(Vp);
+            divergence_row(t.data(), s.data(), g2.data(), V, Vp, beta, tau, 0.25);
+            CHECK(g2[3] == doctest::Approx(0.25 * grad[3]).epsilon(1e-12));
+        }
+    std::vector<double> grad(Vp);
+    double nll = cross_entropy_row(s.data(), 4, grad.data(), V, Vp, 1.0);
+    double lse = 0, mx = *std::max_element(s.begin(), s.begin() + V);
+    for (int i = 0; i < V; i++) lse += std::exp(s[i] - mx);
+    CHECK(nll == doctest::Approx(mx + std::log(lse) - s[4]).epsilon(1e-12));
+    std::vector<double> sv(s.begin(), s.begin() + V), gv(grad.begin(), grad.begin() + V);
+    auto f = [&]() {
+        std::vector<double> full = s;
+        std::copy(sv.begin(), sv.end(), full.begin());
+        return cross_entropy_row(full.data(), 4, (double*)nullptr, V, Vp, 1.0);
+    };
+    check_gradient(sv, gv, f, "dCE/ds");
+    for (int i = V; i < Vp; i++) CHECK(grad[i] == 0.0);
+}
+
+TEST_CASE("JSD(beta) properties") {
+    const int V = 17;
+    auto t = randn(V, 30, 1.5), s = randn(V, 31, 1.5);
+    auto D = [&](const std::vector<double>& a, const std::vector<double>& b, double beta, double tau = 1.0) {
+        return divergence_row(a.data(), b.data(), (double*)nullptr, V, V, beta, tau, 1.0);
+    };
+    SUBCASE("zero when P = Q") {
+        for (double beta : {0.0, 0.1, 0.5, 0.9, 1.0}) CHECK(std::fabs(D(t, t, beta)) < 1e-14);
+        auto shifted = t;  // softmax is shift-invariant, so P = Q here too
+        for (auto& x : shifted) x += 3.0;
+        CHECK(std::fabs(D(t, shifted, 0.5)) < 1e-14);
+    }
+    SUBCASE("symmetric at beta = 0.5") {
+        CHECK(D(t, s, 0.5) == doctest::Approx(D(s, t, 0.5)).epsilon(1e-13));
+        CHECK(D(t, s, 0.1) != doctest::Approx(D(s, t, 0.1)).epsilon(1e-3));  // and not otherwise
+    }
+    SUBCASE("JSD(beta)/beta -> forward KL as beta -> 0, JSD(beta)/(1-beta) -> reverse KL as beta -> 1") {
+        double fkl = D(t, s, 0.0), rkl = D(t, s, 1.0);
+        CHECK(fkl != doctest::Approx(rkl).epsilon(0.01));
+        double prev_f = 1e9, prev_r = 1e9;
+        for (double eps : {1e-2, 1e-3, 1e-4}) {
+            double ef = std::fabs(D(t, s, eps) / eps - fkl) / fkl;
+            double er = std::fabs(D(t, s, 1 - eps) / eps - rkl) / rkl;
+            CHECK(ef < prev_f);
+            CHECK(er < prev_r);
+            prev_f = ef;
+            prev_r = er;
+        }
+        CHECK(prev_f < 1e-3);
+        CHECK(prev_r < 1e-3);
+    }
+    SUBCASE("forward KL matches its definition") {
+        double mt = *std::max_element(t.begin(), t.end()), ms = *std::max_element(s.begin(), s.end()), zt = 0, zs = 0;
+        for (int i = 0; i < V; i++) { zt += std::exp(t[i] - mt); zs += std::exp(s[i] - ms); }
+        double kl = 0;
+        for (int i = 0; i < V; i++) {
+            double p = std::exp(t[i] - mt) / zt, q = std::exp(s[i] - ms) / zs;
+            kl += p * std::log(p / q);
+        }
+        CHECK(D(t, s, 0.0) == doctest::Approx(kl).epsilon(1e-12));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the whole model
+
+// Rows of different lengths in one batch: prompt + completion (+ EOS).
+static std::vector<Sequence> small_rows(const std::vector<std::vector<int>>& prompts, std::vector<std::vector<int>> completions) {
+    std::vector<Sequence> rows(prompts.size());
+    for (size_t i = 0; i < prompts.size(); i++) { rows[i].prompt = &prompts[i]; rows[i].completion = completions[i]; }
+    return rows;
+}
+
+TEST_CASE("the whole model's backward matches finite differences, for a divergence and for cross-entropy") {
+    GPT<double> m;
+    const int V = 11;
+    make_model(m, 2, 8, 2, 8, V, 40);
+    const int Vp = m.config.padded_vocab_size;
+    std::vector<std::vector<int>> prompts = {ids({1, 2, 3}), ids({4}), ids({5, 6})};
+    TrainBatch b = build_batch(small_rows(prompts, {ids({7, 8, 10}), ids({9, 1, 2, 3, 10}), ids({10})}), 10);
+    REQUIRE(b.T == 5);
+    auto teacher = randn((size_t)b.B * b.T * Vp, 41, 2.0);
+    for (bool ce : {false, true}) {
+        CAPTURE(ce);
+        auto loss = [&]() {
+            gpt_forward(m, b.tokens.data(), b.B, b.T);
+            return batch_loss(b, teacher.data(), Vp, m.acts.logits, (double*)nullptr, V, Vp, ce, 0.3, 1.5, LossNorm::Sequence);
+        };
+        gpt_forward(m, b.tokens.data(), b.B, b.T);
+        batch_loss(b, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, ce, 0.3, 1.5, LossNorm::Sequence);
+        gpt_zero_grad(m);
+        gpt_backward(m);
+        std::vector<double> analytic = m.grads_memory;
+        std::vector<double> params = m.params_memory;
+        // check every parameter, tensor by tensor, through a copy that the loss reads
+        size_t off = 0;
+        for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+            size_t n = m.param_sizes[k];
+            std::vector<double> x(params.begin() + off, params.begin() + off + n), g(analytic.begin() + off, analytic.begin() + off + n);
+            auto f = [&]() {
+                std::copy(x.begin(), x.end(), m.params_memory.begin() + off);
+                return loss();
+            };
+            check_gradient(x, g, f, PARAMETER_NAMES[k]);
+            std::copy(x.begin(), x.end(), m.params_memory.begin() + off);
+            off += n;
+        }
+        for (size_t i = (size_t)V * 8; i < (size_t)Vp * 8; i++) CHECK(analytic[i] == 0.0);  // padded wte rows
+    }
+}
+
+TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of different lengths in one batch") {
+    GPT<double> m;
+    make_model(m, 2, 16, 4, 12, 13, 50);
+    const int Vp = m.config.padded_vocab_size;
+    std::vector<std::vector<int>> seqs = {ids({1, 2, 3, 4, 5, 6, 7, 8, 9}), ids({3, 1, 4, 1, 5, 9, 2, 6}), ids({2, 7, 1, 8, 2, 8, 1})};
+    std::vector<int> prompt_len = {3, 6, 1};
+    const int B = 3;
+    // reference: the training forward over each full sequence, right-padded
+    int T = 9;
+    std::vector<int> padded(B * T, 0);
+    for (int b = 0; b < B; b++) std::copy(seqs[b].begin(), seqs[b].end(), padded.begin() + b * T);
+    gpt_forward(m, padded.data(), B, T);
+    std::vector<double> full(m.acts.logits, m.acts.logits + (size_t)B * T * Vp);
+    auto expect_row = [&](const double* got, int b, int pos) {
+        double worst = 0;
+        for (int v = 0; v < Vp; v++) worst = std::max(worst, std::fabs(got[v] - full[((size_t)b * T + pos) * Vp + v]));
+        CHECK(worst < 1e-10);
+    };
+    KVCache<double> cache;
+    InferScratch<double> scratch;
+    cache.allocate(m.config, B);
+    // prefill the prompts together
+    int Pmax = 6;
+    std::vector<int> tok(B * Pmax, 0), rows = {0, 1, 2}, start = {0, 0, 0}, n_new = prompt_len;
+    for (int b = 0; b < B; b++) std::copy(seqs[b].begin(), seqs[b].begin() + prompt_len[b], tok.begin() + b * Pmax);
+    std::vector<double> logits((size_t)B * Vp);
+    gpt_infer(m, cache, scratch, tok.data(), rows.data(), start.data(), n_new.data(), B, Pmax, logits.data(), false);
+    for (int b = 0; b < B; b++) expect_row(logits.data() + (size_t)b * Vp, b, prompt_len[b] - 1);
+    // decode one token at a time; the batch holds only the rows still going, in any order
+    std::vector<int> len = prompt_len;
+    for (int step = 0; step < 8; step++) {
+        std::vector<int> active;
+        for (int b = B - 1; b >= 0; b--) if (len[b] < (int)seqs[b].size()) active.push_back(b);
+        if (active.empty()) break;
+        int n = (int)active.size();
+        std::vector<int> t1(n), r1(n), s1(n), n1(n, 1);
+        for (int i = 0; i < n; i++) { int b = active[i]; t1[i] = seqs[b][len[b]]; r1[i] = b; s1[i] = len[b]; }
+        gpt_infer(m, cache, scratch, t1.data(), r1.data(), s1.data(), n1.data(), n, 1, logits.data(), false);
+        for (int i = 0; i < n; i++) { int b = active[i]; expect_row(logits.data() + (size_t)i * Vp, b, len[b]); len[b]++; }
+    }
+    // and the all-positions mode used for the teacher
+    std::vector<double> all((size_t)B * T * Vp);
+    std::vector<int> nfull = {9, 8, 7};
+    gpt_infer(m, cache, scratch, padded.data(), rows.data(), start.data(), nfull.data(), B, T, all.data(), true);
+    for (int b = 0; b < B; b++)
+        for (int pos = 0; pos < nfull[b]; pos++) expect_row(all.data() + ((size_t)b * T + pos) * Vp, b, pos);
+}
+
+// ----------------------------------------------------------------------------
+// sampling
+
+TEST_CASE("greedy sampling equals a full-recompute greedy decode") {
+    GPT<float> m;
+    make_model(m, 2, 16, 2, 24, 13, 60);
+    const int V = 13, Vp = m.config.padded_vocab_size, eos = 12;
+    std::vector<std::vector<int>> prompts = {ids({1, 2}), ids({3, 4, 5, 6, 7}), ids({8})};
+    std::vector<const std::vector<int>*> pp = {&prompts[0], &prompts[1], &prompts[2]};
+    Generator gen;
+    auto out = generate(m, gen, pp, {10, 10, 10}, 0.0, eos, 0, 0, {0, 1, 2});
+    for (size_t b = 0; b < prompts.size(); b++) {
+        std::vector<int> seq = prompts[b], expect;
+        for (int k = 0; k < 10; k++) {
+            gpt_forward(m, seq.data(), 1, (int)seq.size());
+            const float* row = m.acts.logits + (seq.size() - 1) * Vp;
+            int best = (int)(std::max_element(row, row + V) - row);
+            expect.push_back(best);
+            seq.push_back(best);
+            if (best == eos) break;
+        }
+        CHECK(out[b] == expect);
+    }
+}
+
+TEST_CASE("sampled tokens follow softmax(logits / T)") {
+    const int V = 6;
+    float logits[V] = {1.0f, 0.5f, -1.0f, 2.0f, 0.0f, -3.0f};
+    for (double T : {0.5, 1.0, 2.0}) {
+        CAPTURE(T);
+        std::vector<double> p(V);
+        double z = 0;
+        for (int i = 0; i < V; i++) z += p[i] = std::exp(logits[i] / T);
+        Rng rng(7);
+        const int draws = 200000;
+        std::vector<int> count(V, 0);
+        for (int k = 0; k < draws; k++) count[pick_token(logits, V, T, rng)]++;
+        for (int i = 0; i < V; i++) {
+            double pi = p[i] / z, sd = std::sqrt(pi * (1 - pi) / draws);
+            CHECK(std::fabs((double)count[i] / draws - pi) < 5 * sd + 1e-9);  // 5 sigma
+        }
+    }
+    Rng rng(1);
+    CHECK(pick_token(logits, V, 0.0, rng) == 3);  // temperature 0 is argmax
+}
+
+TEST_CASE("sampling stops each row at its first EOS and is reproducible per row") {
+    GPT<float> m;
+    make_model(m, 1, 8, 2, 40, 5, 70);
+    const int eos = 4;
+    std::vector<std::vector<int>> prompts(6, ids({1, 2}));
+    std::vector<const std::vector<int>*> pp;
+    for (auto& p : prompts) pp.push_back(&p);
+    std::vector<uint64_t> row_ids = {0, 1, 2, 3, 4, 5};
+    Generator gen;
+    auto a = generate(m, gen, pp, std::vector<int>(6, 30), 1.0, eos, 9, 3, row_ids);
+    int ended = 0;
+    for (auto& c : a) {
+        for (size_t i = 0; i + 1 < c.size(); i++) CHECK(c[i] != eos);  // EOS only ever last
+        ended += !c.empty() && c.back() == eos;
+        CHECK(c.size() <= 30);
+    }
+    CHECK(ended > 0);
+    // the same row id gives the same sample whatever the batch around it
+    std::vector<const std::vector<int>*> one = {pp[4]};
+    auto b = generate(m, gen, one, {30}, 1.0, eos, 9, 3, {4});
+    CHECK(b[0] == a[4]);
+    auto c = generate(m, gen, one, {30}, 1.0, eos, 10, 3, {4});  // another seed, another sample
+    auto d = generate(m, gen, pp, std::vector<int>(6, 30), 1.0, eos, 10, 3, row_ids);
+    CHECK(c[0] == d[4]);
+    CHECK(d != a);
+}
+
+// ----------------------------------------------------------------------------
+// masking
+
+TEST_CASE("only completion tokens and their EOS are targets; nothing after a row's end counts") {
+    std::vector<std::vector<int>> prompts = {ids({1, 2, 3}), ids({4})};
+    TrainBatch b = build_batch(small_rows(prompts, {ids({5, 9}), ids({6, 7, 8, 9})}), 9);
+    REQUIRE(b.T == 4);
+    // row 0: inputs 1 2 3 5, targets at positions 2 (-> 5) and 3 (-> EOS)
+    CHECK(std::vector<int>(b.targets.begin(), b.targets.begin() + 4) == ids({-1, -1, 5, 9}));
+    CHECK(std::vector<int>(b.targets.begin() + 4, b.targets.end()) == ids({6, 7, 8, 9}));
+    CHECK(b.target_count == ids({2, 4}));
+    CHECK(b.num_targets == 6);
+
+    // the loss and every gradient are unchanged by what sits after a row's EOS
+    GPT<double> m;
+    make_model(m, 1, 8, 2, 8, 10, 80);
+    const int V = 10, Vp = m.config.padded_vocab_size;
+    std::vector<std::vector<int>> p2 = {ids({1, 2}), ids({3, 4, 5})};
+    TrainBatch base = build_batch(small_rows(p2, {ids({6, 9}), ids({7, 8, 6, 9})}), 9);
+    auto teacher = randn((size_t)base.B * base.T * Vp, 81);
+    auto run = [&](const TrainBatch& bb, std::vector<double>& grads) {
+        gpt_forward(m, bb.tokens.data(), bb.B, bb.T);
+        double l = batch_loss(bb, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0, LossNorm::Sequence);
+        gpt_zero_grad(m);
+        gpt_backward(m);
+        grads = m.grads_memory;
+        return l;
+    };
+    std::vector<double> g1, g2;
+    double l1 = run(base, g1);
+    TrainBatch junk = base;
+    for (int t = 3; t < base.T; t++) junk.tokens[t] = 1 + t % 7;  // row 0 ends at position 2
+    double l2 = run(junk, g2);
+    CHECK(l1 == l2);
+    CHECK(g1 == g2);
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints
+
+TEST_CASE("checkpoints: write, read and write again gives identical bytes; bf16 loads; bad files are refused") {
+    std::string dir = temp_dir();
+    GPT<float> m;
+    GPTConfig c;
+    c.num_layers = 2; c.channels = 16; c.num_heads = 4; c.max_seq_len = 32; c.vocab_size = 257; c.padded_vocab_size = pad_vocab(257);
+    gpt_build(m, c);
+    gpt_init_random(m, 5);
+    for (int v = 257; v < c.padded_vocab_size; v++) CHECK(m.params.wte[(size_t)v * 16] == 0.f);
+    gpt_save(m, dir + "/a.bin");
+    GPT<float> m2;
+    gpt_load(m2, dir + "/a.bin");
+    gpt_save(m2, dir + "/b.bin");
+    std::string a = read_bytes(dir + "/a.bin");
+    CHECK(a == read_bytes(dir + "/b.bin"));
+    CHECK(a.size() == 1024 + m.num_parameters * 4);
+    CHECK(m2.params_memory == m.params_memory);
+
+    // version 5: the same header with bf16 parameters (the top 16 bits of each float)
+    std::string v5 = a.substr(0, 1024);
+    int version = 5;
+    memcpy(&v5[4], &version, 4);
+    for (size_t i = 0; i < m.num_parameters; i++) {
+        uint32_t bits;
+        memcpy(&bits, &m.params_memory[i], 4);
+        uint16_t top = bits >> 16;
+        v5.append((const char*)&top, 2);
+    }
+    write_text(dir + "/v5.bin", v5);
+    GPT<float> m5;
+    gpt_load(m5, dir + "/v5.bin");
+    for (size_t i = 0; i < m.num_parameters; i += 97) {
+        uint32_t bits;
+        memcpy(&bits, &m.params_memory[i], 4);
+        bits &= 0xFFFF0000u;
+        float expect;
+        memcpy(&expect, &bits, 4);
+        CHECK(m5.params_memory[i] == expect);
+    }
+
+    auto refuse = [&](const std::string& bytes, const std::string& expect) {
+        write_text(dir + "/bad.bin", bytes);
+        GPT<float> x;
+        std::string e = error_of([&] { gpt_load(x, dir + "/bad.bin"); });
+        CAPTURE(e);
+        CHECK(contains(e, dir + "/bad.bin"));
+        CHECK(contains(e, expect));
+    };
+    std::string bad = a;
+    bad[0] = 7;
+    refuse(bad, "bad magic");
+    refuse(a.substr(0, 1000), "shorter than the 1024-byte header");
+    refuse(a.substr(0, a.size() - 4), "truncated");
+    refuse(a + "xx", "trailing bytes");
+    bad = a;
+    int v9 = 9;
+    memcpy(&bad[4], &v9, 4);
+    refuse(bad, "unsupported checkpoint version 9");
+    bad = a;
+    int huge = 1 << 30;
+    memcpy(&bad[6 * 4], &huge, 4);  // C = 2^30 would be terabytes
+    refuse(bad, "channels C");
+    bad = a;
+    int heads = 5;
+    memcpy(&bad[5 * 4], &heads, 4);
+    refuse(bad, "heads NH must divide channels C");
+    std::string e = error_of([&] { GPT<float> x; gpt_load(x, dir + "/missing.bin"); });
+    CHECK(contains(e, "missing.bin: cannot open"));
+}
+
+// ----------------------------------------------------------------------------
+// data and flags
+
+TEST_CASE("JSONL examples: text and ids; every bad line is refused naming file and line") {
+    std::string dir = temp_dir();
+    ByteTokenizer tok;
+    write_text(dir + "/ok.jsonl",
+               "{\"prompt\": \"ab\", \"completion\": \"\\u00e9\", \"extra\": 1}\n\n"
+               "{\"prompt_ids\": [1, 2], \"completion_ids\": [256]}\r\n"
+               "{\"prompt\": \"only a prompt\"}\n");
+    Dataset d = load_jsonl(dir + "/ok.jsonl", tok, 64, false);
+    REQUIRE(d.examples.size() == 3);
+    CHECK(d.examples[0].prompt == ids({'a', 'b'}));
+    CHECK(d.examples[0].completion == ids({0xC3, 0xA9}));  // UTF-8 bytes of é
+    CHECK(d.examples[1].line == 3);
+    CHECK(d.examples[1].completion == ids({256}));
+    CHECK(!d.examples[2].has_completion);
+
+    auto refuse = [&](const std::string& text, int maxT, bool need_completion, const std::string& expect) {
+        write_text(dir + "/bad.jsonl", text);
+        std::string e = error_of([&] { load_jsonl(dir + "/bad.jsonl", tok, maxT, need_completion); });
+        CAPTURE(e);
+        CHECK(contains(e, expect));
+    };
+    std::string good = "{\"prompt\": \"a\", \"completion\": \"b\"}\n";
+    refuse(good + "{\"prompt\": \"a\", \"completion\": \"b\"\n", 64, true, "bad.jsonl:2: malformed JSON");
+    refuse(good + good + "[1, 2]\n", 64, true, "bad.jsonl:3: expected a JSON object");
+    refuse(good + "{\"prompt\": 5, \"completion\": \"b\"}\n", 64, true, "bad.jsonl:2: \"prompt\" must be a string");
+    refuse("{\"completion\": \"b\"}\n", 64, true, "bad.jsonl:1: missing \"prompt\"");
+    refuse("{\"prompt\": \"a\"}\n", 64, true, "bad.jsonl:1: missing \"completion\"");
+    refuse("{\"prompt_ids\": [1, 300], \"completion_ids\": [2]}\n", 64, true,
+           "bad.jsonl:1: \"prompt_ids\"[1] = 300 is outside the vocabulary [0, 257)");
+    refuse("{\"prompt_ids\": [1, 2.5], \"completion_ids\": [2]}\n", 64, true, "bad.jsonl:1: \"prompt_ids\"[1] is not an integer");
+    refuse("{\"prompt_ids\": 3, \"completion_ids\": [2]}\n", 64, true, "bad.jsonl:1: \"prompt_ids\" must be an array");
+    refuse(good + "{\"prompt\": \"abcdef\", \"completion\": \"ghijk\"}\n", 10, true,
+           "bad.jsonl:2: prompt (6 tokens) + completion (5 tokens) is longer than the model's context of 10 tokens");
+    refuse("{\"prompt\": \"\", \"completion\": \"x\"}\n", 64, true, "bad.jsonl:1: the prompt is empty");
+    refuse("{\"prompt\": \"a\", \"prompt_ids\": [1], \"completion\": \"x\"}\n", 64, true, "bad.jsonl:1: has both");
+    refuse("\n\n", 64, true, "bad.jsonl: no examples");
+    // exactly the context fits: prompt + completion = maxT (the final EOS is a target, never an input)
+    write_text(dir + "/edge.jsonl", "{\"prompt\": \"abcde\", \"completion\": \"fghij\"}\n");
+    CHECK(load_jsonl(dir + "/edge.jsonl", tok, 10, true).examples.size() == 1);
+}
+
+static std::vector<char*> argv_of(std::vector<std::string>& args) {
+    std::vector<char*> v;
+    for (auto& a : args) v.push_back(&a[0]);
+    return v;
+}
+
+TEST_CASE("flags: unknown, missing value, not a number, out of range are refused naming the flag") {
+    auto refuse = [&](std::vector<std::string> args, const std::string& expect) {
+        auto argv = argv_of(args);
+        std::string e = error_of([&] { run_command((int)argv.size(), argv.data()); });
+        CAPTURE(e);
+        CHECK(contains(e, expect));
+    };
+    std::string base = "--teacher t --student s --data d --out o";
+    refuse({"gkd", "distill", "--lambda", "0.5", "--bogus", "1"}, "unknown flag --bogus");
+    refuse({"gkd", "distill", "--lambda"}, "--lambda needs a value");
+    refuse({"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--lambda", "abc"}, "--lambda 'abc' is not a number");
+    refuse({"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--lambda", "1.5"}, "--lambda 1.5 is outside [0, 1]");
+    refuse({"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--beta", "-0.1"}, "--beta -0.1 is outside [0, 1]");
+    refuse({"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--temperature", "-1"}, "--temperature -1 is outside");
+    refuse({"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--batch", "0"}, "--batch 0 is outside");
+    refuse({"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--loss-norm", "mean"}, "--loss-norm 'mean' must be one of sequence|token");
+    refuse({"gkd", "distill", "--student", "s", "--data", "d", "--out", "o"}, "--teacher is required");
+    refuse({"gkd", "distill", "--teacher", "t", "--teacher", "t"}, "--teacher is given twice");
+    refuse({"gkd", "sample", "--model", "m", "--temperature", "-0.5", "--prompt", "x"}, "--temperature -0.5 is outside");
+    refuse({"gkd", "frobnicate"}, "unknown command 'frobnicate'");
+    refuse({"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--device", "cuda"}, "--device cuda");
+}
+
+// ----------------------------------------------------------------------------
+// schedules
+
+TEST_CASE("learning-rate schedule: warmup, constant, cosine to zero") {
+    CHECK(learning_rate(1.0, Schedule::Constant, 0, 10, 5) == 1.0);
+    CHECK(learning_rate(1.0, Schedule::Constant, 4, 10, 0) == 0.25);
+    CHECK(learning_rate(1.0, Schedule::Constant, 4, 10, 3) == 1.0);
+    CHECK(learning_rate(1.0, Schedule::Cosine, 2, 12, 2) == doctest::Approx(1.0));
+    CHECK(learning_rate(1.0, Schedule::Cosine, 2, 12, 7) == doctest::Approx(0.5));
+    CHECK(learning_rate(1.0, Schedule::Cosine, 2, 12, 12) == doctest::Approx(0.0));
+}
+
+// ----------------------------------------------------------------------------
+// end to end, in process
+
+static void train_in_process(const std::vector<std::string>& flag_words, bool sft = false) {
+    std::vector<std::string> args = {"gkd", sft ? "sft" : "distill"};
+    args.insert(args.end(), flag_words.begin(), flag_words.end());
+    args.push_back("--quiet");
+    auto argv = argv_of(args);
+    REQUIRE(run_command((int)argv.size(), argv.data()) == 0);
+}
+
+static std::vector<json> read_metrics(const std::string& path) {
+    std::vector<json> lines;
+    std::istringstream in(read_bytes(path));
+    std::string line;
+    while (std::getline(in, line)) lines.push_back(json::parse(line));
+    return lines;
+}
+
+static std::vector<double> losses_of(const std::vector<json>& lines) {
+    std::vector<double> out;
+    for (auto& j : lines) if (!j.contains("eval")) out.push_back(j["loss"].get<double>());
+    return out;
+}
+
+// A tiny task with a short, learnable answer per prompt.
+static void write_tiny_task(const std::string& path) {
+    std::string text;
+    const char* pairs[][2] = {{"ab", "ba"}, {"cd", "dc"}, {"ef", "fe"}, {"gh", "hg"}, {"ij", "ji"}, {"kl", "lk"}};
+    for (auto& p : pairs) text += strf("{\"prompt\": \"%s=\", \"completion\": \"%s\"}\n", p[0], p[1]);
+    write_text(path, text);
+}
+
+TEST_CASE("a short run on a tiny task lowers the loss (sft) and the divergence to the teacher (on-policy GKD)") {
+    std::string dir = temp_dir();
+    write_tiny_task(dir + "/task.jsonl");
+    std::vector<std::string> init = {"gkd", "init", "--layers", "1", "--channels", "32", "--heads", "2", "--context", "16",
+                                     "--vocab", "byte", "--seed", "1", "--out", dir + "/s.bin"};
+    auto argv = argv_of(init);
+    REQUIRE(run_command((int)argv.size(), argv.data()) == 0);
+    train_in_process({"--model", dir + "/s.bin", "--data", dir + "/task.jsonl", "--out", dir + "/sft", "--steps", "60",
+                      "--batch", "6", "--lr", "1e-2"}, true);
+    auto sft = losses_of(read_metrics(dir + "/sft/metrics.jsonl"));
+    REQUIRE(sft.size() == 60);
+    CHECK(sft.back() < 0.25 * sft.front());
+
+    // the SFT'd model is the teacher; a fresh student learns to match it on its own samples
+    train_in_process({"--teacher", dir + "/sft/model.bin", "--student", dir + "/s.bin", "--data", dir + "/task.jsonl",
+                      "--out", dir + "/gkd", "--steps", "40", "--batch", "6", "--lr", "5e-3", "--lambda", "1",
+                      "--max-new-tokens", "6", "--eval-data", dir + "/task.jsonl"});
+    auto lines = read_metrics(dir + "/gkd/metrics.jsonl");
+    REQUIRE(lines.size() == 41);
+    CHECK(lines[0]["on_policy"] == true);
+    CHECK(lines.back().contains("eval"));
+    GPT<float> teacher, before, after;
+    gpt_load(teacher, dir + "/sft/model.bin");
+    gpt_load(before, dir + "/s.bin");
+    gpt_load(after, dir + "/gkd/model.bin");
+    ByteTokenizer tok;
+    Dataset d = load_jsonl(dir + "/task.jsonl", tok, 16, true);
+    double div_before = evaluate(before, &teacher, d, 256, 0.5, 1.0, 8).divergence;
+    double div_after = evaluate(after, &teacher, d, 256, 0.5, 1.0, 8).divergence;
+    CHECK(div_after < 0.5 * div_before);
+    CHECK(lines.back()["eval"]["divergence"].get<double>() == doctest::Approx(div_after).epsilon(1e-9));
+}
+
+TEST_CASE("the same seed gives identical losses, samples and model.bin; another seed does not") {
+    std::string dir = temp_dir();
+    write_tiny_task(dir + "/task.jsonl");
+    for (auto& [name, seed] : std::vector<std::pair<std::string, int>>{{"t", 3}, {"s", 4}}) {
+        std::vector<std::string> init = {"gkd", "init", "--layers", "1", "--channels", name == "t" ? "32" : "16",
+                                         "--heads", "2", "--context", "16", "--seed", std::to_string(seed), "--out",
+                                         dir + "/" + name + ".bin"};
+        auto argv = argv_of(init);
+        REQUIRE(run_command((int)argv.size(), argv.data()) == 0);
+    }
+    auto run = [&](const std::string& out, const std::string& seed) {
+        train_in_process({"--teacher", dir + "/t.bin", "--student", dir + "/s.bin", "--data", dir + "/task.jsonl",
+                          "--out", dir + "/" + out, "--steps", "8", "--batch", "3", "--lr", "1e-2", "--lambda", "0.5",
+                          "--seq-kd", "--seed", seed, "--max-new-tokens", "8"});
+        auto lines = read_metrics(dir + "/" + out + "/metrics.jsonl");
+        for (auto& j : lines) { j.erase("step_ms"); j.erase("sample_ms"); }
+        return lines;
+    };
+    auto a = run("a", "7"), b = run("b", "7"), c = run("c", "8");
+    CHECK(a == b);
+    CHECK(read_bytes(dir + "/a/model.bin") == read_bytes(dir + "/b/model.bin"));
+    CHECK(a != c);
+    int on = 0;
+    for (auto& j : a) on += j["on_policy"].get<bool>();
+    CHECK(on > 0);
+    CHECK(on < 8);  // both kinds of batch occurred
+}
+
+// ----------------------------------------------------------------------------
+// against the independent PyTorch reference (dev/reference_gkd.py, fixture committed)
+
+static json load_fixture() { return json::parse(read_bytes(FIXTURE_DIR + "expected.json")); }
+
+static double rel_err(double got, double want) { return std::fabs(got - want) / std::max(std::fabs(want), 1e-12); }
+
+TEST_CASE("reference fixture: the checkpoints written by PyTorch load, and the logits agree") {
+    json fx = load_fixture();
+    GPT<float> t, s;
+    gpt_load(t, FIXTURE_DIR + "teacher.bin");
+    gpt_load(s, FIXTURE_DIR + "student.bin");
+    CHECK(s.config.channels == fx["student"]["C"].get<int>());
+    CHECK(t.config.num_layers == fx["teacher"]["L"].get<int>());
+    std::vector<int> input = fx["forward"]["input_ids"].get<std::vector<int>>();
+    const int T = (int)input.size();
+    for (auto* m : {&t, &s}) {
+        const char* key = m == &t ? "teacher_logits" : "student_logits";
+        std::vector<double> want = fx["forward"][key].get<std::vector<double>>();
+        gpt_forward(*m, input.data(), 1, T);
+        double scale = 0, worst = 0;
+        for (double w : want) scale = std::max(scale, std::fabs(w));
+        for (size_t i = 0; i < want.size(); i++) worst = std::max(worst, std::fabs(m->acts.logits[i] - want[i]));
+        CAPTURE(key);
+        CHECK(worst / scale < 1e-5);  // fp32 against fp64, through a few layers
+    }
+}
+
+TEST_CASE("reference fixture: first-batch loss for every beta, tau and normalisation, and the gradients") {
+    json fx = load_fixture();
+    GPT<float> t, s;
+    gpt_load(t, FIXTURE_DIR + "teacher.bin");
+    gpt_load(s, FIXTURE_DIR + "student.bin");
+    ByteTokenizer tok;
+    Dataset d = load_jsonl(FIXTURE_DIR + "data.jsonl", tok, 64, true);
+    std::vector<const Example*> ex;
+    for (int i : fx["first_batch"]["examples"].get<std::vector<int>>()) ex.push_back(&d.examples[i]);
+    TrainBatch b = build_batch(dataset_completions(ex, 256), 256);
+    CHECK(b.num_targets == fx["first_batch"]["tokens"].get<int>());
+    Trainer tr;
+    tr.teacher = t;
+    tr.has_teacher = true;
+    teacher_forward(tr, b);
+    auto compare_grads = [&](const json& want) {
+        for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+            std::vector<double> w = want[PARAMETER_NAMES[k]].get<std::vector<double>>();
+            REQUIRE(w.size() == s.param_sizes[k]);
+            const float* g = s.grads.array()[k];
+            double scale = 0, worst = 0;
+            for (size_t i = 0; i < w.size(); i++) { scale = std::max(scale, std::fabs(w[i])); worst = std::max(worst, std::fabs(g[i] - w[i])); }
+            INFO(PARAMETER_NAMES[k] << " worst " << worst << " scale " << scale);
+            CHECK(worst <= 1e-4 * scale + 1e-9);
+        }
+    };
+    int with_grads = 0;
+    for (const json& c : fx["cases"]) {
+        double beta = c["beta"], tau = c["tau"];
+        LossNorm norm = c["loss_norm"] == "token" ? LossNorm::Token : LossNorm::Sequence;
+        gpt_forward(s, b.tokens.data(), b.B, b.T);
+        double loss = batch_loss(b, tr.teacher_logits.data(), t.config.padded_vocab_size, s.acts.logits,
+                                 s.grads_acts.logits, 257, s.config.padded_vocab_size, false, beta, tau, norm);
+        CAPTURE(beta);
+        CAPTURE(tau);
+        CHECK(rel_err(loss, c["loss"].get<double>()) < 1e-5);
+        if (c.contains("grads")) {
+            gpt_zero_grad(s);
+            gpt_backward(s);
+            compare_grads(c["grads"]);
+            with_grads++;
+        }
+    }
+    CHECK(with_grads == 3);
+    gpt_forward(s, b.tokens.data(), b.B, b.T);
+    double ce = batch_loss(b, (const float*)nullptr, 0, s.acts.logits, s.grads_acts.logits, 257,
+                           s.config.padded_vocab_size, true, 0, 1, LossNorm::Sequence);
+    CHECK(rel_err(ce, fx["sft"]["loss"].get<double>()) < 1e-5);
+    gpt_zero_grad(s);
+    gpt_backward(s);
+    compare_grads(fx["sft"]["grads"]);
+}
+
+TEST_CASE("reference fixture: training trajectories match (1e-4 at the first step, 2e-3 over all)") {
+    json fx = load_fixture();
+    std::string dir = temp_dir();
+    std::vector<json> runs = fx["trajectories"].get<std::vector<json>>();
+    json sft = fx["sft_trajectory"];
+    sft["sft"] = true;
+    runs.push_back(sft);
+    for (size_t r = 0; r < runs.size(); r++) {
+        bool is_sft = runs[r].contains("sft");
+        std::vector<std::string> words;
+        for (auto& [k, v] : runs[r]["flags"].items()) { words.push_back("--" + k); words.push_back(v.get<std::string>()); }
+        if (is_sft) words.insert(words.end(), {"--model", FIXTURE_DIR + "student.bin"});
+        else words.insert(words.end(), {"--teacher", FIXTURE_DIR + "teacher.bin", "--student", FIXTURE_DIR + "student.bin"});
+        std::string out = dir + "/run" + std::to_string(r);
+        words.insert(words.end(), {"--data", FIXTURE_DIR + "data.jsonl", "--out", out});
+        train_in_process(words, is_sft);
+        auto lines = read_metrics(out + "/metrics.jsonl");
+        std::vector<double> want = runs[r]["losses"].get<std::vector<double>>();
+        REQUIRE(lines.size() == want.size());
+        CAPTURE(r);
+        CHECK(rel_err(lines[0]["loss"].get<double>(), want[0]) < 1e-4);
+        for (size_t k = 0; k < want.size(); k++) {
+            CAPTURE(k);
+            CHECK(rel_err(lines[k]["loss"].get<double>(), want[k]) < 2e-3);
+            CHECK(lines[k]["tokens"].get<int>() == runs[r]["tokens"][k].get<int>());
+            if (runs[r].contains("lrs")) CHECK(lines[k]["lr"].get<double>() == doctest::Approx(runs[r]["lrs"][k].get<double>()));
+        }
+    }
+}
+
+TEST_CASE("AdamW: PyTorch's update, with decoupled weight decay on matrices only") {
+    GPT<float> m;
+    make_model(m, 1, 4, 2, 4, 5, 90);
+    AdamW opt;
+    opt.weight_decay = 0.1;
+    std::vector<double> p0(m.params_memory.begin(), m.params_memory.end()), m1(m.num_parameters, 0), v1(m.num_parameters, 0);
+    m.grads_memory.assign(m.num_parameters, 0.f);
+    point_parameters(m.grads, m.grads_memory.data(), m.param_sizes);
+    const double lr = 0.01;
+    for (int t = 1; t <= 3; t++) {
+        auto g = randn(m.num_parameters, 90 + t);
+        for (size_t i = 0; i < m.num_parameters; i++) m.grads_memory[i] = (float)g[i];
+        adamw_update(m, opt, lr);
+        size_t off = 0;
+        for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+            double wd = PARAMETER_DECAYS[k] ? 0.1 : 0.0;
+            for (size_t i = off; i < off + m.param_sizes[k]; i++) {
+                double gi = (float)g[i];
+                m1[i] = 0.9 * m1[i] + 0.1 * gi;
+                v1[i] = 0.999 * v1[i] + 0.001 * gi * gi;
+                double mhat = m1[i] / (1 - std::pow(0.9, t)), vhat = v1[i] / (1 - std::pow(0.999, t));
+                p0[i] = p0[i] * (1 - lr * wd) - lr * mhat / (std::sqrt(vhat) + 1e-8);
+            }
+            off += m.param_sizes[k];
+        }
+    }
+    double worst = 0;
+    for (size_t i = 0; i < m.num_parameters; i++) worst = std::max(worst, std::fabs(m.params_memory[i] - p0[i]));
+    CHECK(worst < 1e-6);
+    CHECK(PARAMETER_DECAYS[0]);   // wte decays
+    CHECK(!PARAMETER_DECAYS[3]);  // ln1b does not
+}
+
+TEST_CASE("gradient clipping: PyTorch's clip_grad_norm_ rule") {
+    GPT<float> m;
+    make_model(m, 1, 4, 2, 4, 5, 91);
+    m.grads_memory.assign(m.num_parameters, 0.f);
+    m.grads_memory[0] = 3.f;
+    m.grads_memory[5] = 4.f;
+    double n = grad_norm(m);
+    CHECK(n == doctest::Approx(5.0));
+    clip_gradients(m, n, 10.0);  // under the limit: untouched
+    CHECK(m.grads_memory[0] == 3.f);
+    clip_gradients(m, n, 1.0);
+    CHECK(m.grads_memory[0] == doctest::Approx(3.0 / (5.0 + 1e-6)));
+    CHECK(grad_norm(m) == doctest::Approx(1.0).epsilon(1e-5));
+}

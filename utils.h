@@ -1,0 +1,175 @@
+// utils.h — what every part of gkd shares: errors, checked file I/O, atomic writes,
+// the seeded RNG, and a few string helpers.
+//
+// Non-obvious choices:
+// - Every error a user can cause is a GkdError carrying one line that names the file
+//   (and line) or the flag at fault. main() prints it and exits 1; the tests catch it.
+//   Nothing calls exit() from deep inside, so a test can check every refusal in-process.
+// - Outputs are written to "<path>.tmp", fsync'ed and renamed over the target, so a crash
+//   never leaves a half-written model.bin behind.
+// - The RNG is xoshiro256** seeded through splitmix64. Sampling draws from a generator
+//   derived from (seed, stream, row), so the tokens a row gets do not depend on the batch
+//   size, the thread count, or which other rows are still decoding.
+#pragma once
+
+#include <cerrno>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include <chrono>
+#include <fcntl.h>
+#include <unistd.h>
+
+struct GkdError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+inline std::string strf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+inline std::string strf(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char small[512];
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < (int)sizeof small) return std::string(small, n < 0 ? 0 : n);
+    std::string big(n + 1, '\0');
+    va_start(ap, fmt);
+    vsnprintf(&big[0], big.size(), fmt, ap);
+    va_end(ap);
+    big.resize(n);
+    return big;
+}
+
+// A user-facing error: the message must already name the file/line or flag at fault.
+#define GKD_FAIL(...) throw GkdError(strf(__VA_ARGS__))
+
+// An internal invariant. If it fires it is our bug, so it names our source file and line.
+#define GKD_ASSERT(cond, hint)                                                            \
+    do {                                                                                  \
+        if (!(cond))                                                                      \
+            throw GkdError(strf("%s:%d: internal check failed: %s (%s)", __FILE__,        \
+                                __LINE__, #cond, hint));                                  \
+    } while (0)
+
+// ----------------------------------------------------------------------------
+// checked file I/O
+
+struct InputFile {
+    std::string path;
+    FILE* f = nullptr;
+    long long size = 0;
+    explicit InputFile(const std::string& p) : path(p) {
+        f = fopen(p.c_str(), "rb");
+        if (!f) GKD_FAIL("%s: cannot open for reading: %s", p.c_str(), strerror(errno));
+        if (fseeko(f, 0, SEEK_END) != 0) GKD_FAIL("%s: cannot seek (is it a regular file?)", p.c_str());
+        size = ftello(f);
+        fseeko(f, 0, SEEK_SET);
+    }
+    ~InputFile() { if (f) fclose(f); }
+    InputFile(const InputFile&) = delete;
+    InputFile& operator=(const InputFile&) = delete;
+    void read_exact(void* dst, size_t bytes, const char* what) {
+        if (fread(dst, 1, bytes, f) != bytes)
+            GKD_FAIL("%s: truncated while reading %s", path.c_str(), what);
+    }
+};
+
+inline std::string read_whole_file(const std::string& path) {
+    InputFile in(path);
+    std::string s((size_t)in.size, '\0');
+    if (in.size > 0) in.read_exact(&s[0], s.size(), "the file");
+    return s;
+}
+
+// Writes to path.tmp, fsyncs, then renames: readers see the old file or the new one.
+struct AtomicWriter {
+    std::string path, tmp;
+    FILE* f = nullptr;
+    explicit AtomicWriter(const std::string& p) : path(p), tmp(p + ".tmp") {
+        f = fopen(tmp.c_str(), "wb");
+        if (!f) GKD_FAIL("%s: cannot open for writing: %s", tmp.c_str(), strerror(errno));
+    }
+    void write(const void* src, size_t bytes) {
+        if (bytes && fwrite(src, 1, bytes, f) != bytes)
+            GKD_FAIL("%s: write failed: %s", tmp.c_str(), strerror(errno));
+    }
+    void commit() {
+        if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+            GKD_FAIL("%s: flush failed: %s", tmp.c_str(), strerror(errno));
+        fclose(f);
+        f = nullptr;
+        if (rename(tmp.c_str(), path.c_str()) != 0)
+            GKD_FAIL("%s: cannot rename into place: %s", path.c_str(), strerror(errno));
+    }
+    ~AtomicWriter() {
+        if (f) { fclose(f); unlink(tmp.c_str()); }  // not committed: leave no debris
+    }
+};
+
+inline void write_file_atomic(const std::string& path, const std::string& content) {
+    AtomicWriter w(path);
+    w.write(content.data(), content.size());
+    w.commit();
+}
+
+// ----------------------------------------------------------------------------
+// RNG
+
+inline uint64_t splitmix64(uint64_t& x) {
+    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// A seed for an independent stream: hash of (seed, a, b).
+inline uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0) {
+    uint64_t x = seed;
+    uint64_t h = splitmix64(x);
+    x = h ^ (a * 0xD1B54A32D192ED03ull);
+    h = splitmix64(x);
+    x = h ^ (b * 0x8CB92BA72F3D8DD7ull);
+    return splitmix64(x);
+}
+
+struct Rng {
+    uint64_t s[4];
+    explicit Rng(uint64_t seed = 0) {
+        uint64_t x = seed;
+        for (auto& w : s) w = splitmix64(x);
+    }
+    static uint64_t rotl(uint64_t v, int k) { return (v << k) | (v >> (64 - k)); }
+    uint64_t next() {  // xoshiro256**
+        uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+        s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+        s[2] ^= t; s[3] = rotl(s[3], 45);
+        return r;
+    }
+    double uniform() { return (double)(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+    double normal() {  // Box-Muller, one value per call: simple and reproducible
+        double u1 = uniform(), u2 = uniform();
+        if (u1 < 1e-300) u1 = 1e-300;
+        return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+    }
+    uint64_t below(uint64_t n) { return (uint64_t)(uniform() * (double)n) % n; }
+};
+
+// ----------------------------------------------------------------------------
+// misc
+
+inline double now_seconds() {
+    using namespace std::chrono;
+    return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+inline std::string format_duration(double s) {
+    if (!(s >= 0) || s > 1e7) return "--:--";
+    long t = (long)(s + 0.5);
+    if (t >= 3600) return strf("%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    return strf("%ld:%02ld", t / 60, t % 60);
+}
