@@ -12,7 +12,7 @@
 CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas
-HEADERS  := model.h tokenizer.h utils.h data/dataset.h
+HEADERS  := model.h tokenizer.h utils.h data/dataset.h data/tasks.h
 
 .PHONY: all test unit-test cli-test clean check-deps
 

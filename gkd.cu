@@ -38,6 +38,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
+#include "data/tasks.h"
 #include "model.h"
 #include "tokenizer.h"
 #include "utils.h"
@@ -388,6 +389,8 @@ struct TrainOptions {
     uint64_t seed = 0;
     bool shuffle = true;
     int eval_every = 0;
+    std::string task;  // scores the evaluation's greedy completions
+    std::string label;  // names the phase in the progress bar
     bool quiet = false;  // no progress line (tests)
 };
 
@@ -528,33 +531,53 @@ static StepStats gkd_step(Trainer& tr, int step) {
 // ----------------------------------------------------------------------------
 // 4. evaluation
 
+struct EvalOptions {
+    double beta = 0.5, tau = 1.0;   // the divergence to the teacher, when there is one
+    int batch = 16;
+    int max_new_tokens = 64;        // for the generated completions
+    std::string task;               // "arithmetic" | "words" | "": how completions are scored
+    double sample_temperature = 0;  // > 0: also score one sampled completion per example
+    uint64_t seed = 0;
+};
+
 struct EvalResult {
     size_t examples = 0, tokens = 0;
-    double nll = 0;                  // mean over completion tokens (and their EOS)
-    double divergence = NAN;         // mean D to the teacher over the same tokens
-    double exact_match = 0;          // greedy completion == reference completion
+    double nll = 0;                // mean over completion tokens (and their EOS)
+    double divergence = NAN;       // mean D to the teacher over the same tokens
+    double exact_match = 0;        // greedy completion (with its EOS) == the reference's
+    double accuracy = NAN;         // with a task: greedy completions scored by the task
+    double similarity = NAN;       // with a task: mean character similarity, greedy
+    double sample_accuracy = NAN;  // with a task and a sample temperature
+    double sample_similarity = NAN;
     json to_json() const {
         json j = {{"examples", examples}, {"tokens", tokens}, {"nll", nll}, {"exact_match", exact_match}};
-        if (!std::isnan(divergence)) j["divergence"] = divergence;
+        auto put = [&](const char* k, double v) { if (!std::isnan(v)) j[k] = v; };
+        put("divergence", divergence);
+        put("accuracy", accuracy);
+        put("similarity", similarity);
+        put("sample_accuracy", sample_accuracy);
+        put("sample_similarity", sample_similarity);
         return j;
     }
 };
 
-static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, const Dataset& data, int eos,
-                           double beta, double tau, int batch) {
+static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, const Dataset& data,
+                           const Tokenizer& tok, const EvalOptions& eo) {
     EvalResult r;
+    const int eos = tok.eos_id();
     KVCache<float> cache, tcache;
     InferScratch<float> scratch, tscratch;
     Generator gen;
     std::vector<float> logits, tlogits;
     const int V = model.config.vocab_size, Vp = model.config.padded_vocab_size;
     const int Vpt = teacher ? teacher->config.padded_vocab_size : 0;
-    double nll_sum = 0, div_sum = 0;
+    double nll_sum = 0, div_sum = 0, correct = 0, similar = 0, sample_correct = 0, sample_similar = 0;
     size_t matches = 0;
-    for (size_t first = 0; first < data.examples.size(); first += batch) {
-        size_t last = std::min(data.examples.size(), first + batch);
+    for (size_t first = 0; first < data.examples.size(); first += eo.batch) {
+        size_t last = std::min(data.examples.size(), first + eo.batch);
         std::vector<const Example*> ex;
         for (size_t i = first; i < last; i++) ex.push_back(&data.examples[i]);
+        // teacher-forced: NLL of the reference completion, and the divergence to the teacher
         TrainBatch b = build_batch(dataset_completions(ex, eos), eos);
         std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
         for (int i = 0; i < b.B; i++) rows[i] = i;
@@ -570,33 +593,76 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             tlogits.resize((size_t)b.B * b.T * Vpt);
             gpt_infer(*teacher, tcache, tscratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T,
                       tlogits.data(), true);
-            batch_loss(b, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, beta, tau,
+            batch_loss(b, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, eo.beta, eo.tau,
                        LossNorm::Token, &mean);
             div_sum += mean * b.num_targets;
         }
         r.tokens += b.num_targets;
-        // greedy decoding, with just enough budget to produce the reference and its EOS
+        // free-running: greedy (and optionally sampled) completions, scored
         std::vector<const std::vector<int>*> prompts;
         std::vector<int> budgets;
         std::vector<uint64_t> ids;
         for (size_t i = 0; i < ex.size(); i++) {
             prompts.push_back(&ex[i]->prompt);
-            budgets.push_back(std::min((int)ex[i]->completion.size() + 1, model.config.max_seq_len - (int)ex[i]->prompt.size()));
+            budgets.push_back(std::min(eo.max_new_tokens, model.config.max_seq_len - (int)ex[i]->prompt.size()));
             ids.push_back(first + i);
         }
-        auto outs = generate(model, gen, prompts, budgets, 0.0, eos, 0, 0, ids);
+        auto score = [&](const std::vector<std::vector<int>>& outs, double& right, double& sim) {
+            for (size_t i = 0; i < ex.size(); i++) {
+                std::vector<int> text = outs[i];
+                if (!text.empty() && text.back() == eos) text.pop_back();
+                TaskScore s = score_completion(eo.task, tok.decode(text), tok.decode(ex[i]->completion));
+                right += s.correct;
+                sim += s.similarity;
+            }
+        };
+        auto greedy = generate(model, gen, prompts, budgets, 0.0, eos, 0, 0, ids);
         for (size_t i = 0; i < ex.size(); i++) {
             std::vector<int> want = ex[i]->completion;
             want.push_back(eos);
-            matches += outs[i] == want;
+            matches += greedy[i] == want;
         }
+        if (!eo.task.empty()) score(greedy, correct, similar);
+        if (!eo.task.empty() && eo.sample_temperature > 0)
+            score(generate(model, gen, prompts, budgets, eo.sample_temperature, eos, eo.seed, 0, ids), sample_correct,
+                  sample_similar);
     }
+    const double n = (double)data.examples.size();
     r.examples = data.examples.size();
     r.nll = nll_sum / r.tokens;
     if (teacher) r.divergence = div_sum / r.tokens;
-    r.exact_match = (double)matches / r.examples;
+    r.exact_match = matches / n;
+    if (!eo.task.empty()) { r.accuracy = correct / n; r.similarity = similar / n; }
+    if (!eo.task.empty() && eo.sample_temperature > 0) { r.sample_accuracy = sample_correct / n; r.sample_similarity = sample_similar / n; }
     return r;
 }
+
+// ----------------------------------------------------------------------------
+// progress: a bar with ETA on a terminal, a line every 5% otherwise (logs stay short)
+
+struct Progress {
+    std::string label;
+    int total;
+    bool quiet, tty;
+    double start = now_seconds();
+    int last_line = -1;
+    Progress(const std::string& l, int n, bool q) : label(l), total(std::max(n, 1)), quiet(q), tty(!q && isatty(2)) {}
+    double elapsed() const { return now_seconds() - start; }
+    void update(int done, const std::string& info) {
+        if (quiet) return;
+        int twentieth = done * 20 / total;
+        if (!tty && twentieth == last_line && done != total) return;
+        last_line = twentieth;
+        double eta = elapsed() / done * (total - done);
+        std::string bar(20, '.');
+        std::fill(bar.begin(), bar.begin() + twentieth, '#');
+        fprintf(stderr, "%s%-16s [%s] %d/%d | %s | ETA %s%s", tty ? "\r" : "", label.c_str(), bar.c_str(), done, total,
+                info.c_str(), format_duration(eta).c_str(), tty ? "  " : "\n");
+    }
+    void finish() {
+        if (!quiet) fprintf(stderr, "%s%-16s done in %s\n", tty ? "\n" : "", label.c_str(), format_duration(elapsed()).c_str());
+    }
+};
 
 // ----------------------------------------------------------------------------
 // the training driver: load, loop, log, save
@@ -645,8 +711,13 @@ static void write_metrics_line(FILE* f, const std::string& path, const json& j) 
 }
 
 static json eval_line(Trainer& tr, int step) {
-    EvalResult r = evaluate(tr.student, tr.has_teacher ? &tr.teacher : nullptr, tr.eval_data, tr.tok->eos_id(),
-                            tr.opt.beta, tr.opt.loss_temperature, tr.opt.batch);
+    EvalOptions eo;
+    eo.beta = tr.opt.beta;
+    eo.tau = tr.opt.loss_temperature;
+    eo.batch = std::max(tr.opt.batch, 16);
+    eo.max_new_tokens = tr.opt.max_new_tokens;
+    eo.task = tr.opt.task;
+    EvalResult r = evaluate(tr.student, tr.has_teacher ? &tr.teacher : nullptr, tr.eval_data, *tr.tok, eo);
     return json{{"step", step}, {"eval", r.to_json()}};
 }
 
@@ -658,8 +729,7 @@ static StepStats train(Trainer& tr) {
     FILE* metrics = fopen(metrics_path.c_str(), "w");
     if (!metrics) GKD_FAIL("%s: cannot open for writing: %s", metrics_path.c_str(), strerror(errno));
     std::unique_ptr<FILE, int (*)(FILE*)> closer(metrics, fclose);
-    bool tty = isatty(2) && !o.quiet;
-    double start = now_seconds();
+    Progress progress(o.label.empty() ? (o.sft ? "sft" : "distill") : o.label, o.steps, o.quiet);
     long long tokens_done = 0;
     StepStats st;
     for (int step = 0; step < o.steps; step++) {
@@ -672,21 +742,183 @@ static StepStats train(Trainer& tr) {
         bool evaluate_now = !tr.eval_data.examples.empty() &&
                             ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps);
         if (evaluate_now) write_metrics_line(metrics, metrics_path, eval_line(tr, step));
-        if (!o.quiet) {
-            double elapsed = now_seconds() - start;
-            double eta = elapsed / (step + 1) * (o.steps - step - 1);
-            bool print_line = tty || (step + 1) % std::max(1, o.steps / 20) == 0 || step + 1 == o.steps;
-            if (print_line)
-                fprintf(stderr, "%sstep %d/%d | loss %.5f | %s | %.0f tok/s | %.0f ms/step | ETA %s%s",
-                        tty ? "\r" : "", step + 1, o.steps, st.loss, st.on_policy ? "on-policy " : "off-policy",
-                        tokens_done / std::max(elapsed, 1e-9), st.ms, format_duration(eta).c_str(),
-                        tty ? "   " : "\n");
-        }
+        progress.update(step + 1, strf("loss %.4f | %s | %.0f tok/s", st.loss, st.on_policy ? "on-policy " : "off-policy",
+                                       tokens_done / std::max(progress.elapsed(), 1e-9)));
     }
-    if (tty) fprintf(stderr, "\n");
+    progress.finish();
     gpt_save(tr.student, o.out_dir + "/model.bin");
     if (!o.quiet) fprintf(stderr, "saved %s/model.bin and %s\n", o.out_dir.c_str(), metrics_path.c_str());
     return st;
+}
+
+// ----------------------------------------------------------------------------
+// 5. the default experiment: `./gkd` with no arguments
+//
+// The paper's comparison in miniature, on the built-in arithmetic task: SFT a teacher
+// (cached under runs/), warm-start a smaller student with a short SFT, distil it with
+// on-policy GKD, and compare held-out accuracy. A control row gives the SFT student the
+// same number of extra steps as GKD, but of more SFT, so the table separates "more
+// training" from "training on its own samples".
+
+static void write_task_splits(const std::string& task, uint64_t seed, const TaskSizes& sizes, const std::string& dir);
+
+struct ModelShape {
+    int layers, channels, heads;
+};
+
+struct ExperimentRecipe {
+    std::string task = "arithmetic";
+    int context = 32, batch = 64, max_new_tokens = 16;
+    ModelShape teacher{4, 128, 4}, student{1, 32, 2};
+    int teacher_steps = 1000, warmup_steps = 1000, gkd_steps = 500;
+    double teacher_lr = 3e-3, student_lr = 3e-3, gkd_lr = 1e-3;
+    double lambda = 1.0, beta = 0.5;
+    uint64_t seed = 0;
+    // what the cached teacher depends on: change any of it and the teacher is retrained
+    json teacher_key() const {
+        return {{"format", 1}, {"task", task}, {"context", context}, {"batch", batch}, {"seed", seed},
+                {"layers", teacher.layers}, {"channels", teacher.channels}, {"heads", teacher.heads},
+                {"steps", teacher_steps}, {"lr", teacher_lr}};
+    }
+};
+
+static bool file_exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static void init_model_file(const ModelShape& shape, int context, uint64_t seed, const std::string& path) {
+    GPTConfig c;
+    c.num_layers = shape.layers; c.channels = shape.channels; c.num_heads = shape.heads;
+    c.max_seq_len = context; c.vocab_size = 257; c.padded_vocab_size = pad_vocab(257);
+    GPT<float> m;
+    gpt_build(m, c);
+    gpt_init_random(m, seed);
+    gpt_save(m, path);
+}
+
+static TrainOptions experiment_train_options(const ExperimentRecipe& r, const std::string& data_dir, int steps,
+                                             double lr, const std::string& out, const std::string& label) {
+    TrainOptions o;
+    o.data_path = data_dir + "/train.jsonl";
+    o.eval_data_path = data_dir + "/validation.jsonl";
+    o.task = r.task;
+    o.out_dir = out;
+    o.batch = r.batch;
+    o.steps = steps;
+    o.lr = lr;
+    o.warmup = std::min(50, steps / 10);
+    o.schedule = Schedule::Cosine;
+    o.max_new_tokens = r.max_new_tokens;
+    o.seed = r.seed;
+    o.label = label;
+    return o;
+}
+
+static double run_training_phase(const TrainOptions& o) {
+    double t0 = now_seconds();
+    Trainer tr;
+    load_trainer(tr, o);
+    train(tr);
+    return now_seconds() - t0;
+}
+
+struct ExperimentRow {
+    std::string name, path;
+    size_t params = 0;
+    EvalResult eval;
+    double train_seconds = 0;
+    bool cached = false;
+};
+
+static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe(), const std::string& root = "runs/default",
+                                  const TaskSizes& sizes = TaskSizes()) {
+    const double t_start = now_seconds();
+    const std::string data_dir = root + "/data/" + r.task;
+    fprintf(stderr, "gkd: the default experiment: GKD on the built-in %s task, %d threads (%s)\n", r.task.c_str(),
+            omp_get_max_threads(), root.c_str());
+    if (!file_exists(data_dir + "/test.jsonl")) {
+        write_task_splits(r.task, r.seed, sizes, data_dir);
+        fprintf(stderr, "data             generated %s/{train,validation,test}.jsonl\n", data_dir.c_str());
+    }
+    std::vector<ExperimentRow> rows;
+
+    // 1. the teacher: SFT from scratch, or the cached one if it was made by the same recipe
+    ExperimentRow teacher{"teacher (SFT)", root + "/teacher/model.bin", 0, {}, 0, false};
+    std::string key_path = root + "/teacher/recipe.json", key = r.teacher_key().dump();
+    if (file_exists(teacher.path) && file_exists(key_path) && read_whole_file(key_path) == key) {
+        teacher.cached = true;
+        fprintf(stderr, "teacher          cached: %s\n", teacher.path.c_str());
+    } else {
+        make_dirs(root + "/teacher");
+        init_model_file(r.teacher, r.context, r.seed + 1, root + "/teacher/init.bin");
+        TrainOptions o = experiment_train_options(r, data_dir, r.teacher_steps, r.teacher_lr, root + "/teacher", "teacher sft");
+        o.sft = true;
+        o.student_path = root + "/teacher/init.bin";
+        teacher.train_seconds = run_training_phase(o);
+        write_file_atomic(key_path, key);
+    }
+    rows.push_back(teacher);
+
+    // 2. the student: a short SFT warm start, as the paper does
+    ExperimentRow sft{"student (SFT)", root + "/student-sft/model.bin", 0, {}, 0, false};
+    make_dirs(root + "/student-sft");
+    init_model_file(r.student, r.context, r.seed + 2, root + "/student-sft/init.bin");
+    TrainOptions o = experiment_train_options(r, data_dir, r.warmup_steps, r.student_lr, root + "/student-sft", "student sft");
+    o.sft = true;
+    o.student_path = root + "/student-sft/init.bin";
+    sft.train_seconds = run_training_phase(o);
+    rows.push_back(sft);
+
+    // 3. on-policy GKD from the SFT student; 4. the control: as many steps of more SFT
+    ExperimentRow gkd{"student (SFT + GKD)", root + "/student-gkd/model.bin", 0, {}, 0, false};
+    o = experiment_train_options(r, data_dir, r.gkd_steps, r.gkd_lr, root + "/student-gkd", "student gkd");
+    o.teacher_path = teacher.path;
+    o.student_path = sft.path;
+    o.lambda = r.lambda;
+    o.beta = r.beta;
+    gkd.train_seconds = run_training_phase(o);
+    ExperimentRow more{"student (SFT + more SFT)", root + "/student-sft-more/model.bin", 0, {}, 0, false};
+    o = experiment_train_options(r, data_dir, r.gkd_steps, r.gkd_lr, root + "/student-sft-more", "student more sft");
+    o.sft = true;
+    o.student_path = sft.path;
+    more.train_seconds = run_training_phase(o);
+    rows.push_back(more);
+    rows.push_back(gkd);
+
+    // held-out test accuracy, greedy and sampled at temperature 1
+    ByteTokenizer tok;
+    Dataset test = load_jsonl(data_dir + "/test.jsonl", tok, r.context, true);
+    GPT<float> teacher_model;
+    gpt_load(teacher_model, teacher.path);
+    EvalOptions eo;
+    eo.task = r.task;
+    eo.sample_temperature = 1.0;
+    eo.max_new_tokens = r.max_new_tokens;
+    eo.beta = r.beta;
+    eo.batch = 100;
+    Progress progress("evaluate", (int)rows.size(), false);
+    for (size_t i = 0; i < rows.size(); i++) {
+        GPT<float> m;
+        gpt_load(m, rows[i].path);
+        rows[i].params = m.num_parameters;
+        rows[i].eval = evaluate(m, i == 0 ? nullptr : &teacher_model, test, tok, eo);
+        progress.update((int)i + 1, rows[i].name);
+    }
+    progress.finish();
+
+    std::string table = strf("| model | parameters | greedy accuracy | sampled accuracy (T=1) | JSD(%.1f) to teacher | training time |\n"
+                             "|---|---|---|---|---|---|\n", r.beta);
+    for (auto& row : rows)
+        table += strf("| %s | %.2fM | %.1f%% | %.1f%% | %s | %s |\n", row.name.c_str(), row.params / 1e6,
+                      100 * row.eval.accuracy, 100 * row.eval.sample_accuracy,
+                      std::isnan(row.eval.divergence) ? "-" : strf("%.4f", row.eval.divergence).c_str(),
+                      row.cached ? "cached" : format_duration(row.train_seconds).c_str());
+    std::string summary = strf("Held-out %s test set (%zu examples), exact match of the final answer. Total time %s.\n",
+                               r.task.c_str(), test.examples.size(), format_duration(now_seconds() - t_start).c_str());
+    write_file_atomic(root + "/results.md", table + "\n" + summary);
+    printf("\n%s\n%s(also in %s/results.md)\n", table.c_str(), summary.c_str(), root.c_str());
+    return 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -777,6 +1009,12 @@ static void print_help(const std::string& usage, const std::vector<FlagSpec>& sp
     for (auto& s : specs) printf("  --%-20s %s\n", (std::string(s.name) + (s.takes_value ? " X" : "")).c_str(), s.help);
 }
 
+static std::string task_flag(const Flags& f) {
+    std::string t = f.str("task");
+    if (!t.empty() && !is_task(t)) GKD_FAIL("gkd %s: --task '%s' must be arithmetic or words", f.command.c_str(), t.c_str());
+    return t;
+}
+
 // --device: the CPU path is the only one in this build.
 static void check_device(const Flags& f) {
     std::string d = f.choice("device", "auto", {"auto", "cpu", "cuda"});
@@ -809,6 +1047,7 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"device", true, "auto | cpu | cuda (auto)"},
     {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
     {"eval-every", true, "steps between evaluations (0: only at the end)"},
+    {"task", true, "arithmetic | words: score evaluation completions by the task"},
     {"tokenizer", true, "byte (default for V = 257)"},
     {"quiet", false, "no progress line"},
 };
@@ -839,6 +1078,7 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
     o.shuffle = f.integer("shuffle", 1, 0, 1) == 1;
     o.eval_data_path = f.str("eval-data");
     o.eval_every = (int)f.integer("eval-every", 0, 0, 1 << 30);
+    o.task = task_flag(f);
     o.tokenizer = f.str("tokenizer");
     o.quiet = f.on("quiet");
     check_device(f);
@@ -974,6 +1214,10 @@ static int cmd_eval(int argc, char** argv) {
         {"teacher", true, "also report the mean divergence to this teacher"},
         {"beta", true, "divergence: 0 forward KL, 1 reverse KL, else JSD(beta) (0.5)"},
         {"loss-temperature", true, "tau of the divergence (1.0)"}, {"batch", true, "(16)"},
+        {"max-new-tokens", true, "longest generated completion (64)"},
+        {"task", true, "arithmetic | words: also score completions by the task (accuracy, similarity)"},
+        {"sample-temperature", true, "with --task: also score one sample per example at this temperature"},
+        {"seed", true, "for the sampled completions (0)"},
         {"tokenizer", true, "byte (default for V = 257)"}, {"device", true, "auto | cpu | cuda"}};
     if (wants_help(argc, argv)) {
         print_help("gkd eval: mean token NLL, mean divergence to a teacher, greedy exact match; one JSON object", specs);
@@ -981,8 +1225,16 @@ static int cmd_eval(int argc, char** argv) {
     }
     Flags f("eval", argc, argv, specs);
     std::string model_path = f.required("model"), data_path = f.required("data");
-    double beta = f.num("beta", 0.5, 0, 1), tau = f.num("loss-temperature", 1.0, 1e-6, 1e6);
-    int batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    EvalOptions eo;
+    eo.beta = f.num("beta", 0.5, 0, 1);
+    eo.tau = f.num("loss-temperature", 1.0, 1e-6, 1e6);
+    eo.batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    eo.max_new_tokens = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
+    eo.task = task_flag(f);
+    eo.sample_temperature = f.num("sample-temperature", 0, 0, 1e6);
+    eo.seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
+    if (eo.sample_temperature > 0 && eo.task.empty())
+        GKD_FAIL("gkd eval: --sample-temperature scores samples by a task: give --task too");
     check_device(f);
     GPT<float> m, t;
     gpt_load(m, model_path);
@@ -996,7 +1248,7 @@ static int cmd_eval(int argc, char** argv) {
     }
     auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size);
     Dataset d = load_jsonl(data_path, *tok, context, true);
-    EvalResult r = evaluate(m, f.has("teacher") ? &t : nullptr, d, tok->eos_id(), beta, tau, batch);
+    EvalResult r = evaluate(m, f.has("teacher") ? &t : nullptr, d, *tok, eo);
     printf("%s\n", r.to_json().dump().c_str());
     return 0;
 }
@@ -1033,6 +1285,43 @@ static int cmd_tokenize(int argc, char** argv) {
     return 0;
 }
 
+// Writes a task's splits as JSONL: DIR/train.jsonl, DIR/validation.jsonl, DIR/test.jsonl.
+static void write_task_splits(const std::string& task, uint64_t seed, const TaskSizes& sizes, const std::string& dir) {
+    TaskSplits s = generate_task(task, seed, sizes);
+    make_dirs(dir);
+    auto write = [&](const std::vector<TaskExample>& v, const char* name) {
+        std::string text;
+        for (auto& e : v) text += nlohmann::ordered_json({{"prompt", e.prompt}, {"completion", e.completion}}).dump() + "\n";
+        write_file_atomic(dir + "/" + name + ".jsonl", text);
+    };
+    write(s.train, "train");
+    write(s.validation, "validation");
+    write(s.test, "test");
+}
+
+static int cmd_data(int argc, char** argv) {
+    std::vector<FlagSpec> specs = {
+        {"task", true, "arithmetic | words"}, {"seed", true, "(0)"}, {"out", true, "folder for the three splits"},
+        {"train", true, "training examples (20000; words: at most 10000 in all)"},
+        {"validation", true, "(200)"}, {"test", true, "(500)"}};
+    if (wants_help(argc, argv)) {
+        print_help("gkd data: generate a built-in task's train/validation/test JSONL (disjoint splits)", specs);
+        return 0;
+    }
+    Flags f("data", argc, argv, specs);
+    std::string task = f.required("task");
+    if (!is_task(task)) GKD_FAIL("gkd data: --task '%s' must be arithmetic or words", task.c_str());
+    TaskSizes sizes;
+    sizes.train = (int)f.integer("train", task == "words" ? 9000 : 20000, 1, 1 << 24);
+    sizes.validation = (int)f.integer("validation", 200, 1, 1 << 24);
+    sizes.test = (int)f.integer("test", 500, 1, 1 << 24);
+    std::string out = f.required("out");
+    write_task_splits(task, (uint64_t)f.integer("seed", 0, 0, 1LL << 62), sizes, out);
+    fprintf(stderr, "wrote %s/{train,validation,test}.jsonl: %d + %d + %d %s examples\n", out.c_str(), sizes.train,
+            sizes.validation, sizes.test, task.c_str());
+    return 0;
+}
+
 static const char* USAGE =
     "gkd: Generalized Knowledge Distillation for GPT-2 (CPU reference path)\n"
     "\n"
@@ -1042,14 +1331,14 @@ static const char* USAGE =
     "  gkd sample    --model F --prompt TEXT [--temperature t --num-samples N]\n"
     "  gkd eval      --model F --data F.jsonl [--teacher F]\n"
     "  gkd tokenize  [--tokenizer byte] [--decode] < input\n"
+    "  gkd data      --task arithmetic|words --out DIR   (built-in task splits)\n"
+    "\n"
+    "  gkd           (no arguments) the default experiment: teacher, SFT student, GKD student\n"
     "\n"
     "Each command takes --help. Data and formats: SPEC.md; a tour: README.md.\n";
 
 static int run_command(int argc, char** argv) {
-    if (argc < 2) {
-        fputs(USAGE, stdout);
-        return 0;
-    }
+    if (argc < 2) return run_default_experiment();
     std::string cmd = argv[1];
     if (cmd == "--help" || cmd == "-h" || cmd == "help") { fputs(USAGE, stdout); return 0; }
     if (cmd == "init") return cmd_init(argc - 2, argv + 2);
@@ -1058,7 +1347,8 @@ static int run_command(int argc, char** argv) {
     if (cmd == "sample") return cmd_sample(argc - 2, argv + 2);
     if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
     if (cmd == "tokenize") return cmd_tokenize(argc - 2, argv + 2);
-    GKD_FAIL("gkd: unknown command '%s' (one of init, distill, sft, sample, eval, tokenize; see gkd --help)", cmd.c_str());
+    if (cmd == "data") return cmd_data(argc - 2, argv + 2);
+    GKD_FAIL("gkd: unknown command '%s' (one of init, distill, sft, sample, eval, tokenize, data; see gkd --help)", cmd.c_str());
 }
 
 #ifndef GKD_NO_MAIN

@@ -68,7 +68,7 @@ check "metrics: 4 step lines and 2 eval lines" [ "$(grep -c '"loss"' "$W/run/met
 for key in step loss on_policy lr tokens step_ms; do
   check "metrics has $key" grep -q "\"$key\"" "$W/run/metrics.jsonl"
 done
-check "progress line shows step, loss, tokens/s and ETA" grep -q "step 4/4 | loss .* tok/s .* ETA" "$W/err"
+check "progress bar shows steps, loss, tokens/s and ETA" grep -q "distill *\[#*\] 4/4 | loss .* tok/s | ETA" "$W/err"
 
 # --- sft, sample, eval, tokenize
 expect_ok "sft runs" $GKD sft --model "$W/s.bin" --data "$W/train.jsonl" --out "$W/sft" --steps 3 --batch 2
@@ -116,6 +116,23 @@ expect_error "negative temperature" "--temperature -1 is outside" $GKD sample --
 expect_error "no GPU path" "--device cuda" $GKD sample --model "$W/s.bin" --prompt x --device cuda
 expect_error "bad decode input" "<stdin>: malformed JSON" $GKD tokenize --decode
 expect_error "unknown command" "unknown command 'train'" $GKD train
+
+# --- built-in tasks, task-scored evaluation
+expect_ok "data arithmetic" $GKD data --task arithmetic --seed 3 --out "$W/ar" --train 50 --validation 5 --test 7
+check "three splits" [ "$(wc -l <"$W/ar/train.jsonl")" -eq 50 -a "$(wc -l <"$W/ar/validation.jsonl")" -eq 5 -a "$(wc -l <"$W/ar/test.jsonl")" -eq 7 ]
+check "arithmetic lines" grep -qE '^\{"prompt":"[0-9]\+[0-9]\+[0-9]\+[0-9]\+[0-9]=","completion":"[0-9]+;[0-9]+;[0-9]+;[0-9]+"\}$' "$W/ar/test.jsonl"
+expect_ok "eval scored by the task" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --task arithmetic --sample-temperature 1 --max-new-tokens 12
+check "eval prints accuracy and sampled accuracy" grep -q '"accuracy":.*"sample_accuracy":' "$W/out"
+expect_error "unknown task" "--task 'poetry' must be arithmetic or words" $GKD data --task poetry --out "$W/x"
+expect_error "sampled scores need a task" "give --task too" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --sample-temperature 1
+
+# --- the study script, at a tiny size: every row, both plots, the raw metrics
+if bash train_gpt2_gkd.sh --tiny --out "$W/study" --runs "$W/study-runs" >"$W/study.log" 2>&1; then ok; else bad "study --tiny: $(tail -5 "$W/study.log")"; fi
+for row in "teacher (SFT)" "SFT" "SeqKD" "supervised KD" "mixed (lambda 0.5" "on-policy FKL" "on-policy RKL" "on-policy JSD(0.1)" "on-policy JSD(0.5)" "on-policy JSD(0.9)"; do
+  check "study table has $row for both tasks" [ "$(grep -cF "| $row" "$W/study/study.md" 2>/dev/null)" -eq 2 ]
+done
+check "study plots are PNG files" bash -c "file '$W/study/accuracy.png' '$W/study/curves.png' | grep -c 'PNG image' | grep -qx 2"
+check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 40 ]
 
 echo "cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

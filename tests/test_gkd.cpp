@@ -703,8 +703,9 @@ TEST_CASE("a short run on a tiny task lowers the loss (sft) and the divergence t
     gpt_load(after, dir + "/gkd/model.bin");
     ByteTokenizer tok;
     Dataset d = load_jsonl(dir + "/task.jsonl", tok, 16, true);
-    double div_before = evaluate(before, &teacher, d, 256, 0.5, 1.0, 8).divergence;
-    double div_after = evaluate(after, &teacher, d, 256, 0.5, 1.0, 8).divergence;
+    EvalOptions eo;
+    double div_before = evaluate(before, &teacher, d, tok, eo).divergence;
+    double div_after = evaluate(after, &teacher, d, tok, eo).divergence;
     CHECK(div_after < 0.5 * div_before);
     CHECK(lines.back()["eval"]["divergence"].get<double>() == doctest::Approx(div_after).epsilon(1e-9));
 }
@@ -894,4 +895,77 @@ TEST_CASE("gradient clipping: PyTorch's clip_grad_norm_ rule") {
     clip_gradients(m, n, 1.0);
     CHECK(m.grads_memory[0] == doctest::Approx(3.0 / (5.0 + 1e-6)));
     CHECK(grad_norm(m) == doctest::Approx(1.0).epsilon(1e-5));
+}
+
+// ----------------------------------------------------------------------------
+// the built-in tasks and the default experiment
+
+TEST_CASE("tasks: the examples, the scores, and splits that never overlap") {
+    CHECK(number_to_words(0) == "zero");
+    CHECK(number_to_words(15) == "fifteen");
+    CHECK(number_to_words(40) == "forty");
+    CHECK(number_to_words(42) == "forty-two");
+    CHECK(number_to_words(100) == "one hundred");
+    CHECK(number_to_words(105) == "one hundred five");
+    CHECK(number_to_words(1010) == "one thousand ten");
+    CHECK(number_to_words(9000) == "nine thousand");
+    CHECK(number_to_words(4721) == "four thousand seven hundred twenty-one");
+    TaskExample ex = arithmetic_example({3, 5, 9, 2, 7});
+    CHECK(ex.prompt == "3+5+9+2+7=");
+    CHECK(ex.completion == "8;17;19;26");
+    CHECK(final_answer("8;17;19;26") == "26");
+    CHECK(score_completion("arithmetic", "8;17;19;26", "8;17;19;26").correct == 1.0);
+    CHECK(score_completion("arithmetic", "8;17;19;27", "8;17;19;26").correct == 0.0);
+    CHECK(score_completion("words", "forty-two", "forty-two").correct == 1.0);
+    CHECK(score_completion("words", "forty-one", "forty-two").correct == 0.0);
+    CHECK(char_similarity("kitten", "sitting") == doctest::Approx(1.0 - 3.0 / 7.0));
+    CHECK(char_similarity("", "") == 1.0);
+    CHECK(char_similarity("abc", "") == 0.0);
+    for (const char* task : {"arithmetic", "words"}) {
+        CAPTURE(task);
+        TaskSizes sizes;
+        sizes.train = 3000; sizes.validation = 200; sizes.test = 300;
+        TaskSplits a = generate_task(task, 5, sizes), b = generate_task(task, 5, sizes), c = generate_task(task, 6, sizes);
+        CHECK(a.train.size() == 3000);
+        CHECK(a.test.size() == 300);
+        std::set<std::string> train, val, test;
+        for (auto& e : a.train) train.insert(e.prompt);
+        for (auto& e : a.validation) val.insert(e.prompt);
+        for (auto& e : a.test) test.insert(e.prompt);
+        CHECK(train.size() == 3000);  // no duplicates inside a split either
+        for (auto& p : test) CHECK((train.count(p) == 0 && val.count(p) == 0));
+        for (auto& p : val) CHECK(train.count(p) == 0);
+        CHECK(a.test[7].prompt == b.test[7].prompt);  // deterministic from the seed
+        CHECK(a.test[7].completion == b.test[7].completion);
+        CHECK(a.test[7].prompt != c.test[7].prompt);
+    }
+    CHECK(contains(error_of([] { TaskSizes s; s.train = 20000; generate_task("words", 0, s); }), "only 10000 distinct"));
+}
+
+TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its cached teacher") {
+    std::string root = temp_dir() + "/runs";
+    ExperimentRecipe r;
+    r.teacher = {1, 16, 2};
+    r.student = {1, 8, 2};
+    r.batch = 8;
+    r.teacher_steps = 6;
+    r.warmup_steps = 3;
+    r.gkd_steps = 3;
+    TaskSizes sizes;
+    sizes.train = 64; sizes.validation = 8; sizes.test = 10;
+    REQUIRE(run_default_experiment(r, root, sizes) == 0);
+    std::string results = read_bytes(root + "/results.md");
+    for (const char* row : {"| teacher (SFT) |", "| student (SFT) |", "| student (SFT + more SFT) |", "| student (SFT + GKD) |"})
+        CHECK(contains(results, row));
+    CHECK(contains(results, "10 examples"));
+    CHECK(!contains(results, "cached"));
+    std::string teacher = read_bytes(root + "/teacher/model.bin");
+    auto gkd_lines = read_metrics(root + "/student-gkd/metrics.jsonl");
+    CHECK(gkd_lines[0]["on_policy"] == true);
+    REQUIRE(run_default_experiment(r, root, sizes) == 0);
+    CHECK(contains(read_bytes(root + "/results.md"), "| cached |"));
+    CHECK(read_bytes(root + "/teacher/model.bin") == teacher);
+    r.teacher_steps = 7;  // another recipe: the cache must not be reused
+    REQUIRE(run_default_experiment(r, root, sizes) == 0);
+    CHECK(!contains(read_bytes(root + "/results.md"), "cached"));
 }

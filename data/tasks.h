@@ -1,0 +1,147 @@
+// data/tasks.h — the built-in tasks of the default experiment, generated from a seed,
+// and their scores.
+//
+//   arithmetic  "3+5+9+2+7=" -> "8;17;19;26": the running sums (the worked steps), the
+//               last of which is the answer. Like GSM8K: the model conditions on its own
+//               intermediate results, so an early slip compounds, which is where training
+//               on the student's own samples should help. Scored by exact match of the
+//               final answer (the text after the last ';').
+//   words       "4721:" -> "four thousand seven hundred twenty-one": numbers to English,
+//               a transduction task like translation. Scored by exact match and by a
+//               character-level similarity, 1 - Levenshtein distance / longer length.
+//
+// Splits never overlap: all distinct prompts are drawn first (without replacement, from
+// the seed), then cut into test, validation and train, in that order.
+#pragma once
+
+#include <algorithm>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../utils.h"
+
+struct TaskExample {
+    std::string prompt, completion;
+};
+
+struct TaskSplits {
+    std::vector<TaskExample> train, validation, test;
+};
+
+static const char* const TASK_NAMES[] = {"arithmetic", "words"};
+
+inline bool is_task(const std::string& name) { return name == "arithmetic" || name == "words"; }
+
+// --- arithmetic
+
+inline TaskExample arithmetic_example(const std::vector<int>& operands) {
+    TaskExample ex;
+    int sum = operands[0];
+    ex.prompt = std::to_string(operands[0]);
+    for (size_t i = 1; i < operands.size(); i++) {
+        ex.prompt += "+" + std::to_string(operands[i]);
+        sum += operands[i];
+        ex.completion += (i > 1 ? ";" : "") + std::to_string(sum);
+    }
+    ex.prompt += "=";
+    return ex;
+}
+
+// --- words
+
+inline std::string number_to_words(int n) {
+    static const char* ones[] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+                                 "seventeen", "eighteen", "nineteen"};
+    static const char* tens[] = {"", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"};
+    GKD_ASSERT(n >= 0 && n < 1000000, "number out of the words task's range");
+    auto below_thousand = [&](int x) {
+        std::string s;
+        if (x >= 100) { s = std::string(ones[x / 100]) + " hundred"; x %= 100; if (x) s += " "; }
+        if (x >= 20) { s += tens[x / 10]; if (x % 10) s += std::string("-") + ones[x % 10]; }
+        else if (x > 0 || s.empty()) s += ones[x];
+        return s;
+    };
+    if (n < 1000) return below_thousand(n);
+    std::string s = below_thousand(n / 1000) + " thousand";
+    if (n % 1000) s += " " + below_thousand(n % 1000);
+    return s;
+}
+
+// --- generation
+
+struct TaskSizes {
+    int train = 20000, validation = 200, test = 500;
+};
+
+inline TaskSplits generate_task(const std::string& task, uint64_t seed, const TaskSizes& sizes) {
+    Rng rng(derive_seed(seed, 0x7a5c));
+    std::vector<TaskExample> all;
+    std::set<std::string> seen;
+    size_t want = (size_t)sizes.train + sizes.validation + sizes.test;
+    if (task == "arithmetic") {
+        // 5 operands in [0, 9]: 10^5 distinct prompts
+        if (want > 50000) GKD_FAIL("the arithmetic task draws at most 50000 of its 100000 prompts; asked for %zu", want);
+        while (all.size() < want) {
+            std::vector<int> ops;
+            for (int i = 0; i < 5; i++) ops.push_back((int)rng.below(10));
+            TaskExample ex = arithmetic_example(ops);
+            if (seen.insert(ex.prompt).second) all.push_back(ex);
+        }
+    } else if (task == "words") {
+        // every number in [0, 10000) once, in a seeded order
+        const int N = 10000;
+        if (want > (size_t)N) GKD_FAIL("the words task has only %d distinct examples; asked for %zu", N, want);
+        std::vector<int> numbers(N);
+        for (int i = 0; i < N; i++) numbers[i] = i;
+        for (int i = N - 1; i > 0; i--) std::swap(numbers[i], numbers[rng.below(i + 1)]);
+        for (size_t i = 0; i < want; i++) all.push_back({std::to_string(numbers[i]) + ":", number_to_words(numbers[i])});
+    } else {
+        GKD_FAIL("unknown task '%s' (arithmetic or words)", task.c_str());
+    }
+    TaskSplits s;
+    s.test.assign(all.begin(), all.begin() + sizes.test);
+    s.validation.assign(all.begin() + sizes.test, all.begin() + sizes.test + sizes.validation);
+    s.train.assign(all.begin() + sizes.test + sizes.validation, all.end());
+    return s;
+}
+
+// --- scores
+
+// The final answer of an arithmetic completion: the text after the last ';'.
+inline std::string final_answer(const std::string& completion) {
+    size_t k = completion.rfind(';');
+    return k == std::string::npos ? completion : completion.substr(k + 1);
+}
+
+inline size_t levenshtein(const std::string& a, const std::string& b) {
+    std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); j++) prev[j] = j;
+    for (size_t i = 1; i <= a.size(); i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= b.size(); j++)
+            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+        std::swap(prev, cur);
+    }
+    return prev[b.size()];
+}
+
+// 1 - edit distance / longer length: 1 for identical strings, 0 for nothing in common.
+inline double char_similarity(const std::string& got, const std::string& want) {
+    size_t longer = std::max(got.size(), want.size());
+    return longer == 0 ? 1.0 : 1.0 - (double)levenshtein(got, want) / longer;
+}
+
+struct TaskScore {
+    double correct = 0;     // arithmetic: final answer right; words: exact match
+    double similarity = 0;  // character similarity of the whole completion
+};
+
+// `got` is the generated completion text (without EOS), `want` the reference.
+inline TaskScore score_completion(const std::string& task, const std::string& got, const std::string& want) {
+    TaskScore s;
+    s.correct = task == "arithmetic" ? final_answer(got) == final_answer(want) : got == want;
+    s.similarity = char_similarity(got, want);
+    return s;
+}

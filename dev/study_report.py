@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Turns the runs of train_gpt2_gkd.sh into its results: study.md (mean ± std over seeds),
+the gnuplot data and script for accuracy.png and curves.png, and metrics/ (a copy of every
+run's raw metrics.jsonl and test evaluation). Standard library only."""
+import argparse
+import json
+import math
+import os
+import shutil
+
+TASKS = ["arithmetic", "words"]
+LABELS = {
+    "teacher": "teacher (SFT)",
+    "warm-start": "student, warm start (SFT)",
+    "sft": "SFT",
+    "seqkd": "SeqKD",
+    "supervised-kd": "supervised KD (lambda 0, FKL)",
+    "mixed": "mixed (lambda 0.5, FKL)",
+    "on-policy-fkl": "on-policy FKL",
+    "on-policy-rkl": "on-policy RKL",
+    "on-policy-jsd0.1": "on-policy JSD(0.1)",
+    "on-policy-jsd0.5": "on-policy JSD(0.5)",
+    "on-policy-jsd0.9": "on-policy JSD(0.9)",
+}
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def mean_std(values):
+    if not values:
+        return float("nan"), float("nan")
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def pct(values):
+    m, s = mean_std([100 * v for v in values])
+    return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--methods", required=True)
+    ap.add_argument("--seeds", required=True)
+    ap.add_argument("--steps", required=True)
+    ap.add_argument("--seconds", type=int, required=True)
+    ap.add_argument("--mode", required=True)
+    a = ap.parse_args()
+    methods, seeds = a.methods.split(), a.seeds.split()
+    rows = ["warm-start"] + methods
+    os.makedirs(os.path.join(a.out, "metrics"), exist_ok=True)
+
+    lines = [f"# GKD study ({a.mode}): {len(seeds)} seed(s), {a.steps} steps per method from the same "
+             f"warm-started student, {a.seconds // 60} min {a.seconds % 60} s in all", ""]
+    bars = {}    # task -> [(method, greedy mean, std, sampled mean, std)]
+    curves = {}  # task -> method -> [(step, mean validation accuracy)]
+    for task in TASKS:
+        tdir = os.path.join(a.runs, task)
+        if not os.path.isdir(tdir):
+            continue
+        teacher = read_json(os.path.join(tdir, "teacher", "test.json"))
+        sim = task == "words"
+        lines += [f"## {task}", "",
+                  "Held-out test accuracy (%): exact match of the " + ("whole completion" if sim else "final answer") +
+                  ", greedy and at sampling temperature 1; mean ± std over seeds." +
+                  (" Similarity: 1 - edit distance / length, greedy." if sim else ""), ""]
+        head = "| method | greedy | sampled (T=1) |" + (" similarity (greedy) |" if sim else "") + " JSD(0.5) to teacher |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        lines.append(f"| {LABELS['teacher']} | {100 * teacher['accuracy']:.1f} | {100 * teacher['sample_accuracy']:.1f} |" +
+                     (f" {teacher['similarity']:.3f} |" if sim else "") + " - |")
+        shutil.copy(os.path.join(tdir, "teacher", "test.json"), os.path.join(a.out, "metrics", f"{task}-teacher-test.json"))
+        bars[task] = []
+        curves[task] = {}
+        for m in rows:
+            evals = []
+            per_step = {}
+            for s in seeds:
+                rdir = os.path.join(tdir, f"seed{s}", m)
+                evals.append(read_json(os.path.join(rdir, "test.json")))
+                dest = os.path.join(a.out, "metrics", task, f"seed{s}")
+                os.makedirs(dest, exist_ok=True)
+                shutil.copy(os.path.join(rdir, "metrics.jsonl"), os.path.join(dest, f"{m}.jsonl"))
+                shutil.copy(os.path.join(rdir, "test.json"), os.path.join(dest, f"{m}-test.json"))
+                for j in read_lines(os.path.join(rdir, "metrics.jsonl")):
+                    if "eval" in j:
+                        per_step.setdefault(j["step"] + 1, []).append(j["eval"]["accuracy"])
+            g = [e["accuracy"] for e in evals]
+            smp = [e["sample_accuracy"] for e in evals]
+            div = mean_std([e["divergence"] for e in evals])
+            row = f"| {LABELS[m]} | {pct(g)} | {pct(smp)} |"
+            if sim:
+                sm = mean_std([e["similarity"] for e in evals])
+                row += f" {sm[0]:.3f} |"
+            row += f" {div[0]:.4f} |"
+            lines.append(row)
+            if m != "warm-start":
+                bars[task].append((m, *mean_std([100 * v for v in g]), *mean_std([100 * v for v in smp])))
+                curves[task][m] = sorted((k, 100 * sum(v) / len(v)) for k, v in per_step.items())
+        lines.append("")
+    lines += ["Raw metrics: `metrics/`. Plots: `accuracy.png` (test accuracy per method), "
+              "`curves.png` (validation accuracy, greedy, against training steps).", ""]
+    with open(os.path.join(a.out, "study.md"), "w") as f:
+        f.write("\n".join(lines))
+
+    # gnuplot data and script
+    tasks = list(bars)
+    for t in tasks:
+        with open(os.path.join(a.out, f"bars-{t}.dat"), "w") as f:
+            f.write("# method greedy_mean greedy_std sampled_mean sampled_std\n")
+            for m, gm, gs, sm, ss in bars[t]:
+                f.write(f'"{LABELS[m]}" {gm:.3f} {gs:.3f} {sm:.3f} {ss:.3f}\n')
+        with open(os.path.join(a.out, f"curves-{t}.dat"), "w") as f:
+            for m in curves[t]:
+                f.write(f'# {m}\n')
+                for k, v in curves[t][m]:
+                    f.write(f"{k} {v:.3f}\n")
+                f.write("\n\n")
+    out = a.out
+    gp = [f'set terminal pngcairo size 1200,{420 * len(tasks)} font ",10"',
+          f'set output "{out}/accuracy.png"',
+          f'set multiplot layout {len(tasks)},1',
+          'set style data histogram', 'set style histogram errorbars gap 2 lw 1', 'set style fill solid 0.7 border -1',
+          'set ylabel "test accuracy (%)"', 'set yrange [0:105]', 'set xtics rotate by -25 scale 0', 'set key top left',
+          'set grid ytics']
+    for t in tasks:
+        gp += [f'set title "{t}: held-out accuracy after {a.steps} more steps (mean ± std over seeds)"',
+               f'plot "{out}/bars-{t}.dat" using 2:3:xtic(1) title "greedy", "" using 4:5 title "sampled, T=1"']
+    gp += ['unset multiplot', 'reset',
+           f'set terminal pngcairo size 1200,{420 * len(tasks)} font ",10"',
+           f'set output "{out}/curves.png"', f'set multiplot layout {len(tasks)},1',
+           'set xlabel "training steps"', 'set ylabel "validation accuracy, greedy (%)"', 'set yrange [0:105]', 'set key outside right',
+           'set grid']
+    for t in tasks:
+        plot = ", ".join(f'"{out}/curves-{t}.dat" index {i} using 1:2 with linespoints title "{LABELS[m]}"'
+                         for i, m in enumerate(curves[t]))
+        gp += [f'set title "{t}"', f"plot {plot}"]
+    gp += ["unset multiplot"]
+    with open(os.path.join(out, "plots.gp"), "w") as f:
+        f.write("\n".join(gp) + "\n")
+
+
+if __name__ == "__main__":
+    main()
