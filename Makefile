@@ -13,8 +13,11 @@ CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas
 HEADERS  := model.h tokenizer.h utils.h data/dataset.h data/tasks.h
+FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer
+FUZZERS      := $(FUZZ_TARGETS:%=build/fuzz_%)
+FUZZ_SECONDS ?= 60
 
-.PHONY: all test unit-test cli-test clean check-deps
+.PHONY: all test unit-test cli-test clean check-deps fuzz fuzz-smoke test-asan
 
 all: check-deps gkd
 
@@ -34,9 +37,38 @@ unit-test: tests/test_gkd
 cli-test: gkd
 	bash tests/cli_test.sh
 
-# both suites; the last line is "N passed, N failed"
-test: gkd tests/test_gkd
+# every suite; the last line is "N passed, N failed"
+test: gkd tests/test_gkd $(FUZZERS)
 	@bash tests/run_tests.sh
 
+# libFuzzer harnesses (clang): checkpoint and training-state loaders, the JSONL example
+# parser, the tokenizer. `make fuzz` runs each for FUZZ_SECONDS; a crash leaves its input
+# in build/ to be added to tests/fuzz/regressions/<target>/, which the unit tests replay.
+
+build/fuzz_%: tests/fuzz/fuzz_main.cpp tests/fuzz/targets.h gkd.cu $(HEADERS)
+	@mkdir -p build
+	clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Wno-unknown-pragmas -DFUZZ_TARGET=$* \
+	    tests/fuzz/fuzz_main.cpp -o $@
+
+fuzz: $(FUZZERS)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  ./build/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=512 -rss_limit_mb=2048 -timeout=10 \
+	      -artifact_prefix=build/fuzz-$$t- -print_final_stats=0 build/corpus/$$t tests/fuzz/corpus/$$t \
+	      2>build/fuzz-$$t.log || { tail -30 build/fuzz-$$t.log; exit 1; }; \
+	done; echo "fuzz: no crash"
+
+# AddressSanitizer and UndefinedBehaviorSanitizer over the unit, CLI and bad-input tests
+test-asan:
+	@mkdir -p build
+	$(CXX) -std=c++17 -fopenmp -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -Wno-unknown-pragmas \
+	    -x c++ gkd.cu -o build/gkd_asan
+	$(CXX) -std=c++17 -fopenmp -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -Wno-unknown-pragmas \
+	    tests/test_gkd.cpp -o build/test_gkd_asan
+	./build/test_gkd_asan
+	GKD=build/gkd_asan bash tests/cli_test.sh
+	GKD=build/gkd_asan bash tests/bad_input_test.sh
+
 clean:
-	rm -f gkd tests/test_gkd
+	rm -rf gkd tests/test_gkd build

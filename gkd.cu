@@ -21,6 +21,9 @@
 //   in every row, padding never changes a real position's logits.
 // - The file compiles as C++ (g++ -x c++) on machines without a GPU; the CUDA path will
 //   live here too, behind __CUDACC__.
+#ifndef GKD_CU  // the tests and fuzzers include this file
+#define GKD_CU
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -30,10 +33,11 @@
 #include <set>
 #include <string>
 #include <vector>
+#include <csignal>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
-#include <omp.h>
 
 #include <nlohmann/json.hpp>
 
@@ -392,7 +396,47 @@ struct TrainOptions {
     std::string task;  // scores the evaluation's greedy completions
     std::string label;  // names the phase in the progress bar
     bool quiet = false;  // no progress line (tests)
+    int checkpoint_every = 0;  // steps between checkpoints of the whole state (0: only on a signal)
 };
+
+// The run's configuration, saved in every checkpoint so that --resume needs nothing else.
+static json options_to_json(const TrainOptions& o) {
+    return {{"sft", o.sft}, {"teacher", o.teacher_path}, {"student", o.student_path}, {"data", o.data_path},
+            {"eval_data", o.eval_data_path}, {"tokenizer", o.tokenizer}, {"lambda", o.lambda}, {"beta", o.beta},
+            {"temperature", o.temperature}, {"loss_temperature", o.loss_temperature},
+            {"max_new_tokens", o.max_new_tokens}, {"seq_kd", o.seq_kd},
+            {"loss_norm", o.loss_norm == LossNorm::Token ? "token" : "sequence"}, {"batch", o.batch},
+            {"steps", o.steps}, {"lr", o.lr}, {"lr_schedule", o.schedule == Schedule::Cosine ? "cosine" : "constant"},
+            {"warmup", o.warmup}, {"weight_decay", o.weight_decay}, {"grad_clip", o.grad_clip},
+            {"adam_beta1", o.adam_beta1}, {"adam_beta2", o.adam_beta2}, {"adam_eps", o.adam_eps}, {"seed", o.seed},
+            {"shuffle", o.shuffle}, {"eval_every", o.eval_every}, {"task", o.task},
+            {"checkpoint_every", o.checkpoint_every}};
+}
+
+static TrainOptions options_from_json(const json& j, const std::string& where) {
+    TrainOptions o;
+    try {
+        o.sft = j.at("sft"); o.teacher_path = j.at("teacher"); o.student_path = j.at("student");
+        o.data_path = j.at("data"); o.eval_data_path = j.at("eval_data"); o.tokenizer = j.at("tokenizer");
+        o.lambda = j.at("lambda"); o.beta = j.at("beta"); o.temperature = j.at("temperature");
+        o.loss_temperature = j.at("loss_temperature"); o.max_new_tokens = j.at("max_new_tokens");
+        o.seq_kd = j.at("seq_kd");
+        o.loss_norm = j.at("loss_norm").get<std::string>() == "token" ? LossNorm::Token : LossNorm::Sequence;
+        o.batch = j.at("batch"); o.steps = j.at("steps"); o.lr = j.at("lr");
+        o.schedule = j.at("lr_schedule").get<std::string>() == "cosine" ? Schedule::Cosine : Schedule::Constant;
+        o.warmup = j.at("warmup"); o.weight_decay = j.at("weight_decay"); o.grad_clip = j.at("grad_clip");
+        o.adam_beta1 = j.at("adam_beta1"); o.adam_beta2 = j.at("adam_beta2"); o.adam_eps = j.at("adam_eps");
+        o.seed = j.at("seed"); o.shuffle = j.at("shuffle"); o.eval_every = j.at("eval_every");
+        o.task = j.at("task"); o.checkpoint_every = j.at("checkpoint_every");
+    } catch (const json::exception& e) {
+        GKD_FAIL("%s: the saved configuration is incomplete or has a wrong type: %s", where.c_str(),
+                 dataset_detail::short_json_error(e).c_str());
+    }
+    if (o.batch < 1 || o.steps < 1 || o.max_new_tokens < 1 || !(o.lambda >= 0 && o.lambda <= 1) ||
+        !(o.beta >= 0 && o.beta <= 1) || !(o.loss_temperature > 0) || !(o.temperature >= 0))
+        GKD_FAIL("%s: the saved configuration has a value out of range", where.c_str());
+    return o;
+}
 
 struct Trainer {
     TrainOptions opt;
@@ -482,6 +526,13 @@ static void teacher_forward(Trainer& tr, const TrainBatch& b) {
               n_new.data(), b.B, b.T, tr.teacher_logits.data(), true);
 }
 
+// Fault injection for the reliability tests: GKD_FAULT="<what>:<step>" makes that fault
+// happen at that step ("kill-in-checkpoint-write", "nan-loss"). Unset, it costs a getenv.
+static bool fault_injected(const char* what, int step) {
+    const char* fault = getenv("GKD_FAULT");
+    return fault && strf("%s:%d", what, step) == fault;
+}
+
 // One step of GKD, the paper's Algorithm 1 (and SFT, its supervised special case).
 static StepStats gkd_step(Trainer& tr, int step) {
     const TrainOptions& o = tr.opt;
@@ -515,13 +566,17 @@ static StepStats gkd_step(Trainer& tr, int step) {
     st.loss = batch_loss(b, distill ? tr.teacher_logits.data() : (const float*)nullptr,
                          distill ? tr.teacher.config.padded_vocab_size : 0, tr.student.acts.logits,
                          tr.student.grads_acts.logits, V, Vps, !distill, o.beta, o.loss_temperature, o.loss_norm);
-    if (!std::isfinite(st.loss)) GKD_FAIL("step %d: the loss is not finite (%g); stopping", step, st.loss);
+    if (fault_injected("nan-loss", step)) st.loss = NAN;
+    if (!std::isfinite(st.loss))
+        GKD_FAIL("step %d: the loss is not finite (%g); stopping before the update (the last checkpoint is intact)",
+                 step, st.loss);
 
     // backpropagate through the student only, then one AdamW step
     gpt_zero_grad(tr.student);
     gpt_backward(tr.student);
     st.grad_norm = grad_norm(tr.student);
-    if (!std::isfinite(st.grad_norm)) GKD_FAIL("step %d: the gradient norm is not finite; stopping", step);
+    if (!std::isfinite(st.grad_norm))
+        GKD_FAIL("step %d: the gradient norm is not finite; stopping before the update (the last checkpoint is intact)", step);
     clip_gradients(tr.student, st.grad_norm, o.grad_clip);
     adamw_update(tr.student, tr.adam, st.lr);
     st.ms = (now_seconds() - t0) * 1000;
@@ -667,6 +722,11 @@ struct Progress {
 // ----------------------------------------------------------------------------
 // the training driver: load, loop, log, save
 
+static bool file_exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 static void make_dirs(const std::string& dir) {
     std::string partial;
     for (size_t i = 0; i <= dir.size(); i++) {
@@ -680,9 +740,17 @@ static void make_dirs(const std::string& dir) {
     if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) GKD_FAIL("%s: not a folder", dir.c_str());
 }
 
+static void load_inputs(Trainer& tr);
+
 static void load_trainer(Trainer& tr, const TrainOptions& opt) {
     tr.opt = opt;
     gpt_load(tr.student, opt.student_path);
+    load_inputs(tr);
+}
+
+// Everything but the student: the teacher, the tokenizer, the data, AdamW's settings.
+static void load_inputs(Trainer& tr) {
+    const TrainOptions& opt = tr.opt;
     tr.has_teacher = !opt.sft || opt.seq_kd;
     if (tr.has_teacher) {
         gpt_load(tr.teacher, opt.teacher_path);
@@ -697,7 +765,7 @@ static void load_trainer(Trainer& tr, const TrainOptions& opt) {
     tr.data = load_jsonl(opt.data_path, *tr.tok, shared_context(tr), need_completion);
     if (!opt.eval_data_path.empty())
         tr.eval_data = load_jsonl(opt.eval_data_path, *tr.tok, shared_context(tr), true);
-    if (tr.opt.steps == 0) tr.opt.steps = (int)((tr.data.examples.size() + opt.batch - 1) / opt.batch);
+    if (opt.steps == 0) tr.opt.steps = (int)((tr.data.examples.size() + opt.batch - 1) / opt.batch);
     tr.adam.beta1 = opt.adam_beta1;
     tr.adam.beta2 = opt.adam_beta2;
     tr.adam.eps = opt.adam_eps;
@@ -721,19 +789,159 @@ static json eval_line(Trainer& tr, int step) {
     return json{{"step", step}, {"eval", r.to_json()}};
 }
 
-// Runs the whole training; returns the final step's stats.
-static StepStats train(Trainer& tr) {
+// ----------------------------------------------------------------------------
+// checkpoints of the whole training state, and resuming from them
+//
+// DIR/checkpoint.bin holds everything a run needs to continue exactly: the configuration,
+// the next step, the student's weights and AdamW's moments. The RNG and the data cursor
+// are functions of (seed, step), so the step is their whole state. The file is replaced
+// atomically (written beside, fsynced, renamed), so a crash at any moment leaves either
+// the previous checkpoint or the new one.
+//
+//   "GKDSTATE" (8 bytes), uint32 version = 1, uint32 0, uint64 n_json, the JSON
+//   {"options", "next_step", "adam_t", "model": {shape}, "num_parameters"}, then
+//   float32 params[n], m[n], v[n].
+
+constexpr uint32_t STATE_VERSION = 1;
+
+static void save_training_state(const Trainer& tr, int next_step, const std::string& path) {
+    const GPTConfig& c = tr.student.config;
+    json j = {{"options", options_to_json(tr.opt)}, {"next_step", next_step}, {"adam_t", tr.adam.t},
+              {"model", {{"max_seq_len", c.max_seq_len}, {"vocab_size", c.vocab_size},
+                         {"padded_vocab_size", c.padded_vocab_size}, {"num_layers", c.num_layers},
+                         {"num_heads", c.num_heads}, {"channels", c.channels}}},
+              {"num_parameters", tr.student.num_parameters}};
+    std::string text = j.dump();
+    const size_t n = tr.student.num_parameters;
+    std::vector<float> zeros;
+    const float* m = tr.adam.m.data();
+    const float* v = tr.adam.v.data();
+    if (tr.adam.m.empty()) { zeros.assign(n, 0.f); m = v = zeros.data(); }  // before the first update
+    uint32_t version[2] = {STATE_VERSION, 0};
+    uint64_t n_json = text.size();
+    AtomicWriter w(path);
+    w.write("GKDSTATE", 8);
+    w.write(version, sizeof version);
+    w.write(&n_json, sizeof n_json);
+    w.write(text.data(), text.size());
+    w.write(tr.student.params_memory.data(), n * sizeof(float));
+    if (fault_injected("kill-in-checkpoint-write", next_step)) { fflush(w.f); raise(SIGKILL); }
+    w.write(m, n * sizeof(float));
+    w.write(v, n * sizeof(float));
+    w.commit();
+}
+
+// Restores the student, AdamW and the configuration; returns the step to run next.
+static int load_training_state(Trainer& tr, const std::string& path) {
+    InputFile in(path);
+    char magic[8];
+    uint32_t version[2];
+    uint64_t n_json;
+    if (in.size < 24) GKD_FAIL("%s: not a gkd training checkpoint (%lld bytes)", path.c_str(), in.size);
+    in.read_exact(magic, 8, "the magic");
+    in.read_exact(version, sizeof version, "the version");
+    in.read_exact(&n_json, sizeof n_json, "the header length");
+    if (memcmp(magic, "GKDSTATE", 8) != 0) GKD_FAIL("%s: not a gkd training checkpoint (bad magic)", path.c_str());
+    if (version[0] != STATE_VERSION)
+        GKD_FAIL("%s: training checkpoint version %u, this gkd reads version %u", path.c_str(), version[0], STATE_VERSION);
+    if (n_json > (1u << 20) || (long long)n_json > in.size - 24)
+        GKD_FAIL("%s: header length %llu does not fit the file", path.c_str(), (unsigned long long)n_json);
+    std::string text(n_json, '\0');
+    in.read_exact(&text[0], n_json, "the header");
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const json::exception& e) {
+        GKD_FAIL("%s: the header is malformed JSON: %s", path.c_str(), dataset_detail::short_json_error(e).c_str());
+    }
+    GPTConfig c;
+    int next_step;
+    long long adam_t;
+    unsigned long long n;
+    TrainOptions saved;
+    try {
+        const json& mj = j.at("model");
+        c.max_seq_len = mj.at("max_seq_len"); c.vocab_size = mj.at("vocab_size");
+        c.padded_vocab_size = mj.at("padded_vocab_size"); c.num_layers = mj.at("num_layers");
+        c.num_heads = mj.at("num_heads"); c.channels = mj.at("channels");
+        next_step = j.at("next_step");
+        adam_t = j.at("adam_t");
+        n = j.at("num_parameters");
+        saved = options_from_json(j.at("options"), path);
+    } catch (const json::exception& e) {
+        GKD_FAIL("%s: the header is missing a field or has a wrong type: %s", path.c_str(),
+                 dataset_detail::short_json_error(e).c_str());
+    }
+    validate_config(c, path);
+    size_t sizes[NUM_PARAMETER_TENSORS];
+    fill_parameter_sizes(sizes, c);
+    unsigned long long expected_n = 0;
+    for (size_t s : sizes) expected_n += s;
+    if (n != expected_n) GKD_FAIL("%s: %llu parameters do not match the model's shape (%llu)", path.c_str(), n, expected_n);
+    if ((unsigned long long)in.size != 24 + n_json + 3 * 4 * n)
+        GKD_FAIL("%s: file is %lld bytes, its header needs %llu: truncated or corrupt", path.c_str(), in.size,
+                 24 + n_json + 12 * n);
+    if (next_step < 0 || next_step > saved.steps || adam_t < 0 || adam_t > next_step)
+        GKD_FAIL("%s: step %d is outside the run's %d steps", path.c_str(), next_step, saved.steps);
+    gpt_build(tr.student, c);
+    in.read_exact(tr.student.params_memory.data(), n * 4, "the parameters");
+    tr.adam.m.assign(n, 0.f);
+    tr.adam.v.assign(n, 0.f);
+    in.read_exact(tr.adam.m.data(), n * 4, "the first moments");
+    in.read_exact(tr.adam.v.data(), n * 4, "the second moments");
+    tr.adam.t = adam_t;
+    saved.out_dir = tr.opt.out_dir;
+    saved.quiet = tr.opt.quiet;
+    tr.opt = saved;
+    return next_step;
+}
+
+// Keeps the metrics lines of steps before `next_step`: what a killed run logged after its
+// last checkpoint is replaced by the resumed run, not duplicated. A torn last line goes too.
+static void truncate_metrics(const std::string& path, int next_step) {
+    std::string all = file_exists(path) ? read_whole_file(path) : "", kept;
+    size_t pos = 0;
+    while (pos < all.size()) {
+        size_t end = all.find('\n', pos);
+        if (end == std::string::npos) break;  // no newline: a write the kill interrupted
+        std::string line = all.substr(pos, end - pos);
+        pos = end + 1;
+        json j = json::parse(line, nullptr, false);
+        if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int>() < next_step)
+            kept += line + "\n";
+    }
+    write_file_atomic(path, kept);
+}
+
+// SIGINT and SIGTERM ask the loop to stop after the current step.
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+struct TrainOutcome {
+    StepStats last;
+    int stopped_by_signal = 0;  // the signal number, or 0 when the run finished
+};
+
+// Runs steps start_step .. steps-1, logging each; writes model.bin at the end.
+static TrainOutcome train(Trainer& tr, int start_step = 0) {
     const TrainOptions& o = tr.opt;
     make_dirs(o.out_dir);
-    std::string metrics_path = o.out_dir + "/metrics.jsonl";
-    FILE* metrics = fopen(metrics_path.c_str(), "w");
+    std::string metrics_path = o.out_dir + "/metrics.jsonl", state_path = o.out_dir + "/checkpoint.bin";
+    if (start_step > 0) truncate_metrics(metrics_path, start_step);
+    FILE* metrics = fopen(metrics_path.c_str(), start_step > 0 ? "a" : "w");
     if (!metrics) GKD_FAIL("%s: cannot open for writing: %s", metrics_path.c_str(), strerror(errno));
     std::unique_ptr<FILE, int (*)(FILE*)> closer(metrics, fclose);
-    Progress progress(o.label.empty() ? (o.sft ? "sft" : "distill") : o.label, o.steps, o.quiet);
+    stop_signal = 0;
+    struct sigaction sa = {}, old_int, old_term;
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    Progress progress(o.label.empty() ? (o.sft ? "sft" : "distill") : o.label, o.steps - start_step, o.quiet);
     long long tokens_done = 0;
-    StepStats st;
-    for (int step = 0; step < o.steps; step++) {
-        st = gkd_step(tr, step);
+    TrainOutcome out;
+    for (int step = start_step; step < o.steps; step++) {
+        StepStats st = gkd_step(tr, step);
+        out.last = st;
         tokens_done += st.tokens;
         json line = {{"step", step}, {"loss", st.loss}, {"on_policy", st.on_policy}, {"lr", st.lr},
                      {"tokens", st.tokens}, {"grad_norm", st.grad_norm}, {"step_ms", st.ms},
@@ -742,13 +950,28 @@ static StepStats train(Trainer& tr) {
         bool evaluate_now = !tr.eval_data.examples.empty() &&
                             ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps);
         if (evaluate_now) write_metrics_line(metrics, metrics_path, eval_line(tr, step));
-        progress.update(step + 1, strf("loss %.4f | %s | %.0f tok/s", st.loss, st.on_policy ? "on-policy " : "off-policy",
-                                       tokens_done / std::max(progress.elapsed(), 1e-9)));
+        progress.update(step + 1 - start_step, strf("loss %.4f | %s | %.0f tok/s", st.loss,
+                                                    st.on_policy ? "on-policy " : "off-policy",
+                                                    tokens_done / std::max(progress.elapsed(), 1e-9)));
+        bool last = step + 1 == o.steps;
+        if (!last && (stop_signal || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0)))
+            save_training_state(tr, step + 1, state_path);
+        if (stop_signal && !last) {
+            out.stopped_by_signal = stop_signal;
+            fprintf(stderr, "\n%s after step %d: the whole training state is in %s; continue with "
+                            "gkd %s --resume %s\n", stop_signal == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)",
+                    step, state_path.c_str(), o.sft ? "sft" : "distill", o.out_dir.c_str());
+            break;
+        }
     }
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+    if (out.stopped_by_signal) return out;
     progress.finish();
     gpt_save(tr.student, o.out_dir + "/model.bin");
+    if (file_exists(state_path)) unlink(state_path.c_str());  // finished: model.bin is the result
     if (!o.quiet) fprintf(stderr, "saved %s/model.bin and %s\n", o.out_dir.c_str(), metrics_path.c_str());
-    return st;
+    return out;
 }
 
 // ----------------------------------------------------------------------------
@@ -782,11 +1005,6 @@ struct ExperimentRecipe {
     }
 };
 
-static bool file_exists(const std::string& path) {
-    struct stat st;
-    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 static void init_model_file(const ModelShape& shape, int context, uint64_t seed, const std::string& path) {
     GPTConfig c;
     c.num_layers = shape.layers; c.channels = shape.channels; c.num_heads = shape.heads;
@@ -815,11 +1033,17 @@ static TrainOptions experiment_train_options(const ExperimentRecipe& r, const st
     return o;
 }
 
+// Thrown to leave the program with a status (after a signal), past the callers.
+struct ExitRequest {
+    int status;
+};
+
 static double run_training_phase(const TrainOptions& o) {
     double t0 = now_seconds();
     Trainer tr;
     load_trainer(tr, o);
-    train(tr);
+    TrainOutcome out = train(tr);
+    if (out.stopped_by_signal) throw ExitRequest{128 + out.stopped_by_signal};
     return now_seconds() - t0;
 }
 
@@ -1050,6 +1274,9 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"task", true, "arithmetic | words: score evaluation completions by the task"},
     {"tokenizer", true, "byte (default for V = 257)"},
     {"quiet", false, "no progress line"},
+    {"checkpoint-every", true, "save the whole training state every N steps to DIR/checkpoint.bin (0: only on SIGINT/SIGTERM)"},
+    {"resume", true, "continue the run in this folder from its checkpoint (no other flags)"},
+    {"overwrite", false, "replace the run in an existing, non-empty --out folder"},
 };
 
 static TrainOptions parse_train_options(const Flags& f, bool sft) {
@@ -1081,6 +1308,7 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
     o.task = task_flag(f);
     o.tokenizer = f.str("tokenizer");
     o.quiet = f.on("quiet");
+    o.checkpoint_every = (int)f.integer("checkpoint-every", 0, 0, 1 << 30);
     check_device(f);
     if (sft) {
         o.student_path = f.required("model");
@@ -1092,6 +1320,8 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
     }
     return o;
 }
+
+static void refuse_existing_run(const std::string& dir, bool overwrite);
 
 static int cmd_train(int argc, char** argv, bool sft) {
     std::vector<FlagSpec> specs = TRAIN_FLAGS;
@@ -1109,15 +1339,52 @@ static int cmd_train(int argc, char** argv, bool sft) {
         return 0;
     }
     Flags f(cmd, argc, argv, specs);
-    TrainOptions o = parse_train_options(f, sft);
     Trainer tr;
-    load_trainer(tr, o);
-    if (!o.quiet)
-        fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, %d threads\n", cmd,
-                o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps, o.batch,
-                omp_get_max_threads());
-    train(tr);
-    return 0;
+    int start_step = 0;
+    if (f.has("resume")) {
+        // the saved configuration is the run's; only the display may change
+        for (auto& [name, value] : f.values)
+            if (name != "resume") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
+        for (auto& name : f.switches)
+            if (name != "quiet") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
+        std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
+        if (!file_exists(path))
+            GKD_FAIL("%s: no checkpoint to resume from (a run saves one with --checkpoint-every N, or when interrupted)", path.c_str());
+        tr.opt.out_dir = dir;
+        tr.opt.quiet = f.on("quiet");
+        start_step = load_training_state(tr, path);
+        if (tr.opt.sft != sft)
+            GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(), tr.opt.sft ? "sft" : "distill",
+                     tr.opt.sft ? "sft" : "distill", dir.c_str());
+        load_inputs(tr);
+        if (!tr.opt.quiet) fprintf(stderr, "gkd %s: resuming %s at step %d of %d\n", cmd, dir.c_str(), start_step, tr.opt.steps);
+    } else {
+        TrainOptions o = parse_train_options(f, sft);
+        refuse_existing_run(o.out_dir, f.on("overwrite"));
+        load_trainer(tr, o);
+        if (!o.quiet)
+            fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, %d threads\n", cmd,
+                    o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps, o.batch,
+                    omp_get_max_threads());
+    }
+    TrainOutcome out = train(tr, start_step);
+    return out.stopped_by_signal ? 128 + out.stopped_by_signal : 0;
+}
+
+// No run silently replaces another: a non-empty --out needs --overwrite (or --resume).
+static void refuse_existing_run(const std::string& dir, bool overwrite) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return;  // absent: it will be created
+    bool empty = true;
+    while (dirent* e = readdir(d))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = false; break; }
+    closedir(d);
+    if (empty) return;
+    if (!overwrite)
+        GKD_FAIL("%s: the folder exists and is not empty; give --overwrite to replace its run, or --resume %s to "
+                 "continue it", dir.c_str(), dir.c_str());
+    // a stale checkpoint must not be resumed into the new run
+    for (const char* name : {"checkpoint.bin", "metrics.jsonl", "model.bin"}) unlink((dir + "/" + name).c_str());
 }
 
 static int cmd_init(int argc, char** argv) {
@@ -1253,6 +1520,17 @@ static int cmd_eval(int argc, char** argv) {
     return 0;
 }
 
+// A JSON array of token ids, each in [0, vocab).
+static std::vector<int> parse_id_array(const std::string& text, int vocab, const std::string& where) {
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const json::exception& e) {
+        GKD_FAIL("%s: malformed JSON: %s", where.c_str(), dataset_detail::short_json_error(e).c_str());
+    }
+    return dataset_detail::read_ids(j, "ids", vocab, where);
+}
+
 static int cmd_tokenize(int argc, char** argv) {
     std::vector<FlagSpec> specs = {{"tokenizer", true, "byte (default)"},
                                    {"decode", false, "read a JSON array of ids, print the text"}};
@@ -1267,19 +1545,7 @@ static int cmd_tokenize(int argc, char** argv) {
         printf("%s\n", json(tok->encode(input)).dump().c_str());
         return 0;
     }
-    json j;
-    try {
-        j = json::parse(input);
-    } catch (const json::exception& e) {
-        GKD_FAIL("<stdin>: malformed JSON: %s", dataset_detail::short_json_error(e).c_str());
-    }
-    if (!j.is_array()) GKD_FAIL("<stdin>: expected a JSON array of token ids");
-    std::vector<int> ids;
-    for (size_t i = 0; i < j.size(); i++) {
-        if (!j[i].is_number_integer() || j[i].get<long long>() < 0 || j[i].get<long long>() >= tok->vocab_size())
-            GKD_FAIL("<stdin>: element %zu is not a token id in [0, %d)", i, tok->vocab_size());
-        ids.push_back(j[i].get<int>());
-    }
+    std::vector<int> ids = parse_id_array(input, tok->vocab_size(), "<stdin>");
     std::string text = tok->decode(ids);
     fwrite(text.data(), 1, text.size(), stdout);
     return 0;
@@ -1355,6 +1621,8 @@ static int run_command(int argc, char** argv) {
 int main(int argc, char** argv) {
     try {
         return run_command(argc, argv);
+    } catch (const ExitRequest& e) {
+        return e.status;
     } catch (const GkdError& e) {
         fprintf(stderr, "gkd: error: %s\n", e.what());
     } catch (const std::bad_alloc&) {
@@ -1365,3 +1633,5 @@ int main(int argc, char** argv) {
     return 1;
 }
 #endif
+
+#endif  // GKD_CU

@@ -24,7 +24,6 @@
 #include <cstring>
 #include <string>
 #include <vector>
-#include <omp.h>
 
 #include "utils.h"
 

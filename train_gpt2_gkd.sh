@@ -49,10 +49,11 @@ case $MODE in
          SEEDS="0 1"; WARM=3; STEPS=3; EVAL_EVERY=2; SIZES="--train 40 --validation 6 --test 6" ;;
 esac
 RUNS=${RUNS:-runs/study/$MODE}
-GKD=./gkd
+GKD=${GKD:-./gkd}
 command -v gnuplot >/dev/null || { echo "train_gpt2_gkd.sh: gnuplot is missing (apt-get install gnuplot-nox)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "train_gpt2_gkd.sh: python3 is missing" >&2; exit 1; }
 [ -x "$GKD" ] || make gkd
+# this script owns the folders under $RUNS: a rerun replaces an unfinished run in them
 
 METHODS="sft seqkd supervised-kd mixed on-policy-fkl on-policy-rkl on-policy-jsd0.1 on-policy-jsd0.5 on-policy-jsd0.9"
 
@@ -118,7 +119,7 @@ for TASK in arithmetic words; do
     mkdir -p "$RUNS/$TASK/teacher"
     $GKD init $TEACHER_SHAPE --context $CONTEXT --seed 100 --out "$RUNS/$TASK/teacher/init.bin" 2>/dev/null
     $GKD sft --model "$RUNS/$TASK/teacher/init.bin" --out "$RUNS/$TASK/teacher" --steps $TEACHER_STEPS --lr 3e-3 \
-         --seed 100 $(train_flags $TEACHER_STEPS)
+         --seed 100 --overwrite $(train_flags $TEACHER_STEPS)
   fi
   evaluate "$TEACHER" "$RUNS/$TASK/teacher/test.json"
   progress "$TASK teacher: $(grep -o '"accuracy":[0-9.]*' "$RUNS/$TASK/teacher/test.json" | head -1)"
@@ -133,7 +134,8 @@ for TASK in arithmetic words; do
     if [ ! -s "$S/warm-start/model.bin" ]; then
       mkdir -p "$S/warm-start"
       $GKD init $STUDENT_SHAPE --context $CONTEXT --seed $((200 + SEED)) --out "$S/warm-start/init.bin" 2>/dev/null
-      $GKD sft --model "$S/warm-start/init.bin" --out "$S/warm-start" --steps $WARM --lr 3e-3 --seed $SEED $(train_flags $WARM)
+      $GKD sft --model "$S/warm-start/init.bin" --out "$S/warm-start" --steps $WARM --lr 3e-3 --seed $SEED --overwrite \
+           $(train_flags $WARM)
     fi
     evaluate "$S/warm-start/model.bin" "$S/warm-start/test.json"
     progress "$TASK seed $SEED warm start"

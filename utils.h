@@ -25,6 +25,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+// OpenMP when the compiler has it; otherwise one thread (the fuzzers build without it).
+#ifdef _OPENMP
+#include <omp.h>
+#else
+inline int omp_get_max_threads() { return 1; }
+inline int omp_get_thread_num() { return 0; }
+#endif
+
 struct GkdError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };

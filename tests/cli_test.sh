@@ -55,20 +55,19 @@ cat >"$W/train.jsonl" <<'EOF'
 {"prompt_ids": [52, 43, 52, 61], "completion_ids": [56]}
 {"prompt": "caf\u00e9 ", "completion": "ok"}
 EOF
-printf '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": 3}\n' >"$W/badtype.jsonl"
-printf '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"\n' >"$W/malformed.jsonl"
-printf '{"prompt": "aaaaaaaaaaaaaaaaaaaa", "completion": "bbbbbbbbbbbbbbbbbbbb"}\n' >"$W/long.jsonl"
-: >"$W/empty.jsonl"
 
 # --- distill: outputs
 expect_ok "distill runs" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/run" --steps 4 --batch 2 --lambda 0.5 --max-new-tokens 8 --eval-data "$W/train.jsonl" --eval-every 2
 check "model.bin written" [ -s "$W/run/model.bin" ]
+check "progress bar shows steps, loss, tokens/s and ETA" grep -q "distill *\[#*\] 4/4 | loss .* tok/s | ETA" "$W/err"
+expect_ok "--overwrite replaces a run" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/run2" --steps 2 --batch 2 --overwrite
+expect_ok "a finished run can be replaced with --overwrite" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/run2" --steps 1 --batch 2 --overwrite
+check "the replaced run has 1 step" [ "$(grep -c '"loss"' "$W/run2/metrics.jsonl")" -eq 1 ]
 check "no temporary file left" [ ! -e "$W/run/model.bin.tmp" ]
 check "metrics: 4 step lines and 2 eval lines" [ "$(grep -c '"loss"' "$W/run/metrics.jsonl")" -eq 4 -a "$(grep -c '"eval"' "$W/run/metrics.jsonl")" -eq 2 ]
 for key in step loss on_policy lr tokens step_ms; do
   check "metrics has $key" grep -q "\"$key\"" "$W/run/metrics.jsonl"
 done
-check "progress bar shows steps, loss, tokens/s and ETA" grep -q "distill *\[#*\] 4/4 | loss .* tok/s | ETA" "$W/err"
 
 # --- sft, sample, eval, tokenize
 expect_ok "sft runs" $GKD sft --model "$W/s.bin" --data "$W/train.jsonl" --out "$W/sft" --steps 3 --batch 2
@@ -91,31 +90,10 @@ check "byte ids" [ "$(cat "$W/out")" = "[104,195,169,108,108,111,10]" ]
 cp "$W/out" "$W/ids"
 expect_ok "decode" $GKD tokenize --decode <"$W/ids"
 check "decode(encode(s)) == s" cmp -s "$W/out" "$W/text"
-expect_ok "no arguments prints usage" $GKD
+expect_ok "--help prints usage" $GKD --help
 check "usage names the commands" grep -q "gkd distill" "$W/out"
 
-# --- bad input: one line, exit 1
-printf 'garbage' >"$W/corrupt.bin"
-head -c 5000 "$W/s.bin" >"$W/truncated.bin"
-expect_error "corrupt checkpoint" "$W/corrupt.bin: not a gkd/llm.c checkpoint" $GKD sample --model "$W/corrupt.bin" --prompt x
-expect_error "truncated checkpoint" "$W/truncated.bin: file is 5000 bytes" $GKD eval --model "$W/truncated.bin" --data "$W/train.jsonl"
-expect_error "missing checkpoint" "$W/nope.bin: cannot open" $GKD distill --teacher "$W/nope.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/r2"
-expect_error "malformed JSON line" "$W/malformed.jsonl:2: malformed JSON" $GKD sft --model "$W/s.bin" --data "$W/malformed.jsonl" --out "$W/r3"
-check "no output folder after a refused run" [ ! -e "$W/r3" ]
-expect_error "wrong type" "$W/badtype.jsonl:2: \"completion\" must be a string" $GKD sft --model "$W/s.bin" --data "$W/badtype.jsonl" --out "$W/r4"
-expect_error "too long for the context" "$W/long.jsonl:1: prompt (20 tokens) + completion (20 tokens) is longer than the model's context of 32 tokens" $GKD sft --model "$W/s.bin" --data "$W/long.jsonl" --out "$W/r5"
-expect_error "empty data" "$W/empty.jsonl: no examples" $GKD sft --model "$W/s.bin" --data "$W/empty.jsonl" --out "$W/r6"
-expect_ok "init a 300-token model" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab 300 --out "$W/v300.bin"
-expect_error "vocabulary mismatch names both files" "teacher $W/v300.bin has V = 300 but student $W/s.bin has V = 257" $GKD distill --teacher "$W/v300.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/r7"
-expect_error "a 300-token model needs a tokenizer" "needs a tokenizer file" $GKD sample --model "$W/v300.bin" --prompt x
-expect_error "unknown flag" "unknown flag --lamda" $GKD distill --lamda 0.5
-expect_error "missing value" "--steps needs a value" $GKD sft --model "$W/s.bin" --steps
-expect_error "not a number" "--lr 'fast' is not a number" $GKD sft --model "$W/s.bin" --data "$W/train.jsonl" --out "$W/r8" --lr fast
-expect_error "lambda out of range" "--lambda 2 is outside [0, 1]" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/r9" --lambda 2
-expect_error "negative temperature" "--temperature -1 is outside" $GKD sample --model "$W/s.bin" --prompt x --temperature -1
-expect_error "no GPU path" "--device cuda" $GKD sample --model "$W/s.bin" --prompt x --device cuda
-expect_error "bad decode input" "<stdin>: malformed JSON" $GKD tokenize --decode
-expect_error "unknown command" "unknown command 'train'" $GKD train
+# (every refusal of bad input is in the table of tests/bad_input_test.sh)
 
 # --- built-in tasks, task-scored evaluation
 expect_ok "data arithmetic" $GKD data --task arithmetic --seed 3 --out "$W/ar" --train 50 --validation 5 --test 7
@@ -127,7 +105,7 @@ expect_error "unknown task" "--task 'poetry' must be arithmetic or words" $GKD d
 expect_error "sampled scores need a task" "give --task too" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --sample-temperature 1
 
 # --- the study script, at a tiny size: every row, both plots, the raw metrics
-if bash train_gpt2_gkd.sh --tiny --out "$W/study" --runs "$W/study-runs" >"$W/study.log" 2>&1; then ok; else bad "study --tiny: $(tail -5 "$W/study.log")"; fi
+if GKD=$GKD bash train_gpt2_gkd.sh --tiny --out "$W/study" --runs "$W/study-runs" >"$W/study.log" 2>&1; then ok; else bad "study --tiny: $(tail -5 "$W/study.log")"; fi
 for row in "teacher (SFT)" "SFT" "SeqKD" "supervised KD" "mixed (lambda 0.5" "on-policy FKL" "on-policy RKL" "on-policy JSD(0.1)" "on-policy JSD(0.5)" "on-policy JSD(0.9)"; do
   check "study table has $row for both tasks" [ "$(grep -cF "| $row" "$W/study/study.md" 2>/dev/null)" -eq 2 ]
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# tests/run_tests.sh — runs the unit tests (doctest) and the CLI tests, then prints
-# "N passed, N failed" over both (doctest test cases + CLI checks) as its last line.
-# Exits non-zero when anything failed or a runner died before its summary.
+# tests/run_tests.sh — runs every suite and prints "N passed, N failed" over all of them
+# as its last line: the doctest unit tests (test cases), the CLI tests, the table of bad
+# inputs, kill-and-resume, and a short bounded fuzz pass (one check per fuzz target).
+# Exits non-zero when anything failed or a suite died before its summary.
 set -u
 cd "$(dirname "$0")/.."
 log=$(mktemp)
@@ -9,23 +10,46 @@ trap 'rm -f "$log"' EXIT
 passed=0
 failed=0
 
-./tests/test_gkd 2>&1 | tee "$log"
-unit_rc=${PIPESTATUS[0]}
-summary=$(grep -E '^\[doctest\] test cases:' "$log" | tail -1)
-if [ -n "$summary" ]; then
-  passed=$((passed + $(echo "$summary" | sed -E 's/.*\| *([0-9]+) passed.*/\1/')))
-  failed=$((failed + $(echo "$summary" | sed -E 's/.*\| *([0-9]+) failed.*/\1/')))
-fi
-[ -z "$summary" ] || [ "$unit_rc" -ne 0 -a "$failed" -eq 0 ] && failed=$((failed + 1))  # died before its summary
+# suite NAME SUMMARY_REGEX COMMAND...: the regex's two groups are passed and failed
+suite() {
+  local name=$1 regex=$2
+  shift 2
+  echo "=== $name" >&2
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local line p f
+  line=$(grep -E "$regex" "$log" | tail -1)
+  if [ -z "$line" ]; then
+    echo "$name: no summary (exit $rc)" >&2
+    failed=$((failed + 1))
+    return
+  fi
+  p=$(echo "$line" | sed -E "s/$regex/\1/")
+  f=$(echo "$line" | sed -E "s/$regex/\2/")
+  passed=$((passed + p))
+  failed=$((failed + f))
+  [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && failed=$((failed + 1))
+  return 0
+}
 
-bash tests/cli_test.sh 2>&1 | tee "$log"
-cli_rc=${PIPESTATUS[0]}
-summary=$(grep -E '^cli: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
-if [ -n "$summary" ]; then
-  passed=$((passed + $(echo "$summary" | sed -E 's/cli: ([0-9]+) passed.*/\1/')))
-  failed=$((failed + $(echo "$summary" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
-fi
-[ -z "$summary" ] || [ "$cli_rc" -ne 0 -a "$failed" -eq 0 ] && failed=$((failed + 1))
+suite unit '^\[doctest\] test cases: *[0-9]+ \| *([0-9]+) passed \| *([0-9]+) failed.*' ./tests/test_gkd
+suite cli '^cli: ([0-9]+) passed, ([0-9]+) failed' bash tests/cli_test.sh
+suite bad-input '^bad input: ([0-9]+) passed, ([0-9]+) failed' bash tests/bad_input_test.sh
+suite resume '^resume: ([0-9]+) passed, ([0-9]+) failed' bash tests/resume_test.sh
+fuzz_smoke() {
+  local p=0 f=0
+  for t in checkpoint training_state jsonl_line tokenizer; do
+    mkdir -p build/corpus/$t
+    if ./build/fuzz_$t -max_total_time=${FUZZ_SMOKE_SECONDS:-5} -malloc_limit_mb=512 -rss_limit_mb=2048 -timeout=10 \
+         -artifact_prefix=build/fuzz-$t- build/corpus/$t tests/fuzz/corpus/$t >build/fuzz-$t.log 2>&1; then
+      p=$((p + 1))
+    else
+      f=$((f + 1)); tail -20 build/fuzz-$t.log
+    fi
+  done
+  echo "fuzz: $p passed, $f failed"
+}
+suite fuzz '^fuzz: ([0-9]+) passed, ([0-9]+) failed' fuzz_smoke
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -969,3 +969,45 @@ TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its
     REQUIRE(run_default_experiment(r, root, sizes) == 0);
     CHECK(!contains(read_bytes(root + "/results.md"), "cached"));
 }
+
+// ----------------------------------------------------------------------------
+// the fuzz targets on their seed corpus and on every input a fuzzer ever crashed on
+
+#include "fuzz/targets.h"
+#include <dirent.h>
+
+static std::vector<std::string> files_in(const std::string& dir) {
+    std::vector<std::string> out;
+    if (DIR* d = opendir(dir.c_str())) {
+        while (dirent* e = readdir(d))
+            if (e->d_name[0] != '.') out.push_back(dir + "/" + e->d_name);
+        closedir(d);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+TEST_CASE("fuzz regressions and seed corpus: refused cleanly or accepted, never a crash") {
+    std::vector<std::pair<std::string, void (*)(const uint8_t*, size_t)>> targets = {
+        {"checkpoint", fuzz::checkpoint}, {"training_state", fuzz::training_state},
+        {"jsonl_line", fuzz::jsonl_line}, {"tokenizer", fuzz::tokenizer}};
+    size_t replayed = 0;
+    for (auto& [name, target] : targets)
+        for (const char* kind : {"corpus", "regressions"})
+            for (auto& path : files_in(std::string("tests/fuzz/") + kind + "/" + name)) {
+                std::string bytes = read_bytes(path);
+                CAPTURE(path);
+                target((const uint8_t*)bytes.data(), bytes.size());
+                replayed++;
+            }
+    CHECK(replayed >= 11);  // the committed seed corpus, at least
+    // and a few hand-made hostile inputs
+    std::string huge(1024, '\0');
+    int header[8] = {CHECKPOINT_MAGIC, 3, 1 << 20, 1 << 24, 1024, 1, 65536, (1 << 24) + 65536};
+    memcpy(&huge[0], header, sizeof header);
+    fuzz::checkpoint((const uint8_t*)huge.data(), huge.size());  // petabytes claimed: refused before allocating
+    std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    fuzz::jsonl_line((const uint8_t*)deep.data(), deep.size());  // deep nesting: refused, no stack overflow
+    deep = "{\"prompt\": \"a\", \"x\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
+    fuzz::jsonl_line((const uint8_t*)deep.data(), deep.size());
+}

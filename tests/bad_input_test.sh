@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# tests/bad_input_test.sh — every way bad input enters gkd, as a table: the command, the
+# exit status and the message it must print. Each refusal is one line on stderr that names
+# the file (and line) or the flag; never a signal, never a half-written output.
+# Prints "bad input: N passed, N failed" last.
+set -u
+cd "$(dirname "$0")/.."
+GKD=${GKD:-./gkd}
+W=$(mktemp -d /tmp/gkd_bad.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+# --- the inputs the table refers to
+$GKD init --layers 1 --channels 16 --heads 2 --context 32 --seed 1 --out "$W/s.bin" 2>/dev/null
+$GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab 300 --out "$W/v300.bin" 2>/dev/null
+printf '{"prompt": "2+3=", "completion": "5"}\n{"prompt": "1+1=", "completion": "2"}\n' >"$W/ok.jsonl"
+size=$(stat -c %s "$W/s.bin")
+python3 - "$W" <<'EOF'
+import struct, sys
+w = sys.argv[1]
+good = open(f"{w}/s.bin", "rb").read()
+def patch(name, index, value, data=good):
+    b = bytearray(data)
+    b[4 * index:4 * index + 4] = struct.pack("<i", value)
+    open(f"{w}/{name}", "wb").write(bytes(b))
+patch("magic.bin", 0, 12345)
+patch("version.bin", 1, 4)
+patch("channels.bin", 6, 1 << 30)         # absurd: would allocate terabytes
+patch("layers.bin", 4, 2)                  # a valid shape that the file is too short for
+patch("heads.bin", 5, 3)                   # 3 does not divide 16
+patch("vp.bin", 7, 100)                    # Vp < V
+open(f"{w}/truncated.bin", "wb").write(good[:5000])
+open(f"{w}/trailing.bin", "wb").write(good + b"\0\0\0\0")
+open(f"{w}/short.bin", "wb").write(good[:100])
+open(f"{w}/empty.bin", "wb").write(b"")
+lines = {
+    "malformed.jsonl": '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"\n',
+    "notobject.jsonl": '["a", "b"]\n',
+    "prompttype.jsonl": '{"prompt": 5, "completion": "b"}\n',
+    "completiontype.jsonl": '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": ["b"]}\n',
+    "idstype.jsonl": '{"prompt_ids": "12", "completion_ids": [3]}\n',
+    "idfloat.jsonl": '{"prompt_ids": [1, 2.5], "completion_ids": [3]}\n',
+    "idrange.jsonl": '{"prompt_ids": [1, 2], "completion_ids": [3, 257]}\n',
+    "idnegative.jsonl": '{"prompt_ids": [-1], "completion_ids": [3]}\n',
+    "noprompt.jsonl": '{"completion": "b"}\n',
+    "nocompletion.jsonl": '{"prompt": "a", "completion": "b"}\n\n{"prompt": "a"}\n',
+    "both.jsonl": '{"prompt": "a", "prompt_ids": [1], "completion": "b"}\n',
+    "emptyprompt.jsonl": '{"prompt": "", "completion": "b"}\n',
+    "long.jsonl": '{"prompt": "' + "a" * 20 + '", "completion": "' + "b" * 20 + '"}\n',
+    "longprompt.jsonl": '{"prompt": "' + "a" * 32 + '"}\n',
+    "empty.jsonl": "",
+    "blank.jsonl": "\n   \n",
+    "badutf8.jsonl": '{"prompt": "a\xff", "completion": "b"}\n',
+}
+for name, text in lines.items():
+    open(f"{w}/{name}", "wb").write(text.encode("latin-1") if name == "badutf8.jsonl" else text.encode())
+EOF
+mkdir -p "$W/busy" && touch "$W/busy/something"
+mkdir -p "$W/badstate" && head -c 100 "$W/s.bin" >"$W/badstate/checkpoint.bin"
+mkdir -p "$W/tornstate" && printf 'GKDSTATE\001\000\000\000\000\000\000\000\377\377\377\377\377\377\377\177' >"$W/tornstate/checkpoint.bin"
+
+S="--model $W/s.bin"
+TRAIN="--out $W/never"
+# status <TAB> message <TAB> command (word-split; paths have no spaces)
+TABLE=$(cat <<EOF
+1	$W/magic.bin: bad magic number 12345	sample --model $W/magic.bin --prompt x
+1	$W/version.bin: unsupported checkpoint version 4	sample --model $W/version.bin --prompt x
+1	$W/channels.bin: invalid model shape: channels C must be in [1, 65536]	sample --model $W/channels.bin --prompt x
+1	$W/layers.bin: file is $size bytes but its header	sample --model $W/layers.bin --prompt x
+1	$W/heads.bin: invalid model shape: heads NH must divide channels C	sample --model $W/heads.bin --prompt x
+1	$W/vp.bin: invalid model shape: padded vocabulary Vp must be in [V, V + 65536]	sample --model $W/vp.bin --prompt x
+1	$W/truncated.bin: file is 5000 bytes but its header	eval --model $W/truncated.bin --data $W/ok.jsonl
+1	$W/trailing.bin: file is $((size + 4)) bytes but its header	eval --model $W/trailing.bin --data $W/ok.jsonl
+1	$W/short.bin: not a gkd/llm.c checkpoint: 100 bytes	eval --model $W/short.bin --data $W/ok.jsonl
+1	$W/empty.bin: not a gkd/llm.c checkpoint: 0 bytes	eval --model $W/empty.bin --data $W/ok.jsonl
+1	$W/missing.bin: cannot open for reading	eval --model $W/missing.bin --data $W/ok.jsonl
+1	vocabulary mismatch: teacher $W/v300.bin has V = 300 but student $W/s.bin has V = 257	distill --teacher $W/v300.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN
+1	needs a tokenizer file	sample --model $W/v300.bin --prompt x
+1	$W/malformed.jsonl:2: malformed JSON	sft $S --data $W/malformed.jsonl $TRAIN
+1	$W/notobject.jsonl:1: expected a JSON object	sft $S --data $W/notobject.jsonl $TRAIN
+1	$W/prompttype.jsonl:1: "prompt" must be a string	sft $S --data $W/prompttype.jsonl $TRAIN
+1	$W/completiontype.jsonl:2: "completion" must be a string	sft $S --data $W/completiontype.jsonl $TRAIN
+1	$W/idstype.jsonl:1: "prompt_ids" must be an array of integers	sft $S --data $W/idstype.jsonl $TRAIN
+1	$W/idfloat.jsonl:1: "prompt_ids"[1] is not an integer	sft $S --data $W/idfloat.jsonl $TRAIN
+1	$W/idrange.jsonl:1: "completion_ids"[1] = 257 is outside the vocabulary [0, 257)	sft $S --data $W/idrange.jsonl $TRAIN
+1	$W/idnegative.jsonl:1: "prompt_ids"[0] = -1 is outside the vocabulary	sft $S --data $W/idnegative.jsonl $TRAIN
+1	$W/noprompt.jsonl:1: missing "prompt"	sft $S --data $W/noprompt.jsonl $TRAIN
+1	$W/nocompletion.jsonl:3: missing "completion"	sft $S --data $W/nocompletion.jsonl $TRAIN
+1	$W/both.jsonl:1: has both "prompt" and "prompt_ids"	sft $S --data $W/both.jsonl $TRAIN
+1	$W/emptyprompt.jsonl:1: the prompt is empty	sft $S --data $W/emptyprompt.jsonl $TRAIN
+1	$W/long.jsonl:1: prompt (20 tokens) + completion (20 tokens) is longer than the model's context of 32 tokens	sft $S --data $W/long.jsonl $TRAIN
+1	$W/longprompt.jsonl:1: the prompt (32 tokens) leaves no room	sample $S --data $W/longprompt.jsonl
+1	$W/empty.jsonl: no examples (the file is empty)	sft $S --data $W/empty.jsonl $TRAIN
+1	$W/blank.jsonl: no examples	eval $S --data $W/blank.jsonl
+1	$W/badutf8.jsonl:1: malformed JSON	sft $S --data $W/badutf8.jsonl $TRAIN
+1	$W/missing.jsonl: cannot open for reading	sft $S --data $W/missing.jsonl $TRAIN
+1	unknown flag --lamda	distill --lamda 0.5
+1	--steps needs a value	sft $S --data $W/ok.jsonl $TRAIN --steps
+1	--lr 'fast' is not a number	sft $S --data $W/ok.jsonl $TRAIN --lr fast
+1	--batch '2.5' is not an integer	sft $S --data $W/ok.jsonl $TRAIN --batch 2.5
+1	--lambda 1.5 is outside [0, 1]	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda 1.5
+1	--lambda -0.1 is outside [0, 1]	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda -0.1
+1	--beta 2 is outside [0, 1]	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --beta 2
+1	--temperature -1 is outside	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --temperature -1
+1	--temperature -0.5 is outside	sample $S --prompt x --temperature -0.5
+1	--loss-temperature 0 is outside	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --loss-temperature 0
+1	--max-new-tokens 0 is outside	sample $S --prompt x --max-new-tokens 0
+1	--loss-norm 'mean' must be one of sequence|token	sft $S --data $W/ok.jsonl $TRAIN --loss-norm mean
+1	--shuffle 2 is outside [0, 1]	sft $S --data $W/ok.jsonl $TRAIN --shuffle 2
+1	--lr 'nan' is not a number	sft $S --data $W/ok.jsonl $TRAIN --lr nan
+1	--data is required	sft $S $TRAIN
+1	--teacher is given twice	distill --teacher a --teacher b
+1	unexpected argument 'extra'	sample $S extra
+1	unknown command 'train'	train
+1	$W/busy: the folder exists and is not empty; give --overwrite	sft $S --data $W/ok.jsonl --out $W/busy
+1	$W/never/checkpoint.bin: no checkpoint to resume from	sft --resume $W/never
+1	$W/badstate/checkpoint.bin: not a gkd training checkpoint	sft --resume $W/badstate
+1	$W/tornstate/checkpoint.bin: header length	sft --resume $W/tornstate
+1	--device cuda: this build has no CUDA path	sample $S --prompt x --device cuda
+1	<stdin>: malformed JSON	tokenize --decode
+EOF
+)
+
+pass=0
+fail=0
+while IFS=$'\t' read -r want message cmd; do
+  [ -n "$cmd" ] || continue
+  $GKD $cmd >"$W/out" 2>"$W/err" </dev/null
+  rc=$?
+  lines=$(wc -l <"$W/err")
+  if [ "$rc" -ne "$want" ]; then fail=$((fail + 1)); echo "FAIL: exit $rc (wanted $want): gkd $cmd: $(head -c 300 "$W/err")" >&2
+  elif [ "$lines" -ne 1 ]; then fail=$((fail + 1)); echo "FAIL: $lines lines on stderr: gkd $cmd: $(cat "$W/err")" >&2
+  elif ! grep -qF -- "$message" "$W/err"; then fail=$((fail + 1)); echo "FAIL: gkd $cmd: wanted '$message', got: $(cat "$W/err")" >&2
+  elif [ -s "$W/out" ]; then fail=$((fail + 1)); echo "FAIL: gkd $cmd wrote to stdout: $(head -c 200 "$W/out")" >&2
+  else pass=$((pass + 1)); fi
+done <<<"$TABLE"
+# nothing half-written: no refused run left a folder or a file behind
+if [ -e "$W/never" ]; then fail=$((fail + 1)); echo "FAIL: a refused run created its --out folder" >&2; else pass=$((pass + 1)); fi
+if [ "$(ls "$W/busy")" = something ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: the refused run touched the busy folder" >&2; fi
+echo "bad input: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,79 @@
+// tests/fuzz/targets.h — the fuzz targets: each feeds arbitrary bytes to one of the
+// places where outside data enters gkd. Input that is refused must be refused with a
+// GkdError (one clear line), never a crash, a hang or an unbounded allocation. Shared by
+// the libFuzzer harnesses (fuzz_main.cpp) and by the unit tests, which replay every
+// committed regression input in tests/fuzz/regressions/.
+#pragma once
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define GKD_NO_MAIN
+#include "../../gkd.cu"
+
+namespace fuzz {
+
+// The bytes as a file: an anonymous in-memory file, reached by its /proc path.
+struct MemoryFile {
+    int fd;
+    std::string path;
+    MemoryFile(const uint8_t* data, size_t size) {
+        fd = memfd_create("gkd-fuzz", 0);
+        if (fd < 0) { perror("memfd_create"); abort(); }
+        for (size_t done = 0; done < size;) {
+            ssize_t n = write(fd, data + done, size - done);
+            if (n <= 0) { perror("write"); abort(); }
+            done += (size_t)n;
+        }
+        path = "/proc/self/fd/" + std::to_string(fd);
+    }
+    ~MemoryFile() { close(fd); }
+};
+
+// llm.c checkpoints (gpt_load)
+inline void checkpoint(const uint8_t* data, size_t size) {
+    MemoryFile f(data, size);
+    try {
+        GPT<float> m;
+        gpt_load(m, f.path);
+        if (m.num_parameters * 4 + 1024 != size && m.num_parameters * 2 + 1024 != size) abort();  // sizes were checked
+    } catch (const GkdError&) {
+    }
+}
+
+// training-state checkpoints (--resume)
+inline void training_state(const uint8_t* data, size_t size) {
+    MemoryFile f(data, size);
+    try {
+        Trainer tr;
+        load_training_state(tr, f.path);
+    } catch (const GkdError&) {
+    }
+}
+
+// one JSONL line (the dataset loader), byte tokenizer, context 64
+inline void jsonl_line(const uint8_t* data, size_t size) {
+    ByteTokenizer tok;
+    std::string line((const char*)data, size);
+    try {
+        Example ex = parse_example(line, tok, 64, false, "fuzz:1");
+        for (int id : ex.prompt) if (id < 0 || id >= 257) abort();
+        for (int id : ex.completion) if (id < 0 || id >= 257) abort();
+        if (ex.prompt.empty() || ex.prompt.size() + ex.completion.size() > 64) abort();
+    } catch (const GkdError&) {
+    }
+}
+
+// the tokenizer: ids in (tokenize --decode), and encode/decode round trips
+inline void tokenizer(const uint8_t* data, size_t size) {
+    ByteTokenizer tok;
+    std::string text((const char*)data, size);
+    if (tok.decode(tok.encode(text)) != text) abort();
+    try {
+        std::vector<int> ids = parse_id_array(text, tok.vocab_size(), "fuzz");
+        tok.decode(ids);
+    } catch (const GkdError&) {
+    }
+}
+
+}  // namespace fuzz
