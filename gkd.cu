@@ -217,6 +217,52 @@ double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* stude
     return loss;
 }
 
+// REINFORCE over sampled rows: adds the gradient of  -scale * sum_b A_b log p(y_b | x_b)
+// to dstudent, where p is the sampling policy softmax(logits / temperature) and y_b the
+// row's sampled completion (its targets). The gradient flows through the student's
+// forward on its own samples, never through the sampling. Returns -mean_b A_b log p(y_b).
+template <typename T>
+double policy_gradient(const TrainBatch& b, const T* student, T* dstudent, int V, int Vp,
+                       const std::vector<double>& advantage, double scale, double temperature) {
+    const int N = b.B * b.T;
+    const double inv_t = 1.0 / temperature;
+    std::vector<double> logp(N, 0.0);
+    #pragma omp parallel for schedule(dynamic, 8)
+    for (int n = 0; n < N; n++) {
+        int y = b.targets[n];
+        if (y < 0) continue;
+        const T* s = student + (size_t)n * Vp;
+        double m, lz;
+        online_logsumexp(s, V, inv_t, m, lz);
+        logp[n] = (double)s[y] * inv_t - m - lz;
+        // d(-A log p)/ds_i = -A (onehot_i - q_i) / temperature
+        double g = -scale * advantage[n / b.T] * inv_t;
+        T* ds = dstudent + (size_t)n * Vp;
+        for (int i = 0; i < V; i++) {
+            double q = std::exp((double)s[i] * inv_t - m - lz);
+            ds[i] += (T)(g * ((i == y ? 1.0 : 0.0) - q));
+        }
+    }
+    double surrogate = 0;
+    for (int n = 0; n < N; n++)
+        if (b.targets[n] >= 0) surrogate -= advantage[n / b.T] * logp[n];
+    return surrogate / b.B;
+}
+
+// Advantages r - baseline: the mean reward of the row's own prompt when each prompt has
+// K > 1 samples (rows k*K .. k*K+K-1), else the batch mean.
+static std::vector<double> advantages(const std::vector<double>& reward, int samples_per_prompt) {
+    const size_t n = reward.size(), K = samples_per_prompt > 1 ? samples_per_prompt : n;
+    std::vector<double> a(n);
+    for (size_t g = 0; g < n; g += K) {
+        double mean = 0;
+        for (size_t i = g; i < g + K; i++) mean += reward[i];
+        mean /= K;
+        for (size_t i = g; i < g + K; i++) a[i] = reward[i] - mean;
+    }
+    return a;
+}
+
 // ----------------------------------------------------------------------------
 // 2. sampling with a KV cache
 
@@ -397,6 +443,10 @@ struct TrainOptions {
     std::string label;  // names the phase in the progress bar
     bool quiet = false;  // no progress line (tests)
     int checkpoint_every = 0;  // steps between checkpoints of the whole state (0: only on a signal)
+    // RL + GKD (the paper's section 5): maximise (1-alpha) E[r(y)] - alpha E[D] over samples
+    double alpha = 1.0;         // 1: pure GKD; 0: pure REINFORCE
+    std::string reward;         // a name in REWARDS
+    int samples_per_prompt = 1; // K > 1: K samples per prompt, and a per-prompt baseline
 };
 
 // The run's configuration, saved in every checkpoint so that --resume needs nothing else.
@@ -410,7 +460,8 @@ static json options_to_json(const TrainOptions& o) {
             {"warmup", o.warmup}, {"weight_decay", o.weight_decay}, {"grad_clip", o.grad_clip},
             {"adam_beta1", o.adam_beta1}, {"adam_beta2", o.adam_beta2}, {"adam_eps", o.adam_eps}, {"seed", o.seed},
             {"shuffle", o.shuffle}, {"eval_every", o.eval_every}, {"task", o.task},
-            {"checkpoint_every", o.checkpoint_every}};
+            {"checkpoint_every", o.checkpoint_every}, {"alpha", o.alpha}, {"reward", o.reward},
+            {"samples_per_prompt", o.samples_per_prompt}};
 }
 
 static TrainOptions options_from_json(const json& j, const std::string& where) {
@@ -428,11 +479,13 @@ static TrainOptions options_from_json(const json& j, const std::string& where) {
         o.adam_beta1 = j.at("adam_beta1"); o.adam_beta2 = j.at("adam_beta2"); o.adam_eps = j.at("adam_eps");
         o.seed = j.at("seed"); o.shuffle = j.at("shuffle"); o.eval_every = j.at("eval_every");
         o.task = j.at("task"); o.checkpoint_every = j.at("checkpoint_every");
+        o.alpha = j.at("alpha"); o.reward = j.at("reward"); o.samples_per_prompt = j.at("samples_per_prompt");
     } catch (const json::exception& e) {
         GKD_FAIL("%s: the saved configuration is incomplete or has a wrong type: %s", where.c_str(),
                  dataset_detail::short_json_error(e).c_str());
     }
     if (o.batch < 1 || o.steps < 1 || o.max_new_tokens < 1 || !(o.lambda >= 0 && o.lambda <= 1) ||
+        !(o.alpha >= 0 && o.alpha <= 1) || o.samples_per_prompt < 1 ||
         !(o.beta >= 0 && o.beta <= 1) || !(o.loss_temperature > 0) || !(o.temperature >= 0))
         GKD_FAIL("%s: the saved configuration has a value out of range", where.c_str());
     return o;
@@ -455,6 +508,7 @@ struct Trainer {
 
 struct StepStats {
     double loss = 0, grad_norm = 0, lr = 0, ms = 0, sample_ms = 0;
+    double divergence = NAN, reward_mean = NAN, reward_std = NAN, correct = NAN;  // RL + GKD
     bool on_policy = false;
     int tokens = 0, completion_tokens = 0;
 };
@@ -548,6 +602,11 @@ static StepStats gkd_step(Trainer& tr, int step) {
     // the batch: prompts x, and completions y from the student (on-policy), the teacher
     // (seq_kd) or the dataset
     std::vector<const Example*> examples = select_examples(tr, step);
+    if (o.samples_per_prompt > 1) {  // each prompt K times: K samples, a per-prompt baseline
+        std::vector<const Example*> repeated;
+        for (const Example* e : examples) repeated.insert(repeated.end(), o.samples_per_prompt, e);
+        examples.swap(repeated);
+    }
     std::vector<Sequence> rows;
     if (st.on_policy) rows = sample_completions(tr, tr.student, tr.student_gen, examples, step, STREAM_STUDENT_SAMPLES);
     else if (o.seq_kd) rows = sample_completions(tr, tr.teacher, tr.teacher_gen, examples, step, STREAM_TEACHER_SAMPLES);
@@ -566,6 +625,32 @@ static StepStats gkd_step(Trainer& tr, int step) {
     st.loss = batch_loss(b, distill ? tr.teacher_logits.data() : (const float*)nullptr,
                          distill ? tr.teacher.config.padded_vocab_size : 0, tr.student.acts.logits,
                          tr.student.grads_acts.logits, V, Vps, !distill, o.beta, o.loss_temperature, o.loss_norm);
+    if (!o.reward.empty()) {
+        // the samples' rewards; with alpha < 1, RL + GKD on the same samples:
+        // alpha D + (1 - alpha) REINFORCE with a baseline
+        const Reward& reward = find_reward(o.reward);
+        std::vector<double> r(rows.size());
+        double sum = 0, sq = 0, correct = 0;
+        for (size_t i = 0; i < rows.size(); i++) {
+            std::vector<int> ids = rows[i].completion;
+            if (!ids.empty() && ids.back() == eos) ids.pop_back();
+            r[i] = reward.score(tr.tok->decode(ids), tr.tok->decode(examples[i]->completion));
+            sum += r[i];
+            sq += r[i] * r[i];
+            correct += r[i] >= 1.0;
+        }
+        st.divergence = st.loss;
+        st.reward_mean = sum / r.size();
+        st.reward_std = std::sqrt(std::max(0.0, sq / r.size() - st.reward_mean * st.reward_mean));
+        st.correct = correct / r.size();
+        if (o.alpha < 1.0) {
+            float* d = tr.student.grads_acts.logits;
+            for (size_t i = 0, n = (size_t)b.B * b.T * Vps; i < n; i++) d[i] *= (float)o.alpha;
+            double pg = policy_gradient(b, tr.student.acts.logits, d, V, Vps, advantages(r, o.samples_per_prompt),
+                                        (1.0 - o.alpha) / b.B, o.temperature);
+            st.loss = o.alpha * st.divergence + (1.0 - o.alpha) * pg;
+        }
+    }
     if (fault_injected("nan-loss", step)) st.loss = NAN;
     if (!std::isfinite(st.loss))
         GKD_FAIL("step %d: the loss is not finite (%g); stopping before the update (the last checkpoint is intact)",
@@ -761,7 +846,7 @@ static void load_inputs(Trainer& tr) {
     }
     tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size);
     // completions come from the file unless every step samples them
-    bool need_completion = opt.sft ? !opt.seq_kd : (opt.lambda < 1.0 && !opt.seq_kd);
+    bool need_completion = opt.sft ? !opt.seq_kd : ((opt.lambda < 1.0 && !opt.seq_kd) || opt.alpha < 1.0);
     tr.data = load_jsonl(opt.data_path, *tr.tok, shared_context(tr), need_completion);
     if (!opt.eval_data_path.empty())
         tr.eval_data = load_jsonl(opt.eval_data_path, *tr.tok, shared_context(tr), true);
@@ -946,6 +1031,9 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
         json line = {{"step", step}, {"loss", st.loss}, {"on_policy", st.on_policy}, {"lr", st.lr},
                      {"tokens", st.tokens}, {"grad_norm", st.grad_norm}, {"step_ms", st.ms},
                      {"sample_ms", st.sample_ms}};
+        if (!std::isnan(st.reward_mean))
+            line.update({{"divergence", st.divergence}, {"reward_mean", st.reward_mean}, {"reward_std", st.reward_std},
+                         {"correct", st.correct}});
         write_metrics_line(metrics, metrics_path, line);
         bool evaluate_now = !tr.eval_data.examples.empty() &&
                             ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps);
@@ -1277,6 +1365,9 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"checkpoint-every", true, "save the whole training state every N steps to DIR/checkpoint.bin (0: only on SIGINT/SIGTERM)"},
     {"resume", true, "continue the run in this folder from its checkpoint (no other flags)"},
     {"overwrite", false, "replace the run in an existing, non-empty --out folder"},
+    {"alpha", true, "RL + GKD: maximise (1-alpha) E[reward] - alpha E[D] on student samples; 1 = pure GKD (1)"},
+    {"reward", true, "score each sample (logged; the RL term when --alpha < 1): arithmetic | similarity | exact-match"},
+    {"samples-per-prompt", true, "K samples per prompt (per-prompt reward baseline when K > 1) (1)"},
 };
 
 static TrainOptions parse_train_options(const Flags& f, bool sft) {
@@ -1309,6 +1400,20 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
     o.tokenizer = f.str("tokenizer");
     o.quiet = f.on("quiet");
     o.checkpoint_every = (int)f.integer("checkpoint-every", 0, 0, 1 << 30);
+    o.alpha = f.num("alpha", 1.0, 0, 1);
+    o.reward = f.str("reward");
+    o.samples_per_prompt = (int)f.integer("samples-per-prompt", 1, 1, 1 << 16);
+    if (sft && (f.has("alpha") || f.has("reward") || f.has("samples-per-prompt")))
+        GKD_FAIL("gkd sft: --alpha, --reward and --samples-per-prompt belong to gkd distill");
+    if (o.alpha < 1.0 && o.reward.empty())
+        GKD_FAIL("gkd distill: --alpha %g mixes in a reward: give --reward NAME", o.alpha);
+    if (!o.reward.empty()) {
+        find_reward(o.reward);
+        if (o.lambda != 1.0 || o.seq_kd)
+            GKD_FAIL("gkd distill: rewards score the student's own samples: use --lambda 1, without --seq-kd");
+        if (o.temperature == 0)
+            GKD_FAIL("gkd distill: RL needs a sampling --temperature above 0");
+    }
     check_device(f);
     if (sft) {
         o.student_path = f.required("model");

@@ -14,8 +14,13 @@
 #   on-policy-jsd0.1  lambda 1, JSD(0.1)   (and jsd0.5, jsd0.9)
 #
 # Every model is scored on the held-out test split, greedy and at sampling temperature 1.
-# Writes, under the results folder: study.md (the table, mean ± std over seeds),
-# accuracy.png (per method) and curves.png (validation accuracy against steps), and
+#
+# RL + GKD (the paper's section 5), on arithmetic from seed 0's warm-started student:
+# maximise (1-alpha) E[reward] - alpha E[JSD(0.5)] on the student's samples (4 per
+# prompt, per-prompt baseline), reward = the final answer is right, alpha in
+# {1, 0.5, 0.1, 0}; rl.png plots the reward against the divergence to the teacher.
+# Writes, under the results folder: study.md (the tables, mean ± std over seeds),
+# accuracy.png (per method), curves.png (validation accuracy against steps), rl.png, and
 # metrics/ (every run's raw metrics.jsonl and test evaluation).
 #
 #   ./train_gpt2_gkd.sh            the full study, 3 seeds        (results/)
@@ -72,10 +77,10 @@ task_config() {
   fi
 }
 
-# common training flags: batch, schedule, evaluation on the validation split
+# common training flags (train_flags STEPS [BATCH]): batch, schedule, validation evaluation
 train_flags() {
   echo "--data $DATA/train.jsonl --eval-data $DATA/validation.jsonl --eval-every $EVAL_EVERY --task $TASK" \
-       "--batch 64 --warmup $(( $1 / 10 < 30 ? $1 / 10 : 30 )) --lr-schedule cosine --max-new-tokens $MAX_NEW --quiet"
+       "--batch ${2:-64} --warmup $(( $1 / 10 < 30 ? $1 / 10 : 30 )) --lr-schedule cosine --max-new-tokens $MAX_NEW --quiet"
 }
 
 method_flags() {
@@ -153,8 +158,26 @@ for TASK in arithmetic words; do
   done
 done
 
+# RL + GKD: the reward/divergence trade-off, from the same SFT student
+RL_ALPHAS="1 0.5 0.1 0"
+TASK=arithmetic
+task_config "$TASK"
+DATA=$RUNS/$TASK/data
+TEACHER=$RUNS/$TASK/teacher/model.bin
+S=$RUNS/$TASK/seed0
+for A in $RL_ALPHAS; do
+  R=$S/rl-alpha$A
+  if [ ! -s "$R/model.bin" ]; then
+    rm -rf "$R"
+    $GKD distill --teacher "$TEACHER" --student "$S/warm-start/model.bin" --out "$R" --lambda 1 --beta 0.5 \
+         --alpha $A --reward arithmetic --samples-per-prompt 4 --steps $STEPS --lr 1e-3 --seed 0 $(train_flags $STEPS 16)
+  fi
+  evaluate "$R/model.bin" "$R/test.json"
+  echo "[rl] alpha $A: $(grep -o '"accuracy":[0-9.]*' "$R/test.json" | head -1)" >&2
+done
+
 mkdir -p "$OUT"
-python3 dev/study_report.py --runs "$RUNS" --out "$OUT" --methods "$METHODS" --seeds "$SEEDS" --steps "$STEPS" \
+python3 dev/study_report.py --rl-alphas "$RL_ALPHAS" --runs "$RUNS" --out "$OUT" --methods "$METHODS" --seeds "$SEEDS" --steps "$STEPS" \
         --seconds $(( $(date +%s) - start )) --mode "$MODE"
 gnuplot "$OUT/plots.gp"
-echo "wrote $OUT/study.md, $OUT/accuracy.png, $OUT/curves.png, $OUT/metrics/" >&2
+echo "wrote $OUT/study.md, $OUT/accuracy.png, $OUT/curves.png, $OUT/rl.png, $OUT/metrics/" >&2

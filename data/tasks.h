@@ -145,3 +145,36 @@ inline TaskScore score_completion(const std::string& task, const std::string& go
     s.similarity = char_similarity(got, want);
     return s;
 }
+
+// --- rewards, for RL fine-tuning with GKD as the regulariser (--reward NAME)
+//
+// A reward scores a sampled completion against the example's reference completion, in
+// [0, 1]; 1 counts as correct. To add one: write a function below and add its row to
+// REWARDS. Nothing else needs to change.
+
+inline double reward_arithmetic(const std::string& got, const std::string& want) {
+    return final_answer(got) == final_answer(want) ? 1.0 : 0.0;
+}
+inline double reward_exact_match(const std::string& got, const std::string& want) { return got == want ? 1.0 : 0.0; }
+inline double reward_similarity(const std::string& got, const std::string& want) { return char_similarity(got, want); }
+
+struct Reward {
+    const char* name;
+    const char* help;
+    double (*score)(const std::string& completion, const std::string& reference);
+};
+
+inline const Reward REWARDS[] = {
+    {"arithmetic", "1 when the final answer (after the last ';') is right, else 0", reward_arithmetic},
+    {"similarity", "character similarity to the reference, 1 - edit distance / length (the words task)", reward_similarity},
+    {"exact-match", "1 when the completion equals the reference, else 0", reward_exact_match},
+};
+
+inline const Reward& find_reward(const std::string& name) {
+    std::string names;
+    for (const Reward& r : REWARDS) {
+        if (name == r.name) return r;
+        names += (names.empty() ? "" : ", ") + std::string(r.name);
+    }
+    GKD_FAIL("--reward '%s' is not a reward; the rewards are %s", name.c_str(), names.c_str());
+}

@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--steps", required=True)
     ap.add_argument("--seconds", type=int, required=True)
     ap.add_argument("--mode", required=True)
+    ap.add_argument("--rl-alphas", default="")
     a = ap.parse_args()
     methods, seeds = a.methods.split(), a.seeds.split()
     rows = ["warm-start"] + methods
@@ -109,8 +110,26 @@ def main():
                 bars[task].append((m, *mean_std([100 * v for v in g]), *mean_std([100 * v for v in smp])))
                 curves[task][m] = sorted((k, 100 * sum(v) / len(v)) for k, v in per_step.items())
         lines.append("")
+    rl = []  # (alpha, greedy accuracy, sampled accuracy = mean reward at T=1, divergence)
+    for alpha in a.rl_alphas.split():
+        rdir = os.path.join(a.runs, "arithmetic", "seed0", f"rl-alpha{alpha}")
+        e = read_json(os.path.join(rdir, "test.json"))
+        rl.append((alpha, 100 * e["accuracy"], 100 * e["sample_accuracy"], e["divergence"]))
+        dest = os.path.join(a.out, "metrics", "arithmetic", "seed0")
+        os.makedirs(dest, exist_ok=True)
+        shutil.copy(os.path.join(rdir, "metrics.jsonl"), os.path.join(dest, f"rl-alpha{alpha}.jsonl"))
+        shutil.copy(os.path.join(rdir, "test.json"), os.path.join(dest, f"rl-alpha{alpha}-test.json"))
+    if rl:
+        lines += ["## RL + GKD (arithmetic)", "",
+                  "From seed 0's SFT student: maximise (1-alpha) E[reward] - alpha E[JSD(0.5)] on the student's "
+                  f"own samples (4 per prompt, per-prompt baseline), {a.steps} steps; reward 1 when the final answer "
+                  "is right. Test set: the mean reward of a temperature-1 sample is the sampled accuracy.", "",
+                  "| alpha | greedy accuracy (%) | mean reward, T=1 (%) | JSD(0.5) to teacher |", "|---|---|---|---|"]
+        lines += [f"| {al} | {g:.1f} | {smp:.1f} | {d:.4f} |" for al, g, smp, d in rl]
+        lines.append("")
     lines += ["Raw metrics: `metrics/`. Plots: `accuracy.png` (test accuracy per method), "
-              "`curves.png` (validation accuracy, greedy, against training steps).", ""]
+              "`curves.png` (validation accuracy, greedy, against training steps)" +
+              (", `rl.png` (reward against divergence to the teacher)." if rl else "."), ""]
     with open(os.path.join(a.out, "study.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -147,6 +166,18 @@ def main():
                          for i, m in enumerate(curves[t]))
         gp += [f'set title "{t}"', f"plot {plot}"]
     gp += ["unset multiplot"]
+    if rl:
+        with open(os.path.join(out, "rl.dat"), "w") as f:
+            f.write("# alpha divergence mean_reward_T1 greedy_accuracy\n")
+            for al, g, smp, d in rl:
+                f.write(f"{al} {d:.6f} {smp:.3f} {g:.3f}\n")
+        gp += ["reset", 'set terminal pngcairo size 800,560 font ",10"', f'set output "{out}/rl.png"',
+               'set title "RL + GKD on arithmetic: reward against divergence to the teacher"',
+               'set xlabel "JSD(0.5) to the teacher on the test set (lower: closer)"',
+               'set ylabel "test reward (%)"', 'set yrange [0:105]', 'set grid', 'set key bottom right', 'set offsets graph 0.1, graph 0.1, 2, 2',
+               f'plot "{out}/rl.dat" using 2:3 with linespoints pt 7 title "sampled, T=1", '
+               f'"" using 2:4 with linespoints pt 5 title "greedy", '
+               f'"" using 2:3:(sprintf("alpha %s", stringcolumn(1))) with labels offset 0,1 notitle']
     with open(os.path.join(out, "plots.gp"), "w") as f:
         f.write("\n".join(gp) + "\n")
 

@@ -110,7 +110,9 @@ for row in "teacher (SFT)" "SFT" "SeqKD" "supervised KD" "mixed (lambda 0.5" "on
   check "study table has $row for both tasks" [ "$(grep -cF "| $row" "$W/study/study.md" 2>/dev/null)" -eq 2 ]
 done
 check "study plots are PNG files" bash -c "file '$W/study/accuracy.png' '$W/study/curves.png' | grep -c 'PNG image' | grep -qx 2"
-check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 40 ]
+check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 44 ]
+check "the RL + GKD table has 4 values of alpha" [ "$(grep -cE '^\| (1|0\.5|0\.1|0) \|' "$W/study/study.md")" -eq 4 ]
+check "the RL plot is a PNG file" bash -c "file '$W/study/rl.png' | grep -q 'PNG image'"
 
 echo "cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

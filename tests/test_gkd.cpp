@@ -971,6 +971,107 @@ TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its
 }
 
 // ----------------------------------------------------------------------------
+// RL + GKD
+
+TEST_CASE("the policy gradient is the exact gradient of the expected reward (enumerable outputs)") {
+    // V = 3 (tokens 0, 1 and EOS = 2), prompt [0], at most 2 new tokens: 7 possible outputs
+    GPT<double> m;
+    make_model(m, 1, 8, 2, 4, 3, 110);
+    const int V = 3, Vp = m.config.padded_vocab_size, eos = 2;
+    const double T = 0.8;  // the sampling temperature the policy is defined with
+    std::vector<int> prompt = {0};
+    std::vector<std::vector<int>> outputs = {{2}, {0, 2}, {1, 2}, {0, 0}, {0, 1}, {1, 0}, {1, 1}};
+    std::vector<double> reward = {0.3, 1.0, -0.5, 0.7, 0.0, 2.0, -1.0};
+    // p(y) = prod_t softmax(logits_t / T)[y_t]
+    auto prob = [&](const std::vector<int>& y) {
+        TrainBatch b = build_batch(small_rows({prompt}, {y}), eos);
+        gpt_forward(m, b.tokens.data(), 1, b.T);
+        double lp = 0;
+        for (int t = 0; t < b.T; t++) {
+            if (b.targets[t] < 0) continue;
+            const double* s = m.acts.logits + (size_t)t * Vp;
+            double mx = *std::max_element(s, s + V), z = 0;
+            for (int i = 0; i < V; i++) z += std::exp((s[i] - mx) / T);
+            lp += (s[b.targets[t]] - mx) / T - std::log(z);
+        }
+        return std::exp(lp);
+    };
+    auto expected_reward = [&]() {
+        double e = 0, total = 0;
+        for (size_t k = 0; k < outputs.size(); k++) { double p = prob(outputs[k]); e += p * reward[k]; total += p; }
+        CHECK(total == doctest::Approx(1.0).epsilon(1e-12));  // the outputs are all there are
+        return e;
+    };
+    // sum over outputs of p(y) times the gradient the trainer takes on the sample y
+    std::vector<double> analytic(m.num_parameters, 0.0);
+    for (size_t k = 0; k < outputs.size(); k++) {
+        double p = prob(outputs[k]);
+        TrainBatch b = build_batch(small_rows({prompt}, {outputs[k]}), eos);
+        gpt_forward(m, b.tokens.data(), 1, b.T);
+        std::fill(m.grads_acts.logits, m.grads_acts.logits + (size_t)b.T * Vp, 0.0);
+        policy_gradient(b, m.acts.logits, m.grads_acts.logits, V, Vp, {reward[k]}, 1.0, T);
+        gpt_zero_grad(m);
+        gpt_backward(m);
+        for (size_t i = 0; i < m.num_parameters; i++) analytic[i] -= p * m.grads_memory[i];  // loss = -objective
+    }
+    std::vector<double> params = m.params_memory;
+    auto f = [&]() { std::copy(params.begin(), params.end(), m.params_memory.begin()); return expected_reward(); };
+    check_gradient(params, analytic, f, "d E[r] / d theta");
+}
+
+TEST_CASE("RL + GKD: baselines, rewards, alpha = 1 is GKD exactly, and alpha mixes the two terms") {
+    std::vector<double> per_prompt = advantages({1, 0, 0, 1, 1, 1}, 3), want = {2.0 / 3, -1.0 / 3, -1.0 / 3, 0, 0, 0};
+    for (int i = 0; i < 6; i++) CHECK(per_prompt[i] == doctest::Approx(want[i]).epsilon(1e-12));
+    CHECK(advantages({1, 0, 0, 1}, 1) == std::vector<double>{0.5, -0.5, -0.5, 0.5});
+    CHECK(find_reward("arithmetic").score("8;17;19;26", "8;17;19;26") == 1.0);
+    CHECK(find_reward("arithmetic").score("8;17;20;26", "8;17;19;26") == 1.0);  // the final answer counts
+    CHECK(find_reward("similarity").score("forty-one", "forty-two") == doctest::Approx(1.0 - 3.0 / 9));
+    CHECK(contains(error_of([] { find_reward("bleu"); }), "the rewards are arithmetic, similarity, exact-match"));
+
+    std::string dir = temp_dir();
+    write_tiny_task(dir + "/task.jsonl");
+    for (auto& [name, width] : std::vector<std::pair<std::string, std::string>>{{"t", "32"}, {"s", "16"}}) {
+        std::vector<std::string> init = {"gkd", "init", "--layers", "1", "--channels", width, "--heads", "2",
+                                         "--context", "16", "--seed", name == "t" ? "5" : "6", "--out", dir + "/" + name + ".bin"};
+        auto argv = argv_of(init);
+        REQUIRE(run_command((int)argv.size(), argv.data()) == 0);
+    }
+    auto run = [&](const std::string& out, std::vector<std::string> extra) {
+        std::vector<std::string> words = {"--teacher", dir + "/t.bin", "--student", dir + "/s.bin", "--data",
+                                          dir + "/task.jsonl", "--out", dir + "/" + out, "--steps", "4", "--batch", "2",
+                                          "--lr", "1e-2", "--lambda", "1", "--max-new-tokens", "5", "--seed", "1",
+                                          "--samples-per-prompt", "3"};
+        words.insert(words.end(), extra.begin(), extra.end());
+        train_in_process(words);
+        auto lines = read_metrics(dir + "/" + out + "/metrics.jsonl");
+        for (auto& j : lines) { j.erase("step_ms"); j.erase("sample_ms"); }
+        return lines;
+    };
+    auto gkd = run("gkd", {});
+    auto alpha1 = run("alpha1", {"--alpha", "1", "--reward", "exact-match"});
+    for (size_t k = 0; k < gkd.size(); k++) {  // the same run, with the rewards logged beside
+        CHECK(alpha1[k]["loss"] == gkd[k]["loss"]);
+        CHECK(alpha1[k]["divergence"] == gkd[k]["loss"]);
+        CHECK(alpha1[k].contains("reward_mean"));
+        alpha1[k].erase("divergence"); alpha1[k].erase("reward_mean"); alpha1[k].erase("reward_std"); alpha1[k].erase("correct");
+    }
+    CHECK(gkd == alpha1);
+    CHECK(read_bytes(dir + "/gkd/model.bin") == read_bytes(dir + "/alpha1/model.bin"));
+    auto mixed = run("mixed", {"--alpha", "0.5", "--reward", "exact-match"});
+    // step 0 sees the same samples: its divergence is GKD's loss; the total mixes in REINFORCE
+    CHECK(mixed[0]["divergence"].get<double>() == gkd[0]["loss"].get<double>());
+    CHECK(mixed[0]["loss"].get<double>() != mixed[0]["divergence"].get<double>());
+    CHECK(mixed[0].contains("reward_mean"));
+    CHECK(mixed[0]["tokens"] == gkd[0]["tokens"]);
+    auto pure_rl = run("rl", {"--alpha", "0", "--reward", "exact-match"});
+    CHECK(pure_rl[0]["loss"].get<double>() != mixed[0]["loss"].get<double>());
+    std::vector<std::string> bad = {"gkd", "distill", "--teacher", "t", "--student", "s", "--data", "d", "--out", "o",
+                                    "--alpha", "0.5", "--reward", "exact-match", "--lambda", "0.5"};
+    auto argv = argv_of(bad);
+    CHECK(contains(error_of([&] { run_command((int)argv.size(), argv.data()); }), "use --lambda 1"));
+}
+
+// ----------------------------------------------------------------------------
 // the fuzz targets on their seed corpus and on every input a fuzzer ever crashed on
 
 #include "fuzz/targets.h"
