@@ -122,7 +122,7 @@ def main():
     if rl:
         lines += ["## RL + GKD (arithmetic)", "",
                   "From seed 0's SFT student: maximise (1-alpha) E[reward] - alpha E[JSD(0.5)] on the student's "
-                  f"own samples (4 per prompt, per-prompt baseline), {a.steps} steps; reward 1 when the final answer "
+                  f"own samples (4 per prompt, per-prompt baseline), {a.steps} steps at learning rate 1e-4; reward 1 when the final answer "
                   "is right. Test set: the mean reward of a temperature-1 sample is the sampled accuracy.", "",
                   "| alpha | greedy accuracy (%) | mean reward, T=1 (%) | JSD(0.5) to teacher |", "|---|---|---|---|"]
         lines += [f"| {al} | {g:.1f} | {smp:.1f} | {d:.4f} |" for al, g, smp, d in rl]
