@@ -1680,8 +1680,8 @@ static int cmd_data(int argc, char** argv) {
         return 0;
     }
     Flags f("data", argc, argv, specs);
-    std::string task = f.required("task");
-    if (!is_task(task)) GKD_FAIL("gkd data: --task '%s' must be arithmetic or words", task.c_str());
+    f.required("task");
+    std::string task = task_flag(f);
     TaskSizes sizes;
     sizes.train = (int)f.integer("train", task == "words" ? 9000 : 20000, 1, 1 << 24);
     sizes.validation = (int)f.integer("validation", 200, 1, 1 << 24);
