@@ -25,7 +25,7 @@
 # metrics/ (every run's raw metrics.jsonl and test evaluation).
 #
 #   ./train_gpt2_gkd.sh            the full study, 3 seeds        (results/)
-#   ./train_gpt2_gkd.sh --quick    1 seed, fewer steps           (results/quick/)
+#   ./train_gpt2_gkd.sh --quick    1 seed, shorter training       (results/quick/)
 #   ./train_gpt2_gkd.sh --tiny     seconds, for the tests        (--out DIR required)
 #   --out DIR  results folder; --runs DIR  run folder (default runs/study/MODE)
 #
@@ -50,7 +50,7 @@ while [ $# -gt 0 ]; do
 done
 case $MODE in
   full)  OUT=${OUT:-results}; SEEDS="0 1 2"; WARM=1000; STEPS=500; EVAL_EVERY=100; SIZES="" ;;
-  quick) OUT=${OUT:-results/quick}; SEEDS="0"; WARM=1000; STEPS=300; EVAL_EVERY=100; SIZES="" ;;
+  quick) OUT=${OUT:-results/quick}; SEEDS="0"; WARM=600; STEPS=200; EVAL_EVERY=100; SIZES="" ;;
   tiny)  [ -n "$OUT" ] || { echo "train_gpt2_gkd.sh --tiny needs --out DIR" >&2; exit 1; }
          SEEDS="0 1"; WARM=3; STEPS=3; EVAL_EVERY=2; SIZES="--train 40 --validation 6 --test 6" ;;
 esac
@@ -69,6 +69,7 @@ task_config() {
     arithmetic) CONTEXT=32; MAX_NEW=16; TEACHER_STEPS=1000 ;;
     words)      CONTEXT=64; MAX_NEW=48; TEACHER_STEPS=1000 ;;
   esac
+  [ "$MODE" = quick ] && TEACHER_STEPS=700
   TEACHER_SHAPE="--layers 4 --channels 128 --heads 4"
   STUDENT_SHAPE="--layers 1 --channels 32 --heads 2"
   if [ "$MODE" = tiny ]; then
