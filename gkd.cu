@@ -827,6 +827,14 @@ static void make_dirs(const std::string& dir) {
 
 static void load_inputs(Trainer& tr);
 
+// A teacher and the model compared with it must share one vocabulary (and so one tokenizer).
+static void check_same_vocabulary(const GPT<float>& teacher, const std::string& teacher_path, const GPT<float>& model,
+                                  const std::string& model_path, const char* role) {
+    if (teacher.config.vocab_size != model.config.vocab_size)
+        GKD_FAIL("vocabulary mismatch: teacher %s has V = %d but %s %s has V = %d; they must share one tokenizer",
+                 teacher_path.c_str(), teacher.config.vocab_size, role, model_path.c_str(), model.config.vocab_size);
+}
+
 static void load_trainer(Trainer& tr, const TrainOptions& opt) {
     tr.opt = opt;
     gpt_load(tr.student, opt.student_path);
@@ -839,10 +847,7 @@ static void load_inputs(Trainer& tr) {
     tr.has_teacher = !opt.sft || opt.seq_kd;
     if (tr.has_teacher) {
         gpt_load(tr.teacher, opt.teacher_path);
-        if (tr.teacher.config.vocab_size != tr.student.config.vocab_size)
-            GKD_FAIL("vocabulary mismatch: teacher %s has V = %d but student %s has V = %d; they must share one "
-                     "tokenizer", opt.teacher_path.c_str(), tr.teacher.config.vocab_size, opt.student_path.c_str(),
-                     tr.student.config.vocab_size);
+        check_same_vocabulary(tr.teacher, opt.teacher_path, tr.student, opt.student_path, "student");
     }
     tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size);
     // completions come from the file unless every step samples them
@@ -1613,9 +1618,7 @@ static int cmd_eval(int argc, char** argv) {
     int context = m.config.max_seq_len;
     if (f.has("teacher")) {
         gpt_load(t, f.str("teacher"));
-        if (t.config.vocab_size != m.config.vocab_size)
-            GKD_FAIL("vocabulary mismatch: teacher %s has V = %d but model %s has V = %d", f.str("teacher").c_str(),
-                     t.config.vocab_size, model_path.c_str(), m.config.vocab_size);
+        check_same_vocabulary(t, f.str("teacher"), m, model_path, "model");
         context = std::min(context, t.config.max_seq_len);
     }
     auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size);
