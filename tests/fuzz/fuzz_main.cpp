@@ -1,5 +1,6 @@
-// tests/fuzz/fuzz_main.cpp — a libFuzzer harness; FUZZ_TARGET (checkpoint, training_state,
-// jsonl_line or tokenizer) picks the target at compile time. Built by `make fuzz`.
+// tests/fuzz/fuzz_main.cpp — a libFuzzer harness; FUZZ_TARGET (a function of targets.h:
+// checkpoint, training_state, jsonl_line, tokenizer, bpe_text, tokenizer_json or
+// safetensors) picks the target at compile time. Built by `make fuzz`.
 #include "targets.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

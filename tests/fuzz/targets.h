@@ -76,4 +76,70 @@ inline void tokenizer(const uint8_t* data, size_t size) {
     }
 }
 
+// A small GPT-2-style byte-level BPE, built in memory: the 256 byte tokens, a few merges
+// in rank order, and <|endoftext|>. Shared with the unit tests.
+inline const BpeTokenizer& handmade_bpe() {
+    static std::unique_ptr<BpeTokenizer> tok = [] {
+        auto spell = gpt2_byte_to_unicode();
+        auto text = [&](const std::string& raw) {
+            std::string s;
+            for (unsigned char b : raw) {
+                uint32_t cp = spell[b];  // UTF-8 of a code point below 0x800
+                if (cp < 0x80) s += (char)cp;
+                else { s += (char)(0xC0 | (cp >> 6)); s += (char)(0x80 | (cp & 0x3F)); }
+            }
+            return s;
+        };
+        nlohmann::json vocab = nlohmann::json::object();
+        for (int b = 0; b < 256; b++) vocab[text(std::string(1, (char)b))] = b;
+        std::vector<std::pair<std::string, std::string>> merges;
+        int next = 256;
+        for (auto [l, r] : std::vector<std::pair<std::string, std::string>>{
+                 {"h", "e"}, {"l", "l"}, {" ", "t"}, {"he", "ll"}, {" t", "he"}, {"hell", "o"}, {"a", "a"},
+                 {"aa", "a"}, {"aa", "aa"}, {"'", "s"}, {" ", "w"}, {" w", "o"}, {"\n", "\n"}}) {
+            merges.push_back({text(l), text(r)});
+            if (!vocab.contains(text(l + r))) vocab[text(l + r)] = next++;
+        }
+        vocab[END_OF_TEXT] = next;
+        return build_bpe("handmade", vocab, merges, [](size_t r) { return strf("handmade merge %zu", r); });
+    }();
+    return *tok;
+}
+
+// GPT-2's pre-tokenizer and BPE on arbitrary bytes (the handmade vocabulary): the
+// pre-tokens tile the text, and decode(encode(text)) == text with or without specials.
+inline void bpe_text(const uint8_t* data, size_t size) {
+    std::string text((const char*)data, size);
+    size_t at = 0;
+    for (auto [b, e] : gpt2_pretokenize(text)) {
+        if (b != at || e <= b) abort();
+        at = e;
+    }
+    if (at != text.size()) abort();
+    const BpeTokenizer& tok = handmade_bpe();
+    if (tok.decode(tok.encode(text, false)) != text) abort();
+    if (tok.decode(tok.encode(text, true)) != text) abort();
+}
+
+// a Hugging Face tokenizer.json
+inline void tokenizer_json(const uint8_t* data, size_t size) {
+    MemoryFile f(data, size);
+    try {
+        auto tok = load_tokenizer_json(f.path);
+        std::string text = "Hello world, it's 3 o'clock.\n";
+        if (tok->decode(tok->encode(text, false)) != text) abort();
+    } catch (const GkdError&) {
+    }
+}
+
+// a Hugging Face model.safetensors
+inline void safetensors(const uint8_t* data, size_t size) {
+    MemoryFile f(data, size);
+    try {
+        GPT<float> m;
+        gpt_load_safetensors(m, f.path);
+    } catch (const GkdError&) {
+    }
+}
+
 }  // namespace fuzz
