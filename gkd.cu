@@ -70,7 +70,7 @@ static void online_logsumexp(const T* x, int V, double inv_tau, double& maxv, do
 static inline double log_add_exp(double a, double b) {
     double m = std::max(a, b);
     if (m == -INFINITY) return -INFINITY;
-    return m + std::log(std::exp(a - m) + std::exp(b - m));
+    return m + std::log1p(std::exp(std::min(a, b) - m));  // one exp: the larger term is exp(0)
 }
 
 // D(P, Q) for P = softmax(teacher/tau), Q = softmax(student/tau) over the V real columns:
@@ -90,32 +90,38 @@ double divergence_row(const T* teacher, const T* student, T* dstudent, int V, in
         lp = (double)teacher[i] * inv_tau - mt - lzt;
         lq = (double)student[i] * inv_tau - ms - lzs;
     };
+    // the first pass keeps q_i and g_i / (1 - beta)-style factors so the gradient pass
+    // needs no more exp or log
+    static thread_local std::vector<double> q_of, g_of;  // (V) one pair per thread, reused
+    q_of.resize(V);
+    g_of.resize(V);
     double D = 0, qg = 0;  // qg = sum_i q_i g_i
     for (int i = 0; i < V; i++) {
         double lp, lq;
         logs(i, lp, lq);
         double p = std::exp(lp), q = std::exp(lq);
+        q_of[i] = q;
         if (beta == 0.0) {
             D += p * (lp - lq);
+            g_of[i] = p;
         } else if (beta == 1.0) {
             double g = lq - lp;
             D += q * g;
             qg += q * g;
+            g_of[i] = g;
         } else {
             double lm = log_add_exp(log_beta + lp, log_1mbeta + lq);
             D += beta * p * (lp - lm) + (1.0 - beta) * q * (lq - lm);
-            qg += q * (1.0 - beta) * (lq - lm);
+            double g = (1.0 - beta) * (lq - lm);
+            qg += q * g;
+            g_of[i] = g;
         }
     }
     if (!dstudent) return D;
     const double scale = grad_scale * inv_tau;
     for (int i = 0; i < V; i++) {
-        double lp, lq;
-        logs(i, lp, lq);
-        double q = std::exp(lq), grad;
-        if (beta == 0.0) grad = q - std::exp(lp);
-        else if (beta == 1.0) grad = q * ((lq - lp) - qg);
-        else grad = q * ((1.0 - beta) * (lq - log_add_exp(log_beta + lp, log_1mbeta + lq)) - qg);
+        double q = q_of[i];
+        double grad = beta == 0.0 ? q - g_of[i] : q * (g_of[i] - qg);
         dstudent[i] = (T)(grad * scale);
     }
     for (int i = V; i < Vp; i++) dstudent[i] = T(0);
@@ -187,14 +193,38 @@ static double position_weight(const TrainBatch& b, int row, LossNorm norm) {
     return norm == LossNorm::Sequence ? 1.0 / ((double)b.B * b.target_count[row]) : 1.0 / b.num_targets;
 }
 
+// RL + GKD (the paper's section 5): REINFORCE on the sampled rows, added to the divergence
+// weighted by alpha. The gradient of -scale * A_b log p(y_t | x, y_<t) over the logits of
+// one target position, p = softmax(logits / temperature), is -scale * A_b (onehot_y - p) / temperature.
+struct PolicyGradientTerm {
+    std::vector<double> advantage;  // (B) reward minus baseline, per row
+    double scale = 0;               // (1 - alpha) / B
+    double alpha = 1;               // the divergence's weight
+    double temperature = 1;         // of the sampling policy
+    double surrogate = 0;           // out: -(1/B) sum over targets of A_b log p(y_t)
+};
+
+// Adds one target position's policy gradient to grad (V); returns log p(y).
+template <typename T>
+double policy_gradient_row(const T* logits, int y, int V, double inv_t, double g, double* grad) {
+    double m, lz;
+    online_logsumexp(logits, V, inv_t, m, lz);
+    for (int i = 0; i < V; i++) grad[i] += g * ((i == y ? 1.0 : 0.0) - std::exp((double)logits[i] * inv_t - m - lz));
+    return (double)logits[y] * inv_t - m - lz;
+}
+
 // Loss over the batch and its gradient over the student logits, written into dstudent
-// (B, T, Vps); non-target positions get zero gradient. teacher may be null for
-// cross-entropy (sft). Per-position values are summed in a fixed order.
+// (B, T, Vps); non-target positions get zero gradient. dstudent may be the student
+// logits themselves: each row is read before it is overwritten, so the model keeps one
+// (B, T, Vp) buffer, as llm.c's fused classifier does. teacher may be null for
+// cross-entropy (sft). With pg, the divergence is weighted by pg->alpha and the policy
+// gradient added. Per-position values are summed in a fixed order.
 template <typename T>
 double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* student, T* dstudent, int V, int Vps,
-                  bool cross_entropy, double beta, double tau, LossNorm norm, double* mean_per_token = nullptr) {
+                  bool cross_entropy, double beta, double tau, LossNorm norm, double* mean_per_token = nullptr,
+                  PolicyGradientTerm* pg = nullptr) {
     const int N = b.B * b.T;
-    std::vector<double> per_position(N, 0.0);
+    std::vector<double> per_position(N, 0.0), logp(pg ? N : 0, 0.0);
     #pragma omp parallel for schedule(dynamic, 8)
     for (int n = 0; n < N; n++) {
         const T* s = student + (size_t)n * Vps;
@@ -205,50 +235,28 @@ double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* stude
             continue;
         }
         double w = position_weight(b, n / b.T, norm);
+        static thread_local std::vector<double> pg_grad;  // (V) one per thread, reused
+        if (pg) {  // the policy gradient reads this row's logits before they become gradients
+            pg_grad.assign(V, 0.0);
+            double g = -pg->scale * pg->advantage[n / b.T] / pg->temperature;
+            logp[n] = policy_gradient_row(s, target, V, 1.0 / pg->temperature, g, pg_grad.data());
+            w *= pg->alpha;
+        }
         per_position[n] = cross_entropy
             ? cross_entropy_row(s, target, ds, V, Vps, w)
             : divergence_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, beta, tau, w);
+        if (pg) for (int i = 0; i < V; i++) ds[i] += (T)pg_grad[i];
     }
     double loss = 0, total = 0;
+    if (pg) pg->surrogate = 0;
     for (int n = 0; n < N; n++)
         if (b.targets[n] >= 0) {
             loss += per_position[n] * position_weight(b, n / b.T, norm);
             total += per_position[n];
+            if (pg) pg->surrogate -= pg->advantage[n / b.T] * logp[n] / b.B;
         }
     if (mean_per_token) *mean_per_token = total / b.num_targets;
     return loss;
-}
-
-// REINFORCE over sampled rows: adds the gradient of  -scale * sum_b A_b log p(y_b | x_b)
-// to dstudent, where p is the sampling policy softmax(logits / temperature) and y_b the
-// row's sampled completion (its targets). The gradient flows through the student's
-// forward on its own samples, never through the sampling. Returns -mean_b A_b log p(y_b).
-template <typename T>
-double policy_gradient(const TrainBatch& b, const T* student, T* dstudent, int V, int Vp,
-                       const std::vector<double>& advantage, double scale, double temperature) {
-    const int N = b.B * b.T;
-    const double inv_t = 1.0 / temperature;
-    std::vector<double> logp(N, 0.0);
-    #pragma omp parallel for schedule(dynamic, 8)
-    for (int n = 0; n < N; n++) {
-        int y = b.targets[n];
-        if (y < 0) continue;
-        const T* s = student + (size_t)n * Vp;
-        double m, lz;
-        online_logsumexp(s, V, inv_t, m, lz);
-        logp[n] = (double)s[y] * inv_t - m - lz;
-        // d(-A log p)/ds_i = -A (onehot_i - q_i) / temperature
-        double g = -scale * advantage[n / b.T] * inv_t;
-        T* ds = dstudent + (size_t)n * Vp;
-        for (int i = 0; i < V; i++) {
-            double q = std::exp((double)s[i] * inv_t - m - lz);
-            ds[i] += (T)(g * ((i == y ? 1.0 : 0.0) - q));
-        }
-    }
-    double surrogate = 0;
-    for (int n = 0; n < N; n++)
-        if (b.targets[n] >= 0) surrogate -= advantage[n / b.T] * logp[n];
-    return surrogate / b.B;
 }
 
 // Advantages r - baseline: the mean reward of the row's own prompt when each prompt has
@@ -360,28 +368,32 @@ struct AdamW {
     long long t = 0;          // updates taken
 };
 
-// PyTorch's AdamW: decoupled weight decay (only on PARAMETER_DECAYS tensors), then Adam
-// with bias correction.
-static void adamw_update(GPT<float>& model, AdamW& opt, double lr) {
+// PyTorch's AdamW, in float as PyTorch computes it: decoupled weight decay (only on
+// PARAMETER_DECAYS tensors), then Adam with bias correction. The gradient is multiplied
+// by grad_scale on the way in: that is how clipping is applied, without a pass of its own
+// over the gradients. One fused loop per tensor: the update is memory-bound.
+static void adamw_update(GPT<float>& model, AdamW& opt, double lr, double grad_scale = 1.0) {
     if (opt.m.empty()) { opt.m.assign(model.num_parameters, 0.f); opt.v.assign(model.num_parameters, 0.f); }
     opt.t++;
     const double bc1 = 1.0 - std::pow(opt.beta1, (double)opt.t), bc2 = 1.0 - std::pow(opt.beta2, (double)opt.t);
+    const float beta1 = (float)opt.beta1, beta2 = (float)opt.beta2, eps = (float)opt.eps, scale = (float)grad_scale;
+    const float step_size = (float)(lr / bc1), bc2_sqrt = (float)std::sqrt(bc2);
     size_t offset = 0;
     for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
         const size_t n = model.param_sizes[k];
-        const double decay = PARAMETER_DECAYS[k] ? opt.weight_decay : 0.0;
+        const float keep = (float)(1.0 - lr * (PARAMETER_DECAYS[k] ? opt.weight_decay : 0.0));
         float* p = model.params_memory.data() + offset;
         const float* g = model.grads_memory.data() + offset;
         float* m = opt.m.data() + offset;
         float* v = opt.v.data() + offset;
-        #pragma omp parallel for
+        #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) {
-            double mi = opt.beta1 * m[i] + (1.0 - opt.beta1) * g[i];
-            double vi = opt.beta2 * v[i] + (1.0 - opt.beta2) * (double)g[i] * g[i];
-            m[i] = (float)mi;
-            v[i] = (float)vi;
-            double pi = p[i] * (1.0 - lr * decay);
-            p[i] = (float)(pi - lr * (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps));
+            float gi = g[i] * scale;
+            float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+            float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] * keep - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
         }
         offset += n;
     }
@@ -402,12 +414,11 @@ static double grad_norm(const GPT<float>& model) {
     return std::sqrt(total);
 }
 
-// PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
-static void clip_gradients(GPT<float>& model, double norm, double max_norm) {
-    if (max_norm <= 0) return;
-    double coef = max_norm / (norm + 1e-6);
-    if (coef >= 1.0) return;
-    for (float& g : model.grads_memory) g = (float)(g * coef);
+// PyTorch's clip_grad_norm_: the gradient is scaled by max_norm / (norm + 1e-6) when that
+// is below 1 (max_norm 0: no clipping). adamw_update applies the factor.
+static double clip_coefficient(double norm, double max_norm) {
+    if (max_norm <= 0) return 1.0;
+    return std::min(1.0, max_norm / (norm + 1e-6));
 }
 
 enum class Schedule { Constant, Cosine };
@@ -510,6 +521,7 @@ struct Trainer {
 
 struct StepStats {
     double loss = 0, grad_norm = 0, lr = 0, ms = 0, sample_ms = 0;
+    double teacher_ms = 0, forward_ms = 0, loss_ms = 0, backward_ms = 0, update_ms = 0;  // the other phases
     double divergence = NAN, reward_mean = NAN, reward_std = NAN, correct = NAN;  // RL + GKD
     bool on_policy = false;
     int tokens = 0, completion_tokens = 0;
@@ -619,17 +631,19 @@ static StepStats gkd_step(Trainer& tr, int step) {
 
     // the teacher scores every token of x+y (no gradients); the student runs forward
     const bool distill = !o.sft;
+    double t1 = now_seconds();
     if (distill) teacher_forward(tr, b);
+    double t2 = now_seconds();
     gpt_forward(tr.student, b.tokens.data(), b.B, b.T);
+    double t3 = now_seconds();
+    st.teacher_ms = (t2 - t1) * 1000;
+    st.forward_ms = (t3 - t2) * 1000;
 
-    // token-level divergence D(p_T || p_S) at every completion position, and its gradient
+    // with a reward: score the samples; with alpha < 1, RL + GKD on the same samples,
+    // alpha D + (1 - alpha) REINFORCE with a baseline
     const int V = tr.student.config.vocab_size, Vps = tr.student.config.padded_vocab_size;
-    st.loss = batch_loss(b, distill ? tr.teacher_logits.data() : (const float*)nullptr,
-                         distill ? tr.teacher.config.padded_vocab_size : 0, tr.student.acts.logits,
-                         tr.student.grads_acts.logits, V, Vps, !distill, o.beta, o.loss_temperature, o.loss_norm);
+    PolicyGradientTerm pg;
     if (!o.reward.empty()) {
-        // the samples' rewards; with alpha < 1, RL + GKD on the same samples:
-        // alpha D + (1 - alpha) REINFORCE with a baseline
         const Reward& reward = find_reward(o.reward);
         std::vector<double> r(rows.size());
         double sum = 0, sq = 0, correct = 0;
@@ -641,32 +655,43 @@ static StepStats gkd_step(Trainer& tr, int step) {
             sq += r[i] * r[i];
             correct += r[i] >= 1.0;
         }
-        st.divergence = st.loss;
         st.reward_mean = sum / r.size();
         st.reward_std = std::sqrt(std::max(0.0, sq / r.size() - st.reward_mean * st.reward_mean));
         st.correct = correct / r.size();
-        if (o.alpha < 1.0) {
-            float* d = tr.student.grads_acts.logits;
-            for (size_t i = 0, n = (size_t)b.B * b.T * Vps; i < n; i++) d[i] *= (float)o.alpha;
-            double pg = policy_gradient(b, tr.student.acts.logits, d, V, Vps, advantages(r, o.samples_per_prompt),
-                                        (1.0 - o.alpha) / b.B, o.temperature);
-            st.loss = o.alpha * st.divergence + (1.0 - o.alpha) * pg;
-        }
+        pg.advantage = advantages(r, o.samples_per_prompt);
+        pg.scale = (1.0 - o.alpha) / b.B;
+        pg.alpha = o.alpha;
+        pg.temperature = o.temperature;
     }
+    const bool rl = !o.reward.empty() && o.alpha < 1.0;
+
+    // token-level divergence D(p_T || p_S) at every completion position, and its gradient,
+    // written over the student's logits
+    st.loss = batch_loss(b, distill ? tr.teacher_logits.data() : (const float*)nullptr,
+                         distill ? tr.teacher.config.padded_vocab_size : 0, tr.student.acts.logits,
+                         tr.student.grads_acts.logits, V, Vps, !distill, o.beta, o.loss_temperature, o.loss_norm,
+                         nullptr, rl ? &pg : nullptr);
+    if (!o.reward.empty()) st.divergence = st.loss;
+    if (rl) st.loss = o.alpha * st.divergence + (1.0 - o.alpha) * pg.surrogate;
     if (fault_injected("nan-loss", step)) st.loss = NAN;
     if (!std::isfinite(st.loss))
         GKD_FAIL("step %d: the loss is not finite (%g); stopping before the update (the last checkpoint is intact)",
                  step, st.loss);
 
     // backpropagate through the student only, then one AdamW step
+    double t4 = now_seconds();
+    st.loss_ms = (t4 - t3) * 1000;
     gpt_zero_grad(tr.student);
     gpt_backward(tr.student);
     st.grad_norm = grad_norm(tr.student);
     if (!std::isfinite(st.grad_norm))
         GKD_FAIL("step %d: the gradient norm is not finite; stopping before the update (the last checkpoint is intact)", step);
-    clip_gradients(tr.student, st.grad_norm, o.grad_clip);
-    adamw_update(tr.student, tr.adam, st.lr);
-    st.ms = (now_seconds() - t0) * 1000;
+    double t5 = now_seconds();
+    adamw_update(tr.student, tr.adam, st.lr, clip_coefficient(st.grad_norm, o.grad_clip));
+    double t6 = now_seconds();
+    st.backward_ms = (t5 - t4) * 1000;
+    st.update_ms = (t6 - t5) * 1000;
+    st.ms = (t6 - t0) * 1000;
     return st;
 }
 
@@ -1768,6 +1793,204 @@ static int cmd_data(int argc, char** argv) {
     return 0;
 }
 
+// ----------------------------------------------------------------------------
+// gkd bench: one training step, phase by phase, on random models of a given shape
+
+// A tokenizer that only knows its size and EOS (V - 1): what a benchmark step needs.
+struct SizeOnlyTokenizer : Tokenizer {
+    int V;
+    explicit SizeOnlyTokenizer(int v) : V(v) {}
+    std::string name() const override { return "size-only"; }
+    int vocab_size() const override { return V; }
+    int eos_id() const override { return V - 1; }
+    bool special_by_default() const override { return false; }
+    using Tokenizer::encode;
+    std::vector<int> encode(const std::string&, bool) const override { GKD_FAIL("bench: no text tokenizer"); }
+    std::string decode(const std::vector<int>&) const override { GKD_FAIL("bench: no text tokenizer"); }
+};
+
+// Floating-point operations of a forward pass over `tokens` positions that attend to
+// `attended` earlier positions in all (sum over positions of their position + 1), with
+// `head_rows` rows through the LM head: the matmuls (2 per multiply-add) and attention's
+// two (t+1)-long products per head dimension. A backward pass is twice this.
+static double forward_flops(const GPTConfig& c, double tokens, double attended, double head_rows) {
+    double C = c.channels, L = c.num_layers;
+    return 2.0 * tokens * 12 * L * C * C + 2.0 * head_rows * C * c.vocab_size + 4.0 * L * C * attended;
+}
+
+static GPT<float> bench_model(const std::string& shape, int V, int context, uint64_t seed, const char* flag) {
+    int L = 0, C = 0, NH = 0;
+    char extra;
+    if (sscanf(shape.c_str(), "%d,%d,%d%c", &L, &C, &NH, &extra) != 3)
+        GKD_FAIL("gkd bench: --%s '%s' must be LAYERS,CHANNELS,HEADS (e.g. 2,128,4)", flag, shape.c_str());
+    GPTConfig c;
+    c.num_layers = L; c.channels = C; c.num_heads = NH; c.max_seq_len = context; c.vocab_size = V;
+    c.padded_vocab_size = pad_vocab(V);
+    validate_config(c, strf("gkd bench --%s", flag));
+    GPT<float> m;
+    gpt_build(m, c);
+    gpt_init_random(m, seed);
+    return m;
+}
+
+// A trainer of random models on B random prompts of P tokens (and, for SFT, completions
+// of K tokens), with no EOS in them: on-policy GKD (lambda 1) or SFT, lr 1e-4, file order.
+static void benchmark_trainer(Trainer& tr, GPT<float> student, GPT<float> teacher, bool sft, int B, int P, int K,
+                              double beta, int steps) {
+    const int V = student.config.vocab_size;
+    tr.student = std::move(student);
+    tr.has_teacher = !sft;
+    if (!sft) tr.teacher = std::move(teacher);
+    tr.tok = std::make_unique<SizeOnlyTokenizer>(V);
+    TrainOptions& o = tr.opt;
+    o.sft = sft;
+    o.lambda = 1;
+    o.beta = beta;
+    o.batch = B;
+    o.max_new_tokens = K;
+    o.steps = steps;
+    o.lr = 1e-4;
+    o.shuffle = 0;
+    Rng rng(7);
+    for (int i = 0; i < B; i++) {
+        Example e;
+        for (int t = 0; t < P; t++) e.prompt.push_back((int)rng.below(V - 1));
+        if (sft) for (int t = 0; t < K; t++) e.completion.push_back((int)rng.below(V - 1));
+        e.has_completion = sft;
+        tr.data.examples.push_back(e);
+    }
+}
+
+// sgemm at (M, K) x (K, N), through the matmul the model uses: the machine's ceiling.
+static double matmul_gflops(int M, int K, int N) {
+    std::vector<float> a((size_t)M * K), w((size_t)N * K), out((size_t)M * N);
+    Rng rng(1);
+    for (auto& x : a) x = (float)rng.normal();
+    for (auto& x : w) x = (float)rng.normal();
+    matmul_forward(out.data(), a.data(), w.data(), (const float*)nullptr, M, K, N, N);  // warm-up
+    int reps = std::max(3, (int)(2e10 / (2.0 * M * K * N)));
+    double t = now_seconds();
+    for (int r = 0; r < reps; r++) matmul_forward(out.data(), a.data(), w.data(), (const float*)nullptr, M, K, N, N);
+    return 2.0 * M * K * N * reps / (now_seconds() - t) / 1e9;
+}
+
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? NAN : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+static int cmd_bench(int argc, char** argv) {
+    std::vector<FlagSpec> specs = {
+        {"student", true, "LAYERS,CHANNELS,HEADS of the student (2,128,4)"},
+        {"teacher", true, "LAYERS,CHANNELS,HEADS of the teacher (4,256,4)"},
+        {"vocab", true, "byte (V = 257) or a number, e.g. 50257 (byte)"},
+        {"context", true, "maxT of both models (128)"},
+        {"batch", true, "B (32)"}, {"prompt-tokens", true, "tokens per prompt (32)"},
+        {"new-tokens", true, "sampled tokens per row; with --sft, completion tokens (64)"},
+        {"beta", true, "the divergence (0.5)"},
+        {"sft", false, "time an SFT step of the student instead (no teacher, no sampling)"},
+        {"steps", true, "timed steps; the table gives medians (5)"}, {"warmup", true, "untimed steps first (1)"},
+        {"json", false, "print one JSON object instead of the table"},
+        {"device", true, "auto | cpu | cuda"}};
+    if (wants_help(argc, argv)) {
+        print_help("gkd bench: time one training step by phase on random models (defaults: the CPU reference "
+                   "configuration); prints ms, tokens/s, GFLOP/s, peak RSS and the machine's sgemm ceiling", specs);
+        return 0;
+    }
+    Flags f("bench", argc, argv, specs);
+    check_device(f);
+    std::string vocab = f.str("vocab", "byte");
+    int V = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);
+    int context = (int)f.integer("context", 128, 2, 1 << 20);
+    int B = (int)f.integer("batch", 32, 1, 1 << 16);
+    int P = (int)f.integer("prompt-tokens", 32, 1, 1 << 20);
+    int K = (int)f.integer("new-tokens", 64, 1, 1 << 20);
+    int steps = (int)f.integer("steps", 5, 1, 100000), warmup = (int)f.integer("warmup", 1, 0, 100000);
+    bool sft = f.on("sft");
+    if (P + K > context) GKD_FAIL("gkd bench: --prompt-tokens %d + --new-tokens %d exceed --context %d", P, K, context);
+
+    Trainer tr;
+    GPT<float> student = bench_model(f.str("student", "2,128,4"), V, context, 1, "student"), teacher;
+    if (!sft) teacher = bench_model(f.str("teacher", "4,256,4"), V, context, 2, "teacher");
+    benchmark_trainer(tr, std::move(student), std::move(teacher), sft, B, P, K, f.num("beta", 0.5, 0, 1), warmup + steps);
+    std::vector<StepStats> stats;
+    for (int step = 0; step < warmup + steps; step++) {
+        StepStats st = gkd_step(tr, step);
+        if (step >= warmup) stats.push_back(st);
+    }
+    double rss = peak_rss_mb();
+    auto med = [&](double StepStats::*field) {
+        std::vector<double> v;
+        for (auto& s : stats) v.push_back(s.*field);
+        return median(v);
+    };
+    // work per phase; a row is P + K tokens long (sampling with random weights may stop a
+    // row early at EOS: the targets count what was generated)
+    const GPTConfig& sc = tr.student.config;
+    double targets = 0;
+    for (auto& s : stats) targets += s.tokens;
+    targets /= stats.size();                           // completion tokens (incl. EOS) per step
+    double T = P + (sft ? K + 1 : targets / B) - 1;    // mean input length of a row
+    double rows_tokens = B * T, attended = B * T * (T + 1) / 2;
+    double fwd = forward_flops(sc, rows_tokens, attended, rows_tokens);
+    double sample_flops = 0, teacher_flops = 0;
+    if (!sft) {
+        double gen = targets / B;  // generated tokens per row
+        sample_flops = forward_flops(sc, B * (P + gen), B * (P + gen) * (P + gen + 1) / 2, B * (gen + 1));
+        teacher_flops = forward_flops(tr.teacher.config, rows_tokens, attended, rows_tokens);
+    }
+    struct Row { const char* name; const char* key; double ms, tokens, flops; };
+    std::vector<Row> rows;
+    if (!sft) {
+        rows.push_back({"sample (student, KV cache)", "sample", med(&StepStats::sample_ms), targets, sample_flops});
+        rows.push_back({"teacher forward", "teacher", med(&StepStats::teacher_ms), rows_tokens, teacher_flops});
+    }
+    rows.push_back({"student forward", "forward", med(&StepStats::forward_ms), rows_tokens, fwd});
+    rows.push_back({sft ? "loss (cross-entropy)" : "loss (divergence)", "loss", med(&StepStats::loss_ms), targets, 0});
+    rows.push_back({"student backward + grad norm", "backward", med(&StepStats::backward_ms), rows_tokens, 2 * fwd});
+    rows.push_back({"AdamW (+ clipping)", "update", med(&StepStats::update_ms), 0, 0});
+    double step_flops = sample_flops + teacher_flops + 3 * fwd;
+    rows.push_back({"step", "step", med(&StepStats::ms), targets, step_flops});
+    int threads = omp_get_max_threads();
+    const GPTConfig& tc = sft ? sc : tr.teacher.config;
+    double ceiling = matmul_gflops(2048, 2048, 2048);
+    double at_shape = matmul_gflops(B * (int)T, tc.channels, 4 * tc.channels);
+#ifdef GKD_BLAS
+    const char* matmuls = "OpenBLAS";
+#else
+    const char* matmuls = "gkd's OpenMP loops (no BLAS)";
+#endif
+    if (f.on("json")) {
+        json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"threads", threads}, {"batch", B}, {"prompt_tokens", P},
+                  {"new_tokens", K}, {"vocab", V}, {"student_parameters", tr.student.num_parameters},
+                  {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_rss_mb", rss},
+                  {"sgemm_gflops", ceiling}, {"sgemm_at_step_shape_gflops", at_shape}, {"matmuls", matmuls},
+                  {"target_tokens", targets}};
+        for (auto& r : rows) {
+            j[std::string(r.key) + "_ms"] = r.ms;
+            if (r.flops > 0) j[std::string(r.key) + "_gflops"] = r.flops / (r.ms * 1e6);
+        }
+        printf("%s\n", j.dump().c_str());
+        return 0;
+    }
+    printf("gkd bench: %s step; student L=%d C=%d NH=%d (%.2fM parameters)", sft ? "SFT" : "on-policy GKD (lambda 1)",
+           sc.num_layers, sc.channels, sc.num_heads, tr.student.num_parameters / 1e6);
+    if (!sft)
+        printf(", teacher L=%d C=%d NH=%d (%.2fM)", tc.num_layers, tc.channels, tc.num_heads,
+               tr.teacher.num_parameters / 1e6);
+    printf("\n  V=%d, B=%d, %d prompt + %d %s tokens, %d threads, matmuls: %s; median of %d steps after %d warm-up\n\n",
+           V, B, P, K, sft ? "completion" : "new", threads, matmuls, steps, warmup);
+    printf("| phase | ms | tokens/s | GFLOP/s |\n|---|---:|---:|---:|\n");
+    for (auto& r : rows)
+        printf("| %s | %.1f | %s | %s |\n", r.name, r.ms, r.tokens > 0 ? strf("%.0f", r.tokens / r.ms * 1000).c_str() : "-",
+               r.flops > 0 ? strf("%.1f", r.flops / (r.ms * 1e6)).c_str() : "-");
+    printf("\npeak RSS %.0f MB; sgemm ceiling %.1f GFLOP/s (2048^3), %.1f at the step's shape (%d x %d x %d); "
+           "the step reaches %.0f%% of the ceiling\n",
+           rss, ceiling, at_shape, B * (int)T, tc.channels, 4 * tc.channels,
+           100 * step_flops / (med(&StepStats::ms) * 1e6) / ceiling);
+    return 0;
+}
+
 static const char* USAGE =
     "gkd: Generalized Knowledge Distillation for GPT-2 (CPU reference path)\n"
     "\n"
@@ -1778,6 +2001,7 @@ static const char* USAGE =
     "  gkd eval      --model F --data F.jsonl [--teacher F]\n"
     "  gkd tokenize  [--tokenizer byte|PATH] [--decode] < input\n"
     "  gkd convert   IN OUT [--bf16]   (model.safetensors or .bin -> llm.c .bin)\n"
+    "  gkd bench     [--student L,C,NH --teacher L,C,NH --batch B ...]   (time a step by phase)\n"
     "  gkd data      --task arithmetic|words --out DIR   (built-in task splits)\n"
     "  gkd data      --convert gsm8k|instruction --in F --out F.jsonl   (GSM8K, Alpaca/Dolly)\n"
     "\n"
@@ -1791,6 +2015,7 @@ static int run_command(int argc, char** argv) {
     if (cmd == "--help" || cmd == "-h" || cmd == "help") { fputs(USAGE, stdout); return 0; }
     if (cmd == "init") return cmd_init(argc - 2, argv + 2);
     if (cmd == "convert") return cmd_convert(argc - 2, argv + 2);
+    if (cmd == "bench") return cmd_bench(argc - 2, argv + 2);
     if (cmd == "distill") return cmd_train(argc - 2, argv + 2, false);
     if (cmd == "sft") return cmd_train(argc - 2, argv + 2, true);
     if (cmd == "sample") return cmd_sample(argc - 2, argv + 2);

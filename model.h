@@ -15,8 +15,9 @@
 // - Two forward paths: gpt_forward keeps every activation for gpt_backward (the
 //   student); gpt_infer keeps only a KV cache and reusable scratch (sampling, and the
 //   teacher, which never needs a backward). Tests check they agree.
-// - Every reduction is done by one thread in a fixed order, so results are identical
-//   run after run, whatever the thread count.
+// - Matmuls use a tuned BLAS (OpenBLAS) when the build finds one, else OpenMP loops.
+// - Every reduction is done in a fixed order, so results are identical run after run
+//   for a fixed thread count.
 #pragma once
 
 #include <algorithm>
@@ -26,6 +27,10 @@
 #include <vector>
 
 #include "utils.h"
+
+#ifdef GKD_BLAS
+#include <cblas.h>
+#endif
 
 // ----------------------------------------------------------------------------
 // configuration and parameters
@@ -121,7 +126,8 @@ struct ActivationTensors {
     T* lnf;        // (B, T, C)
     T* lnf_mean;   // (B, T)
     T* lnf_rstd;   // (B, T)
-    T* logits;     // (B, T, Vp) last, so that backward can zero everything before it
+    T* logits;     // (B, T, Vp) last; the loss overwrites it with its own gradient, so the
+                   // activation gradients have no logits tensor of their own (see gpt_prepare_training)
     T** array() { return &encoded; }
 };
 
@@ -267,6 +273,77 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
     }
 }
 
+// exp and tanh in float precision, written so that the loops calling them vectorize (libm's
+// expf and tanhf are scalar calls, and GELU's tanh alone was a third of a step's time).
+// exp: x = k ln2 + r with |r| <= ln2/2, exp(r) by its degree-7 Taylor polynomial
+// (relative error below 2e-7, about 2 ulp), times 2^k built from its exponent bits.
+// The double versions, used by the finite-difference tests, stay libm's.
+inline float exp_fast(float x) {
+    x = std::min(std::max(x, -87.0f), 88.0f);
+    // k = round(x / ln2); truncating a positive number floors it, and (unlike std::floor
+    // without -ffast-math) vectorizes
+    int32_t ki = (int32_t)(x * 1.44269504088896341f + 128.5f) - 128;
+    float k = (float)ki;
+    float r = x - k * 0.693145751953125f - k * 1.42860682030941723e-6f;  // ln2 in two parts
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    int32_t bits = (ki + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+inline double exp_fast(double x) { return std::exp(x); }
+// tanh from exp: absolute error about 1e-7, which is what GELU's 1 + tanh needs.
+inline float tanh_fast(float x) {
+    x = std::min(std::max(x, -9.0f), 9.0f);
+    float e = exp_fast(2.0f * x);
+    return (e - 1.0f) / (e + 1.0f);
+}
+inline double tanh_fast(double x) { return std::tanh(x); }
+
+#ifdef GKD_BLAS
+// The matmuls go through a tuned BLAS (OpenBLAS, OpenMP build: it shares our thread pool)
+// when the Makefile finds one; cblas_sgemm for training, cblas_dgemm for the double-
+// precision gradient tests. Each output element is one dot product in a fixed order, so
+// results are identical run after run for a fixed thread count.
+inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                 float beta, float* Cm, int ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                1.0f, A, lda, B, ldb, beta, Cm, ldc);
+}
+inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, const double* A, int lda, const double* B, int ldb,
+                 double beta, double* Cm, int ldc) {
+    cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                1.0, A, lda, B, ldb, beta, Cm, ldc);
+}
+
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, int ld_out) {
+    // out (N, ld_out)[:, :OC] = inp (N,C) @ weight (OC,C)^T + bias (OC)
+    if (bias) {
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) std::copy(bias, bias + OC, out + (size_t)n * ld_out);
+    }
+    gemm(false, true, N, OC, C, inp, C, weight, C, bias ? T(1) : T(0), out, ld_out);
+}
+
+template <typename T>
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                     int N, int C, int OC, int ld_dout) {
+    gemm(false, false, N, C, OC, dout, ld_dout, weight, C, T(1), dinp, C);    // dinp (N,C) += dout (N,OC) @ weight (OC,C)
+    gemm(true, false, OC, C, N, dout, ld_dout, inp, C, T(1), dweight, C);     // dweight (OC,C) += dout^T @ inp (N,C)
+    if (dbias) {                                                               // dbias (OC) += column sums of dout
+        #pragma omp parallel for schedule(static)
+        for (int o0 = 0; o0 < OC; o0 += 64) {
+            int o1 = std::min(OC, o0 + 64);
+            for (int n = 0; n < N; n++) {
+                const T* d = dout + (size_t)n * ld_dout;
+                for (int o = o0; o < o1; o++) dbias[o] += d[o];
+            }
+        }
+    }
+}
+#else
+// No BLAS found: plain OpenMP loops, correct but several times slower.
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, int ld_out) {
     // out (N, ld_out)[:, :OC] = inp (N,C) @ weight (OC,C)^T + bias (OC)
@@ -335,6 +412,8 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
     }
 }
 
+#endif  // GKD_BLAS
+
 template <typename T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
     // qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights
@@ -350,13 +429,14 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
                 for (int t2 = 0; t2 <= t; t2++) {
                     const T* k = qkv + ((size_t)b * Tn + t2) * 3 * C + C + h * hs;
                     T s = 0;
+                    #pragma omp simd reduction(+ : s)
                     for (int i = 0; i < hs; i++) s += q[i] * k[i];
                     s *= scale;
                     a[t2] = s;
                     maxv = std::max(maxv, s);
                 }
                 T sum = 0;
-                for (int t2 = 0; t2 <= t; t2++) { a[t2] = std::exp(a[t2] - maxv); sum += a[t2]; }
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_fast(a[t2] - maxv); sum += a[t2]; }
                 T inv = T(1) / sum;
                 for (int t2 = 0; t2 < Tn; t2++) a[t2] = t2 <= t ? a[t2] * inv : T(0);
                 T* o = out + ((size_t)b * Tn + t) * C + h * hs;
@@ -390,6 +470,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
                     const T* v = qkv + ((size_t)b * Tn + t2) * 3 * C + 2 * C + h * hs;
                     T* dv = dqkv + ((size_t)b * Tn + t2) * 3 * C + 2 * C + h * hs;
                     T s = 0;
+                    #pragma omp simd reduction(+ : s)
                     for (int i = 0; i < hs; i++) { s += d[i] * v[i]; dv[i] += a[t2] * d[i]; }
                     datt[t2] = s;
                     dot_ad += a[t2] * s;
@@ -405,26 +486,27 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
         }
 }
 
+
 template <typename T>
 inline T gelu_scalar(T x) {
     const T s = T(0.7978845608028654);  // sqrt(2/pi)
-    return T(0.5) * x * (T(1) + std::tanh(s * (x + T(0.044715) * x * x * x)));
+    return T(0.5) * x * (T(1) + tanh_fast(s * (x + T(0.044715) * x * x * x)));
 }
 
 template <typename T>
 void gelu_forward(T* out, const T* inp, size_t N) {
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) out[i] = gelu_scalar(inp[i]);
 }
 
 template <typename T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, size_t N) {
     const T s = T(0.7978845608028654);
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         T x = inp[i];
         T u = s * (x + T(0.044715) * x * x * x);
-        T th = std::tanh(u);
+        T th = tanh_fast(u);
         T sech2 = T(1) - th * th;
         T local = T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
         dinp[i] += local * dout[i];
@@ -446,6 +528,18 @@ void residual_backward(T* da, T* db, const T* dout, size_t N) {
 // ----------------------------------------------------------------------------
 // the training forward and backward
 
+// Re-points the activation tensors for the current (B, T) inside the allocation. The
+// logits' gradient is the logits buffer itself: one (B, T, Vp) buffer per model.
+template <typename T>
+void gpt_shape_activations(GPT<T>& m, int B, int Tn) {
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    fill_activation_sizes(sizes, m.config, B, Tn);
+    point_activations(m.acts, m.acts_memory.data(), sizes);
+    sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
+    point_activations(m.grads_acts, m.grads_acts_memory.data(), sizes);
+    m.grads_acts.logits = m.acts.logits;
+}
+
 template <typename T>
 void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
     GKD_ASSERT(Tn <= m.config.max_seq_len, "batch longer than the context");
@@ -460,21 +554,12 @@ void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
     fill_activation_sizes(sizes, m.config, m.max_B, m.max_T);
     for (size_t s : sizes) total += s;
     m.acts_memory.assign(total, T(0));
-    m.grads_acts_memory.assign(total, T(0));
-    point_activations(m.acts, m.acts_memory.data(), sizes);
-    point_activations(m.grads_acts, m.grads_acts_memory.data(), sizes);
+    m.grads_acts_memory.assign(total - sizes[NUM_ACTIVATION_TENSORS - 1], T(0));  // all but the logits
+    gpt_shape_activations(m, m.max_B, m.max_T);
     m.attention_scratch.assign((size_t)omp_get_max_threads() * m.max_T, T(0));
     m.inputs.assign((size_t)m.max_B * m.max_T, 0);
 }
 
-// Re-points the activation tensors for the current (B, T) inside the allocation.
-template <typename T>
-void gpt_shape_activations(GPT<T>& m, int B, int Tn) {
-    size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, m.config, B, Tn);
-    point_activations(m.acts, m.acts_memory.data(), sizes);
-    point_activations(m.grads_acts, m.grads_acts_memory.data(), sizes);
-}
 
 // tokens (B, T) -> acts.logits (B, T, Vp), keeping what gpt_backward needs.
 template <typename T>
@@ -531,7 +616,8 @@ void gpt_zero_grad(GPT<T>& m) {
     std::fill(m.grads_memory.begin(), m.grads_memory.end(), T(0));
 }
 
-// Accumulates parameter gradients from grads_acts.logits (B, T, Vp), which the loss wrote.
+// Accumulates parameter gradients from grads_acts.logits (B, T, Vp), which the loss wrote
+// over the logits.
 template <typename T>
 void gpt_backward(GPT<T>& m) {
     const GPTConfig& c = m.config;
@@ -541,8 +627,8 @@ void gpt_backward(GPT<T>& m) {
     ParameterTensors<T>& g = m.grads;
     ActivationTensors<T>& a = m.acts;
     ActivationTensors<T>& d = m.grads_acts;
-    // the backward accumulates, so zero every activation gradient except the logits'
-    std::fill(m.grads_acts_memory.data(), d.logits, T(0));
+    // the backward accumulates, so zero every activation gradient (the logits' is the loss's)
+    std::fill(m.grads_acts_memory.data(), d.lnf_rstd + (size_t)N, T(0));
 
     matmul_backward(d.lnf, g.wte, (T*)nullptr, d.logits, a.lnf, p.wte, N, C, V, Vp);
     T* last = a.residual3 + (size_t)(L - 1) * N * C;
@@ -598,9 +684,11 @@ struct InferScratch {
     size_t capacity_rows = 0;
     std::vector<T> x, ln, qkv, atty, proj, fch;  // (rows, C | C | 3C | C | C | 4C)
     std::vector<T> scores;                        // (threads, maxT)
-    void ensure(size_t rows, int C, int maxT) {
+    std::vector<T> block_scores;                  // (threads, Tn, maxT): the GEMM attention of many new tokens
+    void ensure(size_t rows, int C, int maxT, int Tn = 1) {
         size_t threads = (size_t)omp_get_max_threads();
         if (scores.size() < threads * maxT) scores.assign(threads * maxT, T(0));
+        if (Tn > 1 && block_scores.size() < threads * Tn * maxT) block_scores.assign(threads * Tn * maxT, T(0));
         if (rows <= capacity_rows) return;
         capacity_rows = rows;
         x.assign(rows * C, T(0)); ln.assign(rows * C, T(0)); qkv.assign(rows * 3 * C, T(0));
@@ -623,7 +711,7 @@ void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int
     const int C = c.channels, L = c.num_layers, NH = c.num_heads, hs = C / NH;
     const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
     const ParameterTensors<T>& p = m.params;
-    s.ensure((size_t)N, C, c.max_seq_len);
+    s.ensure((size_t)N, C, c.max_seq_len, Tn);
     for (int b = 0; b < Bn; b++)
         GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && cache_row[b] < cache.rows, "sequence past the context");
 
@@ -647,6 +735,36 @@ void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int
                 memcpy(cache.key(l, cache_row[b], start[b] + t), q + C, sizeof(T) * C);
                 memcpy(cache.value(l, cache_row[b], start[b] + t), q + 2 * C, sizeof(T) * C);
             }
+#ifdef GKD_BLAS
+        if (Tn > 1) {
+            // many new tokens (prefill, the teacher): per row and head, the scores Q K^T and
+            // the output P V are two GEMMs straight from the cache; causal softmax between
+            #pragma omp parallel for collapse(2) schedule(dynamic)
+            for (int b = 0; b < Bn; b++)
+                for (int h = 0; h < NH; h++) {
+                    const int nq = n_new[b], len = start[b] + nq;
+                    T* out = s.atty.data() + (size_t)b * Tn * C + h * hs;  // (Tn, hs), row stride C
+                    for (int t = nq; t < Tn; t++) std::fill(out + (size_t)t * C, out + (size_t)t * C + hs, T(0));
+                    if (nq == 0) continue;
+                    T* S = s.block_scores.data() + (size_t)omp_get_thread_num() * Tn * c.max_seq_len;  // (nq, len)
+                    const T* Q = s.qkv.data() + (size_t)b * Tn * 3 * C + h * hs;                       // (nq, hs), stride 3C
+                    gemm(false, true, nq, len, hs, Q, 3 * C, cache.key(l, cache_row[b], 0) + h * hs, C, T(0), S, len);
+                    for (int t = 0; t < nq; t++) {
+                        T* row = S + (size_t)t * len;
+                        const int valid = start[b] + t + 1;
+                        T maxv = -INFINITY, sum = 0;
+                        #pragma omp simd reduction(max : maxv)
+                        for (int j = 0; j < valid; j++) maxv = std::max(maxv, row[j] * scale);
+                        #pragma omp simd reduction(+ : sum)
+                        for (int j = 0; j < valid; j++) { row[j] = exp_fast(row[j] * scale - maxv); sum += row[j]; }
+                        const T inv = T(1) / sum;
+                        for (int j = 0; j < valid; j++) row[j] *= inv;
+                        std::fill(row + valid, row + len, T(0));
+                    }
+                    gemm(false, false, nq, hs, len, S, len, cache.value(l, cache_row[b], 0) + h * hs, C, T(0), out, C);
+                }
+        } else
+#endif
         #pragma omp parallel for collapse(3)
         for (int b = 0; b < Bn; b++)
             for (int t = 0; t < Tn; t++)
@@ -660,12 +778,13 @@ void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int
                     for (int j = 0; j < len; j++) {
                         const T* k = cache.key(l, cache_row[b], j) + h * hs;
                         T dot = 0;
+                        #pragma omp simd reduction(+ : dot)
                         for (int i = 0; i < hs; i++) dot += q[i] * k[i];
                         sc[j] = dot * scale;
                         maxv = std::max(maxv, sc[j]);
                     }
                     T sum = 0;
-                    for (int j = 0; j < len; j++) { sc[j] = std::exp(sc[j] - maxv); sum += sc[j]; }
+                    for (int j = 0; j < len; j++) { sc[j] = exp_fast(sc[j] - maxv); sum += sc[j]; }
                     T inv = T(1) / sum;
                     std::fill(o, o + hs, T(0));
                     for (int j = 0; j < len; j++) {

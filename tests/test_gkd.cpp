@@ -17,9 +17,26 @@
 #define GKD_NO_MAIN
 #include "../gkd.cu"
 
+#include <atomic>
 #include <fstream>
 #include <functional>
+#include <new>
 #include <sstream>
+
+// Allocations of 64 kB or more, counted while count_large_allocations is on: the test that
+// the training step allocates no buffer after its first step replaces operator new here.
+// (GCC then sees free() on memory from operator new everywhere operator delete inlines;
+// it is this pair's own malloc, so the warning is silenced.)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+static std::atomic<bool> count_large_allocations{false};
+static std::atomic<size_t> large_allocations{0};
+void* operator new(size_t n) {
+    if (count_large_allocations && n >= (64 << 10)) large_allocations++;
+    if (void* p = malloc(n ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { free(p); }
+void operator delete(void* p, size_t) noexcept { free(p); }
 
 // ----------------------------------------------------------------------------
 // helpers
@@ -882,7 +899,7 @@ TEST_CASE("AdamW: PyTorch's update, with decoupled weight decay on matrices only
     CHECK(!PARAMETER_DECAYS[3]);  // ln1b does not
 }
 
-TEST_CASE("gradient clipping: PyTorch's clip_grad_norm_ rule") {
+TEST_CASE("gradient clipping: PyTorch's clip_grad_norm_ rule, applied inside AdamW") {
     GPT<float> m;
     make_model(m, 1, 4, 2, 4, 5, 91);
     m.grads_memory.assign(m.num_parameters, 0.f);
@@ -890,11 +907,20 @@ TEST_CASE("gradient clipping: PyTorch's clip_grad_norm_ rule") {
     m.grads_memory[5] = 4.f;
     double n = grad_norm(m);
     CHECK(n == doctest::Approx(5.0));
-    clip_gradients(m, n, 10.0);  // under the limit: untouched
-    CHECK(m.grads_memory[0] == 3.f);
-    clip_gradients(m, n, 1.0);
-    CHECK(m.grads_memory[0] == doctest::Approx(3.0 / (5.0 + 1e-6)));
-    CHECK(grad_norm(m) == doctest::Approx(1.0).epsilon(1e-5));
+    CHECK(clip_coefficient(n, 10.0) == 1.0);  // under the limit: untouched
+    CHECK(clip_coefficient(n, 0.0) == 1.0);   // 0: no clipping
+    double coef = clip_coefficient(n, 1.0);
+    CHECK(coef == doctest::Approx(1.0 / (5.0 + 1e-6)));
+    // AdamW applies the factor: the same update as on gradients clipped beforehand
+    GPT<float> pre = m;
+    AdamW a, b;
+    adamw_update(m, a, 0.01, coef);
+    for (float& g : pre.grads_memory) g = (float)(g * coef);
+    adamw_update(pre, b, 0.01);
+    double worst = 0;
+    for (size_t i = 0; i < m.num_parameters; i++) worst = std::max(worst, (double)std::fabs(m.params_memory[i] - pre.params_memory[i]));
+    CHECK(worst < 1e-7);
+    CHECK(a.m[0] == doctest::Approx(0.1 * 3.0 * coef));
 }
 
 // ----------------------------------------------------------------------------
@@ -1008,8 +1034,15 @@ TEST_CASE("the policy gradient is the exact gradient of the expected reward (enu
         double p = prob(outputs[k]);
         TrainBatch b = build_batch(small_rows({prompt}, {outputs[k]}), eos);
         gpt_forward(m, b.tokens.data(), 1, b.T);
-        std::fill(m.grads_acts.logits, m.grads_acts.logits + (size_t)b.T * Vp, 0.0);
-        policy_gradient(b, m.acts.logits, m.grads_acts.logits, V, Vp, {reward[k]}, 1.0, T);
+        // the trainer's path with alpha = 0: the divergence (to any teacher) weighs nothing
+        PolicyGradientTerm pg;
+        pg.advantage = {reward[k]};
+        pg.scale = 1.0;
+        pg.alpha = 0.0;
+        pg.temperature = T;
+        std::vector<double> teacher((size_t)b.T * Vp, 0.0);
+        batch_loss(b, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0,
+                   LossNorm::Sequence, nullptr, &pg);
         gpt_zero_grad(m);
         gpt_backward(m);
         for (size_t i = 0; i < m.num_parameters; i++) analytic[i] -= p * m.grads_memory[i];  // loss = -objective
@@ -1507,4 +1540,25 @@ TEST_CASE("teacher and student may pad the same vocabulary differently (Vp), not
     auto b = losses_of(read_metrics(dir + "/run_t_wide.bin/metrics.jsonl"));
     REQUIRE(a.size() == 3);
     CHECK(a == b);  // the padding never counts
+}
+
+TEST_CASE("after the first steps, a training step allocates no buffer of 64 kB or more (GKD, SFT)") {
+    count_large_allocations = true;
+    std::vector<float> probe(1 << 16);  // the counter counts
+    count_large_allocations = false;
+    CHECK(large_allocations == 1);
+    for (bool sft : {false, true}) {
+        CAPTURE(sft);
+        Trainer tr;
+        // V = 2000 so that the (B, T, Vp) logits are well above the threshold
+        benchmark_trainer(tr, random_gpt(2, 64, 4, 64, 2000, 1), sft ? GPT<float>() : random_gpt(2, 96, 4, 64, 2000, 2),
+                          sft, 8, 16, 24, 0.5, 8);
+        gkd_step(tr, 0);  // allocates the activations, caches, logits and AdamW's moments
+        gkd_step(tr, 1);
+        large_allocations = 0;
+        count_large_allocations = true;
+        for (int step = 2; step < 8; step++) gkd_step(tr, step);
+        count_large_allocations = false;
+        CHECK(large_allocations == 0);
+    }
 }
