@@ -5,13 +5,18 @@
 //      cross-entropy, each computing value and gradient in one call per row of logits;
 //   2. batched sampling with a KV cache (prefill the prompts, then one token per step);
 //   3. the GKD training step, written to read like the paper's Algorithm 1 (gkd_step);
-//   4. evaluation, and the command line: init, distill, sft, sample, eval, tokenize.
-// The model itself (layers, forward/backward, checkpoints) is in model.h.
+//   4. evaluation, and the command line: init, distill, sft, sample, eval, tokenize,
+//      convert, data, bench (one step timed by phase).
+// The model itself (layers, forward/backward, checkpoints) is in model.h; Hugging Face
+// checkpoints in safetensors.h; tokenizers in tokenizer.h.
 //
 // Non-obvious choices:
 // - The divergence math runs in double per row even for fp32 logits: it is O(V) per
 //   position against O(V*C) for the LM head that produced them, and it keeps small
 //   probabilities exact enough to match an fp64 reference to ~1e-6.
+// - The loss writes its gradient over the student's logits in place (each row is read
+//   before it is written), so a model holds one (B, T, Vp) buffer; RL's policy gradient
+//   is added in the same pass, before the row is overwritten.
 // - Randomness is counter-based: the lambda coin of step k and the sampling RNG of
 //   (step k, row b) are derived from (seed, k, b). A run is reproducible, the samples do
 //   not depend on batch composition, and a resumed run needs no RNG state but the step.

@@ -25,7 +25,7 @@ t = [json.loads(l) for l in open(sys.argv[2])]
 med = lambda rows, k: statistics.median(r[k] for r in rows)
 phases = [("sample (student, KV cache)", "sample_ms", "sample_ms"), ("teacher forward", "teacher_ms", "teacher_ms"),
           ("student forward", "forward_ms", "student_forward_ms"), ("loss (JSD)", "loss_ms", "loss_ms"),
-          ("student backward + clip", "backward_ms", "backward_ms"), ("AdamW", "update_ms", "update_ms"),
+          ("student backward (gkd: + grad norm; PyTorch: + clipping)", "backward_ms", "backward_ms"), ("AdamW (gkd: + clipping)", "update_ms", "update_ms"),
           ("whole step", "step_ms", "step_ms")]
 print(f"on-policy GKD step, reference configuration, {sys.argv[3]} threads, median of {len(g)} rounds x 5 steps")
 print(f"(PyTorch {t[0]['torch']} eager; gkd matmuls: {g[0]['matmuls']}; sgemm ceiling {med(g, 'sgemm_gflops'):.0f} GFLOP/s)\n")
