@@ -140,6 +140,10 @@ TABLE=$(cat <<EOF
 1	$W/gsm8k_malformed.jsonl:2: malformed JSON	data --convert gsm8k --in $W/gsm8k_malformed.jsonl --out $W/never.jsonl
 1	--convert 'dolly' must be one of gsm8k|instruction	data --convert dolly --in $W/ok.jsonl --out $W/never.jsonl
 1	give exactly one of --task NAME or --convert FORMAT	data --out $W/never.jsonl
+1	gkd bench: --student '2,128' must be LAYERS,CHANNELS,HEADS	bench --student 2,128
+1	gkd bench --teacher: invalid model shape: heads NH must divide channels C	bench --teacher 1,30,4
+1	--prompt-tokens 100 + --new-tokens 64 exceed --context 128	bench --prompt-tokens 100
+1	--device cuda: this build has no CUDA path	bench --device cuda
 1	$W/malformed.jsonl:2: malformed JSON	sft $S --data $W/malformed.jsonl $TRAIN
 1	$W/notobject.jsonl:1: expected a JSON object	sft $S --data $W/notobject.jsonl $TRAIN
 1	$W/prompttype.jsonl:1: "prompt" must be a string	sft $S --data $W/prompttype.jsonl $TRAIN

@@ -94,6 +94,15 @@ check "decode(encode(s)) == s" cmp -s "$W/out" "$W/text"
 expect_ok "--help prints usage" $GKD --help
 check "usage names the commands" grep -q "gkd distill" "$W/out"
 
+# --- bench: the table, and the JSON the comparison scripts read
+expect_ok "bench (tiny shapes)" $GKD bench --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
+for row in "sample (student, KV cache)" "teacher forward" "student forward" "loss (divergence)" "student backward + grad norm" "AdamW (+ clipping)" "step"; do
+  check "bench table has '$row'" grep -qF "| $row |" "$W/out"
+done
+check "bench reports peak RSS and the sgemm ceiling" grep -qE "^peak RSS [0-9]+ MB; sgemm ceiling [0-9.]+ GFLOP/s" "$W/out"
+expect_ok "bench --sft --json" $GKD bench --sft --json --student 1,16,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
+check "bench JSON has the phases the scripts read" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("forward_ms","loss_ms","backward_ms","update_ms","step_ms","step_gflops","sgemm_gflops","peak_rss_mb")) and "sample_ms" not in j' "$W/out"
+
 # (every refusal of bad input is in the table of tests/bad_input_test.sh)
 
 # --- built-in tasks, task-scored evaluation
