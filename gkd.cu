@@ -883,7 +883,9 @@ static void load_inputs(Trainer& tr) {
         gpt_load_any(tr.teacher, opt.teacher_path);
         check_same_vocabulary(tr.teacher, opt.teacher_path, tr.student, opt.student_path, "student");
     }
-    tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size, opt.student_path);
+    std::string tok_source;
+    tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size, opt.student_path, &tok_source);
+    if (tr.has_teacher) check_teacher_tokenizer(*tr.tok, tok_source, opt.teacher_path);
     // completions come from the file unless every step samples them
     bool need_completion = opt.sft ? !opt.seq_kd : ((opt.lambda < 1.0 && !opt.seq_kd) || opt.alpha < 1.0);
     tr.data = load_jsonl(opt.data_path, *tr.tok, shared_context(tr), need_completion);
@@ -1699,7 +1701,9 @@ static int cmd_eval(int argc, char** argv) {
         check_same_vocabulary(t, f.str("teacher"), m, model_path, "model");
         context = std::min(context, t.config.max_seq_len);
     }
-    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path);
+    std::string tok_source;
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path, &tok_source);
+    if (f.has("teacher")) check_teacher_tokenizer(*tok, tok_source, f.str("teacher"));
     Dataset d = load_jsonl(data_path, *tok, context, true);
     EvalResult r = evaluate(m, f.has("teacher") ? &t : nullptr, d, *tok, eo);
     printf("%s\n", r.to_json().dump().c_str());

@@ -505,7 +505,7 @@ inline std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path) {
 // is byte-level; otherwise look for tokenizer files beside the model). model_vocab = 0
 // means no model to agree with.
 inline std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec, int model_vocab,
-                                                 const std::string& model_path = "") {
+                                                 const std::string& model_path = "", std::string* used = nullptr) {
     if (spec == "byte" || (spec.empty() && (model_vocab == 0 || model_vocab == 257))) {
         if (model_vocab != 0 && model_vocab != 257)
             GKD_FAIL("--tokenizer byte has 257 tokens but the model %s has %d", model_path.c_str(), model_vocab);
@@ -522,8 +522,34 @@ inline std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec, int mo
                      model_path.c_str(), model_vocab);
     }
     auto tok = load_tokenizer_file(path);
+    if (used) *used = is_directory(path) ? find_tokenizer_in(path) : path;
     if (model_vocab != 0 && tok->vocab_size() != model_vocab)
         GKD_FAIL("vocabulary mismatch: tokenizer %s has %d tokens but the model %s has V = %d", path.c_str(),
                  tok->vocab_size(), model_path.c_str(), model_vocab);
     return tok;
+}
+
+// Whether two tokenizers are the same vocabulary: the same ids for the same bytes, the same
+// EOS, and (when both can encode) the same merges. Used to check that a teacher's
+// tokenizer files agree with the student's.
+inline bool tokenizers_agree(const Tokenizer& a, const Tokenizer& b) {
+    if (a.vocab_size() != b.vocab_size() || a.eos_id() != b.eos_id()) return false;
+    auto* x = dynamic_cast<const BpeTokenizer*>(&a);
+    auto* y = dynamic_cast<const BpeTokenizer*>(&b);
+    if (!x || !y) return !x && !y;  // two byte-level tokenizers of one size
+    if (x->token_bytes != y->token_bytes) return false;
+    return !x->can_encode || !y->can_encode || x->merges == y->merges;
+}
+
+// The teacher's tokenizer files, when it has some beside it, must agree with the
+// tokenizer in use (`tok`, from `tok_source`).
+inline void check_teacher_tokenizer(const Tokenizer& tok, const std::string& tok_source,
+                                    const std::string& teacher_path) {
+    if (tok.vocab_size() == 257) return;  // byte-level: nothing to compare with
+    std::string beside = find_tokenizer_in(is_directory(teacher_path) ? teacher_path : parent_directory(teacher_path));
+    if (beside.empty() || beside == tok_source) return;
+    if (!tokenizers_agree(tok, *load_tokenizer_file(beside)))
+        GKD_FAIL("tokenizer mismatch: %s (beside the teacher %s) is not the same vocabulary and merges as %s; "
+                 "teacher and student must share one tokenizer", beside.c_str(), teacher_path.c_str(),
+                 tok_source.c_str());
 }

@@ -53,6 +53,10 @@ tokenizer("tok_ok", "#version: 0.2\n" + spell[32] + " t\n")
 tokenizer("tok_badmerge", "#version: 0.2\n" + spell[32] + " t\nabc\n")
 tokenizer("tok_unknown", "#version: 0.2\nq z\n")
 tokenizer("tok_notbytes", "", {**vocab, "\u4e00": 258})
+other = {k: v for k, v in vocab.items() if v < 257}
+other["<|endoftext|>"] = 256
+other["he"] = 257
+tokenizer("tok_other", "#version: 0.2\nh e\n", other)  # V = 258 too, another merge
 os.makedirs(f"{w}/notok", exist_ok=True)
 open(f"{w}/badjson.json", "w").write('{"model": {"type": "BPE", "vocab": {')
 llmc = struct.pack("<256I", 20240328, 2, 2, 1, *([0] * 252)) + bytes([1]) + b"a" + bytes([1]) + b"b"
@@ -100,6 +104,11 @@ for name, text in lines.items():
     open(f"{w}/{name}", "wb").write(text.encode("latin-1") if name == "badutf8.jsonl" else text.encode())
 EOF
 mkdir -p "$W/busy" && touch "$W/busy/something"
+# a student and a teacher of V = 258, each with its own (different) tokenizer beside it
+mkdir -p "$W/sA" "$W/tB"
+$GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab 258 --out "$W/sA/model.bin" 2>/dev/null
+$GKD init --layers 1 --channels 32 --heads 2 --context 32 --vocab 258 --out "$W/tB/model.bin" 2>/dev/null
+cp "$W/tok_ok/vocab.json" "$W/tok_ok/merges.txt" "$W/sA/" && cp "$W/tok_other/vocab.json" "$W/tok_other/merges.txt" "$W/tB/"
 mkdir -p "$W/badstate" && head -c 100 "$W/s.bin" >"$W/badstate/checkpoint.bin"
 mkdir -p "$W/tornstate" && printf 'GKDSTATE\001\000\000\000\000\000\000\000\377\377\377\377\377\377\377\177' >"$W/tornstate/checkpoint.bin"
 
@@ -140,6 +149,8 @@ TABLE=$(cat <<EOF
 1	$W/gsm8k_malformed.jsonl:2: malformed JSON	data --convert gsm8k --in $W/gsm8k_malformed.jsonl --out $W/never.jsonl
 1	--convert 'dolly' must be one of gsm8k|instruction	data --convert dolly --in $W/ok.jsonl --out $W/never.jsonl
 1	give exactly one of --task NAME or --convert FORMAT	data --out $W/never.jsonl
+1	tokenizer mismatch: $W/tB/vocab.json (beside the teacher $W/tB/model.bin) is not the same vocabulary and merges as $W/sA/vocab.json	distill --teacher $W/tB/model.bin --student $W/sA/model.bin --data $W/ok.jsonl $TRAIN
+1	tokenizer mismatch: $W/tB/vocab.json (beside the teacher $W/tB) is not the same vocabulary	eval --model $W/sA --teacher $W/tB --data $W/ok.jsonl
 1	gkd bench: --student '2,128' must be LAYERS,CHANNELS,HEADS	bench --student 2,128
 1	gkd bench --teacher: invalid model shape: heads NH must divide channels C	bench --teacher 1,30,4
 1	--prompt-tokens 100 + --new-tokens 64 exceed --context 128	bench --prompt-tokens 100
