@@ -1877,13 +1877,17 @@ static double matmul_gflops(int M, int K, int N) {
     for (auto& x : a) x = (float)rng.normal();
     for (auto& x : w) x = (float)rng.normal();
     matmul_forward(out.data(), a.data(), w.data(), (const float*)nullptr, M, K, N, N);  // warm-up
-    int reps = 0;
-    double t = now_seconds(), elapsed = 0;
-    do {  // the best part of a second, at least 3 times
-        matmul_forward(out.data(), a.data(), w.data(), (const float*)nullptr, M, K, N, N);
-        elapsed = now_seconds() - t;
-    } while (++reps < 3 || elapsed < 0.3);
-    return 2.0 * M * K * N * reps / elapsed / 1e9;
+    double best = 0;
+    for (int window = 0; window < 3; window++) {  // the best of three ~0.1 s windows: a ceiling
+        int reps = 0;
+        double t = now_seconds(), elapsed = 0;
+        do {
+            matmul_forward(out.data(), a.data(), w.data(), (const float*)nullptr, M, K, N, N);
+            elapsed = now_seconds() - t;
+        } while (++reps < 2 || elapsed < 0.1);
+        best = std::max(best, 2.0 * M * K * N * reps / elapsed / 1e9);
+    }
+    return best;
 }
 
 static double median(std::vector<double> v) {
@@ -1965,8 +1969,8 @@ static int cmd_bench(int argc, char** argv) {
     rows.push_back({"step", "step", med(&StepStats::ms), targets, step_flops});
     int threads = omp_get_max_threads();
     const GPTConfig& tc = sft ? sc : tr.teacher.config;
-    double ceiling = matmul_gflops(1024, 1024, 1024);
     double at_shape = matmul_gflops(B * (int)T, tc.channels, 4 * tc.channels);
+    double ceiling = std::max(matmul_gflops(1024, 1024, 1024), at_shape);
 #ifdef GKD_BLAS
     const char* matmuls = "OpenBLAS";
 #else
@@ -1996,7 +2000,8 @@ static int cmd_bench(int argc, char** argv) {
     for (auto& r : rows)
         printf("| %s | %.1f | %s | %s |\n", r.name, r.ms, r.tokens > 0 ? strf("%.0f", r.tokens / r.ms * 1000).c_str() : "-",
                r.flops > 0 ? strf("%.1f", r.flops / (r.ms * 1e6)).c_str() : "-");
-    printf("\npeak RSS %.0f MB; sgemm ceiling %.1f GFLOP/s (1024^3), %.1f at the step's shape (%d x %d x %d); "
+    printf("\npeak RSS %.0f MB; sgemm ceiling %.1f GFLOP/s (the best of 1024^3 and the step's shape), %.1f at the "
+           "step's shape (%d x %d x %d); "
            "the step reaches %.0f%% of the ceiling\n",
            rss, ceiling, at_shape, B * (int)T, tc.channels, 4 * tc.channels,
            100 * step_flops / (med(&StepStats::ms) * 1e6) / ceiling);

@@ -414,6 +414,66 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 
 #endif  // GKD_BLAS
 
+#ifdef GKD_BLAS
+// With a BLAS, attention runs per (row, head) as GEMMs over the whole (T, T) score matrix
+// (the masked upper triangle is computed and zeroed: BLAS speed more than pays for it),
+// one (row, head) per thread; the loops below are the reference and the fallback.
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
+    // qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights
+    const int hs = C / NH;
+    const T scale = T(1) / std::sqrt(T(hs));
+    #pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const T* q = qkv + (size_t)b * Tn * 3 * C + h * hs;  // (T, hs), row stride 3C
+            T* a = att + ((size_t)b * NH + h) * Tn * Tn;         // (T, T)
+            gemm(false, true, Tn, Tn, hs, q, 3 * C, q + C, 3 * C, T(0), a, Tn);  // Q K^T
+            for (int t = 0; t < Tn; t++) {
+                T* row = a + (size_t)t * Tn;
+                T maxv = -INFINITY, sum = 0;
+                #pragma omp simd reduction(max : maxv)
+                for (int t2 = 0; t2 <= t; t2++) maxv = std::max(maxv, row[t2] * scale);
+                #pragma omp simd reduction(+ : sum)
+                for (int t2 = 0; t2 <= t; t2++) { row[t2] = exp_fast(row[t2] * scale - maxv); sum += row[t2]; }
+                const T inv = T(1) / sum;
+                for (int t2 = 0; t2 <= t; t2++) row[t2] *= inv;
+                std::fill(row + t + 1, row + Tn, T(0));
+            }
+            gemm(false, false, Tn, hs, Tn, a, Tn, q + 2 * C, 3 * C, T(0), out + (size_t)b * Tn * C + h * hs, C);  // A V
+        }
+}
+
+// scratch: at least (omp_get_max_threads(), Tn, Tn) values
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
+                        int B, int Tn, int C, int NH) {
+    const int hs = C / NH;
+    const T scale = T(1) / std::sqrt(T(hs));
+    #pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const T* q = qkv + (size_t)b * Tn * 3 * C + h * hs;   // Q, then K at +C, V at +2C
+            T* dq = dqkv + (size_t)b * Tn * 3 * C + h * hs;
+            const T* d = dout + (size_t)b * Tn * C + h * hs;      // (T, hs), row stride C
+            const T* a = att + ((size_t)b * NH + h) * Tn * Tn;
+            T* g = scratch + (size_t)omp_get_thread_num() * Tn * Tn;  // dA, then dS
+            gemm(false, true, Tn, Tn, hs, d, C, q + 2 * C, 3 * C, T(0), g, Tn);          // dA = dO V^T
+            gemm(true, false, Tn, hs, Tn, a, Tn, d, C, T(1), dq + 2 * C, 3 * C);          // dV += A^T dO
+            for (int t = 0; t < Tn; t++) {  // through the softmax: dS = A (dA - rowsum(A dA)) scale
+                const T* ar = a + (size_t)t * Tn;
+                T* gr = g + (size_t)t * Tn;
+                T dot = 0;
+                #pragma omp simd reduction(+ : dot)
+                for (int t2 = 0; t2 <= t; t2++) dot += ar[t2] * gr[t2];
+                for (int t2 = 0; t2 <= t; t2++) gr[t2] = ar[t2] * (gr[t2] - dot) * scale;
+                std::fill(gr + t + 1, gr + Tn, T(0));
+            }
+            gemm(false, false, Tn, hs, Tn, g, Tn, q + C, 3 * C, T(1), dq, 3 * C);         // dQ += dS K
+            gemm(true, false, Tn, hs, Tn, g, Tn, q, 3 * C, T(1), dq + C, 3 * C);          // dK += dS^T Q
+        }
+}
+#else
 template <typename T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
     // qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights
@@ -485,6 +545,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
             }
         }
 }
+#endif  // GKD_BLAS
 
 
 template <typename T>
@@ -556,7 +617,11 @@ void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
     m.acts_memory.assign(total, T(0));
     m.grads_acts_memory.assign(total - sizes[NUM_ACTIVATION_TENSORS - 1], T(0));  // all but the logits
     gpt_shape_activations(m, m.max_B, m.max_T);
+#ifdef GKD_BLAS
+    m.attention_scratch.assign((size_t)omp_get_max_threads() * m.max_T * m.max_T, T(0));  // a (T, T) per thread
+#else
     m.attention_scratch.assign((size_t)omp_get_max_threads() * m.max_T, T(0));
+#endif
     m.inputs.assign((size_t)m.max_B * m.max_T, 0);
 }
 

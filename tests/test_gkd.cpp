@@ -177,7 +177,7 @@ TEST_CASE("attention backward matches finite differences") {
         for (int t2 = 0; t2 < T; t2++) { s += att[row * T + t2]; if (t2 > t) CHECK(att[row * T + t2] == 0.0); }
         CHECK(s == doctest::Approx(1.0).epsilon(1e-12));
     }
-    std::vector<double> dqkv(B * T * 3 * C, 0), scratch((size_t)omp_get_max_threads() * T);
+    std::vector<double> dqkv(B * T * 3 * C, 0), scratch((size_t)omp_get_max_threads() * T * T);  // enough for both paths
     attention_backward(dqkv.data(), r.data(), qkv.data(), att.data(), scratch.data(), B, T, C, NH);
     check_gradient(qkv, dqkv, loss, "dqkv");
 }
