@@ -24,7 +24,8 @@ CXXFLAGS += -fno-trapping-math
 OPENBLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 ifeq ($(NO_BLAS),)
 ifneq ($(wildcard $(OPENBLAS_DIR)/libopenblas.so),)
-CXXFLAGS += -DGKD_BLAS -I/usr/include/x86_64-linux-gnu/openblas-openmp
+BLAS_FLAGS := -DGKD_BLAS -I/usr/include/x86_64-linux-gnu/openblas-openmp
+CXXFLAGS += $(BLAS_FLAGS)
 LDLIBS   += -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas
 BLAS_NOTE := OpenBLAS (OpenMP) from $(OPENBLAS_DIR)
 else
@@ -93,13 +94,14 @@ fuzz: $(FUZZERS)
 	      2>build/fuzz-$$t.log || { tail -30 build/fuzz-$$t.log; exit 1; }; \
 	done; echo "fuzz: no crash"
 
-# AddressSanitizer and UndefinedBehaviorSanitizer over the unit, CLI and bad-input tests
+# AddressSanitizer and UndefinedBehaviorSanitizer over the unit, CLI and bad-input tests:
+# the unit tests with the BLAS path (when there is one), the program with its own loops
 test-asan:
 	@mkdir -p build
 	$(CXX) -std=c++17 -fopenmp -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -Wno-unknown-pragmas \
 	    -x c++ gkd.cu -o build/gkd_asan
 	$(CXX) -std=c++17 -fopenmp -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -Wno-unknown-pragmas \
-	    tests/test_gkd.cpp -o build/test_gkd_asan
+	    $(BLAS_FLAGS) tests/test_gkd.cpp -o build/test_gkd_asan $(LDLIBS)
 	./build/test_gkd_asan
 	GKD=build/gkd_asan GKD_GPT2_CHECK=0 bash tests/cli_test.sh
 	GKD=build/gkd_asan bash tests/bad_input_test.sh
