@@ -841,11 +841,6 @@ struct Progress {
 // ----------------------------------------------------------------------------
 // the training driver: load, loop, log, save
 
-static bool file_exists(const std::string& path) {
-    struct stat st;
-    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 static void make_dirs(const std::string& dir) {
     std::string partial;
     for (size_t i = 0; i <= dir.size(); i++) {
@@ -1025,7 +1020,7 @@ static int load_training_state(Trainer& tr, const std::string& path) {
 // Keeps the metrics lines of steps before `next_step`: what a killed run logged after its
 // last checkpoint is replaced by the resumed run, not duplicated. A torn last line goes too.
 static void truncate_metrics(const std::string& path, int next_step) {
-    std::string all = file_exists(path) ? read_whole_file(path) : "", kept;
+    std::string all = is_file(path) ? read_whole_file(path) : "", kept;
     size_t pos = 0;
     while (pos < all.size()) {
         size_t end = all.find('\n', pos);
@@ -1098,7 +1093,7 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
     if (out.stopped_by_signal) return out;
     progress.finish();
     gpt_save(tr.student, o.out_dir + "/model.bin");
-    if (file_exists(state_path)) unlink(state_path.c_str());  // finished: model.bin is the result
+    if (is_file(state_path)) unlink(state_path.c_str());  // finished: model.bin is the result
     if (!o.quiet) fprintf(stderr, "saved %s/model.bin and %s\n", o.out_dir.c_str(), metrics_path.c_str());
     return out;
 }
@@ -1190,7 +1185,7 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
     const std::string data_dir = root + "/data/" + r.task;
     fprintf(stderr, "gkd: the default experiment: GKD on the built-in %s task, %d threads (%s)\n", r.task.c_str(),
             omp_get_max_threads(), root.c_str());
-    if (!file_exists(data_dir + "/test.jsonl")) {
+    if (!is_file(data_dir + "/test.jsonl")) {
         write_task_splits(r.task, r.seed, sizes, data_dir);
         fprintf(stderr, "data             generated %s/{train,validation,test}.jsonl\n", data_dir.c_str());
     }
@@ -1199,7 +1194,7 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
     // 1. the teacher: SFT from scratch, or the cached one if it was made by the same recipe
     ExperimentRow teacher{"teacher (SFT)", root + "/teacher/model.bin", 0, {}, 0, false};
     std::string key_path = root + "/teacher/recipe.json", key = r.teacher_key().dump();
-    if (file_exists(teacher.path) && file_exists(key_path) && read_whole_file(key_path) == key) {
+    if (is_file(teacher.path) && is_file(key_path) && read_whole_file(key_path) == key) {
         teacher.cached = true;
         fprintf(stderr, "teacher          cached: %s\n", teacher.path.c_str());
     } else {
@@ -1499,7 +1494,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
         for (auto& name : f.switches)
             if (name != "quiet") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
         std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
-        if (!file_exists(path))
+        if (!is_file(path))
             GKD_FAIL("%s: no checkpoint to resume from (a run saves one with --checkpoint-every N, or when interrupted)", path.c_str());
         tr.opt.out_dir = dir;
         tr.opt.quiet = f.on("quiet");

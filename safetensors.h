@@ -24,7 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model.h"
-#include "tokenizer.h"  // is_file, is_directory, parent_directory
+#include "tokenizer.h"  // parse_json_file
 #include "utils.h"
 
 struct SafetensorsEntry {
@@ -144,8 +144,8 @@ inline std::vector<float> safetensors_read(InputFile& in, const std::map<std::st
     return out;
 }
 
-// (rows, cols) row-major -> (cols, rows): Conv1D's (in, out) to llm.c's (out, in).
-inline void transpose_into(float* dst, const std::vector<float>& src, size_t rows, size_t cols) {
+// (rows, cols) row-major -> (cols, rows): between Conv1D's (in, out) and llm.c's (out, in).
+inline void transpose_into(float* dst, const float* src, size_t rows, size_t cols) {
     for (size_t r = 0; r < rows; r++)
         for (size_t c = 0; c < cols; c++) dst[c * rows + r] = src[r * cols + c];
 }
@@ -179,6 +179,42 @@ inline void apply_hf_config(GPTConfig& c, const std::string& config_path) {
     if (j.contains("activation_function") && j["activation_function"] != "gelu_new")
         GKD_FAIL("%s: activation_function %s is not GPT-2's tanh GELU (\"gelu_new\")", config_path.c_str(),
                  j["activation_function"].dump().c_str());
+}
+
+// One GPT-2 tensor as Hugging Face stores it: its name (without "transformer."), its shape
+// there, where it lives in gkd's parameters, and whether it is a Conv1D weight, stored
+// (in, out) there and (out, in) here. Import and export both walk this one list.
+struct HfTensor {
+    std::string name;
+    std::vector<long long> shape;
+    float* data;
+    bool conv1d;
+};
+
+inline std::vector<HfTensor> hf_gpt2_tensors(GPT<float>& m) {
+    const GPTConfig& c = m.config;
+    ParameterTensors<float>& p = m.params;
+    const long long C = c.channels;
+    std::vector<HfTensor> t = {{"wte.weight", {c.vocab_size, C}, p.wte, false},  // rows V..Vp-1 are padding
+                               {"wpe.weight", {c.max_seq_len, C}, p.wpe, false}};
+    for (long long l = 0; l < c.num_layers; l++) {
+        std::string h = "h." + std::to_string(l) + ".";
+        t.push_back({h + "ln_1.weight", {C}, p.ln1w + l * C, false});
+        t.push_back({h + "ln_1.bias", {C}, p.ln1b + l * C, false});
+        t.push_back({h + "attn.c_attn.weight", {C, 3 * C}, p.qkvw + l * 3 * C * C, true});
+        t.push_back({h + "attn.c_attn.bias", {3 * C}, p.qkvb + l * 3 * C, false});
+        t.push_back({h + "attn.c_proj.weight", {C, C}, p.attprojw + l * C * C, true});
+        t.push_back({h + "attn.c_proj.bias", {C}, p.attprojb + l * C, false});
+        t.push_back({h + "ln_2.weight", {C}, p.ln2w + l * C, false});
+        t.push_back({h + "ln_2.bias", {C}, p.ln2b + l * C, false});
+        t.push_back({h + "mlp.c_fc.weight", {C, 4 * C}, p.fcw + l * 4 * C * C, true});
+        t.push_back({h + "mlp.c_fc.bias", {4 * C}, p.fcb + l * 4 * C, false});
+        t.push_back({h + "mlp.c_proj.weight", {4 * C, C}, p.fcprojw + l * 4 * C * C, true});
+        t.push_back({h + "mlp.c_proj.bias", {C}, p.fcprojb + l * C, false});
+    }
+    t.push_back({"ln_f.weight", {C}, p.lnfw, false});
+    t.push_back({"ln_f.bias", {C}, p.lnfb, false});
+    return t;
 }
 
 inline void gpt_load_safetensors(GPT<float>& m, const std::string& path) {
@@ -216,39 +252,16 @@ inline void gpt_load_safetensors(GPT<float>& m, const std::string& path) {
     validate_config(c, path);
     gpt_build(m, c);
 
-    const long long C = c.channels, V = c.vocab_size;
-    ParameterTensors<float>& p = m.params;
-    auto copy = [&](float* dst, const std::string& n, std::vector<long long> shape) {
-        require(n);
-        auto v = safetensors_read(in, header, name(n), shape);
-        std::copy(v.begin(), v.end(), dst);
-    };
-    auto copy_transposed = [&](float* dst, const std::string& n, long long in_dim, long long out_dim) {
-        require(n);
-        transpose_into(dst, safetensors_read(in, header, name(n), {in_dim, out_dim}), in_dim, out_dim);
-    };
-    copy(p.wte, "wte.weight", {V, C});  // rows V..Vp-1 stay zero
-    copy(p.wpe, "wpe.weight", {c.max_seq_len, C});
-    for (long long l = 0; l < c.num_layers; l++) {
-        std::string h = "h." + std::to_string(l) + ".";
-        copy(p.ln1w + l * C, h + "ln_1.weight", {C});
-        copy(p.ln1b + l * C, h + "ln_1.bias", {C});
-        copy_transposed(p.qkvw + l * 3 * C * C, h + "attn.c_attn.weight", C, 3 * C);
-        copy(p.qkvb + l * 3 * C, h + "attn.c_attn.bias", {3 * C});
-        copy_transposed(p.attprojw + l * C * C, h + "attn.c_proj.weight", C, C);
-        copy(p.attprojb + l * C, h + "attn.c_proj.bias", {C});
-        copy(p.ln2w + l * C, h + "ln_2.weight", {C});
-        copy(p.ln2b + l * C, h + "ln_2.bias", {C});
-        copy_transposed(p.fcw + l * 4 * C * C, h + "mlp.c_fc.weight", C, 4 * C);
-        copy(p.fcb + l * 4 * C, h + "mlp.c_fc.bias", {4 * C});
-        copy_transposed(p.fcprojw + l * 4 * C * C, h + "mlp.c_proj.weight", 4 * C, C);
-        copy(p.fcprojb + l * C, h + "mlp.c_proj.bias", {C});
+    for (const HfTensor& t : hf_gpt2_tensors(m)) {
+        require(t.name);
+        std::vector<float> v = safetensors_read(in, header, name(t.name), t.shape);
+        if (t.conv1d) transpose_into(t.data, v.data(), t.shape[0], t.shape[1]);
+        else std::copy(v.begin(), v.end(), t.data);
     }
-    copy(p.lnfw, "ln_f.weight", {C});
-    copy(p.lnfb, "ln_f.bias", {C});
+    const long long C = c.channels, V = c.vocab_size;
     if (header.count("lm_head.weight")) {  // tied in GPT-2: refuse a head that is not wte
         auto head = safetensors_read(in, header, "lm_head.weight", {V, C});
-        if (!std::equal(head.begin(), head.end(), p.wte))
+        if (!std::equal(head.begin(), head.end(), m.params.wte))
             GKD_FAIL("%s: lm_head.weight differs from wte.weight; gkd's GPT-2 ties the LM head to the token "
                      "embedding", path.c_str());
     }
@@ -275,30 +288,8 @@ inline void gpt_load_any(GPT<float>& m, const std::string& path) {
 // written beside it, so that a distilled student loads in transformers.
 inline void gpt_save_safetensors(const GPT<float>& m, const std::string& path) {
     const GPTConfig& c = m.config;
-    const ParameterTensors<float>& p = m.params;
-    const size_t C = c.channels, V = c.vocab_size;
-    struct Out { std::string name; std::vector<long long> shape; const float* src; bool transpose; };
-    std::vector<Out> tensors = {{"wte.weight", {(long long)V, (long long)C}, p.wte, false},
-                                {"wpe.weight", {c.max_seq_len, (long long)C}, p.wpe, false}};
-    for (size_t l = 0; l < (size_t)c.num_layers; l++) {
-        std::string h = "h." + std::to_string(l) + ".";
-        long long Cl = C;
-        tensors.push_back({h + "ln_1.weight", {Cl}, p.ln1w + l * C, false});
-        tensors.push_back({h + "ln_1.bias", {Cl}, p.ln1b + l * C, false});
-        tensors.push_back({h + "attn.c_attn.weight", {Cl, 3 * Cl}, p.qkvw + l * 3 * C * C, true});
-        tensors.push_back({h + "attn.c_attn.bias", {3 * Cl}, p.qkvb + l * 3 * C, false});
-        tensors.push_back({h + "attn.c_proj.weight", {Cl, Cl}, p.attprojw + l * C * C, true});
-        tensors.push_back({h + "attn.c_proj.bias", {Cl}, p.attprojb + l * C, false});
-        tensors.push_back({h + "ln_2.weight", {Cl}, p.ln2w + l * C, false});
-        tensors.push_back({h + "ln_2.bias", {Cl}, p.ln2b + l * C, false});
-        tensors.push_back({h + "mlp.c_fc.weight", {Cl, 4 * Cl}, p.fcw + l * 4 * C * C, true});
-        tensors.push_back({h + "mlp.c_fc.bias", {4 * Cl}, p.fcb + l * 4 * C, false});
-        tensors.push_back({h + "mlp.c_proj.weight", {4 * Cl, Cl}, p.fcprojw + l * 4 * C * C, true});
-        tensors.push_back({h + "mlp.c_proj.bias", {Cl}, p.fcprojb + l * C, false});
-    }
-    tensors.push_back({"ln_f.weight", {(long long)C}, p.lnfw, false});
-    tensors.push_back({"ln_f.bias", {(long long)C}, p.lnfb, false});
-
+    // the table hands out writable pointers; export only reads through them
+    const std::vector<HfTensor> tensors = hf_gpt2_tensors(const_cast<GPT<float>&>(m));
     nlohmann::ordered_json header;
     header["__metadata__"] = {{"format", "pt"}};
     unsigned long long offset = 0;
@@ -318,12 +309,9 @@ inline void gpt_save_safetensors(const GPT<float>& m, const std::string& path) {
     for (const auto& t : tensors) {
         size_t count = 1;
         for (long long d : t.shape) count *= (size_t)d;
-        if (!t.transpose) { w.write(t.src, count * 4); continue; }
-        // stored (out, in) here; Conv1D wants (in, out) = shape
-        size_t in_dim = t.shape[0], out_dim = t.shape[1];
-        buf.resize(count);
-        for (size_t o = 0; o < out_dim; o++)
-            for (size_t i = 0; i < in_dim; i++) buf[i * out_dim + o] = t.src[o * in_dim + i];
+        if (!t.conv1d) { w.write(t.data, count * 4); continue; }
+        buf.resize(count);  // stored (out, in) here; Conv1D wants (in, out) = shape
+        transpose_into(buf.data(), t.data, t.shape[1], t.shape[0]);
         w.write(buf.data(), count * 4);
     }
     nlohmann::ordered_json config = {

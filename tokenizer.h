@@ -25,8 +25,6 @@
 //   merges).
 #pragma once
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <climits>
 #include <memory>
@@ -354,26 +352,27 @@ inline nlohmann::json parse_json_file(const std::string& path) {
     }
 }
 
+// One merge spelled "left right": two non-empty tokens and exactly one space.
+inline bool split_merge(const std::string& text, std::pair<std::string, std::string>& merge) {
+    size_t sp = text.find(' ');
+    if (sp == std::string::npos || sp == 0 || sp + 1 == text.size() || text.find(' ', sp + 1) != std::string::npos)
+        return false;
+    merge = {text.substr(0, sp), text.substr(sp + 1)};
+    return true;
+}
+
 // merges.txt / vocab.bpe: an optional "#version" line, then one "left right" pair per line.
 inline std::unique_ptr<BpeTokenizer> load_bpe_pair(const std::string& vocab_path, const std::string& merges_path) {
     nlohmann::json vocab = parse_json_file(vocab_path);
-    std::string text = read_whole_file(merges_path);
     std::vector<std::pair<std::string, std::string>> merge_list;
     std::vector<int> line_of;
-    size_t pos = 0;
-    for (int line = 1; pos < text.size(); line++) {
-        size_t end = text.find('\n', pos);
-        if (end == std::string::npos) end = text.size();
-        std::string l = text.substr(pos, end - pos);
-        pos = end + 1;
-        if (!l.empty() && l.back() == '\r') l.pop_back();
-        if (l.empty() || (line == 1 && l.rfind("#version", 0) == 0)) continue;
-        size_t sp = l.find(' ');
-        if (sp == std::string::npos || sp == 0 || sp + 1 == l.size() || l.find(' ', sp + 1) != std::string::npos)
+    for_each_line(read_whole_file(merges_path), [&](const std::string& l, int line) {
+        if (l.empty() || (line == 1 && l.rfind("#version", 0) == 0)) return;
+        merge_list.emplace_back();
+        if (!split_merge(l, merge_list.back()))
             GKD_FAIL("%s:%d: a merge line must be two tokens separated by one space", merges_path.c_str(), line);
-        merge_list.push_back({l.substr(0, sp), l.substr(sp + 1)});
         line_of.push_back(line);
-    }
+    });
     return build_bpe(vocab_path + " + " + merges_path, vocab, merge_list,
                      [&](size_t r) { return strf("%s:%d", merges_path.c_str(), line_of[r]); });
 }
@@ -400,11 +399,9 @@ inline std::unique_ptr<BpeTokenizer> load_tokenizer_json(const std::string& path
     for (size_t r = 0; r < ms.size(); r++) {
         const auto& m = ms[r];
         if (m.is_string()) {
-            std::string s = m.get<std::string>();
-            size_t sp = s.find(' ');
-            if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
+            merge_list.emplace_back();
+            if (!split_merge(m.get<std::string>(), merge_list.back()))
                 GKD_FAIL("%s: model.merges[%zu] must be two tokens separated by one space", path.c_str(), r);
-            merge_list.push_back({s.substr(0, sp), s.substr(sp + 1)});
         } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
             merge_list.push_back({m[0].get<std::string>(), m[1].get<std::string>()});
         } else {
@@ -450,19 +447,6 @@ inline std::unique_ptr<BpeTokenizer> load_llmc_tokenizer(const std::string& path
     return t;
 }
 
-inline bool is_directory(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-inline bool is_file(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-inline std::string parent_directory(const std::string& p) {
-    size_t slash = p.find_last_of('/');
-    return slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
-}
-
 // The tokenizer files a folder holds, in order of preference; "" if none.
 inline std::string find_tokenizer_in(const std::string& dir) {
     for (const char* f : {"tokenizer.json", "vocab.json", "encoder.json", "gpt2_tokenizer.bin"}) {
@@ -475,14 +459,18 @@ inline std::string find_tokenizer_in(const std::string& dir) {
     return "";
 }
 
-inline std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path) {
-    if (is_directory(path)) {
-        std::string found = find_tokenizer_in(path);
-        if (found.empty())
-            GKD_FAIL("%s: no tokenizer in this folder: expected tokenizer.json, vocab.json + merges.txt, "
-                     "encoder.json + vocab.bpe, or gpt2_tokenizer.bin", path.c_str());
-        return load_tokenizer_file(found);
-    }
+// The tokenizer file a --tokenizer path stands for: the path itself, or the file a folder holds.
+inline std::string tokenizer_file(const std::string& path) {
+    if (!is_directory(path)) return path;
+    std::string found = find_tokenizer_in(path);
+    if (found.empty())
+        GKD_FAIL("%s: no tokenizer in this folder: expected tokenizer.json, vocab.json + merges.txt, "
+                 "encoder.json + vocab.bpe, or gpt2_tokenizer.bin", path.c_str());
+    return found;
+}
+
+inline std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& spec) {
+    const std::string path = tokenizer_file(spec);
     std::string base = path.substr(path.find_last_of('/') + 1);
     std::string dir = parent_directory(path);
     if (base == "vocab.json" && is_file(dir + "/merges.txt")) return load_bpe_pair(path, dir + "/merges.txt");
@@ -514,15 +502,16 @@ inline std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec, int mo
     std::string path = spec;
     if (path.empty()) {
         if (!model_path.empty())
-            path = find_tokenizer_in(is_directory(model_path) ? model_path : parent_directory(model_path));
+            path = find_tokenizer_in(model_folder(model_path));
         if (path.empty())
             GKD_FAIL("the model %s has a vocabulary of %d tokens, so it needs a tokenizer: pass --tokenizer PATH "
                      "(tokenizer.json, gpt2_tokenizer.bin, or a folder with vocab.json + merges.txt or "
                      "encoder.json + vocab.bpe), or put one of those beside the model",
                      model_path.c_str(), model_vocab);
     }
-    auto tok = load_tokenizer_file(path);
-    if (used) *used = is_directory(path) ? find_tokenizer_in(path) : path;
+    const std::string file = tokenizer_file(path);
+    auto tok = load_tokenizer_file(file);
+    if (used) *used = file;
     if (model_vocab != 0 && tok->vocab_size() != model_vocab)
         GKD_FAIL("vocabulary mismatch: tokenizer %s has %d tokens but the model %s has V = %d", path.c_str(),
                  tok->vocab_size(), model_path.c_str(), model_vocab);
@@ -546,7 +535,7 @@ inline bool tokenizers_agree(const Tokenizer& a, const Tokenizer& b) {
 inline void check_teacher_tokenizer(const Tokenizer& tok, const std::string& tok_source,
                                     const std::string& teacher_path) {
     if (tok.vocab_size() == 257) return;  // byte-level: nothing to compare with
-    std::string beside = find_tokenizer_in(is_directory(teacher_path) ? teacher_path : parent_directory(teacher_path));
+    std::string beside = find_tokenizer_in(model_folder(teacher_path));
     if (beside.empty() || beside == tok_source) return;
     if (!tokenizers_agree(tok, *load_tokenizer_file(beside)))
         GKD_FAIL("tokenizer mismatch: %s (beside the teacher %s) is not the same vocabulary and merges as %s; "

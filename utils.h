@@ -24,6 +24,7 @@
 #include <chrono>
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 // OpenMP when the compiler has it; otherwise one thread (the fuzzers build without it).
@@ -87,6 +88,37 @@ struct InputFile {
             GKD_FAIL("%s: truncated while reading %s", path.c_str(), what);
     }
 };
+
+inline bool is_directory(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+inline bool is_file(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+inline std::string parent_directory(const std::string& p) {
+    size_t slash = p.find_last_of('/');
+    return slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
+}
+// The folder a model path stands for: itself when it is one (a Hugging Face download),
+// else the folder of the file.
+inline std::string model_folder(const std::string& p) { return is_directory(p) ? p : parent_directory(p); }
+
+// Calls fn(line, line_number) for each line of text (1-based; a trailing '\r' removed, so
+// Windows line endings read the same; a final line without '\n' counts).
+template <typename F>
+void for_each_line(const std::string& text, F fn) {
+    size_t pos = 0;
+    for (int line_no = 1; pos < text.size(); line_no++) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        std::string line = text.substr(pos, end - pos);
+        pos = end + 1;
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        fn(line, line_no);
+    }
+}
 
 inline std::string read_whole_file(const std::string& path) {
     InputFile in(path);

@@ -79,25 +79,14 @@ inline std::string convert_instruction(const nlohmann::json& j, const std::strin
 inline std::string convert_dataset(const std::string& format, const std::string& in_path, size_t* count = nullptr) {
     if (format != "gsm8k" && format != "instruction")
         GKD_FAIL("gkd data: --convert '%s' must be gsm8k or instruction", format.c_str());
-    std::string text = read_whole_file(in_path), out;
-    size_t pos = 0, n = 0;
-    for (int line = 1; pos < text.size(); line++) {
-        size_t end = text.find('\n', pos);
-        if (end == std::string::npos) end = text.size();
-        std::string l = text.substr(pos, end - pos);
-        pos = end + 1;
-        if (l.find_first_not_of(" \t\r") == std::string::npos) continue;
-        std::string where = strf("%s:%d", in_path.c_str(), line);
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(l);
-        } catch (const nlohmann::json::exception& e) {
-            GKD_FAIL("%s: malformed JSON: %s", where.c_str(), dataset_detail::short_json_error(e).c_str());
-        }
+    std::string out;
+    size_t n = 0;
+    for_each_jsonl_line(in_path, [&](const std::string& line, const std::string& where, int) {
+        nlohmann::json j = parse_json_line(line, where);
         if (!j.is_object()) GKD_FAIL("%s: each line must be a JSON object", where.c_str());
         out += (format == "gsm8k" ? convert_gsm8k(j, where) : convert_instruction(j, where)) + "\n";
         n++;
-    }
+    });
     if (n == 0) GKD_FAIL("%s: no examples", in_path.c_str());
     if (count) *count = n;
     return out;

@@ -75,16 +75,29 @@ inline bool read_field(const nlohmann::json& obj, const std::string& name, const
 
 }  // namespace dataset_detail
 
+// One JSON Lines line; malformed JSON is an error naming `where` ("file:line").
+inline nlohmann::json parse_json_line(const std::string& text, const std::string& where) {
+    try {
+        return nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+        GKD_FAIL("%s: malformed JSON: %s", where.c_str(), dataset_detail::short_json_error(e).c_str());
+    }
+}
+
+// Calls fn(line, "file:line", line_number) for each line of a JSON Lines file that is
+// not blank.
+template <typename F>
+void for_each_jsonl_line(const std::string& path, F fn) {
+    for_each_line(read_whole_file(path), [&](const std::string& line, int line_no) {
+        if (line.find_first_not_of(" \t") == std::string::npos) return;
+        fn(line, path + ":" + std::to_string(line_no), line_no);
+    });
+}
+
 // Parses one JSONL line into an example; `where` is "file:line" for messages.
 inline Example parse_example(const std::string& text, const Tokenizer& tok, int max_seq_len, bool need_completion,
                              const std::string& where) {
-    using nlohmann::json;
-    json obj;
-    try {
-        obj = json::parse(text);
-    } catch (const json::exception& e) {
-        GKD_FAIL("%s: malformed JSON: %s", where.c_str(), dataset_detail::short_json_error(e).c_str());
-    }
+    nlohmann::json obj = parse_json_line(text, where);
     if (!obj.is_object()) GKD_FAIL("%s: expected a JSON object with \"prompt\" and \"completion\"", where.c_str());
     Example ex;
     if (!dataset_detail::read_field(obj, "prompt", tok, where, ex.prompt))
@@ -108,22 +121,11 @@ inline Example parse_example(const std::string& text, const Tokenizer& tok, int 
 inline Dataset load_jsonl(const std::string& path, const Tokenizer& tok, int max_seq_len, bool need_completion) {
     Dataset d;
     d.path = path;
-    std::string all = read_whole_file(path);
-    size_t pos = 0;
-    int line_no = 0;
-    while (pos < all.size()) {
-        size_t end = all.find('\n', pos);
-        if (end == std::string::npos) end = all.size();
-        std::string line = all.substr(pos, end - pos);
-        pos = end + 1;
-        line_no++;
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        std::string where = path + ":" + std::to_string(line_no);
+    for_each_jsonl_line(path, [&](const std::string& line, const std::string& where, int line_no) {
         Example ex = parse_example(line, tok, max_seq_len, need_completion, where);
         ex.line = line_no;
         d.examples.push_back(std::move(ex));
-    }
+    });
     if (d.examples.empty()) GKD_FAIL("%s: no examples (the file is empty)", path.c_str());
     return d;
 }
