@@ -1,13 +1,20 @@
-# Makefile — builds ./gkd (the CPU path, C++17 + OpenMP) and the doctest suite.
+# Makefile — builds ./gkd, the doctest suite and the GPU test binary.
 #
-#   make            build ./gkd
-#   make test       build and run the unit tests (tests/test_gkd) and the CLI tests
-#                   (tests/cli_test.sh); the last line is "N passed, N failed"
+#   make            build ./gkd: with the CUDA path where nvcc exists, else CPU-only
+#   make gkd-cpu    the CPU-only build (g++ alone) as build/gkd-cpu, wherever you are
+#   make test       build both, run the unit, CLI, bad-input, resume, tokenizer and fuzz
+#                   suites (on the CPU); the last line is "N passed, N failed"
+#   make test-gpu   build tests/test_gpu and check every kernel against the CPU path
+#                   (says so and passes nothing when there is no GPU)
+#   make profile    Nsight Systems and Nsight Compute over a representative step
 #   make clean
 #
-# gkd.cu is compiled as C++ (-x c++): the CPU path needs no CUDA toolkit.
-# Results are bit-identical run after run for a fixed binary and thread count
-# (OMP_NUM_THREADS); we avoid -ffast-math so that NaN checks and exp/log stay exact.
+# CUDA: NO_CUDA=1 forces the CPU-only ./gkd; GPU_ARCH=sm_90 (or 90, or "80 90") picks the
+# targets, else the GPU that nvidia-smi reports, else a fat binary for sm_80 and sm_90
+# (with sm_90 PTX, which newer GPUs compile at load).
+# On the CPU, results are bit-identical run after run for a fixed binary and thread count
+# (OMP_NUM_THREADS), whichever compiler built it; we avoid -ffast-math so that NaN checks
+# and exp/log stay exact.
 
 CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native
@@ -34,21 +41,104 @@ endif
 else
 BLAS_NOTE := no BLAS (NO_BLAS=1)
 endif
+# A copy of nlohmann/json in build/include (`make dev-headers`) for machines without the
+# Debian package, such as a lent GPU machine's image.
+ifneq ($(wildcard build/include/nlohmann/json.hpp),)
+EXTRA_INCLUDES := -Ibuild/include
+CXXFLAGS += $(EXTRA_INCLUDES)
+endif
+
+# nvcc: on the PATH, or where the CUDA toolkit installs it
+comma := ,
+ifeq ($(origin NVCC),undefined)
+NVCC := $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+endif
+ifneq ($(NO_CUDA),)
+NVCC :=
+endif
+ifneq ($(NVCC),)
+CUDA_VERSION := $(shell $(NVCC) --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+ifneq ($(GPU_ARCH),)
+ARCHS := $(subst sm_,,$(subst compute_,,$(GPU_ARCH)))
+ARCH_NOTE := $(foreach a,$(ARCHS),sm_$(a)) (GPU_ARCH)
+else
+# "9.0" -> 90 for every GPU nvidia-smi lists; nothing when there is no GPU or no driver
+DETECTED := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '.' | grep -E '^[0-9]+$$' | sort -u)
+ifneq ($(DETECTED),)
+ARCHS := $(DETECTED)
+ARCH_NOTE := $(foreach a,$(ARCHS),sm_$(a)) (the GPU found: $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))
+else
+ARCHS := 80 90
+ARCH_NOTE := sm_80 sm_90 + sm_90 PTX (no GPU found: a fat binary)
+endif
+endif
+GENCODE := $(foreach a,$(ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+           -gencode arch=compute_$(lastword $(ARCHS)),code=compute_$(lastword $(ARCHS))
+# the host code gets exactly the g++ flags of the CPU build
+NVCCFLAGS ?= -O3
+NVCCFLAGS += -std=c++17 $(GENCODE) $(BLAS_FLAGS) $(EXTRA_INCLUDES) -Xcompiler "$(subst -std=c++17,,$(CXXFLAGS))"
+NVCC_LDLIBS := $(subst -Wl$(comma)-rpath$(comma),-Xlinker -rpath -Xlinker ,$(LDLIBS)) -lcublas -lgomp
+endif
+
 HEADERS  := model.h safetensors.h tokenizer.h unicode_tables.h utils.h data/dataset.h data/tasks.h
 FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors
 FUZZERS      := $(FUZZ_TARGETS:%=build/fuzz_%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test unit-test cli-test clean check-deps fuzz fuzz-smoke test-asan gpt2-tokenizer
+.PHONY: all test unit-test cli-test clean check-deps fuzz fuzz-smoke test-asan gpt2-tokenizer gkd-cpu test-gpu profile dev-headers
 
 all: check-deps gkd
 
 check-deps:
-	@test -f /usr/include/nlohmann/json.hpp || { echo "missing nlohmann/json: apt-get install nlohmann-json3-dev"; exit 1; }
+	@test -f /usr/include/nlohmann/json.hpp || test -f build/include/nlohmann/json.hpp || { echo "missing nlohmann/json: apt-get install nlohmann-json3-dev"; exit 1; }
 
+# copies the system's nlohmann/json into build/include, to carry to a machine without it
+dev-headers:
+	@mkdir -p build/include && cp -r /usr/include/nlohmann build/include/ && echo "build/include/nlohmann: carry it with the call"
+
+ifneq ($(NVCC),)
 gkd: gkd.cu $(HEADERS)
-	@echo "gkd: matmuls: $(BLAS_NOTE)"
+	@echo "gkd: CPU matmuls: $(BLAS_NOTE)"
+	@echo "gkd: CUDA path: nvcc $(CUDA_VERSION) ($(NVCC)), for $(ARCH_NOTE)"
+	$(NVCC) $(NVCCFLAGS) gkd.cu -o $@ $(NVCC_LDLIBS) -lm
+else
+gkd: gkd.cu $(HEADERS)
+	@echo "gkd: CPU matmuls: $(BLAS_NOTE)"
+	@echo "gkd: no CUDA path (nvcc not found, or NO_CUDA=1): --device cuda will be refused"
 	$(CXX) $(CXXFLAGS) -x c++ gkd.cu -o $@ $(LDLIBS) -lm
+endif
+
+# The CPU-only build, always with g++: CI compiles it beside the CUDA one.
+gkd-cpu: build/gkd-cpu
+build/gkd-cpu: gkd.cu $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) -x c++ gkd.cu -o $@ $(LDLIBS) -lm
+
+# Every kernel against the CPU path, a full step, a 20-step trajectory, greedy sampling.
+ifneq ($(NVCC),)
+tests/test_gpu: tests/test_gpu.cu gkd.cu $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) tests/test_gpu.cu -o $@ $(NVCC_LDLIBS) -lm
+test-gpu: tests/test_gpu
+	./tests/test_gpu
+else
+test-gpu:
+	@echo "test-gpu: nvcc not found: the GPU tests need the CUDA toolkit; nothing was checked"
+endif
+
+# Nsight Systems (the timeline, with the NVTX ranges of each phase) and Nsight Compute
+# (every kernel of one step) over the bench's reference step on the GPU.
+PROFILE_ARGS ?= bench --device cuda --steps 2 --warmup 1
+profile: gkd
+	@mkdir -p build
+	@if command -v nsys >/dev/null; then \
+	  nsys profile -t cuda,nvtx,cublas -o build/gkd-step --force-overwrite true ./gkd $(PROFILE_ARGS) && \
+	  nsys stats --report nvtx_sum,cuda_gpu_kern_sum build/gkd-step.nsys-rep; \
+	else echo "nsys not on the PATH: skipping Nsight Systems"; fi
+	@if command -v ncu >/dev/null; then \
+	  ncu --nvtx --nvtx-include "backward/" --launch-skip 0 --launch-count 40 --set basic \
+	      -o build/gkd-kernels --force-overwrite ./gkd bench --device cuda --steps 1 --warmup 0 && \
+	  ncu --import build/gkd-kernels.ncu-rep --page details --print-summary per-kernel | head -80; \
+	else echo "ncu not on the PATH: skipping Nsight Compute"; fi
 
 tests/test_gkd: tests/test_gkd.cpp gkd.cu $(HEADERS)
 	@test -f /usr/include/doctest/doctest.h || { echo "missing doctest: apt-get install doctest-dev"; exit 1; }
@@ -72,7 +162,8 @@ $(GPT3_ENCODER)/encoder.json:
 	@test -f $@ && touch $@
 
 # every suite; the last line is "N passed, N failed"
-test: gkd tests/test_gkd $(FUZZERS)
+# (with nvcc, the GPU test binary is compiled too: CI checks that it builds)
+test: gkd build/gkd-cpu tests/test_gkd $(FUZZERS) $(if $(NVCC),tests/test_gpu)
 	@$(MAKE) --no-print-directory gpt2-tokenizer || echo "(continuing: the tests that need the GPT-2 tokenizer will fail)"
 	@bash tests/run_tests.sh
 
@@ -107,4 +198,4 @@ test-asan:
 	GKD=build/gkd_asan bash tests/bad_input_test.sh
 
 clean:
-	rm -rf gkd tests/test_gkd build
+	rm -rf gkd tests/test_gkd tests/test_gpu build

@@ -4,8 +4,11 @@
 //   1. the divergences D(P, Q) of SPEC section 1 (forward KL, reverse KL, JSD(beta)) and
 //      cross-entropy, each computing value and gradient in one call per row of logits;
 //   2. batched sampling with a KV cache (prefill the prompts, then one token per step);
-//   3. the GKD training step, written to read like the paper's Algorithm 1 (gkd_step);
-//   4. evaluation, and the command line: init, distill, sft, sample, eval, tokenize,
+//   3. the CUDA path (nvcc builds): a kernel or a cuBLAS call for every layer, the fused
+//      divergence kernel, AdamW, and sampling with a KV cache, all on the device;
+//   4. the GKD training step, written to read like the paper's Algorithm 1 (gkd_step),
+//      each phase on the CPU or the GPU (--device);
+//   5. evaluation, and the command line: init, distill, sft, sample, eval, tokenize,
 //      convert, data, bench (one step timed by phase).
 // The model itself (layers, forward/backward, checkpoints) is in model.h; Hugging Face
 // checkpoints in safetensors.h; tokenizers in tokenizer.h.
@@ -24,8 +27,8 @@
 //   the logits at position t predict token t+1, so the targets are the positions
 //   P-1 .. n-2. Rows are right-padded; with causal attention and positions starting at 0
 //   in every row, padding never changes a real position's logits.
-// - The file compiles as C++ (g++ -x c++) on machines without a GPU; the CUDA path will
-//   live here too, behind __CUDACC__.
+// - The file compiles as C++ (g++ -x c++) on machines without nvcc: then the CUDA path
+//   (section 3, behind __CUDACC__) is left out and --device cuda is refused.
 #ifndef GKD_CU  // the tests and fuzzers include this file
 #define GKD_CU
 
@@ -218,6 +221,23 @@ double policy_gradient_row(const T* logits, int y, int V, double inv_t, double g
     return (double)logits[y] * inv_t - m - lz;
 }
 
+// The batch loss from each position's value (and log p(y) for the policy gradient), summed
+// in a fixed order: shared by the CPU and GPU paths, so both add the same way.
+static double sum_batch_loss(const TrainBatch& b, const std::vector<double>& per_position,
+                             const std::vector<double>& logp, LossNorm norm, double* mean_per_token,
+                             PolicyGradientTerm* pg) {
+    double loss = 0, total = 0;
+    if (pg) pg->surrogate = 0;
+    for (int n = 0; n < b.B * b.T; n++)
+        if (b.targets[n] >= 0) {
+            loss += per_position[n] * position_weight(b, n / b.T, norm);
+            total += per_position[n];
+            if (pg) pg->surrogate -= pg->advantage[n / b.T] * logp[n] / b.B;
+        }
+    if (mean_per_token) *mean_per_token = total / b.num_targets;
+    return loss;
+}
+
 // Loss over the batch and its gradient over the student logits, written into dstudent
 // (B, T, Vps); non-target positions get zero gradient. dstudent may be the student
 // logits themselves: each row is read before it is overwritten, so the model keeps one
@@ -252,16 +272,7 @@ double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* stude
             : divergence_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, beta, tau, w);
         if (pg) for (int i = 0; i < V; i++) ds[i] += (T)pg_grad[i];
     }
-    double loss = 0, total = 0;
-    if (pg) pg->surrogate = 0;
-    for (int n = 0; n < N; n++)
-        if (b.targets[n] >= 0) {
-            loss += per_position[n] * position_weight(b, n / b.T, norm);
-            total += per_position[n];
-            if (pg) pg->surrogate -= pg->advantage[n / b.T] * logp[n] / b.B;
-        }
-    if (mean_per_token) *mean_per_token = total / b.num_targets;
-    return loss;
+    return sum_batch_loss(b, per_position, logp, norm, mean_per_token, pg);
 }
 
 // Advantages r - baseline: the mean reward of the row's own prompt when each prompt has
@@ -306,62 +317,78 @@ struct Generator {
     KVCache<float> cache;
     InferScratch<float> scratch;
     std::vector<float> logits;                       // (rows, Vp)
-    std::vector<int> tokens, cache_row, start, n_new;
 };
 
-// Samples a completion for every prompt: prefill all prompts at once, then decode one
-// token per step for the rows still going. Row b stops at its first EOS (kept) or after
-// budgets[b] tokens. Its randomness comes from (seed, stream, row_ids[b]) alone.
-static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
-                                              const std::vector<const std::vector<int>*>& prompts,
-                                              const std::vector<int>& budgets, double temperature, int eos,
-                                              uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
-    const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
+// The bookkeeping of batched generation, whichever device runs the model: prefill all
+// prompts at once, then decode one token per step for the rows still going. Row b stops
+// at its first EOS (kept) or after budgets[b] tokens.
+//   run(tokens, cache_row, start, n_new, Bn, Tn): gpt_infer's arguments; leaves each
+//       row's next-token logits in slot order
+//   pick(active, draws): the next token of each slot i (batch row active[i], its draws[i]-th)
+template <typename Run, typename Pick>
+static std::vector<std::vector<int>> generation_loop(const std::vector<const std::vector<int>*>& prompts,
+                                                     const std::vector<int>& budgets, int eos, int context, Run run,
+                                                     Pick pick) {
+    const int Bn = (int)prompts.size();
     std::vector<std::vector<int>> out(Bn);
     if (Bn == 0) return out;
-    std::vector<Rng> rngs;
-    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
     int Pmax = 0;
     for (auto* p : prompts) Pmax = std::max(Pmax, (int)p->size());
-    g.cache.allocate(m.config, Bn);
-    g.logits.resize((size_t)Bn * Vp);
-    g.tokens.assign((size_t)Bn * Pmax, eos);
-    g.cache_row.resize(Bn);
-    g.start.assign(Bn, 0);
-    g.n_new.resize(Bn);
+    std::vector<int> tokens((size_t)Bn * Pmax, eos), cache_row(Bn), start(Bn, 0), n_new(Bn), draws(Bn);
     for (int b = 0; b < Bn; b++) {
         const std::vector<int>& p = *prompts[b];
-        GKD_ASSERT(budgets[b] >= 1 && (int)p.size() + budgets[b] <= m.config.max_seq_len, "budget past the context");
-        std::copy(p.begin(), p.end(), g.tokens.begin() + (size_t)b * Pmax);
-        g.cache_row[b] = b;
-        g.n_new[b] = (int)p.size();
+        GKD_ASSERT(budgets[b] >= 1 && (int)p.size() + budgets[b] <= context, "budget past the context");
+        std::copy(p.begin(), p.end(), tokens.begin() + (size_t)b * Pmax);
+        cache_row[b] = b;
+        n_new[b] = (int)p.size();
     }
-    gpt_infer(m, g.cache, g.scratch, g.tokens.data(), g.cache_row.data(), g.start.data(), g.n_new.data(), Bn, Pmax,
-              g.logits.data(), false);
+    run(tokens.data(), cache_row.data(), start.data(), n_new.data(), Bn, Pmax);
     std::vector<int> active(Bn);  // active[i] = the batch row whose logits are in slot i
     for (int b = 0; b < Bn; b++) active[b] = b;
     while (!active.empty()) {
-        std::vector<int> still;
+        for (size_t i = 0; i < active.size(); i++) draws[i] = (int)out[active[i]].size();
+        std::vector<int> picked = pick(active, draws), still;
         for (size_t i = 0; i < active.size(); i++) {
             int b = active[i];
-            int tok = pick_token(g.logits.data() + i * Vp, V, temperature, rngs[b]);
-            out[b].push_back(tok);
-            if (tok != eos && (int)out[b].size() < budgets[b]) still.push_back(b);
+            out[b].push_back(picked[i]);
+            if (picked[i] != eos && (int)out[b].size() < budgets[b]) still.push_back(b);
         }
         active.swap(still);
         if (active.empty()) break;
         int n = (int)active.size();
         for (int i = 0; i < n; i++) {
             int b = active[i];
-            g.tokens[i] = out[b].back();
-            g.cache_row[i] = b;
-            g.start[i] = (int)(prompts[b]->size() + out[b].size()) - 1;
-            g.n_new[i] = 1;
+            tokens[i] = out[b].back();
+            cache_row[i] = b;
+            start[i] = (int)(prompts[b]->size() + out[b].size()) - 1;
+            n_new[i] = 1;
         }
-        gpt_infer(m, g.cache, g.scratch, g.tokens.data(), g.cache_row.data(), g.start.data(), g.n_new.data(), n, 1,
-                  g.logits.data(), false);
+        run(tokens.data(), cache_row.data(), start.data(), n_new.data(), n, 1);
     }
     return out;
+}
+
+// Samples a completion for every prompt (generation_loop) on the CPU. Row b's randomness
+// comes from (seed, stream, row_ids[b]) alone.
+static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
+                                              const std::vector<const std::vector<int>*>& prompts,
+                                              const std::vector<int>& budgets, double temperature, int eos,
+                                              uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
+    const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
+    std::vector<Rng> rngs;
+    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
+    g.cache.allocate(m.config, Bn);
+    g.logits.resize((size_t)Bn * Vp);
+    auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
+        gpt_infer(m, g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, g.logits.data(), false);
+    };
+    auto pick = [&](const std::vector<int>& active, const std::vector<int>&) {
+        std::vector<int> picked(active.size());
+        for (size_t i = 0; i < active.size(); i++)
+            picked[i] = pick_token(g.logits.data() + i * Vp, V, temperature, rngs[active[i]]);
+        return picked;
+    };
+    return generation_loop(prompts, budgets, eos, m.config.max_seq_len, run, pick);
 }
 
 // ----------------------------------------------------------------------------
@@ -438,7 +465,1222 @@ static double learning_rate(double lr, Schedule schedule, int warmup, int steps,
 }
 
 // ----------------------------------------------------------------------------
-// 3. the GKD trainer
+// 3. the CUDA path (nvcc builds only: the g++ build of this file skips this section)
+//
+// The same model and the same step as the CPU path, on one GPU. What to know:
+// - Parameters, gradients, AdamW's moments and activations are each one cudaMalloc carved
+//   into model.h's named tensors (ParameterTensors, ActivationTensors), in the CPU's
+//   layout: a model goes to the device and back in one copy, and the tests compare any
+//   tensor with its CPU twin element for element.
+// - Every layer is a gpu:: function named like its CPU op in model.h, forward and
+//   backward side by side. Matmuls are cuBLAS SGEMMs: fp32 (the parity mode), or TF32
+//   tensor cores with --tf32. Everything else is a kernel written here.
+// - Attention is llm.c's: q, k, v permuted to (B, NH, T, hs), scores and output as batched
+//   GEMMs, a causal softmax kernel (max subtracted) between them.
+// - No atomics: every reduction (layernorm and bias gradients, the embedding gradient
+//   grouped by token on the host, the loss, the gradient norm) sums in a fixed order, so
+//   a run is reproducible on a given GPU.
+// - The loss is one fused kernel per position, like llm.c's fused classifier: an online
+//   max/sum for both softmaxes, the divergence, and its gradient written over the student's
+//   logits, in double as on the CPU.
+// - Sampling stays on the device: KV cache, decode attention over each row's own length,
+//   and a Gumbel-max draw argmax(logits/t + G) whose noise is a hash of (row seed, draw,
+//   token id): counter-based, so a run is reproducible. Only the B new ids come back per
+//   decode step; the CPU path draws from the same distribution with its own generator, so
+//   sampled tokens differ between devices (greedy ones do not).
+#ifdef __CUDACC__
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <nvtx3/nvToolsExt.h>
+
+#define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
+static void cuda_check(cudaError_t e, const char* what, const char* file, int line) {
+    if (e == cudaSuccess) return;
+    const char* hint = e == cudaErrorMemoryAllocation ? " (out of device memory: lower --batch or --max-new-tokens)"
+                     : e == cudaErrorNoKernelImageForDevice ? " (this binary has no code for this GPU: rebuild with make GPU_ARCH=sm_XY)"
+                     : e == cudaErrorInsufficientDriver ? " (the driver is older than this CUDA toolkit)" : "";
+    GKD_FAIL("%s:%d: CUDA error: %s, in %s%s", file, line, cudaGetErrorString(e), what, hint);
+}
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+#define CUBLAS_CHECK(call) cublas_check((call), #call, __FILE__, __LINE__)
+static void cublas_check(cublasStatus_t s, const char* what, const char* file, int line) {
+    if (s != CUBLAS_STATUS_SUCCESS) GKD_FAIL("%s:%d: cuBLAS error %d in %s", file, line, (int)s, what);
+}
+
+// NVTX ranges name the phases of a step in Nsight Systems' timeline.
+struct NvtxRange {
+    explicit NvtxRange(const char* name) { nvtxRangePushA(name); }
+    ~NvtxRange() { nvtxRangePop(); }
+};
+
+// The device, the cuBLAS handle and the precision mode, set once by gpu_init.
+struct GpuContext {
+    bool ready = false, tf32 = false;
+    cublasHandle_t blas = nullptr;
+    cudaDeviceProp prop{};
+    double clock_hz = 0;                     // the SM clock the peak rates assume
+    size_t bytes_now = 0, bytes_peak = 0;    // what gkd has allocated on the device
+};
+static GpuContext& gpu_context() { static GpuContext g; return g; }
+
+static int gpu_count() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;  // no driver or no device: 0
+}
+
+static void gpu_init(bool tf32) {
+    GpuContext& g = gpu_context();
+    if (!g.ready) {
+        if (gpu_count() == 0) GKD_FAIL("--device cuda: no CUDA GPU is visible (nvidia-smi should list one); use --device cpu");
+        CUDA_CHECK(cudaSetDevice(0));
+        CUDA_CHECK(cudaGetDeviceProperties(&g.prop, 0));
+        int khz = 0;
+        CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+        g.clock_hz = khz * 1e3;
+        CUBLAS_CHECK(cublasCreate(&g.blas));
+        g.ready = true;
+    }
+    g.tf32 = tf32;
+    CUBLAS_CHECK(cublasSetMathMode(g.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+// Peak rates of the card at its boost clock, for MFU: fp32 on the CUDA cores (128 FMA
+// lanes per SM from sm_86 on, 64 on sm_80), TF32 on the tensor cores (dense).
+static double gpu_peak_flops(bool tf32) {
+    const GpuContext& g = gpu_context();
+    const int cc = g.prop.major * 10 + g.prop.minor;
+    double fp32_per_sm_clock = 2.0 * (cc == 80 ? 64 : 128);
+    double tf32_per_sm_clock = cc >= 90 ? 2048 : cc == 80 ? 1024 : 512;
+    return g.prop.multiProcessorCount * g.clock_hz * (tf32 ? tf32_per_sm_clock : fp32_per_sm_clock);
+}
+
+// A growable device array, counted in gpu_context's memory tally.
+template <typename T>
+struct DeviceBuffer {
+    T* ptr = nullptr;
+    size_t count = 0;
+    DeviceBuffer() = default;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    ~DeviceBuffer() { release(); }
+    void release() {
+        if (!ptr) return;
+        cudaFree(ptr);
+        gpu_context().bytes_now -= count * sizeof(T);
+        ptr = nullptr;
+        count = 0;
+    }
+    // at least n elements; the contents are not kept when it grows
+    T* ensure(size_t n) {
+        if (n <= count) return ptr;
+        release();
+        CUDA_CHECK(cudaMalloc(&ptr, n * sizeof(T)));
+        count = n;
+        GpuContext& g = gpu_context();
+        g.bytes_now += n * sizeof(T);
+        g.bytes_peak = std::max(g.bytes_peak, g.bytes_now);
+        return ptr;
+    }
+    void upload(const T* host, size_t n) { ensure(n); CUDA_CHECK(cudaMemcpy(ptr, host, n * sizeof(T), cudaMemcpyHostToDevice)); }
+    void upload(const std::vector<T>& host) { upload(host.data(), host.size()); }
+};
+
+template <typename T>
+static void download(T* host, const T* device, size_t n) {
+    CUDA_CHECK(cudaMemcpy(host, device, n * sizeof(T), cudaMemcpyDeviceToHost));
+}
+
+namespace gpu {
+
+constexpr int THREADS = 256;
+inline unsigned blocks_for(size_t n, int threads = THREADS) { return (unsigned)((n + threads - 1) / threads); }
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// ---- reductions: warp shuffles, then one value per warp through shared memory
+
+template <typename T>
+__device__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32); every thread gets the result.
+template <typename T>
+__device__ T block_sum(T v) {
+    __shared__ T partial[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // a previous call's readers are done with `partial`
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    T total = lane < warps ? partial[lane] : T(0);
+    return warp_sum(total);
+}
+
+// A running softmax normaliser: max m and sum z of exp(x - m), merged in any grouping.
+struct MaxSum {
+    double m, z;
+};
+__device__ inline MaxSum max_sum_add(MaxSum a, double x) {
+    if (x > a.m) return {x, a.z * exp(a.m - x) + 1.0};
+    return {a.m, a.z + exp(x - a.m)};
+}
+__device__ inline MaxSum max_sum_merge(MaxSum a, MaxSum b) {
+    if (a.m < b.m) { MaxSum t = a; a = b; b = t; }
+    if (b.m == -INFINITY) return a;
+    return {a.m, a.z + b.z * exp(b.m - a.m)};
+}
+__device__ MaxSum block_max_sum(MaxSum v) {
+    __shared__ double pm[32], pz[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int o = 16; o > 0; o >>= 1)
+        v = max_sum_merge(v, {__shfl_xor_sync(FULL_MASK, v.m, o), __shfl_xor_sync(FULL_MASK, v.z, o)});
+    __syncthreads();
+    if (lane == 0) { pm[warp] = v.m; pz[warp] = v.z; }
+    __syncthreads();
+    MaxSum w = lane < warps ? MaxSum{pm[lane], pz[lane]} : MaxSum{-INFINITY, 0.0};
+    for (int o = 16; o > 0; o >>= 1)
+        w = max_sum_merge(w, {__shfl_xor_sync(FULL_MASK, w.m, o), __shfl_xor_sync(FULL_MASK, w.z, o)});
+    return w;
+}
+
+// ---- GEMMs through cuBLAS, in the row-major terms of model.h's gemm:
+// C (M, N) = op(A) op(B) + beta C. cuBLAS is column-major, and a row-major matrix is its
+// column-major transpose, so we ask it for C^T = op(B)^T op(A)^T.
+static void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                 float beta, float* C, int ldc) {
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasSgemm(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             N, M, K, &one, B, ldb, A, lda, &beta, C, ldc));
+}
+// `batch` independent products, each operand `stride_*` floats after the previous one
+static void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, long long stride_a,
+                         const float* B, int ldb, long long stride_b, float beta, float* C, int ldc, long long stride_c,
+                         int batch) {
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasSgemmStridedBatched(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                           trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &one, B, ldb, stride_b, A, lda,
+                                           stride_a, &beta, C, ldc, stride_c, batch));
+}
+
+// ---- encoder
+
+__global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, const float* wpe, int Tn, int C,
+                                       size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t n = i / C;
+    int c = (int)(i % C), t = (int)(n % Tn);
+    out[i] = wte[(size_t)inp[n] * C + c] + wpe[(size_t)t * C + c];
+}
+// out (B, T, C) = wte[token] + wpe[position]
+static void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int Tn, int C) {
+    size_t total = (size_t)B * Tn * C;
+    encoder_forward_kernel<<<blocks_for(total), THREADS>>>(out, inp, wte, wpe, Tn, C, total);
+    CUDA_LAUNCH_CHECK();
+}
+
+// dwpe: one thread per (t, c), summing over the rows b in order
+__global__ void position_grad_kernel(float* dwpe, const float* dout, int B, int Tn, int C) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= Tn * C) return;
+    float s = 0;
+    for (int b = 0; b < B; b++) s += dout[(size_t)b * Tn * C + i];
+    dwpe[i] += s;
+}
+// dwte: one block per distinct token, its positions (in order) listed by the host
+__global__ void token_grad_kernel(float* dwte, const float* dout, const int* token_ids, const int* first,
+                                  const int* positions, int C) {
+    const int u = blockIdx.x, tok = token_ids[u];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float s = 0;
+        for (int k = first[u]; k < first[u + 1]; k++) s += dout[(size_t)positions[k] * C + c];
+        dwte[(size_t)tok * C + c] += s;
+    }
+}
+// The positions of each token, grouped: what token_grad_kernel sums without atomics.
+struct TokenGroups {
+    std::vector<int> token_ids, first, positions;  // (U), (U + 1), (N)
+    void build(const int* tokens, int N) {
+        std::vector<int> order(N);
+        for (int i = 0; i < N; i++) order[i] = i;
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return tokens[a] < tokens[b]; });
+        token_ids.clear();
+        first.clear();
+        positions = order;
+        for (int k = 0; k < N; k++)
+            if (k == 0 || tokens[order[k]] != tokens[order[k - 1]]) { token_ids.push_back(tokens[order[k]]); first.push_back(k); }
+        first.push_back(N);
+    }
+};
+struct DeviceTokenGroups {
+    DeviceBuffer<int> token_ids, first, positions;
+    int count = 0;
+    void upload(const TokenGroups& g) {
+        token_ids.upload(g.token_ids);
+        first.upload(g.first);
+        positions.upload(g.positions);
+        count = (int)g.token_ids.size();
+    }
+};
+static void encoder_backward(float* dwte, float* dwpe, const float* dout, const DeviceTokenGroups& groups, int B, int Tn,
+                             int C) {
+    position_grad_kernel<<<blocks_for((size_t)Tn * C), THREADS>>>(dwpe, dout, B, Tn, C);
+    CUDA_LAUNCH_CHECK();
+    if (groups.count == 0) return;
+    token_grad_kernel<<<groups.count, 128>>>(dwte, dout, groups.token_ids.ptr, groups.first.ptr, groups.positions.ptr, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---- per-column sums over rows (bias and LayerNorm parameter gradients), in two fixed-order
+// passes: chunks of COLUMN_CHUNK rows, then the chunks in order
+
+constexpr int COLUMN_CHUNK = 32;
+inline size_t column_scratch_size(int N, int C) { return 2 * (size_t)((N + COLUMN_CHUNK - 1) / COLUMN_CHUNK) * C; }
+
+// partial_b[chunk][c] = sum of dout over the chunk's rows; with inp, also
+// partial_w[chunk][c] = sum of dout * (inp - mean) * rstd (LayerNorm's weight gradient)
+__global__ void column_partials_kernel(float* partial_w, float* partial_b, const float* dout, int ld, const float* inp,
+                                       const float* mean, const float* rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+    if (c >= C) return;
+    float sw = 0, sb = 0;
+    for (int n = chunk * COLUMN_CHUNK; n < min(N, (chunk + 1) * COLUMN_CHUNK); n++) {
+        float d = dout[(size_t)n * ld + c];
+        sb += d;
+        if (inp) sw += d * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
+    }
+    partial_b[(size_t)chunk * C + c] = sb;
+    if (inp) partial_w[(size_t)chunk * C + c] = sw;
+}
+__global__ void column_totals_kernel(float* dw, float* db, const float* partial_w, const float* partial_b, int chunks, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float sw = 0, sb = 0;
+    for (int k = 0; k < chunks; k++) {
+        sb += partial_b[(size_t)k * C + c];
+        if (dw) sw += partial_w[(size_t)k * C + c];
+    }
+    db[c] += sb;
+    if (dw) dw[c] += sw;
+}
+// db (C) += column sums of dout (N, C; row stride ld); with dw, LayerNorm's weight gradient too
+static void column_sums(float* dw, float* db, const float* dout, int ld, const float* inp, const float* mean,
+                        const float* rstd, int N, int C, float* scratch) {
+    const int chunks = (N + COLUMN_CHUNK - 1) / COLUMN_CHUNK;
+    float* partial_b = scratch;
+    float* partial_w = scratch + (size_t)chunks * C;
+    column_partials_kernel<<<dim3(blocks_for(C, 128), chunks), 128>>>(partial_w, partial_b, dout, ld, inp, mean, rstd, N, C);
+    CUDA_LAUNCH_CHECK();
+    column_totals_kernel<<<blocks_for(C, 128), 128>>>(dw, db, partial_w, partial_b, chunks, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---- layernorm: one warp per row
+
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                         const float* bias, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* x = inp + (size_t)row * C;
+    float s = 0;
+    for (int i = lane; i < C; i += 32) s += x[i];
+    const float m = warp_sum(s) / C;
+    float v = 0;
+    for (int i = lane; i < C; i += 32) { float d = x[i] - m; v += d * d; }
+    const float r = 1.0f / sqrtf(warp_sum(v) / C + 1e-5f);
+    float* o = out + (size_t)row * C;
+    for (int i = lane; i < C; i += 32) o[i] = (x[i] - m) * r * weight[i] + bias[i];
+    if (mean && lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+// out (N, C), mean/rstd (N) or null: normalise each row, biased variance, eps 1e-5
+static void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                              const float* bias, int N, int C) {
+    layernorm_forward_kernel<<<blocks_for((size_t)N * 32), THREADS>>>(out, mean, rstd, inp, weight, bias, N, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
+                                          const float* mean, const float* rstd, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* d = dout + (size_t)row * C;
+    const float* x = inp + (size_t)row * C;
+    const float m = mean[row], s = rstd[row];
+    float dnorm_mean = 0, dnorm_norm_mean = 0;
+    for (int i = lane; i < C; i += 32) {
+        float norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean = warp_sum(dnorm_mean) / C;
+    dnorm_norm_mean = warp_sum(dnorm_norm_mean) / C;
+    float* dx = dinp + (size_t)row * C;
+    for (int i = lane; i < C; i += 32) {
+        float norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
+        dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+    }
+}
+// scratch: column_scratch_size(N, C) floats
+static void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                               const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch) {
+    layernorm_backward_kernel<<<blocks_for((size_t)N * 32), THREADS>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+    CUDA_LAUNCH_CHECK();
+    column_sums(dweight, dbias, dout, C, inp, mean, rstd, N, C, scratch);
+}
+
+// ---- matmul: out (N, OC) = inp (N, C) weight^T (OC, C) + bias; out's rows are ld_out apart
+
+__global__ void add_bias_kernel(float* out, const float* bias, int OC, int ld_out, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t n = i / OC;
+    int o = (int)(i % OC);
+    out[n * ld_out + o] += bias[o];
+}
+static void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                           int ld_out) {
+    gemm(false, true, N, OC, C, inp, C, weight, C, 0.0f, out, ld_out);
+    if (!bias) return;
+    size_t total = (size_t)N * OC;
+    add_bias_kernel<<<blocks_for(total), THREADS>>>(out, bias, OC, ld_out, total);
+    CUDA_LAUNCH_CHECK();
+}
+// accumulates: dinp (N, C) += dout weight; dweight (OC, C) += dout^T inp; dbias += column sums
+static void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, int N, int C, int OC, int ld_out, float* scratch) {
+    gemm(false, false, N, C, OC, dout, ld_out, weight, C, 1.0f, dinp, C);
+    gemm(true, false, OC, C, N, dout, ld_out, inp, C, 1.0f, dweight, C);
+    if (dbias) column_sums(nullptr, dbias, dout, ld_out, nullptr, nullptr, nullptr, N, OC, scratch);
+}
+
+// ---- attention
+
+// Element idx of a (B, NH, T, hs) tensor lives at this offset of a (B, T, ld) one, at
+// column h*hs + i: how heads are interleaved in qkv and in the attention output.
+__device__ inline size_t interleaved_offset(size_t idx, int Tn, int NH, int hs, int ld) {
+    int i = (int)(idx % hs);
+    size_t r = idx / hs;
+    int t = (int)(r % Tn);
+    r /= Tn;
+    int h = (int)(r % NH);
+    size_t b = r / NH;
+    return (b * Tn + t) * ld + (size_t)h * hs + i;
+}
+// dst (B, NH, T, hs) <- src (B, T, ld)
+__global__ void split_heads_kernel(float* dst, const float* src, int ld, int Tn, int NH, int hs, size_t total) {
+    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx < total) dst[idx] = src[interleaved_offset(idx, Tn, NH, hs, ld)];
+}
+// the inverse, written or added: dst (B, T, ld) <- src (B, NH, T, hs)
+__global__ void merge_heads_kernel(float* dst, int ld, const float* src, int Tn, int NH, int hs, bool accumulate,
+                                   size_t total) {
+    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    float* d = dst + interleaved_offset(idx, Tn, NH, hs, ld);
+    *d = accumulate ? *d + src[idx] : src[idx];
+}
+static void split_heads(float* dst, const float* src, int ld, int B, int Tn, int NH, int hs) {
+    size_t total = (size_t)B * NH * Tn * hs;
+    split_heads_kernel<<<blocks_for(total), THREADS>>>(dst, src, ld, Tn, NH, hs, total);
+    CUDA_LAUNCH_CHECK();
+}
+static void merge_heads(float* dst, int ld, const float* src, int B, int Tn, int NH, int hs, bool accumulate) {
+    size_t total = (size_t)B * NH * Tn * hs;
+    merge_heads_kernel<<<blocks_for(total), THREADS>>>(dst, ld, src, Tn, NH, hs, accumulate, total);
+    CUDA_LAUNCH_CHECK();
+}
+
+// In place over att (rows, T): row r is query t = r % T; softmax(scale * x) over columns
+// 0..t (the max subtracted), zero after. One warp per row.
+__global__ void causal_softmax_kernel(float* att, size_t rows, int Tn, float scale) {
+    size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int t = (int)(row % Tn);
+    float* a = att + row * Tn;
+    float maxv = -INFINITY;
+    for (int j = lane; j <= t; j += 32) maxv = fmaxf(maxv, a[j] * scale);
+    for (int o = 16; o > 0; o >>= 1) maxv = fmaxf(maxv, __shfl_xor_sync(FULL_MASK, maxv, o));
+    float sum = 0;
+    for (int j = lane; j <= t; j += 32) { float e = expf(a[j] * scale - maxv); a[j] = e; sum += e; }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < Tn; j += 32) a[j] = j <= t ? a[j] * inv : 0.0f;
+}
+// Through the softmax, in place over dA (rows, T): dS = A (dA - rowsum(A dA)) scale, causal.
+__global__ void causal_softmax_backward_kernel(float* datt, const float* att, size_t rows, int Tn, float scale) {
+    size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int t = (int)(row % Tn);
+    const float* a = att + row * Tn;
+    float* g = datt + row * Tn;
+    float dot = 0;
+    for (int j = lane; j <= t; j += 32) dot += a[j] * g[j];
+    dot = warp_sum(dot);
+    for (int j = lane; j < Tn; j += 32) g[j] = j <= t ? a[j] * (g[j] - dot) * scale : 0.0f;
+}
+static void causal_softmax(float* att, size_t rows, int Tn, float scale) {
+    causal_softmax_kernel<<<blocks_for(rows * 32), THREADS>>>(att, rows, Tn, scale);
+    CUDA_LAUNCH_CHECK();
+}
+
+// Floats of scratch that attention needs for (B, T): q, k, v, and their gradients, the
+// output (or its gradient) per head, each (B, NH, T, hs); dA (B, NH, T, T).
+inline size_t attention_scratch_size(int B, int Tn, int C, int NH) {
+    return 7 * (size_t)B * Tn * C + (size_t)B * NH * Tn * Tn;
+}
+
+// qkv (B, T, 3C) holds [q | k | v]; out (B, T, C); att (B, NH, T, T) causal softmax weights
+static void attention_forward(float* out, float* att, const float* qkv, float* scratch, int B, int Tn, int C, int NH) {
+    const int hs = C / NH;
+    const size_t head = (size_t)B * Tn * C;
+    float *q = scratch, *k = q + head, *v = k + head, *y = v + head;  // (B, NH, T, hs) each
+    split_heads(q, qkv, 3 * C, B, Tn, NH, hs);
+    split_heads(k, qkv + C, 3 * C, B, Tn, NH, hs);
+    split_heads(v, qkv + 2 * C, 3 * C, B, Tn, NH, hs);
+    const long long sT = (long long)Tn * hs, sA = (long long)Tn * Tn;
+    gemm_batched(false, true, Tn, Tn, hs, q, hs, sT, k, hs, sT, 0.0f, att, Tn, sA, B * NH);  // Q K^T
+    causal_softmax(att, (size_t)B * NH * Tn, Tn, 1.0f / sqrtf((float)hs));
+    gemm_batched(false, false, Tn, hs, Tn, att, Tn, sA, v, hs, sT, 0.0f, y, hs, sT, B * NH);  // A V
+    merge_heads(out, C, y, B, Tn, NH, hs, false);
+}
+
+// accumulates into dqkv (B, T, 3C); scratch: attention_scratch_size(B, T, C, NH) floats
+static void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, float* scratch,
+                               int B, int Tn, int C, int NH) {
+    const int hs = C / NH;
+    const size_t head = (size_t)B * Tn * C;
+    float *q = scratch, *k = q + head, *v = k + head, *dy = v + head;
+    float *dq = dy + head, *dk = dq + head, *dv = dk + head, *datt = dv + head;
+    split_heads(q, qkv, 3 * C, B, Tn, NH, hs);
+    split_heads(k, qkv + C, 3 * C, B, Tn, NH, hs);
+    split_heads(v, qkv + 2 * C, 3 * C, B, Tn, NH, hs);
+    split_heads(dy, dout, C, B, Tn, NH, hs);
+    const long long sT = (long long)Tn * hs, sA = (long long)Tn * Tn;
+    const int BH = B * NH;
+    gemm_batched(false, true, Tn, Tn, hs, dy, hs, sT, v, hs, sT, 0.0f, datt, Tn, sA, BH);   // dA = dY V^T
+    gemm_batched(true, false, Tn, hs, Tn, att, Tn, sA, dy, hs, sT, 0.0f, dv, hs, sT, BH);   // dV = A^T dY
+    const size_t rows = (size_t)BH * Tn;
+    causal_softmax_backward_kernel<<<blocks_for(rows * 32), THREADS>>>(datt, att, rows, Tn, 1.0f / sqrtf((float)hs));
+    CUDA_LAUNCH_CHECK();
+    gemm_batched(false, false, Tn, hs, Tn, datt, Tn, sA, k, hs, sT, 0.0f, dq, hs, sT, BH);  // dQ = dS K
+    gemm_batched(true, false, Tn, hs, Tn, datt, Tn, sA, q, hs, sT, 0.0f, dk, hs, sT, BH);   // dK = dS^T Q
+    merge_heads(dqkv, 3 * C, dq, B, Tn, NH, hs, true);
+    merge_heads(dqkv + C, 3 * C, dk, B, Tn, NH, hs, true);
+    merge_heads(dqkv + 2 * C, 3 * C, dv, B, Tn, NH, hs, true);
+}
+
+// ---- GELU (tanh approximation) and residuals: elementwise
+
+__device__ inline float gelu_scalar(float x) {
+    const float s = 0.7978845608028654f;
+    return 0.5f * x * (1.0f + tanhf(s * (x + 0.044715f * x * x * x)));
+}
+__global__ void gelu_forward_kernel(float* out, const float* inp, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < N) out[i] = gelu_scalar(inp[i]);
+}
+__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    const float s = 0.7978845608028654f, x = inp[i];
+    const float th = tanhf(s * (x + 0.044715f * x * x * x));
+    const float local = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * s * (1.0f + 3.0f * 0.044715f * x * x);
+    dinp[i] += local * dout[i];
+}
+static void gelu_forward(float* out, const float* inp, size_t N) {
+    gelu_forward_kernel<<<blocks_for(N), THREADS>>>(out, inp, N);
+    CUDA_LAUNCH_CHECK();
+}
+static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N) {
+    gelu_backward_kernel<<<blocks_for(N), THREADS>>>(dinp, inp, dout, N);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void residual_forward_kernel(float* out, const float* a, const float* b, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < N) out[i] = a[i] + b[i];
+}
+__global__ void residual_backward_kernel(float* da, float* db, const float* dout, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < N) { da[i] += dout[i]; db[i] += dout[i]; }
+}
+static void residual_forward(float* out, const float* a, const float* b, size_t N) {
+    residual_forward_kernel<<<blocks_for(N), THREADS>>>(out, a, b, N);
+    CUDA_LAUNCH_CHECK();
+}
+static void residual_backward(float* da, float* db, const float* dout, size_t N) {
+    residual_backward_kernel<<<blocks_for(N), THREADS>>>(da, db, dout, N);
+    CUDA_LAUNCH_CHECK();
+}
+
+// columns V..Vp-1 of every logits row are padding: zero, as on the CPU
+__global__ void zero_padding_kernel(float* logits, int V, int Vp, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int pad = Vp - V;
+    logits[(i / pad) * Vp + V + i % pad] = 0.0f;
+}
+static void zero_padding(float* logits, int rows, int V, int Vp) {
+    if (Vp == V) return;
+    size_t total = (size_t)rows * (Vp - V);
+    zero_padding_kernel<<<blocks_for(total), THREADS>>>(logits, V, Vp, total);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---- the fused loss: one block per position n of the batch (SPEC section 1)
+//
+// Reads the student's row (and the teacher's) and overwrites the student's row with the
+// gradient of weight[n] * D(P, Q) (+ the policy gradient): pass 1 is the online max/sum of
+// every softmax it needs, pass 2 the divergence and sum q g, pass 3 the gradient. Each
+// element is written only by the thread that read it, after every read of the row (the
+// block reductions between the passes are barriers). Masked positions (target < 0) get zero.
+struct LossArgs {
+    const float* teacher = nullptr;  // (N, Vpt), null for cross-entropy
+    int Vpt = 0;
+    float* student = nullptr;        // (N, Vps) logits in, gradient out
+    int Vps = 0, V = 0;
+    const int* targets = nullptr;    // (N) next token, or -1
+    const double* weight = nullptr;  // (N) the position's weight in the batch loss (times alpha with RL)
+    const double* pg_coef = nullptr; // (N) -(1-alpha)/B * A_b / t, or null without RL
+    bool cross_entropy = false;
+    double beta = 0.5, inv_tau = 1.0, pg_inv_t = 1.0;
+    double* per_position = nullptr;  // (N) out: D (or the NLL) at each target position
+    double* logp = nullptr;          // (N) out with pg_coef: log p(target) at the sampling temperature
+};
+
+__global__ void fused_loss_kernel(LossArgs a) {
+    const size_t n = blockIdx.x;
+    const int target = a.targets[n];
+    float* s = a.student + n * a.Vps;
+    if (target < 0) {
+        for (int i = threadIdx.x; i < a.Vps; i += blockDim.x) s[i] = 0.0f;
+        return;  // the whole block leaves together
+    }
+    const float* t = a.cross_entropy ? nullptr : a.teacher + n * a.Vpt;
+    const double inv_tau = a.cross_entropy ? 1.0 : a.inv_tau, beta = a.beta;
+    const bool pg = a.pg_coef != nullptr;
+    const double s_target = s[target];
+    // pass 1: normalisers of q = softmax(s / tau), p = softmax(t / tau), pi = softmax(s / t_sample)
+    MaxSum ms{-INFINITY, 0.0}, mt{-INFINITY, 0.0}, mp{-INFINITY, 0.0};
+    for (int i = threadIdx.x; i < a.V; i += blockDim.x) {
+        ms = max_sum_add(ms, (double)s[i] * inv_tau);
+        if (t) mt = max_sum_add(mt, (double)t[i] * inv_tau);
+        if (pg) mp = max_sum_add(mp, (double)s[i] * a.pg_inv_t);
+    }
+    ms = block_max_sum(ms);
+    const double lse_s = ms.m + log(ms.z);
+    double lse_t = 0, lse_p = 0;
+    if (t) { mt = block_max_sum(mt); lse_t = mt.m + log(mt.z); }
+    if (pg) { mp = block_max_sum(mp); lse_p = mp.m + log(mp.z); }
+    // pass 2: D and sum_i q_i g_i, with g = dD/dq up to a constant
+    const double log_beta = log(beta), log_1mbeta = log1p(-beta);
+    double D = 0, qg = 0;
+    if (!t) {
+        D = -(s_target - lse_s);
+    } else {
+        for (int i = threadIdx.x; i < a.V; i += blockDim.x) {
+            const double lp = (double)t[i] * inv_tau - lse_t, lq = (double)s[i] * inv_tau - lse_s;
+            const double p = exp(lp), q = exp(lq);
+            if (beta == 0.0) {
+                D += p * (lp - lq);
+            } else if (beta == 1.0) {
+                D += q * (lq - lp);
+                qg += q * (lq - lp);
+            } else {
+                const double x = log_beta + lp, y = log_1mbeta + lq, hi = fmax(x, y);
+                const double lm = hi == -INFINITY ? -INFINITY : hi + log1p(exp(fmin(x, y) - hi));
+                D += beta * p * (lp - lm) + (1.0 - beta) * q * (lq - lm);
+                qg += q * (1.0 - beta) * (lq - lm);
+            }
+        }
+        D = block_sum(D);
+        qg = block_sum(qg);
+    }
+    __syncthreads();  // every read of the row above happens before any write below
+    // pass 3: the gradient, over the logits it was computed from
+    const double scale = a.weight[n] * inv_tau;
+    const double coef = pg ? a.pg_coef[n] : 0.0;
+    for (int i = threadIdx.x; i < a.V; i += blockDim.x) {
+        const double lq = (double)s[i] * inv_tau - lse_s, q = exp(lq);
+        double grad;
+        if (!t) {
+            grad = q - (i == target ? 1.0 : 0.0);
+        } else {
+            const double lp = (double)t[i] * inv_tau - lse_t, p = exp(lp);
+            if (beta == 0.0) {
+                grad = q - p;
+            } else if (beta == 1.0) {
+                grad = q * ((lq - lp) - qg);
+            } else {
+                const double x = log_beta + lp, y = log_1mbeta + lq, hi = fmax(x, y);
+                const double lm = hi == -INFINITY ? -INFINITY : hi + log1p(exp(fmin(x, y) - hi));
+                grad = q * ((1.0 - beta) * (lq - lm) - qg);
+            }
+        }
+        grad *= scale;
+        if (pg) grad += coef * ((i == target ? 1.0 : 0.0) - exp((double)s[i] * a.pg_inv_t - lse_p));
+        s[i] = (float)grad;
+    }
+    for (int i = a.V + threadIdx.x; i < a.Vps; i += blockDim.x) s[i] = 0.0f;
+    if (threadIdx.x == 0) {
+        a.per_position[n] = D;
+        if (pg) a.logp[n] = s_target * a.pg_inv_t - lse_p;
+    }
+}
+
+// ---- AdamW and the gradient norm
+
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float beta1, float beta2, float eps,
+                             float grad_scale, float step_size, float bc2_sqrt, float keep) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gi = g[i] * grad_scale;
+    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * keep - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+}
+
+constexpr int NORM_BLOCKS = 512;
+// partial[block] = sum of squares over a fixed grid-stride slice, in double
+__global__ void sum_squares_kernel(double* partial, const float* x, size_t n) {
+    double s = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// ---- sampling: greedy or Gumbel-max, one block per row
+
+__device__ inline uint64_t mix64(uint64_t x) {  // splitmix64's finaliser
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+// uniform in (0, 1) from (key, token id): 53 random bits, never 0 or 1
+__device__ inline double uniform_open(uint64_t key, uint64_t i) {
+    return ((double)(mix64(key ^ mix64(i)) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+// tokens[r] = argmax over the V real ids of logits[r] (greedy, temperature 0; the lowest id
+// wins ties) or of logits[r] / t + Gumbel noise, which is a draw from softmax(logits / t).
+// The noise of row r's d-th draw is a function of (keys[r], d, id) alone.
+__global__ void sample_kernel(int* tokens, const float* logits, int V, int Vp, double inv_temperature,
+                              const uint64_t* keys, const int* draws) {
+    const int r = blockIdx.x;
+    const float* x = logits + (size_t)r * Vp;
+    const uint64_t key = inv_temperature > 0 ? mix64(keys[r] ^ mix64(0x5A3C0000ull + (uint64_t)draws[r])) : 0;
+    double best = -INFINITY;
+    int best_id = V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        double score = inv_temperature > 0 ? (double)x[i] * inv_temperature - log(-log(uniform_open(key, i))) : (double)x[i];
+        if (score > best || (score == best && i < best_id)) { best = score; best_id = i; }
+    }
+    __shared__ double block_best[32];
+    __shared__ int block_id[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int o = 16; o > 0; o >>= 1) {
+        double ob = __shfl_xor_sync(FULL_MASK, best, o);
+        int oi = __shfl_xor_sync(FULL_MASK, best_id, o);
+        if (ob > best || (ob == best && oi < best_id)) { best = ob; best_id = oi; }
+    }
+    if (lane == 0) { block_best[warp] = best; block_id[warp] = best_id; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < warps; w++)
+            if (block_best[w] > best || (block_best[w] == best && block_id[w] < best_id)) { best = block_best[w]; best_id = block_id[w]; }
+        tokens[r] = best_id < V ? best_id : 0;  // all NaN: token 0, as the CPU's argmax
+    }
+}
+
+// ---- inference with a KV cache
+
+// x (Bn, Tn, C) = wte[token] + wpe[start[b] + t], zero in padded slots (t >= n_new[b])
+__global__ void encoder_infer_kernel(float* out, const int* tokens, const int* start, const int* n_new, const float* wte,
+                                     const float* wpe, int Tn, int C, int V, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t n = i / C;
+    int c = (int)(i % C), b = (int)(n / Tn), t = (int)(n % Tn), tok = tokens[n];
+    out[i] = t < n_new[b] && tok >= 0 && tok < V ? wte[(size_t)tok * C + c] + wpe[(size_t)(start[b] + t) * C + c] : 0.0f;
+}
+// the keys and values of the new tokens into the cache (L, rows, capacity, C): layer l's slice
+__global__ void cache_store_kernel(float* kcache, float* vcache, const float* qkv, const int* cache_row, const int* start,
+                                   const int* n_new, int Tn, int C, int capacity, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t n = i / C;
+    int c = (int)(i % C), b = (int)(n / Tn), t = (int)(n % Tn);
+    if (t >= n_new[b]) return;
+    size_t slot = ((size_t)cache_row[b] * capacity + start[b] + t) * C + c;
+    kcache[slot] = qkv[n * 3 * C + C + c];
+    vcache[slot] = qkv[n * 3 * C + 2 * C + c];
+}
+// One new token per row (decode): block (b, h) attends over the row's cached positions
+// 0..start[b]; scores in shared memory (capacity floats), max subtracted.
+__global__ void decode_attention_kernel(float* out, const float* qkv, const float* kcache, const float* vcache,
+                                        const int* cache_row, const int* start, const int* n_new, int C, int NH,
+                                        int capacity) {
+    extern __shared__ float scores[];
+    const int b = blockIdx.x, h = blockIdx.y, hs = C / NH;
+    float* o = out + (size_t)b * C + h * hs;
+    if (n_new[b] == 0) {
+        for (int i = threadIdx.x; i < hs; i += blockDim.x) o[i] = 0.0f;
+        return;
+    }
+    const int len = start[b] + 1;
+    const float* q = qkv + (size_t)b * 3 * C + h * hs;
+    const float* K = kcache + (size_t)cache_row[b] * capacity * C + h * hs;
+    const float* Vc = vcache + (size_t)cache_row[b] * capacity * C + h * hs;
+    const float scale = 1.0f / sqrtf((float)hs);
+    float maxv = -INFINITY;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        const float* k = K + (size_t)j * C;
+        float dot = 0;
+        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+        scores[j] = dot * scale;
+        maxv = fmaxf(maxv, dot * scale);
+    }
+    __shared__ float reduce[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int off = 16; off > 0; off >>= 1) maxv = fmaxf(maxv, __shfl_xor_sync(FULL_MASK, maxv, off));
+    if (lane == 0) reduce[warp] = maxv;
+    __syncthreads();
+    maxv = reduce[0];
+    for (int w = 1; w < warps; w++) maxv = fmaxf(maxv, reduce[w]);
+    float sum = 0;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) { float e = expf(scores[j] - maxv); scores[j] = e; sum += e; }
+    const float inv = 1.0f / block_sum(sum);  // block_sum's barriers also publish `scores`
+    for (int i = threadIdx.x; i < hs; i += blockDim.x) {
+        float acc = 0;
+        for (int j = 0; j < len; j++) acc += scores[j] * Vc[(size_t)j * C + i];
+        o[i] = acc * inv;
+    }
+}
+// x_last (Bn, C) = x[b, max(n_new[b] - 1, 0)]: the rows the LM head needs while sampling
+__global__ void gather_last_kernel(float* out, const float* x, const int* n_new, int Tn, int C, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int b = (int)(i / C), c = (int)(i % C), t = max(n_new[b] - 1, 0);
+    out[i] = x[((size_t)b * Tn + t) * C + c];
+}
+
+}  // namespace gpu
+
+// ----------------------------------------------------------------------------
+// a model on the device: parameters always; gradients, AdamW moments and activations for
+// the student only (the teacher runs forward, through gpu_infer)
+
+struct GpuModel {
+    GPTConfig config;
+    size_t param_sizes[NUM_PARAMETER_TENSORS] = {};
+    size_t num_parameters = 0;
+    DeviceBuffer<float> params_memory;
+    ParameterTensors<float> params{};
+    // training state
+    DeviceBuffer<float> grads_memory, adam_m, adam_v;  // each (num_parameters)
+    ParameterTensors<float> grads{};
+    int max_B = 0, max_T = 0;
+    DeviceBuffer<float> acts_memory, grads_acts_memory;
+    ActivationTensors<float> acts{}, grads_acts{};
+    DeviceBuffer<float> attention_scratch, column_scratch;
+    DeviceBuffer<int> inputs;                 // (B, T) tokens of the last forward
+    gpu::TokenGroups token_groups;            // their positions grouped by token, for the embedding gradient
+    gpu::DeviceTokenGroups device_token_groups;
+    DeviceBuffer<double> norm_partials;       // (NORM_BLOCKS)
+    int batch_B = 0, batch_T = 0;
+};
+
+// Copies a CPU model's shape and parameters to the device.
+static void gpu_upload(GpuModel& g, const GPT<float>& m) {
+    g.config = m.config;
+    memcpy(g.param_sizes, m.param_sizes, sizeof g.param_sizes);
+    g.num_parameters = m.num_parameters;
+    g.params_memory.upload(m.params_memory);
+    point_parameters(g.params, g.params_memory.ptr, g.param_sizes);
+}
+static void gpu_download_parameters(const GpuModel& g, GPT<float>& m) {
+    download(m.params_memory.data(), g.params_memory.ptr, g.num_parameters);
+}
+
+static void gpu_shape_activations(GpuModel& g, int B, int Tn) {
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    fill_activation_sizes(sizes, g.config, B, Tn);
+    point_activations(g.acts, g.acts_memory.ptr, sizes);
+    sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
+    point_activations(g.grads_acts, g.grads_acts_memory.ptr, sizes);
+    g.grads_acts.logits = g.acts.logits;  // the loss writes its gradient over the logits
+}
+
+static void gpu_prepare_training(GpuModel& g, int B, int Tn) {
+    GKD_ASSERT(Tn <= g.config.max_seq_len, "batch longer than the context");
+    if (!g.grads_memory.ptr) {
+        g.grads_memory.ensure(g.num_parameters);
+        CUDA_CHECK(cudaMemset(g.grads_memory.ptr, 0, g.num_parameters * sizeof(float)));
+        point_parameters(g.grads, g.grads_memory.ptr, g.param_sizes);
+        g.norm_partials.ensure(gpu::NORM_BLOCKS);
+    }
+    if (B <= g.max_B && Tn <= g.max_T) return;
+    g.max_B = std::max(B, g.max_B);
+    g.max_T = std::max(Tn, g.max_T);
+    const GPTConfig& c = g.config;
+    size_t sizes[NUM_ACTIVATION_TENSORS], total = 0;
+    fill_activation_sizes(sizes, c, g.max_B, g.max_T);
+    for (size_t s : sizes) total += s;
+    g.acts_memory.ensure(total);
+    g.grads_acts_memory.ensure(total - sizes[NUM_ACTIVATION_TENSORS - 1]);
+    g.attention_scratch.ensure(gpu::attention_scratch_size(g.max_B, g.max_T, c.channels, c.num_heads));
+    g.column_scratch.ensure(gpu::column_scratch_size(g.max_B * g.max_T, 4 * c.channels));
+    g.inputs.ensure((size_t)g.max_B * g.max_T);
+}
+
+// AdamW's moments on the device, from the host's (zeros before the first update).
+static void gpu_upload_optimizer(GpuModel& g, const AdamW& opt) {
+    g.adam_m.ensure(g.num_parameters);
+    g.adam_v.ensure(g.num_parameters);
+    if (opt.m.empty()) {
+        CUDA_CHECK(cudaMemset(g.adam_m.ptr, 0, g.num_parameters * sizeof(float)));
+        CUDA_CHECK(cudaMemset(g.adam_v.ptr, 0, g.num_parameters * sizeof(float)));
+    } else {
+        g.adam_m.upload(opt.m);
+        g.adam_v.upload(opt.v);
+    }
+}
+static void gpu_download_optimizer(const GpuModel& g, AdamW& opt) {
+    opt.m.resize(g.num_parameters);
+    opt.v.resize(g.num_parameters);
+    download(opt.m.data(), g.adam_m.ptr, g.num_parameters);
+    download(opt.v.data(), g.adam_v.ptr, g.num_parameters);
+}
+
+// tokens (B, T) on the host -> acts.logits (B, T, Vp) on the device, keeping what
+// gpu_backward needs. gpt_forward's twin, line for line.
+static void gpu_forward(GpuModel& g, const int* tokens, int B, int Tn) {
+    const GPTConfig& c = g.config;
+    gpu_prepare_training(g, B, Tn);
+    gpu_shape_activations(g, B, Tn);
+    g.batch_B = B;
+    g.batch_T = Tn;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    for (int i = 0; i < N; i++) GKD_ASSERT(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id out of range");
+    CUDA_CHECK(cudaMemcpy(g.inputs.ptr, tokens, sizeof(int) * N, cudaMemcpyHostToDevice));
+    g.token_groups.build(tokens, N);
+    g.device_token_groups.upload(g.token_groups);
+    ParameterTensors<float>& p = g.params;
+    ActivationTensors<float>& a = g.acts;
+    float* scratch = g.attention_scratch.ptr;
+    gpu::encoder_forward(a.encoded, g.inputs.ptr, p.wte, p.wpe, B, Tn, C);
+    for (int l = 0; l < L; l++) {
+        const float* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
+        size_t oC = (size_t)l * N * C, oN = (size_t)l * N;
+        float* qkv = a.qkv + oC * 3;
+        float* fch = a.fch + oC * 4;
+        float* fch_gelu = a.fch_gelu + oC * 4;
+        gpu::layernorm_forward(a.ln1 + oC, a.ln1_mean + oN, a.ln1_rstd + oN, residual, p.ln1w + l * C, p.ln1b + l * C, N, C);
+        gpu::matmul_forward(qkv, a.ln1 + oC, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        gpu::attention_forward(a.atty + oC, a.att + (size_t)l * B * NH * Tn * Tn, qkv, scratch, B, Tn, C, NH);
+        gpu::matmul_forward(a.attproj + oC, a.atty + oC, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
+        gpu::residual_forward(a.residual2 + oC, residual, a.attproj + oC, (size_t)N * C);
+        gpu::layernorm_forward(a.ln2 + oC, a.ln2_mean + oN, a.ln2_rstd + oN, a.residual2 + oC, p.ln2w + l * C,
+                               p.ln2b + l * C, N, C);
+        gpu::matmul_forward(fch, a.ln2 + oC, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        gpu::gelu_forward(fch_gelu, fch, (size_t)N * 4 * C);
+        gpu::matmul_forward(a.fcproj + oC, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
+        gpu::residual_forward(a.residual3 + oC, a.residual2 + oC, a.fcproj + oC, (size_t)N * C);
+    }
+    const float* last = a.residual3 + (size_t)(L - 1) * N * C;
+    gpu::layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, N, C);
+    const int V = c.vocab_size, Vp = c.padded_vocab_size;
+    gpu::matmul_forward(a.logits, a.lnf, p.wte, nullptr, N, C, V, Vp);
+    gpu::zero_padding(a.logits, N, V, Vp);
+}
+
+static void gpu_zero_grad(GpuModel& g) {
+    CUDA_CHECK(cudaMemsetAsync(g.grads_memory.ptr, 0, g.num_parameters * sizeof(float)));
+}
+
+// Accumulates parameter gradients from grads_acts.logits, which the loss wrote over the
+// logits. gpt_backward's twin.
+static void gpu_backward(GpuModel& g) {
+    const GPTConfig& c = g.config;
+    const int B = g.batch_B, Tn = g.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size;
+    ParameterTensors<float>& p = g.params;
+    ParameterTensors<float>& gr = g.grads;
+    ActivationTensors<float>& a = g.acts;
+    ActivationTensors<float>& d = g.grads_acts;
+    float* scratch = g.attention_scratch.ptr;
+    float* cols = g.column_scratch.ptr;
+    CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0, (size_t)(d.lnf_rstd + N - g.grads_acts_memory.ptr) * sizeof(float)));
+
+    gpu::matmul_backward(d.lnf, gr.wte, nullptr, d.logits, a.lnf, p.wte, N, C, V, Vp, cols);
+    const float* last = a.residual3 + (size_t)(L - 1) * N * C;
+    float* dlast = d.residual3 + (size_t)(L - 1) * N * C;
+    gpu::layernorm_backward(dlast, gr.lnfw, gr.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, N, C, cols);
+    for (int l = L - 1; l >= 0; l--) {
+        const float* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
+        float* dresidual = l == 0 ? d.encoded : d.residual3 + (size_t)(l - 1) * N * C;
+        size_t oC = (size_t)l * N * C, o3 = oC * 3, o4 = oC * 4, oN = (size_t)l * N;
+        size_t oAtt = (size_t)l * B * NH * Tn * Tn;
+        gpu::residual_backward(d.residual2 + oC, d.fcproj + oC, d.residual3 + oC, (size_t)N * C);
+        gpu::matmul_backward(d.fch_gelu + o4, gr.fcprojw + (size_t)l * C * 4 * C, gr.fcprojb + l * C, d.fcproj + oC,
+                             a.fch_gelu + o4, p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, C, cols);
+        gpu::gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)N * 4 * C);
+        gpu::matmul_backward(d.ln2 + oC, gr.fcw + (size_t)l * 4 * C * C, gr.fcb + l * 4 * C, d.fch + o4, a.ln2 + oC,
+                             p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, 4 * C, cols);
+        gpu::layernorm_backward(d.residual2 + oC, gr.ln2w + l * C, gr.ln2b + l * C, d.ln2 + oC, a.residual2 + oC,
+                                p.ln2w + l * C, a.ln2_mean + oN, a.ln2_rstd + oN, N, C, cols);
+        gpu::residual_backward(dresidual, d.attproj + oC, d.residual2 + oC, (size_t)N * C);
+        gpu::matmul_backward(d.atty + oC, gr.attprojw + (size_t)l * C * C, gr.attprojb + l * C, d.attproj + oC,
+                             a.atty + oC, p.attprojw + (size_t)l * C * C, N, C, C, C, cols);
+        gpu::attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, scratch, B, Tn, C, NH);
+        gpu::matmul_backward(d.ln1 + oC, gr.qkvw + (size_t)l * 3 * C * C, gr.qkvb + l * 3 * C, d.qkv + o3, a.ln1 + oC,
+                             p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, 3 * C, cols);
+        gpu::layernorm_backward(dresidual, gr.ln1w + l * C, gr.ln1b + l * C, d.ln1 + oC, residual, p.ln1w + l * C,
+                                a.ln1_mean + oN, a.ln1_rstd + oN, N, C, cols);
+    }
+    gpu::encoder_backward(gr.wte, gr.wpe, d.encoded, g.device_token_groups, B, Tn, C);
+}
+
+// Global L2 norm of the gradient: fixed per-block partial sums, added on the host in order.
+static double gpu_grad_norm(GpuModel& g) {
+    gpu::sum_squares_kernel<<<gpu::NORM_BLOCKS, gpu::THREADS>>>(g.norm_partials.ptr, g.grads_memory.ptr, g.num_parameters);
+    CUDA_LAUNCH_CHECK();
+    double partial[gpu::NORM_BLOCKS];
+    download(partial, g.norm_partials.ptr, gpu::NORM_BLOCKS);
+    double total = 0;
+    for (double s : partial) total += s;
+    return std::sqrt(total);
+}
+
+// adamw_update's twin: the same float arithmetic, one launch per parameter tensor.
+static void gpu_adamw_update(GpuModel& g, AdamW& opt, double lr, double grad_scale = 1.0) {
+    opt.t++;
+    const double bc1 = 1.0 - std::pow(opt.beta1, (double)opt.t), bc2 = 1.0 - std::pow(opt.beta2, (double)opt.t);
+    size_t offset = 0;
+    for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+        const size_t n = g.param_sizes[k];
+        const float keep = (float)(1.0 - lr * (PARAMETER_DECAYS[k] ? opt.weight_decay : 0.0));
+        gpu::adamw_kernel<<<gpu::blocks_for(n), gpu::THREADS>>>(
+            g.params_memory.ptr + offset, g.grads_memory.ptr + offset, g.adam_m.ptr + offset, g.adam_v.ptr + offset, n,
+            (float)opt.beta1, (float)opt.beta2, (float)opt.eps, (float)grad_scale, (float)(lr / bc1),
+            (float)std::sqrt(bc2), keep);
+        CUDA_LAUNCH_CHECK();
+        offset += n;
+    }
+}
+
+// batch_loss's twin: the fused kernel over every position, then the same fixed-order sums
+// on the host. student (B, T, Vps) on the device becomes the gradient.
+struct GpuLossBuffers {
+    DeviceBuffer<int> targets;
+    DeviceBuffer<double> weight, pg_coef, per_position, logp;
+};
+static double gpu_batch_loss(GpuLossBuffers& buf, const TrainBatch& b, const float* teacher, int Vpt, float* student,
+                             int V, int Vps, bool cross_entropy, double beta, double tau, LossNorm norm,
+                             double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
+    const int N = b.B * b.T;
+    std::vector<double> weight(N, 0.0), coef(pg ? N : 0, 0.0);
+    for (int n = 0; n < N; n++) {
+        if (b.targets[n] < 0) continue;
+        weight[n] = position_weight(b, n / b.T, norm) * (pg ? pg->alpha : 1.0);
+        if (pg) coef[n] = -pg->scale * pg->advantage[n / b.T] / pg->temperature;
+    }
+    buf.targets.upload(b.targets.data(), N);
+    buf.weight.upload(weight);
+    buf.per_position.ensure(N);
+    buf.logp.ensure(N);
+    gpu::LossArgs a;
+    a.teacher = teacher; a.Vpt = Vpt; a.student = student; a.Vps = Vps; a.V = V;
+    a.targets = buf.targets.ptr; a.weight = buf.weight.ptr; a.cross_entropy = cross_entropy;
+    a.beta = beta; a.inv_tau = 1.0 / tau; a.per_position = buf.per_position.ptr; a.logp = buf.logp.ptr;
+    if (pg) { buf.pg_coef.upload(coef); a.pg_coef = buf.pg_coef.ptr; a.pg_inv_t = 1.0 / pg->temperature; }
+    gpu::fused_loss_kernel<<<N, 512>>>(a);
+    CUDA_LAUNCH_CHECK();
+    std::vector<double> per_position(N), logp(pg ? N : 0);
+    download(per_position.data(), buf.per_position.ptr, N);
+    if (pg) download(logp.data(), buf.logp.ptr, N);
+    return sum_batch_loss(b, per_position, logp, norm, mean_per_token, pg);
+}
+
+// ----------------------------------------------------------------------------
+// inference on the device: gpt_infer's twin, for the teacher and for sampling
+
+struct GpuKVCache {
+    int L = 0, rows = 0, capacity = 0, C = 0;  // positions held per row: what this use needs, not maxT
+    DeviceBuffer<float> k, v;                 // (L, rows, capacity, C) each
+    void allocate(const GPTConfig& c, int nrows, int positions) {
+        if (nrows <= rows && positions <= capacity && L == c.num_layers && C == c.channels) return;
+        L = c.num_layers; C = c.channels;
+        rows = std::max(rows, nrows);
+        capacity = std::max(capacity, positions);
+        k.release();  // free before allocating the larger one
+        v.release();
+        k.ensure((size_t)L * rows * capacity * C);
+        v.ensure((size_t)L * rows * capacity * C);
+    }
+    float* keys(int l) const { return k.ptr + (size_t)l * rows * capacity * C; }
+    float* values(int l) const { return v.ptr + (size_t)l * rows * capacity * C; }
+};
+
+// Reused across layers: a forward-only pass keeps no per-layer activations.
+struct GpuInferScratch {
+    DeviceBuffer<float> x, ln, qkv, atty, proj, fch, attention, last;
+    DeviceBuffer<int> tokens, cache_row, start, n_new;
+};
+
+// Runs Tn new tokens per row (right-padded; row b has n_new[b]) through the model, storing
+// their keys and values in the cache when there is one. Two cases, the two that gkd uses:
+// a prefill (every start[b] = 0: causal attention over the new tokens, batched GEMMs) and
+// a decode step (Tn = 1: attention over each row's cache). logits (device):
+// all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token.
+static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens, const int* cache_row,
+                      const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions) {
+    const GPTConfig& c = m.config;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
+    const ParameterTensors<float>& p = m.params;
+    bool prefill = true;
+    for (int b = 0; b < Bn; b++) {
+        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len, "sequence past the context");
+        GKD_ASSERT(!cache || (cache_row[b] < cache->rows && start[b] + n_new[b] <= cache->capacity), "KV cache too small");
+        prefill = prefill && start[b] == 0;
+    }
+    GKD_ASSERT(prefill || (Tn == 1 && cache), "gpu_infer: a decode step is one token per row, with a cache");
+    s.tokens.upload(tokens, N);
+    s.cache_row.upload(cache_row, Bn);
+    s.start.upload(start, Bn);
+    s.n_new.upload(n_new, Bn);
+    float* x = s.x.ensure((size_t)N * C);
+    float* ln = s.ln.ensure((size_t)N * C);
+    float* qkv = s.qkv.ensure((size_t)N * 3 * C);
+    float* atty = s.atty.ensure((size_t)N * C);
+    float* proj = s.proj.ensure((size_t)N * C);
+    float* fch = s.fch.ensure((size_t)N * 4 * C);
+    // a prefill attends with batched GEMMs (a lone first token through the cache when there is one)
+    const bool gemm_attention = prefill && (Tn > 1 || !cache);
+    GKD_ASSERT(gemm_attention || (size_t)cache->capacity * sizeof(float) <= 48 * 1024,
+               "gpu_infer: decode attention keeps a row's scores in 48 KB of shared memory (context <= 12288)");
+    float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
+    const size_t total = (size_t)N * C;
+    gpu::encoder_infer_kernel<<<gpu::blocks_for(total), gpu::THREADS>>>(x, s.tokens.ptr, s.start.ptr, s.n_new.ptr, p.wte,
+                                                                       p.wpe, Tn, C, V, total);
+    CUDA_LAUNCH_CHECK();
+    for (int l = 0; l < L; l++) {
+        gpu::layernorm_forward(ln, nullptr, nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
+        gpu::matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        if (cache) {
+            gpu::cache_store_kernel<<<gpu::blocks_for(total), gpu::THREADS>>>(
+                cache->keys(l), cache->values(l), qkv, s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Tn, C, cache->capacity, total);
+            CUDA_LAUNCH_CHECK();
+        }
+        if (gemm_attention) {
+            // padded slots sit after each row's real tokens: causal attention never lets a real one see them
+            float* att = scratch + 4 * (size_t)N * C;
+            gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
+        } else {
+            gpu::decode_attention_kernel<<<dim3(Bn, NH), 128, sizeof(float) * cache->capacity>>>(
+                atty, qkv, cache->keys(l), cache->values(l), s.cache_row.ptr, s.start.ptr, s.n_new.ptr, C, NH, cache->capacity);
+            CUDA_LAUNCH_CHECK();
+        }
+        gpu::matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
+        gpu::residual_forward(x, x, proj, total);
+        gpu::layernorm_forward(ln, nullptr, nullptr, x, p.ln2w + l * C, p.ln2b + l * C, N, C);
+        gpu::matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        gpu::gelu_forward(fch, fch, (size_t)N * 4 * C);
+        gpu::matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
+        gpu::residual_forward(x, x, proj, total);
+    }
+    if (all_positions) {
+        gpu::layernorm_forward(ln, nullptr, nullptr, x, p.lnfw, p.lnfb, N, C);
+        gpu::matmul_forward(logits, ln, p.wte, nullptr, N, C, V, Vp);
+        gpu::zero_padding(logits, N, V, Vp);
+    } else {
+        float* last = s.last.ensure((size_t)Bn * C);
+        gpu::gather_last_kernel<<<gpu::blocks_for((size_t)Bn * C), gpu::THREADS>>>(last, x, s.n_new.ptr, Tn, C, (size_t)Bn * C);
+        CUDA_LAUNCH_CHECK();
+        gpu::layernorm_forward(ln, nullptr, nullptr, last, p.lnfw, p.lnfb, Bn, C);
+        gpu::matmul_forward(logits, ln, p.wte, nullptr, Bn, C, V, Vp);
+        gpu::zero_padding(logits, Bn, V, Vp);
+    }
+}
+
+// Reusable device buffers for batched generation from one model.
+struct GpuGenerator {
+    GpuKVCache cache;
+    GpuInferScratch scratch;
+    DeviceBuffer<float> logits;  // (rows, Vp)
+    DeviceBuffer<int> next, draws;
+    DeviceBuffer<uint64_t> keys;
+};
+
+// generate's twin: the same generation_loop, each token drawn on the device. The draws of
+// row b depend on (seed, stream, row_ids[b]) and the draw's index only.
+static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerator& g,
+                                                  const std::vector<const std::vector<int>*>& prompts,
+                                                  const std::vector<int>& budgets, double temperature, int eos,
+                                                  uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
+    const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
+    if (Bn == 0) return {};
+    int longest = 0;
+    for (int b = 0; b < Bn; b++) longest = std::max(longest, (int)prompts[b]->size() + budgets[b]);
+    g.cache.allocate(m.config, Bn, std::min(longest, m.config.max_seq_len));
+    float* logits = g.logits.ensure((size_t)Bn * Vp);
+    int* next = g.next.ensure(Bn);
+    const double inv_t = temperature > 0 ? 1.0 / temperature : 0.0;
+    auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
+        gpu_infer(m, &g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, logits, false);
+    };
+    auto pick = [&](const std::vector<int>& active, const std::vector<int>& draws) {
+        const int n = (int)active.size();
+        std::vector<uint64_t> keys(n);
+        for (int i = 0; i < n; i++) keys[i] = derive_seed(seed, stream, row_ids[active[i]]);
+        g.keys.upload(keys.data(), n);
+        g.draws.upload(draws.data(), n);
+        gpu::sample_kernel<<<n, gpu::THREADS>>>(next, logits, V, Vp, inv_t, g.keys.ptr, g.draws.ptr);
+        CUDA_LAUNCH_CHECK();
+        std::vector<int> picked(n);
+        download(picked.data(), next, n);  // the only copy back per step: n token ids
+        return picked;
+    };
+    return generation_loop(prompts, budgets, eos, m.config.max_seq_len, run, pick);
+}
+
+// What a training run keeps on the device: both models, their generators, the teacher's
+// logits and the loss's small per-position arrays.
+struct GpuTrainer {
+    GpuModel student, teacher;
+    GpuGenerator student_gen, teacher_gen;
+    GpuInferScratch teacher_scratch;
+    DeviceBuffer<float> teacher_logits;  // (B, T, Vp of the teacher)
+    GpuLossBuffers loss;
+};
+
+// Evaluation on the device: models already there, and the buffers evaluate needs.
+struct GpuEval {
+    const GpuModel* model = nullptr;
+    const GpuModel* teacher = nullptr;
+    GpuGenerator gen;
+    GpuInferScratch scratch;
+    DeviceBuffer<float> logits;
+};
+#else
+// The g++ build: no GPU, and the phases of a step carry no NVTX ranges.
+struct NvtxRange {
+    explicit NvtxRange(const char*) {}
+};
+static int gpu_count() { return 0; }
+struct GpuTrainer;  // never made in this build
+struct GpuEval;
+#endif  // __CUDACC__
+
+// ----------------------------------------------------------------------------
+// 4. the GKD trainer
 
 enum RngStream : uint64_t { STREAM_COIN = 1, STREAM_SHUFFLE = 2, STREAM_STUDENT_SAMPLES = 3, STREAM_TEACHER_SAMPLES = 4 };
 
@@ -465,6 +1707,9 @@ struct TrainOptions {
     double alpha = 1.0;         // 1: pure GKD; 0: pure REINFORCE
     std::string reward;         // a name in REWARDS
     int samples_per_prompt = 1; // K > 1: K samples per prompt, and a per-prompt baseline
+    // where the steps run: not part of the run's saved configuration, a resumed run may move
+    std::string device = "cpu";  // cpu | cuda (resolved from --device)
+    bool tf32 = false;           // cuda: matmuls on TF32 tensor cores instead of fp32
 };
 
 // The run's configuration, saved in every checkpoint so that --resume needs nothing else.
@@ -522,6 +1767,9 @@ struct Trainer {
     std::vector<float> teacher_logits;  // (B, T, Vp of the teacher)
     std::vector<int> permutation;       // of the current epoch, when shuffling
     long long permutation_epoch = -1;
+    // --device cuda: the student, its optimizer state and the teacher live on the GPU; the
+    // host copies above are refreshed by host_copy (checkpoints, evaluation, the end)
+    std::shared_ptr<GpuTrainer> gpu;
 };
 
 struct StepStats {
@@ -560,9 +1808,13 @@ static int shared_context(const Trainer& tr) {
     return tr.has_teacher ? std::min(T, tr.teacher.config.max_seq_len) : T;
 }
 
-// Completions sampled from `model` for the batch's prompts, at the sampling temperature.
-static std::vector<Sequence> sample_completions(Trainer& tr, const GPT<float>& model, Generator& gen,
-                                                const std::vector<const Example*>& batch, int step, uint64_t stream) {
+// The phases of a step, each on the run's device. On the GPU they end with a device
+// synchronisation, so that the step's phase times are the phases' own.
+
+// Completions sampled from the student (or, for SeqKD, the teacher) for the batch's
+// prompts, at the sampling temperature.
+static std::vector<Sequence> sample_completions(Trainer& tr, bool from_teacher, const std::vector<const Example*>& batch,
+                                                int step, uint64_t stream) {
     std::vector<const std::vector<int>*> prompts;
     std::vector<int> budgets;
     std::vector<uint64_t> row_ids;
@@ -571,8 +1823,18 @@ static std::vector<Sequence> sample_completions(Trainer& tr, const GPT<float>& m
         budgets.push_back(std::min(tr.opt.max_new_tokens, shared_context(tr) - (int)batch[i]->prompt.size()));
         row_ids.push_back(i);
     }
-    auto completions = generate(model, gen, prompts, budgets, tr.opt.temperature, tr.tok->eos_id(),
-                                derive_seed(tr.opt.seed, stream), (uint64_t)step, row_ids);
+    std::vector<std::vector<int>> completions;
+#ifdef __CUDACC__
+    if (tr.gpu)
+        completions = gpu_generate(from_teacher ? tr.gpu->teacher : tr.gpu->student,
+                                   from_teacher ? tr.gpu->teacher_gen : tr.gpu->student_gen, prompts, budgets,
+                                   tr.opt.temperature, tr.tok->eos_id(), derive_seed(tr.opt.seed, stream), (uint64_t)step,
+                                   row_ids);
+    else
+#endif
+        completions = generate(from_teacher ? tr.teacher : tr.student, from_teacher ? tr.teacher_gen : tr.student_gen,
+                               prompts, budgets, tr.opt.temperature, tr.tok->eos_id(), derive_seed(tr.opt.seed, stream),
+                               (uint64_t)step, row_ids);
     std::vector<Sequence> rows(batch.size());
     for (size_t i = 0; i < batch.size(); i++) { rows[i].prompt = prompts[i]; rows[i].completion = std::move(completions[i]); }
     return rows;
@@ -588,15 +1850,103 @@ static std::vector<Sequence> dataset_completions(const std::vector<const Example
     return rows;
 }
 
-// Teacher logits at every position of the batch: a forward pass with no activations kept.
+// Teacher logits at every position of the batch: a forward pass with no activations kept
+// (and on the GPU no KV cache either: nothing decodes after it).
 static void teacher_forward(Trainer& tr, const TrainBatch& b) {
     const GPTConfig& c = tr.teacher.config;
-    tr.teacher_cache.allocate(c, b.B);
-    tr.teacher_logits.resize((size_t)b.B * b.T * c.padded_vocab_size);
     std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
     for (int i = 0; i < b.B; i++) rows[i] = i;
+#ifdef __CUDACC__
+    if (tr.gpu) {
+        float* logits = tr.gpu->teacher_logits.ensure((size_t)b.B * b.T * c.padded_vocab_size);
+        gpu_infer(tr.gpu->teacher, nullptr, tr.gpu->teacher_scratch, b.tokens.data(), rows.data(), start.data(),
+                  n_new.data(), b.B, b.T, logits, true);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        return;
+    }
+#endif
+    tr.teacher_cache.allocate(c, b.B);
+    tr.teacher_logits.resize((size_t)b.B * b.T * c.padded_vocab_size);
     gpt_infer(tr.teacher, tr.teacher_cache, tr.teacher_scratch, b.tokens.data(), rows.data(), start.data(),
               n_new.data(), b.B, b.T, tr.teacher_logits.data(), true);
+}
+
+static void student_forward(Trainer& tr, const TrainBatch& b) {
+#ifdef __CUDACC__
+    if (tr.gpu) {
+        gpu_forward(tr.gpu->student, b.tokens.data(), b.B, b.T);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        return;
+    }
+#endif
+    gpt_forward(tr.student, b.tokens.data(), b.B, b.T);
+}
+
+// The batch loss; its gradient replaces the student's logits.
+static double student_loss(Trainer& tr, const TrainBatch& b, PolicyGradientTerm* pg) {
+    const TrainOptions& o = tr.opt;
+    const bool distill = !o.sft;
+    const int V = tr.student.config.vocab_size, Vps = tr.student.config.padded_vocab_size;
+    const int Vpt = distill ? tr.teacher.config.padded_vocab_size : 0;
+#ifdef __CUDACC__
+    if (tr.gpu) {
+        GpuModel& s = tr.gpu->student;
+        return gpu_batch_loss(tr.gpu->loss, b, distill ? tr.gpu->teacher_logits.ptr : nullptr, Vpt, s.acts.logits, V, Vps,
+                              !distill, o.beta, o.loss_temperature, o.loss_norm, nullptr, pg);
+    }
+#endif
+    return batch_loss(b, distill ? tr.teacher_logits.data() : (const float*)nullptr, Vpt, tr.student.acts.logits,
+                      tr.student.grads_acts.logits, V, Vps, !distill, o.beta, o.loss_temperature, o.loss_norm, nullptr, pg);
+}
+
+// Backpropagates through the student; returns the global gradient norm.
+static double student_backward(Trainer& tr) {
+#ifdef __CUDACC__
+    if (tr.gpu) {
+        gpu_zero_grad(tr.gpu->student);
+        gpu_backward(tr.gpu->student);
+        return gpu_grad_norm(tr.gpu->student);  // synchronises: the norm comes back to the host
+    }
+#endif
+    gpt_zero_grad(tr.student);
+    gpt_backward(tr.student);
+    return grad_norm(tr.student);
+}
+
+static void student_update(Trainer& tr, double lr, double grad_scale) {
+#ifdef __CUDACC__
+    if (tr.gpu) {
+        gpu_adamw_update(tr.gpu->student, tr.adam, lr, grad_scale);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        return;
+    }
+#endif
+    adamw_update(tr.student, tr.adam, lr, grad_scale);
+}
+
+// The host's copies of the student and AdamW's moments, up to date (on the GPU they lag
+// until this is called): before checkpoints, evaluations and the final save.
+static void host_copy(Trainer& tr) {
+#ifdef __CUDACC__
+    if (!tr.gpu) return;
+    gpu_download_parameters(tr.gpu->student, tr.student);
+    if (tr.adam.t > 0) gpu_download_optimizer(tr.gpu->student, tr.adam);
+#endif
+}
+
+// --device: the run's models go to the GPU (the student with its optimizer state, so a
+// resumed run continues there) or stay on the CPU.
+static void place_trainer(Trainer& tr) {
+#ifdef __CUDACC__
+    if (tr.opt.device != "cuda") return;
+    gpu_init(tr.opt.tf32);
+    tr.gpu = std::make_shared<GpuTrainer>();
+    gpu_upload(tr.gpu->student, tr.student);
+    gpu_upload_optimizer(tr.gpu->student, tr.adam);
+    if (tr.has_teacher) gpu_upload(tr.gpu->teacher, tr.teacher);
+#else
+    GKD_ASSERT(tr.opt.device == "cpu", "a CUDA run in a build without CUDA");
+#endif
 }
 
 // Fault injection for the reliability tests: GKD_FAULT="<what>:<step>" makes that fault
@@ -627,9 +1977,12 @@ static StepStats gkd_step(Trainer& tr, int step) {
         examples.swap(repeated);
     }
     std::vector<Sequence> rows;
-    if (st.on_policy) rows = sample_completions(tr, tr.student, tr.student_gen, examples, step, STREAM_STUDENT_SAMPLES);
-    else if (o.seq_kd) rows = sample_completions(tr, tr.teacher, tr.teacher_gen, examples, step, STREAM_TEACHER_SAMPLES);
-    else rows = dataset_completions(examples, eos);
+    {
+        NvtxRange range("sample");
+        if (st.on_policy) rows = sample_completions(tr, false, examples, step, STREAM_STUDENT_SAMPLES);
+        else if (o.seq_kd) rows = sample_completions(tr, true, examples, step, STREAM_TEACHER_SAMPLES);
+        else rows = dataset_completions(examples, eos);
+    }
     st.sample_ms = (now_seconds() - t0) * 1000;
     TrainBatch b = build_batch(rows, eos);
     st.tokens = b.num_targets;
@@ -637,16 +1990,21 @@ static StepStats gkd_step(Trainer& tr, int step) {
     // the teacher scores every token of x+y (no gradients); the student runs forward
     const bool distill = !o.sft;
     double t1 = now_seconds();
-    if (distill) teacher_forward(tr, b);
+    if (distill) {
+        NvtxRange range("teacher forward");
+        teacher_forward(tr, b);
+    }
     double t2 = now_seconds();
-    gpt_forward(tr.student, b.tokens.data(), b.B, b.T);
+    {
+        NvtxRange range("student forward");
+        student_forward(tr, b);
+    }
     double t3 = now_seconds();
     st.teacher_ms = (t2 - t1) * 1000;
     st.forward_ms = (t3 - t2) * 1000;
 
     // with a reward: score the samples; with alpha < 1, RL + GKD on the same samples,
     // alpha D + (1 - alpha) REINFORCE with a baseline
-    const int V = tr.student.config.vocab_size, Vps = tr.student.config.padded_vocab_size;
     PolicyGradientTerm pg;
     if (!o.reward.empty()) {
         const Reward& reward = find_reward(o.reward);
@@ -672,10 +2030,10 @@ static StepStats gkd_step(Trainer& tr, int step) {
 
     // token-level divergence D(p_T || p_S) at every completion position, and its gradient,
     // written over the student's logits
-    st.loss = batch_loss(b, distill ? tr.teacher_logits.data() : (const float*)nullptr,
-                         distill ? tr.teacher.config.padded_vocab_size : 0, tr.student.acts.logits,
-                         tr.student.grads_acts.logits, V, Vps, !distill, o.beta, o.loss_temperature, o.loss_norm,
-                         nullptr, rl ? &pg : nullptr);
+    {
+        NvtxRange range("loss");
+        st.loss = student_loss(tr, b, rl ? &pg : nullptr);
+    }
     if (!o.reward.empty()) st.divergence = st.loss;
     if (rl) st.loss = o.alpha * st.divergence + (1.0 - o.alpha) * pg.surrogate;
     if (fault_injected("nan-loss", step)) st.loss = NAN;
@@ -686,13 +2044,17 @@ static StepStats gkd_step(Trainer& tr, int step) {
     // backpropagate through the student only, then one AdamW step
     double t4 = now_seconds();
     st.loss_ms = (t4 - t3) * 1000;
-    gpt_zero_grad(tr.student);
-    gpt_backward(tr.student);
-    st.grad_norm = grad_norm(tr.student);
+    {
+        NvtxRange range("backward");
+        st.grad_norm = student_backward(tr);
+    }
     if (!std::isfinite(st.grad_norm))
         GKD_FAIL("step %d: the gradient norm is not finite; stopping before the update (the last checkpoint is intact)", step);
     double t5 = now_seconds();
-    adamw_update(tr.student, tr.adam, st.lr, clip_coefficient(st.grad_norm, o.grad_clip));
+    {
+        NvtxRange range("update");
+        student_update(tr, st.lr, clip_coefficient(st.grad_norm, o.grad_clip));
+    }
     double t6 = now_seconds();
     st.backward_ms = (t5 - t4) * 1000;
     st.update_ms = (t6 - t5) * 1000;
@@ -701,7 +2063,7 @@ static StepStats gkd_step(Trainer& tr, int step) {
 }
 
 // ----------------------------------------------------------------------------
-// 4. evaluation
+// 5. evaluation
 
 struct EvalOptions {
     double beta = 0.5, tau = 1.0;   // the divergence to the teacher, when there is one
@@ -733,8 +2095,10 @@ struct EvalResult {
     }
 };
 
+// With gpu, the forward passes and the generation run on the device (the models there
+// must be `model` and `teacher`); the scoring stays here.
 static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, const Dataset& data,
-                           const Tokenizer& tok, const EvalOptions& eo) {
+                           const Tokenizer& tok, const EvalOptions& eo, GpuEval* gpu = nullptr) {
     EvalResult r;
     const int eos = tok.eos_id();
     KVCache<float> cache, tcache;
@@ -753,18 +2117,27 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
         TrainBatch b = build_batch(dataset_completions(ex, eos), eos);
         std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
         for (int i = 0; i < b.B; i++) rows[i] = i;
-        cache.allocate(model.config, b.B);
-        logits.resize((size_t)b.B * b.T * Vp);
-        gpt_infer(model, cache, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T,
-                  logits.data(), true);
+        // logits at every position, into out (B, T, Vp of that model)
+        auto forward = [&](const GPT<float>& m, KVCache<float>& c, InferScratch<float>& s, std::vector<float>& out) {
+            out.resize((size_t)b.B * b.T * m.config.padded_vocab_size);
+#ifdef __CUDACC__
+            if (gpu) {
+                float* d = gpu->logits.ensure(out.size());
+                gpu_infer(&m == &model ? *gpu->model : *gpu->teacher, nullptr, gpu->scratch, b.tokens.data(), rows.data(),
+                          start.data(), n_new.data(), b.B, b.T, d, true);
+                download(out.data(), d, out.size());
+                return;
+            }
+#endif
+            c.allocate(m.config, b.B);
+            gpt_infer(m, c, s, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T, out.data(), true);
+        };
+        forward(model, cache, scratch, logits);
         double mean;
         batch_loss(b, (const float*)nullptr, 0, logits.data(), (float*)nullptr, V, Vp, true, 0, 1, LossNorm::Token, &mean);
         nll_sum += mean * b.num_targets;
         if (teacher) {
-            tcache.allocate(teacher->config, b.B);
-            tlogits.resize((size_t)b.B * b.T * Vpt);
-            gpt_infer(*teacher, tcache, tscratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T,
-                      tlogits.data(), true);
+            forward(*teacher, tcache, tscratch, tlogits);
             batch_loss(b, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, eo.beta, eo.tau,
                        LossNorm::Token, &mean);
             div_sum += mean * b.num_targets;
@@ -788,7 +2161,13 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
                 sim += s.similarity;
             }
         };
-        auto greedy = generate(model, gen, prompts, budgets, 0.0, eos, 0, 0, ids);
+        auto run_generate = [&](double temperature, uint64_t seed) {
+#ifdef __CUDACC__
+            if (gpu) return gpu_generate(*gpu->model, gpu->gen, prompts, budgets, temperature, eos, seed, 0, ids);
+#endif
+            return generate(model, gen, prompts, budgets, temperature, eos, seed, 0, ids);
+        };
+        auto greedy = run_generate(0.0, 0);
         for (size_t i = 0; i < ex.size(); i++) {
             std::vector<int> want = ex[i]->completion;
             want.push_back(eos);
@@ -796,8 +2175,7 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
         }
         if (!eo.task.empty()) score(greedy, correct, similar);
         if (!eo.task.empty() && eo.sample_temperature > 0)
-            score(generate(model, gen, prompts, budgets, eo.sample_temperature, eos, eo.seed, 0, ids), sample_correct,
-                  sample_similar);
+            score(run_generate(eo.sample_temperature, eo.seed), sample_correct, sample_similar);
     }
     const double n = (double)data.examples.size();
     r.examples = data.examples.size();
@@ -906,7 +2284,17 @@ static json eval_line(Trainer& tr, int step) {
     eo.batch = std::max(tr.opt.batch, 16);
     eo.max_new_tokens = tr.opt.max_new_tokens;
     eo.task = tr.opt.task;
-    EvalResult r = evaluate(tr.student, tr.has_teacher ? &tr.teacher : nullptr, tr.eval_data, *tr.tok, eo);
+    EvalResult r;
+#ifdef __CUDACC__
+    if (tr.gpu) {  // on the device, with the models as they are there now
+        GpuEval ge;
+        ge.model = &tr.gpu->student;
+        ge.teacher = tr.has_teacher ? &tr.gpu->teacher : nullptr;
+        r = evaluate(tr.student, tr.has_teacher ? &tr.teacher : nullptr, tr.eval_data, *tr.tok, eo, &ge);
+        return json{{"step", step}, {"eval", r.to_json()}};
+    }
+#endif
+    r = evaluate(tr.student, tr.has_teacher ? &tr.teacher : nullptr, tr.eval_data, *tr.tok, eo);
     return json{{"step", step}, {"eval", r.to_json()}};
 }
 
@@ -1078,8 +2466,10 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
                                                     st.on_policy ? "on-policy " : "off-policy",
                                                     tokens_done / std::max(progress.elapsed(), 1e-9)));
         bool last = step + 1 == o.steps;
-        if (!last && (stop_signal || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0)))
+        if (!last && (stop_signal || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
+            host_copy(tr);
             save_training_state(tr, step + 1, state_path);
+        }
         if (stop_signal && !last) {
             out.stopped_by_signal = stop_signal;
             fprintf(stderr, "\n%s after step %d: the whole training state is in %s; continue with "
@@ -1092,6 +2482,7 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
     sigaction(SIGTERM, &old_term, nullptr);
     if (out.stopped_by_signal) return out;
     progress.finish();
+    host_copy(tr);
     gpt_save(tr.student, o.out_dir + "/model.bin");
     if (is_file(state_path)) unlink(state_path.c_str());  // finished: model.bin is the result
     if (!o.quiet) fprintf(stderr, "saved %s/model.bin and %s\n", o.out_dir.c_str(), metrics_path.c_str());
@@ -1099,7 +2490,7 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
 }
 
 // ----------------------------------------------------------------------------
-// 5. the default experiment: `./gkd` with no arguments
+// 6. the default experiment: `./gkd` with no arguments
 //
 // The paper's comparison in miniature, on the built-in arithmetic task: SFT a teacher
 // (cached under runs/), warm-start a smaller student with a short SFT, distil it with
@@ -1364,11 +2755,22 @@ static std::string task_flag(const Flags& f) {
     return t;
 }
 
-// --device: the CPU path is the only one in this build.
-static void check_device(const Flags& f) {
+// --device auto | cpu | cuda, resolved to where the work runs: auto is the GPU when this
+// build has the CUDA path and a GPU is visible, else the CPU. cuda without one is an error.
+static std::string resolve_device(const Flags& f) {
     std::string d = f.choice("device", "auto", {"auto", "cpu", "cuda"});
+#ifdef __CUDACC__
+    if (d == "cuda" && gpu_count() == 0)
+        GKD_FAIL("gkd %s: --device cuda: no CUDA GPU is visible (nvidia-smi lists none); use --device cpu (or auto)",
+                 f.command.c_str());
+#else
     if (d == "cuda")
-        GKD_FAIL("gkd %s: --device cuda: this build has no CUDA path; use --device cpu (or auto)", f.command.c_str());
+        GKD_FAIL("gkd %s: --device cuda: this build has no CUDA path (nvcc was not found by make); use --device cpu "
+                 "(or auto)", f.command.c_str());
+#endif
+    if (d == "auto") d = gpu_count() > 0 ? "cuda" : "cpu";
+    if (f.on("tf32") && d != "cuda") GKD_FAIL("gkd %s: --tf32 is a GPU mode: it needs --device cuda", f.command.c_str());
+    return d;
 }
 
 static const char* TOKENIZER_HELP =
@@ -1397,7 +2799,8 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"adam-eps", true, "(1e-8)"},
     {"seed", true, "seeds the lambda coin, the shuffle and the sampling (0)"},
     {"shuffle", true, "1: reshuffle each epoch; 0: step k takes examples kB..kB+B-1 mod N (1)"},
-    {"device", true, "auto | cpu | cuda (auto)"},
+    {"device", true, "auto | cpu | cuda (auto: the GPU when there is one)"},
+    {"tf32", false, "cuda: matmuls on TF32 tensor cores (faster; the default fp32 is the parity mode)"},
     {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
     {"eval-every", true, "steps between evaluations (0: only at the end)"},
     {"task", true, "arithmetic | words | gsm8k: score evaluation completions by the task"},
@@ -1455,7 +2858,8 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
         if (o.temperature == 0)
             GKD_FAIL("gkd distill: RL needs a sampling --temperature above 0");
     }
-    check_device(f);
+    o.device = resolve_device(f);
+    o.tf32 = f.on("tf32");
     if (sft) {
         o.student_path = f.required("model");
         if (o.seq_kd) o.teacher_path = f.required("teacher");
@@ -1490,15 +2894,18 @@ static int cmd_train(int argc, char** argv, bool sft) {
     if (f.has("resume")) {
         // the saved configuration is the run's; only the display may change
         for (auto& [name, value] : f.values)
-            if (name != "resume") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
+            if (name != "resume" && name != "device")
+                GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
         for (auto& name : f.switches)
-            if (name != "quiet") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
+            if (name != "quiet" && name != "tf32") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
         std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
         if (!is_file(path))
             GKD_FAIL("%s: no checkpoint to resume from (a run saves one with --checkpoint-every N, or when interrupted)", path.c_str());
         tr.opt.out_dir = dir;
         tr.opt.quiet = f.on("quiet");
         start_step = load_training_state(tr, path);
+        tr.opt.device = resolve_device(f);
+        tr.opt.tf32 = f.on("tf32");
         if (tr.opt.sft != sft)
             GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(), tr.opt.sft ? "sft" : "distill",
                      tr.opt.sft ? "sft" : "distill", dir.c_str());
@@ -1509,10 +2916,12 @@ static int cmd_train(int argc, char** argv, bool sft) {
         refuse_existing_run(o.out_dir, f.on("overwrite"));
         load_trainer(tr, o);
         if (!o.quiet)
-            fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, %d threads\n", cmd,
+            fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, on %s\n", cmd,
                     o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps, o.batch,
-                    omp_get_max_threads());
+                    o.device == "cuda" ? (o.tf32 ? "the GPU (TF32 matmuls)" : "the GPU (fp32)")
+                                       : strf("the CPU, %d threads", omp_get_max_threads()).c_str());
     }
+    place_trainer(tr);
     TrainOutcome out = train(tr, start_step);
     return out.stopped_by_signal ? 128 + out.stopped_by_signal : 0;
 }
@@ -1621,7 +3030,7 @@ static int cmd_sample(int argc, char** argv) {
     double temperature = f.num("temperature", 1.0, 0, 1e6);
     uint64_t seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
     int batch = (int)f.integer("batch", 16, 1, 1 << 16);
-    check_device(f);
+    const std::string device = resolve_device(f);
     if (f.has("prompt") == f.has("data")) GKD_FAIL("gkd sample: give exactly one of --prompt TEXT or --data F.jsonl");
     GPT<float> m;
     gpt_load_any(m, model_path);
@@ -1637,6 +3046,15 @@ static int cmd_sample(int argc, char** argv) {
     for (size_t e = 0; e < d.examples.size(); e++)
         for (int s = 0; s < num_samples; s++) rows.push_back({e, s});
     Generator gen;
+#ifdef __CUDACC__
+    std::unique_ptr<GpuModel> gm;
+    GpuGenerator gg;
+    if (device == "cuda") {
+        gpu_init(false);
+        gm = std::make_unique<GpuModel>();
+        gpu_upload(*gm, m);
+    }
+#endif
     for (size_t first = 0; first < rows.size(); first += batch) {
         size_t last = std::min(rows.size(), first + batch);
         std::vector<const std::vector<int>*> prompts;
@@ -1648,7 +3066,12 @@ static int cmd_sample(int argc, char** argv) {
             budgets.push_back(std::min(max_new, m.config.max_seq_len - (int)ex.prompt.size()));
             ids.push_back(r);
         }
+#ifdef __CUDACC__
+        auto outs = gm ? gpu_generate(*gm, gg, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids)
+                       : generate(m, gen, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
+#else
         auto outs = generate(m, gen, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
+#endif
         for (size_t i = 0; i < outs.size(); i++) {
             std::vector<int> text_ids = outs[i];
             if (!text_ids.empty() && text_ids.back() == tok->eos_id()) text_ids.pop_back();
@@ -1687,7 +3110,7 @@ static int cmd_eval(int argc, char** argv) {
     eo.seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
     if (eo.sample_temperature > 0 && eo.task.empty())
         GKD_FAIL("gkd eval: --sample-temperature scores samples by a task: give --task too");
-    check_device(f);
+    const std::string device = resolve_device(f);
     GPT<float> m, t;
     gpt_load_any(m, model_path);
     int context = m.config.max_seq_len;
@@ -1700,7 +3123,20 @@ static int cmd_eval(int argc, char** argv) {
     auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path, &tok_source);
     if (f.has("teacher")) check_teacher_tokenizer(*tok, tok_source, f.str("teacher"));
     Dataset d = load_jsonl(data_path, *tok, context, true);
-    EvalResult r = evaluate(m, f.has("teacher") ? &t : nullptr, d, *tok, eo);
+    EvalResult r;
+#ifdef __CUDACC__
+    if (device == "cuda") {
+        gpu_init(false);
+        GpuModel gm, gt;
+        gpu_upload(gm, m);
+        if (f.has("teacher")) gpu_upload(gt, t);
+        GpuEval ge;
+        ge.model = &gm;
+        ge.teacher = f.has("teacher") ? &gt : nullptr;
+        r = evaluate(m, f.has("teacher") ? &t : nullptr, d, *tok, eo, &ge);
+    } else
+#endif
+        r = evaluate(m, f.has("teacher") ? &t : nullptr, d, *tok, eo);
     printf("%s\n", r.to_json().dump().c_str());
     return 0;
 }
@@ -1885,10 +3321,101 @@ static double matmul_gflops(int M, int K, int N) {
     return best;
 }
 
+// One line of the bench table: a phase, its median time, and the work it did.
+struct BenchRow {
+    const char* name;
+    const char* key;
+    double ms, tokens, flops;
+};
+
 static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v.empty() ? NAN : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
+
+#ifdef __CUDACC__
+// cuBLAS SGEMM (M, K) x (K, N) in the run's precision mode, timed with CUDA events: the
+// card's matmul ceiling as this build sees it, in TFLOP/s (the best of three windows).
+static double gpu_matmul_tflops(int M, int K, int N) {
+    DeviceBuffer<float> a, w, out;
+    std::vector<float> host((size_t)std::max(M, N) * K);
+    Rng rng(1);
+    for (auto& x : host) x = (float)rng.normal();
+    a.upload(host.data(), (size_t)M * K);
+    w.upload(host.data(), (size_t)N * K);
+    out.ensure((size_t)M * N);
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    gpu::matmul_forward(out.ptr, a.ptr, w.ptr, nullptr, M, K, N, N);  // warm-up
+    double best = 0;
+    for (int window = 0; window < 3; window++) {
+        const int reps = 20;
+        CUDA_CHECK(cudaEventRecord(start));
+        for (int r = 0; r < reps; r++) gpu::matmul_forward(out.ptr, a.ptr, w.ptr, nullptr, M, K, N, N);
+        CUDA_CHECK(cudaEventRecord(stop));
+        CUDA_CHECK(cudaEventSynchronize(stop));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        best = std::max(best, 2.0 * M * K * N * reps / (ms * 1e-3) / 1e12);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return best;
+}
+
+// gkd bench --device cuda: per phase ms, tokens/s, TFLOP/s and MFU against the card's
+// peak (fp32 CUDA cores, or TF32 tensor cores with --tf32), and the step's device memory.
+static int print_gpu_bench(bool as_json, bool sft, const Trainer& tr, const std::vector<BenchRow>& rows,
+                           double step_flops, double step_ms, int B, int P, int K, int V, int steps, int warmup, int T) {
+    const GpuContext& g = gpu_context();
+    const double peak = gpu_peak_flops(g.tf32);
+    const GPTConfig& sc = tr.student.config;
+    const GPTConfig& tc = sft ? sc : tr.teacher.config;
+    const double at_shape = gpu_matmul_tflops(B * T, tc.channels, 4 * tc.channels);
+    const double big = gpu_matmul_tflops(4096, 4096, 4096);
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const double peak_mb = g.bytes_peak / 1048576.0, used_mb = (total_bytes - free_bytes) / 1048576.0;
+    const char* precision = g.tf32 ? "TF32 tensor cores" : "fp32 (TF32 off)";
+    if (as_json) {
+        json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"device", g.prop.name}, {"precision", precision},
+                  {"batch", B}, {"prompt_tokens", P}, {"new_tokens", K}, {"vocab", V},
+                  {"student_parameters", tr.student.num_parameters},
+                  {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_tflops", peak / 1e12},
+                  {"sgemm_tflops_4096", big}, {"sgemm_tflops_step_shape", at_shape},
+                  {"peak_device_memory_mb", peak_mb}, {"device_memory_in_use_mb", used_mb}};
+        for (auto& r : rows) {
+            j[std::string(r.key) + "_ms"] = r.ms;
+            if (r.flops > 0) {
+                j[std::string(r.key) + "_tflops"] = r.flops / (r.ms * 1e9);
+                j[std::string(r.key) + "_mfu"] = r.flops / (r.ms * 1e-3) / peak;
+            }
+        }
+        printf("%s\n", j.dump().c_str());
+        return 0;
+    }
+    printf("gkd bench: %s step on %s, %s; student L=%d C=%d NH=%d (%.2fM parameters)",
+           sft ? "SFT" : "on-policy GKD (lambda 1)", g.prop.name, precision, sc.num_layers, sc.channels, sc.num_heads,
+           tr.student.num_parameters / 1e6);
+    if (!sft)
+        printf(", teacher L=%d C=%d NH=%d (%.2fM)", tc.num_layers, tc.channels, tc.num_heads, tr.teacher.num_parameters / 1e6);
+    printf("\n  V=%d, B=%d, %d prompt + %d %s tokens; median of %d steps after %d warm-up\n\n", V, B, P, K,
+           sft ? "completion" : "new", steps, warmup);
+    printf("| phase | ms | tokens/s | TFLOP/s | MFU |\n|---|---:|---:|---:|---:|\n");
+    for (auto& r : rows)
+        printf("| %s | %.2f | %s | %s | %s |\n", r.name, r.ms,
+               r.tokens > 0 ? strf("%.0f", r.tokens / r.ms * 1000).c_str() : "-",
+               r.flops > 0 ? strf("%.2f", r.flops / (r.ms * 1e9)).c_str() : "-",
+               r.flops > 0 ? strf("%.1f%%", 100 * r.flops / (r.ms * 1e-3) / peak).c_str() : "-");
+    printf("\npeak device memory %.0f MB allocated by gkd (%.0f MB in use on the device with the CUDA context and "
+           "cuBLAS); card peak %.1f TFLOP/s (%s, %d SMs at %.2f GHz); cuBLAS SGEMM measured %.1f TFLOP/s at 4096^3, "
+           "%.1f at the step's shape (%d x %d x %d); the step reaches %.1f%% of the peak\n",
+           peak_mb, used_mb, peak / 1e12, precision, g.prop.multiProcessorCount, g.clock_hz / 1e9, big, at_shape,
+           B * T, tc.channels, 4 * tc.channels, 100 * step_flops / (step_ms * 1e-3) / peak);
+    return 0;
+}
+#endif
 
 static int cmd_bench(int argc, char** argv) {
     std::vector<FlagSpec> specs = {
@@ -1902,14 +3429,15 @@ static int cmd_bench(int argc, char** argv) {
         {"sft", false, "time an SFT step of the student instead (no teacher, no sampling)"},
         {"steps", true, "timed steps; the table gives medians (5)"}, {"warmup", true, "untimed steps first (1)"},
         {"json", false, "print one JSON object instead of the table"},
-        {"device", true, "auto | cpu | cuda"}};
+        {"device", true, "auto | cpu | cuda"},
+        {"tf32", false, "cuda: matmuls on TF32 tensor cores (MFU then against the TF32 peak)"}};
     if (wants_help(argc, argv)) {
         print_help("gkd bench: time one training step by phase on random models (defaults: the CPU reference "
                    "configuration); prints ms, tokens/s, GFLOP/s, peak RSS and the machine's sgemm ceiling", specs);
         return 0;
     }
     Flags f("bench", argc, argv, specs);
-    check_device(f);
+    const std::string device = resolve_device(f);
     std::string vocab = f.str("vocab", "byte");
     int V = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);
     int context = (int)f.integer("context", 128, 2, 1 << 20);
@@ -1924,6 +3452,9 @@ static int cmd_bench(int argc, char** argv) {
     GPT<float> student = bench_model(f.str("student", "2,128,4"), V, context, 1, "student"), teacher;
     if (!sft) teacher = bench_model(f.str("teacher", "4,256,4"), V, context, 2, "teacher");
     benchmark_trainer(tr, std::move(student), std::move(teacher), sft, B, P, K, f.num("beta", 0.5, 0, 1), warmup + steps);
+    tr.opt.device = device;
+    tr.opt.tf32 = f.on("tf32");
+    place_trainer(tr);
     std::vector<StepStats> stats;
     for (int step = 0; step < warmup + steps; step++) {
         StepStats st = gkd_step(tr, step);
@@ -1950,8 +3481,7 @@ static int cmd_bench(int argc, char** argv) {
         sample_flops = forward_flops(sc, B * (P + gen), B * (P + gen) * (P + gen + 1) / 2, B * (gen + 1));
         teacher_flops = forward_flops(tr.teacher.config, rows_tokens, attended, rows_tokens);
     }
-    struct Row { const char* name; const char* key; double ms, tokens, flops; };
-    std::vector<Row> rows;
+    std::vector<BenchRow> rows;
     if (!sft) {
         rows.push_back({"sample (student, KV cache)", "sample", med(&StepStats::sample_ms), targets, sample_flops});
         rows.push_back({"teacher forward", "teacher", med(&StepStats::teacher_ms), rows_tokens, teacher_flops});
@@ -1964,6 +3494,10 @@ static int cmd_bench(int argc, char** argv) {
     rows.push_back({"step", "step", med(&StepStats::ms), targets, step_flops});
     int threads = omp_get_max_threads();
     const GPTConfig& tc = sft ? sc : tr.teacher.config;
+#ifdef __CUDACC__
+    if (tr.gpu) return print_gpu_bench(f.on("json"), sft, tr, rows, step_flops, med(&StepStats::ms), B, P, K, V, steps,
+                                       warmup, (int)T);
+#endif
     double at_shape = matmul_gflops(B * (int)T, tc.channels, 4 * tc.channels);
     double ceiling = std::max(matmul_gflops(1024, 1024, 1024), at_shape);
 #ifdef GKD_BLAS
@@ -2003,8 +3537,13 @@ static int cmd_bench(int argc, char** argv) {
     return 0;
 }
 
+#ifdef __CUDACC__
+#define GKD_BUILD_PATHS "this build: CPU and CUDA (--device auto|cpu|cuda)"
+#else
+#define GKD_BUILD_PATHS "this build: CPU only (make found no nvcc)"
+#endif
 static const char* USAGE =
-    "gkd: Generalized Knowledge Distillation for GPT-2 (CPU reference path)\n"
+    "gkd: Generalized Knowledge Distillation for GPT-2 (" GKD_BUILD_PATHS ")\n"
     "\n"
     "  gkd init      --layers L --channels C --heads NH --context T --vocab byte --out F\n"
     "  gkd distill   --teacher F --student F --data F.jsonl --out DIR [--lambda --beta ...]\n"
@@ -2013,7 +3552,7 @@ static const char* USAGE =
     "  gkd eval      --model F --data F.jsonl [--teacher F]\n"
     "  gkd tokenize  [--tokenizer byte|PATH] [--decode] < input\n"
     "  gkd convert   IN OUT [--bf16]   (model.safetensors or .bin -> llm.c .bin)\n"
-    "  gkd bench     [--student L,C,NH --teacher L,C,NH --batch B ...]   (time a step by phase)\n"
+    "  gkd bench     [--student L,C,NH --teacher L,C,NH --batch B ... --device cuda]   (time a step by phase)\n"
     "  gkd data      --task arithmetic|words --out DIR   (built-in task splits)\n"
     "  gkd data      --convert gsm8k|instruction --in F --out F.jsonl   (GSM8K, Alpaca/Dolly)\n"
     "\n"

@@ -1,38 +1,62 @@
 #!/usr/bin/env bash
 # compare_pytorch.sh — gkd's on-policy GKD step against the same step in PyTorch eager
-# (dev/pytorch_gkd_step.py), on the same cores and thread count, in one run: the two
-# alternate ROUNDS times (so that both see the same machine load) and the table gives
-# each phase's median over the rounds, and the ratio.
+# (dev/pytorch_gkd_step.py), on the same machine, in one run: the two alternate ROUNDS
+# times (so that both see the same machine state) and the table gives each phase's median
+# over the rounds, and the ratio.
 #
-#   dev/compare_pytorch.sh [THREADS] [ROUNDS] [extra gkd bench flags...]
-# Defaults: 2 threads, 3 rounds, the reference configuration. Needs /usr/bin/python3 with
-# Debian's python3-torch.
+#   dev/compare_pytorch.sh [THREADS] [ROUNDS] [extra flags for both...]
+#   DEVICE=cuda dev/compare_pytorch.sh 16 3 [--tf32] [shape flags]     (on a GPU)
+# Defaults: 2 threads, 3 rounds, the CPU, the reference configuration. Shape flags are
+# given once, in gkd bench's spelling (--student --teacher --vocab --context --batch
+# --prompt-tokens --new-tokens --tf32), and translated for the PyTorch script.
+# PY picks the Python with torch (default /usr/bin/python3 on the CPU, python3 on a GPU).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 threads=${1:-2}; rounds=${2:-3}; shift $(( $# < 2 ? $# : 2 )) || true
-py=/usr/bin/python3
+device=${DEVICE:-cpu}
+if [ "$device" = cuda ]; then py=${PY:-python3}; else py=${PY:-/usr/bin/python3}; fi
+torch_flags=()
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    --prompt-tokens) torch_flags+=(--prompt-len "${args[$((i + 1))]}"); i=$((i + 1)) ;;
+    --vocab) v="${args[$((i + 1))]}"; [ "$v" = byte ] && v=257; torch_flags+=(--vocab "$v"); i=$((i + 1)) ;;
+    --tf32) torch_flags+=(--tf32) ;;
+    *) torch_flags+=("${args[$i]}") ;;
+  esac
+done
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 for r in $(seq "$rounds"); do
-  OMP_NUM_THREADS=$threads "$here/gkd" bench --json --steps 5 "$@" >> "$work/gkd.jsonl"
-  OMP_NUM_THREADS=$threads "$py" "$here/dev/pytorch_gkd_step.py" --threads "$threads" --steps 5 >> "$work/torch.jsonl"
+  OMP_NUM_THREADS=$threads "$here/gkd" bench --json --steps 5 --device "$device" "$@" >> "$work/gkd.jsonl"
+  OMP_NUM_THREADS=$threads "$py" "$here/dev/pytorch_gkd_step.py" --threads "$threads" --steps 5 --device "$device" \
+      "${torch_flags[@]}" >> "$work/torch.jsonl"
   echo "round $r of $rounds done" >&2
 done
-"$py" - "$work/gkd.jsonl" "$work/torch.jsonl" "$threads" <<'PY'
+"$py" - "$work/gkd.jsonl" "$work/torch.jsonl" "$threads" "$device" "$*" <<'PY'
 import json, statistics, sys
 g = [json.loads(l) for l in open(sys.argv[1])]
 t = [json.loads(l) for l in open(sys.argv[2])]
+threads, device, flags = sys.argv[3], sys.argv[4], sys.argv[5]
 med = lambda rows, k: statistics.median(r[k] for r in rows)
 phases = [("sample (student, KV cache)", "sample_ms", "sample_ms"), ("teacher forward", "teacher_ms", "teacher_ms"),
           ("student forward", "forward_ms", "student_forward_ms"), ("loss (JSD)", "loss_ms", "loss_ms"),
           ("student backward (gkd: + grad norm; PyTorch: + clipping)", "backward_ms", "backward_ms"), ("AdamW (gkd: + clipping)", "update_ms", "update_ms"),
           ("whole step", "step_ms", "step_ms")]
-print(f"on-policy GKD step, reference configuration, {sys.argv[3]} threads, median of {len(g)} rounds x 5 steps")
-print(f"(PyTorch {t[0]['torch']} eager; gkd matmuls: {g[0]['matmuls']}; sgemm ceiling {med(g, 'sgemm_gflops'):.0f} GFLOP/s)\n")
+where = f"{threads} threads" if device == "cpu" else f"{g[0]['device']}, {g[0]['precision']}"
+print(f"on-policy GKD step ({flags or 'reference configuration'}), {where}, median of {len(g)} rounds x 5 steps")
+if device == "cpu":
+    print(f"(PyTorch {t[0]['torch']} eager; gkd matmuls: {g[0]['matmuls']}; sgemm ceiling {med(g, 'sgemm_gflops'):.0f} GFLOP/s)\n")
+else:
+    print(f"(PyTorch {t[0]['torch']} eager on {t[0]['gpu']}, TF32 {'on' if t[0]['tf32'] else 'off'}; "
+          f"cuBLAS SGEMM {med(g, 'sgemm_tflops_4096'):.1f} TFLOP/s at 4096^3)\n")
 print("| phase | gkd ms | PyTorch ms | PyTorch / gkd |")
 print("|---|---:|---:|---:|")
 for name, gk, tk in phases:
     a, b = med(g, gk), med(t, tk)
-    print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.1f}x |")
-print(f"\ngkd: {med(g, 'step_gflops'):.0f} GFLOP/s over the step ({100 * med(g, 'step_gflops') / med(g, 'sgemm_gflops'):.0f}% of sgemm), peak RSS {med(g, 'peak_rss_mb'):.0f} MB")
+    print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
+print("\ngkd: " + (f"{med(g, 'step_gflops'):.0f} GFLOP/s over the step ({100 * med(g, 'step_gflops') / med(g, 'sgemm_gflops'):.0f}% "
+                  f"of sgemm), peak RSS {med(g, 'peak_rss_mb'):.0f} MB" if device == "cpu" else
+                  f"{med(g, 'step_tflops'):.2f} TFLOP/s over the step, MFU {100 * med(g, 'step_mfu'):.1f}%; peak device "
+                  f"memory gkd {med(g, 'peak_device_memory_mb'):.0f} MB, PyTorch {med(t, 'peak_device_memory_mb'):.0f} MB"))
 PY

@@ -5,6 +5,10 @@ forward under no_grad, the student forward/backward, JSD(beta) over the real voc
 AdamW. Prints per-phase milliseconds (median of --steps after --warmup) as JSON.
 
     /usr/bin/python3 dev/pytorch_gkd_step.py --threads 2          (the reference configuration)
+    python3 dev/pytorch_gkd_step.py --device cuda [--tf32]       (on a GPU: fp32, or TF32 matmuls)
+
+On the GPU every phase ends with torch.cuda.synchronize(), as gkd's phases end with
+cudaDeviceSynchronize, and the peak allocated memory is reported.
 
 Shapes default to the CPU performance issue's reference configuration: byte vocabulary
 (V = 257), context 128; student 2 layers x 128 channels x 4 heads; teacher 4 x 256 x 4;
@@ -61,7 +65,7 @@ class GPT(torch.nn.Module):
 
     def forward(self, idx, caches=None, pos=0):
         T = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T))
+        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T, device=idx.device))
         for i, b in enumerate(self.blocks):
             x = b(x, caches[i] if caches else None, pos)
         return self.lnf(x) @ self.wte.weight.T  # tied head, (B, T, V)
@@ -70,10 +74,12 @@ class GPT(torch.nn.Module):
     def sample(self, prompts, new_tokens, eos, gen):
         B, P = prompts.shape
         hs = self.C // self.NH
-        caches = [(torch.empty(B, self.NH, self.maxT, hs), torch.empty(B, self.NH, self.maxT, hs)) for _ in self.blocks]
+        dev = prompts.device
+        caches = [(torch.empty(B, self.NH, self.maxT, hs, device=dev), torch.empty(B, self.NH, self.maxT, hs, device=dev))
+                  for _ in self.blocks]
         logits = self(prompts, caches, 0)[:, -1]
-        out = torch.empty(B, new_tokens, dtype=torch.long)
-        done = torch.zeros(B, dtype=torch.bool)
+        out = torch.empty(B, new_tokens, dtype=torch.long, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
         for t in range(new_tokens):
             tok = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
             tok = torch.where(done, torch.full_like(tok, eos), tok)
@@ -104,19 +110,30 @@ def main():
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tf32", action="store_true", help="cuda: TF32 matmuls")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    student = GPT(*map(int, a.student.split(",")), a.vocab, a.context)
-    teacher = GPT(*map(int, a.teacher.split(",")), a.vocab, a.context).requires_grad_(False)
+    dev = torch.device(a.device)
+    cuda = a.device == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    student = GPT(*map(int, a.student.split(",")), a.vocab, a.context).to(dev)
+    teacher = GPT(*map(int, a.teacher.split(",")), a.vocab, a.context).to(dev).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # prompts, on the host
+    sample_gen = torch.Generator(device=dev).manual_seed(0)
     eos = a.vocab - 1
     times = {k: [] for k in ("sample", "teacher", "student_forward", "loss", "backward", "update", "step")}
     for step in range(a.warmup + a.steps):
-        prompts = torch.randint(0, a.vocab - 1, (a.batch, a.prompt_len), generator=gen)
+        prompts = torch.randint(0, a.vocab - 1, (a.batch, a.prompt_len), generator=gen).to(dev)
+        sync()
         t0 = time.perf_counter()
-        completion = student.sample(prompts, a.new_tokens, eos, gen)
+        completion = student.sample(prompts, a.new_tokens, eos, sample_gen)
+        sync()
         t1 = time.perf_counter()
         rows = torch.cat([prompts, completion], 1)
         inputs, targets_from = rows[:, :-1], a.prompt_len - 1
@@ -125,23 +142,31 @@ def main():
         mask = ~after_eos
         with torch.no_grad():
             tl = teacher(inputs)[:, targets_from:]
+        sync()
         t2 = time.perf_counter()
         sl = student(inputs)[:, targets_from:]
+        sync()
         t3 = time.perf_counter()
         per_token = jsd(tl, sl, a.beta)
         loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()  # the paper's 1/L_y
+        sync()
         t4 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        sync()
         t5 = time.perf_counter()
         opt.step()
+        sync()
         t6 = time.perf_counter()
         if step >= a.warmup:
             for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t6 - t0)):
                 times[k].append(1000 * v)
     out = {k + "_ms": round(statistics.median(v), 2) for k, v in times.items()}
-    out.update(threads=a.threads, torch=torch.__version__, batch=a.batch, new_tokens=a.new_tokens)
+    out.update(threads=a.threads, torch=torch.__version__, batch=a.batch, new_tokens=a.new_tokens, device=a.device)
+    if cuda:
+        out.update(gpu=torch.cuda.get_device_name(), tf32=a.tf32,
+                   peak_device_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1))
     print(json.dumps(out))
 
 

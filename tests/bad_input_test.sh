@@ -9,6 +9,8 @@ GKD=${GKD:-./gkd}
 W=$(mktemp -d /tmp/gkd_bad.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# CPU tests: on a machine with a GPU too, --device auto stays on the CPU and cuda is refused
+export CUDA_VISIBLE_DEVICES=""
 
 # --- the inputs the table refers to
 $GKD init --layers 1 --channels 16 --heads 2 --context 32 --seed 1 --out "$W/s.bin" 2>/dev/null
@@ -154,7 +156,8 @@ TABLE=$(cat <<EOF
 1	gkd bench: --student '2,128' must be LAYERS,CHANNELS,HEADS	bench --student 2,128
 1	gkd bench --teacher: invalid model shape: heads NH must divide channels C	bench --teacher 1,30,4
 1	--prompt-tokens 100 + --new-tokens 64 exceed --context 128	bench --prompt-tokens 100
-1	--device cuda: this build has no CUDA path	bench --device cuda
+1	use --device cpu (or auto)	bench --device cuda
+1	--tf32 is a GPU mode: it needs --device cuda	bench --tf32 --device cpu
 1	$W/malformed.jsonl:2: malformed JSON	sft $S --data $W/malformed.jsonl $TRAIN
 1	$W/notobject.jsonl:1: expected a JSON object	sft $S --data $W/notobject.jsonl $TRAIN
 1	$W/prompttype.jsonl:1: "prompt" must be a string	sft $S --data $W/prompttype.jsonl $TRAIN
@@ -195,7 +198,7 @@ TABLE=$(cat <<EOF
 1	$W/never/checkpoint.bin: no checkpoint to resume from	sft --resume $W/never
 1	$W/badstate/checkpoint.bin: not a gkd training checkpoint	sft --resume $W/badstate
 1	$W/tornstate/checkpoint.bin: header length	sft --resume $W/tornstate
-1	--device cuda: this build has no CUDA path	sample $S --prompt x --device cuda
+1	use --device cpu (or auto)	sample $S --prompt x --device cuda
 1	<stdin>: malformed JSON	tokenize --decode
 EOF
 )

@@ -10,6 +10,7 @@ W=$(mktemp -d /tmp/gkd_cli.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 pass=0
 fail=0
+export CUDA_VISIBLE_DEVICES=""  # the CPU path's tests: --device auto stays on the CPU even beside a GPU
 
 ok() { pass=$((pass + 1)); }
 bad() { fail=$((fail + 1)); echo "FAIL: $*" >&2; }
@@ -104,6 +105,29 @@ expect_ok "bench --sft --json" $GKD bench --sft --json --student 1,16,2 --contex
 check "bench JSON has the phases the scripts read" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("forward_ms","loss_ms","backward_ms","update_ms","step_ms","step_gflops","sgemm_gflops","peak_rss_mb")) and "sample_ms" not in j' "$W/out"
 
 # (every refusal of bad input is in the table of tests/bad_input_test.sh)
+
+# --- the two builds: ./gkd (nvcc, with the CUDA path, where nvcc exists) and the g++-only
+# build/gkd-cpu run the same CPU path: the same losses, bit for bit, and the same model
+GKD_CPU=${GKD_CPU:-build/gkd-cpu}
+if [ -x "$GKD_CPU" ]; then
+  for b in "$GKD" "$GKD_CPU"; do
+    tag=$(basename "$b")
+    expect_ok "$tag: distill on --device auto" $b distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/build-$tag" --steps 3 --batch 2 --lambda 0.5 --max-new-tokens 8 --device auto
+    check "$tag: --device auto without a GPU is the CPU" grep -q "on the CPU, [0-9]* threads" "$W/err"
+  done
+  check "both builds: identical losses and gradient norms" python3 -c '
+import json, sys
+a, b = ([(j["loss"], j["grad_norm"]) for j in map(json.loads, open(f)) if "loss" in j] for f in sys.argv[1:])
+assert a == b and len(a) == 3, (a, b)' "$W/build-$(basename "$GKD")/metrics.jsonl" "$W/build-$(basename "$GKD_CPU")/metrics.jsonl"
+  check "both builds: identical model.bin" cmp -s "$W/build-$(basename "$GKD")/model.bin" "$W/build-$(basename "$GKD_CPU")/model.bin"
+  expect_error "the g++-only build refuses --device cuda" "--device cuda: this build has no CUDA path" $GKD_CPU bench --device cuda
+  expect_error "the g++-only build refuses --tf32" "--tf32 is a GPU mode" $GKD_CPU bench --tf32
+else
+  bad "$GKD_CPU is missing: make test builds it (make gkd-cpu)"
+fi
+if "$GKD" --help | grep -q "CPU and CUDA"; then
+  expect_error "the CUDA build without a GPU refuses --device cuda" "--device cuda: no CUDA GPU is visible" $GKD bench --device cuda
+fi
 
 # --- built-in tasks, task-scored evaluation
 expect_ok "data arithmetic" $GKD data --task arithmetic --seed 3 --out "$W/ar" --train 50 --validation 5 --test 7

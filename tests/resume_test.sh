@@ -6,6 +6,7 @@
 # checkpoint intact). Prints "resume: N passed, N failed" last.
 set -u
 cd "$(dirname "$0")/.."
+export CUDA_VISIBLE_DEVICES=""  # the CPU path: --device auto stays on the CPU even beside a GPU
 GKD=${GKD:-./gkd}
 W=$(mktemp -d /tmp/gkd_resume.XXXXXX)
 trap 'rm -rf "$W"' EXIT

@@ -6,6 +6,9 @@
 # Exits non-zero when anything failed or a suite died before its summary.
 set -u
 cd "$(dirname "$0")/.."
+# These are the CPU path's tests (make test-gpu checks the GPU): with a GPU present,
+# --device auto must still pick the CPU here.
+export CUDA_VISIBLE_DEVICES=""
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 passed=0

@@ -1,0 +1,507 @@
+// tests/test_gpu.cu — the CUDA path against the CPU path: `make test-gpu`.
+//
+// Like tests/test_gkd.cpp it includes gkd.cu whole, here compiled by nvcc, so each gpu::
+// op can be run beside its CPU twin from model.h on the same inputs. What is checked:
+// - every kernel (and cuBLAS call) of the step, forward and backward, on fresh random
+//   inputs: outputs poisoned with NaN first (an unwritten element fails), accumulating
+//   outputs started from random values (a += that became = fails);
+// - the fused divergence kernel for forward KL, reverse KL, JSD(beta), tau != 1, SFT's
+//   cross-entropy and the RL term, with masked positions and padded columns;
+// - AdamW, the gradient norm, the teacher's forward pass (gpu_infer against gpt_infer);
+// - a full GKD step (loss and every parameter gradient) and a 20-step trajectory;
+// - greedy sampling token for token, and the Gumbel-max draw against softmax(logits / t).
+// The measure is ||gpu - cpu|| / ||cpu|| (METHOD.md of the device notes): fp32 kernels
+// land near 1e-7, so the thresholds below (1e-5 for one op, 1e-4 through a whole model)
+// separate rounding from a wrong index, which gives O(1).
+//
+// On a machine without a GPU it says so and exits 0 without checking anything: it never
+// reports a pass it did not run. Each run draws new inputs; the seed is printed.
+#define GKD_NO_MAIN
+#include "../gkd.cu"
+
+#include <random>
+
+static int passed = 0, failed = 0;
+static uint64_t run_seed = 0, draws = 0;
+
+static void check(bool ok, const std::string& what) {
+    (ok ? passed : failed)++;
+    printf("%s  %s\n", ok ? "ok  " : "FAIL", what.c_str());
+    fflush(stdout);
+}
+
+// ||a - b|| / ||b|| in double; any NaN or inf in a gives infinity
+static double rel_error(const float* a, const float* b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!std::isfinite(a[i])) return INFINITY;
+        double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+static double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() ? rel_error(a.data(), b.data(), a.size()) : INFINITY;
+}
+static void check_close(const std::string& what, const std::vector<float>& gpu_out, const std::vector<float>& cpu_out,
+                        double tol) {
+    double e = rel_error(gpu_out, cpu_out);
+    check(e <= tol, strf("%-52s rel error %.2e (limit %.0e)", what.c_str(), e, tol));
+}
+
+static std::vector<float> random_floats(size_t n, double std = 1.0) {
+    Rng rng(derive_seed(run_seed, ++draws));
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float)(rng.normal() * std);
+    return v;
+}
+
+// a device copy of a host vector, or a poisoned (all NaN) buffer of n floats
+struct Dev {
+    DeviceBuffer<float> b;
+    explicit Dev(const std::vector<float>& v) { b.upload(v); }
+    explicit Dev(size_t n) {
+        b.ensure(n);
+        CUDA_CHECK(cudaMemset(b.ptr, 0xFF, n * sizeof(float)));
+    }
+    float* p() { return b.ptr; }
+    std::vector<float> get() {
+        std::vector<float> v(b.count);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        download(v.data(), b.ptr, b.count);
+        return v;
+    }
+};
+struct DevInt {
+    DeviceBuffer<int> b;
+    explicit DevInt(const std::vector<int>& v) { b.upload(v); }
+};
+
+// ----------------------------------------------------------------------------
+// layer kernels
+
+static void test_encoder() {
+    const int B = 3, T = 7, C = 48, V = 20, maxT = 9;
+    auto wte = random_floats((size_t)V * C), wpe = random_floats((size_t)maxT * C), dout = random_floats((size_t)B * T * C);
+    std::vector<int> tokens(B * T);
+    Rng rng(derive_seed(run_seed, ++draws));
+    for (auto& t : tokens) t = (int)rng.below(5);  // few ids: many positions share a token
+    std::vector<float> out(B * T * C);
+    encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+    Dev d_out((size_t)B * T * C), d_wte(wte), d_wpe(wpe);
+    DevInt d_tok(tokens);
+    gpu::encoder_forward(d_out.p(), d_tok.b.ptr, d_wte.p(), d_wpe.p(), B, T, C);
+    check_close("encoder forward", d_out.get(), out, 1e-6);
+
+    auto dwte = random_floats(wte.size()), dwpe = random_floats(wpe.size());
+    Dev d_dwte(dwte), d_dwpe(dwpe), d_dout(dout);
+    encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
+    gpu::TokenGroups groups;
+    groups.build(tokens.data(), B * T);
+    gpu::DeviceTokenGroups dgroups;
+    dgroups.upload(groups);
+    gpu::encoder_backward(d_dwte.p(), d_dwpe.p(), d_dout.p(), dgroups, B, T, C);
+    check_close("encoder backward: dwte", d_dwte.get(), dwte, 1e-6);
+    check_close("encoder backward: dwpe", d_dwpe.get(), dwpe, 1e-6);
+}
+
+static void test_layernorm() {
+    const int N = 37, C = 80;
+    auto x = random_floats((size_t)N * C, 3.0), w = random_floats(C), b = random_floats(C), dout = random_floats((size_t)N * C);
+    for (auto& v : x) v += 2.0f;  // a non-zero mean
+    std::vector<float> out(N * C), mean(N), rstd(N);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+    Dev d_out((size_t)N * C), d_mean((size_t)N), d_rstd((size_t)N), d_x(x), d_w(w), d_b(b);
+    gpu::layernorm_forward(d_out.p(), d_mean.p(), d_rstd.p(), d_x.p(), d_w.p(), d_b.p(), N, C);
+    check_close("layernorm forward", d_out.get(), out, 1e-5);
+    check_close("layernorm forward: mean", d_mean.get(), mean, 1e-5);
+    check_close("layernorm forward: rstd", d_rstd.get(), rstd, 1e-5);
+
+    auto dx = random_floats(x.size()), dw = random_floats(C), db = random_floats(C);
+    Dev d_dx(dx), d_dw(dw), d_db(db), d_dout(dout), scratch(gpu::column_scratch_size(N, C));
+    layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C);
+    gpu::layernorm_backward(d_dx.p(), d_dw.p(), d_db.p(), d_dout.p(), d_x.p(), d_w.p(), d_mean.p(), d_rstd.p(), N, C,
+                            scratch.p());
+    check_close("layernorm backward: dinp", d_dx.get(), dx, 1e-5);
+    check_close("layernorm backward: dweight", d_dw.get(), dw, 1e-5);
+    check_close("layernorm backward: dbias", d_db.get(), db, 1e-5);
+}
+
+static void test_matmul(bool with_bias, int ld_pad) {
+    const int N = 45, C = 72, OC = 100, ld = OC + ld_pad;
+    auto inp = random_floats((size_t)N * C), w = random_floats((size_t)OC * C), bias = random_floats(OC);
+    auto dout = random_floats((size_t)N * ld);
+    std::vector<float> out((size_t)N * ld, 0.0f);
+    matmul_forward(out.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, N, C, OC, ld);
+    Dev d_out(out), d_inp(inp), d_w(w), d_bias(bias);  // the padded columns are not the matmul's to write
+    gpu::matmul_forward(d_out.p(), d_inp.p(), d_w.p(), with_bias ? d_bias.p() : nullptr, N, C, OC, ld);
+    std::string tag = strf("matmul (%s, ld_out %d)", with_bias ? "bias" : "no bias", ld);
+    check_close(tag + " forward", d_out.get(), out, 1e-5);
+
+    auto dinp = random_floats(inp.size()), dw = random_floats(w.size()), db = random_floats(OC);
+    Dev d_dinp(dinp), d_dw(dw), d_db(db), d_dout(dout), scratch(gpu::column_scratch_size(N, OC));
+    matmul_backward(dinp.data(), dw.data(), with_bias ? db.data() : nullptr, dout.data(), inp.data(), w.data(), N, C, OC, ld);
+    gpu::matmul_backward(d_dinp.p(), d_dw.p(), with_bias ? d_db.p() : nullptr, d_dout.p(), d_inp.p(), d_w.p(), N, C, OC,
+                         ld, scratch.p());
+    check_close(tag + " backward: dinp", d_dinp.get(), dinp, 1e-5);
+    check_close(tag + " backward: dweight", d_dw.get(), dw, 1e-5);
+    if (with_bias) check_close(tag + " backward: dbias", d_db.get(), db, 1e-5);
+}
+
+static void test_attention() {
+    const int B = 2, T = 11, C = 48, NH = 3;
+    auto qkv = random_floats((size_t)B * T * 3 * C), dout = random_floats((size_t)B * T * C);
+    std::vector<float> out((size_t)B * T * C), att((size_t)B * NH * T * T);
+    std::vector<float> cpu_scratch((size_t)omp_get_max_threads() * T * T);
+    attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+    Dev d_out(out.size()), d_att(att.size()), d_qkv(qkv), scratch(gpu::attention_scratch_size(B, T, C, NH));
+    gpu::attention_forward(d_out.p(), d_att.p(), d_qkv.p(), scratch.p(), B, T, C, NH);
+    check_close("attention forward: out", d_out.get(), out, 1e-5);
+    check_close("attention forward: softmax weights (B, NH, T, T)", d_att.get(), att, 1e-5);
+
+    auto dqkv = random_floats(qkv.size());
+    Dev d_dqkv(dqkv), d_dout(dout);
+    attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), cpu_scratch.data(), B, T, C, NH);
+    gpu::attention_backward(d_dqkv.p(), d_dout.p(), d_qkv.p(), d_att.p(), scratch.p(), B, T, C, NH);
+    check_close("attention backward: dqkv", d_dqkv.get(), dqkv, 1e-5);
+}
+
+static void test_elementwise() {
+    const size_t N = 10007;
+    auto x = random_floats(N, 2.0), y = random_floats(N), dout = random_floats(N);
+    std::vector<float> out(N);
+    gelu_forward(out.data(), x.data(), N);
+    Dev d_out(N), d_x(x), d_y(y), d_dout(dout);
+    gpu::gelu_forward(d_out.p(), d_x.p(), N);
+    check_close("gelu forward", d_out.get(), out, 1e-5);
+    auto dx = random_floats(N);
+    Dev d_dx(dx);
+    gelu_backward(dx.data(), x.data(), dout.data(), N);
+    gpu::gelu_backward(d_dx.p(), d_x.p(), d_dout.p(), N);
+    check_close("gelu backward", d_dx.get(), dx, 1e-5);
+
+    residual_forward(out.data(), x.data(), y.data(), N);
+    Dev d_res(N);
+    gpu::residual_forward(d_res.p(), d_x.p(), d_y.p(), N);
+    check_close("residual forward", d_res.get(), out, 1e-6);
+    auto da = random_floats(N), db = random_floats(N);
+    Dev d_da(da), d_db(db);
+    residual_backward(da.data(), db.data(), dout.data(), N);
+    gpu::residual_backward(d_da.p(), d_db.p(), d_dout.p(), N);
+    check_close("residual backward: da", d_da.get(), da, 1e-6);
+    check_close("residual backward: db", d_db.get(), db, 1e-6);
+}
+
+// ----------------------------------------------------------------------------
+// the fused loss
+
+// A batch of B rows of T positions with targets on the completion part, some rows short
+// (masked tails), targets spread over the real vocabulary.
+static TrainBatch random_batch(int B, int T, int V) {
+    Rng rng(derive_seed(run_seed, ++draws));
+    TrainBatch b;
+    b.B = B;
+    b.T = T;
+    b.tokens.assign((size_t)B * T, 0);
+    b.targets.assign((size_t)B * T, -1);
+    b.target_count.assign(B, 0);
+    for (int r = 0; r < B; r++) {
+        int prompt = 1 + (int)rng.below(3), len = T - (int)rng.below(3);
+        for (int t = prompt - 1; t < len; t++) {
+            b.targets[(size_t)r * T + t] = (int)rng.below(V);
+            b.target_count[r]++;
+            b.num_targets++;
+        }
+    }
+    return b;
+}
+
+static void test_loss(const char* name, bool cross_entropy, double beta, double tau, LossNorm norm, bool rl) {
+    const int B = 3, T = 6, V = 300, Vps = 384, Vpt = 320;
+    TrainBatch b = random_batch(B, T, V);
+    auto student = random_floats((size_t)B * T * Vps, 3.0), teacher = random_floats((size_t)B * T * Vpt, 3.0);
+    PolicyGradientTerm pg_cpu, pg_gpu;
+    if (rl) {
+        pg_cpu.advantage = {0.5, -1.0, 0.25};
+        pg_cpu.scale = 0.4 / B;
+        pg_cpu.alpha = 0.6;
+        pg_cpu.temperature = 0.8;
+        pg_gpu = pg_cpu;
+    }
+    std::vector<float> grad(student.size());
+    double mean_cpu = 0, mean_gpu = 0;
+    double loss_cpu = batch_loss(b, teacher.data(), Vpt, student.data(), grad.data(), V, Vps, cross_entropy, beta, tau,
+                                 norm, &mean_cpu, rl ? &pg_cpu : nullptr);
+    Dev d_student(student), d_teacher(teacher);
+    GpuLossBuffers buf;
+    double loss_gpu = gpu_batch_loss(buf, b, cross_entropy ? nullptr : d_teacher.p(), Vpt, d_student.p(), V, Vps,
+                                     cross_entropy, beta, tau, norm, &mean_gpu, rl ? &pg_gpu : nullptr);
+    double e = std::fabs(loss_gpu - loss_cpu) / std::max(std::fabs(loss_cpu), 1e-12);
+    check(e < 1e-9 && std::fabs(mean_gpu - mean_cpu) <= 1e-9 * std::max(1.0, std::fabs(mean_cpu)),
+          strf("%-52s loss %.10g vs %.10g", strf("fused loss %s: value", name).c_str(), loss_gpu, loss_cpu));
+    if (rl)
+        check(std::fabs(pg_gpu.surrogate - pg_cpu.surrogate) <= 1e-9 * std::max(1.0, std::fabs(pg_cpu.surrogate)),
+              strf("fused loss %s: REINFORCE surrogate %.10g vs %.10g", name, pg_gpu.surrogate, pg_cpu.surrogate));
+    // the gradient, written over the logits: masked rows and padded columns must be zero
+    check_close(strf("fused loss %s: gradient over the logits", name), d_student.get(), grad, 1e-6);
+}
+
+// ----------------------------------------------------------------------------
+// optimizer and norm
+
+static GPT<float> random_model(const char* shape, int V, int context, double wte_scale = 1.0) {
+    GPT<float> m = bench_model(shape, V, context, derive_seed(run_seed, ++draws), "test");
+    for (size_t i = 0; i < m.param_sizes[0]; i++) m.params.wte[i] *= (float)wte_scale;
+    return m;
+}
+
+static void test_adamw_and_norm() {
+    GPT<float> m = random_model("2,64,4", 97, 16);
+    gpt_prepare_training(m, 1, 1);
+    auto g = random_floats(m.num_parameters, 1e-2);
+    std::copy(g.begin(), g.end(), m.grads_memory.begin());
+    GpuModel gm;
+    gpu_upload(gm, m);
+    gpu_prepare_training(gm, 1, 1);
+    CUDA_CHECK(cudaMemcpy(gm.grads_memory.ptr, g.data(), g.size() * sizeof(float), cudaMemcpyHostToDevice));
+    double n_cpu = grad_norm(m), n_gpu = gpu_grad_norm(gm);
+    check(std::fabs(n_gpu - n_cpu) <= 1e-9 * n_cpu, strf("gradient norm: %.12g vs %.12g", n_gpu, n_cpu));
+    AdamW a_cpu, a_gpu;
+    a_cpu.weight_decay = a_gpu.weight_decay = 0.1;
+    gpu_upload_optimizer(gm, a_gpu);
+    for (int step = 0; step < 3; step++) {  // three steps: the moments and the bias correction matter
+        adamw_update(m, a_cpu, 1e-3, 0.7);
+        gpu_adamw_update(gm, a_gpu, 1e-3, 0.7);
+    }
+    GPT<float> back = m;
+    gpu_download_parameters(gm, back);
+    check_close("AdamW, 3 steps, decay and clipping: parameters", back.params_memory, m.params_memory, 1e-6);
+    AdamW moments;
+    gpu_download_optimizer(gm, moments);
+    check_close("AdamW, 3 steps: second moments", moments.v, a_cpu.v, 1e-5);
+}
+
+// ----------------------------------------------------------------------------
+// whole-model paths
+
+// gpu_infer's prefill (the teacher's pass) against gpt_infer: all positions, right-padded rows
+static void test_infer() {
+    GPT<float> m = random_model("3,96,4", 211, 40);
+    const int B = 4, T = 17;
+    Rng rng(derive_seed(run_seed, ++draws));
+    std::vector<int> tokens((size_t)B * T), rows(B), start(B, 0), n_new(B);
+    for (auto& t : tokens) t = (int)rng.below(211);
+    for (int b = 0; b < B; b++) { rows[b] = b; n_new[b] = T - 3 * b; }
+    KVCache<float> cache;
+    cache.allocate(m.config, B);
+    InferScratch<float> s;
+    const int Vp = m.config.padded_vocab_size;
+    std::vector<float> logits((size_t)B * T * Vp);
+    gpt_infer(m, cache, s, tokens.data(), rows.data(), start.data(), n_new.data(), B, T, logits.data(), true);
+    GpuModel gm;
+    gpu_upload(gm, m);
+    GpuInferScratch gs;
+    Dev d_logits(logits.size());
+    gpu_infer(gm, nullptr, gs, tokens.data(), rows.data(), start.data(), n_new.data(), B, T, d_logits.p(), true);
+    // compare the real positions of each row (padded slots are junk on both)
+    std::vector<float> got = d_logits.get(), a, b;
+    for (int r = 0; r < B; r++)
+        for (int t = 0; t < n_new[r]; t++)
+            for (int i = 0; i < Vp; i++) {
+                a.push_back(got[((size_t)r * T + t) * Vp + i]);
+                b.push_back(logits[((size_t)r * T + t) * Vp + i]);
+            }
+    check_close("teacher forward (gpu_infer, all positions, ragged rows)", a, b, 1e-4);
+}
+
+// greedy decoding with the KV cache: the same tokens as the CPU, row for row
+static void test_greedy() {
+    // larger embeddings make the logits decisive: an argmax then never hinges on rounding
+    GPT<float> m = random_model("2,64,4", 257, 64, 30.0);
+    const int B = 6, eos = 256;
+    Rng rng(derive_seed(run_seed, ++draws));
+    std::vector<std::vector<int>> prompt_store(B);
+    std::vector<const std::vector<int>*> prompts;
+    std::vector<int> budgets;
+    std::vector<uint64_t> ids;
+    for (int b = 0; b < B; b++) {
+        int len = 1 + (int)rng.below(12);
+        for (int t = 0; t < len; t++) prompt_store[b].push_back((int)rng.below(256));
+        prompts.push_back(&prompt_store[b]);
+        budgets.push_back(10 + 8 * b);
+        ids.push_back(b);
+    }
+    Generator gen;
+    auto cpu = generate(m, gen, prompts, budgets, 0.0, eos, 1, 2, ids);
+    GpuModel gm;
+    gpu_upload(gm, m);
+    GpuGenerator gg;
+    auto gpu = gpu_generate(gm, gg, prompts, budgets, 0.0, eos, 1, 2, ids);
+    int same = 0, tokens = 0;
+    for (int b = 0; b < B; b++) { same += cpu[b] == gpu[b]; tokens += (int)cpu[b].size(); }
+    check(same == B, strf("greedy sampling, KV cache: %d of %d rows token for token (%d tokens)", same, B, tokens));
+    // and run twice: the same tokens (no state leaks between calls through the cache)
+    auto again = gpu_generate(gm, gg, prompts, budgets, 0.0, eos, 1, 2, ids);
+    check(again == gpu, "greedy sampling: a second call gives the same tokens");
+}
+
+// the Gumbel-max draw: frequencies against softmax(logits / t); greedy ties to the lowest id
+static void test_sampling_distribution() {
+    const int V = 12, Vp = 128, R = 40000;
+    const double t = 0.7;
+    std::vector<float> row(Vp, 0.0f), logits((size_t)R * Vp);
+    Rng rng(derive_seed(run_seed, ++draws));
+    for (int i = 0; i < V; i++) row[i] = (float)(rng.normal() * 1.0);
+    for (int r = 0; r < R; r++) std::copy(row.begin(), row.end(), logits.begin() + (size_t)r * Vp);
+    std::vector<uint64_t> keys(R);
+    std::vector<int> draw_index(R, 3);
+    for (int r = 0; r < R; r++) keys[r] = derive_seed(run_seed, 77, r);
+    Dev d_logits(logits);
+    DeviceBuffer<uint64_t> d_keys;
+    d_keys.upload(keys);
+    DevInt d_draws(draw_index);
+    DeviceBuffer<int> d_out;
+    d_out.ensure(R);
+    gpu::sample_kernel<<<R, gpu::THREADS>>>(d_out.ptr, d_logits.p(), V, Vp, 1.0 / t, d_keys.ptr, d_draws.b.ptr);
+    CUDA_LAUNCH_CHECK();
+    std::vector<int> out(R);
+    download(out.data(), d_out.ptr, R);
+    std::vector<double> freq(V, 0.0), p(V);
+    bool in_range = true;
+    for (int x : out) {
+        if (x < 0 || x >= V) in_range = false;
+        else freq[x] += 1.0 / R;
+    }
+    double mx = *std::max_element(row.begin(), row.begin() + V), z = 0;
+    for (int i = 0; i < V; i++) z += p[i] = std::exp((row[i] - mx) / t);
+    double worst = 0;
+    for (int i = 0; i < V; i++) worst = std::max(worst, std::fabs(freq[i] - p[i] / z) / std::sqrt(p[i] / z / R + 1e-12));
+    // |f - p| / sd(f): 5 standard deviations of a binomial frequency
+    check(in_range && worst < 5.0, strf("Gumbel-max sampling at t = %.1f: %d draws, worst deviation %.2f sd (limit 5)", t, R, worst));
+
+    std::vector<float> ties(Vp, 0.0f);
+    ties[3] = ties[7] = 2.0f;
+    Dev d_ties(ties);
+    gpu::sample_kernel<<<1, gpu::THREADS>>>(d_out.ptr, d_ties.p(), V, Vp, 0.0, d_keys.ptr, d_draws.b.ptr);
+    CUDA_LAUNCH_CHECK();
+    int pick = -1;
+    download(&pick, d_out.ptr, 1);
+    check(pick == 3, strf("greedy: a tie goes to the lowest id (picked %d, want 3)", pick));
+}
+
+// A trainer on random models and random data, off-policy (dataset completions), so that
+// the CPU and the GPU see the same batches: what the full-step tests compare.
+static void make_trainer(Trainer& tr, const GPT<float>& student, const GPT<float>& teacher, double beta, bool sft) {
+    tr.student = student;
+    tr.has_teacher = !sft;
+    if (!sft) tr.teacher = teacher;
+    const int V = student.config.vocab_size;
+    tr.tok = std::make_unique<SizeOnlyTokenizer>(V);
+    TrainOptions& o = tr.opt;
+    o.sft = sft;
+    o.lambda = 0;
+    o.beta = beta;
+    o.batch = 4;
+    o.steps = 20;
+    o.lr = 3e-3;
+    o.weight_decay = 0.01;
+    o.grad_clip = 1.0;
+    o.shuffle = false;
+    tr.adam.weight_decay = o.weight_decay;
+    Rng rng(derive_seed(run_seed, ++draws));
+    for (int i = 0; i < 8; i++) {
+        Example e;
+        int P = 2 + (int)rng.below(6), K = 3 + (int)rng.below(10);
+        for (int t = 0; t < P; t++) e.prompt.push_back((int)rng.below(V - 1));
+        for (int t = 0; t < K; t++) e.completion.push_back((int)rng.below(V - 1));
+        e.has_completion = true;
+        tr.data.examples.push_back(e);
+    }
+}
+
+static void test_full_step(bool sft, bool tf32) {
+    GPT<float> student = random_model("2,64,4", 257, 32), teacher = random_model("3,96,4", 257, 32);
+    Trainer cpu, gpu;
+    make_trainer(cpu, student, teacher, 0.5, sft);
+    make_trainer(gpu, student, teacher, 0.5, sft);
+    gpu.opt.device = "cuda";
+    gpu.opt.tf32 = tf32;
+    place_trainer(gpu);
+    StepStats a = gkd_step(cpu, 0), b = gkd_step(gpu, 0);
+    const char* what = sft ? "SFT step" : tf32 ? "GKD step, TF32" : "GKD step, JSD(0.5)";
+    const double tol = tf32 ? 3e-2 : 1e-4;
+    check(std::fabs(a.loss - b.loss) <= tol * std::fabs(a.loss), strf("%s: loss %.8g vs CPU %.8g", what, b.loss, a.loss));
+    check(std::fabs(a.grad_norm - b.grad_norm) <= tol * a.grad_norm,
+          strf("%s: gradient norm %.8g vs CPU %.8g", what, b.grad_norm, a.grad_norm));
+    std::vector<float> grads(gpu.student.num_parameters);
+    download(grads.data(), gpu.gpu->student.grads_memory.ptr, grads.size());
+    size_t offset = 0;
+    for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+        size_t n = student.param_sizes[k];
+        std::vector<float> g(grads.begin() + offset, grads.begin() + offset + n),
+            c(cpu.student.grads_memory.begin() + offset, cpu.student.grads_memory.begin() + offset + n);
+        check_close(strf("%s: gradient of %s", what, PARAMETER_NAMES[k]), g, c, tol);
+        offset += n;
+    }
+    host_copy(gpu);
+    check_close(strf("%s: parameters after AdamW", what), gpu.student.params_memory, cpu.student.params_memory, tol);
+}
+
+static void test_trajectory() {
+    GPT<float> student = random_model("2,64,4", 257, 32), teacher = random_model("3,96,4", 257, 32);
+    Trainer cpu, gpu;
+    make_trainer(cpu, student, teacher, 0.5, false);
+    make_trainer(gpu, student, teacher, 0.5, false);
+    gpu.opt.device = "cuda";
+    place_trainer(gpu);
+    double worst = 0;
+    std::string losses;
+    for (int step = 0; step < 20; step++) {
+        StepStats a = gkd_step(cpu, step), b = gkd_step(gpu, step);
+        worst = std::max(worst, std::fabs(a.loss - b.loss) / std::fabs(a.loss));
+        if (step % 5 == 4) losses += strf(" %d: %.5f/%.5f", step, b.loss, a.loss);
+    }
+    check(worst < 1e-3, strf("20-step GKD trajectory: worst loss difference %.2e (limit 1e-3); gpu/cpu%s", worst, losses.c_str()));
+    host_copy(gpu);
+    check_close("20-step GKD trajectory: final parameters", gpu.student.params_memory, cpu.student.params_memory, 1e-3);
+}
+
+int main() {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        printf("test-gpu: no CUDA GPU visible (%s): nothing was checked\n",
+               e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+        return 0;
+    }
+    run_seed = std::random_device()();
+    try {
+        gpu_init(false);
+        printf("test-gpu on %s (sm_%d%d), inputs from seed %llu\n", gpu_context().prop.name, gpu_context().prop.major,
+               gpu_context().prop.minor, (unsigned long long)run_seed);
+        test_encoder();
+        test_layernorm();
+        test_matmul(true, 0);
+        test_matmul(false, 28);
+        test_attention();
+        test_elementwise();
+        test_loss("forward KL", false, 0.0, 1.0, LossNorm::Sequence, false);
+        test_loss("reverse KL", false, 1.0, 1.0, LossNorm::Sequence, false);
+        test_loss("JSD(0.3), tau 2", false, 0.3, 2.0, LossNorm::Token, false);
+        test_loss("cross-entropy", true, 0.0, 1.0, LossNorm::Sequence, false);
+        test_loss("JSD(0.5) + REINFORCE", false, 0.5, 1.0, LossNorm::Sequence, true);
+        test_adamw_and_norm();
+        test_infer();
+        test_greedy();
+        test_sampling_distribution();
+        test_full_step(false, false);
+        test_full_step(true, false);
+        test_trajectory();
+        test_full_step(false, true);
+    } catch (const GkdError& err) {
+        check(false, strf("error: %s", err.what()));
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
