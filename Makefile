@@ -77,7 +77,11 @@ GENCODE := $(foreach a,$(ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
 # the host code gets exactly the g++ flags of the CPU build
 NVCCFLAGS ?= -O3
 NVCCFLAGS += -std=c++17 $(GENCODE) $(BLAS_FLAGS) $(EXTRA_INCLUDES) -Xcompiler "$(subst -std=c++17,,$(CXXFLAGS))"
-NVCC_LDLIBS := $(subst -Wl$(comma)-rpath$(comma),-Xlinker -rpath -Xlinker ,$(LDLIBS)) -lcublas -lgomp
+# cuBLAS is not linked: gkd opens it when a GPU run starts (dlopen), found through this
+# rpath (the toolkit's library folder) or LD_LIBRARY_PATH
+CUDA_LIBDIR := $(firstword $(wildcard $(dir $(NVCC))../lib64 $(dir $(NVCC))../lib))
+NVCC_LDLIBS := $(subst -Wl$(comma)-rpath$(comma),-Xlinker -rpath -Xlinker ,$(LDLIBS)) -lgomp -ldl \
+               $(if $(CUDA_LIBDIR),-Xlinker -rpath -Xlinker $(abspath $(CUDA_LIBDIR)))
 endif
 
 HEADERS  := model.h safetensors.h tokenizer.h unicode_tables.h utils.h data/dataset.h data/tasks.h

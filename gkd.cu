@@ -491,6 +491,7 @@ static double learning_rate(double lr, Schedule schedule, int warmup, int steps,
 #ifdef __CUDACC__
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <nvtx3/nvToolsExt.h>
 
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
@@ -512,6 +513,41 @@ struct NvtxRange {
     explicit NvtxRange(const char* name) { nvtxRangePushA(name); }
     ~NvtxRange() { nvtxRangePop(); }
 };
+
+// cuBLAS is opened when a GPU run starts, not linked: loading it (with cuBLASLt, hundreds
+// of MB) cost every start of gkd 60 ms and 220 MB of RSS, CPU runs included. The four
+// functions gkd calls, looked up by name.
+struct CublasApi {
+    decltype(&cublasCreate_v2) create = nullptr;
+    decltype(&cublasSetMathMode) set_math_mode = nullptr;
+    decltype(&cublasSgemm_v2) sgemm = nullptr;
+    decltype(&cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
+};
+static CublasApi& cublas() {
+    static CublasApi api;
+    return api;
+}
+static void load_cublas() {
+    CublasApi& api = cublas();
+    if (api.create) return;
+    const std::string names[] = {strf("libcublas.so.%d", CUBLAS_VER_MAJOR), "libcublas.so"};
+    void* lib = nullptr;
+    for (const std::string& name : names)
+        if ((lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL))) break;
+    if (!lib)
+        GKD_FAIL("--device cuda: cannot load cuBLAS %s (%s); put the CUDA toolkit's library folder on LD_LIBRARY_PATH",
+                 names[0].c_str(), dlerror());
+    auto symbol = [&](const char* name) {
+        void* f = dlsym(lib, name);
+        if (!f) GKD_FAIL("--device cuda: %s lacks %s: a cuBLAS older than this build's (%d)", names[0].c_str(), name,
+                         CUBLAS_VER_MAJOR);
+        return f;
+    };
+    api.create = (decltype(api.create))symbol("cublasCreate_v2");
+    api.set_math_mode = (decltype(api.set_math_mode))symbol("cublasSetMathMode");
+    api.sgemm = (decltype(api.sgemm))symbol("cublasSgemm_v2");
+    api.sgemm_strided_batched = (decltype(api.sgemm_strided_batched))symbol("cublasSgemmStridedBatched");
+}
 
 // The device, the cuBLAS handle and the precision mode, set once by gpu_init.
 struct GpuContext {
@@ -537,11 +573,12 @@ static void gpu_init(bool tf32) {
         int khz = 0;
         CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
         g.clock_hz = khz * 1e3;
-        CUBLAS_CHECK(cublasCreate(&g.blas));
+        load_cublas();
+        CUBLAS_CHECK(cublas().create(&g.blas));
         g.ready = true;
     }
     g.tf32 = tf32;
-    CUBLAS_CHECK(cublasSetMathMode(g.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cublas().set_math_mode(g.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
 }
 
 // Peak rates of the card at its boost clock, for MFU: fp32 on the CUDA cores (128 FMA
@@ -650,7 +687,7 @@ __device__ MaxSum block_max_sum(MaxSum v) {
 static void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                  float beta, float* C, int ldc) {
     const float one = 1.0f;
-    CUBLAS_CHECK(cublasSgemm(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+    CUBLAS_CHECK(cublas().sgemm(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                              N, M, K, &one, B, ldb, A, lda, &beta, C, ldc));
 }
 // `batch` independent products, each operand `stride_*` floats after the previous one
@@ -658,7 +695,7 @@ static void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, const 
                          const float* B, int ldb, long long stride_b, float beta, float* C, int ldc, long long stride_c,
                          int batch) {
     const float one = 1.0f;
-    CUBLAS_CHECK(cublasSgemmStridedBatched(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+    CUBLAS_CHECK(cublas().sgemm_strided_batched(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &one, B, ldb, stride_b, A, lda,
                                            stride_a, &beta, C, ldc, stride_c, batch));
 }
@@ -3372,11 +3409,12 @@ static int print_gpu_bench(bool as_json, bool sft, const Trainer& tr, const std:
     const double peak = gpu_peak_flops(g.tf32);
     const GPTConfig& sc = tr.student.config;
     const GPTConfig& tc = sft ? sc : tr.teacher.config;
-    const double at_shape = gpu_matmul_tflops(B * T, tc.channels, 4 * tc.channels);
-    const double big = gpu_matmul_tflops(4096, 4096, 4096);
+    // the steps' memory, read before the ceiling measurements allocate their own
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     const double peak_mb = g.bytes_peak / 1048576.0, used_mb = (total_bytes - free_bytes) / 1048576.0;
+    const double at_shape = gpu_matmul_tflops(B * T, tc.channels, 4 * tc.channels);
+    const double big = gpu_matmul_tflops(4096, 4096, 4096);
     const char* precision = g.tf32 ? "TF32 tensor cores" : "fp32 (TF32 off)";
     if (as_json) {
         json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"device", g.prop.name}, {"precision", precision},
