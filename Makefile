@@ -100,13 +100,19 @@ check-deps:
 dev-headers:
 	@mkdir -p build/include && cp -r /usr/include/nlohmann build/include/ && echo "build/include/nlohmann: carry it with the call"
 
+# ./gkd is rebuilt when how it is built changes (GPU_ARCH, NO_CUDA, NO_BLAS, flags), not
+# only when a source does: a stamp named by a hash of the build command.
+GKD_STAMP := build/gkd-build-$(shell echo '$(NVCC) $(NVCCFLAGS) $(NVCC_LDLIBS) $(CXX) $(CXXFLAGS) $(LDLIBS)' | md5sum | cut -c1-12)
+$(GKD_STAMP):
+	@mkdir -p build && rm -f build/gkd-build-* && touch $@
+
 ifneq ($(NVCC),)
-gkd: gkd.cu $(HEADERS)
+gkd: gkd.cu $(HEADERS) $(GKD_STAMP)
 	@echo "gkd: CPU matmuls: $(BLAS_NOTE)"
 	@echo "gkd: CUDA path: nvcc $(CUDA_VERSION) ($(NVCC)), for $(ARCH_NOTE)"
 	$(NVCC) $(NVCCFLAGS) gkd.cu -o $@ $(NVCC_LDLIBS) -lm
 else
-gkd: gkd.cu $(HEADERS)
+gkd: gkd.cu $(HEADERS) $(GKD_STAMP)
 	@echo "gkd: CPU matmuls: $(BLAS_NOTE)"
 	@echo "gkd: no CUDA path (nvcc not found, or NO_CUDA=1): --device cuda will be refused"
 	$(CXX) $(CXXFLAGS) -x c++ gkd.cu -o $@ $(LDLIBS) -lm
