@@ -1087,6 +1087,13 @@ struct LossArgs {
     double* logp = nullptr;          // (N) out with pg_coef: log p(target) at the sampling temperature
 };
 
+// log M = log(beta p + (1 - beta) q) from log(beta p) and log((1 - beta) q): the CPU's
+// log_add_exp, on the device
+__device__ inline double log_mixture(double x, double y) {
+    const double hi = fmax(x, y);
+    return hi == -INFINITY ? -INFINITY : hi + log1p(exp(fmin(x, y) - hi));
+}
+
 __global__ void fused_loss_kernel(LossArgs a) {
     const size_t n = blockIdx.x;
     const int target = a.targets[n];
@@ -1126,8 +1133,7 @@ __global__ void fused_loss_kernel(LossArgs a) {
                 D += q * (lq - lp);
                 qg += q * (lq - lp);
             } else {
-                const double x = log_beta + lp, y = log_1mbeta + lq, hi = fmax(x, y);
-                const double lm = hi == -INFINITY ? -INFINITY : hi + log1p(exp(fmin(x, y) - hi));
+                const double lm = log_mixture(log_beta + lp, log_1mbeta + lq);
                 D += beta * p * (lp - lm) + (1.0 - beta) * q * (lq - lm);
                 qg += q * (1.0 - beta) * (lq - lm);
             }
@@ -1151,8 +1157,7 @@ __global__ void fused_loss_kernel(LossArgs a) {
             } else if (beta == 1.0) {
                 grad = q * ((lq - lp) - qg);
             } else {
-                const double x = log_beta + lp, y = log_1mbeta + lq, hi = fmax(x, y);
-                const double lm = hi == -INFINITY ? -INFINITY : hi + log1p(exp(fmin(x, y) - hi));
+                const double lm = log_mixture(log_beta + lp, log_1mbeta + lq);
                 grad = q * ((1.0 - beta) * (lq - lm) - qg);
             }
         }
@@ -1345,15 +1350,6 @@ static void gpu_download_parameters(const GpuModel& g, GPT<float>& m) {
     download(m.params_memory.data(), g.params_memory.ptr, g.num_parameters);
 }
 
-static void gpu_shape_activations(GpuModel& g, int B, int Tn) {
-    size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, g.config, B, Tn);
-    point_activations(g.acts, g.acts_memory.ptr, sizes);
-    sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
-    point_activations(g.grads_acts, g.grads_acts_memory.ptr, sizes);
-    g.grads_acts.logits = g.acts.logits;  // the loss writes its gradient over the logits
-}
-
 static void gpu_prepare_training(GpuModel& g, int B, int Tn) {
     GKD_ASSERT(Tn <= g.config.max_seq_len, "batch longer than the context");
     if (!g.grads_memory.ptr) {
@@ -1400,7 +1396,7 @@ static void gpu_download_optimizer(const GpuModel& g, AdamW& opt) {
 static void gpu_forward(GpuModel& g, const int* tokens, int B, int Tn) {
     const GPTConfig& c = g.config;
     gpu_prepare_training(g, B, Tn);
-    gpu_shape_activations(g, B, Tn);
+    point_training_activations(g.acts, g.grads_acts, g.acts_memory.ptr, g.grads_acts_memory.ptr, g.config, B, Tn);
     g.batch_B = B;
     g.batch_T = Tn;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
@@ -1673,10 +1669,11 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
     auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
         gpu_infer(m, &g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, logits, false);
     };
+    std::vector<uint64_t> row_keys(Bn), keys(Bn);  // each row's key, then gathered by slot
+    for (int b = 0; b < Bn; b++) row_keys[b] = derive_seed(seed, stream, row_ids[b]);
     auto pick = [&](const std::vector<int>& active, const std::vector<int>& draws) {
         const int n = (int)active.size();
-        std::vector<uint64_t> keys(n);
-        for (int i = 0; i < n; i++) keys[i] = derive_seed(seed, stream, row_ids[active[i]]);
+        for (int i = 0; i < n; i++) keys[i] = row_keys[active[i]];
         g.keys.upload(keys.data(), n);
         g.draws.upload(draws.data(), n);
         gpu::sample_kernel<<<n, gpu::THREADS>>>(next, logits, V, Vp, inv_t, g.keys.ptr, g.draws.ptr);
@@ -3103,12 +3100,12 @@ static int cmd_sample(int argc, char** argv) {
             budgets.push_back(std::min(max_new, m.config.max_seq_len - (int)ex.prompt.size()));
             ids.push_back(r);
         }
+        std::vector<std::vector<int>> outs;
 #ifdef __CUDACC__
-        auto outs = gm ? gpu_generate(*gm, gg, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids)
-                       : generate(m, gen, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
-#else
-        auto outs = generate(m, gen, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
+        if (gm) outs = gpu_generate(*gm, gg, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
+        else
 #endif
+            outs = generate(m, gen, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
         for (size_t i = 0; i < outs.size(); i++) {
             std::vector<int> text_ids = outs[i];
             if (!text_ids.empty() && text_ids.back() == tok->eos_id()) text_ids.pop_back();

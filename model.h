@@ -589,16 +589,24 @@ void residual_backward(T* da, T* db, const T* dout, size_t N) {
 // ----------------------------------------------------------------------------
 // the training forward and backward
 
-// Re-points the activation tensors for the current (B, T) inside the allocation. The
-// logits' gradient is the logits buffer itself: one (B, T, Vp) buffer per model.
+// Points the activations and their gradients for (B, T) into their two allocations (host
+// or device memory alike). The logits' gradient is the logits buffer itself: one (B, T, Vp)
+// buffer per model.
+template <typename T>
+void point_training_activations(ActivationTensors<T>& acts, ActivationTensors<T>& grads, T* acts_memory,
+                                T* grads_memory, const GPTConfig& c, int B, int Tn) {
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    fill_activation_sizes(sizes, c, B, Tn);
+    point_activations(acts, acts_memory, sizes);
+    sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
+    point_activations(grads, grads_memory, sizes);
+    grads.logits = acts.logits;
+}
+
+// Re-points the activation tensors for the current (B, T) inside the allocation.
 template <typename T>
 void gpt_shape_activations(GPT<T>& m, int B, int Tn) {
-    size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, m.config, B, Tn);
-    point_activations(m.acts, m.acts_memory.data(), sizes);
-    sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
-    point_activations(m.grads_acts, m.grads_acts_memory.data(), sizes);
-    m.grads_acts.logits = m.acts.logits;
+    point_training_activations(m.acts, m.grads_acts, m.acts_memory.data(), m.grads_acts_memory.data(), m.config, B, Tn);
 }
 
 template <typename T>
