@@ -64,7 +64,7 @@ with open(sys.argv[1], "w", encoding="utf-8") as f:
 EOF
 [ $? -eq 0 ] || exit 1
 
-COMMON=(--data "$WORK/data.jsonl" --lambda 0 --shuffle 0 --grad-clip 0 --steps $STEPS --batch $BATCH --lr $LR)
+COMMON=(--data "$WORK/data.jsonl" --shuffle 0 --grad-clip 0 --steps $STEPS --batch $BATCH --lr $LR)
 ARGS=()
 n=0
 for beta in 0 0.1 0.5 0.9 1; do
@@ -73,7 +73,7 @@ for beta in 0 0.1 0.5 0.9 1; do
       run="d_b${beta}_t${tau}_${norm}"
       D="$WORK/$run"; mkdir -p "$D"
       FLAGS=(--teacher "$WORK/teacher.bin" --student "$WORK/student.bin" "${COMMON[@]}"
-             --beta $beta --loss-temperature $tau --loss-norm $norm)
+             --lambda 0 --beta $beta --loss-temperature $tau --loss-norm $norm)
       # shellcheck disable=SC2086
       if ! "$GKD" distill "${FLAGS[@]}" --out "$D/out" $GKD_FLAGS >"$D/gkd.log" 2>&1; then
         echo "gkd distill failed for $run:"; tail -n 5 "$D/gkd.log"

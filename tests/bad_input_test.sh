@@ -177,6 +177,12 @@ TABLE=$(cat <<EOF
 1	$W/badutf8.jsonl:1: malformed JSON	sft $S --data $W/badutf8.jsonl $TRAIN
 1	$W/missing.jsonl: cannot open for reading	sft $S --data $W/missing.jsonl $TRAIN
 1	unknown flag --lamda	distill --lamda 0.5
+1	gkd sft: --lambda does not apply to sft (it is a flag of gkd distill	sft $S --data $W/ok.jsonl $TRAIN --lambda 0.7 --beta 0.3
+1	gkd sft: --beta does not apply to sft (it is a flag of gkd distill, eval, bench	sft $S --data $W/ok.jsonl $TRAIN --beta 0.3
+1	gkd sft: --alpha does not apply to sft	sft $S --data $W/ok.jsonl $TRAIN --alpha 0.5
+1	gkd sample: --teacher does not apply to sample (it is a flag of gkd distill, sft, eval, bench	sample $S --prompt x --teacher $W/s.bin
+1	gkd eval: --lr does not apply to eval (it is a flag of gkd distill, sft	eval $S --data $W/ok.jsonl --lr 1
+1	gkd init: --data does not apply to init	init --layers 1 --data x
 1	--steps needs a value	sft $S --data $W/ok.jsonl $TRAIN --steps
 1	--lr 'fast' is not a number	sft $S --data $W/ok.jsonl $TRAIN --lr fast
 1	--batch '2.5' is not an integer	sft $S --data $W/ok.jsonl $TRAIN --batch 2.5

@@ -94,6 +94,12 @@ expect_ok "decode" $GKD tokenize --decode <"$W/ids"
 check "decode(encode(s)) == s" cmp -s "$W/out" "$W/text"
 expect_ok "--help prints usage" $GKD --help
 check "usage names the commands" grep -q "gkd distill" "$W/out"
+# each command's help is its own table: sft lists none of distill's flags
+expect_ok "sft --help" $GKD sft --help
+check "sft --help lists its own flags" grep -q -- "--model X" "$W/out"
+check "sft --help lists none of distill's flags" sh -c '! grep -qE -- "--(lambda|beta|loss-temperature|alpha|reward|samples-per-prompt) " "$1"' _ "$W/out"
+expect_ok "distill --help" $GKD distill --help
+check "distill --help lists --lambda, --beta and --student" sh -c 'grep -q -- "--lambda X" "$1" && grep -q -- "--beta X" "$1" && grep -q -- "--student X" "$1"' _ "$W/out"
 
 # --- bench: the table, and the JSON the comparison scripts read
 expect_ok "bench (tiny shapes)" $GKD bench --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2

@@ -435,7 +435,7 @@ static void test_full_step(bool sft, bool tf32) {
     check(std::fabs(a.grad_norm - b.grad_norm) <= tol * a.grad_norm,
           strf("%s: gradient norm %.8g vs CPU %.8g", what, b.grad_norm, a.grad_norm));
     std::vector<float> grads(gpu.student.num_parameters);
-    download(grads.data(), gpu.gpu->student.grads_memory.ptr, grads.size());
+    download(grads.data(), static_cast<GpuDevice&>(*gpu.device).student.grads_memory.ptr, grads.size());
     size_t offset = 0;
     for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
         size_t n = student.param_sizes[k];

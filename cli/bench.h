@@ -1,0 +1,318 @@
+// cli/bench.h — `gkd bench`: one training step timed phase by phase, on random models of
+// a given shape, on the CPU or the GPU.
+//
+// It runs the real gkd_step (nothing is stubbed: sampling with a KV cache, the teacher,
+// the loss, backward, AdamW) and reports, per phase, the median time, tokens/s and the
+// FLOP rate; on the CPU against the machine's measured sgemm ceiling and the peak RSS, on
+// the GPU against the card's peak (MFU), cuBLAS's measured SGEMM rate and the device
+// memory. A benchmark is a program, never a timed unit test.
+//
+// Part of gkd.cu's single translation unit.
+#pragma once
+#include <string>
+#include <vector>
+
+// A tokenizer that only knows its size and EOS (V - 1): what a benchmark step needs.
+struct SizeOnlyTokenizer : Tokenizer {
+    int V;
+    explicit SizeOnlyTokenizer(int v) : V(v) {}
+    std::string name() const override { return "size-only"; }
+    int vocab_size() const override { return V; }
+    int eos_id() const override { return V - 1; }
+    bool special_by_default() const override { return false; }
+    using Tokenizer::encode;
+    std::vector<int> encode(const std::string&, bool) const override { GKD_FAIL("bench: no text tokenizer"); }
+    std::string decode(const std::vector<int>&) const override { GKD_FAIL("bench: no text tokenizer"); }
+};
+
+// Floating-point operations of a forward pass over `tokens` positions that attend to
+// `attended` earlier positions in all (sum over positions of their position + 1), with
+// `head_rows` rows through the LM head: the matmuls (2 per multiply-add) and attention's
+// two (t+1)-long products per head dimension. A backward pass is twice this.
+static double forward_flops(const GPTConfig& c, double tokens, double attended, double head_rows) {
+    double C = c.channels, L = c.num_layers;
+    return 2.0 * tokens * 12 * L * C * C + 2.0 * head_rows * C * c.vocab_size + 4.0 * L * C * attended;
+}
+
+static GPT<float> bench_model(const std::string& shape, int V, int context, uint64_t seed, const char* flag) {
+    int L = 0, C = 0, NH = 0;
+    char extra;
+    if (sscanf(shape.c_str(), "%d,%d,%d%c", &L, &C, &NH, &extra) != 3)
+        GKD_FAIL("gkd bench: --%s '%s' must be LAYERS,CHANNELS,HEADS (e.g. 2,128,4)", flag, shape.c_str());
+    GPTConfig c;
+    c.num_layers = L; c.channels = C; c.num_heads = NH; c.max_seq_len = context; c.vocab_size = V;
+    c.padded_vocab_size = pad_vocab(V);
+    validate_config(c, strf("gkd bench --%s", flag));
+    GPT<float> m;
+    gpt_build(m, c);
+    gpt_init_random(m, seed);
+    return m;
+}
+
+// A trainer of random models on B random prompts of P tokens (and, for SFT, completions
+// of K tokens), with no EOS in them: on-policy GKD (lambda 1) or SFT, lr 1e-4, file order.
+static void benchmark_trainer(Trainer& tr, GPT<float> student, GPT<float> teacher, bool sft, int B, int P, int K,
+                              double beta, int steps) {
+    const int V = student.config.vocab_size;
+    tr.student = std::move(student);
+    tr.has_teacher = !sft;
+    if (!sft) tr.teacher = std::move(teacher);
+    tr.tok = std::make_unique<SizeOnlyTokenizer>(V);
+    TrainOptions& o = tr.opt;
+    o.sft = sft;
+    o.lambda = 1;
+    o.beta = beta;
+    o.batch = B;
+    o.max_new_tokens = K;
+    o.steps = steps;
+    o.lr = 1e-4;
+    o.shuffle = 0;
+    Rng rng(7);
+    for (int i = 0; i < B; i++) {
+        Example e;
+        for (int t = 0; t < P; t++) e.prompt.push_back((int)rng.below(V - 1));
+        if (sft) for (int t = 0; t < K; t++) e.completion.push_back((int)rng.below(V - 1));
+        e.has_completion = sft;
+        tr.data.examples.push_back(e);
+    }
+}
+
+// sgemm at (M, K) x (K, N), through the matmul the model uses: the machine's ceiling.
+static double matmul_gflops(int M, int K, int N) {
+    std::vector<float> a((size_t)M * K), w((size_t)N * K), out((size_t)M * N);
+    Rng rng(1);
+    for (auto& x : a) x = (float)rng.normal();
+    for (auto& x : w) x = (float)rng.normal();
+    matmul_forward(out.data(), a.data(), w.data(), (const float*)nullptr, M, K, N, N);  // warm-up
+    double best = 0;
+    for (int window = 0; window < 3; window++) {  // the best of three ~0.1 s windows: a ceiling
+        int reps = 0;
+        double t = now_seconds(), elapsed = 0;
+        do {
+            matmul_forward(out.data(), a.data(), w.data(), (const float*)nullptr, M, K, N, N);
+            elapsed = now_seconds() - t;
+        } while (++reps < 2 || elapsed < 0.1);
+        best = std::max(best, 2.0 * M * K * N * reps / elapsed / 1e9);
+    }
+    return best;
+}
+
+// One line of the bench table: a phase, its median time, and the work it did.
+struct BenchRow {
+    const char* name;
+    const char* key;
+    double ms, tokens, flops;
+};
+
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? NAN : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+#ifdef __CUDACC__
+// cuBLAS SGEMM (M, K) x (K, N) in the run's precision mode, timed with CUDA events: the
+// card's matmul ceiling as this build sees it, in TFLOP/s (the best of three windows).
+static double gpu_matmul_tflops(int M, int K, int N) {
+    DeviceBuffer<float> a, w, out;
+    std::vector<float> host((size_t)std::max(M, N) * K);
+    Rng rng(1);
+    for (auto& x : host) x = (float)rng.normal();
+    a.upload(host.data(), (size_t)M * K);
+    w.upload(host.data(), (size_t)N * K);
+    out.ensure((size_t)M * N);
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    gpu::matmul_forward(out.ptr, a.ptr, w.ptr, nullptr, M, K, N, N);  // warm-up
+    double best = 0;
+    for (int window = 0; window < 3; window++) {
+        const int reps = 20;
+        CUDA_CHECK(cudaEventRecord(start));
+        for (int r = 0; r < reps; r++) gpu::matmul_forward(out.ptr, a.ptr, w.ptr, nullptr, M, K, N, N);
+        CUDA_CHECK(cudaEventRecord(stop));
+        CUDA_CHECK(cudaEventSynchronize(stop));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        best = std::max(best, 2.0 * M * K * N * reps / (ms * 1e-3) / 1e12);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return best;
+}
+
+// gkd bench --device cuda: per phase ms, tokens/s, TFLOP/s and MFU against the card's
+// peak (fp32 CUDA cores, or TF32 tensor cores with --tf32), and the step's device memory.
+static int print_gpu_bench(bool as_json, bool sft, const Trainer& tr, const std::vector<BenchRow>& rows,
+                           double step_flops, double step_ms, int B, int P, int K, int V, int steps, int warmup, int T) {
+    const GpuContext& g = gpu_context();
+    const double peak = gpu_peak_flops(g.tf32);
+    const GPTConfig& sc = tr.student.config;
+    const GPTConfig& tc = sft ? sc : tr.teacher.config;
+    // the steps' memory, read before the ceiling measurements allocate their own
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const double peak_mb = g.bytes_peak / 1048576.0, used_mb = (total_bytes - free_bytes) / 1048576.0;
+    const double at_shape = gpu_matmul_tflops(B * T, tc.channels, 4 * tc.channels);
+    const double big = gpu_matmul_tflops(4096, 4096, 4096);
+    const char* precision = g.tf32 ? "TF32 tensor cores" : "fp32 (TF32 off)";
+    if (as_json) {
+        json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"device", g.prop.name}, {"precision", precision},
+                  {"batch", B}, {"prompt_tokens", P}, {"new_tokens", K}, {"vocab", V},
+                  {"student_parameters", tr.student.num_parameters},
+                  {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_tflops", peak / 1e12},
+                  {"sgemm_tflops_4096", big}, {"sgemm_tflops_step_shape", at_shape},
+                  {"peak_device_memory_mb", peak_mb}, {"device_memory_in_use_mb", used_mb}};
+        for (auto& r : rows) {
+            j[std::string(r.key) + "_ms"] = r.ms;
+            if (r.flops > 0) {
+                j[std::string(r.key) + "_tflops"] = r.flops / (r.ms * 1e9);
+                j[std::string(r.key) + "_mfu"] = r.flops / (r.ms * 1e-3) / peak;
+            }
+        }
+        printf("%s\n", j.dump().c_str());
+        return 0;
+    }
+    printf("gkd bench: %s step on %s, %s; student L=%d C=%d NH=%d (%.2fM parameters)",
+           sft ? "SFT" : "on-policy GKD (lambda 1)", g.prop.name, precision, sc.num_layers, sc.channels, sc.num_heads,
+           tr.student.num_parameters / 1e6);
+    if (!sft)
+        printf(", teacher L=%d C=%d NH=%d (%.2fM)", tc.num_layers, tc.channels, tc.num_heads, tr.teacher.num_parameters / 1e6);
+    printf("\n  V=%d, B=%d, %d prompt + %d %s tokens; median of %d steps after %d warm-up\n\n", V, B, P, K,
+           sft ? "completion" : "new", steps, warmup);
+    printf("| phase | ms | tokens/s | TFLOP/s | MFU |\n|---|---:|---:|---:|---:|\n");
+    for (auto& r : rows)
+        printf("| %s | %.2f | %s | %s | %s |\n", r.name, r.ms,
+               r.tokens > 0 ? strf("%.0f", r.tokens / r.ms * 1000).c_str() : "-",
+               r.flops > 0 ? strf("%.2f", r.flops / (r.ms * 1e9)).c_str() : "-",
+               r.flops > 0 ? strf("%.1f%%", 100 * r.flops / (r.ms * 1e-3) / peak).c_str() : "-");
+    printf("\npeak device memory %.0f MB allocated by gkd (%.0f MB in use on the device with the CUDA context and "
+           "cuBLAS); card peak %.1f TFLOP/s (%s, %d SMs at %.2f GHz); cuBLAS SGEMM measured %.1f TFLOP/s at 4096^3, "
+           "%.1f at the step's shape (%d x %d x %d); the step reaches %.1f%% of the peak\n",
+           peak_mb, used_mb, peak / 1e12, precision, g.prop.multiProcessorCount, g.clock_hz / 1e9, big, at_shape,
+           B * T, tc.channels, 4 * tc.channels, 100 * step_flops / (step_ms * 1e-3) / peak);
+    return 0;
+}
+#endif
+
+static const std::vector<FlagSpec> BENCH_FLAGS = {
+    {"student", true, "LAYERS,CHANNELS,HEADS of the student (2,128,4)"},
+    {"teacher", true, "LAYERS,CHANNELS,HEADS of the teacher (4,256,4)"},
+    {"vocab", true, "byte (V = 257) or a number, e.g. 50257 (byte)"},
+    {"context", true, "maxT of both models (128)"},
+    {"batch", true, "B (32)"}, {"prompt-tokens", true, "tokens per prompt (32)"},
+    {"new-tokens", true, "sampled tokens per row; with --sft, completion tokens (64)"},
+    {"beta", true, "the divergence (0.5)"},
+    {"sft", false, "time an SFT step of the student instead (no teacher, no sampling)"},
+    {"steps", true, "timed steps; the table gives medians (5)"}, {"warmup", true, "untimed steps first (1)"},
+    {"json", false, "print one JSON object instead of the table"},
+    {"device", true, "auto | cpu | cuda"},
+    {"tf32", false, "cuda: matmuls on TF32 tensor cores (MFU then against the TF32 peak)"}};
+
+static int cmd_bench(int argc, char** argv) {
+    const std::vector<FlagSpec>& specs = BENCH_FLAGS;
+    if (wants_help(argc, argv)) {
+        print_help("gkd bench: time one training step by phase on random models (defaults: the CPU reference "
+                   "configuration); prints ms, tokens/s, GFLOP/s, peak RSS and the machine's sgemm ceiling", specs);
+        return 0;
+    }
+    Flags f("bench", argc, argv, specs);
+    const std::string device = resolve_device(f);
+    std::string vocab = f.str("vocab", "byte");
+    int V = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);
+    int context = (int)f.integer("context", 128, 2, 1 << 20);
+    int B = (int)f.integer("batch", 32, 1, 1 << 16);
+    int P = (int)f.integer("prompt-tokens", 32, 1, 1 << 20);
+    int K = (int)f.integer("new-tokens", 64, 1, 1 << 20);
+    int steps = (int)f.integer("steps", 5, 1, 100000), warmup = (int)f.integer("warmup", 1, 0, 100000);
+    bool sft = f.on("sft");
+    if (P + K > context) GKD_FAIL("gkd bench: --prompt-tokens %d + --new-tokens %d exceed --context %d", P, K, context);
+
+    Trainer tr;
+    GPT<float> student = bench_model(f.str("student", "2,128,4"), V, context, 1, "student"), teacher;
+    if (!sft) teacher = bench_model(f.str("teacher", "4,256,4"), V, context, 2, "teacher");
+    benchmark_trainer(tr, std::move(student), std::move(teacher), sft, B, P, K, f.num("beta", 0.5, 0, 1), warmup + steps);
+    tr.opt.device = device;
+    tr.opt.tf32 = f.on("tf32");
+    place_trainer(tr);
+    std::vector<StepStats> stats;
+    for (int step = 0; step < warmup + steps; step++) {
+        StepStats st = gkd_step(tr, step);
+        if (step >= warmup) stats.push_back(st);
+    }
+    double rss = peak_rss_mb();
+    auto med = [&](double StepStats::*field) {
+        std::vector<double> v;
+        for (auto& s : stats) v.push_back(s.*field);
+        return median(v);
+    };
+    // work per phase; a row is P + K tokens long (sampling with random weights may stop a
+    // row early at EOS: the targets count what was generated)
+    const GPTConfig& sc = tr.student.config;
+    double targets = 0;
+    for (auto& s : stats) targets += s.tokens;
+    targets /= stats.size();                           // completion tokens (incl. EOS) per step
+    double T = P + (sft ? K + 1 : targets / B) - 1;    // mean input length of a row
+    double rows_tokens = B * T, attended = B * T * (T + 1) / 2;
+    double fwd = forward_flops(sc, rows_tokens, attended, rows_tokens);
+    double sample_flops = 0, teacher_flops = 0;
+    if (!sft) {
+        double gen = targets / B;  // generated tokens per row
+        sample_flops = forward_flops(sc, B * (P + gen), B * (P + gen) * (P + gen + 1) / 2, B * (gen + 1));
+        teacher_flops = forward_flops(tr.teacher.config, rows_tokens, attended, rows_tokens);
+    }
+    std::vector<BenchRow> rows;
+    if (!sft) {
+        rows.push_back({"sample (student, KV cache)", "sample", med(&StepStats::sample_ms), targets, sample_flops});
+        rows.push_back({"teacher forward", "teacher", med(&StepStats::teacher_ms), rows_tokens, teacher_flops});
+    }
+    rows.push_back({"student forward", "forward", med(&StepStats::forward_ms), rows_tokens, fwd});
+    rows.push_back({sft ? "loss (cross-entropy)" : "loss (divergence)", "loss", med(&StepStats::loss_ms), targets, 0});
+    rows.push_back({"student backward + grad norm", "backward", med(&StepStats::backward_ms), rows_tokens, 2 * fwd});
+    rows.push_back({"AdamW (+ clipping)", "update", med(&StepStats::update_ms), 0, 0});
+    double step_flops = sample_flops + teacher_flops + 3 * fwd;
+    rows.push_back({"step", "step", med(&StepStats::ms), targets, step_flops});
+    int threads = omp_get_max_threads();
+    const GPTConfig& tc = sft ? sc : tr.teacher.config;
+#ifdef __CUDACC__
+    if (tr.device->on_gpu()) return print_gpu_bench(f.on("json"), sft, tr, rows, step_flops, med(&StepStats::ms), B, P, K, V, steps,
+                                       warmup, (int)T);
+#endif
+    double at_shape = matmul_gflops(B * (int)T, tc.channels, 4 * tc.channels);
+    double ceiling = std::max(matmul_gflops(1024, 1024, 1024), at_shape);
+#ifdef GKD_BLAS
+    const char* matmuls = "OpenBLAS";
+#else
+    const char* matmuls = "gkd's OpenMP loops (no BLAS)";
+#endif
+    if (f.on("json")) {
+        json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"threads", threads}, {"batch", B}, {"prompt_tokens", P},
+                  {"new_tokens", K}, {"vocab", V}, {"student_parameters", tr.student.num_parameters},
+                  {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_rss_mb", rss},
+                  {"sgemm_gflops", ceiling}, {"sgemm_at_step_shape_gflops", at_shape}, {"matmuls", matmuls},
+                  {"target_tokens", targets}};
+        for (auto& r : rows) {
+            j[std::string(r.key) + "_ms"] = r.ms;
+            if (r.flops > 0) j[std::string(r.key) + "_gflops"] = r.flops / (r.ms * 1e6);
+        }
+        printf("%s\n", j.dump().c_str());
+        return 0;
+    }
+    printf("gkd bench: %s step; student L=%d C=%d NH=%d (%.2fM parameters)", sft ? "SFT" : "on-policy GKD (lambda 1)",
+           sc.num_layers, sc.channels, sc.num_heads, tr.student.num_parameters / 1e6);
+    if (!sft)
+        printf(", teacher L=%d C=%d NH=%d (%.2fM)", tc.num_layers, tc.channels, tc.num_heads,
+               tr.teacher.num_parameters / 1e6);
+    printf("\n  V=%d, B=%d, %d prompt + %d %s tokens, %d threads, matmuls: %s; median of %d steps after %d warm-up\n\n",
+           V, B, P, K, sft ? "completion" : "new", threads, matmuls, steps, warmup);
+    printf("| phase | ms | tokens/s | GFLOP/s |\n|---|---:|---:|---:|\n");
+    for (auto& r : rows)
+        printf("| %s | %.1f | %s | %s |\n", r.name, r.ms, r.tokens > 0 ? strf("%.0f", r.tokens / r.ms * 1000).c_str() : "-",
+               r.flops > 0 ? strf("%.1f", r.flops / (r.ms * 1e6)).c_str() : "-");
+    printf("\npeak RSS %.0f MB; sgemm ceiling %.1f GFLOP/s (the best of 1024^3 and the step's shape), %.1f at the "
+           "step's shape (%d x %d x %d); "
+           "the step reaches %.0f%% of the ceiling\n",
+           rss, ceiling, at_shape, B * (int)T, tc.channels, 4 * tc.channels,
+           100 * step_flops / (med(&StepStats::ms) * 1e6) / ceiling);
+    return 0;
+}
+

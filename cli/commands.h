@@ -1,0 +1,509 @@
+// cli/commands.h — gkd's command line: each command's table of flags and its cmd_*
+// function, the usage text, and run_command, which main (gkd.cu) calls.
+//
+//   init, distill, sft, sample, eval, tokenize, convert, data: here
+//   bench: cli/bench.h;  the default experiment (no arguments): cli/experiment.h
+//   flag parsing and generated help: cli/flags.h
+//
+// A command reads its flags into the trainer's TrainOptions (or evaluation's
+// EvalOptions) and hands over: no algorithm lives here.
+//
+// Part of gkd.cu's single translation unit.
+#pragma once
+#include <set>
+#include <string>
+#include <vector>
+
+#include "flags.h"
+#include "experiment.h"
+#include "bench.h"
+
+static const std::vector<FlagSpec> TRAIN_FLAGS = {
+    {"data", true, "training examples, JSONL (SPEC section 5)"},
+    {"out", true, "run folder: metrics.jsonl and model.bin go here"},
+    {"lambda", true, "fraction of on-policy (student-sampled) batches, [0,1] (0.5)"},
+    {"beta", true, "0 forward KL, 1 reverse KL, between: JSD(beta) (0.5)"},
+    {"temperature", true, "sampling temperature for on-policy and seq-kd completions (1.0)"},
+    {"loss-temperature", true, "tau: both logit rows are divided by it in the divergence (1.0)"},
+    {"max-new-tokens", true, "longest sampled completion (64)"},
+    {"seq-kd", false, "off-policy batches use teacher samples instead of dataset completions"},
+    {"loss-norm", true, "sequence (mean over sequences of per-token means) | token (sequence)"},
+    {"batch", true, "sequences per step (8)"},
+    {"steps", true, "optimizer steps (default: one pass over the data)"},
+    {"lr", true, "peak learning rate (1e-4)"},
+    {"lr-schedule", true, "constant | cosine (constant)"},
+    {"warmup", true, "linear warmup steps (0)"},
+    {"weight-decay", true, "AdamW decoupled weight decay on matrices and embeddings (0)"},
+    {"grad-clip", true, "clip the global gradient norm to this; 0 = off (1.0)"},
+    {"adam-beta1", true, "(0.9)"},
+    {"adam-beta2", true, "(0.999)"},
+    {"adam-eps", true, "(1e-8)"},
+    {"seed", true, "seeds the lambda coin, the shuffle and the sampling (0)"},
+    {"shuffle", true, "1: reshuffle each epoch; 0: step k takes examples kB..kB+B-1 mod N (1)"},
+    {"device", true, "auto | cpu | cuda (auto: the GPU when there is one)"},
+    {"tf32", false, "cuda: matmuls on TF32 tensor cores (faster; the default fp32 is the parity mode)"},
+    {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
+    {"eval-every", true, "steps between evaluations (0: only at the end)"},
+    {"task", true, "arithmetic | words | gsm8k: score evaluation completions by the task"},
+    {"tokenizer", true, TOKENIZER_HELP},
+    {"quiet", false, "no progress line"},
+    {"checkpoint-every", true, "save the whole training state every N steps to DIR/checkpoint.bin (0: only on SIGINT/SIGTERM)"},
+    {"resume", true, "continue the run in this folder from its checkpoint (no other flags)"},
+    {"overwrite", false, "replace the run in an existing, non-empty --out folder"},
+    {"alpha", true, "RL + GKD: maximise (1-alpha) E[reward] - alpha E[D] on student samples; 1 = pure GKD (1)"},
+    {"reward", true, "score each sample (logged; the RL term when --alpha < 1): arithmetic | similarity | exact-match"},
+    {"samples-per-prompt", true, "K samples per prompt (per-prompt reward baseline when K > 1) (1)"},
+};
+
+// The flags of TRAIN_FLAGS that only distillation reads: gkd sft refuses them.
+static const std::set<std::string> DISTILL_ONLY_FLAGS = {"lambda", "beta", "loss-temperature", "alpha", "reward",
+                                                         "samples-per-prompt"};
+
+// gkd distill's and gkd sft's tables: TRAIN_FLAGS (sft without the distill-only ones),
+// then the models each one starts from.
+static std::vector<FlagSpec> train_flags(bool sft) {
+    std::vector<FlagSpec> specs;
+    for (const FlagSpec& s : TRAIN_FLAGS)
+        if (!sft || !DISTILL_ONLY_FLAGS.count(s.name)) specs.push_back(s);
+    if (sft) {
+        specs.push_back({"model", true, "the model to fine-tune (llm.c checkpoint)"});
+        specs.push_back({"teacher", true, "with --seq-kd: SeqKD, SFT on this teacher's samples"});
+    } else {
+        specs.push_back({"teacher", true, "frozen teacher checkpoint"});
+        specs.push_back({"student", true, "student checkpoint to start from"});
+    }
+    return specs;
+}
+static const std::vector<FlagSpec> DISTILL_FLAGS = train_flags(false), SFT_FLAGS = train_flags(true);
+
+static TrainOptions parse_train_options(const Flags& f, bool sft) {
+    TrainOptions o;
+    o.sft = sft;
+    o.data_path = f.required("data");
+    o.out_dir = f.required("out");
+    o.lambda = f.num("lambda", 0.5, 0, 1);
+    o.beta = f.num("beta", 0.5, 0, 1);
+    o.temperature = f.num("temperature", 1.0, 0, 1e6);
+    o.loss_temperature = f.num("loss-temperature", 1.0, 1e-6, 1e6);
+    o.max_new_tokens = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
+    o.seq_kd = f.on("seq-kd");
+    o.loss_norm = f.choice("loss-norm", "sequence", {"sequence", "token"}) == "token" ? LossNorm::Token : LossNorm::Sequence;
+    o.batch = (int)f.integer("batch", 8, 1, 1 << 16);
+    o.steps = (int)f.integer("steps", 0, 1, 1 << 30);
+    o.lr = f.num("lr", 1e-4, 0, 10);
+    o.schedule = f.choice("lr-schedule", "constant", {"constant", "cosine"}) == "cosine" ? Schedule::Cosine : Schedule::Constant;
+    o.warmup = (int)f.integer("warmup", 0, 0, 1 << 30);
+    o.weight_decay = f.num("weight-decay", 0, 0, 1e3);
+    o.grad_clip = f.num("grad-clip", 1.0, 0, 1e12);
+    o.adam_beta1 = f.num("adam-beta1", 0.9, 0, 0.999999);
+    o.adam_beta2 = f.num("adam-beta2", 0.999, 0, 0.999999999);
+    o.adam_eps = f.num("adam-eps", 1e-8, 0, 1);
+    o.seed = (uint64_t)f.integer("seed", 0, 0, (1LL << 62));
+    o.shuffle = f.integer("shuffle", 1, 0, 1) == 1;
+    o.eval_data_path = f.str("eval-data");
+    o.eval_every = (int)f.integer("eval-every", 0, 0, 1 << 30);
+    o.task = task_flag(f);
+    o.tokenizer = f.str("tokenizer");
+    o.quiet = f.on("quiet");
+    o.checkpoint_every = (int)f.integer("checkpoint-every", 0, 0, 1 << 30);
+    o.alpha = f.num("alpha", 1.0, 0, 1);
+    o.reward = f.str("reward");
+    o.samples_per_prompt = (int)f.integer("samples-per-prompt", 1, 1, 1 << 16);
+    if (o.alpha < 1.0 && o.reward.empty())
+        GKD_FAIL("gkd distill: --alpha %g mixes in a reward: give --reward NAME", o.alpha);
+    if (!o.reward.empty()) {
+        find_reward(o.reward);
+        if (o.lambda != 1.0 || o.seq_kd)
+            GKD_FAIL("gkd distill: rewards score the student's own samples: use --lambda 1, without --seq-kd");
+        if (o.temperature == 0)
+            GKD_FAIL("gkd distill: RL needs a sampling --temperature above 0");
+    }
+    o.device = resolve_device(f);
+    o.tf32 = f.on("tf32");
+    if (sft) {
+        o.student_path = f.required("model");
+        if (o.seq_kd) o.teacher_path = f.required("teacher");
+        else if (f.has("teacher")) GKD_FAIL("gkd sft: --teacher is only used with --seq-kd (SFT on teacher samples)");
+    } else {
+        o.teacher_path = f.required("teacher");
+        o.student_path = f.required("student");
+    }
+    return o;
+}
+
+static void refuse_existing_run(const std::string& dir, bool overwrite);
+
+static int cmd_train(int argc, char** argv, bool sft) {
+    const std::vector<FlagSpec>& specs = sft ? SFT_FLAGS : DISTILL_FLAGS;
+    const char* cmd = sft ? "sft" : "distill";
+    if (wants_help(argc, argv)) {
+        print_help(sft ? "gkd sft --model F --data F.jsonl --out DIR [flags]: cross-entropy on completions"
+                       : "gkd distill --teacher F --student F --data F.jsonl --out DIR [flags]: GKD", specs);
+        return 0;
+    }
+    Flags f(cmd, argc, argv, specs);
+    Trainer tr;
+    int start_step = 0;
+    if (f.has("resume")) {
+        // the saved configuration is the run's; only the display may change
+        for (auto& [name, value] : f.values)
+            if (name != "resume" && name != "device")
+                GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
+        for (auto& name : f.switches)
+            if (name != "quiet" && name != "tf32") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
+        std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
+        if (!is_file(path))
+            GKD_FAIL("%s: no checkpoint to resume from (a run saves one with --checkpoint-every N, or when interrupted)", path.c_str());
+        tr.opt.out_dir = dir;
+        tr.opt.quiet = f.on("quiet");
+        start_step = load_training_state(tr, path);
+        tr.opt.device = resolve_device(f);
+        tr.opt.tf32 = f.on("tf32");
+        if (tr.opt.sft != sft)
+            GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(), tr.opt.sft ? "sft" : "distill",
+                     tr.opt.sft ? "sft" : "distill", dir.c_str());
+        load_inputs(tr);
+        if (!tr.opt.quiet) fprintf(stderr, "gkd %s: resuming %s at step %d of %d\n", cmd, dir.c_str(), start_step, tr.opt.steps);
+    } else {
+        TrainOptions o = parse_train_options(f, sft);
+        refuse_existing_run(o.out_dir, f.on("overwrite"));
+        load_trainer(tr, o);
+        if (!o.quiet)
+            fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, on %s\n", cmd,
+                    o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps, o.batch,
+                    o.device == "cuda" ? (o.tf32 ? "the GPU (TF32 matmuls)" : "the GPU (fp32)")
+                                       : strf("the CPU, %d threads", omp_get_max_threads()).c_str());
+    }
+    place_trainer(tr);
+    TrainOutcome out = train(tr, start_step);
+    return out.stopped_by_signal ? 128 + out.stopped_by_signal : 0;
+}
+
+// No run silently replaces another: a non-empty --out needs --overwrite (or --resume).
+static void refuse_existing_run(const std::string& dir, bool overwrite) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return;  // absent: it will be created
+    bool empty = true;
+    while (dirent* e = readdir(d))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = false; break; }
+    closedir(d);
+    if (empty) return;
+    if (!overwrite)
+        GKD_FAIL("%s: the folder exists and is not empty; give --overwrite to replace its run, or --resume %s to "
+                 "continue it", dir.c_str(), dir.c_str());
+    // a stale checkpoint must not be resumed into the new run
+    for (const char* name : {"checkpoint.bin", "metrics.jsonl", "model.bin"}) unlink((dir + "/" + name).c_str());
+}
+
+static const std::vector<FlagSpec> INIT_FLAGS = {
+    {"layers", true, "L"}, {"channels", true, "C"}, {"heads", true, "NH (divides C)"},
+    {"context", true, "maxT, the longest sequence"}, {"vocab", true, "byte (V = 257) or a number"},
+    {"seed", true, "(0)"}, {"out", true, "checkpoint to write"}};
+
+static int cmd_init(int argc, char** argv) {
+    const std::vector<FlagSpec>& specs = INIT_FLAGS;
+    if (wants_help(argc, argv)) { print_help("gkd init: write a randomly initialised GPT-2 checkpoint", specs); return 0; }
+    Flags f("init", argc, argv, specs);
+    GPTConfig c;
+    c.num_layers = (int)f.integer("layers", 0, 1, 1024);
+    if (!f.has("layers")) f.required("layers");
+    c.channels = (int)f.integer("channels", 0, 1, 65536);
+    if (!f.has("channels")) f.required("channels");
+    c.num_heads = (int)f.integer("heads", 0, 1, 65536);
+    if (!f.has("heads")) f.required("heads");
+    c.max_seq_len = (int)f.integer("context", 0, 1, 1 << 20);
+    if (!f.has("context")) f.required("context");
+    std::string vocab = f.str("vocab", "byte");
+    c.vocab_size = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);
+    c.padded_vocab_size = pad_vocab(c.vocab_size);
+    if (c.channels % c.num_heads != 0)
+        GKD_FAIL("gkd init: --heads %d does not divide --channels %d", c.num_heads, c.channels);
+    validate_config(c, "gkd init");
+    std::string out = f.required("out");
+    GPT<float> m;
+    gpt_build(m, c);
+    gpt_init_random(m, (uint64_t)f.integer("seed", 0, 0, 1LL << 62));
+    gpt_save(m, out);
+    fprintf(stderr, "wrote %s: L=%d C=%d NH=%d maxT=%d V=%d Vp=%d, %zu parameters\n", out.c_str(), c.num_layers,
+            c.channels, c.num_heads, c.max_seq_len, c.vocab_size, c.padded_vocab_size, m.num_parameters);
+    return 0;
+}
+
+// gkd convert IN OUT [--bf16]: any checkpoint gkd reads -> llm.c's .bin.
+
+static int cmd_convert(int argc, char** argv) {
+    const char* help =
+        "gkd convert IN OUT [--bf16]: write a checkpoint in llm.c's format\n"
+        "  IN     a Hugging Face GPT-2 model.safetensors (config.json beside it is read), a folder holding\n"
+        "         one, or an llm.c .bin (v3 fp32 or v5 bf16)\n"
+        "  OUT    the .bin to write: version 3 (fp32), or version 5 with --bf16; or OUT.safetensors: a Hugging\n"
+        "         Face GPT-2 checkpoint (F32) with config.json written beside it\n"
+        "  --bf16 store the parameters as bf16 (round to nearest even), as llm.c's *_bf16.bin files\n";
+    std::vector<std::string> positional;
+    bool bf16 = false;
+    for (int i = 0; i < argc; i++) {
+        std::string a = argv[i];
+        if (a == "--help" || a == "-h") { fputs(help, stdout); return 0; }
+        if (a == "--bf16") bf16 = true;
+        else if (a.rfind("--", 0) == 0) GKD_FAIL("gkd convert: unknown flag %s (see gkd convert --help)", a.c_str());
+        else positional.push_back(a);
+    }
+    if (positional.size() != 2)
+        GKD_FAIL("gkd convert: needs exactly two arguments, IN and OUT (see gkd convert --help)");
+    GPT<float> m;
+    gpt_load_any(m, positional[0]);
+    const GPTConfig& c = m.config;
+    bool to_safetensors = ends_with(positional[1], ".safetensors");
+    if (to_safetensors && bf16) GKD_FAIL("gkd convert: --bf16 is for llm.c .bin files; safetensors are written as F32");
+    if (to_safetensors) {
+        gpt_save_safetensors(m, positional[1]);
+        fprintf(stderr, "wrote %s and config.json beside it (Hugging Face GPT-2, F32): L=%d C=%d NH=%d maxT=%d V=%d, "
+                "%zu parameters\n", positional[1].c_str(), c.num_layers, c.channels, c.num_heads, c.max_seq_len,
+                c.vocab_size, m.num_parameters);
+        return 0;
+    }
+    gpt_save(m, positional[1], bf16);
+    fprintf(stderr, "wrote %s (llm.c version %d, %s): L=%d C=%d NH=%d maxT=%d V=%d Vp=%d, %zu parameters\n",
+            positional[1].c_str(), bf16 ? 5 : 3, bf16 ? "bf16" : "fp32", c.num_layers, c.channels, c.num_heads,
+            c.max_seq_len, c.vocab_size, c.padded_vocab_size, m.num_parameters);
+    return 0;
+}
+
+// Text for JSON output: invalid UTF-8 (a byte-level model can emit any byte) becomes U+FFFD.
+static std::string json_dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+static const std::vector<FlagSpec> SAMPLE_FLAGS = {
+    {"model", true, "checkpoint"}, {"prompt", true, "prompt text"}, {"data", true, "or: prompts from JSONL"},
+    {"num-samples", true, "samples per prompt (1)"}, {"max-new-tokens", true, "(64)"},
+    {"temperature", true, "0 = greedy (1.0)"}, {"seed", true, "(0)"}, {"batch", true, "rows decoded together (16)"},
+    {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
+
+static int cmd_sample(int argc, char** argv) {
+    const std::vector<FlagSpec>& specs = SAMPLE_FLAGS;
+    if (wants_help(argc, argv)) { print_help("gkd sample: one JSON object per sample on stdout", specs); return 0; }
+    Flags f("sample", argc, argv, specs);
+    std::string model_path = f.required("model");
+    int num_samples = (int)f.integer("num-samples", 1, 1, 1 << 20);
+    int max_new = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
+    double temperature = f.num("temperature", 1.0, 0, 1e6);
+    uint64_t seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
+    int batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    const std::string device = resolve_device(f);
+    if (f.has("prompt") == f.has("data")) GKD_FAIL("gkd sample: give exactly one of --prompt TEXT or --data F.jsonl");
+    GPT<float> m;
+    gpt_load_any(m, model_path);
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path);
+    Dataset d;
+    if (f.has("prompt")) {
+        d.examples.push_back(parse_example(json({{"prompt", f.str("prompt")}}).dump(), *tok, m.config.max_seq_len,
+                                           false, "--prompt"));
+    } else {
+        d = load_jsonl(f.str("data"), *tok, m.config.max_seq_len, false);
+    }
+    std::vector<std::pair<size_t, int>> rows;  // (example, sample)
+    for (size_t e = 0; e < d.examples.size(); e++)
+        for (int s = 0; s < num_samples; s++) rows.push_back({e, s});
+    std::unique_ptr<Device> runner = inference_device(device, m, nullptr);
+    for (size_t first = 0; first < rows.size(); first += batch) {
+        size_t last = std::min(rows.size(), first + batch);
+        Prompts prompts;
+        std::vector<int> budgets;
+        std::vector<uint64_t> ids;
+        for (size_t r = first; r < last; r++) {
+            const Example& ex = d.examples[rows[r].first];
+            prompts.push_back(&ex.prompt);
+            budgets.push_back(std::min(max_new, m.config.max_seq_len - (int)ex.prompt.size()));
+            ids.push_back(r);
+        }
+        std::vector<std::vector<int>> outs =
+            runner->generate(Role::Student, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
+        for (size_t i = 0; i < outs.size(); i++) {
+            std::vector<int> text_ids = outs[i];
+            if (!text_ids.empty() && text_ids.back() == tok->eos_id()) text_ids.pop_back();
+            json j = {{"prompt", tok->decode(*prompts[i])}, {"completion", tok->decode(text_ids)}, {"ids", outs[i]}};
+            printf("%s\n", json_dump(j).c_str());
+        }
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static const std::vector<FlagSpec> EVAL_FLAGS = {
+    {"model", true, "checkpoint to evaluate"}, {"data", true, "JSONL with completions"},
+    {"teacher", true, "also report the mean divergence to this teacher"},
+    {"beta", true, "divergence: 0 forward KL, 1 reverse KL, else JSD(beta) (0.5)"},
+    {"loss-temperature", true, "tau of the divergence (1.0)"}, {"batch", true, "(16)"},
+    {"max-new-tokens", true, "longest generated completion (64)"},
+    {"task", true, "arithmetic | words | gsm8k: also score completions by the task (accuracy, similarity)"},
+    {"sample-temperature", true, "with --task: also score one sample per example at this temperature"},
+    {"seed", true, "for the sampled completions (0)"},
+    {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
+
+static int cmd_eval(int argc, char** argv) {
+    const std::vector<FlagSpec>& specs = EVAL_FLAGS;
+    if (wants_help(argc, argv)) {
+        print_help("gkd eval: mean token NLL, mean divergence to a teacher, greedy exact match; one JSON object", specs);
+        return 0;
+    }
+    Flags f("eval", argc, argv, specs);
+    std::string model_path = f.required("model"), data_path = f.required("data");
+    EvalOptions eo;
+    eo.beta = f.num("beta", 0.5, 0, 1);
+    eo.tau = f.num("loss-temperature", 1.0, 1e-6, 1e6);
+    eo.batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    eo.max_new_tokens = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
+    eo.task = task_flag(f);
+    eo.sample_temperature = f.num("sample-temperature", 0, 0, 1e6);
+    eo.seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
+    if (eo.sample_temperature > 0 && eo.task.empty())
+        GKD_FAIL("gkd eval: --sample-temperature scores samples by a task: give --task too");
+    const std::string device = resolve_device(f);
+    GPT<float> m, t;
+    gpt_load_any(m, model_path);
+    int context = m.config.max_seq_len;
+    if (f.has("teacher")) {
+        gpt_load_any(t, f.str("teacher"));
+        check_same_vocabulary(t, f.str("teacher"), m, model_path, "model");
+        context = std::min(context, t.config.max_seq_len);
+    }
+    std::string tok_source;
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path, &tok_source);
+    if (f.has("teacher")) check_teacher_tokenizer(*tok, tok_source, f.str("teacher"));
+    Dataset d = load_jsonl(data_path, *tok, context, true);
+    const GPT<float>* teacher = f.has("teacher") ? &t : nullptr;
+    std::unique_ptr<Device> runner = inference_device(device, m, teacher);
+    EvalResult r = evaluate(m, teacher, d, *tok, eo, runner.get());
+    printf("%s\n", r.to_json().dump().c_str());
+    return 0;
+}
+
+// A JSON array of token ids, each in [0, vocab).
+static std::vector<int> parse_id_array(const std::string& text, int vocab, const std::string& where) {
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const json::exception& e) {
+        GKD_FAIL("%s: malformed JSON: %s", where.c_str(), dataset_detail::short_json_error(e).c_str());
+    }
+    return dataset_detail::read_ids(j, "ids", vocab, where);
+}
+
+static const std::vector<FlagSpec> TOKENIZE_FLAGS = {
+    {"tokenizer", true, "byte (default), tokenizer.json, gpt2_tokenizer.bin, or a folder with vocab.json + "
+                        "merges.txt or encoder.json + vocab.bpe"},
+    {"special", true, "1: \"<|endoftext|>\" in the text is the EOS token; 0: it is plain text "
+                      "(default: 1 for GPT-2 BPE, as Hugging Face; 0 for byte)"},
+    {"decode", false, "read a JSON array of ids, print the text"}};
+
+static int cmd_tokenize(int argc, char** argv) {
+    const std::vector<FlagSpec>& specs = TOKENIZE_FLAGS;
+    if (wants_help(argc, argv)) { print_help("gkd tokenize: text on stdin -> JSON array of ids on stdout", specs); return 0; }
+    Flags f("tokenize", argc, argv, specs);
+    auto tok = load_tokenizer(f.str("tokenizer", "byte"), 0);
+    bool special = f.integer("special", tok->special_by_default() ? 1 : 0, 0, 1) == 1;
+    if (f.on("decode") && f.has("special")) GKD_FAIL("gkd tokenize: --special applies to encoding, not --decode");
+    std::string input;
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) input.append(buf, n);
+    if (!f.on("decode")) {
+        printf("%s\n", json(tok->encode(input, special)).dump().c_str());
+        return 0;
+    }
+    std::vector<int> ids = parse_id_array(input, tok->vocab_size(), "<stdin>");
+    std::string text = tok->decode(ids);
+    fwrite(text.data(), 1, text.size(), stdout);
+    return 0;
+}
+
+static const std::vector<FlagSpec> DATA_FLAGS = {
+    {"task", true, "arithmetic | words: generate this built-in task's splits into the folder --out"},
+    {"seed", true, "(0)"}, {"out", true, "--task: folder for the three splits; --convert: the JSONL to write"},
+    {"train", true, "training examples (20000; words: at most 10000 in all)"},
+    {"validation", true, "(200)"}, {"test", true, "(500)"},
+    {"convert", true, "gsm8k | instruction: convert the JSONL --in (GSM8K question/answer; Alpaca or Dolly "
+                      "instruction/input/output) to prompt/completion lines"},
+    {"in", true, "with --convert: the dataset's JSONL"}};
+
+static int cmd_data(int argc, char** argv) {
+    const std::vector<FlagSpec>& specs = DATA_FLAGS;
+    if (wants_help(argc, argv)) {
+        print_help("gkd data: generate a built-in task's train/validation/test JSONL (disjoint splits), or convert a "
+                   "public dataset to gkd's JSONL", specs);
+        return 0;
+    }
+    Flags f("data", argc, argv, specs);
+    if (f.has("task") == f.has("convert")) GKD_FAIL("gkd data: give exactly one of --task NAME or --convert FORMAT");
+    if (f.has("convert")) {
+        for (const char* unused : {"seed", "train", "validation", "test"})
+            if (f.has(unused)) GKD_FAIL("gkd data: --%s is for --task, not --convert", unused);
+        std::string format = f.choice("convert", "", {"gsm8k", "instruction"});
+        std::string in = f.required("in"), out = f.required("out");
+        size_t n = 0;
+        std::string text = convert_dataset(format, in, &n);
+        write_file_atomic(out, text);
+        fprintf(stderr, "wrote %s: %zu %s examples from %s\n", out.c_str(), n, format.c_str(), in.c_str());
+        return 0;
+    }
+    if (f.has("in")) GKD_FAIL("gkd data: --in is for --convert");
+    std::string task = f.str("task");
+    if (!is_task(task)) GKD_FAIL("gkd data: --task '%s' must be arithmetic or words (built-in tasks)", task.c_str());
+    TaskSizes sizes;
+    sizes.train = (int)f.integer("train", task == "words" ? 9000 : 20000, 1, 1 << 24);
+    sizes.validation = (int)f.integer("validation", 200, 1, 1 << 24);
+    sizes.test = (int)f.integer("test", 500, 1, 1 << 24);
+    std::string out = f.required("out");
+    write_task_splits(task, (uint64_t)f.integer("seed", 0, 0, 1LL << 62), sizes, out);
+    fprintf(stderr, "wrote %s/{train,validation,test}.jsonl: %d + %d + %d %s examples\n", out.c_str(), sizes.train,
+            sizes.validation, sizes.test, task.c_str());
+    return 0;
+}
+
+
+// Every command's table, for the refusal of a flag given to the wrong command.
+static const std::vector<std::pair<const char*, const std::vector<FlagSpec>*>> FLAG_TABLES = {
+    {"init", &INIT_FLAGS}, {"distill", &DISTILL_FLAGS}, {"sft", &SFT_FLAGS}, {"sample", &SAMPLE_FLAGS},
+    {"eval", &EVAL_FLAGS}, {"tokenize", &TOKENIZE_FLAGS}, {"data", &DATA_FLAGS}, {"bench", &BENCH_FLAGS}};
+
+static std::string commands_with_flag(const std::string& name) {
+    std::string owners;
+    for (auto& [command, table] : FLAG_TABLES)
+        for (const FlagSpec& s : *table)
+            if (name == s.name) owners += (owners.empty() ? "" : ", ") + std::string(command);
+    return owners;
+}
+
+static const char* USAGE =
+    "gkd: Generalized Knowledge Distillation for GPT-2 (" GKD_BUILD_PATHS ")\n"
+    "\n"
+    "  gkd init      --layers L --channels C --heads NH --context T --vocab byte --out F\n"
+    "  gkd distill   --teacher F --student F --data F.jsonl --out DIR [--lambda --beta ...]\n"
+    "  gkd sft       --model F --data F.jsonl --out DIR\n"
+    "  gkd sample    --model F --prompt TEXT [--temperature t --num-samples N]\n"
+    "  gkd eval      --model F --data F.jsonl [--teacher F]\n"
+    "  gkd tokenize  [--tokenizer byte|PATH] [--decode] < input\n"
+    "  gkd convert   IN OUT [--bf16]   (model.safetensors or .bin -> llm.c .bin)\n"
+    "  gkd bench     [--student L,C,NH --teacher L,C,NH --batch B ... --device cuda]   (time a step by phase)\n"
+    "  gkd data      --task arithmetic|words --out DIR   (built-in task splits)\n"
+    "  gkd data      --convert gsm8k|instruction --in F --out F.jsonl   (GSM8K, Alpaca/Dolly)\n"
+    "\n"
+    "  gkd           (no arguments) the default experiment: teacher, SFT student, GKD student\n"
+    "\n"
+    "Each command takes --help. Data and formats: SPEC.md; a tour: README.md.\n";
+
+static int run_command(int argc, char** argv) {
+    if (argc < 2) return run_default_experiment();
+    std::string cmd = argv[1];
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") { fputs(USAGE, stdout); return 0; }
+    if (cmd == "init") return cmd_init(argc - 2, argv + 2);
+    if (cmd == "convert") return cmd_convert(argc - 2, argv + 2);
+    if (cmd == "bench") return cmd_bench(argc - 2, argv + 2);
+    if (cmd == "distill") return cmd_train(argc - 2, argv + 2, false);
+    if (cmd == "sft") return cmd_train(argc - 2, argv + 2, true);
+    if (cmd == "sample") return cmd_sample(argc - 2, argv + 2);
+    if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
+    if (cmd == "tokenize") return cmd_tokenize(argc - 2, argv + 2);
+    if (cmd == "data") return cmd_data(argc - 2, argv + 2);
+    GKD_FAIL("gkd: unknown command '%s' (one of init, distill, sft, sample, eval, tokenize, data; see gkd --help)", cmd.c_str());
+}
+

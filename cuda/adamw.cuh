@@ -1,0 +1,65 @@
+// cuda/adamw.cuh — AdamW and the global gradient norm on the device: adamw_update's and
+// grad_norm's twins (gkd.cu, "optimizer and schedule").
+//
+// Tricks worth knowing:
+// - The update is the CPU's float formula, element for element (PyTorch's AdamW); the
+//   clipping factor comes in as its grad scale, so clipping costs no pass of its own.
+// - The norm sums squares in double over a fixed grid of NORM_BLOCKS blocks; the host adds
+//   the partials in order: no atomics, the same result run after run.
+#pragma once
+#include "common.cuh"
+#include "model.cuh"
+
+namespace gpu {
+
+// ---- AdamW and the gradient norm
+
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float beta1, float beta2, float eps,
+                             float grad_scale, float step_size, float bc2_sqrt, float keep) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gi = g[i] * grad_scale;
+    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * keep - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+}
+
+// partial[block] = sum of squares over a fixed grid-stride slice, in double
+__global__ void sum_squares_kernel(double* partial, const float* x, size_t n) {
+    double s = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+}  // namespace gpu
+
+// Global L2 norm of the gradient: fixed per-block partial sums, added on the host in order.
+static double gpu_grad_norm(GpuModel& g) {
+    gpu::sum_squares_kernel<<<gpu::NORM_BLOCKS, gpu::THREADS>>>(g.norm_partials.ptr, g.grads_memory.ptr, g.num_parameters);
+    CUDA_LAUNCH_CHECK();
+    double partial[gpu::NORM_BLOCKS];
+    download(partial, g.norm_partials.ptr, gpu::NORM_BLOCKS);
+    double total = 0;
+    for (double s : partial) total += s;
+    return std::sqrt(total);
+}
+
+// adamw_update's twin: the same float arithmetic, one launch per parameter tensor.
+static void gpu_adamw_update(GpuModel& g, AdamW& opt, double lr, double grad_scale = 1.0) {
+    opt.t++;
+    const double bc1 = 1.0 - std::pow(opt.beta1, (double)opt.t), bc2 = 1.0 - std::pow(opt.beta2, (double)opt.t);
+    size_t offset = 0;
+    for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+        const size_t n = g.param_sizes[k];
+        const float keep = (float)(1.0 - lr * (PARAMETER_DECAYS[k] ? opt.weight_decay : 0.0));
+        gpu::adamw_kernel<<<gpu::blocks_for(n), gpu::THREADS>>>(
+            g.params_memory.ptr + offset, g.grads_memory.ptr + offset, g.adam_m.ptr + offset, g.adam_v.ptr + offset, n,
+            (float)opt.beta1, (float)opt.beta2, (float)opt.eps, (float)grad_scale, (float)(lr / bc1),
+            (float)std::sqrt(bc2), keep);
+        CUDA_LAUNCH_CHECK();
+        offset += n;
+    }
+}

@@ -1,0 +1,390 @@
+// cuda/layers.cuh — the GPU twins of model.h's layers, forward and backward side by side,
+// in model.h's order: encoder, layernorm, matmul, attention, GELU, residual.
+//
+// Each gpu:: function takes the arguments of its CPU op in model.h (device pointers, the
+// same shapes) and computes the same thing, so tests/test_gpu.cu compares them one by one.
+// Shapes: B rows of Tn positions, N = B * Tn, C channels, NH heads of hs = C / NH.
+//
+// Tricks worth knowing:
+// - No atomics anywhere, so a run is reproducible on a given GPU: bias and LayerNorm
+//   parameter gradients sum fixed chunks of rows, then the chunks in order
+//   (column_sums); the token-embedding gradient sums each token's positions in order,
+//   grouped on the host (TokenGroups).
+// - Matmuls are cuBLAS SGEMMs (fp32, or TF32 tensor cores with --tf32); everything else
+//   is a kernel written here.
+// - Attention is llm.c's: q, k, v permuted to (B, NH, T, hs), scores and output as
+//   batched GEMMs, a causal softmax (max subtracted) between them.
+// - LayerNorm and the causal softmax use one warp per row: rows are at most a few
+//   thousand wide, and a warp needs no shared memory or block barrier.
+#pragma once
+#include "common.cuh"
+
+namespace gpu {
+
+// ---- encoder
+
+__global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, const float* wpe, int Tn, int C,
+                                       size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t n = i / C;
+    int c = (int)(i % C), t = (int)(n % Tn);
+    out[i] = wte[(size_t)inp[n] * C + c] + wpe[(size_t)t * C + c];
+}
+// out (B, T, C) = wte[token] + wpe[position]
+static void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int Tn, int C) {
+    size_t total = (size_t)B * Tn * C;
+    encoder_forward_kernel<<<blocks_for(total), THREADS>>>(out, inp, wte, wpe, Tn, C, total);
+    CUDA_LAUNCH_CHECK();
+}
+
+// dwpe: one thread per (t, c), summing over the rows b in order
+__global__ void position_grad_kernel(float* dwpe, const float* dout, int B, int Tn, int C) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= Tn * C) return;
+    float s = 0;
+    for (int b = 0; b < B; b++) s += dout[(size_t)b * Tn * C + i];
+    dwpe[i] += s;
+}
+// dwte: one block per distinct token, its positions (in order) listed by the host
+__global__ void token_grad_kernel(float* dwte, const float* dout, const int* token_ids, const int* first,
+                                  const int* positions, int C) {
+    const int u = blockIdx.x, tok = token_ids[u];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float s = 0;
+        for (int k = first[u]; k < first[u + 1]; k++) s += dout[(size_t)positions[k] * C + c];
+        dwte[(size_t)tok * C + c] += s;
+    }
+}
+// The positions of each token, grouped: what token_grad_kernel sums without atomics.
+struct TokenGroups {
+    std::vector<int> token_ids, first, positions;  // (U), (U + 1), (N)
+    void build(const int* tokens, int N) {
+        std::vector<int> order(N);
+        for (int i = 0; i < N; i++) order[i] = i;
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return tokens[a] < tokens[b]; });
+        token_ids.clear();
+        first.clear();
+        positions = order;
+        for (int k = 0; k < N; k++)
+            if (k == 0 || tokens[order[k]] != tokens[order[k - 1]]) { token_ids.push_back(tokens[order[k]]); first.push_back(k); }
+        first.push_back(N);
+    }
+};
+struct DeviceTokenGroups {
+    DeviceBuffer<int> token_ids, first, positions;
+    int count = 0;
+    void upload(const TokenGroups& g) {
+        token_ids.upload(g.token_ids);
+        first.upload(g.first);
+        positions.upload(g.positions);
+        count = (int)g.token_ids.size();
+    }
+};
+static void encoder_backward(float* dwte, float* dwpe, const float* dout, const DeviceTokenGroups& groups, int B, int Tn,
+                             int C) {
+    position_grad_kernel<<<blocks_for((size_t)Tn * C), THREADS>>>(dwpe, dout, B, Tn, C);
+    CUDA_LAUNCH_CHECK();
+    if (groups.count == 0) return;
+    token_grad_kernel<<<groups.count, 128>>>(dwte, dout, groups.token_ids.ptr, groups.first.ptr, groups.positions.ptr, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---- per-column sums over rows (bias and LayerNorm parameter gradients), in two fixed-order
+// passes: chunks of COLUMN_CHUNK rows, then the chunks in order
+
+constexpr int COLUMN_CHUNK = 32;
+inline size_t column_scratch_size(int N, int C) { return 2 * (size_t)((N + COLUMN_CHUNK - 1) / COLUMN_CHUNK) * C; }
+
+// partial_b[chunk][c] = sum of dout over the chunk's rows; with inp, also
+// partial_w[chunk][c] = sum of dout * (inp - mean) * rstd (LayerNorm's weight gradient)
+__global__ void column_partials_kernel(float* partial_w, float* partial_b, const float* dout, int ld, const float* inp,
+                                       const float* mean, const float* rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+    if (c >= C) return;
+    float sw = 0, sb = 0;
+    for (int n = chunk * COLUMN_CHUNK; n < min(N, (chunk + 1) * COLUMN_CHUNK); n++) {
+        float d = dout[(size_t)n * ld + c];
+        sb += d;
+        if (inp) sw += d * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
+    }
+    partial_b[(size_t)chunk * C + c] = sb;
+    if (inp) partial_w[(size_t)chunk * C + c] = sw;
+}
+__global__ void column_totals_kernel(float* dw, float* db, const float* partial_w, const float* partial_b, int chunks, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float sw = 0, sb = 0;
+    for (int k = 0; k < chunks; k++) {
+        sb += partial_b[(size_t)k * C + c];
+        if (dw) sw += partial_w[(size_t)k * C + c];
+    }
+    db[c] += sb;
+    if (dw) dw[c] += sw;
+}
+// db (C) += column sums of dout (N, C; row stride ld); with dw, LayerNorm's weight gradient too
+static void column_sums(float* dw, float* db, const float* dout, int ld, const float* inp, const float* mean,
+                        const float* rstd, int N, int C, float* scratch) {
+    const int chunks = (N + COLUMN_CHUNK - 1) / COLUMN_CHUNK;
+    float* partial_b = scratch;
+    float* partial_w = scratch + (size_t)chunks * C;
+    column_partials_kernel<<<dim3(blocks_for(C, 128), chunks), 128>>>(partial_w, partial_b, dout, ld, inp, mean, rstd, N, C);
+    CUDA_LAUNCH_CHECK();
+    column_totals_kernel<<<blocks_for(C, 128), 128>>>(dw, db, partial_w, partial_b, chunks, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---- layernorm: one warp per row
+
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                         const float* bias, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* x = inp + (size_t)row * C;
+    float s = 0;
+    for (int i = lane; i < C; i += 32) s += x[i];
+    const float m = warp_sum(s) / C;
+    float v = 0;
+    for (int i = lane; i < C; i += 32) { float d = x[i] - m; v += d * d; }
+    const float r = 1.0f / sqrtf(warp_sum(v) / C + 1e-5f);
+    float* o = out + (size_t)row * C;
+    for (int i = lane; i < C; i += 32) o[i] = (x[i] - m) * r * weight[i] + bias[i];
+    if (mean && lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+// out (N, C), mean/rstd (N) or null: normalise each row, biased variance, eps 1e-5
+static void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                              const float* bias, int N, int C) {
+    layernorm_forward_kernel<<<blocks_for((size_t)N * 32), THREADS>>>(out, mean, rstd, inp, weight, bias, N, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
+                                          const float* mean, const float* rstd, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* d = dout + (size_t)row * C;
+    const float* x = inp + (size_t)row * C;
+    const float m = mean[row], s = rstd[row];
+    float dnorm_mean = 0, dnorm_norm_mean = 0;
+    for (int i = lane; i < C; i += 32) {
+        float norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean = warp_sum(dnorm_mean) / C;
+    dnorm_norm_mean = warp_sum(dnorm_norm_mean) / C;
+    float* dx = dinp + (size_t)row * C;
+    for (int i = lane; i < C; i += 32) {
+        float norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
+        dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+    }
+}
+// scratch: column_scratch_size(N, C) floats
+static void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                               const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch) {
+    layernorm_backward_kernel<<<blocks_for((size_t)N * 32), THREADS>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+    CUDA_LAUNCH_CHECK();
+    column_sums(dweight, dbias, dout, C, inp, mean, rstd, N, C, scratch);
+}
+
+// ---- matmul: out (N, OC) = inp (N, C) weight^T (OC, C) + bias; out's rows are ld_out apart
+
+__global__ void add_bias_kernel(float* out, const float* bias, int OC, int ld_out, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t n = i / OC;
+    int o = (int)(i % OC);
+    out[n * ld_out + o] += bias[o];
+}
+static void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC,
+                           int ld_out) {
+    gemm(false, true, N, OC, C, inp, C, weight, C, 0.0f, out, ld_out);
+    if (!bias) return;
+    size_t total = (size_t)N * OC;
+    add_bias_kernel<<<blocks_for(total), THREADS>>>(out, bias, OC, ld_out, total);
+    CUDA_LAUNCH_CHECK();
+}
+// accumulates: dinp (N, C) += dout weight; dweight (OC, C) += dout^T inp; dbias += column sums
+static void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, int N, int C, int OC, int ld_out, float* scratch) {
+    gemm(false, false, N, C, OC, dout, ld_out, weight, C, 1.0f, dinp, C);
+    gemm(true, false, OC, C, N, dout, ld_out, inp, C, 1.0f, dweight, C);
+    if (dbias) column_sums(nullptr, dbias, dout, ld_out, nullptr, nullptr, nullptr, N, OC, scratch);
+}
+
+// ---- attention
+
+// Element idx of a (B, NH, T, hs) tensor lives at this offset of a (B, T, ld) one, at
+// column h*hs + i: how heads are interleaved in qkv and in the attention output.
+__device__ inline size_t interleaved_offset(size_t idx, int Tn, int NH, int hs, int ld) {
+    int i = (int)(idx % hs);
+    size_t r = idx / hs;
+    int t = (int)(r % Tn);
+    r /= Tn;
+    int h = (int)(r % NH);
+    size_t b = r / NH;
+    return (b * Tn + t) * ld + (size_t)h * hs + i;
+}
+// dst (B, NH, T, hs) <- src (B, T, ld)
+__global__ void split_heads_kernel(float* dst, const float* src, int ld, int Tn, int NH, int hs, size_t total) {
+    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx < total) dst[idx] = src[interleaved_offset(idx, Tn, NH, hs, ld)];
+}
+// the inverse, written or added: dst (B, T, ld) <- src (B, NH, T, hs)
+__global__ void merge_heads_kernel(float* dst, int ld, const float* src, int Tn, int NH, int hs, bool accumulate,
+                                   size_t total) {
+    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    float* d = dst + interleaved_offset(idx, Tn, NH, hs, ld);
+    *d = accumulate ? *d + src[idx] : src[idx];
+}
+static void split_heads(float* dst, const float* src, int ld, int B, int Tn, int NH, int hs) {
+    size_t total = (size_t)B * NH * Tn * hs;
+    split_heads_kernel<<<blocks_for(total), THREADS>>>(dst, src, ld, Tn, NH, hs, total);
+    CUDA_LAUNCH_CHECK();
+}
+static void merge_heads(float* dst, int ld, const float* src, int B, int Tn, int NH, int hs, bool accumulate) {
+    size_t total = (size_t)B * NH * Tn * hs;
+    merge_heads_kernel<<<blocks_for(total), THREADS>>>(dst, ld, src, Tn, NH, hs, accumulate, total);
+    CUDA_LAUNCH_CHECK();
+}
+
+// In place over att (rows, T): row r is query t = r % T; softmax(scale * x) over columns
+// 0..t (the max subtracted), zero after. One warp per row.
+__global__ void causal_softmax_kernel(float* att, size_t rows, int Tn, float scale) {
+    size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int t = (int)(row % Tn);
+    float* a = att + row * Tn;
+    float maxv = -INFINITY;
+    for (int j = lane; j <= t; j += 32) maxv = fmaxf(maxv, a[j] * scale);
+    for (int o = 16; o > 0; o >>= 1) maxv = fmaxf(maxv, __shfl_xor_sync(FULL_MASK, maxv, o));
+    float sum = 0;
+    for (int j = lane; j <= t; j += 32) { float e = expf(a[j] * scale - maxv); a[j] = e; sum += e; }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < Tn; j += 32) a[j] = j <= t ? a[j] * inv : 0.0f;
+}
+// Through the softmax, in place over dA (rows, T): dS = A (dA - rowsum(A dA)) scale, causal.
+__global__ void causal_softmax_backward_kernel(float* datt, const float* att, size_t rows, int Tn, float scale) {
+    size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int t = (int)(row % Tn);
+    const float* a = att + row * Tn;
+    float* g = datt + row * Tn;
+    float dot = 0;
+    for (int j = lane; j <= t; j += 32) dot += a[j] * g[j];
+    dot = warp_sum(dot);
+    for (int j = lane; j < Tn; j += 32) g[j] = j <= t ? a[j] * (g[j] - dot) * scale : 0.0f;
+}
+static void causal_softmax(float* att, size_t rows, int Tn, float scale) {
+    causal_softmax_kernel<<<blocks_for(rows * 32), THREADS>>>(att, rows, Tn, scale);
+    CUDA_LAUNCH_CHECK();
+}
+
+// Floats of scratch that attention needs for (B, T): q, k, v, and their gradients, the
+// output (or its gradient) per head, each (B, NH, T, hs); dA (B, NH, T, T).
+inline size_t attention_scratch_size(int B, int Tn, int C, int NH) {
+    return 7 * (size_t)B * Tn * C + (size_t)B * NH * Tn * Tn;
+}
+
+// qkv (B, T, 3C) holds [q | k | v]; out (B, T, C); att (B, NH, T, T) causal softmax weights
+static void attention_forward(float* out, float* att, const float* qkv, float* scratch, int B, int Tn, int C, int NH) {
+    const int hs = C / NH;
+    const size_t head = (size_t)B * Tn * C;
+    float *q = scratch, *k = q + head, *v = k + head, *y = v + head;  // (B, NH, T, hs) each
+    split_heads(q, qkv, 3 * C, B, Tn, NH, hs);
+    split_heads(k, qkv + C, 3 * C, B, Tn, NH, hs);
+    split_heads(v, qkv + 2 * C, 3 * C, B, Tn, NH, hs);
+    const long long sT = (long long)Tn * hs, sA = (long long)Tn * Tn;
+    gemm_batched(false, true, Tn, Tn, hs, q, hs, sT, k, hs, sT, 0.0f, att, Tn, sA, B * NH);  // Q K^T
+    causal_softmax(att, (size_t)B * NH * Tn, Tn, 1.0f / sqrtf((float)hs));
+    gemm_batched(false, false, Tn, hs, Tn, att, Tn, sA, v, hs, sT, 0.0f, y, hs, sT, B * NH);  // A V
+    merge_heads(out, C, y, B, Tn, NH, hs, false);
+}
+
+// accumulates into dqkv (B, T, 3C); scratch: attention_scratch_size(B, T, C, NH) floats
+static void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, float* scratch,
+                               int B, int Tn, int C, int NH) {
+    const int hs = C / NH;
+    const size_t head = (size_t)B * Tn * C;
+    float *q = scratch, *k = q + head, *v = k + head, *dy = v + head;
+    float *dq = dy + head, *dk = dq + head, *dv = dk + head, *datt = dv + head;
+    split_heads(q, qkv, 3 * C, B, Tn, NH, hs);
+    split_heads(k, qkv + C, 3 * C, B, Tn, NH, hs);
+    split_heads(v, qkv + 2 * C, 3 * C, B, Tn, NH, hs);
+    split_heads(dy, dout, C, B, Tn, NH, hs);
+    const long long sT = (long long)Tn * hs, sA = (long long)Tn * Tn;
+    const int BH = B * NH;
+    gemm_batched(false, true, Tn, Tn, hs, dy, hs, sT, v, hs, sT, 0.0f, datt, Tn, sA, BH);   // dA = dY V^T
+    gemm_batched(true, false, Tn, hs, Tn, att, Tn, sA, dy, hs, sT, 0.0f, dv, hs, sT, BH);   // dV = A^T dY
+    const size_t rows = (size_t)BH * Tn;
+    causal_softmax_backward_kernel<<<blocks_for(rows * 32), THREADS>>>(datt, att, rows, Tn, 1.0f / sqrtf((float)hs));
+    CUDA_LAUNCH_CHECK();
+    gemm_batched(false, false, Tn, hs, Tn, datt, Tn, sA, k, hs, sT, 0.0f, dq, hs, sT, BH);  // dQ = dS K
+    gemm_batched(true, false, Tn, hs, Tn, datt, Tn, sA, q, hs, sT, 0.0f, dk, hs, sT, BH);   // dK = dS^T Q
+    merge_heads(dqkv, 3 * C, dq, B, Tn, NH, hs, true);
+    merge_heads(dqkv + C, 3 * C, dk, B, Tn, NH, hs, true);
+    merge_heads(dqkv + 2 * C, 3 * C, dv, B, Tn, NH, hs, true);
+}
+
+// ---- GELU (tanh approximation) and residuals: elementwise
+
+__device__ inline float gelu_scalar(float x) {
+    const float s = 0.7978845608028654f;
+    return 0.5f * x * (1.0f + tanhf(s * (x + 0.044715f * x * x * x)));
+}
+__global__ void gelu_forward_kernel(float* out, const float* inp, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < N) out[i] = gelu_scalar(inp[i]);
+}
+__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    const float s = 0.7978845608028654f, x = inp[i];
+    const float th = tanhf(s * (x + 0.044715f * x * x * x));
+    const float local = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * s * (1.0f + 3.0f * 0.044715f * x * x);
+    dinp[i] += local * dout[i];
+}
+static void gelu_forward(float* out, const float* inp, size_t N) {
+    gelu_forward_kernel<<<blocks_for(N), THREADS>>>(out, inp, N);
+    CUDA_LAUNCH_CHECK();
+}
+static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N) {
+    gelu_backward_kernel<<<blocks_for(N), THREADS>>>(dinp, inp, dout, N);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void residual_forward_kernel(float* out, const float* a, const float* b, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < N) out[i] = a[i] + b[i];
+}
+__global__ void residual_backward_kernel(float* da, float* db, const float* dout, size_t N) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < N) { da[i] += dout[i]; db[i] += dout[i]; }
+}
+static void residual_forward(float* out, const float* a, const float* b, size_t N) {
+    residual_forward_kernel<<<blocks_for(N), THREADS>>>(out, a, b, N);
+    CUDA_LAUNCH_CHECK();
+}
+static void residual_backward(float* da, float* db, const float* dout, size_t N) {
+    residual_backward_kernel<<<blocks_for(N), THREADS>>>(da, db, dout, N);
+    CUDA_LAUNCH_CHECK();
+}
+
+// columns V..Vp-1 of every logits row are padding: zero, as on the CPU
+__global__ void zero_padding_kernel(float* logits, int V, int Vp, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int pad = Vp - V;
+    logits[(i / pad) * Vp + V + i % pad] = 0.0f;
+}
+static void zero_padding(float* logits, int rows, int V, int Vp) {
+    if (Vp == V) return;
+    size_t total = (size_t)rows * (Vp - V);
+    zero_padding_kernel<<<blocks_for(total), THREADS>>>(logits, V, Vp, total);
+    CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace gpu

@@ -1,0 +1,162 @@
+// device.h — where a run's work happens: on the CPU (model.h and gkd.cu) or on the GPU
+// (cuda/). The one place outside cuda/ that knows whether this build has a CUDA path.
+//
+// A Device holds a run's models, on the host or on the GPU, and the buffers of each
+// phase. It has one function per phase of a training step (sample, teacher forward,
+// student forward, loss, backward, update) and the two that evaluation needs (logits at
+// every position, generation). The trainer (gkd_step in gkd.cu) and evaluate() call them
+// and never ask where they run, so they carry no #ifdef.
+//
+// CpuDevice is below: each phase is a call into model.h or gkd.cu's sections 1-2.
+// GpuDevice, its twin phase for phase, is in cuda/device.cuh (nvcc builds only).
+//
+// Part of gkd.cu's single translation unit: included after the divergences, batches,
+// sampling and AdamW, which both devices use.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#ifdef __CUDACC__
+#include "cuda/common.cuh"
+#include "cuda/layers.cuh"
+#include "cuda/loss.cuh"
+#include "cuda/model.cuh"
+#include "cuda/adamw.cuh"
+#include "cuda/sampling.cuh"
+constexpr bool BUILD_HAS_CUDA = true;
+#define GKD_BUILD_PATHS "this build: CPU and CUDA (--device auto|cpu|cuda)"
+#else
+constexpr bool BUILD_HAS_CUDA = false;
+#define GKD_BUILD_PATHS "this build: CPU only (make found no nvcc)"
+// The g++ build: no GPU, and the phases of a step carry no NVTX ranges.
+struct NvtxRange {
+    explicit NvtxRange(const char*) {}
+};
+static int gpu_count() { return 0; }
+#endif
+
+enum class Role { Student, Teacher };
+using Prompts = std::vector<const std::vector<int>*>;
+
+// What the loss computes: cross-entropy on the targets (SFT), or D(teacher, student).
+struct LossSpec {
+    bool cross_entropy = false;
+    double beta = 0.5, tau = 1.0;  // the divergence: JSD(beta) at temperature tau
+    LossNorm norm = LossNorm::Sequence;
+};
+
+struct Device {
+    virtual ~Device() = default;
+    virtual bool on_gpu() const = 0;
+
+    // inference, for training and evaluation alike
+    // A completion per prompt from the student or the teacher (generation_loop); row b's
+    // randomness comes from (seed, stream, row_ids[b]) alone.
+    virtual std::vector<std::vector<int>> generate(Role who, const Prompts& prompts, const std::vector<int>& budgets,
+                                                   double temperature, int eos, uint64_t seed, uint64_t stream,
+                                                   const std::vector<uint64_t>& row_ids) = 0;
+    // out (B, T, Vp of that model): its logits at every position of b, on the host
+    virtual void logits(Role who, const TrainBatch& b, std::vector<float>& out) = 0;
+
+    // the phases of a training step, in order
+    // the teacher's logits at every position of b, kept where student_loss reads them
+    virtual void teacher_forward(const TrainBatch& b) = 0;
+    // the student's logits, and the activations its backward pass needs
+    virtual void student_forward(const TrainBatch& b) = 0;
+    // the batch loss; its gradient replaces the student's logits
+    virtual double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) = 0;
+    // backpropagates through the student; returns the global gradient norm
+    virtual double student_backward() = 0;
+    virtual void student_update(AdamW& opt, double lr, double grad_scale) = 0;
+    // the host's student and AdamW's moments, up to date (a GPU's lag until this call):
+    // before checkpoints and the final save
+    virtual void copy_to_host(AdamW& opt) = 0;
+};
+
+struct CpuDevice : Device {
+    const GPT<float>* model;                // the student, or the model being evaluated
+    GPT<float>* trainee = nullptr;          // the same model, when this device trains it
+    const GPT<float>* teacher;              // or null
+    Generator student_gen, teacher_gen;
+    KVCache<float> student_cache, teacher_cache;
+    InferScratch<float> student_scratch, teacher_scratch;
+    std::vector<float> teacher_logits;      // (B, T, Vp of the teacher)
+
+    // inference only: sampling and evaluation
+    CpuDevice(const GPT<float>& model, const GPT<float>* teacher) : model(&model), teacher(teacher) {}
+    // training: the student is updated in place
+    CpuDevice(GPT<float>& student, const GPT<float>* teacher) : model(&student), trainee(&student), teacher(teacher) {}
+
+    bool on_gpu() const override { return false; }
+    const GPT<float>& of(Role who) const {
+        GKD_ASSERT(who == Role::Student || teacher, "a teacher phase without a teacher");
+        return who == Role::Student ? *model : *teacher;
+    }
+    GPT<float>& trained() {
+        GKD_ASSERT(trainee, "a training phase on an inference-only device");
+        return *trainee;
+    }
+
+    std::vector<std::vector<int>> generate(Role who, const Prompts& prompts, const std::vector<int>& budgets,
+                                           double temperature, int eos, uint64_t seed, uint64_t stream,
+                                           const std::vector<uint64_t>& row_ids) override {
+        return ::generate(of(who), who == Role::Student ? student_gen : teacher_gen, prompts, budgets, temperature, eos,
+                          seed, stream, row_ids);
+    }
+    // a forward pass with no activations kept
+    void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {
+        const GPT<float>& m = of(who);
+        KVCache<float>& cache = who == Role::Student ? student_cache : teacher_cache;
+        std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
+        for (int i = 0; i < b.B; i++) rows[i] = i;
+        out.resize((size_t)b.B * b.T * m.config.padded_vocab_size);
+        cache.allocate(m.config, b.B);
+        gpt_infer(m, cache, who == Role::Student ? student_scratch : teacher_scratch, b.tokens.data(), rows.data(),
+                  start.data(), n_new.data(), b.B, b.T, out.data(), true);
+    }
+
+    void teacher_forward(const TrainBatch& b) override { logits(Role::Teacher, b, teacher_logits); }
+    void student_forward(const TrainBatch& b) override { gpt_forward(trained(), b.tokens.data(), b.B, b.T); }
+    double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
+        GPT<float>& s = trained();
+        const int V = s.config.vocab_size, Vps = s.config.padded_vocab_size;
+        const int Vpt = spec.cross_entropy ? 0 : teacher->config.padded_vocab_size;
+        return batch_loss(b, spec.cross_entropy ? (const float*)nullptr : teacher_logits.data(), Vpt, s.acts.logits,
+                          s.grads_acts.logits, V, Vps, spec.cross_entropy, spec.beta, spec.tau, spec.norm, nullptr, pg);
+    }
+    double student_backward() override {
+        gpt_zero_grad(trained());
+        gpt_backward(trained());
+        return grad_norm(trained());
+    }
+    void student_update(AdamW& opt, double lr, double grad_scale) override {
+        adamw_update(trained(), opt, lr, grad_scale);
+    }
+    void copy_to_host(AdamW&) override {}  // it is the host
+};
+
+#ifdef __CUDACC__
+#include "cuda/device.cuh"
+#endif
+
+// --device resolved (cpu | cuda): a device that trains `student` in place (with AdamW's
+// state, zeros before the first update), the teacher beside it.
+static std::unique_ptr<Device> training_device(const std::string& where, bool tf32, GPT<float>& student,
+                                               const AdamW& opt, const GPT<float>* teacher) {
+#ifdef __CUDACC__
+    if (where == "cuda") return std::make_unique<GpuDevice>(student, opt, teacher, tf32);
+#endif
+    GKD_ASSERT(where == "cpu", "a CUDA run in a build without CUDA");
+    return std::make_unique<CpuDevice>(student, teacher);
+}
+
+// A device that runs `model` (and `teacher`) forward only: sampling and evaluation.
+static std::unique_ptr<Device> inference_device(const std::string& where, const GPT<float>& model,
+                                                const GPT<float>* teacher) {
+#ifdef __CUDACC__
+    if (where == "cuda") return std::make_unique<GpuDevice>(model, teacher);
+#endif
+    GKD_ASSERT(where == "cpu", "a CUDA run in a build without CUDA");
+    return std::make_unique<CpuDevice>(model, teacher);
+}
