@@ -761,8 +761,9 @@ struct EvalOptions {
     double beta = 0.5, tau = 1.0;   // the divergence to the teacher, when there is one
     int batch = 16;
     int max_new_tokens = 64;        // for the generated completions
-    std::string task;               // "arithmetic" | "words" | "": how completions are scored
-    double sample_temperature = 0;  // > 0: also score one sampled completion per example
+    std::string task;               // "arithmetic" | "words" | "walks" | "": how completions are scored
+    double sample_temperature = 0;  // > 0: also sample completions, scored and measured
+    int samples_per_example = 1;    // samples drawn per example (>= 2: their diversity too)
     uint64_t seed = 0;
 };
 
@@ -773,8 +774,13 @@ struct EvalResult {
     double exact_match = 0;        // greedy completion (with its EOS) == the reference's
     double accuracy = NAN;         // with a task: greedy completions scored by the task
     double similarity = NAN;       // with a task: mean character similarity, greedy
-    double sample_accuracy = NAN;  // with a task and a sample temperature
+    // with a sample temperature: over the student's own samples (means over all of them)
+    double sample_accuracy = NAN;  // with a task
     double sample_similarity = NAN;
+    double sample_teacher_nll = NAN;  // with a teacher: its mean NLL per sampled token
+    double sample_forward_kl = NAN;   // with a teacher: KL(teacher || student) per sampled token
+    double sample_reverse_kl = NAN;   // with a teacher: KL(student || teacher) per sampled token
+    double sample_diversity = NAN;    // with 2+ samples per example: distinct ones / samples
     json to_json() const {
         json j = {{"examples", examples}, {"tokens", tokens}, {"nll", nll}, {"exact_match", exact_match}};
         auto put = [&](const char* k, double v) { if (!std::isnan(v)) j[k] = v; };
@@ -783,6 +789,10 @@ struct EvalResult {
         put("similarity", similarity);
         put("sample_accuracy", sample_accuracy);
         put("sample_similarity", sample_similarity);
+        put("sample_teacher_nll", sample_teacher_nll);
+        put("sample_forward_kl", sample_forward_kl);
+        put("sample_reverse_kl", sample_reverse_kl);
+        put("sample_diversity", sample_diversity);
         return j;
     }
 };
@@ -799,6 +809,7 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
     const int V = model.config.vocab_size, Vp = model.config.padded_vocab_size;
     const int Vpt = teacher ? teacher->config.padded_vocab_size : 0;
     double nll_sum = 0, div_sum = 0, correct = 0, similar = 0, sample_correct = 0, sample_similar = 0;
+    double sample_nll = 0, sample_fkl = 0, sample_rkl = 0, sample_tokens = 0, sample_distinct = 0;
     size_t matches = 0;
     for (size_t first = 0; first < data.examples.size(); first += eo.batch) {
         size_t last = std::min(data.examples.size(), first + eo.batch);
@@ -830,23 +841,45 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             for (size_t i = 0; i < ex.size(); i++) {
                 std::vector<int> text = outs[i];
                 if (!text.empty() && text.back() == eos) text.pop_back();
-                TaskScore s = score_completion(eo.task, tok.decode(text), tok.decode(ex[i]->completion));
+                TaskScore s = score_completion(eo.task, tok.decode(ex[i]->prompt), tok.decode(text),
+                                               tok.decode(ex[i]->completion));
                 right += s.correct;
                 sim += s.similarity;
             }
         };
-        auto run_generate = [&](double temperature, uint64_t seed) {
-            return dev.generate(Role::Student, prompts, budgets, temperature, eos, seed, 0, ids);
+        auto run_generate = [&](double temperature, uint64_t seed, uint64_t stream) {
+            return dev.generate(Role::Student, prompts, budgets, temperature, eos, seed, stream, ids);
         };
-        auto greedy = run_generate(0.0, 0);
+        auto greedy = run_generate(0.0, 0, 0);
         for (size_t i = 0; i < ex.size(); i++) {
             std::vector<int> want = ex[i]->completion;
             want.push_back(eos);
             matches += greedy[i] == want;
         }
         if (!eo.task.empty()) score(greedy, correct, similar);
-        if (!eo.task.empty() && eo.sample_temperature > 0)
-            score(run_generate(eo.sample_temperature, eo.seed), sample_correct, sample_similar);
+        if (eo.sample_temperature <= 0) continue;
+        // the student's own samples: the k-th of each example from (seed, stream k)
+        std::vector<std::set<std::vector<int>>> distinct(ex.size());
+        for (int k = 0; k < eo.samples_per_example; k++) {
+            std::vector<std::vector<int>> samples = run_generate(eo.sample_temperature, eo.seed, (uint64_t)k);
+            if (!eo.task.empty()) score(samples, sample_correct, sample_similar);
+            for (size_t i = 0; i < ex.size(); i++) distinct[i].insert(samples[i]);
+            if (!teacher) continue;
+            // how the teacher sees them: its NLL of each sampled token, and both KLs there
+            std::vector<Sequence> rows(ex.size());
+            for (size_t i = 0; i < ex.size(); i++) { rows[i].prompt = prompts[i]; rows[i].completion = samples[i]; }
+            TrainBatch sb = build_batch(rows, eos);
+            dev.logits(Role::Student, sb, logits);
+            dev.logits(Role::Teacher, sb, tlogits);
+            batch_loss(sb, (const float*)nullptr, 0, tlogits.data(), (float*)nullptr, V, Vpt, true, 0, 1, LossNorm::Token, &mean);
+            sample_nll += mean * sb.num_targets;
+            batch_loss(sb, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, 0.0, 1, LossNorm::Token, &mean);
+            sample_fkl += mean * sb.num_targets;
+            batch_loss(sb, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, 1.0, 1, LossNorm::Token, &mean);
+            sample_rkl += mean * sb.num_targets;
+            sample_tokens += sb.num_targets;
+        }
+        for (auto& d : distinct) sample_distinct += (double)d.size() / eo.samples_per_example;
     }
     const double n = (double)data.examples.size();
     r.examples = data.examples.size();
@@ -854,7 +887,16 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
     if (teacher) r.divergence = div_sum / r.tokens;
     r.exact_match = matches / n;
     if (!eo.task.empty()) { r.accuracy = correct / n; r.similarity = similar / n; }
-    if (!eo.task.empty() && eo.sample_temperature > 0) { r.sample_accuracy = sample_correct / n; r.sample_similarity = sample_similar / n; }
+    if (eo.sample_temperature > 0) {
+        const double samples = n * eo.samples_per_example;
+        if (!eo.task.empty()) { r.sample_accuracy = sample_correct / samples; r.sample_similarity = sample_similar / samples; }
+        if (teacher) {
+            r.sample_teacher_nll = sample_nll / sample_tokens;
+            r.sample_forward_kl = sample_fkl / sample_tokens;
+            r.sample_reverse_kl = sample_rkl / sample_tokens;
+        }
+        if (eo.samples_per_example >= 2) r.sample_diversity = sample_distinct / n;
+    }
     return r;
 }
 

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# train_gpt2_gkd.sh — the study: GKD against its baselines on the built-in tasks.
+# train_gpt2_gkd.sh — the study: GKD against its baselines on two built-in tasks, side by
+# side: walks (a stochastic teacher, many valid outputs per prompt, a student that cannot
+# represent it: where on-policy distillation should help) and arithmetic with worked steps
+# (one correct output: the control, where theory predicts it cannot).
 #
-# For each task (arithmetic with worked steps, numbers to English words), one teacher is
-# trained with SFT and cached; then, for each seed, a small student is warm-started with a
-# short SFT and trained further by each method for the same number of steps:
+# For each task one teacher is trained with SFT and cached; then, for each seed, a small
+# student is warm-started with a short SFT and trained further by each method for the same
+# number of steps:
 #
 #   sft               more SFT on the dataset's completions
 #   seqkd             SFT on the teacher's samples (SeqKD)
 #   supervised-kd     lambda 0, forward KL on the dataset's completions
+#   supervised-rkl    lambda 0, reverse KL on the dataset's completions (the same divergence
+#                     as on-policy RKL: what on-policy adds, apart from the divergence)
 #   mixed             lambda 0.5, forward KL (ImitKD-style mixing)
 #   on-policy-fkl     lambda 1, forward KL
 #   on-policy-rkl     lambda 1, reverse KL
 #   on-policy-jsd0.1  lambda 1, JSD(0.1)   (and jsd0.5, jsd0.9)
 #
-# Every model is scored on the held-out test split, greedy and at sampling temperature 1.
+# Every model is scored on the held-out test split, greedy and at sampling temperature 1
+# (4 samples per example), with the teacher's NLL of the student's samples, both KLs on
+# them and their diversity.
 #
 # RL + GKD (the paper's section 5), on arithmetic from seed 0's warm-started student:
 # maximise (1-alpha) E[reward] - alpha E[JSD(0.5)] on the student's samples (4 per
@@ -160,17 +167,19 @@ command -v python3 >/dev/null || { echo "train_gpt2_gkd.sh: python3 is missing" 
 [ -x "$GKD" ] || make gkd
 # this script owns the folders under $RUNS: a rerun replaces an unfinished run in them
 
-METHODS="sft seqkd supervised-kd mixed on-policy-fkl on-policy-rkl on-policy-jsd0.1 on-policy-jsd0.5 on-policy-jsd0.9"
+METHODS="sft seqkd supervised-kd supervised-rkl mixed on-policy-fkl on-policy-rkl on-policy-jsd0.1 on-policy-jsd0.5 on-policy-jsd0.9"
+TASKS="walks arithmetic"
 
 # the shapes and steps of each task: the teacher near-perfect, the student clearly smaller
 task_config() {
   case "$1" in
-    arithmetic) CONTEXT=32; MAX_NEW=16; TEACHER_STEPS=1000 ;;
-    words)      CONTEXT=64; MAX_NEW=48; TEACHER_STEPS=1000 ;;
+    arithmetic) CONTEXT=32; MAX_NEW=16; TEACHER_STEPS=1000; STUDENT_SHAPE="--layers 1 --channels 32 --heads 2" ;;
+    words)      CONTEXT=64; MAX_NEW=48; TEACHER_STEPS=1000; STUDENT_SHAPE="--layers 1 --channels 32 --heads 2" ;;
+    # the default experiment's shapes (cli/experiment.h): a student 32 times smaller
+    walks)      CONTEXT=32; MAX_NEW=12; TEACHER_STEPS=1000; STUDENT_SHAPE="--layers 1 --channels 16 --heads 2" ;;
   esac
   [ "$MODE" = quick ] && TEACHER_STEPS=700
   TEACHER_SHAPE="--layers 4 --channels 128 --heads 4"
-  STUDENT_SHAPE="--layers 1 --channels 32 --heads 2"
   if [ "$MODE" = tiny ]; then
     TEACHER_STEPS=4
     TEACHER_SHAPE="--layers 1 --channels 16 --heads 2"
@@ -189,6 +198,7 @@ method_flags() {
     sft)               echo "sft" ;;
     seqkd)             echo "sft --seq-kd --teacher $TEACHER" ;;
     supervised-kd)     echo "distill --teacher $TEACHER --lambda 0 --beta 0" ;;
+    supervised-rkl)    echo "distill --teacher $TEACHER --lambda 0 --beta 1" ;;
     mixed)             echo "distill --teacher $TEACHER --lambda 0.5 --beta 0" ;;
     on-policy-fkl)     echo "distill --teacher $TEACHER --lambda 1 --beta 0" ;;
     on-policy-rkl)     echo "distill --teacher $TEACHER --lambda 1 --beta 1" ;;
@@ -200,13 +210,13 @@ method_flags() {
 evaluate() {
   [ -s "$2" ] && return 0
   $GKD eval --model "$1" --data "$DATA/test.jsonl" --teacher "$TEACHER" --beta 0.5 --task "$TASK" \
-       --sample-temperature 1 --max-new-tokens "$MAX_NEW" --batch 100 > "$2.tmp"
+       --sample-temperature 1 --samples-per-example 4 --max-new-tokens "$MAX_NEW" --batch 100 > "$2.tmp"
   mv "$2.tmp" "$2"
 }
 
 start=$(date +%s)
 total_runs=0
-for TASK in arithmetic words; do total_runs=$((total_runs + 1 + $(echo $SEEDS | wc -w) * (1 + $(echo $METHODS | wc -w)))); done
+for TASK in $TASKS; do total_runs=$((total_runs + 1 + $(echo $SEEDS | wc -w) * (1 + $(echo $METHODS | wc -w)))); done
 done_runs=0
 progress() {
   done_runs=$((done_runs + 1))
@@ -216,7 +226,7 @@ progress() {
 }
 
 # the teachers first, so that a teacher that fails to learn shows before the long part
-for TASK in arithmetic words; do
+for TASK in $TASKS; do
   task_config "$TASK"
   DATA=$RUNS/$TASK/data
   [ -s "$DATA/test.jsonl" ] || $GKD data --task "$TASK" --seed 0 --out "$DATA" $SIZES 2>/dev/null
@@ -231,7 +241,7 @@ for TASK in arithmetic words; do
   progress "$TASK teacher: $(grep -o '"accuracy":[0-9.]*' "$RUNS/$TASK/teacher/test.json" | head -1)"
 done
 
-for TASK in arithmetic words; do
+for TASK in $TASKS; do
   task_config "$TASK"
   DATA=$RUNS/$TASK/data
   TEACHER=$RUNS/$TASK/teacher/model.bin

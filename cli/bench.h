@@ -209,13 +209,12 @@ static const std::vector<FlagSpec> BENCH_FLAGS = {
     {"tf32", false, "cuda: matmuls on TF32 tensor cores (MFU then against the TF32 peak)"}};
 
 static int cmd_bench(int argc, char** argv) {
-    const std::vector<FlagSpec>& specs = BENCH_FLAGS;
-    if (wants_help(argc, argv)) {
-        print_help("gkd bench: time one training step by phase on random models (defaults: the CPU reference "
-                   "configuration); prints ms, tokens/s, GFLOP/s, peak RSS and the machine's sgemm ceiling", specs);
-        return 0;
-    }
-    Flags f("bench", argc, argv, specs);
+    std::optional<Flags> parsed = command_flags(
+        "bench", BENCH_FLAGS, argc, argv,
+        "gkd bench: time one training step by phase on random models (defaults: the CPU reference "
+        "configuration); prints ms, tokens/s, GFLOP/s, peak RSS and the machine's sgemm ceiling");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
     const std::string device = resolve_device(f);
     std::string vocab = f.str("vocab", "byte");
     int V = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);

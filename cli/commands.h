@@ -44,7 +44,7 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"tf32", false, "cuda: matmuls on TF32 tensor cores (faster; the default fp32 is the parity mode)"},
     {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
     {"eval-every", true, "steps between evaluations (0: only at the end)"},
-    {"task", true, "arithmetic | words | gsm8k: score evaluation completions by the task"},
+    {"task", true, "arithmetic | words | walks | gsm8k: score evaluation completions by the task"},
     {"tokenizer", true, TOKENIZER_HELP},
     {"quiet", false, "no progress line"},
     {"checkpoint-every", true, "save the whole training state every N steps to DIR/checkpoint.bin (0: only on SIGINT/SIGTERM)"},
@@ -136,12 +136,12 @@ static void refuse_existing_run(const std::string& dir, bool overwrite);
 static int cmd_train(int argc, char** argv, bool sft) {
     const std::vector<FlagSpec>& specs = sft ? SFT_FLAGS : DISTILL_FLAGS;
     const char* cmd = sft ? "sft" : "distill";
-    if (wants_help(argc, argv)) {
-        print_help(sft ? "gkd sft --model F --data F.jsonl --out DIR [flags]: cross-entropy on completions"
-                       : "gkd distill --teacher F --student F --data F.jsonl --out DIR [flags]: GKD", specs);
-        return 0;
-    }
-    Flags f(cmd, argc, argv, specs);
+    std::optional<Flags> parsed = command_flags(
+        cmd, specs, argc, argv,
+        sft ? "gkd sft --model F --data F.jsonl --out DIR [flags]: cross-entropy on completions"
+        : "gkd distill --teacher F --student F --data F.jsonl --out DIR [flags]: GKD");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
     Trainer tr;
     int start_step = 0;
     if (f.has("resume")) {
@@ -201,9 +201,11 @@ static const std::vector<FlagSpec> INIT_FLAGS = {
     {"seed", true, "(0)"}, {"out", true, "checkpoint to write"}};
 
 static int cmd_init(int argc, char** argv) {
-    const std::vector<FlagSpec>& specs = INIT_FLAGS;
-    if (wants_help(argc, argv)) { print_help("gkd init: write a randomly initialised GPT-2 checkpoint", specs); return 0; }
-    Flags f("init", argc, argv, specs);
+    std::optional<Flags> parsed = command_flags(
+        "init", INIT_FLAGS, argc, argv,
+        "gkd init: write a randomly initialised GPT-2 checkpoint");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
     GPTConfig c;
     c.num_layers = (int)f.integer("layers", 0, 1, 1024);
     if (!f.has("layers")) f.required("layers");
@@ -279,9 +281,11 @@ static const std::vector<FlagSpec> SAMPLE_FLAGS = {
     {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
 
 static int cmd_sample(int argc, char** argv) {
-    const std::vector<FlagSpec>& specs = SAMPLE_FLAGS;
-    if (wants_help(argc, argv)) { print_help("gkd sample: one JSON object per sample on stdout", specs); return 0; }
-    Flags f("sample", argc, argv, specs);
+    std::optional<Flags> parsed = command_flags(
+        "sample", SAMPLE_FLAGS, argc, argv,
+        "gkd sample: one JSON object per sample on stdout");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
     std::string model_path = f.required("model");
     int num_samples = (int)f.integer("num-samples", 1, 1, 1 << 20);
     int max_new = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
@@ -334,18 +338,20 @@ static const std::vector<FlagSpec> EVAL_FLAGS = {
     {"beta", true, "divergence: 0 forward KL, 1 reverse KL, else JSD(beta) (0.5)"},
     {"loss-temperature", true, "tau of the divergence (1.0)"}, {"batch", true, "(16)"},
     {"max-new-tokens", true, "longest generated completion (64)"},
-    {"task", true, "arithmetic | words | gsm8k: also score completions by the task (accuracy, similarity)"},
-    {"sample-temperature", true, "with --task: also score one sample per example at this temperature"},
+    {"task", true, "arithmetic | words | walks | gsm8k: also score completions by the task (accuracy, similarity)"},
+    {"sample-temperature", true, "also sample completions at this temperature: scored by --task; with --teacher, the "
+                                 "teacher's NLL of them and both KLs on them"},
+    {"samples-per-example", true, "samples drawn per example with --sample-temperature; 2 or more: their diversity "
+                                  "(distinct / drawn) too (1)"},
     {"seed", true, "for the sampled completions (0)"},
     {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
 
 static int cmd_eval(int argc, char** argv) {
-    const std::vector<FlagSpec>& specs = EVAL_FLAGS;
-    if (wants_help(argc, argv)) {
-        print_help("gkd eval: mean token NLL, mean divergence to a teacher, greedy exact match; one JSON object", specs);
-        return 0;
-    }
-    Flags f("eval", argc, argv, specs);
+    std::optional<Flags> parsed = command_flags(
+        "eval", EVAL_FLAGS, argc, argv,
+        "gkd eval: mean token NLL, mean divergence to a teacher, greedy exact match; one JSON object");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
     std::string model_path = f.required("model"), data_path = f.required("data");
     EvalOptions eo;
     eo.beta = f.num("beta", 0.5, 0, 1);
@@ -354,9 +360,12 @@ static int cmd_eval(int argc, char** argv) {
     eo.max_new_tokens = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
     eo.task = task_flag(f);
     eo.sample_temperature = f.num("sample-temperature", 0, 0, 1e6);
+    eo.samples_per_example = (int)f.integer("samples-per-example", 1, 1, 1 << 16);
     eo.seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
-    if (eo.sample_temperature > 0 && eo.task.empty())
-        GKD_FAIL("gkd eval: --sample-temperature scores samples by a task: give --task too");
+    if (eo.sample_temperature > 0 && eo.task.empty() && !f.has("teacher"))
+        GKD_FAIL("gkd eval: --sample-temperature scores samples by a task or against a teacher: give --task or --teacher");
+    if (f.has("samples-per-example") && !(eo.sample_temperature > 0))
+        GKD_FAIL("gkd eval: --samples-per-example draws samples: give --sample-temperature T > 0 too");
     const std::string device = resolve_device(f);
     GPT<float> m, t;
     gpt_load_any(m, model_path);
@@ -396,9 +405,11 @@ static const std::vector<FlagSpec> TOKENIZE_FLAGS = {
     {"decode", false, "read a JSON array of ids, print the text"}};
 
 static int cmd_tokenize(int argc, char** argv) {
-    const std::vector<FlagSpec>& specs = TOKENIZE_FLAGS;
-    if (wants_help(argc, argv)) { print_help("gkd tokenize: text on stdin -> JSON array of ids on stdout", specs); return 0; }
-    Flags f("tokenize", argc, argv, specs);
+    std::optional<Flags> parsed = command_flags(
+        "tokenize", TOKENIZE_FLAGS, argc, argv,
+        "gkd tokenize: text on stdin -> JSON array of ids on stdout");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
     auto tok = load_tokenizer(f.str("tokenizer", "byte"), 0);
     bool special = f.integer("special", tok->special_by_default() ? 1 : 0, 0, 1) == 1;
     if (f.on("decode") && f.has("special")) GKD_FAIL("gkd tokenize: --special applies to encoding, not --decode");
@@ -417,7 +428,7 @@ static int cmd_tokenize(int argc, char** argv) {
 }
 
 static const std::vector<FlagSpec> DATA_FLAGS = {
-    {"task", true, "arithmetic | words: generate this built-in task's splits into the folder --out"},
+    {"task", true, "arithmetic | words | walks: generate this built-in task's splits into the folder --out"},
     {"seed", true, "(0)"}, {"out", true, "--task: folder for the three splits; --convert: the JSONL to write"},
     {"train", true, "training examples (20000; words: at most 10000 in all)"},
     {"validation", true, "(200)"}, {"test", true, "(500)"},
@@ -426,13 +437,12 @@ static const std::vector<FlagSpec> DATA_FLAGS = {
     {"in", true, "with --convert: the dataset's JSONL"}};
 
 static int cmd_data(int argc, char** argv) {
-    const std::vector<FlagSpec>& specs = DATA_FLAGS;
-    if (wants_help(argc, argv)) {
-        print_help("gkd data: generate a built-in task's train/validation/test JSONL (disjoint splits), or convert a "
-                   "public dataset to gkd's JSONL", specs);
-        return 0;
-    }
-    Flags f("data", argc, argv, specs);
+    std::optional<Flags> parsed = command_flags(
+        "data", DATA_FLAGS, argc, argv,
+        "gkd data: generate a built-in task's train/validation/test JSONL (disjoint splits), or convert a "
+        "public dataset to gkd's JSONL");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
     if (f.has("task") == f.has("convert")) GKD_FAIL("gkd data: give exactly one of --task NAME or --convert FORMAT");
     if (f.has("convert")) {
         for (const char* unused : {"seed", "train", "validation", "test"})
@@ -447,7 +457,7 @@ static int cmd_data(int argc, char** argv) {
     }
     if (f.has("in")) GKD_FAIL("gkd data: --in is for --convert");
     std::string task = f.str("task");
-    if (!is_task(task)) GKD_FAIL("gkd data: --task '%s' must be arithmetic or words (built-in tasks)", task.c_str());
+    if (!is_task(task)) GKD_FAIL("gkd data: --task '%s' must be arithmetic, words or walks (built-in tasks)", task.c_str());
     TaskSizes sizes;
     sizes.train = (int)f.integer("train", task == "words" ? 9000 : 20000, 1, 1 << 24);
     sizes.validation = (int)f.integer("validation", 200, 1, 1 << 24);
@@ -460,10 +470,26 @@ static int cmd_data(int argc, char** argv) {
 }
 
 
+static const std::vector<FlagSpec> EXPERIMENT_FLAGS = {
+    {"task", true, "walks (the default) | arithmetic (the control, where theory predicts no on-policy gain)"}};
+
+// gkd experiment [--task walks|arithmetic], also `./gkd` and `./gkd --task arithmetic`
+static int cmd_experiment(int argc, char** argv) {
+    std::optional<Flags> parsed = command_flags(
+        "experiment", EXPERIMENT_FLAGS, argc, argv,
+        "gkd experiment (or gkd with no command): the default experiment, a teacher, an SFT student, then "
+        "more SFT, supervised KD and on-policy GKD from it, over three seeds; a table and a verdict");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
+    std::string task = f.choice("task", "walks", {"walks", "arithmetic"});
+    return run_default_experiment(task == "walks" ? ExperimentRecipe() : arithmetic_recipe());
+}
+
 // Every command's table, for the refusal of a flag given to the wrong command.
 static const std::vector<std::pair<const char*, const std::vector<FlagSpec>*>> FLAG_TABLES = {
     {"init", &INIT_FLAGS}, {"distill", &DISTILL_FLAGS}, {"sft", &SFT_FLAGS}, {"sample", &SAMPLE_FLAGS},
-    {"eval", &EVAL_FLAGS}, {"tokenize", &TOKENIZE_FLAGS}, {"data", &DATA_FLAGS}, {"bench", &BENCH_FLAGS}};
+    {"eval", &EVAL_FLAGS}, {"tokenize", &TOKENIZE_FLAGS}, {"data", &DATA_FLAGS}, {"bench", &BENCH_FLAGS},
+    {"experiment", &EXPERIMENT_FLAGS}};
 
 static std::string commands_with_flag(const std::string& name) {
     std::string owners;
@@ -484,10 +510,11 @@ static const char* USAGE =
     "  gkd tokenize  [--tokenizer byte|PATH] [--decode] < input\n"
     "  gkd convert   IN OUT [--bf16]   (model.safetensors or .bin -> llm.c .bin)\n"
     "  gkd bench     [--student L,C,NH --teacher L,C,NH --batch B ... --device cuda]   (time a step by phase)\n"
-    "  gkd data      --task arithmetic|words --out DIR   (built-in task splits)\n"
+    "  gkd data      --task arithmetic|words|walks --out DIR   (built-in task splits)\n"
     "  gkd data      --convert gsm8k|instruction --in F --out F.jsonl   (GSM8K, Alpaca/Dolly)\n"
     "\n"
-    "  gkd           (no arguments) the default experiment: teacher, SFT student, GKD student\n"
+    "  gkd           (no arguments) the default experiment on the walks task: teacher, SFT student, then more\n"
+    "                SFT, supervised KD and on-policy GKD, 3 seeds   (--task arithmetic: the control)\n"
     "\n"
     "Each command takes --help. Data and formats: SPEC.md; a tour: README.md.\n";
 
@@ -495,6 +522,8 @@ static int run_command(int argc, char** argv) {
     if (argc < 2) return run_default_experiment();
     std::string cmd = argv[1];
     if (cmd == "--help" || cmd == "-h" || cmd == "help") { fputs(USAGE, stdout); return 0; }
+    if (cmd.rfind("--", 0) == 0) return cmd_experiment(argc - 1, argv + 1);  // ./gkd --task arithmetic
+    if (cmd == "experiment") return cmd_experiment(argc - 2, argv + 2);
     if (cmd == "init") return cmd_init(argc - 2, argv + 2);
     if (cmd == "convert") return cmd_convert(argc - 2, argv + 2);
     if (cmd == "bench") return cmd_bench(argc - 2, argv + 2);
@@ -504,6 +533,7 @@ static int run_command(int argc, char** argv) {
     if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
     if (cmd == "tokenize") return cmd_tokenize(argc - 2, argv + 2);
     if (cmd == "data") return cmd_data(argc - 2, argv + 2);
-    GKD_FAIL("gkd: unknown command '%s' (one of init, distill, sft, sample, eval, tokenize, data; see gkd --help)", cmd.c_str());
+    GKD_FAIL("gkd: unknown command '%s' (one of init, distill, sft, sample, eval, tokenize, convert, data, bench, "
+             "experiment; see gkd --help)", cmd.c_str());
 }
 

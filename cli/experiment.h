@@ -1,10 +1,25 @@
-// cli/experiment.h — the default experiment: `./gkd` with no arguments.
+// cli/experiment.h — the default experiment: `./gkd` with no arguments (`./gkd --task
+// arithmetic` for the arithmetic control).
 //
-// The paper's comparison in miniature, on the built-in arithmetic task: SFT a teacher
-// (cached under runs/), warm-start a smaller student with a short SFT, distil it with
-// on-policy GKD, and compare held-out accuracy. A control row gives the SFT student the
-// same number of extra steps as GKD, but of more SFT, so the table separates "more
-// training" from "training on its own samples".
+// The paper's comparison in miniature: SFT a teacher (cached under runs/default/TASK/),
+// then, for each seed, warm-start a much smaller student with a short SFT and continue it
+// from that same warm start three ways, for the same number of steps:
+//   - more SFT: the control, which separates "more training" from "distillation";
+//   - supervised KD (lambda 0): the teacher's token distributions on the dataset's
+//     completions;
+//   - on-policy GKD (lambda 1): the teacher's token distributions on the student's own
+//     samples.
+// The divergence of each distillation method (forward KL, JSD(beta), reverse KL) is
+// chosen on the validation split, from the first seed's runs; the table reports the test
+// split, mean ± std over the seeds, greedy and sampled at temperature 1, with what
+// distillation transfers (the teacher's NLL of the student's samples, both KLs on them,
+// their diversity). The verdict lines are computed from the per-seed differences.
+//
+// Why the walks task (data/tasks.h) is the default: it has what the on-policy advantage
+// needs, and arithmetic has none of it (one correct output, a near one-hot teacher):
+// a stochastic teacher (about 80 valid walks per prompt), a student 85 times smaller
+// than the teacher that cannot represent it, and slips (a repeated letter) that lead to
+// prefixes the data never shows, scored so that continuing well after a slip earns credit.
 //
 // Part of gkd.cu's single translation unit: it drives the trainer (train, evaluate) the way
 // a user would, through TrainOptions.
@@ -31,20 +46,35 @@ struct ModelShape {
 };
 
 struct ExperimentRecipe {
-    std::string task = "arithmetic";
-    int context = 32, batch = 64, max_new_tokens = 16;
-    ModelShape teacher{4, 128, 4}, student{1, 32, 2};
-    int teacher_steps = 1000, warmup_steps = 1000, gkd_steps = 500;
-    double teacher_lr = 3e-3, student_lr = 3e-3, gkd_lr = 1e-3;
-    double lambda = 1.0, beta = 0.5;
-    uint64_t seed = 0;
+    std::string task = "walks";
+    int context = 32, batch = 64, max_new_tokens = 12;
+    ModelShape teacher{4, 128, 4}, student{1, 16, 2};
+    int teacher_steps = 1000, warmup_steps = 600, method_steps = 500;
+    double teacher_lr = 3e-3, student_lr = 3e-3, method_lr = 1e-3;
+    std::vector<uint64_t> seeds = {0, 1, 2};
+    std::vector<double> betas = {0.0, 0.5, 0.9, 1.0};  // the divergences tried; the first seed chooses
+    int samples_per_example = 4;                       // samples at T = 1 per test example
+    uint64_t data_seed = 0;
     // what the cached teacher depends on: change any of it and the teacher is retrained
     json teacher_key() const {
-        return {{"format", 1}, {"task", task}, {"context", context}, {"batch", batch}, {"seed", seed},
+        return {{"format", 2}, {"task", task}, {"context", context}, {"batch", batch}, {"seed", data_seed},
                 {"layers", teacher.layers}, {"channels", teacher.channels}, {"heads", teacher.heads},
                 {"steps", teacher_steps}, {"lr", teacher_lr}};
     }
 };
+
+// The arithmetic control: one correct output per prompt, so theory predicts no on-policy
+// gain; the student of the first version of this experiment, one seed, JSD(0.5).
+static ExperimentRecipe arithmetic_recipe() {
+    ExperimentRecipe r;
+    r.task = "arithmetic";
+    r.max_new_tokens = 16;
+    r.student = {1, 32, 2};
+    r.warmup_steps = 1000;
+    r.seeds = {0};
+    r.betas = {0.5};
+    return r;
+}
 
 static void init_model_file(const ModelShape& shape, int context, uint64_t seed, const std::string& path) {
     GPTConfig c;
@@ -69,7 +99,6 @@ static TrainOptions experiment_train_options(const ExperimentRecipe& r, const st
     o.warmup = std::min(50, steps / 10);
     o.schedule = Schedule::Cosine;
     o.max_new_tokens = r.max_new_tokens;
-    o.seed = r.seed;
     o.label = label;
     return o;
 }
@@ -88,105 +117,215 @@ static double run_training_phase(const TrainOptions& o) {
     return now_seconds() - t0;
 }
 
-// SFT of a model of `shape`, freshly initialised from `seed`, in the folder dir (init.bin,
-// then the run); returns its training time in seconds.
+// SFT of a model of `shape`, freshly initialised from `init_seed`, in the folder dir
+// (init.bin, then the run); returns its training time in seconds.
 static double sft_from_random_init(const ExperimentRecipe& r, const std::string& data_dir, const ModelShape& shape,
-                                   uint64_t seed, const std::string& dir, int steps, double lr, const std::string& label) {
+                                   uint64_t init_seed, uint64_t seed, const std::string& dir, int steps, double lr,
+                                   const std::string& label) {
     make_dirs(dir);
-    init_model_file(shape, r.context, seed, dir + "/init.bin");
+    init_model_file(shape, r.context, init_seed, dir + "/init.bin");
     TrainOptions o = experiment_train_options(r, data_dir, steps, lr, dir, label);
     o.sft = true;
+    o.seed = seed;
     o.student_path = dir + "/init.bin";
     return run_training_phase(o);
 }
 
-struct ExperimentRow {
-    std::string name, path;
-    size_t params = 0;
+static std::string beta_name(double beta) {
+    return beta == 0 ? "forward KL" : beta == 1 ? "reverse KL" : strf("JSD(%g)", beta);
+}
+
+// One trained model of the experiment, evaluated.
+struct ExperimentRun {
+    std::string path;
     EvalResult eval;
     double train_seconds = 0;
+};
+
+// A row of the table: one method, a run per seed (the teacher: one run).
+struct ExperimentRow {
+    std::string name;
+    size_t params = 0;
+    std::vector<ExperimentRun> runs;
     bool cached = false;
 };
 
-static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe(), const std::string& root = "runs/default",
+static double mean_of(const std::vector<double>& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return v.empty() ? NAN : s / v.size();
+}
+// the sample standard deviation (n - 1); 0 for a single value
+static double sd_of(const std::vector<double>& v) {
+    if (v.size() < 2) return 0;
+    double m = mean_of(v), s = 0;
+    for (double x : v) s += (x - m) * (x - m);
+    return std::sqrt(s / (v.size() - 1));
+}
+
+// "mean ± sd" of one metric over a row's runs, times `scale`, with `decimals`
+static std::string mean_sd(const ExperimentRow& row, double EvalResult::*field, double scale, int decimals) {
+    std::vector<double> v;
+    for (auto& run : row.runs) v.push_back(run.eval.*field * scale);
+    if (v.empty() || std::isnan(v[0])) return "-";
+    if (v.size() == 1) return strf("%.*f", decimals, v[0]);
+    return strf("%.*f ± %.*f", decimals, mean_of(v), decimals, sd_of(v));
+}
+
+// The verdict on `a` against `b`: the per-seed differences of a metric (in points), and
+// what they say: "beats" when the mean exceeds one standard deviation, "loses to" when it
+// is below minus one, else "is within one sd of" (one seed: the sign alone).
+static std::string verdict(const ExperimentRow& a, const ExperimentRow& b, double EvalResult::*field,
+                           const char* what) {
+    std::vector<double> d;
+    for (size_t s = 0; s < a.runs.size() && s < b.runs.size(); s++)
+        d.push_back(100 * (a.runs[s].eval.*field - b.runs[s].eval.*field));
+    double m = mean_of(d), sd = sd_of(d);
+    const char* word = d.size() < 2 ? (m > 0 ? "beats" : m < 0 ? "loses to" : "ties with")
+                       : m - sd > 0 ? "beats" : m + sd < 0 ? "loses to" : "is within one sd of";
+    std::string spread = d.size() < 2 ? "1 seed, no spread" : strf("%zu seeds", d.size());
+    auto plain = [](const std::string& name) { return name.rfind("+ ", 0) == 0 ? name.substr(2) : name; };
+    return strf("%s %s %s by %+.1f ± %.1f points %s (%s)", plain(a.name).c_str(), word, plain(b.name).c_str(), m, sd,
+                what, spread.c_str());
+}
+
+static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe(), const std::string& root_dir = "",
                                   const TaskSizes& sizes = TaskSizes()) {
     const double t_start = now_seconds();
-    const std::string data_dir = root + "/data/" + r.task;
-    fprintf(stderr, "gkd: the default experiment: GKD on the built-in %s task, %d threads (%s)\n", r.task.c_str(),
-            omp_get_max_threads(), root.c_str());
+    const std::string root = root_dir.empty() ? "runs/default/" + r.task : root_dir, data_dir = root + "/data";
+    fprintf(stderr, "gkd: the default experiment: GKD on the built-in %s task, %zu seed%s, %d threads (%s)\n",
+            r.task.c_str(), r.seeds.size(), r.seeds.size() == 1 ? "" : "s", omp_get_max_threads(), root.c_str());
     if (!is_file(data_dir + "/test.jsonl")) {
-        write_task_splits(r.task, r.seed, sizes, data_dir);
+        write_task_splits(r.task, r.data_seed, sizes, data_dir);
         fprintf(stderr, "data             generated %s/{train,validation,test}.jsonl\n", data_dir.c_str());
     }
-    std::vector<ExperimentRow> rows;
-
-    // 1. the teacher: SFT from scratch, or the cached one if it was made by the same recipe
-    ExperimentRow teacher{"teacher (SFT)", root + "/teacher/model.bin", 0, {}, 0, false};
-    std::string key_path = root + "/teacher/recipe.json", key = r.teacher_key().dump();
-    if (is_file(teacher.path) && is_file(key_path) && read_whole_file(key_path) == key) {
-        teacher.cached = true;
-        fprintf(stderr, "teacher          cached: %s\n", teacher.path.c_str());
-    } else {
-        teacher.train_seconds = sft_from_random_init(r, data_dir, r.teacher, r.seed + 1, root + "/teacher",
-                                                     r.teacher_steps, r.teacher_lr, "teacher sft");
-        write_file_atomic(key_path, key);
-    }
-    rows.push_back(teacher);
-
-    // 2. the student: a short SFT warm start, as the paper does
-    ExperimentRow sft{"student (SFT)", root + "/student-sft/model.bin", 0, {}, 0, false};
-    sft.train_seconds = sft_from_random_init(r, data_dir, r.student, r.seed + 2, root + "/student-sft", r.warmup_steps,
-                                             r.student_lr, "student sft");
-    rows.push_back(sft);
-
-    // 3. on-policy GKD from the SFT student; 4. the control: as many steps of more SFT
-    ExperimentRow gkd{"student (SFT + GKD)", root + "/student-gkd/model.bin", 0, {}, 0, false};
-    TrainOptions o = experiment_train_options(r, data_dir, r.gkd_steps, r.gkd_lr, root + "/student-gkd", "student gkd");
-    o.teacher_path = teacher.path;
-    o.student_path = sft.path;
-    o.lambda = r.lambda;
-    o.beta = r.beta;
-    gkd.train_seconds = run_training_phase(o);
-    ExperimentRow more{"student (SFT + more SFT)", root + "/student-sft-more/model.bin", 0, {}, 0, false};
-    o = experiment_train_options(r, data_dir, r.gkd_steps, r.gkd_lr, root + "/student-sft-more", "student more sft");
-    o.sft = true;
-    o.student_path = sft.path;
-    more.train_seconds = run_training_phase(o);
-    rows.push_back(more);
-    rows.push_back(gkd);
-
-    // held-out test accuracy, greedy and sampled at temperature 1
     ByteTokenizer tok;
+    Dataset validation = load_jsonl(data_dir + "/validation.jsonl", tok, r.context, true);
     Dataset test = load_jsonl(data_dir + "/test.jsonl", tok, r.context, true);
-    GPT<float> teacher_model;
-    gpt_load(teacher_model, teacher.path);
     EvalOptions eo;
     eo.task = r.task;
     eo.sample_temperature = 1.0;
+    eo.samples_per_example = r.samples_per_example;
     eo.max_new_tokens = r.max_new_tokens;
-    eo.beta = r.beta;
     eo.batch = 100;
-    Progress progress("evaluate", (int)rows.size(), false);
-    for (size_t i = 0; i < rows.size(); i++) {
+    GPT<float> teacher_model;
+    auto evaluate_file = [&](const std::string& path, const Dataset& d) {
         GPT<float> m;
-        gpt_load(m, rows[i].path);
-        rows[i].params = m.num_parameters;
-        rows[i].eval = evaluate(m, i == 0 ? nullptr : &teacher_model, test, tok, eo);
-        progress.update((int)i + 1, rows[i].name);
+        gpt_load(m, path);
+        return evaluate(m, &teacher_model, d, tok, eo);
+    };
+
+    // 1. the teacher: SFT from scratch, or the cached one if it was made by the same recipe
+    ExperimentRow teacher{"teacher (SFT)", 0, {{root + "/teacher/model.bin", {}, 0}}, false};
+    std::string key_path = root + "/teacher/recipe.json", key = r.teacher_key().dump();
+    if (is_file(teacher.runs[0].path) && is_file(key_path) && read_whole_file(key_path) == key) {
+        teacher.cached = true;
+        fprintf(stderr, "teacher          cached: %s\n", teacher.runs[0].path.c_str());
+    } else {
+        teacher.runs[0].train_seconds = sft_from_random_init(r, data_dir, r.teacher, r.data_seed + 1, r.data_seed,
+                                                             root + "/teacher", r.teacher_steps, r.teacher_lr,
+                                                             "teacher sft");
+        write_file_atomic(key_path, key);
     }
+    gpt_load(teacher_model, teacher.runs[0].path);
+
+    // 2. per seed: the SFT warm start, then three ways on from it. The first seed tries
+    // every divergence of each distillation method and keeps the best on validation
+    // (sampled accuracy at T = 1); the other seeds run the chosen ones.
+    ExperimentRow sft{"student (SFT)", 0, {}, false}, more{"+ more SFT (control)", 0, {}, false};
+    ExperimentRow kd{"+ supervised KD", 0, {}, false}, gkd{"+ on-policy GKD", 0, {}, false};
+    double beta_kd = r.betas[0], beta_gkd = r.betas[0];
+    std::string selection = "| method | divergence | validation sampled accuracy (T=1) | validation greedy accuracy |\n"
+                            "|---|---|---|---|\n";
+    for (size_t si = 0; si < r.seeds.size(); si++) {
+        const uint64_t seed = r.seeds[si];
+        const std::string dir = root + strf("/seed%llu", (unsigned long long)seed);
+        ExperimentRun warm{dir + "/sft/model.bin", {}, 0};
+        warm.train_seconds = sft_from_random_init(r, data_dir, r.student, 1000 + seed, seed, dir + "/sft",
+                                                  r.warmup_steps, r.student_lr, strf("seed %llu sft", (unsigned long long)seed));
+        auto continue_from_warm = [&](const std::string& name, bool distill, double lambda, double beta) {
+            TrainOptions o = experiment_train_options(r, data_dir, r.method_steps, r.method_lr, dir + "/" + name,
+                                                      strf("seed %llu %s", (unsigned long long)seed, name.c_str()));
+            o.sft = !distill;
+            o.seed = seed;
+            o.student_path = warm.path;
+            if (distill) { o.teacher_path = teacher.runs[0].path; o.lambda = lambda; o.beta = beta; }
+            return ExperimentRun{dir + "/" + name + "/model.bin", {}, run_training_phase(o)};
+        };
+        ExperimentRun control = continue_from_warm("more-sft", false, 0, 0);
+        if (si == 0) {
+            for (bool on_policy : {false, true}) {
+                double best = -1;
+                for (double beta : r.betas) {
+                    std::string name = strf("%s-beta%g", on_policy ? "gkd" : "kd", beta);
+                    ExperimentRun run = continue_from_warm(name, true, on_policy ? 1.0 : 0.0, beta);
+                    EvalResult v = evaluate_file(run.path, validation);
+                    selection += strf("| %s | %s | %.1f%% | %.1f%% |\n", on_policy ? "on-policy GKD" : "supervised KD",
+                                      beta_name(beta).c_str(), 100 * v.sample_accuracy, 100 * v.accuracy);
+                    if (v.sample_accuracy > best) {
+                        best = v.sample_accuracy;
+                        (on_policy ? beta_gkd : beta_kd) = beta;
+                        (on_policy ? gkd : kd).runs.assign(1, run);
+                    }
+                }
+            }
+        } else {
+            kd.runs.push_back(continue_from_warm(strf("kd-beta%g", beta_kd), true, 0.0, beta_kd));
+            gkd.runs.push_back(continue_from_warm(strf("gkd-beta%g", beta_gkd), true, 1.0, beta_gkd));
+        }
+        sft.runs.push_back(warm);
+        more.runs.push_back(control);
+    }
+    kd.name += " (" + beta_name(beta_kd) + ")";
+    gkd.name += " (" + beta_name(beta_gkd) + ")";
+
+    // 3. the test split: every model, greedy and sampled at T = 1
+    std::vector<ExperimentRow*> rows = {&teacher, &sft, &more, &kd, &gkd};
+    int total = 0, done = 0;
+    for (auto* row : rows) total += (int)row->runs.size();
+    Progress progress("evaluate", total, false);
+    for (auto* row : rows)
+        for (auto& run : row->runs) {
+            GPT<float> m;
+            gpt_load(m, run.path);
+            row->params = m.num_parameters;
+            run.eval = evaluate(m, row == &teacher ? nullptr : &teacher_model, test, tok, eo);
+            progress.update(++done, row->name);
+        }
     progress.finish();
 
-    std::string table = strf("| model | parameters | greedy accuracy | sampled accuracy (T=1) | JSD(%.1f) to teacher | training time |\n"
-                             "|---|---|---|---|---|---|\n", r.beta);
-    for (auto& row : rows)
-        table += strf("| %s | %.2fM | %.1f%% | %.1f%% | %s | %s |\n", row.name.c_str(), row.params / 1e6,
-                      100 * row.eval.accuracy, 100 * row.eval.sample_accuracy,
-                      std::isnan(row.eval.divergence) ? "-" : strf("%.4f", row.eval.divergence).c_str(),
-                      row.cached ? "cached" : format_duration(row.train_seconds).c_str());
-    std::string summary = strf("Held-out %s test set (%zu examples), exact match of the final answer. Total time %s.\n",
-                               r.task.c_str(), test.examples.size(), format_duration(now_seconds() - t_start).c_str());
-    write_file_atomic(root + "/results.md", table + "\n" + summary);
-    printf("\n%s\n%s(also in %s/results.md)\n", table.c_str(), summary.c_str(), root.c_str());
+    const bool walks = r.task == "walks";
+    std::string table = strf("| model | parameters | greedy accuracy | sampled accuracy (T=1) | %s (T=1) | teacher NLL "
+                             "of samples | KL(teacher‖student) on samples | KL(student‖teacher) on samples | distinct "
+                             "samples | training time |\n|---|---|---|---|---|---|---|---|---|---|\n",
+                             walks ? "valid steps" : "similarity");
+    for (auto* row : rows) {
+        std::vector<double> seconds;
+        for (auto& run : row->runs) seconds.push_back(run.train_seconds);
+        table += strf("| %s | %.3fM | %s%% | %s%% | %s%% | %s | %s | %s | %s%% | %s |\n", row->name.c_str(),
+                      row->params / 1e6, mean_sd(*row, &EvalResult::accuracy, 100, 1).c_str(),
+                      mean_sd(*row, &EvalResult::sample_accuracy, 100, 1).c_str(),
+                      mean_sd(*row, &EvalResult::sample_similarity, 100, 1).c_str(),
+                      row == &teacher ? "-" : mean_sd(*row, &EvalResult::sample_teacher_nll, 1, 3).c_str(),
+                      row == &teacher ? "-" : mean_sd(*row, &EvalResult::sample_forward_kl, 1, 3).c_str(),
+                      row == &teacher ? "-" : mean_sd(*row, &EvalResult::sample_reverse_kl, 1, 3).c_str(),
+                      mean_sd(*row, &EvalResult::sample_diversity, 100, 0).c_str(),
+                      row->cached ? "cached" : format_duration(mean_of(seconds)).c_str());
+    }
+    std::string verdicts = "- " + verdict(gkd, more, &EvalResult::sample_accuracy, "sampled at T=1") + "\n" +
+                           "- " + verdict(gkd, kd, &EvalResult::sample_accuracy, "sampled at T=1") + "\n" +
+                           "- " + verdict(gkd, kd, &EvalResult::accuracy, "greedy") + "\n" +
+                           "- " + verdict(kd, more, &EvalResult::sample_accuracy, "sampled at T=1") + "\n";
+    std::string summary = strf(
+        "Held-out %s test set (%zu examples; %d samples each at T=1), mean ± std over %zu seed%s (%s); the "
+        "divergences were chosen on the validation split with seed %llu. Total time %s.\n",
+        r.task.c_str(), test.examples.size(), r.samples_per_example, r.seeds.size(), r.seeds.size() == 1 ? "" : "s",
+        walks ? "accuracy: the whole walk valid" : "accuracy: the final answer right",
+        (unsigned long long)r.seeds[0], format_duration(now_seconds() - t_start).c_str());
+    std::string report = table + "\n" + summary + "\nVerdicts (paired by seed; \"beats\": the mean difference exceeds "
+                         "its standard deviation):\n\n" + verdicts + "\nThe divergence of each method, chosen on "
+                         "validation (seed " + std::to_string(r.seeds[0]) + "):\n\n" + selection;
+    write_file_atomic(root + "/results.md", report);
+    printf("\n%s\n(also in %s/results.md)\n", report.c_str(), root.c_str());
     return 0;
 }
-

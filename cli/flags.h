@@ -9,6 +9,7 @@
 // Part of gkd.cu's single translation unit.
 #pragma once
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -106,10 +107,21 @@ static void print_help(const std::string& usage, const std::vector<FlagSpec>& sp
     for (auto& s : specs) printf("  --%-20s %s\n", (std::string(s.name) + (s.takes_value ? " X" : "")).c_str(), s.help);
 }
 
+// A command's flags; nothing when it was asked for --help, which prints its usage line and
+// its table instead.
+static std::optional<Flags> command_flags(const std::string& command, const std::vector<FlagSpec>& specs, int argc,
+                                          char** argv, const std::string& usage) {
+    if (wants_help(argc, argv)) {
+        print_help(usage, specs);
+        return std::nullopt;
+    }
+    return Flags(command, argc, argv, specs);
+}
+
 static std::string task_flag(const Flags& f) {
     std::string t = f.str("task");
     if (!t.empty() && !is_scored_task(t))
-        GKD_FAIL("gkd %s: --task '%s' must be arithmetic, words or gsm8k", f.command.c_str(), t.c_str());
+        GKD_FAIL("gkd %s: --task '%s' must be arithmetic, words, walks or gsm8k", f.command.c_str(), t.c_str());
     return t;
 }
 

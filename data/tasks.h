@@ -9,6 +9,17 @@
 //   words       "4721:" -> "four thousand seven hundred twenty-one": numbers to English,
 //               a transduction task like translation. Scored by exact match and by a
 //               character-level similarity, 1 - Levenshtein distance / longer length.
+//   walks       "c/hkm:" -> "bpfgloh": a walk of 7 steps on a fixed directed graph over the
+//               letters a-p (each letter has 3 successors), from the start letter c, that
+//               never visits a letter twice nor one of the avoided letters h, k, m. A
+//               prompt has 80 valid walks on average (a stochastic teacher: many good
+//               outputs), the training split holds 3 of them per prompt, and validity
+//               depends on the whole prefix (which letters were used), so a small student
+//               slips; a slip (a repeated letter, a missing edge) leads to a prefix that
+//               the data never shows. Scored by a checker, not by the reference: correct
+//               when the whole walk is valid; similarity is the fraction of the 7 steps
+//               that are valid given everything before them, so continuing well after a
+//               slip still earns credit.
 //
 // Splits never overlap: all distinct prompts are drawn first (without replacement, from
 // the seed), then cut into test, validation and train, in that order.
@@ -29,9 +40,9 @@ struct TaskSplits {
     std::vector<TaskExample> train, validation, test;
 };
 
-static const char* const TASK_NAMES[] = {"arithmetic", "words"};
+static const char* const TASK_NAMES[] = {"arithmetic", "words", "walks"};
 
-inline bool is_task(const std::string& name) { return name == "arithmetic" || name == "words"; }
+inline bool is_task(const std::string& name) { return name == "arithmetic" || name == "words" || name == "walks"; }
 // Tasks an evaluation can score by: the built-in ones, and GSM8K (data/convert.h's lines).
 inline bool is_scored_task(const std::string& name) { return is_task(name) || name == "gsm8k"; }
 
@@ -71,6 +82,85 @@ inline std::string number_to_words(int n) {
     return s;
 }
 
+// --- walks
+
+constexpr int WALK_LETTERS = 16, WALK_SUCCESSORS = 3, WALK_STEPS = 7, WALK_AVOIDED = 3;
+
+// The task's graph: letter i's successors, WALK_SUCCESSORS distinct letters other than i.
+// Fixed (its own seed, not the data's): the graph is part of the task's definition.
+inline const std::vector<std::vector<int>>& walk_graph() {
+    static const std::vector<std::vector<int>> graph = [] {
+        Rng rng(derive_seed(0x3a1c5, 0xd15ea5e));
+        std::vector<std::vector<int>> g(WALK_LETTERS);
+        for (int i = 0; i < WALK_LETTERS; i++) {
+            std::vector<int> others;
+            for (int j = 0; j < WALK_LETTERS; j++)
+                if (j != i) others.push_back(j);
+            for (int k = 0; k < WALK_SUCCESSORS; k++) {  // a partial Fisher-Yates shuffle
+                std::swap(others[k], others[k + rng.below(others.size() - k)]);
+                g[i].push_back(others[k]);
+            }
+        }
+        return g;
+    }();
+    return graph;
+}
+
+// The prompt "s/abc:" (start s, avoided a, b, c) as a start and a used-letters mask;
+// false when the text is not such a prompt.
+inline bool parse_walk_prompt(const std::string& prompt, int& start, unsigned& used) {
+    const size_t n = prompt.size();
+    if (n != 3 + WALK_AVOIDED || prompt[1] != '/' || prompt[n - 1] != ':') return false;
+    auto letter = [](char c) { return c >= 'a' && c < 'a' + WALK_LETTERS ? c - 'a' : -1; };
+    start = letter(prompt[0]);
+    if (start < 0) return false;
+    used = 1u << start;
+    for (size_t i = 2; i < n - 1; i++) {
+        int a = letter(prompt[i]);
+        if (a < 0) return false;
+        used |= 1u << a;
+    }
+    return true;
+}
+
+// Every valid walk of WALK_STEPS steps from `start` avoiding the letters in `used`.
+inline void valid_walks(int at, unsigned used, std::string& path, std::vector<std::string>& out) {
+    if ((int)path.size() == WALK_STEPS) { out.push_back(path); return; }
+    for (int next : walk_graph()[at])
+        if (!(used & (1u << next))) {
+            path.push_back((char)('a' + next));
+            valid_walks(next, used | (1u << next), path, out);
+            path.pop_back();
+        }
+}
+
+// The fraction of the WALK_STEPS steps of `walk` that are valid given everything before
+// them (an edge from the previous letter, to a letter not seen yet); a missing step
+// counts as invalid, and any extra text makes the walk not `complete`.
+struct WalkScore {
+    double valid_steps = 0;
+    bool complete = false;  // every step valid, and nothing more
+};
+inline WalkScore score_walk(const std::string& prompt, const std::string& walk) {
+    WalkScore s;
+    int at;
+    unsigned used;
+    if (!parse_walk_prompt(prompt, at, used)) return s;
+    int valid = 0;
+    for (size_t k = 0; k < walk.size() && k < (size_t)WALK_STEPS; k++) {
+        int next = walk[k] >= 'a' && walk[k] < 'a' + WALK_LETTERS ? walk[k] - 'a' : -1;
+        const std::vector<int>& succ = walk_graph()[at];
+        bool edge = next >= 0 && std::find(succ.begin(), succ.end(), next) != succ.end();
+        if (edge && !(used & (1u << next))) valid++;
+        if (next < 0) break;  // not a letter: the walk is over
+        used |= 1u << next;
+        at = next;
+    }
+    s.valid_steps = (double)valid / WALK_STEPS;
+    s.complete = valid == WALK_STEPS && walk.size() == (size_t)WALK_STEPS;
+    return s;
+}
+
 // --- generation
 
 struct TaskSizes {
@@ -99,8 +189,37 @@ inline TaskSplits generate_task(const std::string& task, uint64_t seed, const Ta
         for (int i = 0; i < N; i++) numbers[i] = i;
         for (int i = N - 1; i > 0; i--) std::swap(numbers[i], numbers[rng.below(i + 1)]);
         for (size_t i = 0; i < want; i++) all.push_back({std::to_string(numbers[i]) + ":", number_to_words(numbers[i])});
+    } else if (task == "walks") {
+        // every prompt with at least one valid walk, in a seeded order: the first ones are
+        // the test and validation prompts, one reference walk each; the training examples
+        // cycle over the other prompts, each time with a walk drawn uniformly from the
+        // prompt's valid ones (so each training prompt comes with several different walks)
+        std::vector<std::pair<std::string, std::vector<std::string>>> prompts;
+        for (int s = 0; s < WALK_LETTERS; s++)
+            for (int a = 0; a < WALK_LETTERS; a++)
+                for (int b = a + 1; b < WALK_LETTERS; b++)
+                    for (int c = b + 1; c < WALK_LETTERS; c++) {
+                        if (a == s || b == s || c == s) continue;
+                        std::string prompt = {(char)('a' + s), '/', (char)('a' + a), (char)('a' + b), (char)('a' + c), ':'};
+                        std::vector<std::string> walks;
+                        std::string path;
+                        valid_walks(s, (1u << s) | (1u << a) | (1u << b) | (1u << c), path, walks);
+                        if (!walks.empty()) prompts.push_back({prompt, std::move(walks)});
+                    }
+        for (size_t i = prompts.size() - 1; i > 0; i--) std::swap(prompts[i], prompts[rng.below(i + 1)]);
+        const size_t held_out = (size_t)sizes.test + sizes.validation;
+        if (held_out >= prompts.size())
+            GKD_FAIL("the walks task has %zu prompts; %zu held out leave none for training", prompts.size(), held_out);
+        for (size_t i = 0; i < held_out; i++)
+            all.push_back({prompts[i].first, prompts[i].second[rng.below(prompts[i].second.size())]});
+        for (size_t i = 0; i < (size_t)sizes.train; i++) {
+            auto& [prompt, walks] = prompts[held_out + i % (prompts.size() - held_out)];
+            all.push_back({prompt, walks[rng.below(walks.size())]});
+        }
+        for (size_t i = all.size() - 1; i > held_out; i--)  // the training examples in a seeded order
+            std::swap(all[i], all[held_out + rng.below(i - held_out + 1)]);
     } else {
-        GKD_FAIL("unknown task '%s' (arithmetic or words)", task.c_str());
+        GKD_FAIL("unknown task '%s' (arithmetic, words or walks)", task.c_str());
     }
     TaskSplits s;
     s.test.assign(all.begin(), all.begin() + sizes.test);
@@ -151,9 +270,17 @@ struct TaskScore {
     double similarity = 0;  // character similarity of the whole completion
 };
 
-// `got` is the generated completion text (without EOS), `want` the reference.
-inline TaskScore score_completion(const std::string& task, const std::string& got, const std::string& want) {
+// `got` is the generated completion text (without EOS), `want` the reference, `prompt`
+// the example's prompt (walks are checked against it, not against the reference).
+inline TaskScore score_completion(const std::string& task, const std::string& prompt, const std::string& got,
+                                  const std::string& want) {
     TaskScore s;
+    if (task == "walks") {
+        WalkScore w = score_walk(prompt, got);
+        s.correct = w.complete;
+        s.similarity = w.valid_steps;
+        return s;
+    }
     if (task == "arithmetic") s.correct = final_answer(got) == final_answer(want);
     else if (task == "gsm8k") s.correct = !gsm8k_answer(want).empty() && gsm8k_answer(got) == gsm8k_answer(want);
     else s.correct = got == want;

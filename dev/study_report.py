@@ -8,13 +8,14 @@ import math
 import os
 import shutil
 
-TASKS = ["arithmetic", "words"]
+TASKS = ["walks", "arithmetic", "words"]  # those that the runs folder holds
 LABELS = {
     "teacher": "teacher (SFT)",
     "warm-start": "student, warm start (SFT)",
     "sft": "SFT",
     "seqkd": "SeqKD",
     "supervised-kd": "supervised KD (lambda 0, FKL)",
+    "supervised-rkl": "supervised KD (lambda 0, RKL)",
     "mixed": "mixed (lambda 0.5, FKL)",
     "on-policy-fkl": "on-policy FKL",
     "on-policy-rkl": "on-policy RKL",
@@ -48,6 +49,39 @@ def pct(values):
     return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
 
 
+def paired(a, b, key):
+    """The per-seed differences a - b of a metric, in points: (mean, sd)."""
+    return mean_std([100 * (x[key] - y[key]) for x, y in zip(a, b)])
+
+
+def findings(task, res, val, seeds):
+    """Computed comparisons (paired by seed, test accuracy): the on-policy method best on
+    the validation split (greedy accuracy after the last step, the one validation score the
+    runs log) against the SFT control; on-policy against supervised KD at the same
+    divergence (reverse KL, forward KL); supervised KD against the control. 'beats': the
+    mean difference exceeds its sd (one seed: the sign alone)."""
+    def word(m, s):
+        if len(seeds) < 2:
+            return "beats" if m > 0 else "loses to" if m < 0 else "ties with"
+        return "beats" if m - s > 0 else "loses to" if m + s < 0 else "is within one sd of"
+    on_policy = [m for m in res if m.startswith("on-policy")]
+    if not on_policy or "sft" not in res:
+        return []
+    best = max(on_policy, key=lambda m: val.get(m, -1))
+    # on-policy against supervised at the same divergence: what on-policy data adds
+    pairs = [(best, "sft"), ("on-policy-rkl", "supervised-rkl"), ("on-policy-fkl", "supervised-kd"),
+             ("supervised-rkl", "sft"), ("supervised-kd", "sft")]
+    out = [f"Computed ({len(seeds)} seed(s), paired by seed; the on-policy method best on validation is "
+           f"{LABELS[best]}, {val.get(best, float('nan')):.1f}% greedy):", ""]
+    for a, b in pairs:
+        if a in res and b in res:
+            m, s = paired(res[a], res[b], "sample_accuracy")
+            g, gs = paired(res[a], res[b], "accuracy")
+            out.append(f"- {LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} points sampled at T=1, "
+                       f"{g:+.1f} ± {gs:.1f} greedy")
+    return out + [""]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", required=True)
@@ -66,6 +100,7 @@ def main():
     lines = [f"# GKD study ({a.mode}): {len(seeds)} seed(s), {a.steps} steps per method from the same "
              f"warm-started student, {a.seconds // 60} min {a.seconds % 60} s in all", ""]
     bars = {}    # task -> [(method, greedy mean, std, sampled mean, std)]
+    results = {}  # task -> method -> [test evaluation per seed]
     curves = {}  # task -> method -> [(step, mean validation accuracy)]
     for task in TASKS:
         tdir = os.path.join(a.runs, task)
@@ -73,14 +108,24 @@ def main():
             continue
         teacher = read_json(os.path.join(tdir, "teacher", "test.json"))
         sim = task == "words"
+        what = {"walks": "the whole walk valid (a checker, not the reference)", "words": "exact match of the whole "
+                "completion", "arithmetic": "exact match of the final answer"}[task]
         lines += [f"## {task}", "",
-                  "Held-out test accuracy (%): exact match of the " + ("whole completion" if sim else "final answer") +
-                  ", greedy and at sampling temperature 1; mean ± std over seeds." +
-                  (" Similarity: 1 - edit distance / length, greedy." if sim else ""), ""]
-        head = "| method | greedy | sampled (T=1) |" + (" similarity (greedy) |" if sim else "") + " JSD(0.5) to teacher |"
+                  f"Held-out test accuracy (%): {what}, greedy and at sampling temperature 1 (the mean over 4 samples "
+                  "per example); mean ± std over seeds." +
+                  (" Similarity: 1 - edit distance / length, greedy." if sim else "") +
+                  (" Valid steps: the fraction of the 7 steps valid given all before them, sampled." if task == "walks"
+                   else "") +
+                  " On the student's own samples: the teacher's NLL per token, KL(teacher‖student) and "
+                  "KL(student‖teacher) per token, and the distinct samples among 4 per example.", ""]
+        head = ("| method | greedy | sampled (T=1) |" + (" similarity (greedy) |" if sim else "") +
+                (" valid steps (T=1) |" if task == "walks" else "") +
+                " JSD(0.5) to teacher | teacher NLL of samples | FKL on samples | RKL on samples | distinct samples |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         lines.append(f"| {LABELS['teacher']} | {100 * teacher['accuracy']:.1f} | {100 * teacher['sample_accuracy']:.1f} |" +
-                     (f" {teacher['similarity']:.3f} |" if sim else "") + " - |")
+                     (f" {teacher['similarity']:.3f} |" if sim else "") +
+                     (f" {100 * teacher['sample_similarity']:.1f} |" if task == "walks" else "") +
+                     f" - | - | - | - | {100 * teacher.get('sample_diversity', float('nan')):.0f}% |")
         shutil.copy(os.path.join(tdir, "teacher", "test.json"), os.path.join(a.out, "metrics", f"{task}-teacher-test.json"))
         bars[task] = []
         curves[task] = {}
@@ -104,12 +149,19 @@ def main():
             if sim:
                 sm = mean_std([e["similarity"] for e in evals])
                 row += f" {sm[0]:.3f} |"
+            if task == "walks":
+                row += f" {pct([e['sample_similarity'] for e in evals])} |"
             row += f" {div[0]:.4f} |"
+            for k in ("sample_teacher_nll", "sample_forward_kl", "sample_reverse_kl"):
+                row += f" {mean_std([e.get(k, float('nan')) for e in evals])[0]:.3f} |"
+            row += f" {pct([e.get('sample_diversity', float('nan')) for e in evals])}% |"
             lines.append(row)
+            results.setdefault(task, {})[m] = evals
             if m != "warm-start":
                 bars[task].append((m, *mean_std([100 * v for v in g]), *mean_std([100 * v for v in smp])))
                 curves[task][m] = sorted((k, 100 * sum(v) / len(v)) for k, v in per_step.items())
         lines.append("")
+        lines += findings(task, results[task], {m: c[-1][1] for m, c in curves[task].items() if c}, seeds)
     rl = []  # (alpha, greedy accuracy, sampled accuracy = mean reward at T=1, divergence)
     for alpha in a.rl_alphas.split():
         rdir = os.path.join(a.runs, "arithmetic", "seed0", f"rl-alpha{alpha}")

