@@ -118,12 +118,19 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
         if (o.temperature == 0)
             GKD_FAIL("gkd distill: RL needs a sampling --temperature above 0");
     }
+    for (const char* flag : {"eval-every", "task"})  // both shape the evaluation of --eval-data
+        if (f.has(flag) && o.eval_data_path.empty())
+            GKD_FAIL("gkd %s: --%s applies to the evaluation of held-out data: give --eval-data F.jsonl too",
+                     sft ? "sft" : "distill", flag);
     o.device = resolve_device(f);
     o.tf32 = f.on("tf32");
     if (sft) {
         o.student_path = f.required("model");
         if (o.seq_kd) o.teacher_path = f.required("teacher");
         else if (f.has("teacher")) GKD_FAIL("gkd sft: --teacher is only used with --seq-kd (SFT on teacher samples)");
+        if (!o.seq_kd && f.has("temperature"))
+            GKD_FAIL("gkd sft: --temperature is the teacher's sampling temperature with --seq-kd; without it nothing "
+                     "is sampled");
     } else {
         o.teacher_path = f.required("teacher");
         o.student_path = f.required("student");

@@ -9,10 +9,10 @@ set yrange [0:105]
 set xtics rotate by -25 scale 0
 set key top left
 set grid ytics
+set title "walks: held-out accuracy after 500 more steps (mean ± std over seeds)"
+plot "results/bars-walks.dat" using 2:3:xtic(1) title "greedy", "" using 4:5 title "sampled, T=1"
 set title "arithmetic: held-out accuracy after 500 more steps (mean ± std over seeds)"
 plot "results/bars-arithmetic.dat" using 2:3:xtic(1) title "greedy", "" using 4:5 title "sampled, T=1"
-set title "words: held-out accuracy after 500 more steps (mean ± std over seeds)"
-plot "results/bars-words.dat" using 2:3:xtic(1) title "greedy", "" using 4:5 title "sampled, T=1"
 unset multiplot
 reset
 set terminal pngcairo size 1200,840 font ",10"
@@ -23,10 +23,10 @@ set ylabel "validation accuracy, greedy (%)"
 set yrange [0:105]
 set key outside right
 set grid
+set title "walks"
+plot "results/curves-walks.dat" index 0 using 1:2 with linespoints title "SFT", "results/curves-walks.dat" index 1 using 1:2 with linespoints title "SeqKD", "results/curves-walks.dat" index 2 using 1:2 with linespoints title "supervised KD (lambda 0, FKL)", "results/curves-walks.dat" index 3 using 1:2 with linespoints title "supervised KD (lambda 0, RKL)", "results/curves-walks.dat" index 4 using 1:2 with linespoints title "mixed (lambda 0.5, FKL)", "results/curves-walks.dat" index 5 using 1:2 with linespoints title "on-policy FKL", "results/curves-walks.dat" index 6 using 1:2 with linespoints title "on-policy RKL", "results/curves-walks.dat" index 7 using 1:2 with linespoints title "on-policy JSD(0.1)", "results/curves-walks.dat" index 8 using 1:2 with linespoints title "on-policy JSD(0.5)", "results/curves-walks.dat" index 9 using 1:2 with linespoints title "on-policy JSD(0.9)"
 set title "arithmetic"
-plot "results/curves-arithmetic.dat" index 0 using 1:2 with linespoints title "SFT", "results/curves-arithmetic.dat" index 1 using 1:2 with linespoints title "SeqKD", "results/curves-arithmetic.dat" index 2 using 1:2 with linespoints title "supervised KD (lambda 0, FKL)", "results/curves-arithmetic.dat" index 3 using 1:2 with linespoints title "mixed (lambda 0.5, FKL)", "results/curves-arithmetic.dat" index 4 using 1:2 with linespoints title "on-policy FKL", "results/curves-arithmetic.dat" index 5 using 1:2 with linespoints title "on-policy RKL", "results/curves-arithmetic.dat" index 6 using 1:2 with linespoints title "on-policy JSD(0.1)", "results/curves-arithmetic.dat" index 7 using 1:2 with linespoints title "on-policy JSD(0.5)", "results/curves-arithmetic.dat" index 8 using 1:2 with linespoints title "on-policy JSD(0.9)"
-set title "words"
-plot "results/curves-words.dat" index 0 using 1:2 with linespoints title "SFT", "results/curves-words.dat" index 1 using 1:2 with linespoints title "SeqKD", "results/curves-words.dat" index 2 using 1:2 with linespoints title "supervised KD (lambda 0, FKL)", "results/curves-words.dat" index 3 using 1:2 with linespoints title "mixed (lambda 0.5, FKL)", "results/curves-words.dat" index 4 using 1:2 with linespoints title "on-policy FKL", "results/curves-words.dat" index 5 using 1:2 with linespoints title "on-policy RKL", "results/curves-words.dat" index 6 using 1:2 with linespoints title "on-policy JSD(0.1)", "results/curves-words.dat" index 7 using 1:2 with linespoints title "on-policy JSD(0.5)", "results/curves-words.dat" index 8 using 1:2 with linespoints title "on-policy JSD(0.9)"
+plot "results/curves-arithmetic.dat" index 0 using 1:2 with linespoints title "SFT", "results/curves-arithmetic.dat" index 1 using 1:2 with linespoints title "SeqKD", "results/curves-arithmetic.dat" index 2 using 1:2 with linespoints title "supervised KD (lambda 0, FKL)", "results/curves-arithmetic.dat" index 3 using 1:2 with linespoints title "supervised KD (lambda 0, RKL)", "results/curves-arithmetic.dat" index 4 using 1:2 with linespoints title "mixed (lambda 0.5, FKL)", "results/curves-arithmetic.dat" index 5 using 1:2 with linespoints title "on-policy FKL", "results/curves-arithmetic.dat" index 6 using 1:2 with linespoints title "on-policy RKL", "results/curves-arithmetic.dat" index 7 using 1:2 with linespoints title "on-policy JSD(0.1)", "results/curves-arithmetic.dat" index 8 using 1:2 with linespoints title "on-policy JSD(0.5)", "results/curves-arithmetic.dat" index 9 using 1:2 with linespoints title "on-policy JSD(0.9)"
 unset multiplot
 reset
 set terminal pngcairo size 800,560 font ",10"

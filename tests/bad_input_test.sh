@@ -180,6 +180,9 @@ TABLE=$(cat <<EOF
 1	gkd sft: --lambda does not apply to sft (it is a flag of gkd distill	sft $S --data $W/ok.jsonl $TRAIN --lambda 0.7 --beta 0.3
 1	gkd sft: --beta does not apply to sft (it is a flag of gkd distill, eval, bench	sft $S --data $W/ok.jsonl $TRAIN --beta 0.3
 1	gkd sft: --alpha does not apply to sft	sft $S --data $W/ok.jsonl $TRAIN --alpha 0.5
+1	gkd sft: --temperature is the teacher's sampling temperature with --seq-kd	sft $S --data $W/ok.jsonl $TRAIN --temperature 0.5
+1	gkd distill: --eval-every applies to the evaluation of held-out data: give --eval-data	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --eval-every 5
+1	gkd sft: --task applies to the evaluation of held-out data: give --eval-data	sft $S --data $W/ok.jsonl $TRAIN --task arithmetic
 1	gkd sample: --teacher does not apply to sample (it is a flag of gkd distill, sft, eval, bench	sample $S --prompt x --teacher $W/s.bin
 1	gkd eval: --lr does not apply to eval (it is a flag of gkd distill, sft	eval $S --data $W/ok.jsonl --lr 1
 1	gkd init: --data does not apply to init	init --layers 1 --data x
