@@ -810,6 +810,15 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
     const int Vpt = teacher ? teacher->config.padded_vocab_size : 0;
     double nll_sum = 0, div_sum = 0, correct = 0, similar = 0, sample_correct = 0, sample_similar = 0;
     double sample_nll = 0, sample_fkl = 0, sample_rkl = 0, sample_tokens = 0, sample_distinct = 0;
+    // a loss summed over b's target tokens (the per-token mean times their count): `scored`
+    // (rows Vps apart) against the teacher's logits, or its own cross-entropy without them
+    auto token_sum = [&](const TrainBatch& b, const float* teacher_logits, int Vpt, const std::vector<float>& scored,
+                         int Vps, bool cross_entropy, double beta, double tau) {
+        double mean;
+        batch_loss(b, teacher_logits, Vpt, scored.data(), (float*)nullptr, V, Vps, cross_entropy, beta, tau,
+                   LossNorm::Token, &mean);
+        return mean * b.num_targets;
+    };
     size_t matches = 0;
     for (size_t first = 0; first < data.examples.size(); first += eo.batch) {
         size_t last = std::min(data.examples.size(), first + eo.batch);
@@ -818,14 +827,10 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
         // teacher-forced: NLL of the reference completion, and the divergence to the teacher
         TrainBatch b = build_batch(dataset_completions(ex, eos), eos);
         dev.logits(Role::Student, b, logits);
-        double mean;
-        batch_loss(b, (const float*)nullptr, 0, logits.data(), (float*)nullptr, V, Vp, true, 0, 1, LossNorm::Token, &mean);
-        nll_sum += mean * b.num_targets;
+        nll_sum += token_sum(b, nullptr, 0, logits, Vp, true, 0, 1);
         if (teacher) {
             dev.logits(Role::Teacher, b, tlogits);
-            batch_loss(b, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, eo.beta, eo.tau,
-                       LossNorm::Token, &mean);
-            div_sum += mean * b.num_targets;
+            div_sum += token_sum(b, tlogits.data(), Vpt, logits, Vp, false, eo.beta, eo.tau);
         }
         r.tokens += b.num_targets;
         // free-running: greedy (and optionally sampled) completions, scored
@@ -871,12 +876,9 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             TrainBatch sb = build_batch(rows, eos);
             dev.logits(Role::Student, sb, logits);
             dev.logits(Role::Teacher, sb, tlogits);
-            batch_loss(sb, (const float*)nullptr, 0, tlogits.data(), (float*)nullptr, V, Vpt, true, 0, 1, LossNorm::Token, &mean);
-            sample_nll += mean * sb.num_targets;
-            batch_loss(sb, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, 0.0, 1, LossNorm::Token, &mean);
-            sample_fkl += mean * sb.num_targets;
-            batch_loss(sb, tlogits.data(), Vpt, logits.data(), (float*)nullptr, V, Vp, false, 1.0, 1, LossNorm::Token, &mean);
-            sample_rkl += mean * sb.num_targets;
+            sample_nll += token_sum(sb, nullptr, 0, tlogits, Vpt, true, 0, 1);
+            sample_fkl += token_sum(sb, tlogits.data(), Vpt, logits, Vp, false, 0.0, 1);
+            sample_rkl += token_sum(sb, tlogits.data(), Vpt, logits, Vp, false, 1.0, 1);
             sample_tokens += sb.num_targets;
         }
         for (auto& d : distinct) sample_distinct += (double)d.size() / eo.samples_per_example;

@@ -252,13 +252,16 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
             if (distill) { o.teacher_path = teacher.runs[0].path; o.lambda = lambda; o.beta = beta; }
             return ExperimentRun{dir + "/" + name + "/model.bin", {}, run_training_phase(o)};
         };
+        auto distill_run = [&](bool on_policy, double beta) {  // lambda 1 (on-policy) or 0 (supervised)
+            return continue_from_warm(strf("%s-beta%g", on_policy ? "gkd" : "kd", beta), true, on_policy ? 1.0 : 0.0,
+                                      beta);
+        };
         ExperimentRun control = continue_from_warm("more-sft", false, 0, 0);
         if (si == 0) {
             for (bool on_policy : {false, true}) {
                 double best = -1;
                 for (double beta : r.betas) {
-                    std::string name = strf("%s-beta%g", on_policy ? "gkd" : "kd", beta);
-                    ExperimentRun run = continue_from_warm(name, true, on_policy ? 1.0 : 0.0, beta);
+                    ExperimentRun run = distill_run(on_policy, beta);
                     EvalResult v = evaluate_file(run.path, validation);
                     selection += strf("| %s | %s | %.1f%% | %.1f%% |\n", on_policy ? "on-policy GKD" : "supervised KD",
                                       beta_name(beta).c_str(), 100 * v.sample_accuracy, 100 * v.accuracy);
@@ -270,8 +273,8 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
                 }
             }
         } else {
-            kd.runs.push_back(continue_from_warm(strf("kd-beta%g", beta_kd), true, 0.0, beta_kd));
-            gkd.runs.push_back(continue_from_warm(strf("gkd-beta%g", beta_gkd), true, 1.0, beta_gkd));
+            kd.runs.push_back(distill_run(false, beta_kd));
+            gkd.runs.push_back(distill_run(true, beta_gkd));
         }
         sft.runs.push_back(warm);
         more.runs.push_back(control);

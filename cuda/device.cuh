@@ -30,21 +30,16 @@ struct GpuDevice : Device {
     GpuLossBuffers loss;
 
     // inference only: sampling and evaluation, in fp32
-    GpuDevice(const GPT<float>& model, const GPT<float>* teacher) {
-        gpu_init(false);
-        upload_models(model, teacher);
-    }
-    // training: the student with AdamW's state (zeros before the first update)
-    GpuDevice(GPT<float>& student_on_host, const AdamW& opt, const GPT<float>* teacher, bool tf32) {
+    GpuDevice(const GPT<float>& model, const GPT<float>* teacher, bool tf32 = false) {
         gpu_init(tf32);
-        host_student = &student_on_host;
-        gpu_upload(student, student_on_host);
-        gpu_upload_optimizer(student, opt);
+        gpu_upload(student, model);
         if (teacher) { gpu_upload(this->teacher, *teacher); has_teacher = true; }
     }
-    void upload_models(const GPT<float>& model, const GPT<float>* t) {
-        gpu_upload(student, model);
-        if (t) { gpu_upload(teacher, *t); has_teacher = true; }
+    // training: the student with AdamW's state (zeros before the first update)
+    GpuDevice(GPT<float>& student_on_host, const AdamW& opt, const GPT<float>* teacher, bool tf32)
+        : GpuDevice(student_on_host, teacher, tf32) {
+        host_student = &student_on_host;
+        gpu_upload_optimizer(student, opt);
     }
 
     bool on_gpu() const override { return true; }
