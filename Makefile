@@ -85,7 +85,7 @@ NVCC_LDLIBS := $(subst -Wl$(comma)-rpath$(comma),-Xlinker -rpath -Xlinker ,$(LDL
 endif
 
 HEADERS  := model.h safetensors.h tokenizer.h unicode_tables.h utils.h data/dataset.h data/tasks.h data/convert.h \
-            device.h $(wildcard cuda/*.cuh) $(wildcard cli/*.h)
+            device.h speculative.h $(wildcard cuda/*.cuh) $(wildcard cli/*.h)
 FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors
 FUZZERS      := $(FUZZ_TARGETS:%=build/fuzz_%)
 FUZZ_SECONDS ?= 60

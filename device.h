@@ -3,8 +3,8 @@
 //
 // A Device holds a run's models, on the host or on the GPU, and the buffers of each
 // phase. It has one function per phase of a training step (sample, teacher forward,
-// student forward, loss, backward, update) and the two that evaluation needs (logits at
-// every position, generation). The trainer (gkd_step in gkd.cu) and evaluate() call them
+// student forward, loss, backward, update) and the three that inference needs (logits at
+// every position, generation, speculative generation). The trainer (gkd_step in gkd.cu) and evaluate() call them
 // and never ask where they run, so they carry no #ifdef.
 //
 // CpuDevice is below: each phase is a call into model.h or gkd.cu's sections 1-2.
@@ -56,6 +56,13 @@ struct Device {
     virtual std::vector<std::vector<int>> generate(Role who, const Prompts& prompts, const std::vector<int>& budgets,
                                                    double temperature, int eos, uint64_t seed, uint64_t stream,
                                                    const std::vector<uint64_t>& row_ids) = 0;
+    // Speculative sampling (speculative.h): the student drafts up to draft_tokens per
+    // round, the teacher verifies; the output is distributed as the teacher's samples.
+    virtual std::vector<std::vector<int>> speculative_generate(const Prompts& prompts, const std::vector<int>& budgets,
+                                                               int draft_tokens, double temperature, int eos,
+                                                               uint64_t seed, uint64_t stream,
+                                                               const std::vector<uint64_t>& row_ids,
+                                                               SpeculativeStats& stats) = 0;
     // out (B, T, Vp of that model): its logits at every position of b, on the host
     virtual void logits(Role who, const TrainBatch& b, std::vector<float>& out) = 0;
 
@@ -103,6 +110,13 @@ struct CpuDevice : Device {
                                            const std::vector<uint64_t>& row_ids) override {
         return ::generate(of(who), who == Role::Student ? student_gen : teacher_gen, prompts, budgets, temperature, eos,
                           seed, stream, row_ids);
+    }
+    std::vector<std::vector<int>> speculative_generate(const Prompts& prompts, const std::vector<int>& budgets,
+                                                       int draft_tokens, double temperature, int eos, uint64_t seed,
+                                                       uint64_t stream, const std::vector<uint64_t>& row_ids,
+                                                       SpeculativeStats& stats) override {
+        return ::speculative_generate(*model, student_gen, of(Role::Teacher), teacher_gen, prompts, budgets,
+                                      draft_tokens, temperature, eos, seed, stream, row_ids, stats);
     }
     // a forward pass with no activations kept
     void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {

@@ -4,12 +4,13 @@
 //   1. the divergences D(P, Q) of SPEC section 1 (forward KL, reverse KL, JSD(beta)) and
 //      cross-entropy, each computing value and gradient in one call per row of logits;
 //   2. batched sampling with a KV cache (prefill the prompts, then one token per step),
-//      and AdamW;
+//      and AdamW; speculative sampling (speculative.h) with the student as the draft;
 //   3. the GKD training step, written to read like the paper's Algorithm 1 (gkd_step):
 //      each phase is one call on the run's Device (device.h), the CPU or the GPU;
 //   4. evaluation, the training loop, and checkpoints of the whole training state.
 // Where the rest lives:
 //   model.h         the GPT-2 model: layers as forward/backward pairs, checkpoints
+//   speculative.h   speculative sampling: the student drafts, the teacher verifies
 //   device.h        the CPU implementation of each phase, and the switch to the GPU
 //   cuda/           the GPU twins of model.h's layers, the fused loss, AdamW, sampling
 //   cli/            the command line: flag tables, the commands, bench, the default experiment
@@ -295,6 +296,12 @@ static std::vector<double> advantages(const std::vector<double>& reward, int sam
 // ----------------------------------------------------------------------------
 // 2. sampling with a KV cache
 
+// The independent random streams of a run, each derived from (seed, stream, ...).
+enum RngStream : uint64_t {
+    STREAM_COIN = 1, STREAM_SHUFFLE = 2, STREAM_STUDENT_SAMPLES = 3, STREAM_TEACHER_SAMPLES = 4,
+    STREAM_SPECULATIVE = 1ull << 40,  // evaluation's drafting: past its sampled completions' streams 0..K-1
+};
+
 // softmax(logits / temperature) over the V real tokens; temperature 0 is argmax (the
 // lowest id wins ties).
 static int pick_token(const float* logits, int V, double temperature, Rng& rng) {
@@ -468,14 +475,17 @@ static double learning_rate(double lr, Schedule schedule, int warmup, int steps,
 }
 
 // ----------------------------------------------------------------------------
+// speculative sampling: the student drafts, the teacher verifies (speculative.h)
+
+#include "speculative.h"
+
+// ----------------------------------------------------------------------------
 // where the phases run: the CPU, or the GPU twins of cuda/ (device.h)
 
 #include "device.h"
 
 // ----------------------------------------------------------------------------
 // 3. the GKD trainer
-
-enum RngStream : uint64_t { STREAM_COIN = 1, STREAM_SHUFFLE = 2, STREAM_STUDENT_SAMPLES = 3, STREAM_TEACHER_SAMPLES = 4 };
 
 struct TrainOptions {
     bool sft = false;  // cross-entropy on completions instead of a divergence to a teacher
@@ -765,6 +775,8 @@ struct EvalOptions {
     double sample_temperature = 0;  // > 0: also sample completions, scored and measured
     int samples_per_example = 1;    // samples drawn per example (>= 2: their diversity too)
     uint64_t seed = 0;
+    int draft_tokens = 0;           // > 0 (with a teacher): the model as a speculative draft of K tokens
+    double draft_temperature = 1.0; // ... sampling the teacher at this temperature (0 = greedy)
 };
 
 struct EvalResult {
@@ -781,6 +793,10 @@ struct EvalResult {
     double sample_forward_kl = NAN;   // with a teacher: KL(teacher || student) per sampled token
     double sample_reverse_kl = NAN;   // with a teacher: KL(student || teacher) per sampled token
     double sample_diversity = NAN;    // with 2+ samples per example: distinct ones / samples
+    // with draft tokens and a teacher: the model drafting for the teacher (speculative.h)
+    double draft_acceptance_rate = NAN;      // drafts kept / drafts judged, counted
+    double draft_expected_acceptance = NAN;  // the mean of sum_x min(p, q) over the same positions
+    double draft_tokens_per_target_forward = NAN;
     json to_json() const {
         json j = {{"examples", examples}, {"tokens", tokens}, {"nll", nll}, {"exact_match", exact_match}};
         auto put = [&](const char* k, double v) { if (!std::isnan(v)) j[k] = v; };
@@ -793,6 +809,9 @@ struct EvalResult {
         put("sample_forward_kl", sample_forward_kl);
         put("sample_reverse_kl", sample_reverse_kl);
         put("sample_diversity", sample_diversity);
+        put("draft_acceptance_rate", draft_acceptance_rate);
+        put("draft_expected_acceptance", draft_expected_acceptance);
+        put("draft_tokens_per_target_forward", draft_tokens_per_target_forward);
         return j;
     }
 };
@@ -820,6 +839,7 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
         return mean * b.num_targets;
     };
     size_t matches = 0;
+    SpeculativeStats drafting;
     for (size_t first = 0; first < data.examples.size(); first += eo.batch) {
         size_t last = std::min(data.examples.size(), first + eo.batch);
         std::vector<const Example*> ex;
@@ -862,6 +882,13 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             matches += greedy[i] == want;
         }
         if (!eo.task.empty()) score(greedy, correct, similar);
+        if (teacher && eo.draft_tokens > 0) {  // the model as the teacher's draft, on the same prompts
+            std::vector<int> both(budgets);
+            for (size_t i = 0; i < ex.size(); i++)
+                both[i] = std::min(both[i], teacher->config.max_seq_len - (int)ex[i]->prompt.size());
+            dev.speculative_generate(prompts, both, eo.draft_tokens, eo.draft_temperature, eos, eo.seed,
+                                     STREAM_SPECULATIVE, ids, drafting);
+        }
         if (eo.sample_temperature <= 0) continue;
         // the student's own samples: the k-th of each example from (seed, stream k)
         std::vector<std::set<std::vector<int>>> distinct(ex.size());
@@ -889,6 +916,11 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
     if (teacher) r.divergence = div_sum / r.tokens;
     r.exact_match = matches / n;
     if (!eo.task.empty()) { r.accuracy = correct / n; r.similarity = similar / n; }
+    if (teacher && eo.draft_tokens > 0) {
+        r.draft_acceptance_rate = drafting.acceptance_rate();
+        r.draft_expected_acceptance = drafting.expected_acceptance();
+        r.draft_tokens_per_target_forward = drafting.tokens_per_verification();
+    }
     if (eo.sample_temperature > 0) {
         const double samples = n * eo.samples_per_example;
         if (!eo.task.empty()) { r.sample_accuracy = sample_correct / samples; r.sample_similarity = sample_similar / samples; }
@@ -951,10 +983,11 @@ static void load_inputs(Trainer& tr);
 
 // A teacher and the model compared with it must share one vocabulary (and so one tokenizer).
 static void check_same_vocabulary(const GPT<float>& teacher, const std::string& teacher_path, const GPT<float>& model,
-                                  const std::string& model_path, const char* role) {
+                                  const std::string& model_path, const char* role, const char* teacher_role = "teacher") {
     if (teacher.config.vocab_size != model.config.vocab_size)
-        GKD_FAIL("vocabulary mismatch: teacher %s has V = %d but %s %s has V = %d; they must share one tokenizer",
-                 teacher_path.c_str(), teacher.config.vocab_size, role, model_path.c_str(), model.config.vocab_size);
+        GKD_FAIL("vocabulary mismatch: %s %s has V = %d but %s %s has V = %d; they must share one tokenizer",
+                 teacher_role, teacher_path.c_str(), teacher.config.vocab_size, role, model_path.c_str(),
+                 model.config.vocab_size);
 }
 
 static void load_trainer(Trainer& tr, const TrainOptions& opt) {

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -533,12 +534,13 @@ inline bool tokenizers_agree(const Tokenizer& a, const Tokenizer& b) {
 // The teacher's tokenizer files, when it has some beside it, must agree with the
 // tokenizer in use (`tok`, from `tok_source`).
 inline void check_teacher_tokenizer(const Tokenizer& tok, const std::string& tok_source,
-                                    const std::string& teacher_path) {
+                                    const std::string& teacher_path, const char* role = "teacher") {
     if (tok.vocab_size() == 257) return;  // byte-level: nothing to compare with
     std::string beside = find_tokenizer_in(model_folder(teacher_path));
     if (beside.empty() || beside == tok_source) return;
     if (!tokenizers_agree(tok, *load_tokenizer_file(beside)))
-        GKD_FAIL("tokenizer mismatch: %s (beside the teacher %s) is not the same vocabulary and merges as %s; "
-                 "teacher and student must share one tokenizer", beside.c_str(), teacher_path.c_str(),
-                 tok_source.c_str());
+        GKD_FAIL("tokenizer mismatch: %s (beside the %s %s) is not the same vocabulary and merges as %s; "
+                 "%s", beside.c_str(), role, teacher_path.c_str(), tok_source.c_str(),
+                 strcmp(role, "teacher") == 0 ? "teacher and student must share one tokenizer"
+                                              : "the two models must share one tokenizer");
 }

@@ -282,15 +282,26 @@ static int cmd_convert(int argc, char** argv) {
 static std::string json_dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 static const std::vector<FlagSpec> SAMPLE_FLAGS = {
-    {"model", true, "checkpoint"}, {"prompt", true, "prompt text"}, {"data", true, "or: prompts from JSONL"},
+    {"model", true, "checkpoint (with --draft: the target, whose distribution the samples follow)"},
+    {"prompt", true, "prompt text"}, {"data", true, "or: prompts from JSONL"},
     {"num-samples", true, "samples per prompt (1)"}, {"max-new-tokens", true, "(64)"},
     {"temperature", true, "0 = greedy (1.0)"}, {"seed", true, "(0)"}, {"batch", true, "rows decoded together (16)"},
+    {"draft", true, "speculative sampling: this (smaller) model drafts, --model verifies; same vocabulary"},
+    {"draft-tokens", true, "with --draft: tokens drafted per verification, K (4)"},
+    {"baseline", true, "with --draft: 1 also times plain sampling from --model on the same prompts, 0 skips it (1)"},
     {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
+
+// One batch of rows per call: the prompts, each row's budget and its randomness id.
+struct SampleBatch {
+    Prompts prompts;
+    std::vector<int> budgets;
+    std::vector<uint64_t> ids;
+};
 
 static int cmd_sample(int argc, char** argv) {
     std::optional<Flags> parsed = command_flags(
         "sample", SAMPLE_FLAGS, argc, argv,
-        "gkd sample: one JSON object per sample on stdout");
+        "gkd sample: one JSON object per sample on stdout; with --draft, speculative sampling and a report on stderr");
     if (!parsed) return 0;  // --help
     const Flags& f = *parsed;
     std::string model_path = f.required("model");
@@ -299,43 +310,100 @@ static int cmd_sample(int argc, char** argv) {
     double temperature = f.num("temperature", 1.0, 0, 1e6);
     uint64_t seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
     int batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    const bool speculative = f.has("draft");
+    for (const char* flag : {"draft-tokens", "baseline"})
+        if (f.has(flag) && !speculative)
+            GKD_FAIL("gkd sample: --%s applies to speculative sampling: give --draft F too", flag);
+    const int draft_tokens = (int)f.integer("draft-tokens", 4, 1, 1 << 20);
+    const bool baseline = f.integer("baseline", 1, 0, 1) == 1;
     const std::string device = resolve_device(f);
     if (f.has("prompt") == f.has("data")) GKD_FAIL("gkd sample: give exactly one of --prompt TEXT or --data F.jsonl");
-    GPT<float> m;
+    GPT<float> m, draft;
     gpt_load_any(m, model_path);
-    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path);
+    int context = m.config.max_seq_len;
+    std::string tok_source;
+    auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path, &tok_source);
+    if (speculative) {
+        const std::string draft_path = f.str("draft");
+        gpt_load_any(draft, draft_path);
+        check_same_vocabulary(m, model_path, draft, draft_path, "the draft", "the model");
+        check_teacher_tokenizer(*tok, tok_source, draft_path, "draft");
+        context = std::min(context, draft.config.max_seq_len);
+        if (draft_tokens >= context)
+            GKD_FAIL("gkd sample: --draft-tokens %d is beyond the context: a round reads K + 1 positions, and the "
+                     "shorter model's context is %d tokens (K <= %d)", draft_tokens, context, context - 1);
+    }
     Dataset d;
     if (f.has("prompt")) {
-        d.examples.push_back(parse_example(json({{"prompt", f.str("prompt")}}).dump(), *tok, m.config.max_seq_len,
-                                           false, "--prompt"));
+        const std::string line = json({{"prompt", f.str("prompt")}}).dump();
+        d.examples.push_back(parse_example(line, *tok, context, false, "--prompt"));
     } else {
-        d = load_jsonl(f.str("data"), *tok, m.config.max_seq_len, false);
+        d = load_jsonl(f.str("data"), *tok, context, false);
     }
-    std::vector<std::pair<size_t, int>> rows;  // (example, sample)
-    for (size_t e = 0; e < d.examples.size(); e++)
-        for (int s = 0; s < num_samples; s++) rows.push_back({e, s});
-    std::unique_ptr<Device> runner = inference_device(device, m, nullptr);
-    for (size_t first = 0; first < rows.size(); first += batch) {
-        size_t last = std::min(rows.size(), first + batch);
-        Prompts prompts;
-        std::vector<int> budgets;
-        std::vector<uint64_t> ids;
-        for (size_t r = first; r < last; r++) {
-            const Example& ex = d.examples[rows[r].first];
-            prompts.push_back(&ex.prompt);
-            budgets.push_back(std::min(max_new, m.config.max_seq_len - (int)ex.prompt.size()));
-            ids.push_back(r);
-        }
-        std::vector<std::vector<int>> outs =
-            runner->generate(Role::Student, prompts, budgets, temperature, tok->eos_id(), seed, 0, ids);
+    std::vector<SampleBatch> batches;
+    for (size_t r = 0; r < d.examples.size() * num_samples; r++) {
+        if (r % batch == 0) batches.emplace_back();
+        const Example& ex = d.examples[r / num_samples];
+        batches.back().prompts.push_back(&ex.prompt);
+        batches.back().budgets.push_back(std::min(max_new, context - (int)ex.prompt.size()));
+        batches.back().ids.push_back(r);
+    }
+    // with --draft, the device's student is the draft and its teacher the target
+    std::unique_ptr<Device> runner =
+        speculative ? inference_device(device, draft, &m) : inference_device(device, m, nullptr);
+    const int eos = tok->eos_id();
+    auto print = [&](const SampleBatch& sb, const std::vector<std::vector<int>>& outs) {
         for (size_t i = 0; i < outs.size(); i++) {
             std::vector<int> text_ids = outs[i];
-            if (!text_ids.empty() && text_ids.back() == tok->eos_id()) text_ids.pop_back();
-            json j = {{"prompt", tok->decode(*prompts[i])}, {"completion", tok->decode(text_ids)}, {"ids", outs[i]}};
+            if (!text_ids.empty() && text_ids.back() == eos) text_ids.pop_back();
+            json j = {{"prompt", tok->decode(*sb.prompts[i])}, {"completion", tok->decode(text_ids)}, {"ids", outs[i]}};
             printf("%s\n", json_dump(j).c_str());
         }
         fflush(stdout);
+    };
+    if (!speculative) {
+        for (const SampleBatch& sb : batches)
+            print(sb, runner->generate(Role::Student, sb.prompts, sb.budgets, temperature, eos, seed, 0, sb.ids));
+        return 0;
     }
+    // Speculative: first a one-token pass of each kind, so that neither timing below pays
+    // for allocating its caches; then, batch by batch, the speculative run and plain
+    // sampling from the target on the same rows, so that both see the same machine.
+    if (!batches.empty()) {
+        std::vector<int> one(batches[0].budgets.size(), 1);
+        SpeculativeStats ignored;
+        runner->speculative_generate(batches[0].prompts, one, draft_tokens, temperature, eos, seed, 0, batches[0].ids,
+                                     ignored);
+        if (baseline)
+            runner->generate(Role::Teacher, batches[0].prompts, one, temperature, eos, seed, 0, batches[0].ids);
+    }
+    SpeculativeStats stats;
+    double speculative_seconds = 0, plain_seconds = 0;
+    long long plain_tokens = 0;
+    for (const SampleBatch& sb : batches) {
+        double t0 = now_seconds();
+        auto outs =
+            runner->speculative_generate(sb.prompts, sb.budgets, draft_tokens, temperature, eos, seed, 0, sb.ids, stats);
+        speculative_seconds += now_seconds() - t0;
+        print(sb, outs);
+        if (!baseline) continue;
+        t0 = now_seconds();
+        auto plain = runner->generate(Role::Teacher, sb.prompts, sb.budgets, temperature, eos, seed, 0, sb.ids);
+        plain_seconds += now_seconds() - t0;
+        for (auto& o : plain) plain_tokens += (long long)o.size();
+    }
+    json report = {{"draft_tokens", draft_tokens}, {"temperature", temperature},
+                   {"acceptance_rate", stats.acceptance_rate()}, {"expected_acceptance", stats.expected_acceptance()},
+                   {"tokens_per_target_forward", stats.tokens_per_verification()}, {"tokens", stats.emitted},
+                   {"seconds", speculative_seconds}, {"tokens_per_second", stats.emitted / speculative_seconds}};
+    if (baseline) {
+        report["plain_tokens"] = plain_tokens;
+        report["plain_seconds"] = plain_seconds;
+        report["plain_tokens_per_second"] = plain_tokens / plain_seconds;
+        // per token: at T > 0 the two runs draw different samples, of different lengths
+        report["speedup"] = (stats.emitted / speculative_seconds) / (plain_tokens / plain_seconds);
+    }
+    fprintf(stderr, "%s\n", json_dump(json{{"speculative", report}}).c_str());
     return 0;
 }
 
@@ -351,6 +419,9 @@ static const std::vector<FlagSpec> EVAL_FLAGS = {
     {"samples-per-example", true, "samples drawn per example with --sample-temperature; 2 or more: their diversity "
                                   "(distinct / drawn) too (1)"},
     {"seed", true, "for the sampled completions (0)"},
+    {"draft-tokens", true, "with --teacher: also the model as the teacher's speculative draft of K tokens: its "
+                           "acceptance rate, counted and expected, and tokens per teacher forward"},
+    {"draft-temperature", true, "with --draft-tokens: the temperature of the teacher's samples, 0 = greedy (1.0)"},
     {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
 
 static int cmd_eval(int argc, char** argv) {
@@ -373,6 +444,12 @@ static int cmd_eval(int argc, char** argv) {
         GKD_FAIL("gkd eval: --sample-temperature scores samples by a task or against a teacher: give --task or --teacher");
     if (f.has("samples-per-example") && !(eo.sample_temperature > 0))
         GKD_FAIL("gkd eval: --samples-per-example draws samples: give --sample-temperature T > 0 too");
+    eo.draft_tokens = (int)f.integer("draft-tokens", 0, 1, 1 << 20);
+    eo.draft_temperature = f.num("draft-temperature", 1.0, 0, 1e6);
+    if (f.has("draft-tokens") && !f.has("teacher"))
+        GKD_FAIL("gkd eval: --draft-tokens measures the model as a draft for a teacher: give --teacher F too");
+    if (f.has("draft-temperature") && !f.has("draft-tokens"))
+        GKD_FAIL("gkd eval: --draft-temperature applies to --draft-tokens: give --draft-tokens K too");
     const std::string device = resolve_device(f);
     GPT<float> m, t;
     gpt_load_any(m, model_path);
@@ -381,6 +458,9 @@ static int cmd_eval(int argc, char** argv) {
         gpt_load_any(t, f.str("teacher"));
         check_same_vocabulary(t, f.str("teacher"), m, model_path, "model");
         context = std::min(context, t.config.max_seq_len);
+        if (eo.draft_tokens >= context)
+            GKD_FAIL("gkd eval: --draft-tokens %d is beyond the context: a round reads K + 1 positions, and the "
+                     "shorter model's context is %d tokens (K <= %d)", eo.draft_tokens, context, context - 1);
     }
     std::string tok_source;
     auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path, &tok_source);

@@ -58,6 +58,13 @@ struct GpuDevice : Device {
         return gpu_generate(of(who), who == Role::Student ? student_gen : teacher_gen, prompts, budgets, temperature,
                             eos, seed, stream, row_ids);
     }
+    std::vector<std::vector<int>> speculative_generate(const Prompts& prompts, const std::vector<int>& budgets,
+                                                       int draft_tokens, double temperature, int eos, uint64_t seed,
+                                                       uint64_t stream, const std::vector<uint64_t>& row_ids,
+                                                       SpeculativeStats& stats) override {
+        return gpu_speculative_generate(student, student_gen, of(Role::Teacher), teacher_gen, prompts, budgets,
+                                        draft_tokens, temperature, eos, seed, stream, row_ids, stats);
+    }
     // logits (device) at every position of b: no KV cache, nothing decodes after it
     void forward_all_positions(Role who, const TrainBatch& b, float* logits) {
         std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);

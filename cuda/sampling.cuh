@@ -9,8 +9,8 @@
 //
 // Tricks worth knowing:
 // - The KV cache holds exactly the positions this use needs (prompt + budget), not maxT.
-// - Decode attention: one block per (row, head), scores in shared memory, max subtracted;
-//   each row attends over its own length only.
+// - Attention through the cache: one block per (new token, head), scores in shared
+//   memory, max subtracted; each token attends over its own row's causal length only.
 // - Sampling is a Gumbel-max draw, argmax(logits / t + G), whose noise is a hash of (row
 //   seed, draw index, token id): counter-based, so a run is reproducible and a row's
 //   samples do not depend on the batch. Greedy (t = 0) is the plain argmax, lowest id on
@@ -91,20 +91,21 @@ __global__ void cache_store_kernel(float* kcache, float* vcache, const float* qk
     kcache[slot] = qkv[n * 3 * C + C + c];
     vcache[slot] = qkv[n * 3 * C + 2 * C + c];
 }
-// One new token per row (decode): block (b, h) attends over the row's cached positions
-// 0..start[b]; scores in shared memory (capacity floats), max subtracted.
-__global__ void decode_attention_kernel(float* out, const float* qkv, const float* kcache, const float* vcache,
-                                        const int* cache_row, const int* start, const int* n_new, int C, int NH,
-                                        int capacity) {
+// New tokens attending through the cache (a decode step, Tn = 1, or a speculative
+// verification, Tn = K + 1): block (b * Tn + t, h) attends over the row's cached positions
+// 0..start[b] + t, causal; scores in shared memory (capacity floats), max subtracted.
+__global__ void cached_attention_kernel(float* out, const float* qkv, const float* kcache, const float* vcache,
+                                        const int* cache_row, const int* start, const int* n_new, int Tn, int C,
+                                        int NH, int capacity) {
     extern __shared__ float scores[];
-    const int b = blockIdx.x, h = blockIdx.y, hs = C / NH;
-    float* o = out + (size_t)b * C + h * hs;
-    if (n_new[b] == 0) {
+    const int n = blockIdx.x, b = n / Tn, t = n % Tn, h = blockIdx.y, hs = C / NH;
+    float* o = out + (size_t)n * C + h * hs;
+    if (t >= n_new[b]) {
         for (int i = threadIdx.x; i < hs; i += blockDim.x) o[i] = 0.0f;
         return;
     }
-    const int len = start[b] + 1;
-    const float* q = qkv + (size_t)b * 3 * C + h * hs;
+    const int len = start[b] + t + 1;
+    const float* q = qkv + (size_t)n * 3 * C + h * hs;
     const float* K = kcache + (size_t)cache_row[b] * capacity * C + h * hs;
     const float* Vc = vcache + (size_t)cache_row[b] * capacity * C + h * hs;
     const float scale = 1.0f / sqrtf((float)hs);
@@ -168,9 +169,10 @@ struct GpuInferScratch {
 };
 
 // Runs Tn new tokens per row (right-padded; row b has n_new[b]) through the model, storing
-// their keys and values in the cache when there is one. Two cases, the two that gkd uses:
-// a prefill (every start[b] = 0: causal attention over the new tokens, batched GEMMs) and
-// a decode step (Tn = 1: attention over each row's cache). logits (device):
+// their keys and values in the cache when there is one. Two cases: a prefill (every
+// start[b] = 0: causal attention over the new tokens, batched GEMMs) and an extension of
+// cached rows (a decode step, Tn = 1, or a speculative verification: attention over each
+// row's cache, which already holds the new keys). logits (device):
 // all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token.
 static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens, const int* cache_row,
                       const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions) {
@@ -184,7 +186,7 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
         GKD_ASSERT(!cache || (cache_row[b] < cache->rows && start[b] + n_new[b] <= cache->capacity), "KV cache too small");
         prefill = prefill && start[b] == 0;
     }
-    GKD_ASSERT(prefill || (Tn == 1 && cache), "gpu_infer: a decode step is one token per row, with a cache");
+    GKD_ASSERT(prefill || cache, "gpu_infer: tokens after position 0 attend through a KV cache");
     s.tokens.upload(tokens, N);
     s.cache_row.upload(cache_row, Bn);
     s.start.upload(start, Bn);
@@ -198,7 +200,7 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
     // a prefill attends with batched GEMMs (a lone first token through the cache when there is one)
     const bool gemm_attention = prefill && (Tn > 1 || !cache);
     GKD_ASSERT(gemm_attention || (size_t)cache->capacity * sizeof(float) <= 48 * 1024,
-               "gpu_infer: decode attention keeps a row's scores in 48 KB of shared memory (context <= 12288)");
+               "gpu_infer: cached attention keeps a row's scores in 48 KB of shared memory (context <= 12288)");
     float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
     const size_t total = (size_t)N * C;
     gpu::encoder_infer_kernel<<<gpu::blocks_for(total), gpu::THREADS>>>(x, s.tokens.ptr, s.start.ptr, s.n_new.ptr, p.wte,
@@ -217,8 +219,9 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
             float* att = scratch + 4 * (size_t)N * C;
             gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
         } else {
-            gpu::decode_attention_kernel<<<dim3(Bn, NH), 128, sizeof(float) * cache->capacity>>>(
-                atty, qkv, cache->keys(l), cache->values(l), s.cache_row.ptr, s.start.ptr, s.n_new.ptr, C, NH, cache->capacity);
+            gpu::cached_attention_kernel<<<dim3(N, NH), 128, sizeof(float) * cache->capacity>>>(
+                atty, qkv, cache->keys(l), cache->values(l), s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Tn, C, NH,
+                cache->capacity);
             CUDA_LAUNCH_CHECK();
         }
         gpu::matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
@@ -283,4 +286,45 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
         return picked;
     };
     return generation_loop(prompts, budgets, eos, m.config.max_seq_len, run, pick);
+}
+
+// speculative_generate's twin (speculative.h): the same speculative_loop, the forward passes
+// on the device and their logits brought to the host, where the judging and every draw
+// happen. So greedy outputs match the CPU's; sampled ones come from the same generators,
+// and differ only where the two devices' logits round differently.
+static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& draft, GpuGenerator& dg,
+                                                              const GpuModel& target, GpuGenerator& tg,
+                                                              const std::vector<const std::vector<int>*>& prompts,
+                                                              const std::vector<int>& budgets, int K,
+                                                              double temperature, int eos, uint64_t seed,
+                                                              uint64_t stream, const std::vector<uint64_t>& row_ids,
+                                                              SpeculativeStats& stats) {
+    const int Bn = (int)prompts.size(), Vpd = draft.config.padded_vocab_size, Vpt = target.config.padded_vocab_size;
+    if (Bn == 0) return {};
+    GKD_ASSERT(draft.config.vocab_size == target.config.vocab_size, "speculative sampling: vocabularies differ");
+    int longest = 0;
+    for (int b = 0; b < Bn; b++) longest = std::max(longest, (int)prompts[b]->size() + budgets[b]);
+    dg.cache.allocate(draft.config, Bn, std::min(longest, draft.config.max_seq_len));
+    tg.cache.allocate(target.config, Bn, std::min(longest, target.config.max_seq_len));
+    std::vector<Rng> rngs;
+    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
+    std::vector<float> draft_host, target_host;
+    auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
+        float* logits = dg.logits.ensure((size_t)n * Vpd);
+        gpu_infer(draft, &dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, false);
+        draft_host.resize((size_t)n * Vpd);
+        download(draft_host.data(), logits, draft_host.size());
+        return (const float*)draft_host.data();
+    };
+    auto run_target = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
+                          bool all_positions) {
+        const size_t count = (size_t)n * (all_positions ? Tn : 1) * Vpt;
+        float* logits = tg.logits.ensure(count);
+        gpu_infer(target, &tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, all_positions);
+        target_host.resize(count);
+        download(target_host.data(), logits, count);
+        return (const float*)target_host.data();
+    };
+    return speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vpd, Vpt, rngs, run_draft,
+                            run_target, stats);
 }

@@ -58,8 +58,9 @@ def findings(task, res, val, seeds):
     """Computed comparisons (paired by seed, test accuracy): the on-policy method best on
     the validation split (greedy accuracy after the last step, the one validation score the
     runs log) against the SFT control; on-policy against supervised KD at the same
-    divergence (reverse KL, forward KL); supervised KD against the control. 'beats': the
-    mean difference exceeds its sd (one seed: the sign alone)."""
+    divergence (reverse KL, forward KL); supervised KD against the control; and the same
+    pairs' acceptance rates as the teacher's speculative draft. 'beats': the mean
+    difference exceeds its sd (one seed: the sign alone)."""
     def word(m, s):
         if len(seeds) < 2:
             return "beats" if m > 0 else "loses to" if m < 0 else "ties with"
@@ -79,6 +80,14 @@ def findings(task, res, val, seeds):
             g, gs = paired(res[a], res[b], "accuracy")
             out.append(f"- {LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} points sampled at T=1, "
                        f"{g:+.1f} ± {gs:.1f} greedy")
+    # as the teacher's speculative draft: the fraction of drafts the teacher accepts
+    if all("draft_acceptance_rate" in e for m in res for e in res[m]):
+        out += ["", "As the teacher's speculative draft (K = 4, T = 1; acceptance in points, paired by seed):", ""]
+        for a, b in [("on-policy-rkl", "supervised-rkl"), ("on-policy-fkl", "supervised-kd"), (best, "sft"),
+                     ("supervised-rkl", "sft")]:
+            if a in res and b in res:
+                m, s = paired(res[a], res[b], "draft_acceptance_rate")
+                out.append(f"- {LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} points of acceptance")
     return out + [""]
 
 
@@ -117,15 +126,18 @@ def main():
                   (" Valid steps: the fraction of the 7 steps valid given all before them, sampled." if task == "walks"
                    else "") +
                   " On the student's own samples: the teacher's NLL per token, KL(teacher‖student) and "
-                  "KL(student‖teacher) per token, and the distinct samples among 4 per example.", ""]
+                  "KL(student‖teacher) per token, and the distinct samples among 4 per example. As the teacher's "
+                  "speculative draft (K = 4 tokens, T = 1): the fraction of drafted tokens the teacher accepts, and "
+                  "the tokens per teacher forward pass (plain sampling: 1).", ""]
         head = ("| method | greedy | sampled (T=1) |" + (" similarity (greedy) |" if sim else "") +
                 (" valid steps (T=1) |" if task == "walks" else "") +
-                " JSD(0.5) to teacher | teacher NLL of samples | FKL on samples | RKL on samples | distinct samples |")
+                " JSD(0.5) to teacher | teacher NLL of samples | FKL on samples | RKL on samples | distinct samples |"
+                " draft acceptance (K=4) | tokens per teacher forward |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         lines.append(f"| {LABELS['teacher']} | {100 * teacher['accuracy']:.1f} | {100 * teacher['sample_accuracy']:.1f} |" +
                      (f" {teacher['similarity']:.3f} |" if sim else "") +
                      (f" {100 * teacher['sample_similarity']:.1f} |" if task == "walks" else "") +
-                     f" - | - | - | - | {100 * teacher.get('sample_diversity', float('nan')):.0f}% |")
+                     f" - | - | - | - | {100 * teacher.get('sample_diversity', float('nan')):.0f}% | - | - |")
         shutil.copy(os.path.join(tdir, "teacher", "test.json"), os.path.join(a.out, "metrics", f"{task}-teacher-test.json"))
         bars[task] = []
         curves[task] = {}
@@ -155,6 +167,9 @@ def main():
             for k in ("sample_teacher_nll", "sample_forward_kl", "sample_reverse_kl"):
                 row += f" {mean_std([e.get(k, float('nan')) for e in evals])[0]:.3f} |"
             row += f" {pct([e.get('sample_diversity', float('nan')) for e in evals])}% |"
+            row += f" {pct([e.get('draft_acceptance_rate', float('nan')) for e in evals])}% |"
+            tpf = mean_std([e.get('draft_tokens_per_target_forward', float('nan')) for e in evals])
+            row += f" {tpf[0]:.2f} ± {tpf[1]:.2f} |" if len(evals) > 1 else f" {tpf[0]:.2f} |"
             lines.append(row)
             results.setdefault(task, {})[m] = evals
             if m != "warm-start":

@@ -210,6 +210,17 @@ TABLE=$(cat <<EOF
 1	$W/badstate/checkpoint.bin: not a gkd training checkpoint	sft --resume $W/badstate
 1	$W/tornstate/checkpoint.bin: header length	sft --resume $W/tornstate
 1	use --device cpu (or auto)	sample $S --prompt x --device cuda
+1	vocabulary mismatch: the model $W/s.bin has V = 257 but the draft $W/v300.bin has V = 300	sample $S --draft $W/v300.bin --prompt x
+1	tokenizer mismatch: $W/sA/vocab.json (beside the draft $W/sA/model.bin) is not the same vocabulary	sample --model $W/tB/model.bin --draft $W/sA/model.bin --prompt x
+1	--draft-tokens 0 is outside [1,	sample $S --draft $W/s.bin --prompt x --draft-tokens 0
+1	gkd sample: --draft-tokens 32 is beyond the context: a round reads K + 1 positions, and the shorter model's context is 32 tokens (K <= 31)	sample $S --draft $W/s.bin --prompt x --draft-tokens 32
+1	gkd sample: --draft-tokens applies to speculative sampling: give --draft F too	sample $S --prompt x --draft-tokens 4
+1	gkd sample: --baseline applies to speculative sampling: give --draft F too	sample $S --prompt x --baseline 0
+1	$W/missing.bin: cannot open for reading	sample $S --draft $W/missing.bin --prompt x
+1	gkd eval: --draft-tokens measures the model as a draft for a teacher: give --teacher F too	eval $S --data $W/ok.jsonl --draft-tokens 4
+1	gkd eval: --draft-temperature applies to --draft-tokens: give --draft-tokens K too	eval $S --teacher $W/s.bin --data $W/ok.jsonl --draft-temperature 0
+1	gkd eval: --draft-tokens 40 is beyond the context	eval $S --teacher $W/s.bin --data $W/ok.jsonl --draft-tokens 40
+1	--draft-tokens 0 is outside [1,	eval $S --teacher $W/s.bin --data $W/ok.jsonl --draft-tokens 0
 1	<stdin>: malformed JSON	tokenize --decode
 EOF
 )

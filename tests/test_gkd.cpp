@@ -1636,17 +1636,24 @@ TEST_CASE("after the first steps, a training step allocates no buffer of 64 kB o
     }
 }
 
-TEST_CASE("gkd eval on the student's own samples: the teacher's NLL of them, both KLs there, their diversity") {
-    GPT<float> m = random_gpt(1, 16, 2, 24, 257, 31), t = random_gpt(1, 24, 2, 24, 257, 32);
-    ByteTokenizer tok;
+// a dataset of these prompts, each with the same completion
+static Dataset prompts_with_completion(const Tokenizer& tok, std::initializer_list<const char*> prompts,
+                                       const char* completion) {
     Dataset d;
-    for (const char* p : {"ab", "cde", "f", "ghij", "kl"}) {
+    for (const char* p : prompts) {
         Example e;
         e.prompt = tok.encode(p);
-        e.completion = tok.encode("xy");
+        e.completion = tok.encode(completion);
         e.has_completion = true;
         d.examples.push_back(e);
     }
+    return d;
+}
+
+TEST_CASE("gkd eval on the student's own samples: the teacher's NLL of them, both KLs there, their diversity") {
+    GPT<float> m = random_gpt(1, 16, 2, 24, 257, 31), t = random_gpt(1, 24, 2, 24, 257, 32);
+    ByteTokenizer tok;
+    Dataset d = prompts_with_completion(tok, {"ab", "cde", "f", "ghij", "kl"}, "xy");
     EvalOptions eo;
     eo.sample_temperature = 1.0;
     eo.samples_per_example = 3;
@@ -1694,4 +1701,206 @@ TEST_CASE("gkd eval on the student's own samples: the teacher's NLL of them, bot
     eo.samples_per_example = 1;
     CHECK(std::isnan(evaluate(m, &t, d, tok, eo).sample_diversity));
     CHECK(!evaluate(m, &t, d, tok, eo).to_json().contains("sample_diversity"));
+}
+
+// ----------------------------------------------------------------------------
+// speculative sampling (speculative.h): the student drafts, the teacher verifies
+
+// A copy of `m` with noise of scale `noise` on every weight: a draft that agrees with it
+// often but not always.
+static GPT<float> noisy_copy(const GPT<float>& m, double noise, uint64_t seed) {
+    GPT<float> d;
+    gpt_build(d, m.config);
+    auto r = randn(m.num_parameters, seed, noise);
+    for (size_t i = 0; i < m.num_parameters; i++) d.params_memory[i] = m.params_memory[i] + (float)r[i];
+    const int V = m.config.vocab_size, C = m.config.channels;
+    for (int v = V; v < m.config.padded_vocab_size; v++)
+        for (int i = 0; i < C; i++) d.params.wte[(size_t)v * C + i] = 0;
+    return d;
+}
+
+// the chi-square quantile with tail probability ~3e-6 (Wilson-Hilferty, z = 4.5)
+static double chi_square_bound(int df) {
+    const double a = 2.0 / (9.0 * df);
+    return df * std::pow(1 - a + 4.5 * std::sqrt(a), 3);
+}
+
+TEST_CASE("speculative greedy decoding is token for token the target's greedy decoding, for every K") {
+    GPT<float> target;
+    make_model(target, 2, 16, 2, 24, 13, 80);
+    GPT<float> close = noisy_copy(target, 0.15, 81), unrelated;
+    make_model(unrelated, 1, 8, 2, 20, 13, 82);  // another shape, a shorter context, a different Vp
+    const int eos = 12;
+    std::vector<std::vector<int>> prompts = {ids({1, 2}), ids({3, 4, 5, 6, 7}), ids({8}), ids({9, 9, 10}), ids({0})};
+    Prompts pp;
+    for (auto& p : prompts) pp.push_back(&p);
+    const std::vector<int> budgets = {10, 7, 12, 1, 9};
+    const std::vector<uint64_t> rows = {0, 1, 2, 3, 4};
+    Generator plain;
+    auto expect = generate(target, plain, pp, budgets, 0.0, eos, 0, 0, rows);
+    for (const GPT<float>* draft : {&close, &unrelated, &target}) {
+        SpeculativeStats all;
+        for (int K : {1, 2, 3, 5, 8}) {
+            CAPTURE(K);
+            Generator dg, tg;
+            SpeculativeStats st;
+            auto got = speculative_generate(*draft, dg, target, tg, pp, budgets, K, 0.0, eos, 3, 0, rows, st);
+            CHECK(got == expect);
+            CHECK(st.accepted <= st.judged);
+            all.add(st);
+        }
+        if (draft == &target) CHECK(all.accepted == all.judged);  // a draft that is the target is never refused
+        if (draft == &close) {
+            CHECK(all.accepted > 0);  // both branches ran
+            CHECK(all.accepted < all.judged);
+        }
+        if (draft == &unrelated) CHECK(all.accepted < all.judged);
+        // greedy: p and q are one-hot, so the expected acceptance is the counted one exactly
+        CHECK(all.expected_sum == doctest::Approx((double)all.accepted).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("speculative sampling draws from the target's softmax(logits / t): a chi-square test on two tokens") {
+    // The joint law of the first two tokens (rejections and bonus tokens included) against
+    // the target's own, computed exactly with full forwards: cells (x1, x2), and (EOS) alone.
+    const int V = 5, eos = 4, rows_n = 40000;
+    GPT<float> target, draft;
+    make_model(target, 1, 8, 2, 12, V, 90);
+    make_model(draft, 1, 8, 2, 12, V, 91);  // unrelated: refused often
+    const std::vector<int> prompt = ids({1, 3, 2});
+    for (double t : {1.0, 0.7}) {
+        for (int K : {1, 2}) {
+            CAPTURE(t);
+            CAPTURE(K);
+            auto softmax_row = [&](const std::vector<int>& seq) {
+                gpt_forward(target, seq.data(), 1, (int)seq.size());
+                std::vector<double> p;
+                token_distribution(target.acts.logits + (seq.size() - 1) * target.config.padded_vocab_size, V, t, p);
+                return p;
+            };
+            std::vector<double> expect(V * V, 0.0);  // cell x1 * V + x2; (eos) is cell eos * V
+            std::vector<double> p1 = softmax_row(prompt);
+            for (int x1 = 0; x1 < V; x1++) {
+                if (x1 == eos) { expect[eos * V] = p1[x1]; continue; }
+                std::vector<int> seq = prompt;
+                seq.push_back(x1);
+                std::vector<double> p2 = softmax_row(seq);
+                for (int x2 = 0; x2 < V; x2++) expect[x1 * V + x2] = p1[x1] * p2[x2];
+            }
+            Prompts pp(rows_n, &prompt);
+            std::vector<uint64_t> rows(rows_n);
+            for (int r = 0; r < rows_n; r++) rows[r] = r;
+            Generator dg, tg;
+            SpeculativeStats st;
+            auto got = speculative_generate(draft, dg, target, tg, pp, std::vector<int>(rows_n, 2), K, t, eos, 5, 0,
+                                            rows, st);
+            std::vector<double> count(V * V, 0.0);
+            for (auto& g : got) {
+                REQUIRE(!g.empty());
+                if (g[0] == eos) { CHECK(g.size() == 1); count[eos * V]++; continue; }
+                REQUIRE(g.size() == 2);
+                count[g[0] * V + g[1]]++;
+            }
+            double chi2 = 0;
+            int cells = 0;
+            for (int c = 0; c < V * V; c++)
+                if (expect[c] > 0) { chi2 += std::pow(count[c] - rows_n * expect[c], 2) / (rows_n * expect[c]); cells++; }
+            CHECK(cells == (V - 1) * V + 1);
+            CHECK(chi2 < chi_square_bound(cells - 1));
+            CHECK(st.accepted > 0);  // both branches ran
+            CHECK(st.accepted < st.judged);
+            // the counted acceptance agrees with its expectation over the same positions
+            const double e = st.expected_acceptance();
+            CHECK(std::fabs(st.acceptance_rate() - e) < 5 * std::sqrt(e * (1 - e) / st.judged));
+        }
+    }
+}
+
+TEST_CASE("speculative acceptance at one position: counted, expected, and sum min(p, q) from full forwards") {
+    const int V = 9, eos = 8, rows_n = 20000;
+    GPT<float> target;
+    make_model(target, 2, 16, 2, 16, V, 100);
+    GPT<float> draft = noisy_copy(target, 0.2, 101);
+    const std::vector<int> prompt = ids({2, 7, 1, 3});
+    const double t = 1.0;
+    std::vector<double> p, q;
+    gpt_forward(target, prompt.data(), 1, (int)prompt.size());
+    token_distribution(target.acts.logits + 3 * target.config.padded_vocab_size, V, t, p);
+    gpt_forward(draft, prompt.data(), 1, (int)prompt.size());
+    token_distribution(draft.acts.logits + 3 * draft.config.padded_vocab_size, V, t, q);
+    double overlap = 0;
+    for (int x = 0; x < V; x++) overlap += std::min(p[x], q[x]);
+    REQUIRE(overlap > 0.2);
+    REQUIRE(overlap < 0.98);
+    Prompts pp(rows_n, &prompt);
+    std::vector<uint64_t> rows(rows_n);
+    for (int r = 0; r < rows_n; r++) rows[r] = r;
+    Generator dg, tg;
+    SpeculativeStats st;
+    auto got = speculative_generate(draft, dg, target, tg, pp, std::vector<int>(rows_n, 1), 4, t, eos, 6, 0, rows, st);
+    CHECK(st.judged == rows_n);  // a budget of one token: one draft judged per row, no bonus kept
+    CHECK(st.verifications == rows_n);
+    CHECK(st.emitted == rows_n);
+    CHECK(st.expected_acceptance() == doctest::Approx(overlap).epsilon(1e-5));
+    CHECK(std::fabs(st.acceptance_rate() - overlap) < 5 * std::sqrt(overlap * (1 - overlap) / rows_n));
+    // and the token itself follows p
+    std::vector<double> count(V, 0.0);
+    for (auto& g : got) count[g[0]]++;
+    double chi2 = 0;
+    for (int x = 0; x < V; x++) chi2 += std::pow(count[x] - rows_n * p[x], 2) / (rows_n * p[x]);
+    CHECK(chi2 < chi_square_bound(V - 1));
+}
+
+TEST_CASE("speculative sampling: a draft equal to the target keeps everything; rows do not depend on the batch") {
+    GPT<float> target;
+    make_model(target, 2, 16, 2, 32, 11, 110);
+    const int eos = 10, K = 3;
+    std::vector<std::vector<int>> prompts = {ids({1, 2, 3}), ids({4}), ids({5, 6}), ids({7, 8, 9, 0})};
+    Prompts pp;
+    for (auto& p : prompts) pp.push_back(&p);
+    const std::vector<int> budgets = {20, 20, 20, 20};
+    const std::vector<uint64_t> rows = {0, 1, 2, 3};
+    Generator dg, tg;
+    SpeculativeStats st;
+    auto all = speculative_generate(target, dg, target, tg, pp, budgets, K, 1.0, eos, 7, 2, rows, st);
+    CHECK(st.accepted == st.judged);
+    // the draft's logits and the verification's round differently: 1 to float precision
+    CHECK(st.expected_acceptance() == doctest::Approx(1.0).epsilon(1e-5));
+    // every round but a row's last emits K + 1 tokens
+    CHECK(st.tokens_per_verification() > 2.5);
+    for (auto& o : all) {
+        for (size_t i = 0; i + 1 < o.size(); i++) CHECK(o[i] != eos);
+        CHECK(o.size() <= 20);
+    }
+    // row 2 alone, with the same row id, draws the same tokens
+    Prompts one = {pp[2]};
+    Generator dg1, tg1;
+    SpeculativeStats st1;
+    auto alone = speculative_generate(target, dg1, target, tg1, one, {20}, K, 1.0, eos, 7, 2, {2}, st1);
+    CHECK(alone[0] == all[2]);
+}
+
+TEST_CASE("gkd eval --draft-tokens: the model as the teacher's draft, greedy and sampled") {
+    GPT<float> m, t;  // weights large enough that the two disagree
+    make_model(m, 1, 16, 2, 24, 257, 120);
+    make_model(t, 1, 24, 2, 24, 257, 121);
+    ByteTokenizer tok;
+    Dataset d = prompts_with_completion(tok, {"ab", "cde", "f"}, "xy");
+    EvalOptions eo;
+    eo.max_new_tokens = 6;
+    eo.draft_tokens = 3;
+    for (double temperature : {1.0, 0.0}) {
+        CAPTURE(temperature);
+        eo.draft_temperature = temperature;
+        EvalResult self = evaluate(t, &t, d, tok, eo), other = evaluate(m, &t, d, tok, eo);
+        CHECK(self.draft_acceptance_rate == 1.0);
+        CHECK(self.draft_tokens_per_target_forward > 2.0);
+        CHECK(other.draft_acceptance_rate < 1.0);
+        CHECK(other.draft_expected_acceptance < 0.9);
+        CHECK(other.draft_tokens_per_target_forward < self.draft_tokens_per_target_forward);
+        if (temperature == 0.0) CHECK(other.draft_acceptance_rate == other.draft_expected_acceptance);
+        CHECK(other.to_json().contains("draft_acceptance_rate"));
+    }
+    eo.draft_tokens = 0;
+    CHECK(!evaluate(m, &t, d, tok, eo).to_json().contains("draft_acceptance_rate"));
 }

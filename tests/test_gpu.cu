@@ -9,7 +9,8 @@
 //   cross-entropy and the RL term, with masked positions and padded columns;
 // - AdamW, the gradient norm, the teacher's forward pass (gpu_infer against gpt_infer);
 // - a full GKD step (loss and every parameter gradient) and a 20-step trajectory;
-// - greedy sampling token for token, and the Gumbel-max draw against softmax(logits / t).
+// - greedy sampling token for token, and the Gumbel-max draw against softmax(logits / t);
+// - a cached extension of several tokens per row, and speculative sampling against the CPU's.
 // The measure is ||gpu - cpu|| / ||cpu|| (METHOD.md of the device notes): fp32 kernels
 // land near 1e-7, so the thresholds below (1e-5 for one op, 1e-4 through a whole model)
 // separate rounding from a wrong index, which gives O(1).
@@ -285,6 +286,38 @@ static void test_adamw_and_norm() {
 // ----------------------------------------------------------------------------
 // whole-model paths
 
+// logits (B, T, Vp) of right-padded rows, compared at each row's n_real[r] real positions
+// only: padded slots are junk on both devices
+static void check_real_positions(const std::string& what, const std::vector<float>& gpu_logits,
+                                 const std::vector<float>& cpu_logits, const std::vector<int>& n_real, int T, int Vp) {
+    std::vector<float> a, b;
+    for (size_t r = 0; r < n_real.size(); r++)
+        for (int t = 0; t < n_real[r]; t++) {
+            const size_t at = ((size_t)r * T + t) * Vp;
+            a.insert(a.end(), gpu_logits.begin() + at, gpu_logits.begin() + at + Vp);
+            b.insert(b.end(), cpu_logits.begin() + at, cpu_logits.begin() + at + Vp);
+        }
+    check_close(what, a, b, 1e-4);
+}
+
+// B random byte prompts of 1-12 tokens, and row b's budget first_budget + b * budget_step
+struct RandomPrompts {
+    std::vector<std::vector<int>> store;
+    std::vector<const std::vector<int>*> prompts;
+    std::vector<int> budgets;
+    std::vector<uint64_t> ids;
+    RandomPrompts(int B, int first_budget, int budget_step) : store(B) {
+        Rng rng(derive_seed(run_seed, ++draws));
+        for (int b = 0; b < B; b++) {
+            int len = 1 + (int)rng.below(12);
+            for (int t = 0; t < len; t++) store[b].push_back((int)rng.below(256));
+            prompts.push_back(&store[b]);
+            budgets.push_back(first_budget + budget_step * b);
+            ids.push_back(b);
+        }
+    }
+};
+
 // gpu_infer's prefill (the teacher's pass) against gpt_infer: all positions, right-padded rows
 static void test_infer() {
     GPT<float> m = random_model("3,96,4", 211, 40);
@@ -304,15 +337,7 @@ static void test_infer() {
     GpuInferScratch gs;
     Dev d_logits(logits.size());
     gpu_infer(gm, nullptr, gs, tokens.data(), rows.data(), start.data(), n_new.data(), B, T, d_logits.p(), true);
-    // compare the real positions of each row (padded slots are junk on both)
-    std::vector<float> got = d_logits.get(), a, b;
-    for (int r = 0; r < B; r++)
-        for (int t = 0; t < n_new[r]; t++)
-            for (int i = 0; i < Vp; i++) {
-                a.push_back(got[((size_t)r * T + t) * Vp + i]);
-                b.push_back(logits[((size_t)r * T + t) * Vp + i]);
-            }
-    check_close("teacher forward (gpu_infer, all positions, ragged rows)", a, b, 1e-4);
+    check_real_positions("teacher forward (gpu_infer, all positions, ragged rows)", d_logits.get(), logits, n_new, T, Vp);
 }
 
 // greedy decoding with the KV cache: the same tokens as the CPU, row for row
@@ -320,18 +345,10 @@ static void test_greedy() {
     // larger embeddings make the logits decisive: an argmax then never hinges on rounding
     GPT<float> m = random_model("2,64,4", 257, 64, 30.0);
     const int B = 6, eos = 256;
-    Rng rng(derive_seed(run_seed, ++draws));
-    std::vector<std::vector<int>> prompt_store(B);
-    std::vector<const std::vector<int>*> prompts;
-    std::vector<int> budgets;
-    std::vector<uint64_t> ids;
-    for (int b = 0; b < B; b++) {
-        int len = 1 + (int)rng.below(12);
-        for (int t = 0; t < len; t++) prompt_store[b].push_back((int)rng.below(256));
-        prompts.push_back(&prompt_store[b]);
-        budgets.push_back(10 + 8 * b);
-        ids.push_back(b);
-    }
+    RandomPrompts r(B, 10, 8);
+    const auto& prompts = r.prompts;
+    const auto& budgets = r.budgets;
+    const auto& ids = r.ids;
     Generator gen;
     auto cpu = generate(m, gen, prompts, budgets, 0.0, eos, 1, 2, ids);
     GpuModel gm;
@@ -344,6 +361,70 @@ static void test_greedy() {
     // and run twice: the same tokens (no state leaks between calls through the cache)
     auto again = gpu_generate(gm, gg, prompts, budgets, 0.0, eos, 1, 2, ids);
     check(again == gpu, "greedy sampling: a second call gives the same tokens");
+}
+
+// gpu_infer extending cached rows by several tokens each (speculative verification):
+// a prefill, then 1..4 new tokens per row at different offsets, all positions, against gpt_infer
+static void test_cached_extension() {
+    GPT<float> m = random_model("2,64,4", 113, 48);
+    const int B = 4, P = 9, T = 4;
+    Rng rng(derive_seed(run_seed, ++draws));
+    std::vector<int> prefill((size_t)B * P), rows(B), start(B, 0), n_prefill(B), ext((size_t)B * T), n_ext(B), at(B);
+    for (auto& t : prefill) t = (int)rng.below(113);
+    for (auto& t : ext) t = (int)rng.below(113);
+    for (int b = 0; b < B; b++) { rows[b] = B - 1 - b; n_prefill[b] = P - 2 * b; n_ext[b] = 1 + b; at[b] = n_prefill[b]; }
+    const int Vp = m.config.padded_vocab_size;
+    KVCache<float> cache;
+    cache.allocate(m.config, B);
+    InferScratch<float> s;
+    std::vector<float> last((size_t)B * Vp), cpu((size_t)B * T * Vp);
+    gpt_infer(m, cache, s, prefill.data(), rows.data(), start.data(), n_prefill.data(), B, P, last.data(), false);
+    gpt_infer(m, cache, s, ext.data(), rows.data(), at.data(), n_ext.data(), B, T, cpu.data(), true);
+    GpuModel gm;
+    gpu_upload(gm, m);
+    GpuKVCache gc;
+    gc.allocate(m.config, B, P + T);
+    GpuInferScratch gs;
+    Dev d_last(last.size()), d_logits(cpu.size());
+    gpu_infer(gm, &gc, gs, prefill.data(), rows.data(), start.data(), n_prefill.data(), B, P, d_last.p(), false);
+    gpu_infer(gm, &gc, gs, ext.data(), rows.data(), at.data(), n_ext.data(), B, T, d_logits.p(), true);
+    check_real_positions("cached extension (gpu_infer, 1-4 tokens per row)", d_logits.get(), cpu, n_ext, T, Vp);
+}
+
+// speculative sampling on the device against the CPU's: greedy token for token (and equal
+// to plain greedy decoding), sampled from the same host generators
+static void test_speculative() {
+    GPT<float> target = random_model("2,64,4", 257, 64, 30.0), draft = random_model("1,32,2", 257, 48, 30.0);
+    const int B = 6, eos = 256;
+    RandomPrompts r(B, 10, 4);
+    const auto& prompts = r.prompts;
+    const auto& budgets = r.budgets;
+    const auto& ids = r.ids;
+    GpuModel gt, gd;
+    gpu_upload(gt, target);
+    gpu_upload(gd, draft);
+    for (int K : {1, 4}) {
+        for (double t : {0.0, 1.0}) {
+            Generator cd, ct, plain;
+            GpuGenerator dd, dt;
+            SpeculativeStats cs, gs;
+            auto cpu = speculative_generate(draft, cd, target, ct, prompts, budgets, K, t, eos, 3, 0, ids, cs);
+            auto gpu = gpu_speculative_generate(gd, dd, gt, dt, prompts, budgets, K, t, eos, 3, 0, ids, gs);
+            int same = 0;
+            for (int b = 0; b < B; b++) same += cpu[b] == gpu[b];
+            if (t == 0.0) {
+                auto greedy = generate(target, plain, prompts, budgets, 0.0, eos, 0, 0, ids);
+                check(same == B && cpu == greedy,
+                      strf("speculative greedy, K = %d: %d of %d rows as the CPU's, which equals plain greedy: %s", K,
+                           same, B, cpu == greedy ? "yes" : "no"));
+            } else {
+                // the same host draws: rows differ only where rounding moves a draw's boundary
+                check(same >= B - 1, strf("speculative sampling t = 1, K = %d: %d of %d rows as the CPU's (limit %d); "
+                                          "acceptance %.3f vs CPU %.3f", K, same, B, B - 1, gs.acceptance_rate(),
+                                          cs.acceptance_rate()));
+            }
+        }
+    }
 }
 
 // the Gumbel-max draw: frequencies against softmax(logits / t); greedy ties to the lowest id
@@ -494,6 +575,8 @@ int main() {
         test_adamw_and_norm();
         test_infer();
         test_greedy();
+        test_cached_extension();
+        test_speculative();
         test_sampling_distribution();
         test_full_step(false, false);
         test_full_step(true, false);

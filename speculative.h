@@ -1,0 +1,270 @@
+// speculative.h — speculative sampling (Leviathan et al. 2023; Chen et al. 2023) with the
+// distilled student as the draft and the teacher as the target: what a distilled student
+// is for at inference, and a direct measure of how well it matches the teacher on its own
+// samples (DistillSpec, Zhou et al. 2024).
+//
+// Each round, per row: the draft proposes up to K tokens one at a time (its KV cache), the
+// target scores all of them in one forward pass (its KV cache, K + 1 new positions), and
+// draft token d_i is kept with probability min(1, p_i(d_i) / q_i(d_i)). The first one
+// refused is replaced by a draw from the normalised max(0, p_i - q_i); if all K are kept,
+// a bonus token is drawn from p_{K+1}. The output is distributed exactly as the target's
+// own samples at the same temperature (temperature 0: exactly its greedy output).
+//
+// Tricks worth knowing:
+// - Rolling back a refused draft costs nothing: a cache position is overwritten by the
+//   next token written there, and attention reads only positions below the row's length.
+//   So each model just tracks how many of the row's tokens its cache holds: the target
+//   always all but the last; the draft the same, or one fewer after a round whose drafts
+//   were all kept (it never saw its own last draft), and then it reads two tokens.
+// - The loop runs on the host and asks the device only for logits (speculative_loop's
+//   two callbacks), so the CPU and the GPU share it, and every random draw comes from the
+//   row's own generator: a row's output does not depend on the batch.
+// - The acceptance rate is counted two ways: the draws themselves (accepted / judged)
+//   and its expectation, sum_x min(p(x), q(x)) at each judged position (1 - the total
+//   variation distance); the tests hold one to the other.
+//
+// Part of gkd.cu's single translation unit: after section 2 (pick_token, Generator).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+// What a speculative run counts. A verification is one row's share of a target forward
+// pass; plain sampling emits one token per verification, speculative up to K + 1.
+struct SpeculativeStats {
+    long long judged = 0;         // draft tokens the target judged (up to the first refused)
+    long long accepted = 0;       // of those, kept
+    double expected_sum = 0;      // sum over judged positions of sum_x min(p(x), q(x))
+    long long verifications = 0;  // row-rounds: one target forward per row
+    long long draft_forwards = 0; // row-steps of the draft
+    long long emitted = 0;        // tokens in the output
+    double acceptance_rate() const { return judged ? (double)accepted / judged : NAN; }
+    double expected_acceptance() const { return judged ? expected_sum / judged : NAN; }
+    double tokens_per_verification() const { return verifications ? (double)emitted / verifications : NAN; }
+    void add(const SpeculativeStats& o) {
+        judged += o.judged; accepted += o.accepted; expected_sum += o.expected_sum;
+        verifications += o.verifications; draft_forwards += o.draft_forwards; emitted += o.emitted;
+    }
+};
+
+// probs (V) = softmax(logits / temperature) over the V real tokens, in double; temperature
+// 0: one-hot at the argmax (the lowest id on ties, as pick_token).
+static void token_distribution(const float* logits, int V, double temperature, std::vector<double>& probs) {
+    probs.assign(V, 0.0);
+    int best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (temperature == 0.0) { probs[best] = 1.0; return; }
+    double total = 0;
+    for (int i = 0; i < V; i++) total += probs[i] = std::exp(((double)logits[i] - logits[best]) / temperature);
+    for (double& x : probs) x /= total;
+}
+
+// A draw from weights w (V, non-negative, not all zero) by inverse CDF.
+static int draw_from(const std::vector<double>& w, Rng& rng) {
+    double total = 0;
+    int last_positive = 0;
+    for (size_t i = 0; i < w.size(); i++) {
+        total += w[i];
+        if (w[i] > 0) last_positive = (int)i;
+    }
+    double u = rng.uniform() * total, cum = 0;
+    for (size_t i = 0; i < w.size(); i++) {
+        cum += w[i];
+        if (cum > u && w[i] > 0) return (int)i;
+    }
+    return last_positive;
+}
+
+// Judges row b's drafts against the target's rows and appends what it keeps, plus the
+// replacement or bonus token, to out; returns how many drafts were kept.
+//   draft_logits  (k, Vpd)     the draft's logits that produced drafts[0..k-1]
+//   target_logits (k + 1, Vpt) the target's logits at the same positions, and one more
+static int judge_drafts(const std::vector<int>& drafts, const float* draft_logits, int Vpd, const float* target_logits,
+                        int Vpt, int V, double temperature, Rng& rng, std::vector<int>& out, SpeculativeStats& stats) {
+    static thread_local std::vector<double> p, q;
+    const int k = (int)drafts.size();
+    for (int i = 0; i < k; i++) {
+        token_distribution(target_logits + (size_t)i * Vpt, V, temperature, p);
+        token_distribution(draft_logits + (size_t)i * Vpd, V, temperature, q);
+        double overlap = 0;
+        for (int x = 0; x < V; x++) overlap += std::min(p[x], q[x]);
+        stats.judged++;
+        stats.expected_sum += overlap;
+        const int d = drafts[i];
+        // One uniform per judged draft, drawn even when p >= q keeps it for sure: the draws a
+        // row makes then never depend on last-bit rounding of its logits (which a batch's
+        // shape can change). Greedy: p and q are one-hot, so d is kept iff it is p's argmax.
+        const double u = rng.uniform();
+        const bool keep = p[d] >= q[d] || u * q[d] < p[d];
+        if (keep) {
+            stats.accepted++;
+            out.push_back(d);
+            continue;
+        }
+        for (int x = 0; x < V; x++) p[x] = std::max(0.0, p[x] - q[x]);  // the residual max(0, p - q)
+        out.push_back(draw_from(p, rng));
+        return i;
+    }
+    token_distribution(target_logits + (size_t)k * Vpt, V, temperature, p);  // every draft kept: a bonus token
+    out.push_back(draw_from(p, rng));
+    return k;
+}
+
+// The bookkeeping of batched speculative sampling, whichever device runs the models.
+// Row b stops at its first EOS (kept) or after budgets[b] tokens; both models' contexts
+// must hold prompt + budget.
+//   run_draft(tokens, cache_row, start, n_new, Bn, Tn) -> the draft's logits (Bn, Vpd) at
+//       each row's last new token, on the host
+//   run_target(tokens, cache_row, start, n_new, Bn, Tn, all_positions) -> the target's
+//       logits on the host: all_positions ? (Bn, Tn, Vpt) : (Bn, Vpt)
+// Both take gpt_infer's arguments: Tn new tokens per row, right-padded, row b has n_new[b]
+// real ones starting at position start[b] of cache row cache_row[b].
+template <typename RunDraft, typename RunTarget>
+static std::vector<std::vector<int>> speculative_loop(const std::vector<const std::vector<int>*>& prompts,
+                                                      const std::vector<int>& budgets, int K, double temperature,
+                                                      int eos, int V, int Vpd, int Vpt, std::vector<Rng>& rngs,
+                                                      RunDraft run_draft, RunTarget run_target,
+                                                      SpeculativeStats& stats) {
+    const int Bn = (int)prompts.size();
+    std::vector<std::vector<int>> out(Bn), seq(Bn);  // seq: prompt + out
+    if (Bn == 0) return out;
+    std::vector<int> draft_cached(Bn), tokens, cache_row, start, n_new;
+    auto resize = [&](int n, int Tn) {
+        tokens.assign((size_t)n * Tn, eos);
+        cache_row.assign(n, 0); start.assign(n, 0); n_new.assign(n, 0);
+    };
+    // prefill: both caches take every prompt token but the last, which each round reads first
+    int Pmax = 0;
+    for (int b = 0; b < Bn; b++) {
+        GKD_ASSERT(budgets[b] >= 1 && !prompts[b]->empty(), "speculative sampling: an empty prompt or budget");
+        seq[b] = *prompts[b];
+        draft_cached[b] = (int)seq[b].size() - 1;
+        Pmax = std::max(Pmax, draft_cached[b]);
+    }
+    if (Pmax > 0) {
+        resize(Bn, Pmax);
+        for (int b = 0; b < Bn; b++) {
+            std::copy(seq[b].begin(), seq[b].end() - 1, tokens.begin() + (size_t)b * Pmax);
+            cache_row[b] = b;
+            n_new[b] = draft_cached[b];
+        }
+        run_draft(tokens.data(), cache_row.data(), start.data(), n_new.data(), Bn, Pmax);
+        run_target(tokens.data(), cache_row.data(), start.data(), n_new.data(), Bn, Pmax, false);
+    }
+    std::vector<int> active(Bn);
+    for (int b = 0; b < Bn; b++) active[b] = b;
+    std::vector<std::vector<int>> drafts(Bn);
+    std::vector<std::vector<float>> draft_rows(Bn);  // (k, Vpd) per row: the logits behind its drafts
+    std::vector<int> wanted(Bn);                     // drafts a row asks for this round
+    while (!active.empty()) {
+        const int n = (int)active.size();
+        // 1. the draft proposes, one token per step; a row stops at EOS or at what it may emit
+        int Kmax = 0;
+        for (int b : active) {
+            drafts[b].clear();
+            draft_rows[b].clear();
+            wanted[b] = std::min(K, budgets[b] - (int)out[b].size());
+            Kmax = std::max(Kmax, wanted[b]);
+        }
+        for (int i = 0; i < Kmax; i++) {
+            std::vector<int> going;
+            for (int b : active)
+                if ((int)drafts[b].size() == i && i < wanted[b] && (i == 0 || drafts[b].back() != eos))
+                    going.push_back(b);
+            if (going.empty()) break;
+            int Tn = 1;  // the first step reads the tokens the draft's cache lacks: 1 or 2 per row
+            if (i == 0)
+                for (int b : going) Tn = std::max(Tn, (int)seq[b].size() - draft_cached[b]);
+            resize((int)going.size(), Tn);
+            for (size_t r = 0; r < going.size(); r++) {
+                const int b = going[r], len = (int)seq[b].size();
+                cache_row[r] = b;
+                if (i == 0) {
+                    start[r] = draft_cached[b];
+                    n_new[r] = len - draft_cached[b];
+                    std::copy(seq[b].begin() + start[r], seq[b].end(), tokens.begin() + r * Tn);
+                } else {
+                    start[r] = len - 1 + i;
+                    n_new[r] = 1;
+                    tokens[r] = drafts[b].back();
+                }
+            }
+            const float* logits = run_draft(tokens.data(), cache_row.data(), start.data(), n_new.data(),
+                                            (int)going.size(), Tn);
+            for (size_t r = 0; r < going.size(); r++) {
+                const int b = going[r];
+                const float* row = logits + r * Vpd;
+                draft_rows[b].insert(draft_rows[b].end(), row, row + Vpd);
+                drafts[b].push_back(pick_token(row, V, temperature, rngs[b]));
+                draft_cached[b] = start[r] + n_new[r];
+                stats.draft_forwards++;
+            }
+        }
+        // 2. the target scores each row's last token and its drafts in one pass
+        int Tn = 0;
+        for (int b : active) Tn = std::max(Tn, 1 + (int)drafts[b].size());
+        resize(n, Tn);
+        for (int r = 0; r < n; r++) {
+            const int b = active[r], len = (int)seq[b].size();
+            cache_row[r] = b;
+            start[r] = len - 1;
+            n_new[r] = 1 + (int)drafts[b].size();
+            tokens[(size_t)r * Tn] = seq[b].back();
+            std::copy(drafts[b].begin(), drafts[b].end(), tokens.begin() + (size_t)r * Tn + 1);
+        }
+        const float* logits = run_target(tokens.data(), cache_row.data(), start.data(), n_new.data(), n, Tn, true);
+        // 3. judge, keep, and cut at EOS or the budget
+        std::vector<int> still;
+        for (int r = 0; r < n; r++) {
+            const int b = active[r], len = (int)seq[b].size();
+            std::vector<int> kept;
+            const int a = judge_drafts(drafts[b], draft_rows[b].data(), Vpd, logits + (size_t)r * Tn * Vpt, Vpt, V,
+                                       temperature, rngs[b], kept, stats);
+            stats.verifications++;
+            // the draft's cache is good up to the last token it read that the row kept
+            draft_cached[b] = std::min(draft_cached[b], len + a);
+            bool done = false;
+            for (int x : kept) {
+                out[b].push_back(x);
+                seq[b].push_back(x);
+                stats.emitted++;
+                if (x == eos || (int)out[b].size() >= budgets[b]) { done = true; break; }
+            }
+            if (!done) still.push_back(b);
+        }
+        active.swap(still);
+    }
+    return out;
+}
+
+// Speculative sampling on the CPU: the draft and the target each with their own
+// generator (cache and scratch). Row b's draws come from (seed, stream, row_ids[b]).
+static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draft, Generator& dg,
+                                                          const GPT<float>& target, Generator& tg,
+                                                          const std::vector<const std::vector<int>*>& prompts,
+                                                          const std::vector<int>& budgets, int K, double temperature,
+                                                          int eos, uint64_t seed, uint64_t stream,
+                                                          const std::vector<uint64_t>& row_ids,
+                                                          SpeculativeStats& stats) {
+    const int Bn = (int)prompts.size(), Vpd = draft.config.padded_vocab_size, Vpt = target.config.padded_vocab_size;
+    GKD_ASSERT(draft.config.vocab_size == target.config.vocab_size, "speculative sampling: vocabularies differ");
+    std::vector<Rng> rngs;
+    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
+    dg.cache.allocate(draft.config, Bn);
+    tg.cache.allocate(target.config, Bn);
+    auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
+        dg.logits.resize((size_t)n * Vpd);
+        gpt_infer(draft, dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, dg.logits.data(), false);
+        return (const float*)dg.logits.data();
+    };
+    auto run_target = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
+                          bool all_positions) {
+        tg.logits.resize((size_t)n * (all_positions ? Tn : 1) * Vpt);
+        gpt_infer(target, tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, tg.logits.data(),
+                  all_positions);
+        return (const float*)tg.logits.data();
+    };
+    return speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vpd, Vpt, rngs, run_draft,
+                            run_target, stats);
+}
