@@ -1,6 +1,7 @@
 # Makefile — builds ./gkd, the doctest suite and the GPU test binary.
 #
-#   make            build ./gkd: with the CUDA path where nvcc exists, else CPU-only
+#   make            build ./gkd: with the CUDA path where nvcc exists, else CPU-only; with
+#                   MPI data parallelism where mpicxx exists (NO_MPI=1: without)
 #   make gkd-cpu    the CPU-only build (g++ alone) as build/gkd-cpu, wherever you are
 #   make test       build both, run the unit, CLI, bad-input, resume, tokenizer and fuzz
 #                   suites (on the CPU); the last line is "N passed, N failed"
@@ -84,8 +85,40 @@ NVCC_LDLIBS := $(subst -Wl$(comma)-rpath$(comma),-Xlinker -rpath -Xlinker ,$(LDL
                $(if $(CUDA_LIBDIR),-Xlinker -rpath -Xlinker $(abspath $(CUDA_LIBDIR)))
 endif
 
+# MPI: data parallelism over mpirun's ranks (distributed.h), built into ./gkd where
+# Debian's OpenMPI (mpicxx) is found; NO_MPI=1 builds without. The flags come from mpicxx
+# itself. A plain ./gkd of an MPI build never starts MPI. With nvcc, NCCL (the CUDA
+# toolkit's) sums the GPU ranks' gradients.
+ifeq ($(NO_MPI),)
+MPICXX := $(shell command -v mpicxx 2>/dev/null)
+endif
+ifneq ($(MPICXX),)
+MPI_COMPILE := $(shell $(MPICXX) --showme:compile)
+# the C interface only: OpenMPI's deprecated C++ bindings are neither used nor linked
+MPI_INCLUDES := -DGKD_MPI -DOMPI_SKIP_MPICXX -DMPICH_SKIP_MPICXX $(filter -I%,$(MPI_COMPILE))
+MPI_CXXONLY := $(filter-out -I%,$(MPI_COMPILE))
+MPI_LINK := $(filter-out -lmpi_cxx,$(shell $(MPICXX) --showme:link))
+MPI_NOTE := $(shell mpirun --version 2>/dev/null | head -1) (mpicxx): mpirun -np N ./gkd runs N data-parallel ranks
+NCCL_LIB := $(firstword $(wildcard $(dir $(NVCC))../lib64/libnccl.so $(dir $(NVCC))../lib/libnccl.so \
+                                   /usr/lib/x86_64-linux-gnu/libnccl.so))
+else
+MPI_NOTE := none (no mpicxx; apt-get install libopenmpi-dev openmpi-bin): one process
+endif
+ifneq ($(and $(NVCC),$(MPICXX)),)
+ifneq ($(NCCL_LIB),)
+MPI_NVCC_FLAGS := $(MPI_INCLUDES) -DGKD_NCCL
+MPI_NVCC_LIBS := $(filter -L% -l%,$(MPI_LINK)) -lpthread -L$(dir $(NCCL_LIB)) -lnccl \
+                 -Xlinker -rpath -Xlinker $(abspath $(dir $(NCCL_LIB)))
+MPI_NOTE += ; GPU ranks sum through NCCL ($(NCCL_LIB))
+else
+MPI_NVCC_FLAGS := $(MPI_INCLUDES)
+MPI_NVCC_LIBS := $(filter -L% -l%,$(MPI_LINK)) -lpthread
+MPI_NOTE += ; no NCCL found: GPU runs stay on one rank
+endif
+endif
+
 HEADERS  := model.h safetensors.h tokenizer.h unicode_tables.h utils.h data/dataset.h data/tasks.h data/convert.h \
-            device.h speculative.h $(wildcard cuda/*.cuh) $(wildcard cli/*.h)
+            device.h speculative.h distributed.h $(wildcard cuda/*.cuh) $(wildcard cli/*.h)
 FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors
 FUZZERS      := $(FUZZ_TARGETS:%=build/fuzz_%)
 FUZZ_SECONDS ?= 60
@@ -103,7 +136,7 @@ dev-headers:
 
 # ./gkd is rebuilt when how it is built changes (GPU_ARCH, NO_CUDA, NO_BLAS, flags), not
 # only when a source does: a stamp named by a hash of the build command.
-GKD_STAMP := build/gkd-build-$(shell echo '$(NVCC) $(NVCCFLAGS) $(NVCC_LDLIBS) $(CXX) $(CXXFLAGS) $(LDLIBS)' | md5sum | cut -c1-12)
+GKD_STAMP := build/gkd-build-$(shell echo '$(NVCC) $(NVCCFLAGS) $(NVCC_LDLIBS) $(CXX) $(CXXFLAGS) $(LDLIBS) $(MPI_COMPILE) $(MPI_LINK) $(NCCL_LIB)' | md5sum | cut -c1-12)
 $(GKD_STAMP):
 	@mkdir -p build && rm -f build/gkd-build-* && touch $@
 
@@ -111,12 +144,15 @@ ifneq ($(NVCC),)
 gkd: gkd.cu $(HEADERS) $(GKD_STAMP)
 	@echo "gkd: CPU matmuls: $(BLAS_NOTE)"
 	@echo "gkd: CUDA path: nvcc $(CUDA_VERSION) ($(NVCC)), for $(ARCH_NOTE)"
-	$(NVCC) $(NVCCFLAGS) gkd.cu -o $@ $(NVCC_LDLIBS) -lm
+	@echo "gkd: MPI: $(MPI_NOTE)"
+	$(NVCC) $(subst -Xcompiler ",-Xcompiler "$(MPI_CXXONLY) ,$(NVCCFLAGS)) $(MPI_NVCC_FLAGS) gkd.cu -o $@ \
+	    $(NVCC_LDLIBS) $(MPI_NVCC_LIBS) -lm
 else
 gkd: gkd.cu $(HEADERS) $(GKD_STAMP)
 	@echo "gkd: CPU matmuls: $(BLAS_NOTE)"
 	@echo "gkd: no CUDA path (nvcc not found, or NO_CUDA=1): --device cuda will be refused"
-	$(CXX) $(CXXFLAGS) -x c++ gkd.cu -o $@ $(LDLIBS) -lm
+	@echo "gkd: MPI: $(MPI_NOTE)"
+	$(CXX) $(CXXFLAGS) $(MPI_INCLUDES) $(MPI_CXXONLY) -x c++ gkd.cu -o $@ $(LDLIBS) $(MPI_LINK) -lm
 endif
 
 # The CPU-only build, always with g++: CI compiles it beside the CUDA one.

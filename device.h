@@ -3,7 +3,7 @@
 //
 // A Device holds a run's models, on the host or on the GPU, and the buffers of each
 // phase. It has one function per phase of a training step (sample, teacher forward,
-// student forward, loss, backward, update) and the three that inference needs (logits at
+// student forward, loss, backward, the sum over ranks, update) and the three that inference needs (logits at
 // every position, generation, speculative generation). The trainer (gkd_step in gkd.cu) and evaluate() call them
 // and never ask where they run, so they carry no #ifdef.
 //
@@ -73,8 +73,13 @@ struct Device {
     virtual void student_forward(const TrainBatch& b) = 0;
     // the batch loss; its gradient replaces the student's logits
     virtual double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) = 0;
-    // backpropagates through the student; returns the global gradient norm
-    virtual double student_backward() = 0;
+    // backpropagates through the student
+    virtual void student_backward() = 0;
+    // data parallel: the gradient summed over the ranks, on every rank (distributed.h);
+    // nothing to do in one process
+    virtual void sum_gradients_across_ranks() = 0;
+    // the global L2 norm of the gradient
+    virtual double gradient_norm() = 0;
     virtual void student_update(AdamW& opt, double lr, double grad_scale) = 0;
     // the host's student and AdamW's moments, up to date (a GPU's lag until this call):
     // before checkpoints and the final save
@@ -139,11 +144,14 @@ struct CpuDevice : Device {
         return batch_loss(b, spec.cross_entropy ? (const float*)nullptr : teacher_logits.data(), Vpt, s.acts.logits,
                           s.grads_acts.logits, V, Vps, spec.cross_entropy, spec.beta, spec.tau, spec.norm, nullptr, pg);
     }
-    double student_backward() override {
+    void student_backward() override {
         gpt_zero_grad(trained());
         gpt_backward(trained());
-        return grad_norm(trained());
     }
+    void sum_gradients_across_ranks() override {
+        sum_across_ranks(trained().grads_memory.data(), trained().num_parameters);
+    }
+    double gradient_norm() override { return grad_norm(trained()); }
     void student_update(AdamW& opt, double lr, double grad_scale) override {
         adamw_update(trained(), opt, lr, grad_scale);
     }

@@ -172,6 +172,10 @@ struct TrainBatch {
     std::vector<int> targets;        // (B, T) the next token where a position is a target, else -1
     std::vector<int> target_count;   // (B) target positions per row (its L_y)
     int num_targets = 0;
+    // what the loss is normalised over: this batch's rows and targets (0), or, for one
+    // rank's share of a data-parallel batch, the whole batch's (distributed.h)
+    int norm_rows = 0;
+    long long norm_targets = 0;
 };
 
 // SPEC section 2: the completion tokens (and the EOS that ends them) are the targets;
@@ -200,9 +204,12 @@ static TrainBatch build_batch(const std::vector<Sequence>& rows, int eos) {
 enum class LossNorm { Sequence, Token };
 
 // The weight of each target position in the batch loss: 1/(B * L_y) for the paper's
-// per-sequence normalisation, 1/(number of targets) for TRL's per-token one.
+// per-sequence normalisation, 1/(number of targets) for TRL's per-token one; B and the
+// targets are the whole batch's when b is one rank's share of it.
 static double position_weight(const TrainBatch& b, int row, LossNorm norm) {
-    return norm == LossNorm::Sequence ? 1.0 / ((double)b.B * b.target_count[row]) : 1.0 / b.num_targets;
+    const double rows = b.norm_rows ? b.norm_rows : b.B;
+    const double targets = b.norm_targets ? (double)b.norm_targets : b.num_targets;
+    return norm == LossNorm::Sequence ? 1.0 / (rows * b.target_count[row]) : 1.0 / targets;
 }
 
 // RL + GKD (the paper's section 5): REINFORCE on the sampled rows, added to the divergence
@@ -480,6 +487,11 @@ static double learning_rate(double lr, Schedule schedule, int warmup, int steps,
 #include "speculative.h"
 
 // ----------------------------------------------------------------------------
+// data parallelism over MPI ranks: each rank's rows, the sums across ranks (distributed.h)
+
+#include "distributed.h"
+
+// ----------------------------------------------------------------------------
 // where the phases run: the CPU, or the GPU twins of cuda/ (device.h)
 
 #include "device.h"
@@ -620,16 +632,16 @@ static void host_copy(Trainer& tr) {
 }
 
 // Completions sampled from the student (or, for SeqKD, the teacher) for the batch's
-// prompts, at the sampling temperature.
+// prompts, at the sampling temperature; batch[0] is row first_row of the whole batch.
 static std::vector<Sequence> sample_completions(Trainer& tr, Role who, const std::vector<const Example*>& batch,
-                                                int step, uint64_t stream) {
+                                                int first_row, int step, uint64_t stream) {
     Prompts prompts;
     std::vector<int> budgets;
     std::vector<uint64_t> row_ids;
     for (size_t i = 0; i < batch.size(); i++) {
         prompts.push_back(&batch[i]->prompt);
         budgets.push_back(std::min(tr.opt.max_new_tokens, shared_context(tr) - (int)batch[i]->prompt.size()));
-        row_ids.push_back(i);
+        row_ids.push_back(first_row + i);  // the row's place in the whole batch: its randomness
     }
     std::vector<std::vector<int>> completions =
         tr.device->generate(who, prompts, budgets, tr.opt.temperature, tr.tok->eos_id(),
@@ -678,16 +690,25 @@ static StepStats gkd_step(Trainer& tr, int step) {
         for (const Example* e : examples) repeated.insert(repeated.end(), o.samples_per_prompt, e);
         examples.swap(repeated);
     }
+    // data parallel: this rank's share of the rows (in one process, all of them)
+    const int batch_rows = (int)examples.size(), first_row = world().first_row(batch_rows);
+    examples.erase(examples.begin() + first_row + world().row_count(batch_rows), examples.end());
+    examples.erase(examples.begin(), examples.begin() + first_row);
     std::vector<Sequence> rows;
     {
         NvtxRange range("sample");
-        if (st.on_policy) rows = sample_completions(tr, Role::Student, examples, step, STREAM_STUDENT_SAMPLES);
-        else if (o.seq_kd) rows = sample_completions(tr, Role::Teacher, examples, step, STREAM_TEACHER_SAMPLES);
+        if (st.on_policy) rows = sample_completions(tr, Role::Student, examples, first_row, step, STREAM_STUDENT_SAMPLES);
+        else if (o.seq_kd) rows = sample_completions(tr, Role::Teacher, examples, first_row, step, STREAM_TEACHER_SAMPLES);
         else rows = dataset_completions(examples, eos);
     }
     st.sample_ms = (now_seconds() - t0) * 1000;
     TrainBatch b = build_batch(rows, eos);
-    st.tokens = b.num_targets;
+    // the loss is normalised over the whole batch: every rank's rows and target tokens
+    double batch_targets = b.num_targets;
+    sum_across_ranks(&batch_targets, 1);
+    b.norm_rows = batch_rows;
+    b.norm_targets = (long long)batch_targets;
+    st.tokens = (int)b.norm_targets;
 
     // the teacher scores every token of x+y (no gradients); the student runs forward
     const bool distill = !o.sft;
@@ -735,23 +756,27 @@ static StepStats gkd_step(Trainer& tr, int step) {
     {
         NvtxRange range("loss");
         st.loss = device.student_loss(b, {o.sft, o.beta, o.loss_temperature, o.loss_norm}, rl ? &pg : nullptr);
+        sum_across_ranks(&st.loss, 1);  // each rank's share of the whole batch's loss
     }
     if (!o.reward.empty()) st.divergence = st.loss;
     if (rl) st.loss = o.alpha * st.divergence + (1.0 - o.alpha) * pg.surrogate;
     if (fault_injected("nan-loss", step)) st.loss = NAN;
     if (!std::isfinite(st.loss))
-        GKD_FAIL("step %d: the loss is not finite (%g); stopping before the update (the last checkpoint is intact)",
-                 step, st.loss);
+        fail_on_every_rank(strf("step %d: the loss is not finite (%g); stopping before the update (the last "
+                                "checkpoint is intact)", step, st.loss));
 
     // backpropagate through the student only, then one AdamW step
     double t4 = now_seconds();
     st.loss_ms = (t4 - t3) * 1000;
     {
         NvtxRange range("backward");
-        st.grad_norm = device.student_backward();
+        device.student_backward();
+        device.sum_gradients_across_ranks();  // data parallel: the whole batch's gradient, on every rank
+        st.grad_norm = device.gradient_norm();
     }
     if (!std::isfinite(st.grad_norm))
-        GKD_FAIL("step %d: the gradient norm is not finite; stopping before the update (the last checkpoint is intact)", step);
+        fail_on_every_rank(strf("step %d: the gradient norm is not finite; stopping before the update (the last "
+                                "checkpoint is intact)", step));
     double t5 = now_seconds();
     {
         NvtxRange range("update");
@@ -1171,21 +1196,28 @@ struct TrainOutcome {
     int stopped_by_signal = 0;  // the signal number, or 0 when the run finished
 };
 
-// Runs steps start_step .. steps-1, logging each; writes model.bin at the end.
+// Runs steps start_step .. steps-1, logging each; writes model.bin at the end. With
+// several ranks, the root alone writes (metrics, checkpoints, model.bin), evaluates and
+// shows progress; all of them step.
 static TrainOutcome train(Trainer& tr, int start_step = 0) {
     const TrainOptions& o = tr.opt;
-    make_dirs(o.out_dir);
+    const bool root = world().root();
     std::string metrics_path = o.out_dir + "/metrics.jsonl", state_path = o.out_dir + "/checkpoint.bin";
-    if (start_step > 0) truncate_metrics(metrics_path, start_step);
-    FILE* metrics = fopen(metrics_path.c_str(), start_step > 0 ? "a" : "w");
-    if (!metrics) GKD_FAIL("%s: cannot open for writing: %s", metrics_path.c_str(), strerror(errno));
-    std::unique_ptr<FILE, int (*)(FILE*)> closer(metrics, fclose);
+    FILE* metrics = nullptr;
+    on_every_rank([&] {
+        if (!root) return;
+        make_dirs(o.out_dir);
+        if (start_step > 0) truncate_metrics(metrics_path, start_step);
+        metrics = fopen(metrics_path.c_str(), start_step > 0 ? "a" : "w");
+        if (!metrics) GKD_FAIL("%s: cannot open for writing: %s", metrics_path.c_str(), strerror(errno));
+    });
+    std::unique_ptr<FILE, int (*)(FILE*)> closer(metrics, [](FILE* f) { return f ? fclose(f) : 0; });
     stop_signal = 0;
     struct sigaction sa = {}, old_int, old_term;
     sa.sa_handler = on_stop_signal;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    Progress progress(o.label.empty() ? (o.sft ? "sft" : "distill") : o.label, o.steps - start_step, o.quiet);
+    Progress progress(o.label.empty() ? (o.sft ? "sft" : "distill") : o.label, o.steps - start_step, o.quiet || !root);
     long long tokens_done = 0;
     TrainOutcome out;
     for (int step = start_step; step < o.steps; step++) {
@@ -1198,23 +1230,26 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
         if (!std::isnan(st.reward_mean))
             line.update({{"divergence", st.divergence}, {"reward_mean", st.reward_mean}, {"reward_std", st.reward_std},
                          {"correct", st.correct}});
-        write_metrics_line(metrics, metrics_path, line);
+        if (root) write_metrics_line(metrics, metrics_path, line);
         bool evaluate_now = !tr.eval_data.examples.empty() &&
                             ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || step + 1 == o.steps);
-        if (evaluate_now) write_metrics_line(metrics, metrics_path, eval_line(tr, step));
+        if (evaluate_now && root) write_metrics_line(metrics, metrics_path, eval_line(tr, step));
         progress.update(step + 1 - start_step, strf("loss %.4f | %s | %.0f tok/s", st.loss,
                                                     st.on_policy ? "on-policy " : "off-policy",
                                                     tokens_done / std::max(progress.elapsed(), 1e-9)));
         bool last = step + 1 == o.steps;
-        if (!last && (stop_signal || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
+        const int stop = max_across_ranks(stop_signal);  // every rank stops after the same step
+        if (!last && root && (stop || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
             host_copy(tr);
             save_training_state(tr, step + 1, state_path);
         }
-        if (stop_signal && !last) {
-            out.stopped_by_signal = stop_signal;
-            fprintf(stderr, "\n%s after step %d: the whole training state is in %s; continue with "
-                            "gkd %s --resume %s\n", stop_signal == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)",
-                    step, state_path.c_str(), o.sft ? "sft" : "distill", o.out_dir.c_str());
+        if (fault_injected("rank-dies", step) && world().size > 1 && world().rank == world().size - 1) raise(SIGKILL);
+        if (stop && !last) {
+            out.stopped_by_signal = stop;
+            if (root)
+                fprintf(stderr, "\n%s after step %d: the whole training state is in %s; continue with "
+                                "gkd %s --resume %s\n", stop == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)",
+                        step, state_path.c_str(), o.sft ? "sft" : "distill", o.out_dir.c_str());
             break;
         }
     }
@@ -1222,6 +1257,7 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
     sigaction(SIGTERM, &old_term, nullptr);
     if (out.stopped_by_signal) return out;
     progress.finish();
+    if (!root) return out;
     host_copy(tr);
     gpt_save(tr.student, o.out_dir + "/model.bin");
     if (is_file(state_path)) unlink(state_path.c_str());  // finished: model.bin is the result
@@ -1237,18 +1273,29 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
 
 #ifndef GKD_NO_MAIN
 int main(int argc, char** argv) {
+    // With several ranks, an error that reaches here happened on this rank alone: it is
+    // reported naming the rank, and the job ends, so that no rank waits in a collective.
+    auto fail = [](const char* what) {
+        fprintf(stderr, "gkd: error%s: %s\n", world().tag().c_str(), what);
+        if (world().size > 1) abort_all_ranks(1);
+        ranks_finalize();
+        return 1;
+    };
+    int status = 1;
     try {
-        return run_command(argc, argv);
+        ranks_init(&argc, &argv);
+        status = run_command(argc, argv);
     } catch (const ExitRequest& e) {
-        return e.status;
+        status = e.status;
     } catch (const GkdError& e) {
-        fprintf(stderr, "gkd: error: %s\n", e.what());
+        return fail(e.what());
     } catch (const std::bad_alloc&) {
-        fprintf(stderr, "gkd: error: out of memory\n");
+        return fail("out of memory");
     } catch (const std::exception& e) {
-        fprintf(stderr, "gkd: error: %s\n", e.what());
+        return fail(e.what());
     }
-    return 1;
+    ranks_finalize();
+    return status;
 }
 #endif
 

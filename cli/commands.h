@@ -139,6 +139,7 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
 }
 
 static void refuse_existing_run(const std::string& dir, bool overwrite);
+static void check_data_parallel(const TrainOptions& o);
 
 static int cmd_train(int argc, char** argv, bool sft) {
     const std::vector<FlagSpec>& specs = sft ? SFT_FLAGS : DISTILL_FLAGS;
@@ -151,39 +152,62 @@ static int cmd_train(int argc, char** argv, bool sft) {
     const Flags& f = *parsed;
     Trainer tr;
     int start_step = 0;
-    if (f.has("resume")) {
-        // the saved configuration is the run's; only the display may change
-        for (auto& [name, value] : f.values)
-            if (name != "resume" && name != "device")
-                GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
-        for (auto& name : f.switches)
-            if (name != "quiet" && name != "tf32") GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd, name.c_str());
-        std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
-        if (!is_file(path))
-            GKD_FAIL("%s: no checkpoint to resume from (a run saves one with --checkpoint-every N, or when interrupted)", path.c_str());
-        tr.opt.out_dir = dir;
-        tr.opt.quiet = f.on("quiet");
-        start_step = load_training_state(tr, path);
-        tr.opt.device = resolve_device(f);
-        tr.opt.tf32 = f.on("tf32");
-        if (tr.opt.sft != sft)
-            GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(), tr.opt.sft ? "sft" : "distill",
-                     tr.opt.sft ? "sft" : "distill", dir.c_str());
-        load_inputs(tr);
-        if (!tr.opt.quiet) fprintf(stderr, "gkd %s: resuming %s at step %d of %d\n", cmd, dir.c_str(), start_step, tr.opt.steps);
-    } else {
-        TrainOptions o = parse_train_options(f, sft);
-        refuse_existing_run(o.out_dir, f.on("overwrite"));
-        load_trainer(tr, o);
-        if (!o.quiet)
-            fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, on %s\n", cmd,
-                    o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps, o.batch,
-                    o.device == "cuda" ? (o.tf32 ? "the GPU (TF32 matmuls)" : "the GPU (fp32)")
-                                       : strf("the CPU, %d threads", omp_get_max_threads()).c_str());
-    }
-    place_trainer(tr);
+    const bool root = world().root();
+    on_every_rank([&] {  // every rank reads the same flags and files; the root alone owns --out
+        if (f.has("resume")) {
+            // the saved configuration is the run's; only the display may change
+            for (auto& [name, value] : f.values)
+                if (name != "resume" && name != "device")
+                    GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd,
+                             name.c_str());
+            for (auto& name : f.switches)
+                if (name != "quiet" && name != "tf32")
+                    GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd,
+                             name.c_str());
+            std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
+            if (!is_file(path))
+                GKD_FAIL("%s: no checkpoint to resume from (a run saves one with --checkpoint-every N, or when "
+                         "interrupted)", path.c_str());
+            tr.opt.out_dir = dir;
+            tr.opt.quiet = f.on("quiet");
+            start_step = load_training_state(tr, path);
+            tr.opt.device = resolve_device(f);
+            tr.opt.tf32 = f.on("tf32");
+            if (tr.opt.sft != sft)
+                GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(),
+                         tr.opt.sft ? "sft" : "distill", tr.opt.sft ? "sft" : "distill", dir.c_str());
+            load_inputs(tr);
+            if (!tr.opt.quiet && root)
+                fprintf(stderr, "gkd %s: resuming %s at step %d of %d\n", cmd, dir.c_str(), start_step, tr.opt.steps);
+        } else {
+            TrainOptions o = parse_train_options(f, sft);
+            if (root) refuse_existing_run(o.out_dir, f.on("overwrite"));
+            load_trainer(tr, o);
+            if (!o.quiet && root)
+                fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, on %s%s\n", cmd,
+                        o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps,
+                        o.batch,
+                        o.device == "cuda" ? (o.tf32 ? "the GPU (TF32 matmuls)" : "the GPU (fp32)")
+                                           : strf("the CPU, %d threads", omp_get_max_threads()).c_str(),
+                        world().size > 1 ? strf(", on each of %d ranks", world().size).c_str() : "");
+        }
+        check_data_parallel(tr.opt);
+        place_trainer(tr);
+    });
     TrainOutcome out = train(tr, start_step);
     return out.stopped_by_signal ? 128 + out.stopped_by_signal : 0;
+}
+
+// What several ranks cannot do yet, refused before anything runs.
+static void check_data_parallel(const TrainOptions& o) {
+    const int ranks = world().size;
+    if (ranks == 1) return;
+    if (!o.reward.empty())
+        GKD_FAIL("gkd distill: --reward with %d ranks: RL's baseline and reward statistics are per batch, not yet "
+                 "summed across ranks; run it in one process", ranks);
+    if (o.batch * o.samples_per_prompt < ranks)
+        GKD_FAIL("gkd %s: --batch %d gives fewer rows than the %d ranks: each rank needs at least one",
+                 o.sft ? "sft" : "distill", o.batch, ranks);
 }
 
 // No run silently replaces another: a non-empty --out needs --overwrite (or --resume).

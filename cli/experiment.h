@@ -103,11 +103,6 @@ static TrainOptions experiment_train_options(const ExperimentRecipe& r, const st
     return o;
 }
 
-// Thrown to leave the program with a status (after a signal), past the callers.
-struct ExitRequest {
-    int status;
-};
-
 static double run_training_phase(const TrainOptions& o) {
     double t0 = now_seconds();
     Trainer tr;

@@ -94,10 +94,11 @@ static void gpu_init(bool tf32) {
     GpuContext& g = gpu_context();
     if (!g.ready) {
         if (gpu_count() == 0) GKD_FAIL("--device cuda: no CUDA GPU is visible (nvidia-smi should list one); use --device cpu");
-        CUDA_CHECK(cudaSetDevice(0));
-        CUDA_CHECK(cudaGetDeviceProperties(&g.prop, 0));
+        const int device = world().local_rank % gpu_count();  // data parallel: a GPU per rank on each machine
+        CUDA_CHECK(cudaSetDevice(device));
+        CUDA_CHECK(cudaGetDeviceProperties(&g.prop, device));
         int khz = 0;
-        CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+        CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device));
         g.clock_hz = khz * 1e3;
         load_cublas();
         CUBLAS_CHECK(cublas().create(&g.blas));
@@ -228,3 +229,35 @@ static void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, const 
 }
 
 }  // namespace gpu
+
+// ----------------------------------------------------------------------------
+// data parallelism between GPUs: the ranks' gradients summed by NCCL (distributed.h)
+
+#ifdef GKD_NCCL
+#include <nccl.h>
+#define NCCL_CHECK(call) nccl_check((call), #call, __FILE__, __LINE__)
+static void nccl_check(ncclResult_t r, const char* what, const char* file, int line) {
+    if (r != ncclSuccess) GKD_FAIL("%s:%d: NCCL error: %s, in %s", file, line, ncclGetErrorString(r), what);
+}
+// d (n floats on this rank's GPU) <- its sum over the ranks. The communicator is made on
+// first use: rank 0's unique id goes to the others over MPI.
+static void gpu_sum_across_ranks(float* d, size_t n) {
+    const Ranks& w = world();
+    if (!w.mpi) return;  // not launched by mpirun (mpirun -np 1 does run NCCL, over one GPU)
+    static ncclComm_t comm = nullptr;
+    if (!comm) {
+        ncclUniqueId id;
+        if (w.root()) NCCL_CHECK(ncclGetUniqueId(&id));
+        MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
+        NCCL_CHECK(ncclCommInitRank(&comm, w.size, id, w.rank));
+    }
+    NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat, ncclSum, comm, 0));
+    CUDA_CHECK(cudaStreamSynchronize(0));
+}
+#else
+static void gpu_sum_across_ranks(float*, size_t) {
+    if (world().size > 1)
+        GKD_FAIL("--device cuda with %d ranks: this build has no NCCL to sum the GPUs' gradients (make found mpicxx "
+                 "but no libnccl beside nvcc); use --device cpu, or one rank", world().size);
+}
+#endif

@@ -95,9 +95,14 @@ struct GpuDevice : Device {
         return gpu_batch_loss(loss, b, spec.cross_entropy ? nullptr : teacher_logits.ptr, Vpt, s.acts.logits, V, Vps,
                               spec.cross_entropy, spec.beta, spec.tau, spec.norm, nullptr, pg);
     }
-    double student_backward() override {
+    void student_backward() override {
         gpu_zero_grad(trained());
         gpu_backward(trained());
+    }
+    void sum_gradients_across_ranks() override {
+        gpu_sum_across_ranks(trained().grads_memory.ptr, trained().num_parameters);  // NCCL, between the ranks' GPUs
+    }
+    double gradient_norm() override {
         return gpu_grad_norm(trained());  // synchronises: the norm comes back to the host
     }
     void student_update(AdamW& opt, double lr, double grad_scale) override {

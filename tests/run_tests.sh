@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/run_tests.sh — runs every suite and prints "N passed, N failed" over all of them
 # as its last line: the doctest unit tests (test cases), the CLI tests, the table of bad
-# inputs, kill-and-resume, GPT-2's tokenizer against gpt-3-encoder (one check per text),
+# inputs, kill-and-resume, data parallelism over MPI ranks, GPT-2's tokenizer against gpt-3-encoder (one check per text),
 # and a short bounded fuzz pass (one check per fuzz target).
 # Exits non-zero when anything failed or a suite died before its summary.
 set -u
@@ -40,6 +40,8 @@ suite unit '^\[doctest\] test cases: *[0-9]+ \| *([0-9]+) passed \| *([0-9]+) fa
 suite cli '^cli: ([0-9]+) passed, ([0-9]+) failed' bash tests/cli_test.sh
 suite bad-input '^bad input: ([0-9]+) passed, ([0-9]+) failed' bash tests/bad_input_test.sh
 suite resume '^resume: ([0-9]+) passed, ([0-9]+) failed' bash tests/resume_test.sh
+# data parallelism: 2 MPI ranks against 1 process (GKD_REQUIRE_MPI=1: no MPI is a failure)
+suite mpi '^mpi: ([0-9]+) passed, ([0-9]+) failed' bash tests/mpi_test.sh
 # GPT-2's BPE against the npm package gpt-3-encoder on the whole corpus (about 300 kB)
 suite tokenizer '^tokenizer: ([0-9]+) passed, ([0-9]+) failed' bash dev/compare_tokenizer.sh ./gkd
 fuzz_smoke() {
