@@ -84,6 +84,16 @@ check "12 samples" [ "$(wc -l <"$W/out")" -eq 12 ]
 cp "$W/out" "$W/samples1"
 expect_ok "same seed" $GKD sample --model "$W/s.bin" --data "$W/train.jsonl" --num-samples 3 --seed 4 --max-new-tokens 6 --batch 5
 check "same seed, same samples, whatever the batch" cmp -s "$W/out" "$W/samples1"
+# speculative sampling: the student drafts for the teacher; greedy output is the teacher's own
+expect_ok "teacher greedy" $GKD sample --model "$W/t.bin" --data "$W/train.jsonl" --temperature 0 --max-new-tokens 8
+cp "$W/out" "$W/teacher_greedy"
+expect_ok "speculative greedy" $GKD sample --model "$W/t.bin" --draft "$W/run/model.bin" --draft-tokens 3 --data "$W/train.jsonl" --temperature 0 --max-new-tokens 8 --batch 3
+check "speculative greedy = the teacher's greedy samples, line for line" cmp -s "$W/out" "$W/teacher_greedy"
+check "speculative report on stderr: acceptance, tokens per target forward, speed-up" python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["speculative"]; assert 0 <= r["acceptance_rate"] <= 1 and r["acceptance_rate"] == r["expected_acceptance"] and 1 <= r["tokens_per_target_forward"] <= 4 and r["speedup"] > 0 and r["tokens"] == r["plain_tokens"]' "$W/err"
+expect_ok "speculative sampled, no baseline" $GKD sample --model "$W/t.bin" --draft "$W/run/model.bin" --data "$W/train.jsonl" --temperature 1 --max-new-tokens 8 --baseline 0
+check "no baseline: no plain timing in the report" sh -c '! grep -q plain_seconds "$1" && grep -q acceptance_rate "$1"' _ "$W/err"
+expect_ok "eval as a draft" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --draft-tokens 4 --max-new-tokens 8
+check "eval reports the draft's acceptance" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert 0 <= j["draft_acceptance_rate"] <= 1 and 1 <= j["draft_tokens_per_target_forward"] <= 5' "$W/out"
 expect_ok "eval with teacher" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --beta 0.1
 check "eval prints nll, divergence and exact_match" grep -q '"divergence":.*"exact_match":.*"nll":' "$W/out"
 expect_ok "eval on the student's own samples" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --sample-temperature 1 --samples-per-example 3 --max-new-tokens 8

@@ -98,6 +98,18 @@ $GKD distill --resume "$W/killed1" --quiet 2>"$W/err" || cat "$W/err"
 check "--resume in 1 process: the same run to 1e-5 ($(compare "$W/killed1" "$W/gkd-sequence-2" 2>&1 | tail -1))" \
       "compare '$W/killed1' '$W/gkd-sequence-2' >/dev/null 2>&1"
 
+# Ctrl-C on mpirun: it passes SIGTERM to the ranks, which agree to stop after the same step;
+# rank 0 saves the checkpoint and says how to continue
+${MPI/ -q / } -np 2 "$GKD" distill --teacher "$W/teacher.bin" --student "$W/student.bin" --lambda 1 --batch 4 \
+  --data "$W/data/train.jsonl" --steps 1000000 --max-new-tokens 12 --quiet --out "$W/stopped" >"$W/stop.log" 2>&1 &
+launcher=$!
+sleep 3
+kill -INT $launcher
+wait $launcher
+left=$(pgrep -f "$W/stopped" | wc -l)
+check "Ctrl-C on mpirun: every rank stops, rank 0 saves the state ($(grep -o 'terminated (SIGTERM) after step [0-9]*' "$W/stop.log"))" \
+      "grep -q 'continue with gkd distill --resume $W/stopped' '$W/stop.log' && [ -s '$W/stopped/checkpoint.bin' ] && [ $left = 0 ]"
+
 # errors: one line naming the rank, status 1, nobody left waiting
 printf '{"prompt": "1+1=", "completion": "2"}\n{"prompt": 5}\n' > "$W/bad.jsonl"
 ranks 2 sft --model "$W/student.bin" --data "$W/bad.jsonl" --out "$W/never" >"$W/bad.log" 2>&1
