@@ -1,10 +1,11 @@
 // distributed.h — data parallelism over MPI ranks: `mpirun -np N ./gkd distill ...`.
 //
-// Each rank takes a contiguous share of the global batch's rows (rank r: rows
-// floor(B r / N) .. floor(B (r+1) / N) - 1, so shares differ by at most one row), samples
-// and scores them, and backpropagates its share of the global loss: every position is
-// weighted by the global batch's normalisation (rows and target tokens of all ranks), so
-// the sum of the ranks' gradients is the one-process gradient of the same batch. That sum
+// Each rank takes a contiguous share of the global batch's prompts (rank r: prompts
+// floor(B r / N) .. floor(B (r+1) / N) - 1, so shares differ by at most one prompt), with
+// their K samples each, samples and scores them, and backpropagates its share of the
+// global loss: every position is weighted by the global batch's normalisation (rows and
+// target tokens of all ranks; RL's batch-mean baseline and 1/B too), so the sum of the
+// ranks' gradients is the one-process gradient of the same batch. That sum
 // is one all-reduce over the one gradient allocation (MPI on the CPU; NCCL between GPUs,
 // cuda/device.cuh), before the clip and the AdamW step, which every rank then takes
 // identically: the parameters never need a broadcast.
@@ -40,9 +41,9 @@ struct Ranks {
     int local_rank = 0;      // among the ranks on this machine: which GPU it drives
     bool mpi = false;        // MPI_Init was called
     bool root() const { return rank == 0; }
-    // the first of this rank's share of n rows, and how many
-    int first_row(int n) const { return (int)((long long)n * rank / size); }
-    int row_count(int n) const { return (int)((long long)n * (rank + 1) / size) - first_row(n); }
+    // the first of this rank's share of n items (prompts), and how many
+    int first_of(int n) const { return (int)((long long)n * rank / size); }
+    int share_of(int n) const { return (int)((long long)n * (rank + 1) / size) - first_of(n); }
     // "" for one process, " (rank R of N)" otherwise: appended to what a rank prints
     std::string tag() const { return size == 1 ? "" : strf(" (rank %d of %d)", rank, size); }
 };
@@ -61,7 +62,7 @@ static int launcher_size() {
 
 // Starts MPI when mpirun launched this process (even as its only rank: mpirun -np 1 runs
 // the collectives, NCCL's included, over one rank).
-static void ranks_init(int* argc, char*** argv) {
+[[maybe_unused]] static void ranks_init(int* argc, char*** argv) {
     const int launched = launcher_size();
     if (launched == 0 || (!BUILD_HAS_MPI && launched == 1)) return;
 #ifdef GKD_MPI
@@ -81,7 +82,7 @@ static void ranks_init(int* argc, char*** argv) {
 #endif
 }
 
-static void ranks_finalize() {
+[[maybe_unused]] static void ranks_finalize() {
 #ifdef GKD_MPI
     if (world().mpi) MPI_Finalize();
     world().mpi = false;
@@ -89,7 +90,7 @@ static void ranks_finalize() {
 }
 
 // Ends every rank now (after an error on this one): no rank is left waiting in a collective.
-[[noreturn]] static void abort_all_ranks(int status) {
+[[noreturn, maybe_unused]] static void abort_all_ranks(int status) {
 #ifdef GKD_MPI
     if (world().mpi) MPI_Abort(MPI_COMM_WORLD, status);
 #endif

@@ -243,7 +243,7 @@ static double sum_batch_loss(const TrainBatch& b, const std::vector<double>& per
         if (b.targets[n] >= 0) {
             loss += per_position[n] * position_weight(b, n / b.T, norm);
             total += per_position[n];
-            if (pg) pg->surrogate -= pg->advantage[n / b.T] * logp[n] / b.B;
+            if (pg) pg->surrogate -= pg->advantage[n / b.T] * logp[n] / (b.norm_rows ? b.norm_rows : b.B);
         }
     if (mean_per_token) *mean_per_token = total / b.num_targets;
     return loss;
@@ -287,14 +287,17 @@ double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* stude
 }
 
 // Advantages r - baseline: the mean reward of the row's own prompt when each prompt has
-// K > 1 samples (rows k*K .. k*K+K-1), else the batch mean.
-static std::vector<double> advantages(const std::vector<double>& reward, int samples_per_prompt) {
+// K > 1 samples (rows k*K .. k*K+K-1), else the batch mean: `batch_mean` when given (the
+// whole batch's, when these rows are one rank's share), else these rows' mean.
+static std::vector<double> advantages(const std::vector<double>& reward, int samples_per_prompt,
+                                      double batch_mean = NAN) {
     const size_t n = reward.size(), K = samples_per_prompt > 1 ? samples_per_prompt : n;
     std::vector<double> a(n);
     for (size_t g = 0; g < n; g += K) {
         double mean = 0;
         for (size_t i = g; i < g + K; i++) mean += reward[i];
         mean /= K;
+        if (samples_per_prompt == 1 && !std::isnan(batch_mean)) mean = batch_mean;
         for (size_t i = g; i < g + K; i++) a[i] = reward[i] - mean;
     }
     return a;
@@ -690,9 +693,11 @@ static StepStats gkd_step(Trainer& tr, int step) {
         for (const Example* e : examples) repeated.insert(repeated.end(), o.samples_per_prompt, e);
         examples.swap(repeated);
     }
-    // data parallel: this rank's share of the rows (in one process, all of them)
-    const int batch_rows = (int)examples.size(), first_row = world().first_row(batch_rows);
-    examples.erase(examples.begin() + first_row + world().row_count(batch_rows), examples.end());
+    // data parallel: this rank's share of the rows, in whole prompts, so that a prompt's K
+    // samples and their baseline stay on one rank (in one process: all of them)
+    const int K = o.samples_per_prompt, batch_rows = (int)examples.size();
+    const int first_row = world().first_of(batch_rows / K) * K, share = world().share_of(batch_rows / K) * K;
+    examples.erase(examples.begin() + first_row + share, examples.end());
     examples.erase(examples.begin(), examples.begin() + first_row);
     std::vector<Sequence> rows;
     {
@@ -732,20 +737,21 @@ static StepStats gkd_step(Trainer& tr, int step) {
     if (!o.reward.empty()) {
         const Reward& reward = find_reward(o.reward);
         std::vector<double> r(rows.size());
-        double sum = 0, sq = 0, correct = 0;
+        double sums[3] = {0, 0, 0};  // of r, r^2, and r >= 1: over the whole batch's rows
         for (size_t i = 0; i < rows.size(); i++) {
             std::vector<int> ids = rows[i].completion;
             if (!ids.empty() && ids.back() == eos) ids.pop_back();
             r[i] = reward.score(tr.tok->decode(ids), tr.tok->decode(examples[i]->completion));
-            sum += r[i];
-            sq += r[i] * r[i];
-            correct += r[i] >= 1.0;
+            sums[0] += r[i];
+            sums[1] += r[i] * r[i];
+            sums[2] += r[i] >= 1.0;
         }
-        st.reward_mean = sum / r.size();
-        st.reward_std = std::sqrt(std::max(0.0, sq / r.size() - st.reward_mean * st.reward_mean));
-        st.correct = correct / r.size();
-        pg.advantage = advantages(r, o.samples_per_prompt);
-        pg.scale = (1.0 - o.alpha) / b.B;
+        sum_across_ranks(sums, 3);
+        st.reward_mean = sums[0] / batch_rows;
+        st.reward_std = std::sqrt(std::max(0.0, sums[1] / batch_rows - st.reward_mean * st.reward_mean));
+        st.correct = sums[2] / batch_rows;
+        pg.advantage = advantages(r, o.samples_per_prompt, st.reward_mean);
+        pg.scale = (1.0 - o.alpha) / batch_rows;
         pg.alpha = o.alpha;
         pg.temperature = o.temperature;
     }
@@ -758,6 +764,7 @@ static StepStats gkd_step(Trainer& tr, int step) {
         st.loss = device.student_loss(b, {o.sft, o.beta, o.loss_temperature, o.loss_norm}, rl ? &pg : nullptr);
         sum_across_ranks(&st.loss, 1);  // each rank's share of the whole batch's loss
     }
+    if (rl) sum_across_ranks(&pg.surrogate, 1);
     if (!o.reward.empty()) st.divergence = st.loss;
     if (rl) st.loss = o.alpha * st.divergence + (1.0 - o.alpha) * pg.surrogate;
     if (fault_injected("nan-loss", step)) st.loss = NAN;

@@ -198,15 +198,12 @@ static int cmd_train(int argc, char** argv, bool sft) {
     return out.stopped_by_signal ? 128 + out.stopped_by_signal : 0;
 }
 
-// What several ranks cannot do yet, refused before anything runs.
+// What several ranks cannot do, refused before anything runs.
 static void check_data_parallel(const TrainOptions& o) {
     const int ranks = world().size;
     if (ranks == 1) return;
-    if (!o.reward.empty())
-        GKD_FAIL("gkd distill: --reward with %d ranks: RL's baseline and reward statistics are per batch, not yet "
-                 "summed across ranks; run it in one process", ranks);
-    if (o.batch * o.samples_per_prompt < ranks)
-        GKD_FAIL("gkd %s: --batch %d gives fewer rows than the %d ranks: each rank needs at least one",
+    if (o.batch < ranks)  // rows are shared out in whole prompts (a prompt's K samples stay together)
+        GKD_FAIL("gkd %s: --batch %d gives fewer prompts than the %d ranks: each rank needs at least one",
                  o.sft ? "sft" : "distill", o.batch, ranks);
 }
 

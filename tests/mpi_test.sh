@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # tests/mpi_test.sh — data parallelism over MPI ranks (distributed.h), on the CPU:
-# - 2 ranks against 1 process with the same global batch (5 rows: 3 + 2, an uneven split),
-#   for SFT, supervised KD and on-policy GKD, with both loss normalisations: every step's
-#   loss within 1e-5 relative, and the final models within 1e-5 (relative L2);
+# - 2 ranks against 1 process with the same global batch (5 prompts: 2 + 3, an uneven split),
+#   for SFT, supervised KD, on-policy GKD with both loss normalisations, and RL + GKD with
+#   the batch-mean baseline and with 4 samples per prompt (whole prompts per rank): every
+#   step's loss within 1e-5 relative, and the final models within 1e-5 (relative L2);
 # - for a fixed number of ranks, two runs are bitwise identical;
 # - a rank killed mid-run ends the job within seconds, the last checkpoint is intact, and
 #   --resume reproduces the uninterrupted run (2 ranks: bit for bit; 1 process: to 1e-5);
 # - bad input reaches the user as one line naming the rank, status 1; what several ranks
-#   cannot do is refused; a build without MPI refuses an mpirun launch.
+#   too few prompts for the ranks is refused; a build without MPI refuses an mpirun launch.
 # Without mpirun or an MPI build of ./gkd it says so and checks nothing; GKD_REQUIRE_MPI=1
 # (CI) makes that a failure. Prints "mpi: N passed, N failed" last.
 set -u
@@ -62,11 +63,13 @@ PY
 for case in "sft-sequence|sft --model $W/student.bin --loss-norm sequence" \
             "kd-token|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 0 --beta 0 --loss-norm token" \
             "gkd-sequence|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --beta 0.5 --loss-norm sequence" \
-            "gkd-token|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --beta 1 --loss-norm token"; do
+            "gkd-token|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --beta 1 --loss-norm token" \
+            "rl-batch-baseline|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --alpha 0.5 --reward arithmetic" \
+            "rl-4-per-prompt|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --alpha 0.5 --reward arithmetic --samples-per-prompt 4"; do
   name=${case%%|*}; flags=${case#*|}
   $GKD $flags $COMMON --out "$W/$name-1" 2>"$W/err" || cat "$W/err"
   ranks 2 $flags $COMMON --out "$W/$name-2" 2>"$W/err" || cat "$W/err"
-  check "$name: 2 ranks (3 + 2 rows) match 1 process: $(compare "$W/$name-1" "$W/$name-2" 2>&1 | tail -1)" \
+  check "$name: 2 ranks (2 + 3 prompts) match 1 process: $(compare "$W/$name-1" "$W/$name-2" 2>&1 | tail -1)" \
         "compare '$W/$name-1' '$W/$name-2' >/dev/null 2>&1"
 done
 check "gkd-sequence: only the root wrote (metrics 20 lines, one model.bin)" \
@@ -116,13 +119,9 @@ ranks 2 sft --model "$W/student.bin" --data "$W/bad.jsonl" --out "$W/never" >"$W
 rc=$?
 check "bad data with 2 ranks: status $rc, one line naming the rank: $(grep 'gkd: error' "$W/bad.log" | head -1)" \
       "[ $rc -ne 0 ] && [ \$(grep -c 'gkd: error' '$W/bad.log') = 1 ] && grep -q 'gkd: error (rank 0 of 2): $W/bad.jsonl:2' '$W/bad.log'"
-ranks 2 distill --teacher "$W/teacher.bin" --student "$W/student.bin" --lambda 1 --alpha 0.5 --reward arithmetic \
-  $COMMON --out "$W/rl" >"$W/rl.log" 2>&1
-check "RL with 2 ranks is refused: $(grep -m1 'gkd: error' "$W/rl.log")" \
-      "grep -q 'gkd: error (rank 0 of 2): gkd distill: --reward with 2 ranks' '$W/rl.log'"
 ranks 3 sft --model "$W/student.bin" --data "$W/data/train.jsonl" --batch 2 --steps 2 --out "$W/small" >"$W/small.log" 2>&1
 check "a batch smaller than the ranks is refused: $(grep -m1 'gkd: error' "$W/small.log")" \
-      "grep -q 'gives fewer rows than the 3 ranks' '$W/small.log'"
+      "grep -q 'gives fewer prompts than the 3 ranks' '$W/small.log'"
 if [ -x build/gkd-cpu ] && ! ldd build/gkd-cpu | grep -q libmpi; then
   $MPI -np 2 build/gkd-cpu sft --model "$W/student.bin" $COMMON --out "$W/nompi" >"$W/nompi.log" 2>&1
   check "a build without MPI refuses an mpirun launch: $(grep -m1 'gkd: error' "$W/nompi.log")" \
