@@ -109,11 +109,11 @@ ifneq ($(NCCL_LIB),)
 MPI_NVCC_FLAGS := $(MPI_INCLUDES) -DGKD_NCCL
 MPI_NVCC_LIBS := $(filter -L% -l%,$(MPI_LINK)) -lpthread -L$(dir $(NCCL_LIB)) -lnccl \
                  -Xlinker -rpath -Xlinker $(abspath $(dir $(NCCL_LIB)))
-MPI_NOTE += ; GPU ranks sum through NCCL ($(NCCL_LIB))
+MPI_NOTE := $(MPI_NOTE); GPU ranks sum through NCCL ($(NCCL_LIB))
 else
 MPI_NVCC_FLAGS := $(MPI_INCLUDES)
 MPI_NVCC_LIBS := $(filter -L% -l%,$(MPI_LINK)) -lpthread
-MPI_NOTE += ; no NCCL found: GPU runs stay on one rank
+MPI_NOTE := $(MPI_NOTE); no NCCL found: GPU runs stay on one rank
 endif
 endif
 

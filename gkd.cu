@@ -332,6 +332,14 @@ static int pick_token(const float* logits, int V, double temperature, Rng& rng) 
     return last_positive;  // u landed on rounding slack at the very end
 }
 
+// One generator per row, from (seed, stream, the row's id) alone: a row's draws do not
+// depend on the batch around it.
+static std::vector<Rng> row_generators(uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
+    std::vector<Rng> rngs;
+    for (uint64_t id : row_ids) rngs.emplace_back(derive_seed(seed, stream, id));
+    return rngs;
+}
+
 // Reusable buffers for batched generation from one model.
 struct Generator {
     KVCache<float> cache;
@@ -395,8 +403,7 @@ static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
                                               const std::vector<int>& budgets, double temperature, int eos,
                                               uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
     const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
-    std::vector<Rng> rngs;
-    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
+    std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     g.cache.allocate(m.config, Bn);
     g.logits.resize((size_t)Bn * Vp);
     auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
@@ -1038,7 +1045,7 @@ static void load_inputs(Trainer& tr) {
     }
     std::string tok_source;
     tr.tok = load_tokenizer(opt.tokenizer, tr.student.config.vocab_size, opt.student_path, &tok_source);
-    if (tr.has_teacher) check_teacher_tokenizer(*tr.tok, tok_source, opt.teacher_path);
+    if (tr.has_teacher) check_shared_tokenizer(*tr.tok, tok_source, opt.teacher_path);
     // completions come from the file unless every step samples them
     bool need_completion = opt.sft ? !opt.seq_kd : ((opt.lambda < 1.0 && !opt.seq_kd) || opt.alpha < 1.0);
     tr.data = load_jsonl(opt.data_path, *tr.tok, shared_context(tr), need_completion);

@@ -36,14 +36,13 @@ struct SpeculativeStats {
     long long accepted = 0;       // of those, kept
     double expected_sum = 0;      // sum over judged positions of sum_x min(p(x), q(x))
     long long verifications = 0;  // row-rounds: one target forward per row
-    long long draft_forwards = 0; // row-steps of the draft
     long long emitted = 0;        // tokens in the output
     double acceptance_rate() const { return judged ? (double)accepted / judged : NAN; }
     double expected_acceptance() const { return judged ? expected_sum / judged : NAN; }
     double tokens_per_verification() const { return verifications ? (double)emitted / verifications : NAN; }
     void add(const SpeculativeStats& o) {
         judged += o.judged; accepted += o.accepted; expected_sum += o.expected_sum;
-        verifications += o.verifications; draft_forwards += o.draft_forwards; emitted += o.emitted;
+        verifications += o.verifications; emitted += o.emitted;
     }
 };
 
@@ -198,7 +197,6 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
                 draft_rows[b].insert(draft_rows[b].end(), row, row + Vpd);
                 drafts[b].push_back(pick_token(row, V, temperature, rngs[b]));
                 draft_cached[b] = start[r] + n_new[r];
-                stats.draft_forwards++;
             }
         }
         // 2. the target scores each row's last token and its drafts in one pass
@@ -249,8 +247,7 @@ static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draf
                                                           SpeculativeStats& stats) {
     const int Bn = (int)prompts.size(), Vpd = draft.config.padded_vocab_size, Vpt = target.config.padded_vocab_size;
     GKD_ASSERT(draft.config.vocab_size == target.config.vocab_size, "speculative sampling: vocabularies differ");
-    std::vector<Rng> rngs;
-    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
+    std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     dg.cache.allocate(draft.config, Bn);
     tg.cache.allocate(target.config, Bn);
     auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {

@@ -533,7 +533,7 @@ inline bool tokenizers_agree(const Tokenizer& a, const Tokenizer& b) {
 
 // The teacher's tokenizer files, when it has some beside it, must agree with the
 // tokenizer in use (`tok`, from `tok_source`).
-inline void check_teacher_tokenizer(const Tokenizer& tok, const std::string& tok_source,
+inline void check_shared_tokenizer(const Tokenizer& tok, const std::string& tok_source,
                                     const std::string& teacher_path, const char* role = "teacher") {
     if (tok.vocab_size() == 257) return;  // byte-level: nothing to compare with
     std::string beside = find_tokenizer_in(model_folder(teacher_path));

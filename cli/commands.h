@@ -312,6 +312,13 @@ static const std::vector<FlagSpec> SAMPLE_FLAGS = {
     {"baseline", true, "with --draft: 1 also times plain sampling from --model on the same prompts, 0 skips it (1)"},
     {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
 
+// A speculative round reads K + 1 positions: K must fit the shorter model's context.
+static void check_draft_tokens(const char* cmd, int K, int context) {
+    if (K >= context)
+        GKD_FAIL("gkd %s: --draft-tokens %d is beyond the context: a round reads K + 1 positions, and the shorter "
+                 "model's context is %d tokens (K <= %d)", cmd, K, context, context - 1);
+}
+
 // One batch of rows per call: the prompts, each row's budget and its randomness id.
 struct SampleBatch {
     Prompts prompts;
@@ -348,11 +355,9 @@ static int cmd_sample(int argc, char** argv) {
         const std::string draft_path = f.str("draft");
         gpt_load_any(draft, draft_path);
         check_same_vocabulary(m, model_path, draft, draft_path, "the draft", "the model");
-        check_teacher_tokenizer(*tok, tok_source, draft_path, "draft");
+        check_shared_tokenizer(*tok, tok_source, draft_path, "draft");
         context = std::min(context, draft.config.max_seq_len);
-        if (draft_tokens >= context)
-            GKD_FAIL("gkd sample: --draft-tokens %d is beyond the context: a round reads K + 1 positions, and the "
-                     "shorter model's context is %d tokens (K <= %d)", draft_tokens, context, context - 1);
+        check_draft_tokens("sample", draft_tokens, context);
     }
     Dataset d;
     if (f.has("prompt")) {
@@ -479,13 +484,11 @@ static int cmd_eval(int argc, char** argv) {
         gpt_load_any(t, f.str("teacher"));
         check_same_vocabulary(t, f.str("teacher"), m, model_path, "model");
         context = std::min(context, t.config.max_seq_len);
-        if (eo.draft_tokens >= context)
-            GKD_FAIL("gkd eval: --draft-tokens %d is beyond the context: a round reads K + 1 positions, and the "
-                     "shorter model's context is %d tokens (K <= %d)", eo.draft_tokens, context, context - 1);
+        check_draft_tokens("eval", eo.draft_tokens, context);
     }
     std::string tok_source;
     auto tok = load_tokenizer(f.str("tokenizer"), m.config.vocab_size, model_path, &tok_source);
-    if (f.has("teacher")) check_teacher_tokenizer(*tok, tok_source, f.str("teacher"));
+    if (f.has("teacher")) check_shared_tokenizer(*tok, tok_source, f.str("teacher"));
     Dataset d = load_jsonl(data_path, *tok, context, true);
     const GPT<float>* teacher = f.has("teacher") ? &t : nullptr;
     std::unique_ptr<Device> runner = inference_device(device, m, teacher);

@@ -306,8 +306,7 @@ static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& dr
     for (int b = 0; b < Bn; b++) longest = std::max(longest, (int)prompts[b]->size() + budgets[b]);
     dg.cache.allocate(draft.config, Bn, std::min(longest, draft.config.max_seq_len));
     tg.cache.allocate(target.config, Bn, std::min(longest, target.config.max_seq_len));
-    std::vector<Rng> rngs;
-    for (int b = 0; b < Bn; b++) rngs.emplace_back(derive_seed(seed, stream, row_ids[b]));
+    std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     std::vector<float> draft_host, target_host;
     auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
         float* logits = dg.logits.ensure((size_t)n * Vpd);
