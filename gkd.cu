@@ -79,62 +79,111 @@ static void online_logsumexp(const T* x, int V, double inv_tau, double& maxv, do
     log_z = std::log(z);
 }
 
-static inline double log_add_exp(double a, double b) {
-    double m = std::max(a, b);
-    if (m == -INFINITY) return -INFINITY;
-    return m + std::log1p(std::exp(std::min(a, b) - m));  // one exp: the larger term is exp(0)
+// exp and log1p in double precision, written so that the loops calling them vectorize:
+// libm's are scalar calls, and they were most of the loss's time. Both are accurate to a
+// few ulp (tests/test_gkd.cpp checks them against libm), so the loss stays an fp64
+// computation: the float logits are the only rounding it inherits.
+// exp: x = k ln2 + r with |r| <= ln2/2 (ln2 in two parts), exp(r) by its degree-13 Taylor
+// polynomial, times 2^k built from its exponent bits; 0 below the smallest normal. The
+// loss only needs x <= 0 (shifted logits); the domain is x <= 709.
+__attribute__((always_inline)) static inline double exp_vectorizable(double x) {
+    const double xc = std::min(std::max(x, -708.39), 709.0);
+    const int32_t ki = (int32_t)(xc * 1.4426950408889634 + 1024.5) - 1024;  // round(x / ln2)
+    const double k = (double)ki;
+    const double r = xc - k * 0.6931471803691238 - k * 1.9082149292705877e-10;
+    const double p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720 +
+                     r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800 +
+                     r * (1.0 / 479001600 + r * (1.0 / 6227020800.0)))))))))))));
+    const int64_t bits = (int64_t)(ki + 1023) << 52;
+    double scale;
+    memcpy(&scale, &bits, 8);
+    return x < -708.39 ? 0.0 : p * scale;
+}
+// log(1 + y) for y in [0, 1] (all log(e^a + e^b) needs, as max + log1p(e^(min - max))): 1 + y = 2^e m with m in [1/sqrt2, sqrt2],
+// log m = 2 atanh(s), s = (m - 1)/(m + 1), |s| <= 0.172, by its series to s^23.
+__attribute__((always_inline)) static inline double log1p_unit(double y) {
+    const double u = 1.0 + y;
+    const bool halve = u > 1.4142135623730951;
+    const double m = halve ? 0.5 * u : u, s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    const double p = 1.0 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 * (1.0 / 11 + s2 * (1.0 / 13 +
+                     s2 * (1.0 / 15 + s2 * (1.0 / 17 + s2 * (1.0 / 19 + s2 * (1.0 / 21 + s2 * (1.0 / 23)))))))))));
+    // the rounding of 1 + y moves log(1 + y) by at most 1.1e-16: absolute, harmless here
+    return 2.0 * s * p + (halve ? 0.6931471805599453 : 0.0);
 }
 
 // D(P, Q) for P = softmax(teacher/tau), Q = softmax(student/tau) over the V real columns:
 // beta = 0 forward KL(P||Q), beta = 1 reverse KL(Q||P), else beta KL(P||M) + (1-beta) KL(Q||M)
 // with M = beta P + (1-beta) Q. Writes grad_scale * dD/dstudent into dstudent[0..Vp)
 // (padded columns get 0) when dstudent is not null. Returns D.
+// In double throughout, in straight passes over the row that the compiler vectorizes: the
+// maxima, the shifted logits and their exps, then the divergence, then the gradient.
 template <typename T>
 double divergence_row(const T* teacher, const T* student, T* dstudent, int V, int Vp, double beta, double tau,
                       double grad_scale) {
     const double inv_tau = 1.0 / tau;
-    double mt, lzt, ms, lzs;
-    online_logsumexp(teacher, V, inv_tau, mt, lzt);
-    online_logsumexp(student, V, inv_tau, ms, lzs);
-    const double log_beta = std::log(beta), log_1mbeta = std::log1p(-beta);
-    // log p, log q, and g = dD/dq (up to a constant that the softmax Jacobian removes)
-    auto logs = [&](int i, double& lp, double& lq) {
-        lp = (double)teacher[i] * inv_tau - mt - lzt;
-        lq = (double)student[i] * inv_tau - ms - lzs;
-    };
-    // the first pass keeps q_i and g_i / (1 - beta)-style factors so the gradient pass
-    // needs no more exp or log
-    static thread_local std::vector<double> q_of, g_of;  // (V) one pair per thread, reused
-    q_of.resize(V);
-    g_of.resize(V);
-    double D = 0, qg = 0;  // qg = sum_i q_i g_i
+    // per-thread rows of (V) values, reused: the shifted logits, then log p and log q; p and q
+    static thread_local std::vector<double> buffers;
+    buffers.resize(4 * (size_t)V);
+    double *lp = buffers.data(), *lq = lp + V, *p = lq + V, *q = p + V;
+    double mt = -INFINITY, ms = -INFINITY;
+    #pragma omp simd reduction(max : mt, ms)
     for (int i = 0; i < V; i++) {
-        double lp, lq;
-        logs(i, lp, lq);
-        double p = std::exp(lp), q = std::exp(lq);
-        q_of[i] = q;
-        if (beta == 0.0) {
-            D += p * (lp - lq);
-            g_of[i] = p;
-        } else if (beta == 1.0) {
-            double g = lq - lp;
-            D += q * g;
-            qg += q * g;
-            g_of[i] = g;
-        } else {
-            double lm = log_add_exp(log_beta + lp, log_1mbeta + lq);
-            D += beta * p * (lp - lm) + (1.0 - beta) * q * (lq - lm);
-            double g = (1.0 - beta) * (lq - lm);
-            qg += q * g;
-            g_of[i] = g;
+        mt = std::max(mt, (double)teacher[i]);
+        ms = std::max(ms, (double)student[i]);
+    }
+    double zt = 0, zs = 0;
+    #pragma omp simd reduction(+ : zt, zs)
+    for (int i = 0; i < V; i++) {
+        lp[i] = ((double)teacher[i] - mt) * inv_tau;
+        lq[i] = ((double)student[i] - ms) * inv_tau;
+        p[i] = exp_vectorizable(lp[i]);
+        q[i] = exp_vectorizable(lq[i]);
+        zt += p[i];
+        zs += q[i];
+    }
+    const double lzt = std::log(zt), lzs = std::log(zs), izt = 1.0 / zt, izs = 1.0 / zs;
+    const double log_beta = std::log(beta), log_1mbeta = std::log1p(-beta);
+    // D, and g = dD/dq up to a constant that the softmax Jacobian removes (kept in lp); one
+    // loop per kind of divergence, so that each vectorizes
+    double D = 0, qg = 0;  // qg = sum_i q_i g_i
+    if (beta == 0.0) {
+        #pragma omp simd reduction(+ : D)
+        for (int i = 0; i < V; i++) {
+            const double lpi = lp[i] - lzt, lqi = lq[i] - lzs, pi = p[i] * izt;
+            D += pi * (lpi - lqi);
+            q[i] *= izs;
+            lp[i] = pi;
+        }
+    } else if (beta == 1.0) {
+        #pragma omp simd reduction(+ : D)
+        for (int i = 0; i < V; i++) {
+            const double g = (lq[i] - lzs) - (lp[i] - lzt), qi = q[i] * izs;
+            D += qi * g;
+            q[i] = qi;
+            lp[i] = g;
+        }
+        qg = D;
+    } else {
+        #pragma omp simd reduction(+ : D, qg)
+        for (int i = 0; i < V; i++) {
+            const double lpi = lp[i] - lzt, lqi = lq[i] - lzs, pi = p[i] * izt, qi = q[i] * izs;
+            const double a = log_beta + lpi, b = log_1mbeta + lqi, hi = std::max(a, b), lo = std::min(a, b);
+            const double lm = hi + log1p_unit(exp_vectorizable(lo - hi));  // log(beta p + (1-beta) q)
+            const double g = (1.0 - beta) * (lqi - lm);
+            D += beta * pi * (lpi - lm) + (1.0 - beta) * qi * (lqi - lm);
+            qg += qi * g;
+            q[i] = qi;
+            lp[i] = g;
         }
     }
     if (!dstudent) return D;
     const double scale = grad_scale * inv_tau;
-    for (int i = 0; i < V; i++) {
-        double q = q_of[i];
-        double grad = beta == 0.0 ? q - g_of[i] : q * (g_of[i] - qg);
-        dstudent[i] = (T)(grad * scale);
+    if (beta == 0.0) {
+        #pragma omp simd
+        for (int i = 0; i < V; i++) dstudent[i] = (T)((q[i] - lp[i]) * scale);
+    } else {
+        #pragma omp simd
+        for (int i = 0; i < V; i++) dstudent[i] = (T)(q[i] * (lp[i] - qg) * scale);
     }
     for (int i = V; i < Vp; i++) dstudent[i] = T(0);
     return D;
@@ -319,14 +368,17 @@ static int pick_token(const float* logits, int V, double temperature, Rng& rng) 
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
     if (temperature == 0.0) return best;
-    double mx = logits[best], total = 0;
-    for (int i = 0; i < V; i++) total += std::exp(((double)logits[i] - mx) / temperature);
+    // the unnormalised weights once (one exp each), then the inverse CDF at u * total
+    static thread_local std::vector<double> w;  // (V) one per thread, reused
+    w.resize(V);
+    const double mx = logits[best];
+    double total = 0;
+    for (int i = 0; i < V; i++) total += w[i] = std::exp(((double)logits[i] - mx) / temperature);
     double u = rng.uniform() * total, cum = 0;
     int last_positive = best;
     for (int i = 0; i < V; i++) {
-        double w = std::exp(((double)logits[i] - mx) / temperature);
-        if (w > 0) last_positive = i;
-        cum += w;
+        if (w[i] > 0) last_positive = i;
+        cum += w[i];
         if (cum > u) return i;
     }
     return last_positive;  // u landed on rounding slack at the very end
@@ -411,6 +463,7 @@ static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
     };
     auto pick = [&](const std::vector<int>& active, const std::vector<int>&) {
         std::vector<int> picked(active.size());
+        #pragma omp parallel for schedule(static)  // each row draws from its own generator
         for (size_t i = 0; i < active.size(); i++)
             picked[i] = pick_token(g.logits.data() + i * Vp, V, temperature, rngs[active[i]]);
         return picked;

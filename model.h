@@ -16,11 +16,16 @@
 //   student); gpt_infer keeps only a KV cache and reusable scratch (sampling, and the
 //   teacher, which never needs a backward). Tests check they agree.
 // - Matmuls use a tuned BLAS (OpenBLAS) when the build finds one, else OpenMP loops.
+// - Rows are shared out among threads (row_split_threads): with enough rows, each thread
+//   runs its own rows through the whole model with single-threaded BLAS calls and no
+//   barrier per layer (gpt_forward, gpt_infer, the first sweep of gpt_backward); the
+//   parameters' gradients, sums over all rows, are then shared out by output channel.
 // - Every reduction is done in a fixed order, so results are identical run after run
 //   for a fixed thread count.
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -160,7 +165,7 @@ struct GPT {
     int max_B = 0, max_T = 0;
     std::vector<T> acts_memory, grads_acts_memory;
     ActivationTensors<T> acts{}, grads_acts{};
-    std::vector<T> attention_scratch;  // (threads, maxT) rows for attention backward
+    std::vector<T> attention_scratch;  // (threads, attention_scratch_per_thread) for attention backward
     std::vector<int> inputs;           // (B, T) tokens of the last gpt_forward
     int batch_B = 0, batch_T = 0;      // shape of the last gpt_forward
 };
@@ -205,47 +210,67 @@ void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, 
         }
 }
 
+// Part `part` of `parts` (gpt_parameter_gradients splits the work this way): the wte rows
+// of tokens in the part's share of [0, V) and the wpe rows of its share of positions.
 template <typename T>
-void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, int Tn, int C) {
-    // serial over (b,t): two positions may share a token, and a fixed order keeps it exact
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, int Tn, int C, int V = INT_MAX,
+                      int part = 0, int parts = 1) {
+    // serial over (b,t) within a part: two positions may share a token, and a fixed order keeps it exact
+    const int v0 = (int)((long)V * part / parts), v1 = part + 1 == parts ? INT_MAX : (int)((long)V * (part + 1) / parts);
+    const int t0 = Tn * part / parts, t1 = Tn * (part + 1) / parts;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < Tn; t++) {
             const T* d = dout + ((size_t)b * Tn + t) * C;
-            T* de = dwte + (size_t)inp[b * Tn + t] * C;
-            T* dp = dwpe + (size_t)t * C;
-            for (int i = 0; i < C; i++) { de[i] += d[i]; dp[i] += d[i]; }
+            const int token = inp[b * Tn + t];
+            if (token >= v0 && token < v1) {
+                T* de = dwte + (size_t)token * C;
+                for (int i = 0; i < C; i++) de[i] += d[i];
+            }
+            if (t >= t0 && t < t1) {
+                T* dp = dwpe + (size_t)t * C;
+                for (int i = 0; i < C; i++) dp[i] += d[i];
+            }
         }
 }
 
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, int N, int C) {
     // out (N,C), mean/rstd (N): normalise each row, biased variance, eps 1e-5
+    // (the sums are `omp simd` reductions: without -ffast-math the compiler may not
+    // reorder a float sum by itself; the scalar loops were 2.7% of a step in perf)
     const T eps = T(1e-5);
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const T* x = inp + (size_t)n * C;
         T m = 0;
+        #pragma omp simd reduction(+ : m)
         for (int i = 0; i < C; i++) m += x[i];
         m /= C;
         T v = 0;
+        #pragma omp simd reduction(+ : v)
         for (int i = 0; i < C; i++) { T d = x[i] - m; v += d * d; }
         v /= C;
         T s = T(1) / std::sqrt(v + eps);
         T* o = out + (size_t)n * C;
+        #pragma omp simd
         for (int i = 0; i < C; i++) o[i] = (x[i] - m) * s * weight[i] + bias[i];
         if (mean) { mean[n] = m; rstd[n] = s; }
     }
 }
 
+// The backward in two halves: the input's gradient (row by row) and the parameters'
+// (a sum over rows per channel: channels [i0, i1) of it), so that a training backward can
+// share out rows for the first and channels for the second (gpt_backward).
 template <typename T>
-void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                        const T* mean, const T* rstd, int N, int C) {
+void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* weight, const T* mean, const T* rstd,
+                              int N, int C) {
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const T* d = dout + (size_t)n * C;
         const T* x = inp + (size_t)n * C;
         T m = mean[n], s = rstd[n];
         T dnorm_mean = 0, dnorm_norm_mean = 0;
+        #pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
         for (int i = 0; i < C; i++) {
             T norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
             dnorm_mean += dnorm;
@@ -254,23 +279,42 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
         dnorm_mean /= C;
         dnorm_norm_mean /= C;
         T* dx = dinp + (size_t)n * C;
+        #pragma omp simd
         for (int i = 0; i < C; i++) {
             T norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
             dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
-    // dweight/dbias reduce over rows: each channel belongs to one thread, rows in order
-    #pragma omp parallel for
-    for (int i = 0; i < C; i++) {
-        T dw = 0, db = 0;
+}
+
+template <typename T>
+void layernorm_backward_params(T* dweight, T* dbias, const T* dout, const T* inp, const T* mean, const T* rstd, int N,
+                               int C, int i0, int i1) {
+    // blocks of 64 channels, each one thread's; rows in order within it (each channel's
+    // sum in a fixed order), the channels of a row side by side so that the loop vectorizes
+    #pragma omp parallel for schedule(static)
+    for (int j0 = i0; j0 < i1; j0 += 64) {
+        const int j1 = std::min(i1, j0 + 64);
+        T dw[64] = {}, db[64] = {};
         for (int n = 0; n < N; n++) {
-            T dd = dout[(size_t)n * C + i];
-            dw += dd * (inp[(size_t)n * C + i] - mean[n]) * rstd[n];
-            db += dd;
+            const T* d = dout + (size_t)n * C;
+            const T* x = inp + (size_t)n * C;
+            const T m = mean[n], s = rstd[n];
+            #pragma omp simd
+            for (int i = j0; i < j1; i++) {
+                dw[i - j0] += d[i] * (x[i] - m) * s;
+                db[i - j0] += d[i];
+            }
         }
-        dweight[i] += dw;
-        dbias[i] += db;
+        for (int i = j0; i < j1; i++) { dweight[i] += dw[i - j0]; dbias[i] += db[i - j0]; }
     }
+}
+
+template <typename T>
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                        const T* mean, const T* rstd, int N, int C) {
+    layernorm_backward_input(dinp, dout, inp, weight, mean, rstd, N, C);
+    layernorm_backward_params(dweight, dbias, dout, inp, mean, rstd, N, C, 0, C);
 }
 
 // exp and tanh in float precision, written so that the loops calling them vectorize (libm's
@@ -326,18 +370,26 @@ void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N,
     gemm(false, true, N, OC, C, inp, C, weight, C, bias ? T(1) : T(0), out, ld_out);
 }
 
+// The backward in two halves, as layernorm's: the input's gradient, and the weight's and
+// bias's for output channels [o0, o1) (a sum over all N rows).
 template <typename T>
-void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                     int N, int C, int OC, int ld_dout) {
+void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout) {
     gemm(false, false, N, C, OC, dout, ld_dout, weight, C, T(1), dinp, C);    // dinp (N,C) += dout (N,OC) @ weight (OC,C)
-    gemm(true, false, OC, C, N, dout, ld_dout, inp, C, T(1), dweight, C);     // dweight (OC,C) += dout^T @ inp (N,C)
-    if (dbias) {                                                               // dbias (OC) += column sums of dout
+}
+
+template <typename T>
+void matmul_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, int N, int C, int ld_dout, int o0,
+                            int o1) {
+    if (o1 <= o0) return;
+    // dweight[o0:o1] (o1-o0, C) += dout[:, o0:o1]^T @ inp (N, C)
+    gemm(true, false, o1 - o0, C, N, dout + o0, ld_dout, inp, C, T(1), dweight + (size_t)o0 * C, C);
+    if (dbias) {                                                               // dbias[o0:o1] += column sums of dout
         #pragma omp parallel for schedule(static)
-        for (int o0 = 0; o0 < OC; o0 += 64) {
-            int o1 = std::min(OC, o0 + 64);
+        for (int b0 = o0; b0 < o1; b0 += 64) {
+            int b1 = std::min(o1, b0 + 64);
             for (int n = 0; n < N; n++) {
                 const T* d = dout + (size_t)n * ld_dout;
-                for (int o = o0; o < o1; o++) dbias[o] += d[o];
+                for (int o = b0; o < b1; o++) dbias[o] += d[o];
             }
         }
     }
@@ -380,8 +432,7 @@ void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N,
 }
 
 template <typename T>
-void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                     int N, int C, int OC, int ld_dout) {
+void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout) {
     // dinp (N,C) += dout (N,OC) @ weight (OC,C)
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
@@ -395,9 +446,14 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
             for (int i = 0; i < C; i++) dx[i] += g * w[i];
         }
     }
-    // dweight (OC,C) += dout^T @ inp; dbias (OC) += column sums of dout
+}
+
+template <typename T>
+void matmul_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, int N, int C, int ld_dout, int o0,
+                            int o1) {
+    // dweight[o0:o1] += dout[:, o0:o1]^T @ inp; dbias[o0:o1] += column sums of dout
     #pragma omp parallel for
-    for (int o = 0; o < OC; o++) {
+    for (int o = o0; o < o1; o++) {
         T* dw = dweight + (size_t)o * C;
         T db = 0;
         for (int n = 0; n < N; n++) {
@@ -414,7 +470,20 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 
 #endif  // GKD_BLAS
 
+template <typename T>
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                     int N, int C, int OC, int ld_dout) {
+    matmul_backward_input(dinp, dout, weight, N, C, OC, ld_dout);
+    matmul_backward_weight(dweight, dbias, dout, inp, N, C, ld_dout, 0, OC);
+}
+
 #ifdef GKD_BLAS
+// Queries per block in the GEMM attention of many new tokens (gpt_infer): block [q0, q1)
+// multiplies keys [0, q1) only. On the reference machine (dev/bench_ab.sh-style
+// alternating runs) the teacher forward at T = 96 took 157-174 ms with 32, 160-176 with
+// 48 and 170-192 with whole squares: 32 kept.
+constexpr int ATTENTION_QUERY_BLOCK = 32;
+
 // With a BLAS, attention runs per (row, head) as GEMMs over the whole (T, T) score matrix
 // (the masked upper triangle is computed and zeroed: BLAS speed more than pays for it),
 // one (row, head) per thread; the loops below are the reference and the fallback.
@@ -625,14 +694,59 @@ void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
     m.acts_memory.assign(total, T(0));
     m.grads_acts_memory.assign(total - sizes[NUM_ACTIVATION_TENSORS - 1], T(0));  // all but the logits
     gpt_shape_activations(m, m.max_B, m.max_T);
-#ifdef GKD_BLAS
-    m.attention_scratch.assign((size_t)omp_get_max_threads() * m.max_T * m.max_T, T(0));  // a (T, T) per thread
-#else
-    m.attention_scratch.assign((size_t)omp_get_max_threads() * m.max_T, T(0));
-#endif
     m.inputs.assign((size_t)m.max_B * m.max_T, 0);
 }
 
+
+// How many threads share out a pass over B independent rows (the training forward and
+// backward, gpt_infer): each thread then runs its contiguous rows through the whole model
+// alone, its BLAS calls single-threaded, with no barrier per layer. On a 2-core machine a
+// (3072 x 128) x (128 x 384) sgemm ran at 93 GFLOP/s as one threaded call and 146 as two
+// halves side by side. Few rows (a single prompt, a tiny test batch): 1, and the threads
+// work together on each layer instead. Rows never interact, so the split does not change
+// a row's values.
+inline int row_split_threads(int B) {
+    const int n = omp_get_max_threads();
+    return n > 1 && B >= 2 * n && !omp_in_parallel() ? n : 1;
+}
+inline int share_begin(int total, int part, int parts) { return (int)((long)total * part / parts); }
+
+// gpt_forward on rows [b0, b1) of the batch (the activations' rows of those batch rows).
+template <typename T>
+void gpt_forward_rows(GPT<T>& m, int b0, int b1) {
+    const GPTConfig& c = m.config;
+    const int B = m.batch_B, Tn = m.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size;
+    const int nb = b1 - b0, n = nb * Tn;  // this share: nb rows, n positions
+    const size_t r0 = (size_t)b0 * Tn;    // its first position
+    ParameterTensors<T>& p = m.params;
+    ActivationTensors<T>& a = m.acts;
+    encoder_forward(a.encoded + r0 * C, m.inputs.data() + r0, p.wte, p.wpe, nb, Tn, C);
+    for (int l = 0; l < L; l++) {
+        // offsets of the share in layer l's (B, T, X) slabs
+        const size_t oC = ((size_t)l * N + r0) * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N + r0;
+        const size_t oAtt = ((size_t)l * B + b0) * NH * Tn * Tn;
+        const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + oC - (size_t)N * C;
+        layernorm_forward(a.ln1 + oC, a.ln1_mean + oN, a.ln1_rstd + oN, residual, p.ln1w + l * C, p.ln1b + l * C, n, C);
+        matmul_forward(a.qkv + o3, a.ln1 + oC, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, n, C, 3 * C, 3 * C);
+        attention_forward(a.atty + oC, a.att + oAtt, a.qkv + o3, nb, Tn, C, NH);
+        matmul_forward(a.attproj + oC, a.atty + oC, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, n, C, C, C);
+        residual_forward(a.residual2 + oC, residual, a.attproj + oC, (size_t)n * C);
+        layernorm_forward(a.ln2 + oC, a.ln2_mean + oN, a.ln2_rstd + oN, a.residual2 + oC, p.ln2w + l * C,
+                          p.ln2b + l * C, n, C);
+        matmul_forward(a.fch + o4, a.ln2 + oC, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, n, C, 4 * C, 4 * C);
+        gelu_forward(a.fch_gelu + o4, a.fch + o4, (size_t)n * 4 * C);
+        matmul_forward(a.fcproj + oC, a.fch_gelu + o4, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, n, 4 * C,
+                       C, C);
+        residual_forward(a.residual3 + oC, a.residual2 + oC, a.fcproj + oC, (size_t)n * C);
+    }
+    const T* last = a.residual3 + ((size_t)(L - 1) * N + r0) * C;
+    layernorm_forward(a.lnf + r0 * C, a.lnf_mean + r0, a.lnf_rstd + r0, last, p.lnfw, p.lnfb, n, C);
+    T* logits = a.logits + r0 * Vp;
+    matmul_forward(logits, a.lnf + r0 * C, p.wte, (const T*)nullptr, n, C, V, Vp);
+    if (Vp > V)
+        for (int i = 0; i < n; i++) std::fill(logits + (size_t)i * Vp + V, logits + (size_t)(i + 1) * Vp, T(0));
+}
 
 // tokens (B, T) -> acts.logits (B, T, Vp), keeping what gpt_backward needs.
 template <typename T>
@@ -646,42 +760,13 @@ void gpt_forward(GPT<T>& m, const int* tokens, int B, int Tn) {
         GKD_ASSERT(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id out of range");
         m.inputs[i] = tokens[i];
     }
-    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
-    ParameterTensors<T>& p = m.params;
-    ActivationTensors<T>& a = m.acts;
-    encoder_forward(a.encoded, m.inputs.data(), p.wte, p.wpe, B, Tn, C);
-    for (int l = 0; l < L; l++) {
-        const T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
-        T* ln1 = a.ln1 + (size_t)l * N * C;
-        T* qkv = a.qkv + (size_t)l * N * 3 * C;
-        T* atty = a.atty + (size_t)l * N * C;
-        T* att = a.att + (size_t)l * B * NH * Tn * Tn;
-        T* attproj = a.attproj + (size_t)l * N * C;
-        T* residual2 = a.residual2 + (size_t)l * N * C;
-        T* ln2 = a.ln2 + (size_t)l * N * C;
-        T* fch = a.fch + (size_t)l * N * 4 * C;
-        T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
-        T* fcproj = a.fcproj + (size_t)l * N * C;
-        T* residual3 = a.residual3 + (size_t)l * N * C;
-        layernorm_forward(ln1, a.ln1_mean + (size_t)l * N, a.ln1_rstd + (size_t)l * N, residual,
-                          p.ln1w + l * C, p.ln1b + l * C, N, C);
-        matmul_forward(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
-        attention_forward(atty, att, qkv, B, Tn, C, NH);
-        matmul_forward(attproj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
-        residual_forward(residual2, residual, attproj, (size_t)N * C);
-        layernorm_forward(ln2, a.ln2_mean + (size_t)l * N, a.ln2_rstd + (size_t)l * N, residual2,
-                          p.ln2w + l * C, p.ln2b + l * C, N, C);
-        matmul_forward(fch, ln2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
-        gelu_forward(fch_gelu, fch, (size_t)N * 4 * C);
-        matmul_forward(fcproj, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
-        residual_forward(residual3, residual2, fcproj, (size_t)N * C);
+    const int parts = row_split_threads(B);
+    if (parts == 1) return gpt_forward_rows(m, 0, B);
+    #pragma omp parallel num_threads(parts)
+    {
+        const int t = omp_get_thread_num();
+        gpt_forward_rows(m, share_begin(B, t, parts), share_begin(B, t + 1, parts));
     }
-    const T* last = a.residual3 + (size_t)(L - 1) * N * C;
-    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, N, C);
-    const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, V, Vp);
-    if (Vp > V)
-        for (int n = 0; n < N; n++) std::fill(a.logits + (size_t)n * Vp + V, a.logits + (size_t)(n + 1) * Vp, T(0));
 }
 
 template <typename T>
@@ -689,49 +774,121 @@ void gpt_zero_grad(GPT<T>& m) {
     std::fill(m.grads_memory.begin(), m.grads_memory.end(), T(0));
 }
 
-// Accumulates parameter gradients from grads_acts.logits (B, T, Vp), which the loss wrote
-// over the logits.
+// The first half of gpt_backward, on rows [b0, b1): the activations' gradients, from the
+// logits' (which the loss wrote over the logits) down to the embeddings'. `scratch` is
+// attention_backward's, for the threads this call runs on.
 template <typename T>
-void gpt_backward(GPT<T>& m) {
+void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
     const GPTConfig& c = m.config;
     const int B = m.batch_B, Tn = m.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    ParameterTensors<T>& p = m.params;
-    ParameterTensors<T>& g = m.grads;
-    ActivationTensors<T>& a = m.acts;
+    const int nb = b1 - b0, n = nb * Tn;
+    const size_t r0 = (size_t)b0 * Tn;
+    const ParameterTensors<T>& p = m.params;
+    const ActivationTensors<T>& a = m.acts;
     ActivationTensors<T>& d = m.grads_acts;
-    // the backward accumulates, so zero every activation gradient (the logits' is the loss's)
-    std::fill(m.grads_acts_memory.data(), d.lnf_rstd + (size_t)N, T(0));
-
-    matmul_backward(d.lnf, g.wte, (T*)nullptr, d.logits, a.lnf, p.wte, N, C, V, Vp);
-    T* last = a.residual3 + (size_t)(L - 1) * N * C;
-    T* dlast = d.residual3 + (size_t)(L - 1) * N * C;
-    layernorm_backward(dlast, g.lnfw, g.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, N, C);
-    for (int l = L - 1; l >= 0; l--) {
-        const T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
-        T* dresidual = l == 0 ? d.encoded : d.residual3 + (size_t)(l - 1) * N * C;
-        size_t oC = (size_t)l * N * C, o3 = oC * 3, o4 = oC * 4, oN = (size_t)l * N;
-        size_t oAtt = (size_t)l * B * NH * Tn * Tn;
-        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-        residual_backward(d.residual2 + oC, d.fcproj + oC, d.residual3 + oC, (size_t)N * C);
-        matmul_backward(d.fch_gelu + o4, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, d.fcproj + oC,
-                        a.fch_gelu + o4, p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, C);
-        gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)N * 4 * C);
-        matmul_backward(d.ln2 + oC, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.fch + o4, a.ln2 + oC,
-                        p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, 4 * C);
-        layernorm_backward(d.residual2 + oC, g.ln2w + l * C, g.ln2b + l * C, d.ln2 + oC, a.residual2 + oC,
-                           p.ln2w + l * C, a.ln2_mean + oN, a.ln2_rstd + oN, N, C);
-        // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-        residual_backward(dresidual, d.attproj + oC, d.residual2 + oC, (size_t)N * C);
-        matmul_backward(d.atty + oC, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.attproj + oC,
-                        a.atty + oC, p.attprojw + (size_t)l * C * C, N, C, C, C);
-        attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, m.attention_scratch.data(), B, Tn, C, NH);
-        matmul_backward(d.ln1 + oC, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.qkv + o3, a.ln1 + oC,
-                        p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, 3 * C);
-        layernorm_backward(dresidual, g.ln1w + l * C, g.ln1b + l * C, d.ln1 + oC, residual, p.ln1w + l * C,
-                           a.ln1_mean + oN, a.ln1_rstd + oN, N, C);
+    // the backward accumulates: zero this share's rows of every activation gradient (the
+    // attention weights have none: attention_backward works in scratch)
+    T** grads = d.array();
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    fill_activation_sizes(sizes, c, B, Tn);
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) {
+        if (grads[i] == d.att) continue;
+        const bool per_layer = i >= 1 && i <= 15;  // ln1 .. residual3 are (L, B, T, X)
+        const size_t slabs = per_layer ? L : 1, slab = sizes[i] / slabs, width = slab / N;
+        for (size_t l = 0; l < slabs; l++) std::fill(grads[i] + l * slab + r0 * width, grads[i] + l * slab + (r0 + n) * width, T(0));
     }
-    encoder_backward(g.wte, g.wpe, d.encoded, m.inputs.data(), B, Tn, C);
+    matmul_backward_input(d.lnf + r0 * C, d.logits + r0 * Vp, p.wte, n, C, V, Vp);
+    const size_t oLast = ((size_t)(L - 1) * N + r0) * C;
+    layernorm_backward_input(d.residual3 + oLast, d.lnf + r0 * C, a.residual3 + oLast, p.lnfw, a.lnf_mean + r0,
+                             a.lnf_rstd + r0, n, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const size_t oC = ((size_t)l * N + r0) * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N + r0;
+        const size_t oAtt = ((size_t)l * B + b0) * NH * Tn * Tn;
+        const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + oC - (size_t)N * C;
+        T* dresidual = l == 0 ? d.encoded + r0 * C : d.residual3 + oC - (size_t)N * C;
+        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+        residual_backward(d.residual2 + oC, d.fcproj + oC, d.residual3 + oC, (size_t)n * C);
+        matmul_backward_input(d.fch_gelu + o4, d.fcproj + oC, p.fcprojw + (size_t)l * C * 4 * C, n, 4 * C, C, C);
+        gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)n * 4 * C);
+        matmul_backward_input(d.ln2 + oC, d.fch + o4, p.fcw + (size_t)l * 4 * C * C, n, C, 4 * C, 4 * C);
+        layernorm_backward_input(d.residual2 + oC, d.ln2 + oC, a.residual2 + oC, p.ln2w + l * C, a.ln2_mean + oN,
+                                 a.ln2_rstd + oN, n, C);
+        // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+        residual_backward(dresidual, d.attproj + oC, d.residual2 + oC, (size_t)n * C);
+        matmul_backward_input(d.atty + oC, d.attproj + oC, p.attprojw + (size_t)l * C * C, n, C, C, C);
+        attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, scratch, nb, Tn, C, NH);
+        matmul_backward_input(d.ln1 + oC, d.qkv + o3, p.qkvw + (size_t)l * 3 * C * C, n, C, 3 * C, 3 * C);
+        layernorm_backward_input(dresidual, d.ln1 + oC, residual, p.ln1w + l * C, a.ln1_mean + oN, a.ln1_rstd + oN, n, C);
+    }
+}
+
+// The second half of gpt_backward: every parameter's gradient, a sum over all B*T rows of
+// the activations and their gradients. Part `part` of `parts` takes its share of each
+// tensor's output channels (each element is summed by one thread, rows in order).
+template <typename T>
+void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
+    const GPTConfig& c = m.config;
+    const int B = m.batch_B, Tn = m.batch_T, C = c.channels, L = c.num_layers, N = B * Tn;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size;
+    ParameterTensors<T>& g = m.grads;
+    const ActivationTensors<T>& a = m.acts;
+    const ActivationTensors<T>& d = m.grads_acts;
+    auto share = [&](int total, int& lo, int& hi) { lo = share_begin(total, part, parts); hi = share_begin(total, part + 1, parts); };
+    int v0, v1, c0, c1, c30, c31, c40, c41;
+    share(V, v0, v1);
+    share(C, c0, c1);
+    share(3 * C, c30, c31);
+    share(4 * C, c40, c41);
+    // the LM head and the embedding share wte: the same part takes the same vocabulary rows
+    matmul_backward_weight(g.wte, (T*)nullptr, d.logits, a.lnf, N, C, Vp, v0, v1);
+    layernorm_backward_params(g.lnfw, g.lnfb, d.lnf, a.residual3 + (size_t)(L - 1) * N * C, a.lnf_mean, a.lnf_rstd, N,
+                              C, c0, c1);
+    for (int l = L - 1; l >= 0; l--) {
+        const size_t oC = (size_t)l * N * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N;
+        const T* residual = l == 0 ? a.encoded : a.residual3 + oC - (size_t)N * C;
+        matmul_backward_weight(g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, d.fcproj + oC, a.fch_gelu + o4, N,
+                               4 * C, C, c0, c1);
+        matmul_backward_weight(g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.fch + o4, a.ln2 + oC, N, C, 4 * C,
+                               c40, c41);
+        layernorm_backward_params(g.ln2w + l * C, g.ln2b + l * C, d.ln2 + oC, a.residual2 + oC, a.ln2_mean + oN,
+                                  a.ln2_rstd + oN, N, C, c0, c1);
+        matmul_backward_weight(g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.attproj + oC, a.atty + oC, N, C, C,
+                               c0, c1);
+        matmul_backward_weight(g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.qkv + o3, a.ln1 + oC, N, C, 3 * C,
+                               c30, c31);
+        layernorm_backward_params(g.ln1w + l * C, g.ln1b + l * C, d.ln1 + oC, residual, a.ln1_mean + oN, a.ln1_rstd + oN,
+                                  N, C, c0, c1);
+    }
+    encoder_backward(g.wte, g.wpe, d.encoded, m.inputs.data(), B, Tn, C, V, part, parts);
+}
+
+// Accumulates parameter gradients from grads_acts.logits (B, T, Vp), which the loss wrote
+// over the logits. Two sweeps: the activations' gradients row by row (each thread its rows,
+// as the forward), then the parameters' by output channel (each thread its channels of
+// every tensor): neither sweep needs a lock or a per-thread copy of the gradients.
+template <typename T>
+void gpt_backward(GPT<T>& m) {
+    const int B = m.batch_B, parts = row_split_threads(B), threads = omp_get_max_threads();
+#ifdef GKD_BLAS
+    const size_t scratch_per_thread = (size_t)m.max_T * m.max_T;  // a (T, T) per thread
+#else
+    const size_t scratch_per_thread = (size_t)m.max_T;
+#endif
+    if (m.attention_scratch.size() < threads * scratch_per_thread) m.attention_scratch.assign(threads * scratch_per_thread, T(0));
+    if (parts == 1) {
+        gpt_backward_rows(m, 0, B, m.attention_scratch.data());
+        gpt_parameter_gradients(m, 0, 1);
+        return;
+    }
+    #pragma omp parallel num_threads(parts)
+    {
+        const int t = omp_get_thread_num();
+        gpt_backward_rows(m, share_begin(B, t, parts), share_begin(B, t + 1, parts),
+                          m.attention_scratch.data() + t * scratch_per_thread);
+        #pragma omp barrier
+        gpt_parameter_gradients(m, t, parts);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -756,11 +913,11 @@ template <typename T>
 struct InferScratch {
     size_t capacity_rows = 0;
     std::vector<T> x, ln, qkv, atty, proj, fch;  // (rows, C | C | 3C | C | C | 4C)
-    std::vector<T> scores;                        // (threads, maxT)
+    std::vector<T> scores;                        // (threads, NH, maxT)
     std::vector<T> block_scores;                  // (threads, Tn, maxT): the GEMM attention of many new tokens
-    void ensure(size_t rows, int C, int maxT, int Tn = 1) {
+    void ensure(size_t rows, int C, int NH, int maxT, int Tn = 1) {
         size_t threads = (size_t)omp_get_max_threads();
-        if (scores.size() < threads * maxT) scores.assign(threads * maxT, T(0));
+        if (scores.size() < threads * NH * maxT) scores.assign(threads * NH * maxT, T(0));
         if (Tn > 1 && block_scores.size() < threads * Tn * maxT) block_scores.assign(threads * Tn * maxT, T(0));
         if (rows <= capacity_rows) return;
         capacity_rows = rows;
@@ -777,21 +934,61 @@ struct InferScratch {
 //   logits    all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token
 // Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length.
 // Padded slots compute junk that is never stored in the cache and never read.
+//
+// Rows are shared out among the threads as in the training passes (row_split_threads):
+// with enough rows each thread runs its share through the whole model alone; with few
+// (one prompt at a time, say) all threads work on each layer. On the reference step this
+// took the teacher forward from 180 to 154 ms (best of 9 alternating rounds,
+// dev/bench_ab.sh).
+template <typename T>
+void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int b0, int b1, int slot,
+                    const int* tokens, const int* cache_row, const int* start, const int* n_new, int Tn, T* logits,
+                    bool all_positions);
+
 template <typename T>
 void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
                const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions) {
     const GPTConfig& c = m.config;
-    const int C = c.channels, L = c.num_layers, NH = c.num_heads, hs = C / NH;
-    const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
-    const ParameterTensors<T>& p = m.params;
-    s.ensure((size_t)N, C, c.max_seq_len, Tn);
+    s.ensure((size_t)Bn * Tn, c.channels, c.num_heads, c.max_seq_len, Tn);
     for (int b = 0; b < Bn; b++)
         GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && cache_row[b] < cache.rows, "sequence past the context");
+    const int parts = row_split_threads(Bn);
+    if (parts == 1) return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions);
+    #pragma omp parallel num_threads(parts)
+    {
+        const int t = omp_get_thread_num();
+        gpt_infer_rows(m, cache, s, share_begin(Bn, t, parts), share_begin(Bn, t + 1, parts), t, tokens, cache_row,
+                       start, n_new, Tn, logits, all_positions);
+    }
+}
+
+// gpt_infer on batch rows [b0, b1) and their scratch rows; `slot` is the calling thread's
+// score buffer, or -1 when this runs on all threads (each then uses its own).
+template <typename T>
+void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int b0, int b1, int slot,
+                    const int* tokens, const int* cache_row, const int* start, const int* n_new, int Tn, T* logits,
+                    bool all_positions) {
+    const GPTConfig& c = m.config;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, hs = C / NH;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size, Bn = b1 - b0, N = Bn * Tn;
+    if (Bn <= 0) return;
+    const ParameterTensors<T>& p = m.params;
+    // this share's rows of the arguments and of the scratch
+    tokens += (size_t)b0 * Tn; cache_row += b0; start += b0; n_new += b0;
+    logits += (size_t)b0 * (all_positions ? Tn : 1) * Vp;
+    const size_t r0 = (size_t)b0 * Tn;
+    T* x = s.x.data() + r0 * C;           // (Bn, Tn, C) the residual stream
+    T* ln = s.ln.data() + r0 * C;         // (Bn, Tn, C)
+    T* qkv = s.qkv.data() + r0 * 3 * C;   // (Bn, Tn, 3C)
+    T* atty = s.atty.data() + r0 * C;     // (Bn, Tn, C)
+    T* proj = s.proj.data() + r0 * C;     // (Bn, Tn, C)
+    T* fch = s.fch.data() + r0 * 4 * C;   // (Bn, Tn, 4C)
+    auto my_slot = [slot] { return (size_t)(slot >= 0 ? slot : omp_get_thread_num()); };
 
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < Bn; b++)
         for (int t = 0; t < Tn; t++) {
-            T* o = s.x.data() + ((size_t)b * Tn + t) * C;
+            T* o = x + ((size_t)b * Tn + t) * C;
             int tok = tokens[b * Tn + t];
             if (t >= n_new[b] || tok < 0 || tok >= V) { std::fill(o, o + C, T(0)); continue; }
             const T* e = p.wte + (size_t)tok * C;
@@ -800,11 +997,11 @@ void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int
         }
     const T scale = T(1) / std::sqrt(T(hs));
     for (int l = 0; l < L; l++) {
-        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.x.data(), p.ln1w + l * C, p.ln1b + l * C, N, C);
-        matmul_forward(s.qkv.data(), s.ln.data(), p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
+        matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
         for (int b = 0; b < Bn; b++)
             for (int t = 0; t < n_new[b]; t++) {
-                const T* q = s.qkv.data() + ((size_t)b * Tn + t) * 3 * C;
+                const T* q = qkv + ((size_t)b * Tn + t) * 3 * C;
                 memcpy(cache.key(l, cache_row[b], start[b] + t), q + C, sizeof(T) * C);
                 memcpy(cache.value(l, cache_row[b], start[b] + t), q + 2 * C, sizeof(T) * C);
             }
@@ -815,77 +1012,94 @@ void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int
             #pragma omp parallel for collapse(2) schedule(dynamic)
             for (int b = 0; b < Bn; b++)
                 for (int h = 0; h < NH; h++) {
-                    const int nq = n_new[b], len = start[b] + nq;
-                    T* out = s.atty.data() + (size_t)b * Tn * C + h * hs;  // (Tn, hs), row stride C
+                    const int nq = n_new[b];
+                    T* out = atty + (size_t)b * Tn * C + h * hs;  // (Tn, hs), row stride C
                     for (int t = nq; t < Tn; t++) std::fill(out + (size_t)t * C, out + (size_t)t * C + hs, T(0));
                     if (nq == 0) continue;
-                    T* S = s.block_scores.data() + (size_t)omp_get_thread_num() * Tn * c.max_seq_len;  // (nq, len)
-                    const T* Q = s.qkv.data() + (size_t)b * Tn * 3 * C + h * hs;                       // (nq, hs), stride 3C
-                    gemm(false, true, nq, len, hs, Q, 3 * C, cache.key(l, cache_row[b], 0) + h * hs, C, T(0), S, len);
-                    for (int t = 0; t < nq; t++) {
-                        T* row = S + (size_t)t * len;
-                        const int valid = start[b] + t + 1;
-                        T maxv = -INFINITY, sum = 0;
-                        #pragma omp simd reduction(max : maxv)
-                        for (int j = 0; j < valid; j++) maxv = std::max(maxv, row[j] * scale);
-                        #pragma omp simd reduction(+ : sum)
-                        for (int j = 0; j < valid; j++) { row[j] = exp_fast(row[j] * scale - maxv); sum += row[j]; }
-                        const T inv = T(1) / sum;
-                        for (int j = 0; j < valid; j++) row[j] *= inv;
-                        std::fill(row + valid, row + len, T(0));
+                    // query blocks of ATTENTION_QUERY_BLOCK: block [q0, q1) needs the keys up to
+                    // start + q1 only, so the GEMMs skip most of the masked upper triangle
+                    T* S = s.block_scores.data() + my_slot() * Tn * c.max_seq_len;  // (q1 - q0, klen)
+                    const T* Q = qkv + (size_t)b * Tn * 3 * C + h * hs;              // (nq, hs), stride 3C
+                    for (int q0 = 0; q0 < nq; q0 += ATTENTION_QUERY_BLOCK) {
+                        const int q1 = std::min(nq, q0 + ATTENTION_QUERY_BLOCK), klen = start[b] + q1;
+                        gemm(false, true, q1 - q0, klen, hs, Q + (size_t)q0 * 3 * C, 3 * C,
+                             cache.key(l, cache_row[b], 0) + h * hs, C, T(0), S, klen);
+                        for (int t = q0; t < q1; t++) {
+                            T* row = S + (size_t)(t - q0) * klen;
+                            const int valid = start[b] + t + 1;
+                            T maxv = -INFINITY, sum = 0;
+                            #pragma omp simd reduction(max : maxv)
+                            for (int j = 0; j < valid; j++) maxv = std::max(maxv, row[j] * scale);
+                            #pragma omp simd reduction(+ : sum)
+                            for (int j = 0; j < valid; j++) { row[j] = exp_fast(row[j] * scale - maxv); sum += row[j]; }
+                            const T inv = T(1) / sum;
+                            for (int j = 0; j < valid; j++) row[j] *= inv;
+                            std::fill(row + valid, row + klen, T(0));
+                        }
+                        gemm(false, false, q1 - q0, hs, klen, S, klen, cache.value(l, cache_row[b], 0) + h * hs, C, T(0),
+                             out + (size_t)q0 * C, C);
                     }
-                    gemm(false, false, nq, hs, len, S, len, cache.value(l, cache_row[b], 0) + h * hs, C, T(0), out, C);
                 }
         } else
 #endif
-        #pragma omp parallel for collapse(3)
+        // one new token against its cached rows, all heads together: each cached key and
+        // value row (C values) is read once, front to back (decode is memory-bound here)
+        #pragma omp parallel for collapse(2)
         for (int b = 0; b < Bn; b++)
-            for (int t = 0; t < Tn; t++)
-                for (int h = 0; h < NH; h++) {
-                    T* o = s.atty.data() + ((size_t)b * Tn + t) * C + h * hs;
-                    if (t >= n_new[b]) { std::fill(o, o + hs, T(0)); continue; }
-                    const T* q = s.qkv.data() + ((size_t)b * Tn + t) * 3 * C + h * hs;
-                    T* sc = s.scores.data() + (size_t)omp_get_thread_num() * c.max_seq_len;
-                    int len = start[b] + t + 1;
-                    T maxv = -INFINITY;
-                    for (int j = 0; j < len; j++) {
-                        const T* k = cache.key(l, cache_row[b], j) + h * hs;
+            for (int t = 0; t < Tn; t++) {
+                T* o = atty + ((size_t)b * Tn + t) * C;  // (C) = (NH, hs)
+                std::fill(o, o + C, T(0));
+                if (t >= n_new[b]) continue;
+                const T* q = qkv + ((size_t)b * Tn + t) * 3 * C;
+                T* sc = s.scores.data() + my_slot() * NH * c.max_seq_len;  // (NH, len)
+                const int len = start[b] + t + 1;
+                for (int j = 0; j < len; j++) {
+                    const T* k = cache.key(l, cache_row[b], j);
+                    for (int h = 0; h < NH; h++) {
                         T dot = 0;
                         #pragma omp simd reduction(+ : dot)
-                        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
-                        sc[j] = dot * scale;
-                        maxv = std::max(maxv, sc[j]);
-                    }
-                    T sum = 0;
-                    for (int j = 0; j < len; j++) { sc[j] = exp_fast(sc[j] - maxv); sum += sc[j]; }
-                    T inv = T(1) / sum;
-                    std::fill(o, o + hs, T(0));
-                    for (int j = 0; j < len; j++) {
-                        const T* v = cache.value(l, cache_row[b], j) + h * hs;
-                        T w = sc[j] * inv;
-                        for (int i = 0; i < hs; i++) o[i] += w * v[i];
+                        for (int i = 0; i < hs; i++) dot += q[h * hs + i] * k[h * hs + i];
+                        sc[(size_t)h * len + j] = dot * scale;
                     }
                 }
-        matmul_forward(s.proj.data(), s.atty.data(), p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
-        residual_forward(s.x.data(), s.x.data(), s.proj.data(), (size_t)N * C);
-        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.x.data(), p.ln2w + l * C, p.ln2b + l * C, N, C);
-        matmul_forward(s.fch.data(), s.ln.data(), p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
-        gelu_forward(s.fch.data(), s.fch.data(), (size_t)N * 4 * C);
-        matmul_forward(s.proj.data(), s.fch.data(), p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
-        residual_forward(s.x.data(), s.x.data(), s.proj.data(), (size_t)N * C);
+                for (int h = 0; h < NH; h++) {
+                    T* sh = sc + (size_t)h * len;
+                    T maxv = -INFINITY, sum = 0;
+                    for (int j = 0; j < len; j++) maxv = std::max(maxv, sh[j]);
+                    #pragma omp simd reduction(+ : sum)
+                    for (int j = 0; j < len; j++) { sh[j] = exp_fast(sh[j] - maxv); sum += sh[j]; }
+                    const T inv = T(1) / sum;
+                    for (int j = 0; j < len; j++) sh[j] *= inv;
+                }
+                for (int j = 0; j < len; j++) {
+                    const T* v = cache.value(l, cache_row[b], j);
+                    for (int h = 0; h < NH; h++) {
+                        const T w = sc[(size_t)h * len + j];
+                        #pragma omp simd
+                        for (int i = 0; i < hs; i++) o[h * hs + i] += w * v[h * hs + i];
+                    }
+                }
+            }
+        matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
+        residual_forward(x, x, proj, (size_t)N * C);
+        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, x, p.ln2w + l * C, p.ln2b + l * C, N, C);
+        matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        gelu_forward(fch, fch, (size_t)N * 4 * C);
+        matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
+        residual_forward(x, x, proj, (size_t)N * C);
     }
     if (all_positions) {
-        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.x.data(), p.lnfw, p.lnfb, N, C);
-        matmul_forward(logits, s.ln.data(), p.wte, (const T*)nullptr, N, C, V, Vp);
+        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, x, p.lnfw, p.lnfb, N, C);
+        matmul_forward(logits, ln, p.wte, (const T*)nullptr, N, C, V, Vp);
         for (int n = 0; n < N; n++) std::fill(logits + (size_t)n * Vp + V, logits + (size_t)(n + 1) * Vp, T(0));
     } else {
         // only each row's last new position feeds the LM head: the prefill skips the rest
         for (int b = 0; b < Bn; b++) {
             int t = std::max(n_new[b] - 1, 0);
-            memcpy(s.atty.data() + (size_t)b * C, s.x.data() + ((size_t)b * Tn + t) * C, sizeof(T) * C);
+            memcpy(atty + (size_t)b * C, x + ((size_t)b * Tn + t) * C, sizeof(T) * C);
         }
-        layernorm_forward(s.ln.data(), (T*)nullptr, (T*)nullptr, s.atty.data(), p.lnfw, p.lnfb, Bn, C);
-        matmul_forward(logits, s.ln.data(), p.wte, (const T*)nullptr, Bn, C, V, Vp);
+        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, atty, p.lnfw, p.lnfb, Bn, C);
+        matmul_forward(logits, ln, p.wte, (const T*)nullptr, Bn, C, V, Vp);
         for (int b = 0; b < Bn; b++) std::fill(logits + (size_t)b * Vp + V, logits + (size_t)(b + 1) * Vp, T(0));
     }
 }

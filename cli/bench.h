@@ -9,6 +9,7 @@
 //
 // Part of gkd.cu's single translation unit.
 #pragma once
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -95,6 +96,32 @@ static double matmul_gflops(int M, int K, int N) {
         best = std::max(best, 2.0 * M * K * N * reps / elapsed / 1e9);
     }
     return best;
+}
+
+// What a CPU figure depends on: the processor, its widest vector ISA (the kernels and
+// OpenBLAS pick their code paths by it), and the BLAS, as OpenBLAS reports itself.
+struct CpuDescription {
+    std::string model = "unknown CPU", isa = "unknown", blas;
+};
+static CpuDescription describe_cpu() {
+    CpuDescription d;
+    std::ifstream in("/proc/cpuinfo");
+    std::string line, flags;
+    while (std::getline(in, line)) {
+        auto value = [&] { size_t c = line.find(':'); return c == std::string::npos ? std::string() : line.substr(c + 2); };
+        if (line.rfind("model name", 0) == 0 && d.model == "unknown CPU") d.model = value();
+        if (line.rfind("flags", 0) == 0 && flags.empty()) flags = " " + value() + " ";
+    }
+    auto has = [&](const char* f) { return flags.find(std::string(" ") + f + " ") != std::string::npos; };
+    if (!flags.empty())
+        d.isa = has("avx512f") ? "AVX-512 (avx512f)" : has("avx2") && has("fma") ? "AVX2 + FMA, no AVX-512"
+              : has("avx") ? "AVX, no AVX2" : "SSE only";
+#ifdef GKD_BLAS
+    d.blas = strf("OpenBLAS (%s; kernels for %s)", openblas_get_config(), openblas_get_corename());
+#else
+    d.blas = "gkd's OpenMP loops (no BLAS)";
+#endif
+    return d;
 }
 
 // One line of the bench table: a phase, its median time, and the work it did.
@@ -278,16 +305,13 @@ static int cmd_bench(int argc, char** argv) {
 #endif
     double at_shape = matmul_gflops(B * (int)T, tc.channels, 4 * tc.channels);
     double ceiling = std::max(matmul_gflops(1024, 1024, 1024), at_shape);
-#ifdef GKD_BLAS
-    const char* matmuls = "OpenBLAS";
-#else
-    const char* matmuls = "gkd's OpenMP loops (no BLAS)";
-#endif
+    const CpuDescription cpu = describe_cpu();
     if (f.on("json")) {
         json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"threads", threads}, {"batch", B}, {"prompt_tokens", P},
                   {"new_tokens", K}, {"vocab", V}, {"student_parameters", tr.student.num_parameters},
                   {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_rss_mb", rss},
-                  {"sgemm_gflops", ceiling}, {"sgemm_at_step_shape_gflops", at_shape}, {"matmuls", matmuls},
+                  {"sgemm_gflops", ceiling}, {"sgemm_at_step_shape_gflops", at_shape}, {"matmuls", cpu.blas},
+                  {"cpu", cpu.model}, {"vector_isa", cpu.isa},
                   {"target_tokens", targets}};
         for (auto& r : rows) {
             j[std::string(r.key) + "_ms"] = r.ms;
@@ -301,8 +325,9 @@ static int cmd_bench(int argc, char** argv) {
     if (!sft)
         printf(", teacher L=%d C=%d NH=%d (%.2fM)", tc.num_layers, tc.channels, tc.num_heads,
                tr.teacher.num_parameters / 1e6);
-    printf("\n  V=%d, B=%d, %d prompt + %d %s tokens, %d threads, matmuls: %s; median of %d steps after %d warm-up\n\n",
-           V, B, P, K, sft ? "completion" : "new", threads, matmuls, steps, warmup);
+    printf("\n  V=%d, B=%d, %d prompt + %d %s tokens; median of %d steps after %d warm-up\n", V, B, P, K,
+           sft ? "completion" : "new", steps, warmup);
+    printf("  %s, %s, %d threads; matmuls: %s\n\n", cpu.model.c_str(), cpu.isa.c_str(), threads, cpu.blas.c_str());
     printf("| phase | ms | tokens/s | GFLOP/s |\n|---|---:|---:|---:|\n");
     for (auto& r : rows)
         printf("| %s | %.1f | %s | %s |\n", r.name, r.ms, r.tokens > 0 ? strf("%.0f", r.tokens / r.ms * 1000).c_str() : "-",

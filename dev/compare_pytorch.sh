@@ -9,11 +9,16 @@
 # Defaults: 2 threads, 3 rounds, the CPU, the reference configuration. Shape flags are
 # given once, in gkd bench's spelling (--student --teacher --vocab --context --batch
 # --prompt-tokens --new-tokens --tf32), and translated for the PyTorch script.
+# STEPS sets the timed steps per round (default 5; 2 suits the GPT-2 pair's 15 s steps).
 # PY picks the Python with torch (default /usr/bin/python3 on the CPU, python3 on a GPU).
+# On the CPU it prints what the figures depend on, from both processes: the CPU and its
+# vector ISA, the thread count, each side's BLAS (OpenBLAS's own config string; PyTorch's
+# build setting and the libraries loaded after a matmul) and each side's sgemm rate.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 threads=${1:-2}; rounds=${2:-3}; shift $(( $# < 2 ? $# : 2 )) || true
 device=${DEVICE:-cpu}
+steps=${STEPS:-5}
 if [ "$device" = cuda ]; then py=${PY:-python3}; else py=${PY:-/usr/bin/python3}; fi
 torch_flags=()
 args=("$@")
@@ -28,12 +33,12 @@ done
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 for r in $(seq "$rounds"); do
-  OMP_NUM_THREADS=$threads "$here/gkd" bench --json --steps 5 --device "$device" "$@" >> "$work/gkd.jsonl"
-  OMP_NUM_THREADS=$threads "$py" "$here/dev/pytorch_gkd_step.py" --threads "$threads" --steps 5 --device "$device" \
+  OMP_NUM_THREADS=$threads "$here/gkd" bench --json --steps "$steps" --device "$device" "$@" >> "$work/gkd.jsonl"
+  OMP_NUM_THREADS=$threads "$py" "$here/dev/pytorch_gkd_step.py" --threads "$threads" --steps "$steps" --device "$device" \
       "${torch_flags[@]}" >> "$work/torch.jsonl"
   echo "round $r of $rounds done" >&2
 done
-"$py" - "$work/gkd.jsonl" "$work/torch.jsonl" "$threads" "$device" "$*" <<'PY'
+"$py" - "$work/gkd.jsonl" "$work/torch.jsonl" "$threads" "$device" "$*" "$steps" <<'PY'
 import json, statistics, sys
 g = [json.loads(l) for l in open(sys.argv[1])]
 t = [json.loads(l) for l in open(sys.argv[2])]
@@ -44,9 +49,13 @@ phases = [("sample (student, KV cache)", "sample_ms", "sample_ms"), ("teacher fo
           ("student backward (gkd: + grad norm; PyTorch: + clipping)", "backward_ms", "backward_ms"), ("AdamW (gkd: + clipping)", "update_ms", "update_ms"),
           ("whole step", "step_ms", "step_ms")]
 where = f"{threads} threads" if device == "cpu" else f"{g[0]['device']}, {g[0]['precision']}"
-print(f"on-policy GKD step ({flags or 'reference configuration'}), {where}, median of {len(g)} rounds x 5 steps")
+print(f"on-policy GKD step ({flags or 'reference configuration'}), {where}, median of {len(g)} rounds x {sys.argv[6]} steps")
 if device == "cpu":
-    print(f"(PyTorch {t[0]['torch']} eager; gkd matmuls: {g[0]['matmuls']}; sgemm ceiling {med(g, 'sgemm_gflops'):.0f} GFLOP/s)\n")
+    # what the figures depend on, from both processes of this run
+    print(f"\nmachine: {g[0]['cpu']}, {g[0]['vector_isa']}, {threads} threads")
+    print(f"gkd: matmuls through {g[0]['matmuls']}; sgemm 1024^3 (or the step's shape) {med(g, 'sgemm_gflops'):.0f} GFLOP/s")
+    print(f"PyTorch {t[0]['torch']} eager: built with BLAS_INFO={t[0]['blas_info']}, loaded {', '.join(t[0]['blas_loaded'])}; "
+          f"torch.mm 1024^3 {med(t, 'sgemm_gflops'):.0f} GFLOP/s\n")
 else:
     print(f"(PyTorch {t[0]['torch']} eager on {t[0]['gpu']}, TF32 {'on' if t[0]['tf32'] else 'off'}; "
           f"cuBLAS SGEMM {med(g, 'sgemm_tflops_4096'):.1f} TFLOP/s at 4096^3)\n")

@@ -14,7 +14,7 @@ Shapes default to the CPU performance issue's reference configuration: byte voca
 (V = 257), context 128; student 2 layers x 128 channels x 4 heads; teacher 4 x 256 x 4;
 B = 32, 32-token prompts, 64 new tokens; lambda = 1, beta = 0.5.
 """
-import argparse, json, math, statistics, time
+import argparse, json, math, os, statistics, time
 import torch
 import torch.nn.functional as F
 
@@ -97,6 +97,40 @@ def jsd(teacher_logits, student_logits, beta):
     return beta * (p.exp() * (p - m)).sum(-1) + (1 - beta) * (q.exp() * (q - m)).sum(-1)
 
 
+def cpu_blas_report():
+    """What a CPU figure depends on, measured in this process: the CPU and its vector ISA,
+    the BLAS PyTorch was built against (torch.__config__), the BLAS library actually
+    loaded (after a matmul, from /proc/self/maps), and torch.mm's 1024^3 rate (best of
+    three ~0.1 s windows, as gkd bench measures its own ceiling)."""
+    model, flags = "unknown CPU", ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = " " + line.split(":", 1)[1].strip() + " "
+    isa = ("AVX-512 (avx512f)" if " avx512f " in flags else "AVX2 + FMA, no AVX-512" if " avx2 " in flags and " fma " in flags
+           else "AVX, no AVX2" if " avx " in flags else "SSE only")
+    config = torch.__config__.show()
+    blas_info = next((p.split("=", 1)[1] for p in config.replace(",", " ").split() if p.startswith("BLAS_INFO=")), "?")
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(3):
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            torch.mm(a, b)
+            reps += 1
+            el = time.perf_counter() - t0
+            if reps >= 2 and el >= 0.1:
+                break
+        best = max(best, 2.0 * 1024**3 * reps / el / 1e9)
+    with open("/proc/self/maps") as f:
+        libs = sorted({l.split()[-1] for l in f if "blas" in l.lower() and "/" in l})
+    return dict(cpu=model, vector_isa=isa, blas_info=blas_info, blas_loaded=[os.path.realpath(p) for p in libs] or ["none"],
+                sgemm_gflops=round(best, 1), mkldnn=torch.backends.mkldnn.is_available())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -164,6 +198,8 @@ def main():
                 times[k].append(1000 * v)
     out = {k + "_ms": round(statistics.median(v), 2) for k, v in times.items()}
     out.update(threads=a.threads, torch=torch.__version__, batch=a.batch, new_tokens=a.new_tokens, device=a.device)
+    if not cuda:
+        out.update(cpu_blas_report())
     if cuda:
         out.update(gpu=torch.cuda.get_device_name(), tf32=a.tf32,
                    peak_device_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1))

@@ -120,8 +120,11 @@ for row in "sample (student, KV cache)" "teacher forward" "student forward" "los
   check "bench table has '$row'" grep -qF "| $row |" "$W/out"
 done
 check "bench reports peak RSS and the sgemm ceiling" grep -qE "^peak RSS [0-9]+ MB; sgemm ceiling [0-9.]+ GFLOP/s" "$W/out"
+check "the bench table names the machine: CPU, vector ISA, threads, BLAS" grep -qE "^  .+, (AVX|SSE).*, [0-9]+ threads; matmuls: " "$W/out"
 expect_ok "bench --sft --json" $GKD bench --sft --json --student 1,16,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
 check "bench JSON has the phases the scripts read" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("forward_ms","loss_ms","backward_ms","update_ms","step_ms","step_gflops","sgemm_gflops","peak_rss_mb")) and "sample_ms" not in j' "$W/out"
+# what a CPU figure depends on: the CPU, its vector ISA, the BLAS as it reports itself
+check "bench JSON names the CPU, its vector ISA and the BLAS" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["cpu"] and j["cpu"] != "unknown CPU"; assert j["vector_isa"].split()[0] in ("AVX-512","AVX2","AVX,","SSE"); assert j["matmuls"].startswith("OpenBLAS (OpenBLAS ") or j["matmuls"].startswith("gkd")' "$W/out"
 
 # (every refusal of bad input is in the table of tests/bad_input_test.sh)
 

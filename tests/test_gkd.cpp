@@ -215,6 +215,54 @@ TEST_CASE("gelu, residual and encoder backward match finite differences") {
 // ----------------------------------------------------------------------------
 // losses
 
+TEST_CASE("the loss's vectorizable exp and log1p agree with libm to a few ulp") {
+    Rng rng(5);
+    double worst_exp = 0, worst_log = 0;
+    for (int i = 0; i < 200000; i++) {
+        double x = -740 + 1449 * rng.uniform();     // its whole domain (x <= 709), underflow included
+        if (i % 2) x = -40 + 50 * rng.uniform();    // and where softmax values live
+        double want = std::exp(x), got = exp_vectorizable(x);
+        if (x >= -708.39) worst_exp = std::max(worst_exp, std::fabs(got - want) / want);
+        else CHECK(got == 0.0);                     // below about the smallest normal: 0
+        double y = rng.uniform() * (i % 3 ? 1.0 : 1e-6);
+        double lw = std::log1p(y), lg = log1p_unit(y);
+        worst_log = std::max(worst_log, std::fabs(lg - lw));  // absolute: it is added to a log
+    }
+    INFO("worst relative error of exp " << worst_exp << ", absolute of log1p " << worst_log);
+    CHECK(worst_exp < 1e-15);
+    CHECK(worst_log < 3e-16);
+    CHECK(exp_vectorizable(0.0) == 1.0);
+    CHECK(exp_vectorizable(-INFINITY) == 0.0);
+    CHECK(log1p_unit(0.0) == 0.0);
+    CHECK(std::fabs(log1p_unit(1.0) - std::log(2.0)) < 2e-16);
+}
+
+TEST_CASE("the divergence of float logits equals the fp64 one of the same values") {
+    // the float path rounds nothing but its inputs: every beta, tau, and a wide logit range
+    const int V = 257, Vp = 384;
+    Rng rng(9);
+    for (double spread : {0.5, 5.0, 40.0})
+        for (double beta : {0.0, 0.1, 0.5, 0.9, 1.0})
+            for (double tau : {0.5, 1.0, 2.0}) {
+                std::vector<float> tf(Vp), sf(Vp), gf(Vp);
+                std::vector<double> td(Vp), sd(Vp), gd(Vp);
+                for (int i = 0; i < Vp; i++) {
+                    td[i] = tf[i] = (float)(spread * rng.normal());
+                    sd[i] = sf[i] = (float)(spread * rng.normal());
+                }
+                double Df = divergence_row(tf.data(), sf.data(), gf.data(), V, Vp, beta, tau, 0.3);
+                double Dd = divergence_row(td.data(), sd.data(), gd.data(), V, Vp, beta, tau, 0.3);
+                CAPTURE(spread); CAPTURE(beta); CAPTURE(tau);
+                CHECK(std::fabs(Df - Dd) <= 1e-12 * std::max(1.0, std::fabs(Dd)));
+                double worst = 0, scale = 0;
+                for (int i = 0; i < V; i++) {
+                    worst = std::max(worst, std::fabs(gf[i] - gd[i]));
+                    scale = std::max(scale, std::fabs(gd[i]));
+                }
+                CHECK(worst <= 1e-6 * scale + 1e-38);  // the gradient is stored as float
+            }
+}
+
 TEST_CASE("divergence and cross-entropy gradients match finite differences, padded columns excluded") {
     const int V = 13, Vp = 16;
     auto t = randn(Vp, 20, 2.0), s = randn(Vp, 21, 2.0);
@@ -312,11 +360,21 @@ TEST_CASE("the whole model's backward matches finite differences, for a divergen
     const int V = 11;
     make_model(m, 2, 8, 2, 8, V, 40);
     const int Vp = m.config.padded_vocab_size;
-    std::vector<std::vector<int>> prompts = {ids({1, 2, 3}), ids({4}), ids({5, 6})};
-    TrainBatch b = build_batch(small_rows(prompts, {ids({7, 8, 10}), ids({9, 1, 2, 3, 10}), ids({10})}), 10);
-    REQUIRE(b.T == 5);
-    auto teacher = randn((size_t)b.B * b.T * Vp, 41, 2.0);
-    for (bool ce : {false, true}) {
+    // 3 rows on 1 thread, and 6 rows on 3 threads: the second shares the rows out among the
+    // threads (row_split_threads) and the parameters' gradients by output channel
+    std::vector<std::vector<int>> prompts = {ids({1, 2, 3}), ids({4}), ids({5, 6}), ids({2}), ids({3, 3}), ids({1})};
+    std::vector<std::vector<int>> completions = {ids({7, 8, 10}), ids({9, 1, 2, 3, 10}), ids({10}), ids({4, 10}),
+                                                 ids({5}), ids({6, 6, 10})};
+    const int threads_before = omp_get_max_threads();
+    for (auto [rows, threads] : {std::pair{3, 1}, std::pair{6, 3}}) {
+      omp_set_num_threads(threads);
+      CAPTURE(threads);
+      REQUIRE(row_split_threads(rows) == threads);
+      std::vector<std::vector<int>> p(prompts.begin(), prompts.begin() + rows), c(completions.begin(), completions.begin() + rows);
+      TrainBatch b = build_batch(small_rows(p, c), 10);
+      REQUIRE(b.T == 5);
+      auto teacher = randn((size_t)b.B * b.T * Vp, 41, 2.0);
+      for (bool ce : {false, true}) {
         CAPTURE(ce);
         auto loss = [&]() {
             gpt_forward(m, b.tokens.data(), b.B, b.T);
@@ -342,7 +400,62 @@ TEST_CASE("the whole model's backward matches finite differences, for a divergen
             off += n;
         }
         for (size_t i = (size_t)V * 8; i < (size_t)Vp * 8; i++) CHECK(analytic[i] == 0.0);  // padded wte rows
+      }
     }
+    omp_set_num_threads(threads_before);
+}
+
+TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient (training and cached inference)") {
+    GPT<float> m;
+    const int V = 37, B = 8;
+    make_model(m, 2, 16, 4, 12, V, 44);
+    const int Vp = m.config.padded_vocab_size;
+    std::vector<std::vector<int>> prompts, completions;
+    Rng rng(3);
+    for (int i = 0; i < B; i++) {
+        prompts.push_back({});
+        completions.push_back({});
+        for (int t = 0; t < 1 + i % 4; t++) prompts.back().push_back((int)rng.below(V - 1));
+        for (int t = 0; t < 1 + (i * 5) % 7; t++) completions.back().push_back((int)rng.below(V - 1));
+        completions.back().push_back(V - 1);
+    }
+    TrainBatch b = build_batch(small_rows(prompts, completions), V - 1);
+    auto teacher = randn((size_t)b.B * b.T * Vp, 45, 2.0);
+    std::vector<float> teacher_f(teacher.begin(), teacher.end());
+    const int threads_before = omp_get_max_threads();
+    std::vector<float> logits[2], grads[2], cached[2];
+    double loss[2];
+    for (int run = 0; run < 2; run++) {
+        omp_set_num_threads(run == 0 ? 1 : 4);  // 1: one pass over all rows; 4: 2 rows per thread
+        REQUIRE(row_split_threads(B) == (run == 0 ? 1 : 4));
+        gpt_forward(m, b.tokens.data(), b.B, b.T);
+        logits[run].assign(m.acts.logits, m.acts.logits + (size_t)b.B * b.T * Vp);
+        loss[run] = batch_loss(b, teacher_f.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0,
+                               LossNorm::Sequence);
+        gpt_zero_grad(m);
+        gpt_backward(m);
+        grads[run] = m.grads_memory;
+        KVCache<float> cache;
+        InferScratch<float> scratch;
+        cache.allocate(m.config, B);
+        std::vector<int> rows(B), start(B, 0), n_new(B, b.T);
+        for (int i = 0; i < B; i++) rows[i] = i;
+        cached[run].resize((size_t)B * b.T * Vp);
+        gpt_infer(m, cache, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), B, b.T, cached[run].data(), true);
+    }
+    omp_set_num_threads(threads_before);
+    auto worst = [](const std::vector<float>& x, const std::vector<float>& y) {
+        double w = 0, scale = 0;
+        for (size_t i = 0; i < x.size(); i++) { w = std::max(w, (double)std::fabs(x[i] - y[i])); scale = std::max(scale, (double)std::fabs(y[i])); }
+        return w / scale;
+    };
+    CHECK(worst(logits[1], logits[0]) < 1e-6);
+    CHECK(worst(cached[1], cached[0]) < 1e-6);
+    CHECK(std::fabs(loss[1] - loss[0]) < 1e-6 * std::fabs(loss[0]));
+    CHECK(worst(grads[1], grads[0]) < 1e-5);
+    double norm = 0;
+    for (float g : grads[1]) norm += (double)g * g;
+    CHECK(norm > 0);
 }
 
 TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of different lengths in one batch") {
