@@ -193,11 +193,19 @@ struct Rng {
         s[2] ^= t; s[3] = rotl(s[3], 45);
         return r;
     }
-    double uniform() { return (double)(next() >> 11) * 0x1.0p-53; }  // [0, 1)
-    double normal() {  // Box-Muller, one value per call: simple and reproducible
-        double u1 = uniform(), u2 = uniform();
+    static double to_uniform(uint64_t r) { return (double)(r >> 11) * 0x1.0p-53; }  // [0, 1)
+    double uniform() { return to_uniform(next()); }
+    // Box-Muller from two successive draws, one value per call: simple and reproducible.
+    // normal_from lets a caller draw the stream in order and transform it in parallel
+    // (gpt_init_random), with the same values.
+    static double normal_from(uint64_t r1, uint64_t r2) {
+        double u1 = to_uniform(r1), u2 = to_uniform(r2);
         if (u1 < 1e-300) u1 = 1e-300;
         return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+    }
+    double normal() {
+        uint64_t r1 = next();
+        return normal_from(r1, next());
     }
     uint64_t below(uint64_t n) { return (uint64_t)(uniform() * (double)n) % n; }
 };

@@ -31,7 +31,8 @@ fi
 grep -E '^gkd:' "$out/build.log" | tee -a "$out/summary.txt"
 
 echo "== make test-gpu" | tee -a "$out/summary.txt"
-./tests/test_gpu > "$out/test_gpu.log" 2>&1 || status=1
+# GKD_REQUIRE_GPU=1: no usable GPU fails; CUDA_LAUNCH_BLOCKING=1: a fault names its launch
+CUDA_LAUNCH_BLOCKING=1 GKD_REQUIRE_GPU=1 ./tests/test_gpu > "$out/test_gpu.log" 2>&1 || status=1
 grep -E '^FAIL' "$out/test_gpu.log" | tee -a "$out/summary.txt"
 tail -1 "$out/test_gpu.log" | tee -a "$out/summary.txt"
 

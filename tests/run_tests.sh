@@ -44,6 +44,22 @@ suite resume '^resume: ([0-9]+) passed, ([0-9]+) failed' bash tests/resume_test.
 suite mpi '^mpi: ([0-9]+) passed, ([0-9]+) failed' bash tests/mpi_test.sh
 # GPT-2's BPE against the npm package gpt-3-encoder on the whole corpus (about 300 kB)
 suite tokenizer '^tokenizer: ([0-9]+) passed, ([0-9]+) failed' bash dev/compare_tokenizer.sh ./gkd
+# the GPU test's refusal to pass on nothing: with no usable GPU (CUDA_VISIBLE_DEVICES=""
+# above hides any) it checks nothing and says so, and GKD_REQUIRE_GPU=1 (dev/gpu_check.sh)
+# makes that a failure
+gpu_harness() {
+  local p=0 f=0 out
+  if [ ! -x tests/test_gpu ]; then
+    echo "gpu harness: tests/test_gpu not built (no nvcc): not run"
+  else
+    if out=$(./tests/test_gpu) && echo "$out" | grep -q "nothing was checked"; then p=$((p + 1))
+    else f=$((f + 1)); echo "FAIL: without a GPU, tests/test_gpu must exit 0 saying it checked nothing: $out"; fi
+    if GKD_REQUIRE_GPU=1 ./tests/test_gpu >/dev/null; then f=$((f + 1)); echo "FAIL: GKD_REQUIRE_GPU=1 without a GPU must fail"
+    else p=$((p + 1)); fi
+  fi
+  echo "gpu harness: $p passed, $f failed"
+}
+suite gpu-harness '^gpu harness: ([0-9]+) passed, ([0-9]+) failed' gpu_harness
 fuzz_smoke() {
   local p=0 f=0
   for t in checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors; do

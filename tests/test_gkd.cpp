@@ -405,6 +405,32 @@ TEST_CASE("the whole model's backward matches finite differences, for a divergen
     omp_set_num_threads(threads_before);
 }
 
+TEST_CASE("random initialisation: Box-Muller on all threads gives the sequential stream's values exactly") {
+    GPT<float> m;
+    GPTConfig c;
+    c.num_layers = 2; c.channels = 24; c.num_heads = 4; c.max_seq_len = 16; c.vocab_size = 300;
+    c.padded_vocab_size = pad_vocab(c.vocab_size);
+    gpt_build(m, c);
+    const int threads_before = omp_get_max_threads();
+    omp_set_num_threads(3);
+    gpt_init_random(m, 11);
+    omp_set_num_threads(threads_before);
+    // the reference: rng.normal() one value after another, tensors in gpt_init_random's order
+    Rng rng(11);
+    const double residual_std = 0.02 / std::sqrt(2.0 * c.num_layers);
+    const size_t C = c.channels, L = c.num_layers;
+    struct Part { const float* w; size_t n; double std; };
+    for (const Part& part : {Part{m.params.wte, c.vocab_size * C, 0.02}, Part{m.params.wpe, c.max_seq_len * C, 0.02},
+                             Part{m.params.qkvw, L * 3 * C * C, 0.02}, Part{m.params.attprojw, L * C * C, residual_std},
+                             Part{m.params.fcw, L * 4 * C * C, 0.02}, Part{m.params.fcprojw, L * 4 * C * C, residual_std}}) {
+        size_t mismatches = 0;
+        for (size_t i = 0; i < part.n; i++) mismatches += part.w[i] != (float)(rng.normal() * part.std);
+        CHECK(mismatches == 0);
+    }
+    CHECK(m.params.wte[(size_t)c.vocab_size * C] == 0.0f);  // padded rows stay zero
+    CHECK(m.params.ln1w[0] == 1.0f);
+}
+
 TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient (training and cached inference)") {
     GPT<float> m;
     const int V = 37, B = 8;

@@ -16,7 +16,12 @@
 // separate rounding from a wrong index, which gives O(1).
 //
 // On a machine without a GPU it says so and exits 0 without checking anything: it never
-// reports a pass it did not run. Each run draws new inputs; the seed is printed.
+// reports a pass it did not run. With GKD_REQUIRE_GPU=1 (dev/gpu_check.sh) no usable GPU is
+// a failure, exit 1, so that a broken driver or image cannot read as a pass. Each test runs
+// on its own (run_test): an error fails that test by name and the next one still runs,
+// and the device is synchronised after each, so that an asynchronous fault is blamed on the
+// test that caused it (CUDA_LAUNCH_BLOCKING=1 pins it to the launch). Each run draws new
+// inputs; the seed is printed.
 #define GKD_NO_MAIN
 #include "../gkd.cu"
 
@@ -548,43 +553,64 @@ static void test_trajectory() {
     check_close("20-step GKD trajectory: final parameters", gpu.student.params_memory, cpu.student.params_memory, 1e-3);
 }
 
+// One test: an error (a CUDA fault, a refusal) fails it by name; the next test still runs.
+template <typename F>
+static void run_test(const char* name, F test) {
+    printf("--- %s\n", name);
+    fflush(stdout);
+    try {
+        test();
+        CUDA_CHECK(cudaDeviceSynchronize());  // an asynchronous fault belongs to this test
+    } catch (const GkdError& err) {
+        check(false, strf("%s: error: %s", name, err.what()));
+    }
+}
+
 int main() {
+    const char* require = getenv("GKD_REQUIRE_GPU");
+    const bool required = require && std::string(require) == "1";
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
         printf("test-gpu: no CUDA GPU visible (%s): nothing was checked\n",
                e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+        if (required) {
+            printf("test-gpu: GKD_REQUIRE_GPU=1 and no usable GPU: failing\n0 passed, 1 failed\n");
+            return 1;
+        }
         return 0;
     }
     run_seed = std::random_device()();
     try {
         gpu_init(false);
-        printf("test-gpu on %s (sm_%d%d), inputs from seed %llu\n", gpu_context().prop.name, gpu_context().prop.major,
-               gpu_context().prop.minor, (unsigned long long)run_seed);
-        test_encoder();
-        test_layernorm();
-        test_matmul(true, 0);
-        test_matmul(false, 28);
-        test_attention();
-        test_elementwise();
-        test_loss("forward KL", false, 0.0, 1.0, LossNorm::Sequence, false);
-        test_loss("reverse KL", false, 1.0, 1.0, LossNorm::Sequence, false);
-        test_loss("JSD(0.3), tau 2", false, 0.3, 2.0, LossNorm::Token, false);
-        test_loss("cross-entropy", true, 0.0, 1.0, LossNorm::Sequence, false);
-        test_loss("JSD(0.5) + REINFORCE", false, 0.5, 1.0, LossNorm::Sequence, true);
-        test_adamw_and_norm();
-        test_infer();
-        test_greedy();
-        test_cached_extension();
-        test_speculative();
-        test_sampling_distribution();
-        test_full_step(false, false);
-        test_full_step(true, false);
-        test_trajectory();
-        test_full_step(false, true);
     } catch (const GkdError& err) {
-        check(false, strf("error: %s", err.what()));
+        check(false, strf("the GPU could not be set up: %s", err.what()));
+        printf("%d passed, %d failed\n", passed, failed);
+        return 1;
     }
+    printf("test-gpu on %s (sm_%d%d), inputs from seed %llu\n", gpu_context().prop.name, gpu_context().prop.major,
+           gpu_context().prop.minor, (unsigned long long)run_seed);
+    run_test("encoder", [] { test_encoder(); });
+    run_test("layernorm", [] { test_layernorm(); });
+    run_test("matmul (bias, dense output)", [] { test_matmul(true, 0); });
+    run_test("matmul (no bias, strided output)", [] { test_matmul(false, 28); });
+    run_test("attention", [] { test_attention(); });
+    run_test("GELU and residual", [] { test_elementwise(); });
+    run_test("loss: forward KL", [] { test_loss("forward KL", false, 0.0, 1.0, LossNorm::Sequence, false); });
+    run_test("loss: reverse KL", [] { test_loss("reverse KL", false, 1.0, 1.0, LossNorm::Sequence, false); });
+    run_test("loss: JSD(0.3), tau 2", [] { test_loss("JSD(0.3), tau 2", false, 0.3, 2.0, LossNorm::Token, false); });
+    run_test("loss: cross-entropy", [] { test_loss("cross-entropy", true, 0.0, 1.0, LossNorm::Sequence, false); });
+    run_test("loss: JSD(0.5) + REINFORCE", [] { test_loss("JSD(0.5) + REINFORCE", false, 0.5, 1.0, LossNorm::Sequence, true); });
+    run_test("AdamW and the gradient norm", [] { test_adamw_and_norm(); });
+    run_test("cached inference", [] { test_infer(); });
+    run_test("greedy sampling", [] { test_greedy(); });
+    run_test("cached extension", [] { test_cached_extension(); });
+    run_test("speculative sampling", [] { test_speculative(); });
+    run_test("sampling distribution", [] { test_sampling_distribution(); });
+    run_test("full step (GKD)", [] { test_full_step(false, false); });
+    run_test("full step (SFT)", [] { test_full_step(true, false); });
+    run_test("trajectory", [] { test_trajectory(); });
+    run_test("full step (TF32)", [] { test_full_step(false, true); });
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
