@@ -42,8 +42,8 @@ struct Ranks {
     bool mpi = false;        // MPI_Init was called
     bool root() const { return rank == 0; }
     // the first of this rank's share of n items (prompts), and how many
-    int first_of(int n) const { return (int)((long long)n * rank / size); }
-    int share_of(int n) const { return (int)((long long)n * (rank + 1) / size) - first_of(n); }
+    int first_of(int n) const { return share_begin(n, rank, size); }
+    int share_of(int n) const { return share_begin(n, rank + 1, size) - first_of(n); }
     // "" for one process, " (rank R of N)" otherwise: appended to what a rank prints
     std::string tag() const { return size == 1 ? "" : strf(" (rank %d of %d)", rank, size); }
 };

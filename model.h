@@ -194,6 +194,10 @@ void gpt_build(GPT<T>& m, const GPTConfig& c) {
     point_parameters(m.params, m.params_memory.data(), m.param_sizes);
 }
 
+// Where part `part` of `parts` begins in [0, total): contiguous shares that differ by at
+// most one item (rows among threads, output channels, prompts among MPI ranks).
+inline int share_begin(int total, int part, int parts) { return (int)((long long)total * part / parts); }
+
 // ----------------------------------------------------------------------------
 // layers: forward and backward side by side. Backward functions accumulate (+=).
 
@@ -216,8 +220,8 @@ template <typename T>
 void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, int Tn, int C, int V = INT_MAX,
                       int part = 0, int parts = 1) {
     // serial over (b,t) within a part: two positions may share a token, and a fixed order keeps it exact
-    const int v0 = (int)((long)V * part / parts), v1 = part + 1 == parts ? INT_MAX : (int)((long)V * (part + 1) / parts);
-    const int t0 = Tn * part / parts, t1 = Tn * (part + 1) / parts;
+    const int v0 = share_begin(V, part, parts), v1 = share_begin(V, part + 1, parts);
+    const int t0 = share_begin(Tn, part, parts), t1 = share_begin(Tn, part + 1, parts);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < Tn; t++) {
             const T* d = dout + ((size_t)b * Tn + t) * C;
@@ -709,7 +713,6 @@ inline int row_split_threads(int B) {
     const int n = omp_get_max_threads();
     return n > 1 && B >= 2 * n && !omp_in_parallel() ? n : 1;
 }
-inline int share_begin(int total, int part, int parts) { return (int)((long)total * part / parts); }
 
 // gpt_forward on rows [b0, b1) of the batch (the activations' rows of those batch rows).
 template <typename T>
@@ -834,7 +837,10 @@ void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
     ParameterTensors<T>& g = m.grads;
     const ActivationTensors<T>& a = m.acts;
     const ActivationTensors<T>& d = m.grads_acts;
-    auto share = [&](int total, int& lo, int& hi) { lo = share_begin(total, part, parts); hi = share_begin(total, part + 1, parts); };
+    auto share = [&](int total, int& lo, int& hi) {
+        lo = share_begin(total, part, parts);
+        hi = share_begin(total, part + 1, parts);
+    };
     int v0, v1, c0, c1, c30, c31, c40, c41;
     share(V, v0, v1);
     share(C, c0, c1);
@@ -926,43 +932,7 @@ struct InferScratch {
     }
 };
 
-// Runs Tn new tokens per row through the model, appending their keys and values to the
-// cache, and attending over everything the row has cached so far.
-//   tokens    (Bn, Tn) new tokens, right-padded; row b has n_new[b] real ones
-//   cache_row (Bn)     which cache row each batch row uses
-//   start     (Bn)     the position of the row's first new token (= tokens already cached)
-//   logits    all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token
-// Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length.
-// Padded slots compute junk that is never stored in the cache and never read.
-//
-// Rows are shared out among the threads as in the training passes (row_split_threads):
-// with enough rows each thread runs its share through the whole model alone; with few
-// (one prompt at a time, say) all threads work on each layer. On the reference step this
-// took the teacher forward from 180 to 154 ms (best of 9 alternating rounds,
-// dev/bench_ab.sh).
-template <typename T>
-void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int b0, int b1, int slot,
-                    const int* tokens, const int* cache_row, const int* start, const int* n_new, int Tn, T* logits,
-                    bool all_positions);
-
-template <typename T>
-void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
-               const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions) {
-    const GPTConfig& c = m.config;
-    s.ensure((size_t)Bn * Tn, c.channels, c.num_heads, c.max_seq_len, Tn);
-    for (int b = 0; b < Bn; b++)
-        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && cache_row[b] < cache.rows, "sequence past the context");
-    const int parts = row_split_threads(Bn);
-    if (parts == 1) return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions);
-    #pragma omp parallel num_threads(parts)
-    {
-        const int t = omp_get_thread_num();
-        gpt_infer_rows(m, cache, s, share_begin(Bn, t, parts), share_begin(Bn, t + 1, parts), t, tokens, cache_row,
-                       start, n_new, Tn, logits, all_positions);
-    }
-}
-
-// gpt_infer on batch rows [b0, b1) and their scratch rows; `slot` is the calling thread's
+// gpt_infer (below) on batch rows [b0, b1) and their scratch rows; `slot` is the calling thread's
 // score buffer, or -1 when this runs on all threads (each then uses its own).
 template <typename T>
 void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int b0, int b1, int slot,
@@ -1101,6 +1071,37 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
         layernorm_forward(ln, (T*)nullptr, (T*)nullptr, atty, p.lnfw, p.lnfb, Bn, C);
         matmul_forward(logits, ln, p.wte, (const T*)nullptr, Bn, C, V, Vp);
         for (int b = 0; b < Bn; b++) std::fill(logits + (size_t)b * Vp + V, logits + (size_t)(b + 1) * Vp, T(0));
+    }
+}
+
+// Runs Tn new tokens per row through the model, appending their keys and values to the
+// cache, and attending over everything the row has cached so far.
+//   tokens    (Bn, Tn) new tokens, right-padded; row b has n_new[b] real ones
+//   cache_row (Bn)     which cache row each batch row uses
+//   start     (Bn)     the position of the row's first new token (= tokens already cached)
+//   logits    all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token
+// Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length.
+// Padded slots compute junk that is never stored in the cache and never read.
+//
+// Rows are shared out among the threads as in the training passes (row_split_threads):
+// with enough rows each thread runs its share through the whole model alone; with few
+// (one prompt at a time, say) all threads work on each layer. On the reference step this
+// took the teacher forward from 180 to 154 ms (best of 9 alternating rounds,
+// dev/bench_ab.sh).
+template <typename T>
+void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
+               const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions) {
+    const GPTConfig& c = m.config;
+    s.ensure((size_t)Bn * Tn, c.channels, c.num_heads, c.max_seq_len, Tn);
+    for (int b = 0; b < Bn; b++)
+        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && cache_row[b] < cache.rows, "sequence past the context");
+    const int parts = row_split_threads(Bn);
+    if (parts == 1) return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions);
+    #pragma omp parallel num_threads(parts)
+    {
+        const int t = omp_get_thread_num();
+        gpt_infer_rows(m, cache, s, share_begin(Bn, t, parts), share_begin(Bn, t + 1, parts), t, tokens, cache_row,
+                       start, n_new, Tn, logits, all_positions);
     }
 }
 
