@@ -14,6 +14,8 @@
 //   from the CUDA context's.
 // - block_max_sum merges (max, sum of exp) pairs: one pass gives a softmax normaliser over
 //   any row length, whatever the block size, without overflow.
+// - Every launch goes to gpu::stream(), the legacy default stream unless a StreamScope
+//   says otherwise: that is how a decode step is captured as a CUDA graph (capture_graph).
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -41,13 +43,14 @@ struct NvtxRange {
 };
 
 // cuBLAS is opened when a GPU run starts, not linked: loading it (with cuBLASLt, hundreds
-// of MB) cost every start of gkd 60 ms and 220 MB of RSS, CPU runs included. The four
+// of MB) cost every start of gkd 60 ms and 220 MB of RSS, CPU runs included. The five
 // functions gkd calls, looked up by name.
 struct CublasApi {
     decltype(&cublasCreate_v2) create = nullptr;
     decltype(&cublasSetMathMode) set_math_mode = nullptr;
     decltype(&cublasSgemm_v2) sgemm = nullptr;
     decltype(&cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
+    decltype(&cublasSetStream_v2) set_stream = nullptr;
 };
 static CublasApi& cublas() {
     static CublasApi api;
@@ -73,12 +76,15 @@ static void load_cublas() {
     api.set_math_mode = (decltype(api.set_math_mode))symbol("cublasSetMathMode");
     api.sgemm = (decltype(api.sgemm))symbol("cublasSgemm_v2");
     api.sgemm_strided_batched = (decltype(api.sgemm_strided_batched))symbol("cublasSgemmStridedBatched");
+    api.set_stream = (decltype(api.set_stream))symbol("cublasSetStream_v2");
 }
 
 // The device, the cuBLAS handle and the precision mode, set once by gpu_init.
 struct GpuContext {
     bool ready = false, tf32 = false;
     cublasHandle_t blas = nullptr;
+    cudaStream_t stream = 0;                 // where every launch goes: the legacy default stream,
+                                             // except while a decode step is captured (StreamScope)
     cudaDeviceProp prop{};
     double clock_hz = 0;                     // the SM clock the peak rates assume
     size_t bytes_now = 0, bytes_peak = 0;    // what gkd has allocated on the device
@@ -156,6 +162,9 @@ static void download(T* host, const T* device, size_t n) {
 
 namespace gpu {
 
+// The stream of every gkd launch and cuBLAS call (gpu_context().stream).
+inline cudaStream_t stream() { return gpu_context().stream; }
+
 constexpr int THREADS = 256;
 inline unsigned blocks_for(size_t n, int threads = THREADS) { return (unsigned)((n + threads - 1) / threads); }
 constexpr unsigned FULL_MASK = 0xffffffffu;
@@ -226,6 +235,46 @@ static void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, const 
     CUBLAS_CHECK(cublas().sgemm_strided_batched(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &one, B, ldb, stride_b, A, lda,
                                            stride_a, &beta, C, ldc, stride_c, batch));
+}
+
+// Sends every launch and cuBLAS call of its lifetime to stream s, then back. Stream capture
+// (capture_graph) refuses work on the legacy default stream, where gkd's launches go
+// otherwise.
+struct StreamScope {
+    cudaStream_t saved;
+    explicit StreamScope(cudaStream_t s) : saved(gpu_context().stream) {
+        CUBLAS_CHECK(cublas().set_stream(gpu_context().blas, s));
+        gpu_context().stream = s;
+    }
+    ~StreamScope() {  // no check: a destructor must not throw, and this call only fails on a bad handle
+        cublas().set_stream(gpu_context().blas, saved);
+        gpu_context().stream = saved;
+    }
+};
+
+// work() captured on `capture_stream` (a blocking stream: it waits for the default stream's earlier
+// work, and the default stream for it) and instantiated: replay with cudaGraphLaunch. Any
+// launch that strays to another stream, or an allocation, fails the capture with an error.
+template <typename Work>
+static cudaGraphExec_t capture_graph(cudaStream_t capture_stream, Work work) {
+    cudaGraph_t graph = nullptr;
+    {
+        StreamScope on(capture_stream);
+        CUDA_CHECK(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
+        try {
+            work();
+        } catch (...) {
+            cudaStreamEndCapture(capture_stream, &graph);  // leave the stream usable, then report the first error
+            if (graph) cudaGraphDestroy(graph);
+            throw;
+        }
+        CUDA_CHECK(cudaStreamEndCapture(capture_stream, &graph));
+    }
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_CHECK(e);
+    return exec;
 }
 
 }  // namespace gpu

@@ -132,7 +132,7 @@ static void gpu_forward(GpuModel& g, const int* tokens, int B, int Tn) {
 }
 
 static void gpu_zero_grad(GpuModel& g) {
-    CUDA_CHECK(cudaMemsetAsync(g.grads_memory.ptr, 0, g.num_parameters * sizeof(float)));
+    CUDA_CHECK(cudaMemsetAsync(g.grads_memory.ptr, 0, g.num_parameters * sizeof(float), gpu::stream()));
 }
 
 // Accumulates parameter gradients from grads_acts.logits, which the loss wrote over the
@@ -147,7 +147,8 @@ static void gpu_backward(GpuModel& g) {
     ActivationTensors<float>& d = g.grads_acts;
     float* scratch = g.attention_scratch.ptr;
     float* cols = g.column_scratch.ptr;
-    CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0, (size_t)(d.lnf_rstd + N - g.grads_acts_memory.ptr) * sizeof(float)));
+    CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0, (size_t)(d.lnf_rstd + N - g.grads_acts_memory.ptr) * sizeof(float),
+                               gpu::stream()));
 
     gpu::matmul_backward(d.lnf, gr.wte, nullptr, d.logits, a.lnf, p.wte, N, C, V, Vp, cols);
     const float* last = a.residual3 + (size_t)(L - 1) * N * C;

@@ -3,9 +3,9 @@
 //
 // gpu_infer runs new tokens through a model, storing their keys and values: a prefill
 // (all prompts at once, causal attention through batched GEMMs) or a decode step (one
-// token per row, attention over that row's cache). gpu_generate drives it through the same
-// generation_loop as the CPU's generate (gkd.cu section 2), so the bookkeeping of which
-// rows are still going is written once.
+// token per row, attention over that row's cache). gpu_generate is generation_loop's
+// (gkd.cu section 2) device-resident twin: after the prefill, every decode step runs on
+// the device with no copy between host and device.
 //
 // Tricks worth knowing:
 // - The KV cache holds exactly the positions this use needs (prompt + budget), not maxT.
@@ -16,7 +16,13 @@
 //   samples do not depend on the batch. Greedy (t = 0) is the plain argmax, lowest id on
 //   ties, as on the CPU. Sampled tokens differ from the CPU's (another generator, the
 //   same distribution); greedy ones do not.
-// - Only the B new token ids come back per decode step; no logits are copied to the host.
+// - Decoding keeps one fixed shape: every row stays in its slot, and a finished row has
+//   n_new = 0, which every inference kernel already treats as "nothing new here" (zero
+//   input, no cache write, zero attention output). Token ids, positions, lengths and the
+//   completions live on the device (advance_rows_kernel is generation_loop's bookkeeping);
+//   the host reads one int, the number of rows still going, every FINISHED_CHECK_EVERY
+//   steps, and the completions once at the end. The same kernels and cuBLAS calls on the
+//   same pointers each step: a decode step is capturable as a CUDA graph.
 #pragma once
 #include "common.cuh"
 #include "layers.cuh"
@@ -39,10 +45,12 @@ __device__ inline double uniform_open(uint64_t key, uint64_t i) {
 
 // tokens[r] = argmax over the V real ids of logits[r] (greedy, temperature 0; the lowest id
 // wins ties) or of logits[r] / t + Gumbel noise, which is a draw from softmax(logits / t).
-// The noise of row r's d-th draw is a function of (keys[r], d, id) alone.
+// The noise of row r's d-th draw is a function of (keys[r], d, id) alone. Rows with
+// going[r] == 0 are skipped (going may be null: every row draws).
 __global__ void sample_kernel(int* tokens, const float* logits, int V, int Vp, double inv_temperature,
-                              const uint64_t* keys, const int* draws) {
+                              const uint64_t* keys, const int* draws, const int* going) {
     const int r = blockIdx.x;
+    if (going && going[r] == 0) return;  // the whole block leaves together
     const float* x = logits + (size_t)r * Vp;
     const uint64_t key = inv_temperature > 0 ? mix64(keys[r] ^ mix64(0x5A3C0000ull + (uint64_t)draws[r])) : 0;
     double best = -INFINITY;
@@ -140,6 +148,29 @@ __global__ void gather_last_kernel(float* out, const float* x, const int* n_new,
     int b = (int)(i / C), c = (int)(i % C), t = max(n_new[b] - 1, 0);
     out[i] = x[((size_t)b * Tn + t) * C + c];
 }
+
+// generation_loop's bookkeeping after a draw, one block over the Bn rows: row b, if still
+// going (n_new[b] == 1), appends picked[b] to its completion (Bn, max_budget), and stays
+// going unless it drew EOS or spent its budget. Its next decode input is that token at
+// position prompt_length[b] + tokens before it. *going_count = the rows still going.
+__global__ void advance_rows_kernel(int* completions, int* length, int* last_token, int* start, int* n_new,
+                                    int* going_count, const int* picked, const int* prompt_length, const int* budget,
+                                    int Bn, int max_budget, int eos) {
+    int going = 0;
+    for (int b = threadIdx.x; b < Bn; b += blockDim.x) {
+        if (n_new[b] == 0) continue;
+        const int token = picked[b], before = length[b];
+        completions[(size_t)b * max_budget + before] = token;
+        length[b] = before + 1;
+        last_token[b] = token;
+        start[b] = prompt_length[b] + before;
+        const int on = token != eos && before + 1 < budget[b];
+        n_new[b] = on;
+        going += on;
+    }
+    going = block_sum(going);
+    if (threadIdx.x == 0) *going_count = going;
+}
 }  // namespace gpu
 
 // ----------------------------------------------------------------------------
@@ -174,23 +205,17 @@ struct GpuInferScratch {
 // cached rows (a decode step, Tn = 1, or a speculative verification: attention over each
 // row's cache, which already holds the new keys). logits (device):
 // all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token.
-static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens, const int* cache_row,
-                      const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions) {
+// This one takes the per-row arrays on the device (tokens (Bn, Tn), cache_row, start,
+// n_new (Bn)): no copy between host and device and nothing read back, so a decode step
+// is enqueued (or captured) without waiting. The caller vouches for gpu_infer's checks:
+// positions within the context and the cache; prefill iff every start is 0.
+static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens,
+                                const int* cache_row, const int* start, const int* n_new, int Bn, int Tn, bool prefill,
+                                float* logits, bool all_positions) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads;
     const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
     const ParameterTensors<float>& p = m.params;
-    bool prefill = true;
-    for (int b = 0; b < Bn; b++) {
-        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len, "sequence past the context");
-        GKD_ASSERT(!cache || (cache_row[b] < cache->rows && start[b] + n_new[b] <= cache->capacity), "KV cache too small");
-        prefill = prefill && start[b] == 0;
-    }
-    GKD_ASSERT(prefill || cache, "gpu_infer: tokens after position 0 attend through a KV cache");
-    s.tokens.upload(tokens, N);
-    s.cache_row.upload(cache_row, Bn);
-    s.start.upload(start, Bn);
-    s.n_new.upload(n_new, Bn);
     float* x = s.x.ensure((size_t)N * C);
     float* ln = s.ln.ensure((size_t)N * C);
     float* qkv = s.qkv.ensure((size_t)N * 3 * C);
@@ -203,15 +228,16 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
                "gpu_infer: cached attention keeps a row's scores in 48 KB of shared memory (context <= 12288)");
     float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
     const size_t total = (size_t)N * C;
-    gpu::encoder_infer_kernel<<<gpu::blocks_for(total), gpu::THREADS>>>(x, s.tokens.ptr, s.start.ptr, s.n_new.ptr, p.wte,
+    gpu::encoder_infer_kernel<<<gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream()>>>(
+        x, tokens, start, n_new, p.wte,
                                                                        p.wpe, Tn, C, V, total);
     CUDA_LAUNCH_CHECK();
     for (int l = 0; l < L; l++) {
         gpu::layernorm_forward(ln, nullptr, nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
         gpu::matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
         if (cache) {
-            gpu::cache_store_kernel<<<gpu::blocks_for(total), gpu::THREADS>>>(
-                cache->keys(l), cache->values(l), qkv, s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Tn, C, cache->capacity, total);
+            gpu::cache_store_kernel<<<gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream()>>>(
+                cache->keys(l), cache->values(l), qkv, cache_row, start, n_new, Tn, C, cache->capacity, total);
             CUDA_LAUNCH_CHECK();
         }
         if (gemm_attention) {
@@ -219,8 +245,8 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
             float* att = scratch + 4 * (size_t)N * C;
             gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
         } else {
-            gpu::cached_attention_kernel<<<dim3(N, NH), 128, sizeof(float) * cache->capacity>>>(
-                atty, qkv, cache->keys(l), cache->values(l), s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Tn, C, NH,
+            gpu::cached_attention_kernel<<<dim3(N, NH), 128, sizeof(float) * cache->capacity, gpu::stream()>>>(
+                atty, qkv, cache->keys(l), cache->values(l), cache_row, start, n_new, Tn, C, NH,
                 cache->capacity);
             CUDA_LAUNCH_CHECK();
         }
@@ -238,7 +264,8 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
         gpu::zero_padding(logits, N, V, Vp);
     } else {
         float* last = s.last.ensure((size_t)Bn * C);
-        gpu::gather_last_kernel<<<gpu::blocks_for((size_t)Bn * C), gpu::THREADS>>>(last, x, s.n_new.ptr, Tn, C, (size_t)Bn * C);
+        gpu::gather_last_kernel<<<gpu::blocks_for((size_t)Bn * C), gpu::THREADS, 0, gpu::stream()>>>(
+            last, x, n_new, Tn, C, (size_t)Bn * C);
         CUDA_LAUNCH_CHECK();
         gpu::layernorm_forward(ln, nullptr, nullptr, last, p.lnfw, p.lnfb, Bn, C);
         gpu::matmul_forward(logits, ln, p.wte, nullptr, Bn, C, V, Vp);
@@ -246,46 +273,146 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
     }
 }
 
+// gpu_infer_on_device with the per-row arrays on the host: checked, then uploaded.
+static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens, const int* cache_row,
+                      const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions) {
+    const GPTConfig& c = m.config;
+    bool prefill = true;
+    for (int b = 0; b < Bn; b++) {
+        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len, "sequence past the context");
+        GKD_ASSERT(!cache || (cache_row[b] < cache->rows && start[b] + n_new[b] <= cache->capacity), "KV cache too small");
+        prefill = prefill && start[b] == 0;
+    }
+    GKD_ASSERT(prefill || cache, "gpu_infer: tokens after position 0 attend through a KV cache");
+    s.tokens.upload(tokens, (size_t)Bn * Tn);
+    s.cache_row.upload(cache_row, Bn);
+    s.start.upload(start, Bn);
+    s.n_new.upload(n_new, Bn);
+    gpu_infer_on_device(m, cache, s, s.tokens.ptr, s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Bn, Tn, prefill, logits,
+                        all_positions);
+}
+
 // Reusable device buffers for batched generation from one model.
 struct GpuGenerator {
     GpuKVCache cache;
     GpuInferScratch scratch;
-    DeviceBuffer<float> logits;  // (rows, Vp)
-    DeviceBuffer<int> next, draws;
-    DeviceBuffer<uint64_t> keys;
+    DeviceBuffer<float> logits;                          // (Bn, Vp) each row's next-token logits
+    // the decode state (gpu_generate), one slot per row for the whole generation
+    DeviceBuffer<int> picked;                            // (Bn) the tokens just drawn
+    DeviceBuffer<int> last_token, cache_row, start, n_new;  // (Bn) the next decode step's input
+    DeviceBuffer<int> length, prompt_length, budget;     // (Bn) tokens generated so far, and the limits
+    DeviceBuffer<int> completions;                       // (Bn, max budget)
+    DeviceBuffer<int> going;                             // (1) rows still going
+    DeviceBuffer<uint64_t> keys;                         // (Bn) each row's noise key
+    // Decode steps as one CUDA graph (GKD_CUDA_GRAPHS=1; off by default until a GPU has run
+    // it): captured at each generation's first decode step, replayed for the others.
+    bool use_graph = getenv("GKD_CUDA_GRAPHS") && std::string(getenv("GKD_CUDA_GRAPHS")) == "1";
+    cudaStream_t graph_stream = nullptr;
+    GpuGenerator() = default;
+    GpuGenerator(const GpuGenerator&) = delete;
+    GpuGenerator& operator=(const GpuGenerator&) = delete;
+    ~GpuGenerator() {
+        if (graph_stream) cudaStreamDestroy(graph_stream);
+    }
 };
 
-// generate's twin: the same generation_loop, each token drawn on the device. The draws of
-// row b depend on (seed, stream, row_ids[b]) and the draw's index only.
+// How many decode steps run between two looks at the number of rows still going: each
+// look waits for the device. A look every 8 steps runs up to 7 steps of finished rows
+// (masked, so harmless) at the end of a generation.
+constexpr int FINISHED_CHECK_EVERY = 8;
+
+// generate's twin, with the same results (greedy: the CPU's tokens; sampled: the draws of
+// row b depend on (seed, stream, row_ids[b]) and the draw's index only). generation_loop's
+// bookkeeping runs on the device (advance_rows_kernel): one upload of the prompts and
+// the decode state, then per step a decode, a draw and the bookkeeping with no copy, and
+// the completions downloaded at the end. With g.use_graph, that step is a CUDA graph:
+// its Bn, pointers and shapes are the same at every step of one generation, so it is
+// captured once per call (a cache or scratch buffer may have grown since the last) and
+// replayed with one launch per step.
 static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerator& g,
                                                   const std::vector<const std::vector<int>*>& prompts,
                                                   const std::vector<int>& budgets, double temperature, int eos,
                                                   uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
     const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
     if (Bn == 0) return {};
-    int longest = 0;
-    for (int b = 0; b < Bn; b++) longest = std::max(longest, (int)prompts[b]->size() + budgets[b]);
-    g.cache.allocate(m.config, Bn, std::min(longest, m.config.max_seq_len));
+    int Pmax = 0, longest = 0, max_budget = 0;
+    for (int b = 0; b < Bn; b++) {
+        const int P = (int)prompts[b]->size();
+        GKD_ASSERT(budgets[b] >= 1 && P + budgets[b] <= m.config.max_seq_len, "budget past the context");
+        Pmax = std::max(Pmax, P);
+        longest = std::max(longest, P + budgets[b]);
+        max_budget = std::max(max_budget, budgets[b]);
+    }
+    // the prefill: every prompt at once, right-padded, through gpu_infer (its one upload)
+    std::vector<int> tokens((size_t)Bn * Pmax, eos), rows(Bn), zeros(Bn, 0), prompt_length(Bn), ones(Bn, 1);
+    std::vector<uint64_t> keys(Bn);
+    for (int b = 0; b < Bn; b++) {
+        std::copy(prompts[b]->begin(), prompts[b]->end(), tokens.begin() + (size_t)b * Pmax);
+        rows[b] = b;
+        prompt_length[b] = (int)prompts[b]->size();
+        keys[b] = derive_seed(seed, stream, row_ids[b]);
+    }
+    g.cache.allocate(m.config, Bn, longest);
     float* logits = g.logits.ensure((size_t)Bn * Vp);
-    int* next = g.next.ensure(Bn);
+    gpu_infer(m, &g.cache, g.scratch, tokens.data(), rows.data(), zeros.data(), prompt_length.data(), Bn, Pmax, logits,
+              false);
+    // the decode state, uploaded once: every row going, nothing generated yet
+    g.cache_row.upload(rows);
+    g.start.upload(zeros);
+    g.n_new.upload(ones);
+    g.length.upload(zeros);
+    g.prompt_length.upload(prompt_length);
+    g.budget.upload(budgets);
+    g.keys.upload(keys);
+    int* picked = g.picked.ensure(Bn);
+    int* last_token = g.last_token.ensure(Bn);
+    int* completions = g.completions.ensure((size_t)Bn * max_budget);
+    int* going = g.going.ensure(1);
     const double inv_t = temperature > 0 ? 1.0 / temperature : 0.0;
-    auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
-        gpu_infer(m, &g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, logits, false);
-    };
-    std::vector<uint64_t> row_keys(Bn), keys(Bn);  // each row's key, then gathered by slot
-    for (int b = 0; b < Bn; b++) row_keys[b] = derive_seed(seed, stream, row_ids[b]);
-    auto pick = [&](const std::vector<int>& active, const std::vector<int>& draws) {
-        const int n = (int)active.size();
-        for (int i = 0; i < n; i++) keys[i] = row_keys[active[i]];
-        g.keys.upload(keys.data(), n);
-        g.draws.upload(draws.data(), n);
-        gpu::sample_kernel<<<n, gpu::THREADS>>>(next, logits, V, Vp, inv_t, g.keys.ptr, g.draws.ptr);
+    auto draw = [&] {  // each going row's next token, then the bookkeeping
+        gpu::sample_kernel<<<Bn, gpu::THREADS, 0, gpu::stream()>>>(picked, logits, V, Vp, inv_t, g.keys.ptr,
+                                                                    g.length.ptr, g.n_new.ptr);
         CUDA_LAUNCH_CHECK();
-        std::vector<int> picked(n);
-        download(picked.data(), next, n);  // the only copy back per step: n token ids
-        return picked;
+        gpu::advance_rows_kernel<<<1, gpu::THREADS, 0, gpu::stream()>>>(completions, g.length.ptr, last_token,
+                                                                         g.start.ptr, g.n_new.ptr, going, picked,
+                                                                         g.prompt_length.ptr, g.budget.ptr, Bn,
+                                                                         max_budget, eos);
+        CUDA_LAUNCH_CHECK();
     };
-    return generation_loop(prompts, budgets, eos, m.config.max_seq_len, run, pick);
+    auto decode_and_draw = [&] {  // one token per going row at its position; finished rows masked (n_new = 0)
+        gpu_infer_on_device(m, &g.cache, g.scratch, last_token, g.cache_row.ptr, g.start.ptr, g.n_new.ptr, Bn, 1, false,
+                            logits, false);
+        draw();
+    };
+    cudaGraphExec_t graph = nullptr;
+    if (g.use_graph && !g.graph_stream) CUDA_CHECK(cudaStreamCreate(&g.graph_stream));
+    try {
+        draw();  // the first token, from the prefill's logits
+        for (int step = 1; step < max_budget; step++) {
+            if (step % FINISHED_CHECK_EVERY == 0) {
+                int still_going = 0;
+                download(&still_going, going, 1);  // waits for the device: the only look per FINISHED_CHECK_EVERY steps
+                if (still_going == 0) break;
+            }
+            if (!g.use_graph) {
+                decode_and_draw();
+                continue;
+            }
+            if (!graph) graph = gpu::capture_graph(g.graph_stream, decode_and_draw);
+            CUDA_CHECK(cudaGraphLaunch(graph, g.graph_stream));
+        }
+    } catch (...) {
+        if (graph) cudaGraphExecDestroy(graph);
+        throw;
+    }
+    if (graph) CUDA_CHECK(cudaGraphExecDestroy(graph));
+    std::vector<int> length(Bn), flat((size_t)Bn * max_budget);
+    download(length.data(), g.length.ptr, Bn);
+    download(flat.data(), completions, flat.size());
+    std::vector<std::vector<int>> out(Bn);
+    for (int b = 0; b < Bn; b++)
+        out[b].assign(flat.begin() + (size_t)b * max_budget, flat.begin() + (size_t)b * max_budget + length[b]);
+    return out;
 }
 
 // speculative_generate's twin (speculative.h): the same speculative_loop, the forward passes

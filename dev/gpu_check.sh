@@ -1,103 +1,146 @@
 #!/usr/bin/env bash
-# gpu_check.sh — the whole validation of the CUDA path, in one command on a GPU machine:
-#   1. builds ./gkd and tests/test_gpu for the GPU that nvidia-smi reports;
-#   2. runs tests/test_gpu (make test-gpu): every kernel against the CPU path, the fused
-#      loss, a full GKD step, a 20-step trajectory, greedy sampling token for token,
-#      speculative sampling; then, through the command line, speculative sampling on the
-#      GPU against the CPU and (with OpenMPI there) a 1-rank NCCL run against a plain one;
-#   3. times ./gkd bench --device cuda on the reference configuration and on the GPT-2
-#      configuration (124M-shaped student, 355M-shaped teacher, B=8, 128 + 128 tokens),
-#      fp32 (the parity mode) and TF32;
-#   4. times the same step in PyTorch eager on the same GPU (dev/compare_pytorch.sh) and
-#      prints the ratio measured in the same run.
-# Logs and tables go to $OUT (the device tool's folder) or build/gpu-check/; the summary
-# is printed last. QUICK=1 skips the GPT-2 configuration and TF32.
+# gpu_check.sh — the whole validation of the CUDA path, in one command of about three
+# minutes on a GPU machine (one H200 and 16 cores: the device tool's), most important first.
+# Each stage runs under its own `timeout` and writes its log under $OUT as it goes, so a
+# stage that hangs or a machine taken back early still leaves every earlier result:
+#   gpu        nvidia-smi: the card, its compute capability, driver, memory
+#   build      ./gkd and tests/test_gpu in parallel, for the GPU found (or GPU_ARCH=sm_90)
+#   test-gpu   CUDA_LAUNCH_BLOCKING=1 GKD_REQUIRE_GPU=1 tests/test_gpu: every kernel against
+#              the CPU path, the fused loss, full steps, sampling, and GPT-2's widths (C 768,
+#              head size 64, V 50257, ~130 positions); no usable GPU is a failure
+#   bench-*    ./gkd bench --device cuda: GPT-2 (124M-shaped student, 355M-shaped teacher,
+#              B 8, 128 + 128 tokens) in TF32 and fp32, then the reference configuration
+#   e2e        speculative sampling on the GPU against the CPU through the command line; a
+#              1-rank NCCL run against a plain one where OpenMPI is installed
+#   hf         dev/hf_parity.py: random Hugging Face GPT2LMHeadModels loaded by gkd; NLL,
+#              TRL's generalized JSD for beta 0, 0.5, 1, and one step's loss (needs transformers)
+#   bench-gpt2-tf32-graphs  the same bench with decode steps replayed as CUDA graphs
+#              (GKD_CUDA_GRAPHS=1), only if time remains
+#   pytorch    one PyTorch eager round on the GPT-2 shape (TF32), only if time remains
+#   memcheck   compute-sanitizer --tool memcheck on tests/test_gpu's small tests, only if
+#              time remains
+# The summary ($OUT/summary.txt, also printed) has one line per stage and the figures.
+# Exit status 0 only when every stage that ran passed and test-gpu ran.
+#   BUDGET_S (170): seconds for the whole check; an optional stage starts only if its
+#   limit fits in what is left. QUICK=1: gpu, build, test-gpu and the reference bench only.
 #
-# Where the machine lacks nlohmann/json (a GPU image with no Debian packages), run
-# `make dev-headers` here first: it copies the header into build/include/, which the
-# Makefile then uses; carry build/include with the call.
+# On a machine without nlohmann/json (a GPU image with no Debian packages) it refuses at
+# once: run `make dev-headers` where the header is installed, and carry build/include.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-build/gpu-check}"
 mkdir -p "$out"
+budget=${BUDGET_S:-170}
+t0=$SECONDS
 status=0
-echo "== GPU" | tee "$out/summary.txt"
-nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
+say() { echo "$*" | tee -a "$out/summary.txt"; }
+left() { echo $((budget - (SECONDS - t0))); }
+: > "$out/summary.txt"
 
-echo "== build" | tee -a "$out/summary.txt"
-if ! make -j"$(nproc)" gkd tests/test_gpu > "$out/build.log" 2>&1; then
-  tail -30 "$out/build.log"; echo "build failed: $out/build.log"; exit 1
+# stage NAME LIMIT CMD...: runs CMD under `timeout LIMIT` (capped by what is left of the
+# budget), its output in $out/NAME.log; a summary line with the verdict and the seconds
+stage() {
+  local name=$1 limit=$2; shift 2
+  local l; l=$(left)
+  [ "$l" -lt "$limit" ] && limit=$l
+  if [ "$limit" -le 5 ]; then say "stage $name: not run (the ${budget} s budget is spent)"; return 1; fi
+  local s=$SECONDS rc
+  timeout --kill-after=5 "$limit" "$@" > "$out/$name.log" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ]; then say "stage $name: ok in $((SECONDS - s)) s"; return 0; fi
+  status=1
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then say "stage $name: FAIL: timed out after $limit s (log: $out/$name.log)"
+  else say "stage $name: FAIL: exit $rc in $((SECONDS - s)) s (log: $out/$name.log)"; fi
+  tail -3 "$out/$name.log" | sed 's/^/    /' | tee -a "$out/summary.txt"
+  return $rc
+}
+# optional NAME LIMIT CMD...: a stage that runs only when its whole limit fits in what is
+# left; a skip is no failure (exit 3, which the callers read as "no figures")
+optional() {
+  local name=$1 limit=$2
+  if [ "$(left)" -lt "$limit" ]; then say "stage $name: skipped ($(left) s left, it needs $limit)"; return 3; fi
+  stage "$@"
+}
+
+if [ ! -f /usr/include/nlohmann/json.hpp ] && [ ! -f build/include/nlohmann/json.hpp ]; then
+  say "refused: nlohmann/json is missing here. Run \`make dev-headers\` on a machine that has it (apt-get install nlohmann-json3-dev) and bring build/include along (the device tool: carry build/include)."
+  exit 2
 fi
+command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || { say "refused: no nvcc (the CUDA toolkit) on this machine"; exit 2; }
+
+stage gpu 20 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv,noheader &&
+  tee -a "$out/summary.txt" < "$out/gpu.log"
+# make picks the arch from nvidia-smi (GPU_ARCH overrides); -j2 compiles the two at once
+stage build 200 make -j2 gkd tests/test_gpu || { say "== stopped: nothing to test without a build"; exit 1; }
 grep -E '^gkd:' "$out/build.log" | tee -a "$out/summary.txt"
-
-echo "== make test-gpu" | tee -a "$out/summary.txt"
-# GKD_REQUIRE_GPU=1: no usable GPU fails; CUDA_LAUNCH_BLOCKING=1: a fault names its launch
-CUDA_LAUNCH_BLOCKING=1 GKD_REQUIRE_GPU=1 ./tests/test_gpu > "$out/test_gpu.log" 2>&1 || status=1
-grep -E '^FAIL' "$out/test_gpu.log" | tee -a "$out/summary.txt"
-tail -1 "$out/test_gpu.log" | tee -a "$out/summary.txt"
-
-# end to end through the command line: speculative greedy sampling on the GPU gives the CPU's
-# output; with OpenMPI on the machine, a 1-rank NCCL run (mpirun -np 1) matches the plain GPU run
-e2e="$out/e2e"; mkdir -p "$e2e"
-./gkd init --layers 2 --channels 64 --heads 4 --context 64 --seed 1 --out "$e2e/s.bin" 2>/dev/null
-./gkd init --layers 2 --channels 128 --heads 4 --context 64 --seed 2 --out "$e2e/t.bin" 2>/dev/null
-./gkd data --task arithmetic --out "$e2e/data" --train 64 --validation 16 --test 16 2>/dev/null
-echo "== speculative sampling, GPU against CPU (greedy, K = 4)" | tee -a "$out/summary.txt"
-for d in cpu cuda; do
-  ./gkd sample --device $d --model "$e2e/t.bin" --draft "$e2e/s.bin" --draft-tokens 4 --temperature 0 \
-      --data "$e2e/data/test.jsonl" --max-new-tokens 24 > "$e2e/spec-$d.jsonl" 2> "$e2e/spec-$d.log"
-done
-# random models' logits are close together, so an argmax may hinge on rounding: allow one row of 16
-same=$(paste -d'\n' "$e2e/spec-cpu.jsonl" "$e2e/spec-cuda.jsonl" | paste - - | awk -F'\t' '$1 == $2' | wc -l)
-if [ "$same" -ge 15 ]; then
-  echo "ok: $same of 16 rows identical; $(tail -1 "$e2e/spec-cuda.log")" | tee -a "$out/summary.txt"
-else
-  status=1; echo "FAIL: $same of 16 rows identical to the CPU's ($e2e)" | tee -a "$out/summary.txt"
-fi
-echo "== data parallel: NCCL over one GPU (mpirun -np 1) against the plain GPU run" | tee -a "$out/summary.txt"
-if command -v mpirun >/dev/null && ldd ./gkd | grep -q libnccl; then
-  run=(distill --device cuda --teacher "$e2e/t.bin" --student "$e2e/s.bin" --data "$e2e/data/train.jsonl" --lambda 1
-       --steps 10 --batch 8 --max-new-tokens 16 --quiet --overwrite)
-  ./gkd "${run[@]}" --out "$e2e/plain" 2> "$e2e/plain.log"
-  mpirun --allow-run-as-root -np 1 ./gkd "${run[@]}" --out "$e2e/nccl" 2> "$e2e/nccl.log"
-  if cmp -s "$e2e/plain/model.bin" "$e2e/nccl/model.bin"; then
-    echo "ok: identical model.bin after 10 steps" | tee -a "$out/summary.txt"
-  else
-    status=1; echo "FAIL: the NCCL run differs ($e2e)" | tee -a "$out/summary.txt"
-  fi
-else
-  echo "not run: no mpirun, or ./gkd built without MPI and NCCL (apt-get install libopenmpi-dev openmpi-bin)" | tee -a "$out/summary.txt"
-fi
+stage test-gpu 150 env CUDA_LAUNCH_BLOCKING=1 GKD_REQUIRE_GPU=1 ./tests/test_gpu
+grep -E '^test-gpu on|^FAIL' "$out/test-gpu.log" | tee -a "$out/summary.txt"
+grep -E '^[0-9]+ passed, [0-9]+ failed' "$out/test-gpu.log" | tail -1 | sed 's/^/test-gpu: /' | tee -a "$out/summary.txt"
+grep -q '^[0-9]* passed, 0 failed' "$out/test-gpu.log" || status=1
 
 reference=(--student 2,128,4 --teacher 4,256,4 --vocab byte --context 128 --batch 32 --prompt-tokens 32 --new-tokens 64)
 gpt2=(--student 12,768,12 --teacher 24,1024,16 --vocab 50257 --context 1024 --batch 8 --prompt-tokens 128 --new-tokens 128)
-bench() {  # name, precision flag (or ""), shape flags...
-  local name=$1 prec=$2; shift 2
-  echo "== bench $name ${prec:-fp32}" | tee -a "$out/summary.txt"
-  if ./gkd bench --device cuda $prec --steps 5 --warmup 1 "$@" > "$out/bench-$name${prec:+-tf32}.md" 2>&1; then
-    grep -E '^\| (step|sample|teacher|student|loss|AdamW)' "$out/bench-$name${prec:+-tf32}.md" | tee -a "$out/summary.txt"
-    grep -E '^peak device memory' "$out/bench-$name${prec:+-tf32}.md" | tee -a "$out/summary.txt"
-  else
-    status=1; tail -5 "$out/bench-$name${prec:+-tf32}.md" | tee -a "$out/summary.txt"
+bench() {  # name, limit, flags...
+  local name=$1 limit=$2; shift 2
+  if stage "bench-$name" "$limit" ./gkd bench --device cuda --steps 3 --warmup 1 "$@"; then
+    grep -E '^\| (step|sample|teacher|student|loss|AdamW)|^peak device memory' "$out/bench-$name.log" | tee -a "$out/summary.txt"
   fi
 }
-compare() {  # name, rounds, flags...
-  local name=$1 rounds=$2; shift 2
-  echo "== PyTorch comparison $name $*" | tee -a "$out/summary.txt"
-  if DEVICE=cuda dev/compare_pytorch.sh "$(nproc)" "$rounds" "$@" > "$out/pytorch-$name.md" 2> "$out/pytorch-$name.log"; then
-    grep -E '^\| whole step|^gkd:|^on-policy' "$out/pytorch-$name.md" | tee -a "$out/summary.txt"
-  else
-    status=1; tail -5 "$out/pytorch-$name.log" | tee -a "$out/summary.txt"
-  fi
-}
-bench reference "" "${reference[@]}"
-compare reference 3 "${reference[@]}"
 if [ -z "${QUICK:-}" ]; then
-  bench reference --tf32 "${reference[@]}"
-  bench gpt2 "" "${gpt2[@]}"
-  bench gpt2 --tf32 "${gpt2[@]}"
-  compare gpt2 2 "${gpt2[@]}"
-  compare gpt2-tf32 2 --tf32 "${gpt2[@]}"
+  bench gpt2-tf32 60 --tf32 "${gpt2[@]}"
+  bench gpt2-fp32 60 "${gpt2[@]}"
 fi
-echo "== done: status $status; logs in $out" | tee -a "$out/summary.txt"
+bench reference 30 "${reference[@]}"
+[ -n "${QUICK:-}" ] && { say "== done (QUICK): status $status in $((SECONDS - t0)) s; logs in $out"; exit $status; }
+
+# end to end through the command line: speculative greedy sampling on the GPU gives the
+# CPU's output; with OpenMPI on the machine, a 1-rank NCCL run matches the plain GPU run
+e2e() {
+  local e=$out/e2e status=0
+  mkdir -p "$e"
+  ./gkd init --layers 2 --channels 64 --heads 4 --context 64 --seed 1 --out "$e/s.bin" 2>/dev/null
+  ./gkd init --layers 2 --channels 128 --heads 4 --context 64 --seed 2 --out "$e/t.bin" 2>/dev/null
+  ./gkd data --task arithmetic --out "$e/data" --train 64 --validation 16 --test 16 2>/dev/null
+  for d in cpu cuda; do
+    ./gkd sample --device $d --model "$e/t.bin" --draft "$e/s.bin" --draft-tokens 4 --temperature 0 \
+        --data "$e/data/test.jsonl" --max-new-tokens 24 > "$e/spec-$d.jsonl" 2> "$e/spec-$d.log"
+  done
+  # random models' logits are close together, so an argmax may hinge on rounding: one row of 16 may differ
+  local same
+  same=$(paste -d'\n' "$e/spec-cpu.jsonl" "$e/spec-cuda.jsonl" | paste - - | awk -F'\t' '$1 == $2' | wc -l)
+  if [ "$same" -ge 15 ]; then echo "ok: speculative sampling, GPU against CPU: $same of 16 rows identical"
+  else status=1; echo "FAIL: speculative sampling: $same of 16 rows identical to the CPU's"; fi
+  if command -v mpirun >/dev/null && ldd ./gkd | grep -q libnccl; then
+    local run=(distill --device cuda --teacher "$e/t.bin" --student "$e/s.bin" --data "$e/data/train.jsonl" --lambda 1
+               --steps 10 --batch 8 --max-new-tokens 16 --quiet --overwrite)
+    ./gkd "${run[@]}" --out "$e/plain" 2> "$e/plain.log"
+    mpirun --allow-run-as-root -np 1 ./gkd "${run[@]}" --out "$e/nccl" 2> "$e/nccl.log"
+    if cmp -s "$e/plain/model.bin" "$e/nccl/model.bin"; then echo "ok: NCCL over one GPU: identical model.bin after 10 steps"
+    else status=1; echo "FAIL: the NCCL run differs from the plain one"; fi
+  else
+    echo "not run: NCCL (no mpirun, or ./gkd built without MPI and NCCL)"
+  fi
+  return $status
+}
+stage e2e 60 bash -c "$(declare -f e2e); out='$out'; e2e"
+grep -E '^(ok|FAIL|not run):' "$out/e2e.log" | tee -a "$out/summary.txt"
+stage hf 90 python3 dev/hf_parity.py --device cuda --gkd ./gkd --work "$out/hf"
+grep -E '^(ok  |FAIL|hf_parity)' "$out/hf.log" | tee -a "$out/summary.txt"
+# decode steps replayed as CUDA graphs (GKD_CUDA_GRAPHS=1, off by default): the sample phase against bench-gpt2-tf32's
+if optional bench-gpt2-tf32-graphs 45 env GKD_CUDA_GRAPHS=1 ./gkd bench --device cuda --steps 3 --warmup 1 --tf32 "${gpt2[@]}"; then
+  grep -E '^\| (step|sample)' "$out/bench-gpt2-tf32-graphs.log" | tee -a "$out/summary.txt"
+fi
+if optional pytorch 100 env DEVICE=cuda STEPS=3 dev/compare_pytorch.sh "$(nproc)" 1 --tf32 "${gpt2[@]}"; then
+  grep -E '^\| whole step|^gkd:|^on-policy' "$out/pytorch.log" | tee -a "$out/summary.txt"
+fi
+# memcheck is 10-100x slower: the small tests only (GKD_GPU_TEST_SKIP leaves out GPT-2's widths)
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ -x "$sanitizer" ]; then
+  optional memcheck 60 env GKD_REQUIRE_GPU=1 GKD_GPU_TEST_SKIP="GPT-2 width" \
+      "$sanitizer" --tool memcheck --error-exitcode 1 ./tests/test_gpu
+else
+  say "stage memcheck: not run (no compute-sanitizer)"
+fi
+[ -f "$out/memcheck.log" ] && grep -E 'ERROR SUMMARY|^[0-9]+ passed' "$out/memcheck.log" | tail -2 | tee -a "$out/summary.txt"
+say "== done: status $status in $((SECONDS - t0)) s; logs in $out"
 exit $status

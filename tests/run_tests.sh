@@ -60,6 +60,21 @@ gpu_harness() {
   echo "gpu harness: $p passed, $f failed"
 }
 suite gpu-harness '^gpu harness: ([0-9]+) passed, ([0-9]+) failed' gpu_harness
+# dev/hf_parity.py on the CPU where torch and transformers are installed (gpu_check.sh runs
+# it on the GPU); elsewhere it says that it did not run
+hf_parity() {
+  local py=/usr/bin/python3 out
+  if ! "$py" -c 'import torch, transformers' 2>/dev/null; then
+    echo "hf parity: not run: $py lacks torch or transformers (Hugging Face's GPT2LMHeadModel is the reference)"
+    echo "hf parity: 0 passed, 0 failed"
+    return
+  fi
+  out=$("$py" dev/hf_parity.py --device cpu --gkd ./gkd 2>&1)
+  echo "$out"
+  echo "$out" | sed -n 's/^hf_parity: \([0-9]*\) passed, \([0-9]*\) failed$/hf parity: \1 passed, \2 failed/p' | grep . ||
+    echo "hf parity: 0 passed, 1 failed"
+}
+suite hf-parity '^hf parity: ([0-9]+) passed, ([0-9]+) failed' hf_parity
 fuzz_smoke() {
   local p=0 f=0
   for t in checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors; do

@@ -110,12 +110,12 @@ static std::string read_bytes(const std::string& path) { return read_whole_file(
 
 // A small random model with weights large enough that every parameter matters.
 template <typename T>
-static void make_model(GPT<T>& m, int L, int C, int NH, int maxT, int V, uint64_t seed) {
+static void make_model(GPT<T>& m, int L, int C, int NH, int maxT, int V, uint64_t seed, double std = 0.3) {
     GPTConfig c;
     c.num_layers = L; c.channels = C; c.num_heads = NH; c.max_seq_len = maxT; c.vocab_size = V;
     c.padded_vocab_size = V + 5;  // deliberately not a multiple of anything
     gpt_build(m, c);
-    auto r = randn(m.num_parameters, seed, 0.3);
+    auto r = randn(m.num_parameters, seed, std);
     for (size_t i = 0; i < m.num_parameters; i++) m.params_memory[i] = (T)r[i];
     for (int i = 0; i < L * C; i++) { m.params.ln1w[i] += 1; m.params.ln2w[i] += 1; }
     for (int i = 0; i < C; i++) m.params.lnfw[i] += 1;
@@ -403,6 +403,80 @@ TEST_CASE("the whole model's backward matches finite differences, for a divergen
       }
     }
     omp_set_num_threads(threads_before);
+}
+
+// The CPU half of tests/test_gpu's GPT-2-width step: the CPU path is the GPU's reference
+// there, so it is checked at that shape too (head size 64, V = 50257, rows past 32
+// positions). All 38.6M gradient entries against finite differences would take hours, so
+// each tensor is checked along one random unit direction d: (f(x + h d) - f(x - h d)) / 2h
+// against g . d. They agree to ~1e-12 (rounding, eps |f| / h); the limit, 1e-8 |g| + 5e-12,
+// catches any systematic error (a wrong index, row, scale or sign) and a single element
+// wrong by more than ~1e-8 |g| / |d_i|.
+TEST_CASE("GPT-2's widths (C 768, head size 64, V 50257, T 38): gradient against finite differences in fp64, float against fp64") {
+    const int V = 50257, C = 768, eos = 50256;
+    GPT<double> m;
+    make_model(m, 1, C, 12, 48, V, 51, 0.05);
+    const int Vp = m.config.padded_vocab_size;
+    Rng rng(52);
+    std::vector<std::vector<int>> prompts(2), completions(2);
+    for (int r = 0; r < 2; r++) {
+        for (int t = 0; t < 3 + r; t++) prompts[r].push_back((int)rng.below(V - 1));
+        for (int t = 0; t < 36 - r; t++) completions[r].push_back((int)rng.below(V - 1));
+    }
+    TrainBatch b = build_batch(small_rows(prompts, completions), eos);
+    REQUIRE(b.T == 38);  // past the 32 lanes of a warp
+    auto teacher = randn((size_t)b.B * b.T * Vp, 53, 2.0);
+    auto loss = [&]() {
+        gpt_forward(m, b.tokens.data(), b.B, b.T);
+        return batch_loss(b, teacher.data(), Vp, m.acts.logits, (double*)nullptr, V, Vp, false, 0.5, 1.0, LossNorm::Sequence);
+    };
+    gpt_forward(m, b.tokens.data(), b.B, b.T);
+    const double value = batch_loss(b, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0,
+                                    LossNorm::Sequence);
+    gpt_zero_grad(m);
+    gpt_backward(m);
+    const std::vector<double> analytic = m.grads_memory, params = m.params_memory;
+    size_t off = 0;
+    for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+        const size_t n = m.param_sizes[k];
+        std::vector<double> d = randn(n, 60 + k);
+        const double norm = std::sqrt(dot(d, d));
+        for (auto& x : d) x /= norm;
+        std::vector<double> g(analytic.begin() + off, analytic.begin() + off + n);
+        const double h = 1e-4;
+        auto at = [&](double step) {
+            for (size_t i = 0; i < n; i++) m.params_memory[off + i] = params[off + i] + step * d[i];
+            return loss();
+        };
+        const double numeric = (at(h) - at(-h)) / (2 * h), exact = dot(g, d), gnorm = std::sqrt(dot(g, g));
+        std::copy(params.begin() + off, params.begin() + off + n, m.params_memory.begin() + off);
+        INFO(PARAMETER_NAMES[k] << ": finite difference " << numeric << ", g . d " << exact << ", |g| " << gnorm);
+        CHECK(std::fabs(numeric - exact) <= 1e-8 * gnorm + 5e-12);
+        off += n;
+    }
+    // the float model (what the GPU is compared with) against this fp64 one
+    GPT<float> f;
+    gpt_build(f, m.config);
+    for (size_t i = 0; i < m.num_parameters; i++) f.params_memory[i] = (float)params[i];
+    gpt_forward(f, b.tokens.data(), b.B, b.T);
+    std::vector<float> teacher_f(teacher.begin(), teacher.end());
+    const double value_f = batch_loss(b, teacher_f.data(), Vp, f.acts.logits, f.grads_acts.logits, V, Vp, false, 0.5,
+                                      1.0, LossNorm::Sequence);
+    CHECK(std::fabs(value_f - value) <= 1e-5 * std::fabs(value));
+    gpt_zero_grad(f);
+    gpt_backward(f);
+    off = 0;
+    for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+        double num = 0, den = 0;
+        for (size_t i = off; i < off + m.param_sizes[k]; i++) {
+            const double e = (double)f.grads_memory[i] - analytic[i];
+            num += e * e;
+            den += analytic[i] * analytic[i];
+        }
+        INFO(PARAMETER_NAMES[k] << ": float gradient's relative error " << std::sqrt(num / den));
+        CHECK(std::sqrt(num) <= 1e-4 * std::sqrt(den));
+        off += m.param_sizes[k];
+    }
 }
 
 TEST_CASE("random initialisation: Box-Muller on all threads gives the sequential stream's values exactly") {
