@@ -594,12 +594,12 @@ static void check_greedy_rows(const std::string& what, const GPT<float>& m, cons
         // the CPU's logits after prompt + the k shared tokens
         std::vector<int> row(*r.prompts[b]);
         row.insert(row.end(), cpu[b].begin(), cpu[b].begin() + k);
-        const int T = (int)row.size(), Vp = m.config.padded_vocab_size, zero = 0, one_row = 0;
+        const int T = (int)row.size(), Vp = m.config.padded_vocab_size, cache_row = 0, start = 0;
         KVCache<float> cache;
         cache.allocate(m.config, 1);
         InferScratch<float> scratch;
         std::vector<float> logits(Vp);
-        gpt_infer(m, cache, scratch, row.data(), &one_row, &zero, &T, 1, T, logits.data(), false);
+        gpt_infer(m, cache, scratch, row.data(), &cache_row, &start, &T, 1, T, logits.data(), false);
         const float top = logits[cpu[b][k]], theirs = logits[gpu[b][k]];
         if (top - theirs <= 1e-4 * std::max(1.0f, std::fabs(top))) {
             ties++;
