@@ -74,7 +74,7 @@ stage gpu 20 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total
 stage build 200 make -j2 gkd tests/test_gpu || { say "== stopped: nothing to test without a build"; exit 1; }
 grep -E '^gkd:' "$out/build.log" | tee -a "$out/summary.txt"
 stage test-gpu 150 env CUDA_LAUNCH_BLOCKING=1 GKD_REQUIRE_GPU=1 ./tests/test_gpu
-grep -E '^test-gpu on|^FAIL' "$out/test-gpu.log" | tee -a "$out/summary.txt"
+grep -E '^test-gpu on|^test-gpu: |^FAIL' "$out/test-gpu.log" | tee -a "$out/summary.txt"
 grep -E '^[0-9]+ passed, [0-9]+ failed' "$out/test-gpu.log" | tail -1 | sed 's/^/test-gpu: /' | tee -a "$out/summary.txt"
 grep -q '^[0-9]* passed, 0 failed' "$out/test-gpu.log" || status=1
 

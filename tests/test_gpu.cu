@@ -752,12 +752,14 @@ static void run_test(const char* name, F test) {
     }
     printf("--- %s\n", name);
     fflush(stdout);
+    const double t0 = now_seconds();
     try {
         test();
         CUDA_CHECK(cudaDeviceSynchronize());  // an asynchronous fault belongs to this test
     } catch (const GkdError& err) {
         check(false, strf("%s: error: %s", name, err.what()));
     }
+    printf("    (%.2f s, CPU reference included)\n", now_seconds() - t0);  // what each test costs of a short GPU lease
 }
 
 int main() {
@@ -782,6 +784,7 @@ int main() {
         printf("%d passed, %d failed\n", passed, failed);
         return 1;
     }
+    const double started = now_seconds();
     printf("test-gpu on %s (sm_%d%d), inputs from seed %llu\n", gpu_context().prop.name, gpu_context().prop.major,
            gpu_context().prop.minor, (unsigned long long)run_seed);
     run_test("encoder", [] { test_encoder(); });
@@ -818,6 +821,7 @@ int main() {
     run_test("GPT-2 width: greedy decoding", [] { test_gpt2_greedy(); });
     run_test("GPT-2 width: one GKD step", [] { test_gpt2_step(); });
     if (skipped) printf("%d tests skipped (GKD_GPU_TEST_SKIP)\n", skipped);
+    printf("test-gpu: %.1f s in all\n", now_seconds() - started);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
