@@ -22,7 +22,8 @@
 //   completions live on the device (advance_rows_kernel is generation_loop's bookkeeping);
 //   the host reads one int, the number of rows still going, every FINISHED_CHECK_EVERY
 //   steps, and the completions once at the end. The same kernels and cuBLAS calls on the
-//   same pointers each step: a decode step is capturable as a CUDA graph.
+//   same pointers each step: with GKD_CUDA_GRAPHS=1 a decode step is captured once per
+//   generation and replayed as one CUDA graph launch (off by default until run on a GPU).
 #pragma once
 #include "common.cuh"
 #include "layers.cuh"
