@@ -230,8 +230,7 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
     float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
     const size_t total = (size_t)N * C;
     gpu::encoder_infer_kernel<<<gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream()>>>(
-        x, tokens, start, n_new, p.wte,
-                                                                       p.wpe, Tn, C, V, total);
+        x, tokens, start, n_new, p.wte, p.wpe, Tn, C, V, total);
     CUDA_LAUNCH_CHECK();
     for (int l = 0; l < L; l++) {
         gpu::layernorm_forward(ln, nullptr, nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);

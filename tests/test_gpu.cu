@@ -441,47 +441,58 @@ static void test_speculative() {
     }
 }
 
-// the Gumbel-max draw: frequencies against softmax(logits / t); greedy ties to the lowest id
-static void test_sampling_distribution() {
-    const int V = 12, Vp = 128, R = 40000;
-    const double t = 0.7;
-    std::vector<float> row(Vp, 0.0f), logits((size_t)R * Vp);
-    Rng rng(derive_seed(run_seed, ++draws));
-    for (int i = 0; i < V; i++) row[i] = (float)(rng.normal() * 1.0);
-    for (int r = 0; r < R; r++) std::copy(row.begin(), row.end(), logits.begin() + (size_t)r * Vp);
+// R Gumbel-max draws from one row of V logits at temperature t: row stride 0, so every
+// block of sample_kernel reads the same row; draw r has key derive_seed(run_seed,
+// key_stream, r) and draw index `draw`. Returns the ids drawn.
+static std::vector<int> draws_from_row(const std::vector<float>& row, int V, double t, int R, uint64_t key_stream,
+                                       int draw) {
     std::vector<uint64_t> keys(R);
-    std::vector<int> draw_index(R, 3);
-    for (int r = 0; r < R; r++) keys[r] = derive_seed(run_seed, 77, r);
-    Dev d_logits(logits);
+    for (int r = 0; r < R; r++) keys[r] = derive_seed(run_seed, key_stream, r);
+    Dev d_row(row);
     DeviceBuffer<uint64_t> d_keys;
     d_keys.upload(keys);
-    DevInt d_draws(draw_index);
+    DevInt d_draws(std::vector<int>(R, draw));
     DeviceBuffer<int> d_out;
     d_out.ensure(R);
-    gpu::sample_kernel<<<R, gpu::THREADS>>>(d_out.ptr, d_logits.p(), V, Vp, 1.0 / t, d_keys.ptr, d_draws.b.ptr, nullptr);
+    gpu::sample_kernel<<<R, gpu::THREADS>>>(d_out.ptr, d_row.p(), V, 0, t > 0 ? 1.0 / t : 0.0, d_keys.ptr,
+                                            d_draws.b.ptr, nullptr);
     CUDA_LAUNCH_CHECK();
     std::vector<int> out(R);
     download(out.data(), d_out.ptr, R);
-    std::vector<double> freq(V, 0.0), p(V);
+    return out;
+}
+
+// softmax(row / t) over the first V entries, max subtracted, in double
+static std::vector<double> softmax_of(const std::vector<float>& row, int V, double t) {
+    const double mx = *std::max_element(row.begin(), row.begin() + V);
+    std::vector<double> p(V);
+    double z = 0;
+    for (int i = 0; i < V; i++) z += p[i] = std::exp((row[i] - mx) / t);
+    for (double& x : p) x /= z;
+    return p;
+}
+
+// the Gumbel-max draw: frequencies against softmax(logits / t); greedy ties to the lowest id
+static void test_sampling_distribution() {
+    const int V = 12, R = 40000;
+    const double t = 0.7;
+    std::vector<float> row(V);
+    Rng rng(derive_seed(run_seed, ++draws));
+    for (int i = 0; i < V; i++) row[i] = (float)(rng.normal() * 1.0);
+    std::vector<double> freq(V, 0.0), p = softmax_of(row, V, t);
     bool in_range = true;
-    for (int x : out) {
+    for (int x : draws_from_row(row, V, t, R, 77, 3)) {
         if (x < 0 || x >= V) in_range = false;
         else freq[x] += 1.0 / R;
     }
-    double mx = *std::max_element(row.begin(), row.begin() + V), z = 0;
-    for (int i = 0; i < V; i++) z += p[i] = std::exp((row[i] - mx) / t);
     double worst = 0;
-    for (int i = 0; i < V; i++) worst = std::max(worst, std::fabs(freq[i] - p[i] / z) / std::sqrt(p[i] / z / R + 1e-12));
+    for (int i = 0; i < V; i++) worst = std::max(worst, std::fabs(freq[i] - p[i]) / std::sqrt(p[i] / R + 1e-12));
     // |f - p| / sd(f): 5 standard deviations of a binomial frequency
     check(in_range && worst < 5.0, strf("Gumbel-max sampling at t = %.1f: %d draws, worst deviation %.2f sd (limit 5)", t, R, worst));
 
-    std::vector<float> ties(Vp, 0.0f);
+    std::vector<float> ties(V, 0.0f);
     ties[3] = ties[7] = 2.0f;
-    Dev d_ties(ties);
-    gpu::sample_kernel<<<1, gpu::THREADS>>>(d_out.ptr, d_ties.p(), V, Vp, 0.0, d_keys.ptr, d_draws.b.ptr, nullptr);
-    CUDA_LAUNCH_CHECK();
-    int pick = -1;
-    download(&pick, d_out.ptr, 1);
+    const int pick = draws_from_row(ties, V, 0.0, 1, 77, 3)[0];
     check(pick == 3, strf("greedy: a tie goes to the lowest id (picked %d, want 3)", pick));
 }
 
@@ -702,19 +713,6 @@ static void test_sampling_distribution_gpt2() {
     for (auto& x : row) x = (float)rng.normal();
     const int boosted[] = {0, 31, 4097, 25000, 50000, 50256};
     for (int id : boosted) row[id] += 8.0f;
-    std::vector<uint64_t> keys(R);
-    for (int i = 0; i < R; i++) keys[i] = derive_seed(run_seed, 78, i);
-    std::vector<int> draw_index(R, 0);
-    Dev d_row(row);
-    DeviceBuffer<uint64_t> d_keys;
-    d_keys.upload(keys);
-    DevInt d_draws(draw_index);
-    DeviceBuffer<int> d_out;
-    d_out.ensure(R);
-    gpu::sample_kernel<<<R, gpu::THREADS>>>(d_out.ptr, d_row.p(), V, 0, 1.0 / t, d_keys.ptr, d_draws.b.ptr, nullptr);
-    CUDA_LAUNCH_CHECK();
-    std::vector<int> out(R);
-    download(out.data(), d_out.ptr, R);
     auto bucket = [&](int id) {
         for (int k = 0; k < 6; k++)
             if (boosted[k] == id) return k;
@@ -722,18 +720,14 @@ static void test_sampling_distribution_gpt2() {
     };
     std::vector<double> freq(10, 0.0), p(10, 0.0);
     bool in_range = true;
-    for (int x : out) {
+    for (int x : draws_from_row(row, V, t, R, 78, 0)) {
         if (x < 0 || x >= V) in_range = false;
         else freq[bucket(x)] += 1.0 / R;
     }
-    double mx = *std::max_element(row.begin(), row.end()), z = 0;
-    for (int i = 0; i < V; i++) {
-        double w = std::exp((row[i] - mx) / t);
-        z += w;
-        p[bucket(i)] += w;
-    }
+    const std::vector<double> q = softmax_of(row, V, t);
+    for (int i = 0; i < V; i++) p[bucket(i)] += q[i];
     double worst = 0;
-    for (int k = 0; k < 10; k++) worst = std::max(worst, std::fabs(freq[k] - p[k] / z) / std::sqrt(p[k] / z * (1 - p[k] / z) / R));
+    for (int k = 0; k < 10; k++) worst = std::max(worst, std::fabs(freq[k] - p[k]) / std::sqrt(p[k] * (1 - p[k]) / R));
     check(in_range && worst < 5.0, strf("Gumbel-max sampling at V = %d, t = %.1f: %d draws, 10 buckets, worst deviation "
                                         "%.2f sd (limit 5)", V, t, R, worst));
 }
