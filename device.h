@@ -67,10 +67,19 @@ struct Device {
     virtual void logits(Role who, const TrainBatch& b, std::vector<float>& out) = 0;
 
     // the phases of a training step, in order
+    // on-policy rows: generate(Role::Student, ...) for the batch's prompts (row b is batch
+    // row b). A device may keep sampling's activations so that student_forward of the batch
+    // built from these rows reuses them (the CPU does; see ForwardRecord in model.h).
+    virtual std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
+                                                              double temperature, int eos, uint64_t seed,
+                                                              uint64_t stream, const std::vector<uint64_t>& row_ids) {
+        return generate(Role::Student, prompts, budgets, temperature, eos, seed, stream, row_ids);
+    }
     // the teacher's logits at every position of b, kept where student_loss reads them
     virtual void teacher_forward(const TrainBatch& b) = 0;
-    // the student's logits, and the activations its backward pass needs
-    virtual void student_forward(const TrainBatch& b) = 0;
+    // the student's logits, and the activations its backward pass needs; true when they
+    // came from sample_student_rows's record instead of a pass
+    virtual bool student_forward(const TrainBatch& b) = 0;
     // the batch loss; its gradient replaces the student's logits
     virtual double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) = 0;
     // backpropagates through the student
@@ -91,9 +100,9 @@ struct CpuDevice : Device {
     GPT<float>* trainee = nullptr;          // the same model, when this device trains it
     const GPT<float>* teacher;              // or null
     Generator student_gen, teacher_gen;
-    KVCache<float> student_cache, teacher_cache;
     InferScratch<float> student_scratch, teacher_scratch;
     std::vector<float> teacher_logits;      // (B, T, Vp of the teacher)
+    ForwardRecord<float> sampled;           // the last on-policy sampling's activations, for student_forward
 
     // inference only: sampling and evaluation
     CpuDevice(const GPT<float>& model, const GPT<float>* teacher) : model(&model), teacher(teacher) {}
@@ -123,20 +132,33 @@ struct CpuDevice : Device {
         return ::speculative_generate(*model, student_gen, of(Role::Teacher), teacher_gen, prompts, budgets,
                                       draft_tokens, temperature, eos, seed, stream, row_ids, stats);
     }
-    // a forward pass with no activations kept
+    // a forward pass with no activations kept, and no KV cache (nothing follows it)
     void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {
         const GPT<float>& m = of(who);
-        KVCache<float>& cache = who == Role::Student ? student_cache : teacher_cache;
+        KVCache<float> no_cache;
         std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
         for (int i = 0; i < b.B; i++) rows[i] = i;
         out.resize((size_t)b.B * b.T * m.config.padded_vocab_size);
-        cache.allocate(m.config, b.B);
-        gpt_infer(m, cache, who == Role::Student ? student_scratch : teacher_scratch, b.tokens.data(), rows.data(),
+        gpt_infer(m, no_cache, who == Role::Student ? student_scratch : teacher_scratch, b.tokens.data(), rows.data(),
                   start.data(), n_new.data(), b.B, b.T, out.data(), true);
     }
 
     void teacher_forward(const TrainBatch& b) override { logits(Role::Teacher, b, teacher_logits); }
-    void student_forward(const TrainBatch& b) override { gpt_forward(trained(), b.tokens.data(), b.B, b.T); }
+    std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
+                                                      double temperature, int eos, uint64_t seed, uint64_t stream,
+                                                      const std::vector<uint64_t>& row_ids) override {
+        int longest = 0;  // the longest input a row can have: prompt + budget - 1 (the last token is no input)
+        for (size_t i = 0; i < prompts.size(); i++) longest = std::max(longest, (int)prompts[i]->size() + budgets[i] - 1);
+        gpt_begin_record(trained(), sampled, (int)prompts.size(), longest);
+        return ::generate(*model, student_gen, prompts, budgets, temperature, eos, seed, stream, row_ids, &sampled);
+    }
+    // the sampled batch's forward is already in the record: it is completed, not rerun
+    bool student_forward(const TrainBatch& b) override {
+        auto has_target = [&](int row, int t) { return b.targets[(size_t)row * b.T + t] >= 0; };
+        if (gpt_forward_from_record(trained(), sampled, b.tokens.data(), b.B, b.T, has_target)) return true;
+        gpt_forward(trained(), b.tokens.data(), b.B, b.T);
+        return false;
+    }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
         GPT<float>& s = trained();
         const int V = s.config.vocab_size, Vps = s.config.padded_vocab_size;

@@ -449,17 +449,19 @@ static std::vector<std::vector<int>> generation_loop(const std::vector<const std
 }
 
 // Samples a completion for every prompt (generation_loop) on the CPU. Row b's randomness
-// comes from (seed, stream, row_ids[b]) alone.
+// comes from (seed, stream, row_ids[b]) alone. With a record (begun for these rows), every
+// position run is also kept in the training layout (ForwardRecord, model.h).
 static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
                                               const std::vector<const std::vector<int>*>& prompts,
                                               const std::vector<int>& budgets, double temperature, int eos,
-                                              uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
+                                              uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids,
+                                              ForwardRecord<float>* record = nullptr) {
     const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     g.cache.allocate(m.config, Bn);
     g.logits.resize((size_t)Bn * Vp);
     auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
-        gpt_infer(m, g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, g.logits.data(), false);
+        gpt_infer(m, g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, g.logits.data(), false, record);
     };
     auto pick = [&](const std::vector<int>& active, const std::vector<int>&) {
         std::vector<int> picked(active.size());
@@ -650,6 +652,7 @@ struct StepStats {
     double teacher_ms = 0, forward_ms = 0, loss_ms = 0, backward_ms = 0, update_ms = 0;  // the other phases
     double divergence = NAN, reward_mean = NAN, reward_std = NAN, correct = NAN;  // RL + GKD
     bool on_policy = false;
+    bool forward_reused = false;  // the student's forward came from sampling's record
     int tokens = 0, completion_tokens = 0;
 };
 
@@ -706,9 +709,11 @@ static std::vector<Sequence> sample_completions(Trainer& tr, Role who, const std
         budgets.push_back(std::min(tr.opt.max_new_tokens, shared_context(tr) - (int)batch[i]->prompt.size()));
         row_ids.push_back(first_row + i);  // the row's place in the whole batch: its randomness
     }
+    const uint64_t seed = derive_seed(tr.opt.seed, stream);
     std::vector<std::vector<int>> completions =
-        tr.device->generate(who, prompts, budgets, tr.opt.temperature, tr.tok->eos_id(),
-                            derive_seed(tr.opt.seed, stream), (uint64_t)step, row_ids);
+        who == Role::Student
+            ? tr.device->sample_student_rows(prompts, budgets, tr.opt.temperature, tr.tok->eos_id(), seed, (uint64_t)step, row_ids)
+            : tr.device->generate(who, prompts, budgets, tr.opt.temperature, tr.tok->eos_id(), seed, (uint64_t)step, row_ids);
     std::vector<Sequence> rows(batch.size());
     for (size_t i = 0; i < batch.size(); i++) { rows[i].prompt = prompts[i]; rows[i].completion = std::move(completions[i]); }
     return rows;
@@ -785,7 +790,7 @@ static StepStats gkd_step(Trainer& tr, int step) {
     double t2 = now_seconds();
     {
         NvtxRange range("student forward");
-        device.student_forward(b);
+        st.forward_reused = device.student_forward(b);
     }
     double t3 = now_seconds();
     st.teacher_ms = (t2 - t1) * 1000;

@@ -14,7 +14,9 @@
 // - Softmaxes subtract the row max (attention here, the losses in gkd.cu).
 // - Two forward paths: gpt_forward keeps every activation for gpt_backward (the
 //   student); gpt_infer keeps only a KV cache and reusable scratch (sampling, and the
-//   teacher, which never needs a backward). Tests check they agree.
+//   teacher, which never needs a backward). Tests check they agree. On-policy sampling
+//   can also record what it computes in gpt_forward's layout (ForwardRecord), so that the
+//   student's forward over its own samples is not run twice.
 // - Matmuls use a tuned BLAS (OpenBLAS) when the build finds one, else OpenMP loops.
 // - Rows are shared out among threads (row_split_threads): with enough rows, each thread
 //   runs its own rows through the whole model with single-threaded BLAS calls and no
@@ -919,6 +921,7 @@ template <typename T>
 struct InferScratch {
     size_t capacity_rows = 0;
     std::vector<T> x, ln, qkv, atty, proj, fch;  // (rows, C | C | 3C | C | C | 4C)
+    std::vector<T> mean, rstd;                    // (rows) layernorm statistics, kept only when recording
     std::vector<T> scores;                        // (threads, NH, maxT)
     std::vector<T> block_scores;                  // (threads, Tn, maxT): the GEMM attention of many new tokens
     void ensure(size_t rows, int C, int NH, int maxT, int Tn = 1) {
@@ -929,7 +932,28 @@ struct InferScratch {
         capacity_rows = rows;
         x.assign(rows * C, T(0)); ln.assign(rows * C, T(0)); qkv.assign(rows * 3 * C, T(0));
         atty.assign(rows * C, T(0)); proj.assign(rows * C, T(0)); fch.assign(rows * 4 * C, T(0));
+        mean.assign(rows, T(0)); rstd.assign(rows, T(0));
     }
+};
+
+// Sampling's activations in the training layout. An on-policy step's student forward over
+// prompt + completion would recompute what sampling already did at every one of those
+// positions (the same weights, the same tokens, the same causal context). Given a record,
+// gpt_infer also writes each position it runs where gpt_forward would put it (batch row
+// cache_row[b], position start[b] + t), and gpt_forward_from_record then completes the
+// (B, T) activations instead of running the forward again: only the positions sampling
+// never ran (padding after a row's end) and the LM head's rows it skipped (the prompt's,
+// which are no targets) are filled, with zeros, which give exactly zero gradient. The
+// outputs of the two projections (attproj, fcproj) are not recorded: gpt_backward never
+// reads them (their weights' gradients use the projections' inputs).
+template <typename T>
+struct ForwardRecord {
+    ActivationTensors<T>* acts = nullptr;  // the trained model's, shaped (B, maxT) for the record
+    int B = 0, maxT = 0;                   // the layout: every row's longest possible input
+    std::vector<int> tokens;               // (B, maxT) the input token at each recorded position, else -1
+    std::vector<int> length;               // (B) positions [0, length) recorded
+    std::vector<int> head_from;            // (B) the LM head (lnf, logits) recorded from this position on
+    bool ready = false;                    // holds a sampling pass not yet used by a forward
 };
 
 // gpt_infer (below) on batch rows [b0, b1) and their scratch rows; `slot` is the calling thread's
@@ -937,7 +961,7 @@ struct InferScratch {
 template <typename T>
 void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int b0, int b1, int slot,
                     const int* tokens, const int* cache_row, const int* start, const int* n_new, int Tn, T* logits,
-                    bool all_positions) {
+                    bool all_positions, ForwardRecord<T>* rec) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads, hs = C / NH;
     const int V = c.vocab_size, Vp = c.padded_vocab_size, Bn = b1 - b0, N = Bn * Tn;
@@ -953,7 +977,44 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
     T* atty = s.atty.data() + r0 * C;     // (Bn, Tn, C)
     T* proj = s.proj.data() + r0 * C;     // (Bn, Tn, C)
     T* fch = s.fch.data() + r0 * 4 * C;   // (Bn, Tn, 4C)
+    T* mean = rec ? s.mean.data() + r0 : nullptr;  // (Bn, Tn) layernorm statistics, for the record only
+    T* rstd = rec ? s.rstd.data() + r0 : nullptr;
     auto my_slot = [slot] { return (size_t)(slot >= 0 ? slot : omp_get_thread_num()); };
+    // Without a cache (cache.rows == 0: whole rows from position 0, as the teacher's pass),
+    // keys and values are read where qkv holds them, with no copy: row b's position j of
+    // layer l's keys and values, and the distance between positions
+    const bool cached = cache.rows > 0;
+    auto key_row = [&](int l, int b, int j) -> const T* {
+        return cached ? cache.key(l, cache_row[b], j) : qkv + ((size_t)b * Tn + j) * 3 * C + C;
+    };
+    auto value_row = [&](int l, int b, int j) -> const T* {
+        return cached ? cache.value(l, cache_row[b], j) : qkv + ((size_t)b * Tn + j) * 3 * C + 2 * C;
+    };
+    const int kv_stride = cached ? C : 3 * C;
+    // With a record: the rows of src (Bn, Tn, width) at the real new positions, copied into
+    // layer l's slab of a training tensor (L, B, maxT, width) at (cache_row, start + t)
+    auto record = [&](T* tensor, int l, const T* src, int width) {
+        if (!rec) return;
+        T* slab = tensor + (size_t)l * rec->B * rec->maxT * width;
+        for (int b = 0; b < Bn; b++)
+            for (int t = 0; t < n_new[b]; t++)
+                memcpy(slab + ((size_t)cache_row[b] * rec->maxT + start[b] + t) * width,
+                       src + ((size_t)b * Tn + t) * width, sizeof(T) * width);
+    };
+    // ... and one attention row: query position pos of (row, head h), its weights over keys
+    // [0, len), zeros after (as attention_forward leaves the masked part)
+    auto record_attention = [&](int l, int row, int h, int pos, const T* weights, int len) {
+        T* out = rec->acts->att + ((((size_t)l * rec->B + row) * NH + h) * rec->maxT + pos) * rec->maxT;
+        memcpy(out, weights, sizeof(T) * len);
+        std::fill(out + len, out + rec->maxT, T(0));
+    };
+    if (rec)
+        for (int b = 0; b < Bn; b++) {
+            const int row = cache_row[b];
+            GKD_ASSERT(row < rec->B && start[b] + n_new[b] <= rec->maxT, "a sampled position outside the record");
+            for (int t = 0; t < n_new[b]; t++) rec->tokens[(size_t)row * rec->maxT + start[b] + t] = tokens[b * Tn + t];
+            if (n_new[b] > 0) rec->length[row] = std::max(rec->length[row], start[b] + n_new[b]);
+        }
 
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < Bn; b++)
@@ -965,11 +1026,19 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
             const T* pe = p.wpe + (size_t)(start[b] + t) * C;
             for (int i = 0; i < C; i++) o[i] = e[i] + pe[i];
         }
+    ActivationTensors<T>* ra = rec ? rec->acts : nullptr;
+    if (rec) record(ra->encoded, 0, x, C);
     const T scale = T(1) / std::sqrt(T(hs));
     for (int l = 0; l < L; l++) {
-        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
+        layernorm_forward(ln, mean, rstd, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
         matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
-        for (int b = 0; b < Bn; b++)
+        if (rec) {
+            record(ra->ln1, l, ln, C);
+            record(ra->ln1_mean, l, mean, 1);
+            record(ra->ln1_rstd, l, rstd, 1);
+            record(ra->qkv, l, qkv, 3 * C);
+        }
+        for (int b = 0; b < Bn && cached; b++)
             for (int t = 0; t < n_new[b]; t++) {
                 const T* q = qkv + ((size_t)b * Tn + t) * 3 * C;
                 memcpy(cache.key(l, cache_row[b], start[b] + t), q + C, sizeof(T) * C);
@@ -993,7 +1062,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                     for (int q0 = 0; q0 < nq; q0 += ATTENTION_QUERY_BLOCK) {
                         const int q1 = std::min(nq, q0 + ATTENTION_QUERY_BLOCK), klen = start[b] + q1;
                         gemm(false, true, q1 - q0, klen, hs, Q + (size_t)q0 * 3 * C, 3 * C,
-                             cache.key(l, cache_row[b], 0) + h * hs, C, T(0), S, klen);
+                             key_row(l, b, 0) + h * hs, kv_stride, T(0), S, klen);
                         for (int t = q0; t < q1; t++) {
                             T* row = S + (size_t)(t - q0) * klen;
                             const int valid = start[b] + t + 1;
@@ -1005,8 +1074,9 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                             const T inv = T(1) / sum;
                             for (int j = 0; j < valid; j++) row[j] *= inv;
                             std::fill(row + valid, row + klen, T(0));
+                            if (rec) record_attention(l, cache_row[b], h, start[b] + t, row, valid);
                         }
-                        gemm(false, false, q1 - q0, hs, klen, S, klen, cache.value(l, cache_row[b], 0) + h * hs, C, T(0),
+                        gemm(false, false, q1 - q0, hs, klen, S, klen, value_row(l, b, 0) + h * hs, kv_stride, T(0),
                              out + (size_t)q0 * C, C);
                     }
                 }
@@ -1024,7 +1094,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                 T* sc = s.scores.data() + my_slot() * NH * c.max_seq_len;  // (NH, len)
                 const int len = start[b] + t + 1;
                 for (int j = 0; j < len; j++) {
-                    const T* k = cache.key(l, cache_row[b], j);
+                    const T* k = key_row(l, b, j);
                     for (int h = 0; h < NH; h++) {
                         T dot = 0;
                         #pragma omp simd reduction(+ : dot)
@@ -1040,9 +1110,10 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                     for (int j = 0; j < len; j++) { sh[j] = exp_fast(sh[j] - maxv); sum += sh[j]; }
                     const T inv = T(1) / sum;
                     for (int j = 0; j < len; j++) sh[j] *= inv;
+                    if (rec) record_attention(l, cache_row[b], h, start[b] + t, sh, len);
                 }
                 for (int j = 0; j < len; j++) {
-                    const T* v = cache.value(l, cache_row[b], j);
+                    const T* v = value_row(l, b, j);
                     for (int h = 0; h < NH; h++) {
                         const T w = sc[(size_t)h * len + j];
                         #pragma omp simd
@@ -1051,26 +1122,59 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                 }
             }
         matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
+        if (rec) {
+            record(ra->atty, l, atty, C);  // (attproj and fcproj are not kept: no backward reads them)
+        }
         residual_forward(x, x, proj, (size_t)N * C);
-        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, x, p.ln2w + l * C, p.ln2b + l * C, N, C);
+        layernorm_forward(ln, mean, rstd, x, p.ln2w + l * C, p.ln2b + l * C, N, C);
         matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        if (rec) {
+            record(ra->residual2, l, x, C);
+            record(ra->ln2, l, ln, C);
+            record(ra->ln2_mean, l, mean, 1);
+            record(ra->ln2_rstd, l, rstd, 1);
+            record(ra->fch, l, fch, 4 * C);
+        }
         gelu_forward(fch, fch, (size_t)N * 4 * C);
         matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
         residual_forward(x, x, proj, (size_t)N * C);
+        if (rec) {
+            record(ra->fch_gelu, l, fch, 4 * C);
+            record(ra->residual3, l, x, C);
+        }
     }
     if (all_positions) {
-        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, x, p.lnfw, p.lnfb, N, C);
+        layernorm_forward(ln, mean, rstd, x, p.lnfw, p.lnfb, N, C);
         matmul_forward(logits, ln, p.wte, (const T*)nullptr, N, C, V, Vp);
         for (int n = 0; n < N; n++) std::fill(logits + (size_t)n * Vp + V, logits + (size_t)(n + 1) * Vp, T(0));
+        if (rec) {
+            record(ra->lnf, 0, ln, C);
+            record(ra->lnf_mean, 0, mean, 1);
+            record(ra->lnf_rstd, 0, rstd, 1);
+            record(ra->logits, 0, logits, Vp);
+            for (int b = 0; b < Bn; b++)
+                if (n_new[b] > 0) rec->head_from[cache_row[b]] = std::min(rec->head_from[cache_row[b]], start[b]);
+        }
     } else {
         // only each row's last new position feeds the LM head: the prefill skips the rest
         for (int b = 0; b < Bn; b++) {
             int t = std::max(n_new[b] - 1, 0);
             memcpy(atty + (size_t)b * C, x + ((size_t)b * Tn + t) * C, sizeof(T) * C);
         }
-        layernorm_forward(ln, (T*)nullptr, (T*)nullptr, atty, p.lnfw, p.lnfb, Bn, C);
+        layernorm_forward(ln, mean, rstd, atty, p.lnfw, p.lnfb, Bn, C);
         matmul_forward(logits, ln, p.wte, (const T*)nullptr, Bn, C, V, Vp);
         for (int b = 0; b < Bn; b++) std::fill(logits + (size_t)b * Vp + V, logits + (size_t)(b + 1) * Vp, T(0));
+        if (rec)
+            for (int b = 0; b < Bn; b++) {
+                if (n_new[b] == 0) continue;
+                const int row = cache_row[b];
+                const size_t at = (size_t)row * rec->maxT + start[b] + n_new[b] - 1;
+                memcpy(ra->lnf + at * C, ln + (size_t)b * C, sizeof(T) * C);
+                ra->lnf_mean[at] = mean[b];
+                ra->lnf_rstd[at] = rstd[b];
+                memcpy(ra->logits + at * Vp, logits + (size_t)b * Vp, sizeof(T) * Vp);
+                rec->head_from[row] = std::min(rec->head_from[row], start[b] + n_new[b] - 1);
+            }
     }
 }
 
@@ -1081,7 +1185,9 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
 //   start     (Bn)     the position of the row's first new token (= tokens already cached)
 //   logits    all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token
 // Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length.
-// Padded slots compute junk that is never stored in the cache and never read.
+// Padded slots compute junk that is never stored in the cache and never read. An empty
+// cache (KVCache with rows = 0) is a pass that nothing continues (the teacher's): every
+// row starts at 0, and attention reads keys and values from the pass's own qkv.
 //
 // Rows are shared out among the threads as in the training passes (row_split_threads):
 // with enough rows each thread runs its share through the whole model alone; with few
@@ -1090,19 +1196,107 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
 // dev/bench_ab.sh).
 template <typename T>
 void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
-               const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions) {
+               const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions,
+               ForwardRecord<T>* rec = nullptr) {
     const GPTConfig& c = m.config;
     s.ensure((size_t)Bn * Tn, c.channels, c.num_heads, c.max_seq_len, Tn);
     for (int b = 0; b < Bn; b++)
-        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && cache_row[b] < cache.rows, "sequence past the context");
+        GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && (cache.rows == 0 ? start[b] == 0 : cache_row[b] < cache.rows),
+                   "sequence past the context, or a continued row without a cache");
     const int parts = row_split_threads(Bn);
-    if (parts == 1) return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions);
+    if (parts == 1)
+        return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions, rec);
     #pragma omp parallel num_threads(parts)
     {
         const int t = omp_get_thread_num();
         gpt_infer_rows(m, cache, s, share_begin(Bn, t, parts), share_begin(Bn, t + 1, parts), t, tokens, cache_row,
-                       start, n_new, Tn, logits, all_positions);
+                       start, n_new, Tn, logits, all_positions, rec);
     }
+}
+
+// Prepares m's training activations to record B rows of up to Tmax inputs each: the record
+// that generation then passes to every gpt_infer call (rows = cache rows = batch rows).
+template <typename T>
+void gpt_begin_record(GPT<T>& m, ForwardRecord<T>& rec, int B, int Tmax) {
+    gpt_prepare_training(m, B, Tmax);
+    gpt_shape_activations(m, B, Tmax);
+    rec.acts = &m.acts;
+    rec.B = B;
+    rec.maxT = Tmax;
+    rec.tokens.assign((size_t)B * Tmax, -1);
+    rec.length.assign(B, 0);
+    rec.head_from.assign(B, INT_MAX);
+    rec.ready = true;
+}
+
+// gpt_forward(m, tokens, B, Tn) from a record instead of a pass: when every row's recorded
+// positions hold exactly its tokens and every position that has a target (from the first
+// head position on) was recorded, the (B, Tmax) layout is packed down to (B, Tn) in place
+// (each value moves to a lower address, so one ascending pass of memmoves is safe), the
+// positions never run are zeroed, and it returns true. Otherwise (a batch that is not the
+// one sampled) it returns false and changes nothing the caller relies on: run gpt_forward.
+// `has_target(b, t)` says whether position t of row b is a target.
+template <typename T, typename HasTarget>
+bool gpt_forward_from_record(GPT<T>& m, ForwardRecord<T>& rec, const int* tokens, int B, int Tn, HasTarget has_target) {
+    const bool was_ready = rec.ready;
+    rec.ready = false;  // a record serves one forward
+    if (!was_ready || B != rec.B || Tn > rec.maxT) return false;
+    for (int b = 0; b < B; b++) {
+        const int len = rec.length[b];
+        for (int t = 0; t < Tn; t++) {
+            const int recorded = t < len ? rec.tokens[(size_t)b * rec.maxT + t] : -1;
+            if ((t < len && recorded != tokens[(size_t)b * Tn + t]) ||
+                (has_target(b, t) && (t >= len || t < rec.head_from[b])))
+                return false;
+        }
+    }
+    const GPTConfig& c = m.config;
+    const int L = c.num_layers, NH = c.num_heads, Tr = rec.maxT;
+    size_t from[NUM_ACTIVATION_TENSORS], to[NUM_ACTIVATION_TENSORS];
+    fill_activation_sizes(from, c, B, Tr);
+    fill_activation_sizes(to, c, B, Tn);
+    T* memory = m.acts_memory.data();
+    size_t src_base = 0, dst_base = 0;
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        const bool per_layer = i >= 1 && i <= 15, attention = i == 6;  // ln1 .. residual3; att
+        const size_t slabs = (per_layer ? L : 1) * (size_t)B * (attention ? NH : 1);
+        const size_t width = from[i] / slabs / Tr / (attention ? Tr : 1);  // values per position (att: per key)
+        if (Tn == Tr) {
+            GKD_ASSERT(src_base == dst_base, "record layout");
+        } else if (!attention) {
+            for (size_t k = 0; k < slabs; k++)  // (slabs, Tr, width) -> (slabs, Tn, width)
+                memmove(memory + dst_base + k * Tn * width, memory + src_base + k * Tr * width, sizeof(T) * Tn * width);
+        } else {
+            for (size_t k = 0; k < slabs; k++)  // (slabs, Tr, Tr) -> (slabs, Tn, Tn)
+                for (int t = 0; t < Tn; t++)
+                    memmove(memory + dst_base + (k * Tn + t) * Tn, memory + src_base + (k * Tr + t) * Tr, sizeof(T) * Tn);
+        }
+        src_base += from[i];
+        dst_base += to[i];
+    }
+    gpt_shape_activations(m, B, Tn);
+    m.batch_B = B;
+    m.batch_T = Tn;
+    std::copy(tokens, tokens + (size_t)B * Tn, m.inputs.begin());
+    // what sampling never ran: positions at or past a row's length (every tensor), and the
+    // LM head before its first recorded position; zeros there give exactly zero gradient
+    ActivationTensors<T>& a = m.acts;
+    T** tensors = a.array();
+    fill_activation_sizes(to, c, B, Tn);
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        const bool per_layer = i >= 1 && i <= 15, attention = i == 6, head = i >= 16;  // lnf .. logits
+        const size_t layers = per_layer ? L : 1, heads = attention ? NH : 1;
+        const size_t width = to[i] / (layers * B * heads) / Tn;  // values per position
+        for (size_t l = 0; l < layers; l++)
+            for (int b = 0; b < B; b++)
+                for (size_t h = 0; h < heads; h++) {
+                    T* rows = tensors[i] + (((l * B + b) * heads) + h) * Tn * width;  // (Tn, width)
+                    const int from_t = std::min(rec.length[b], Tn);
+                    std::fill(rows + (size_t)from_t * width, rows + (size_t)Tn * width, T(0));
+                    if (head) std::fill(rows, rows + (size_t)std::min(rec.head_from[b], from_t) * width, T(0));
+                }
+    }
+    return true;
 }
 
 // ----------------------------------------------------------------------------

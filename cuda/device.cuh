@@ -84,9 +84,10 @@ struct GpuDevice : Device {
         forward_all_positions(Role::Teacher, b, logits);
         CUDA_CHECK(cudaDeviceSynchronize());
     }
-    void student_forward(const TrainBatch& b) override {
+    bool student_forward(const TrainBatch& b) override {  // a pass: the GPU's sampling keeps no record
         gpu_forward(trained(), b.tokens.data(), b.B, b.T);
         CUDA_CHECK(cudaDeviceSynchronize());
+        return false;
     }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
         GpuModel& s = trained();

@@ -573,7 +573,10 @@ TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of diff
     std::vector<double> full(m.acts.logits, m.acts.logits + (size_t)B * T * Vp);
     auto expect_row = [&](const double* got, int b, int pos) {
         double worst = 0;
-        for (int v = 0; v < Vp; v++) worst = std::max(worst, std::fabs(got[v] - full[((size_t)b * T + pos) * Vp + v]));
+        for (int v = 0; v < Vp; v++) {
+            const double d = std::fabs(got[v] - full[((size_t)b * T + pos) * Vp + v]);
+            worst = std::isnan(d) ? INFINITY : std::max(worst, d);  // std::max alone would pass a NaN over
+        }
         CHECK(worst < 1e-10);
     };
     KVCache<double> cache;
@@ -604,10 +607,99 @@ TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of diff
     gpt_infer(m, cache, scratch, padded.data(), rows.data(), start.data(), nfull.data(), B, T, all.data(), true);
     for (int b = 0; b < B; b++)
         for (int pos = 0; pos < nfull[b]; pos++) expect_row(all.data() + ((size_t)b * T + pos) * Vp, b, pos);
+    // ... and without a cache (the teacher's pass: keys and values read from its own qkv)
+    KVCache<double> none;
+    std::fill(all.begin(), all.end(), NAN);
+    gpt_infer(m, none, scratch, padded.data(), rows.data(), start.data(), nfull.data(), B, T, all.data(), true);
+    for (int b = 0; b < B; b++)
+        for (int pos = 0; pos < nfull[b]; pos++) expect_row(all.data() + ((size_t)b * T + pos) * Vp, b, pos);
 }
 
 // ----------------------------------------------------------------------------
 // sampling
+
+// On-policy steps skip the student's forward: sampling recorded it (ForwardRecord). The
+// gradient from the record must be the gradient from a fresh forward of the same batch.
+TEST_CASE("sampling's recorded activations give the forward's loss and gradient (padding, EOS, a shorter batch)") {
+    const int L = 2, C = 16, NH = 2, V = 11, eos = 10, B = 4;
+    GPT<double> sampled, fresh;
+    make_model(sampled, L, C, NH, 24, V, 81);
+    make_model(fresh, L, C, NH, 24, V, 81);
+    std::vector<std::vector<int>> prompts = {ids({1, 2, 3}), ids({4, 5, 6, 7, 8}), ids({9}), ids({2, 7, 1, 3})};
+    std::vector<const std::vector<int>*> pp;
+    for (auto& p : prompts) pp.push_back(&p);
+    std::vector<int> budgets = {6, 6, 3, 6};
+    int longest = 0;
+    for (int b = 0; b < B; b++) longest = std::max(longest, (int)prompts[b].size() + budgets[b] - 1);
+    ForwardRecord<double> rec;
+    gpt_begin_record(sampled, rec, B, longest);
+    // stale values where nothing is recorded must not survive: NaN everywhere first
+    std::fill(sampled.acts_memory.begin(), sampled.acts_memory.end(), NAN);
+    KVCache<double> cache;
+    InferScratch<double> scratch;
+    cache.allocate(sampled.config, B);
+    std::vector<double> logits((size_t)B * sampled.config.padded_vocab_size);
+    auto run = [&](const int* tokens, const int* rows, const int* start, const int* n_new, int n, int Tn) {
+        gpt_infer(sampled, cache, scratch, tokens, rows, start, n_new, n, Tn, logits.data(), false, &rec);
+    };
+    // draws that do not need the logits: row 1 (the longest prompt) ends at once with EOS,
+    // row 3 at its third token, so the batch is shorter than the record and rows end apart
+    auto pick = [&](const std::vector<int>& active, const std::vector<int>& draws) {
+        std::vector<int> out(active.size());
+        for (size_t i = 0; i < active.size(); i++) {
+            const int b = active[i];
+            out[i] = (b == 1 && draws[i] == 0) || (b == 3 && draws[i] == 2) ? eos : (3 * b + 5 * draws[i] + 1) % (V - 1);
+        }
+        return out;
+    };
+    std::vector<std::vector<int>> completions = generation_loop(pp, budgets, eos, 24, run, pick);
+    std::vector<Sequence> rows(B);
+    for (int b = 0; b < B; b++) { rows[b].prompt = pp[b]; rows[b].completion = completions[b]; }
+    TrainBatch batch = build_batch(rows, eos);
+    REQUIRE(batch.T < longest);  // the record is packed down
+    auto has_target = [&](int b, int t) { return batch.targets[(size_t)b * batch.T + t] >= 0; };
+    REQUIRE(gpt_forward_from_record(sampled, rec, batch.tokens.data(), B, batch.T, has_target));
+    CHECK(!rec.ready);  // a record serves one forward
+    gpt_forward(fresh, batch.tokens.data(), B, batch.T);
+
+    const int Vp = fresh.config.padded_vocab_size;
+    double worst_logit = 0;
+    for (int n = 0; n < B * batch.T; n++)
+        if (batch.targets[n] >= 0)
+            for (int v = 0; v < Vp; v++) {
+                const double d = std::fabs(sampled.acts.logits[(size_t)n * Vp + v] - fresh.acts.logits[(size_t)n * Vp + v]);
+                worst_logit = std::isnan(d) ? INFINITY : std::max(worst_logit, d);
+            }
+    CHECK(worst_logit < 1e-12);
+    auto teacher = randn((size_t)B * batch.T * Vp, 5);
+    double losses[2];
+    GPT<double>* models[2] = {&sampled, &fresh};
+    for (int i = 0; i < 2; i++) {
+        GPT<double>& m = *models[i];
+        losses[i] = batch_loss(batch, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0,
+                               LossNorm::Sequence);
+        gpt_zero_grad(m);
+        gpt_backward(m);
+    }
+    CHECK(std::isfinite(losses[0]));
+    CHECK(std::fabs(losses[0] - losses[1]) < 1e-12);
+    double worst = 0, largest = 0;
+    size_t not_finite = 0;  // std::max would pass a NaN over
+    for (size_t i = 0; i < fresh.num_parameters; i++) {
+        not_finite += !std::isfinite(sampled.grads_memory[i]);
+        worst = std::max(worst, std::fabs(sampled.grads_memory[i] - fresh.grads_memory[i]));
+        largest = std::max(largest, std::fabs(fresh.grads_memory[i]));
+    }
+    INFO("largest gradient " << largest << ", worst difference " << worst);
+    CHECK(not_finite == 0);
+    CHECK(largest > 1e-3);
+    CHECK(worst < 1e-11 * largest);
+
+    // a batch other than the one sampled is refused (and the caller runs the forward)
+    gpt_begin_record(sampled, rec, B, longest);
+    CHECK(!gpt_forward_from_record(sampled, rec, batch.tokens.data(), B, batch.T, has_target));  // nothing recorded
+    CHECK(!gpt_forward_from_record(sampled, rec, batch.tokens.data(), B, batch.T, has_target));  // used up
+}
 
 TEST_CASE("greedy sampling equals a full-recompute greedy decode") {
     GPT<float> m;
