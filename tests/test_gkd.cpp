@@ -43,6 +43,10 @@ void operator delete(void* p, size_t) noexcept { free(p); }
 
 static const std::string FIXTURE_DIR = "tests/fixtures/reference/";
 
+// The larger of an error so far and a new one, a NaN counting as infinitely large:
+// std::max(worst, NaN) keeps worst, and a NaN result would pass "worst < tolerance".
+static double worse(double worst, double d) { return std::isnan(d) ? INFINITY : std::max(worst, d); }
+
 static std::vector<double> randn(size_t n, uint64_t seed, double std = 1.0) {
     Rng rng(seed);
     std::vector<double> v(n);
@@ -256,7 +260,7 @@ TEST_CASE("the divergence of float logits equals the fp64 one of the same values
                 CHECK(std::fabs(Df - Dd) <= 1e-12 * std::max(1.0, std::fabs(Dd)));
                 double worst = 0, scale = 0;
                 for (int i = 0; i < V; i++) {
-                    worst = std::max(worst, std::fabs(gf[i] - gd[i]));
+                    worst = worse(worst, std::fabs(gf[i] - gd[i]));
                     scale = std::max(scale, std::fabs(gd[i]));
                 }
                 CHECK(worst <= 1e-6 * scale + 1e-38);  // the gradient is stored as float
@@ -575,7 +579,7 @@ TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of diff
         double worst = 0;
         for (int v = 0; v < Vp; v++) {
             const double d = std::fabs(got[v] - full[((size_t)b * T + pos) * Vp + v]);
-            worst = std::isnan(d) ? INFINITY : std::max(worst, d);  // std::max alone would pass a NaN over
+            worst = worse(worst, d);
         }
         CHECK(worst < 1e-10);
     };
@@ -668,7 +672,7 @@ TEST_CASE("sampling's recorded activations give the forward's loss and gradient 
         if (batch.targets[n] >= 0)
             for (int v = 0; v < Vp; v++) {
                 const double d = std::fabs(sampled.acts.logits[(size_t)n * Vp + v] - fresh.acts.logits[(size_t)n * Vp + v]);
-                worst_logit = std::isnan(d) ? INFINITY : std::max(worst_logit, d);
+                worst_logit = worse(worst_logit, d);
             }
     CHECK(worst_logit < 1e-12);
     auto teacher = randn((size_t)B * batch.T * Vp, 5);
@@ -687,7 +691,7 @@ TEST_CASE("sampling's recorded activations give the forward's loss and gradient 
     size_t not_finite = 0;  // std::max would pass a NaN over
     for (size_t i = 0; i < fresh.num_parameters; i++) {
         not_finite += !std::isfinite(sampled.grads_memory[i]);
-        worst = std::max(worst, std::fabs(sampled.grads_memory[i] - fresh.grads_memory[i]));
+        worst = worse(worst, std::fabs(sampled.grads_memory[i] - fresh.grads_memory[i]));
         largest = std::max(largest, std::fabs(fresh.grads_memory[i]));
     }
     INFO("largest gradient " << largest << ", worst difference " << worst);
@@ -1082,7 +1086,7 @@ TEST_CASE("reference fixture: the checkpoints written by PyTorch load, and the l
         gpt_forward(*m, input.data(), 1, T);
         double scale = 0, worst = 0;
         for (double w : want) scale = std::max(scale, std::fabs(w));
-        for (size_t i = 0; i < want.size(); i++) worst = std::max(worst, std::fabs(m->acts.logits[i] - want[i]));
+        for (size_t i = 0; i < want.size(); i++) worst = worse(worst, std::fabs(m->acts.logits[i] - want[i]));
         CAPTURE(key);
         CHECK(worst / scale < 1e-5);  // fp32 against fp64, through a few layers
     }
@@ -1107,7 +1111,7 @@ TEST_CASE("reference fixture: first-batch loss for every beta, tau and normalisa
             REQUIRE(w.size() == s.param_sizes[k]);
             const float* g = s.grads.array()[k];
             double scale = 0, worst = 0;
-            for (size_t i = 0; i < w.size(); i++) { scale = std::max(scale, std::fabs(w[i])); worst = std::max(worst, std::fabs(g[i] - w[i])); }
+            for (size_t i = 0; i < w.size(); i++) { scale = std::max(scale, std::fabs(w[i])); worst = worse(worst, std::fabs(g[i] - w[i])); }
             INFO(PARAMETER_NAMES[k] << " worst " << worst << " scale " << scale);
             CHECK(worst <= 1e-4 * scale + 1e-9);
         }
@@ -1200,7 +1204,7 @@ TEST_CASE("AdamW: PyTorch's update, with decoupled weight decay on matrices only
         }
     }
     double worst = 0;
-    for (size_t i = 0; i < m.num_parameters; i++) worst = std::max(worst, std::fabs(m.params_memory[i] - p0[i]));
+    for (size_t i = 0; i < m.num_parameters; i++) worst = worse(worst, std::fabs(m.params_memory[i] - p0[i]));
     CHECK(worst < 1e-6);
     CHECK(PARAMETER_DECAYS[0]);   // wte decays
     CHECK(!PARAMETER_DECAYS[3]);  // ln1b does not
@@ -1225,7 +1229,7 @@ TEST_CASE("gradient clipping: PyTorch's clip_grad_norm_ rule, applied inside Ada
     for (float& g : pre.grads_memory) g = (float)(g * coef);
     adamw_update(pre, b, 0.01);
     double worst = 0;
-    for (size_t i = 0; i < m.num_parameters; i++) worst = std::max(worst, (double)std::fabs(m.params_memory[i] - pre.params_memory[i]));
+    for (size_t i = 0; i < m.num_parameters; i++) worst = worse(worst, (double)std::fabs(m.params_memory[i] - pre.params_memory[i]));
     CHECK(worst < 1e-7);
     CHECK(a.m[0] == doctest::Approx(0.1 * 3.0 * coef));
 }
@@ -1800,7 +1804,7 @@ TEST_CASE("safetensors: a hand-written Hugging Face GPT-2 loads, converts to llm
             gpt_forward(again, tokens.data(), 1, (int)tokens.size());
             std::vector<float> logits(again.acts.logits, again.acts.logits + ref_logits.size());
             double worst = 0;
-            for (size_t i = 0; i < logits.size(); i++) worst = std::max(worst, (double)std::fabs(logits[i] - ref_logits[i]));
+            for (size_t i = 0; i < logits.size(); i++) worst = worse(worst, (double)std::fabs(logits[i] - ref_logits[i]));
             if (std::string(dtype) != "BF16") CHECK(logits == ref_logits);
             else CHECK(worst < 0.02 * *std::max_element(ref_logits.begin(), ref_logits.end()));
         }
