@@ -138,6 +138,13 @@ struct ActivationTensors {
     T** array() { return &encoded; }
 };
 
+// What each tensor of ActivationTensors::array() is laid out as (by index, as the sizes
+// below): ln1 .. residual3 are one (B, T, ...) slab per layer; att is (L, B, NH, T, T);
+// lnf .. logits are the LM head's.
+inline bool activation_per_layer(int i) { return i >= 1 && i <= 15; }
+inline bool activation_is_attention(int i) { return i == 6; }
+inline bool activation_of_head(int i) { return i >= 16; }
+
 inline void fill_activation_sizes(size_t s[NUM_ACTIVATION_TENSORS], const GPTConfig& c, size_t B, size_t T) {
     size_t C = c.channels, L = c.num_layers, NH = c.num_heads, Vp = c.padded_vocab_size;
     size_t sz[NUM_ACTIVATION_TENSORS] = {
@@ -798,9 +805,8 @@ void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
     size_t sizes[NUM_ACTIVATION_TENSORS];
     fill_activation_sizes(sizes, c, B, Tn);
     for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) {
-        if (grads[i] == d.att) continue;
-        const bool per_layer = i >= 1 && i <= 15;  // ln1 .. residual3 are (L, B, T, X)
-        const size_t slabs = per_layer ? L : 1, slab = sizes[i] / slabs, width = slab / N;
+        if (activation_is_attention(i)) continue;
+        const size_t slabs = activation_per_layer(i) ? L : 1, slab = sizes[i] / slabs, width = slab / N;
         for (size_t l = 0; l < slabs; l++) std::fill(grads[i] + l * slab + r0 * width, grads[i] + l * slab + (r0 + n) * width, T(0));
     }
     matmul_backward_input(d.lnf + r0 * C, d.logits + r0 * Vp, p.wte, n, C, V, Vp);
@@ -994,7 +1000,6 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
     // With a record: the rows of src (Bn, Tn, width) at the real new positions, copied into
     // layer l's slab of a training tensor (L, B, maxT, width) at (cache_row, start + t)
     auto record = [&](T* tensor, int l, const T* src, int width) {
-        if (!rec) return;
         T* slab = tensor + (size_t)l * rec->B * rec->maxT * width;
         for (int b = 0; b < Bn; b++)
             for (int t = 0; t < n_new[b]; t++)
@@ -1232,8 +1237,9 @@ void gpt_begin_record(GPT<T>& m, ForwardRecord<T>& rec, int B, int Tmax) {
 // gpt_forward(m, tokens, B, Tn) from a record instead of a pass: when every row's recorded
 // positions hold exactly its tokens and every position that has a target (from the first
 // head position on) was recorded, the (B, Tmax) layout is packed down to (B, Tn) in place
-// (each value moves to a lower address, so one ascending pass of memmoves is safe), the
-// positions never run are zeroed, and it returns true. Otherwise (a batch that is not the
+// (each value moves to a lower address, and a tensor's zeros land below the next tensor's
+// unmoved values, so one ascending pass is safe), the positions never run are zeroed, and
+// it returns true. Otherwise (a batch that is not the
 // one sampled) it returns false and changes nothing the caller relies on: run gpt_forward.
 // `has_target(b, t)` says whether position t of row b is a target.
 template <typename T, typename HasTarget>
@@ -1255,21 +1261,25 @@ bool gpt_forward_from_record(GPT<T>& m, ForwardRecord<T>& rec, const int* tokens
     size_t from[NUM_ACTIVATION_TENSORS], to[NUM_ACTIVATION_TENSORS];
     fill_activation_sizes(from, c, B, Tr);
     fill_activation_sizes(to, c, B, Tn);
+    // tensor by tensor: pack its (l, b, h) blocks of Tr rows down to Tn rows (att's rows also
+    // shorten, Tr keys to Tn), then zero what sampling never ran: positions at or past a
+    // row's length (every tensor), and the LM head before its first recorded position.
+    // Zeros there give exactly zero gradient.
     T* memory = m.acts_memory.data();
     size_t src_base = 0, dst_base = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
-        const bool per_layer = i >= 1 && i <= 15, attention = i == 6;  // ln1 .. residual3; att
-        const size_t slabs = (per_layer ? L : 1) * (size_t)B * (attention ? NH : 1);
-        const size_t width = from[i] / slabs / Tr / (attention ? Tr : 1);  // values per position (att: per key)
-        if (Tn == Tr) {
-            GKD_ASSERT(src_base == dst_base, "record layout");
-        } else if (!attention) {
-            for (size_t k = 0; k < slabs; k++)  // (slabs, Tr, width) -> (slabs, Tn, width)
-                memmove(memory + dst_base + k * Tn * width, memory + src_base + k * Tr * width, sizeof(T) * Tn * width);
-        } else {
-            for (size_t k = 0; k < slabs; k++)  // (slabs, Tr, Tr) -> (slabs, Tn, Tn)
+        const bool attention = activation_is_attention(i);
+        const size_t heads = attention ? NH : 1, blocks = (activation_per_layer(i) ? L : 1) * (size_t)B * heads;
+        const size_t width = to[i] / blocks / Tn, src_width = attention ? Tr : width;  // values per row
+        T* dst = memory + dst_base;
+        for (size_t k = 0; k < blocks; k++) {
+            if (Tn < Tr)
                 for (int t = 0; t < Tn; t++)
-                    memmove(memory + dst_base + (k * Tn + t) * Tn, memory + src_base + (k * Tr + t) * Tr, sizeof(T) * Tn);
+                    memmove(dst + (k * Tn + t) * width, memory + src_base + (k * Tr + t) * src_width, sizeof(T) * width);
+            T* rows = dst + k * Tn * width;  // (Tn, width)
+            const int b = (int)(k / heads % B), from_t = std::min(rec.length[b], Tn);
+            std::fill(rows + (size_t)from_t * width, rows + (size_t)Tn * width, T(0));
+            if (activation_of_head(i)) std::fill(rows, rows + (size_t)std::min(rec.head_from[b], from_t) * width, T(0));
         }
         src_base += from[i];
         dst_base += to[i];
@@ -1278,24 +1288,6 @@ bool gpt_forward_from_record(GPT<T>& m, ForwardRecord<T>& rec, const int* tokens
     m.batch_B = B;
     m.batch_T = Tn;
     std::copy(tokens, tokens + (size_t)B * Tn, m.inputs.begin());
-    // what sampling never ran: positions at or past a row's length (every tensor), and the
-    // LM head before its first recorded position; zeros there give exactly zero gradient
-    ActivationTensors<T>& a = m.acts;
-    T** tensors = a.array();
-    fill_activation_sizes(to, c, B, Tn);
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
-        const bool per_layer = i >= 1 && i <= 15, attention = i == 6, head = i >= 16;  // lnf .. logits
-        const size_t layers = per_layer ? L : 1, heads = attention ? NH : 1;
-        const size_t width = to[i] / (layers * B * heads) / Tn;  // values per position
-        for (size_t l = 0; l < layers; l++)
-            for (int b = 0; b < B; b++)
-                for (size_t h = 0; h < heads; h++) {
-                    T* rows = tensors[i] + (((l * B + b) * heads) + h) * Tn * width;  // (Tn, width)
-                    const int from_t = std::min(rec.length[b], Tn);
-                    std::fill(rows + (size_t)from_t * width, rows + (size_t)Tn * width, T(0));
-                    if (head) std::fill(rows, rows + (size_t)std::min(rec.head_from[b], from_t) * width, T(0));
-                }
-    }
     return true;
 }
 
