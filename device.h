@@ -143,7 +143,25 @@ struct CpuDevice : Device {
                   start.data(), n_new.data(), b.B, b.T, out.data(), true);
     }
 
-    void teacher_forward(const TrainBatch& b) override { logits(Role::Teacher, b, teacher_logits); }
+    // the loss reads the teacher's logits at targets only: each row runs up to its last
+    // target, and the last layer skips the positions before its first (gpt_infer's head_from)
+    void teacher_forward(const TrainBatch& b) override {
+        const GPT<float>& m = of(Role::Teacher);
+        KVCache<float> no_cache;
+        std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B), head_from(b.B);
+        for (int i = 0; i < b.B; i++) {
+            const int* targets = b.targets.data() + (size_t)i * b.T;
+            int first = b.T, last = -1;
+            for (int t = 0; t < b.T; t++)
+                if (targets[t] >= 0) { first = std::min(first, t); last = t; }
+            rows[i] = i;
+            n_new[i] = std::max(last + 1, 1);
+            head_from[i] = std::min(first, n_new[i]);
+        }
+        teacher_logits.resize((size_t)b.B * b.T * m.config.padded_vocab_size);
+        gpt_infer(m, no_cache, teacher_scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T,
+                  teacher_logits.data(), true, (ForwardRecord<float>*)nullptr, head_from.data());
+    }
     std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
                                                       double temperature, int eos, uint64_t seed, uint64_t stream,
                                                       const std::vector<uint64_t>& row_ids) override {

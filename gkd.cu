@@ -460,6 +460,8 @@ static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     g.cache.allocate(m.config, Bn);
     g.logits.resize((size_t)Bn * Vp);
+    // the decode steps multiply weights packed once here (DecodeWeights, model.h)
+    pack_decode_weights(g.scratch.decode, m.config, m.params, m.params_memory.data());
     auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
         gpt_infer(m, g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, g.logits.data(), false, record);
     };
@@ -470,7 +472,9 @@ static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
             picked[i] = pick_token(g.logits.data() + i * Vp, V, temperature, rngs[active[i]]);
         return picked;
     };
-    return generation_loop(prompts, budgets, eos, m.config.max_seq_len, run, pick);
+    auto out = generation_loop(prompts, budgets, eos, m.config.max_seq_len, run, pick);
+    g.scratch.decode.ready = false;  // the weights change before the next generation
+    return out;
 }
 
 // ----------------------------------------------------------------------------

@@ -17,7 +17,11 @@
 //   teacher, which never needs a backward). Tests check they agree. On-policy sampling
 //   can also record what it computes in gpt_forward's layout (ForwardRecord), so that the
 //   student's forward over its own samples is not run twice.
-// - Matmuls use a tuned BLAS (OpenBLAS) when the build finds one, else OpenMP loops.
+// - Matmuls use a tuned BLAS (OpenBLAS) when the build finds one, else OpenMP loops;
+//   a generation's decode steps (a few rows each) multiply weights it packed once
+//   (DecodeWeights) with a register-tiled kernel, each output one fma chain in order.
+// - The teacher's pass for a loss trims its last layer to the positions with targets
+//   (gpt_infer's head_from): elsewhere that layer only computes keys and values.
 // - Rows are shared out among threads (row_split_threads): with enough rows, each thread
 //   runs its own rows through the whole model with single-threaded BLAS calls and no
 //   barrier per layer (gpt_forward, gpt_infer, the first sweep of gpt_backward); the
@@ -31,12 +35,21 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "utils.h"
 
 #ifdef GKD_BLAS
 #include <cblas.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+#ifdef __CUDACC__
+// nvcc's front end does not know GCC's unroll pragma (packed_tile); it hands it on to the
+// host compiler, which unrolls as asked, so its warning is only noise
+#pragma nv_diag_suppress 1675
 #endif
 
 // ----------------------------------------------------------------------------
@@ -490,6 +503,146 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
     matmul_backward_weight(dweight, dbias, dout, inp, N, C, ld_dout, 0, OC);
 }
 
+// ----------------------------------------------------------------------------
+// decode's matmuls: a few rows against weights packed once per generation
+
+// A decode step runs one new token per row: matmuls of a few rows (16 per thread at the
+// reference step, 1-2 per thread for the GPT-2 pair) against every weight. Through sgemm
+// each call first repacks the whole weight into its own panel layout (a seventh of
+// sampling's time in perf at the reference step), and with two rows per thread each
+// thread reads every weight from memory. So a generation packs the weights once
+// (DecodeWeights) in panels of DECODE_PANEL output channels, (ceil(OC / 16), K, 16) with
+// zeros past OC, and its decode steps multiply with matmul_forward_packed:
+// - a register tile of up to 6 rows x 16 channels (12 AVX accumulators): per k, two loads
+//   of the panel and one broadcast per row;
+// - each output is one fma chain over k in order, then + bias: its rounding does not
+//   depend on the rows around it, on the tile it lands in or on the thread split, so a
+//   row's sample still does not depend on its batch; the scalar fallback (no AVX2/FMA)
+//   rounds the same (std::fma), and a unit test holds both to that chain exactly;
+// - panels are taken in groups that fit in L2, each group against every row tile; with
+//   few rows and all threads on one call, threads take groups (each weight read once).
+constexpr int DECODE_PANEL = 16;
+constexpr int DECODE_TILE_ROWS = 6;
+
+// One weight (OC, K) in panels: panels[(p * K + k) * 16 + j] = weight[p * 16 + j][k].
+inline void pack_weight_panels(float* panels, const float* weight, int OC, int K) {
+    const int np = (OC + DECODE_PANEL - 1) / DECODE_PANEL;
+    #pragma omp parallel for schedule(static)
+    for (int p = 0; p < np; p++)
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < DECODE_PANEL; j++) {
+                const int o = p * DECODE_PANEL + j;
+                panels[((size_t)p * K + k) * DECODE_PANEL + j] = o < OC ? weight[(size_t)o * K + k] : 0.0f;
+            }
+}
+inline size_t packed_weight_size(int OC, int K) { return (size_t)(OC + DECODE_PANEL - 1) / DECODE_PANEL * K * DECODE_PANEL; }
+
+// out rows [0, R) x channels [0, cols) of one panel: out[i][j] = chain_k(x[i][k] * w[k][j]) + bias[j]
+//   x (R, K) row stride K; panel (K, 16); out row stride ld_out; bias (cols) or null
+template <int R>
+inline void packed_tile(float* out, size_t ld_out, const float* x, int K, const float* panel, const float* bias,
+                        int cols) {
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 lo[R], hi[R];
+    #pragma GCC unroll 6
+    for (int i = 0; i < R; i++) { lo[i] = _mm256_setzero_ps(); hi[i] = _mm256_setzero_ps(); }
+    for (int k = 0; k < K; k++) {
+        const __m256 w_lo = _mm256_loadu_ps(panel + (size_t)k * DECODE_PANEL);
+        const __m256 w_hi = _mm256_loadu_ps(panel + (size_t)k * DECODE_PANEL + 8);
+        #pragma GCC unroll 6
+        for (int i = 0; i < R; i++) {
+            const __m256 xi = _mm256_broadcast_ss(x + (size_t)i * K + k);
+            lo[i] = _mm256_fmadd_ps(xi, w_lo, lo[i]);
+            hi[i] = _mm256_fmadd_ps(xi, w_hi, hi[i]);
+        }
+    }
+    #pragma GCC unroll 6
+    for (int i = 0; i < R; i++) {
+        float* o = out + (size_t)i * ld_out;
+        if (cols == DECODE_PANEL) {
+            const __m256 b_lo = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+            const __m256 b_hi = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+            _mm256_storeu_ps(o, _mm256_add_ps(lo[i], b_lo));
+            _mm256_storeu_ps(o + 8, _mm256_add_ps(hi[i], b_hi));
+        } else {
+            float acc[DECODE_PANEL];
+            _mm256_storeu_ps(acc, lo[i]);
+            _mm256_storeu_ps(acc + 8, hi[i]);
+            for (int j = 0; j < cols; j++) o[j] = acc[j] + (bias ? bias[j] : 0.0f);
+        }
+    }
+#else
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < cols; j++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++) acc = std::fma(x[(size_t)i * K + k], panel[(size_t)k * DECODE_PANEL + j], acc);
+            out[(size_t)i * ld_out + j] = acc + (bias ? bias[j] : 0.0f);
+        }
+#endif
+}
+
+// out (N, ld_out)[:, :OC] = inp (N, K) @ weight (OC, K)^T + bias (OC), weight as packed
+// by pack_weight_panels. Runs on all threads, or on the caller's alone inside a parallel region.
+inline void matmul_forward_packed(float* out, const float* inp, const float* panels, const float* bias, int N, int K,
+                                  int OC, int ld_out) {
+    const int np = (OC + DECODE_PANEL - 1) / DECODE_PANEL;
+    const size_t panel_size = (size_t)K * DECODE_PANEL;
+    int group = std::max(1, (int)((256 << 10) / (panel_size * sizeof(float))));  // panels per 256 KB
+    if (!omp_in_parallel()) group = std::min(group, (np + omp_get_max_threads() - 1) / omp_get_max_threads());
+    const int ngroups = (np + group - 1) / group;
+    #pragma omp parallel for schedule(static)
+    for (int g = 0; g < ngroups; g++)
+        for (int n = 0; n < N; n += DECODE_TILE_ROWS)
+            for (int p = g * group; p < std::min(np, (g + 1) * group); p++) {
+                const int cols = std::min(DECODE_PANEL, OC - p * DECODE_PANEL);
+                float* o = out + (size_t)n * ld_out + (size_t)p * DECODE_PANEL;
+                const float* x = inp + (size_t)n * K;
+                const float* w = panels + p * panel_size;
+                const float* b = bias ? bias + (size_t)p * DECODE_PANEL : nullptr;
+                switch (std::min(DECODE_TILE_ROWS, N - n)) {
+                    case 1: packed_tile<1>(o, ld_out, x, K, w, b, cols); break;
+                    case 2: packed_tile<2>(o, ld_out, x, K, w, b, cols); break;
+                    case 3: packed_tile<3>(o, ld_out, x, K, w, b, cols); break;
+                    case 4: packed_tile<4>(o, ld_out, x, K, w, b, cols); break;
+                    case 5: packed_tile<5>(o, ld_out, x, K, w, b, cols); break;
+                    default: packed_tile<6>(o, ld_out, x, K, w, b, cols); break;
+                }
+            }
+}
+
+// Every weight of a model in panels, for the decode steps of one generation: packed at
+// its start (the weights change between generations: training steps), unused after.
+struct DecodeWeights {
+    std::vector<float> panels;
+    std::vector<size_t> offset;     // (L, 4): qkv, attproj, fc, fcproj; then the LM head (wte)
+    const float* source = nullptr;  // the parameters packed, while ready
+    bool ready = false;
+    const float* layer(int l, int which) const { return panels.data() + offset[(size_t)l * 4 + which]; }
+    const float* lm_head() const { return panels.data() + offset.back(); }
+};
+
+inline void pack_decode_weights(DecodeWeights& d, const GPTConfig& c, const ParameterTensors<float>& p,
+                                const float* params_memory) {
+    const int C = c.channels, L = c.num_layers;
+    const struct { const float* w; int OC, K; size_t stride; } kinds[4] = {
+        {p.qkvw, 3 * C, C, (size_t)3 * C * C}, {p.attprojw, C, C, (size_t)C * C},
+        {p.fcw, 4 * C, C, (size_t)4 * C * C}, {p.fcprojw, C, 4 * C, (size_t)4 * C * C}};
+    d.offset.clear();
+    size_t total = 0;
+    for (int l = 0; l < L; l++)
+        for (const auto& k : kinds) { d.offset.push_back(total); total += packed_weight_size(k.OC, k.K); }
+    d.offset.push_back(total);
+    total += packed_weight_size(c.vocab_size, C);
+    if (d.panels.size() < total) d.panels.assign(total, 0.0f);
+    for (int l = 0; l < L; l++)
+        for (int w = 0; w < 4; w++)
+            pack_weight_panels(d.panels.data() + d.offset[(size_t)l * 4 + w], kinds[w].w + l * kinds[w].stride,
+                               kinds[w].OC, kinds[w].K);
+    pack_weight_panels(d.panels.data() + d.offset.back(), p.wte, c.vocab_size, C);
+    d.source = params_memory;
+    d.ready = true;
+}
+
 #ifdef GKD_BLAS
 // Queries per block in the GEMM attention of many new tokens (gpt_infer): block [q0, q1)
 // multiplies keys [0, q1) only. On the reference machine (dev/bench_ab.sh-style
@@ -930,6 +1083,7 @@ struct InferScratch {
     std::vector<T> mean, rstd;                    // (rows) layernorm statistics, kept only when recording
     std::vector<T> scores;                        // (threads, NH, maxT)
     std::vector<T> block_scores;                  // (threads, Tn, maxT): the GEMM attention of many new tokens
+    DecodeWeights decode;                         // float only: the weights packed for one generation's decode steps
     void ensure(size_t rows, int C, int NH, int maxT, int Tn = 1) {
         size_t threads = (size_t)omp_get_max_threads();
         if (scores.size() < threads * NH * maxT) scores.assign(threads * NH * maxT, T(0));
@@ -962,12 +1116,66 @@ struct ForwardRecord {
     bool ready = false;                    // holds a sampling pass not yet used by a forward
 };
 
+// A decode step's attention scores: sc[h * len + j] = (q . key j) over head h's channels,
+// times scale, for keys j in [0, len) (key_row(j): the key's C channels). Keys are taken
+// eight at a time: each key row is read once for all heads, and with AVX the eight dot
+// products of a head are summed across lanes together (hadd and a swap of halves: ten
+// shuffles and adds for eight scores, where one horizontal sum per score was the cost
+// of this loop). A score's rounding depends only on its position and the row's length,
+// never on the batch.
+template <typename T, typename KeyRow>
+inline void decode_scores(T* sc, const T* q, KeyRow key_row, int len, int NH, int hs, T scale) {
+    int j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float>)
+        if (hs % 8 == 0)
+            for (; j + 8 <= len; j += 8) {
+                const float* k[8];
+                for (int u = 0; u < 8; u++) k[u] = key_row(j + u);
+                for (int h = 0; h < NH; h++) {
+                    __m256 acc[8];
+                    #pragma GCC unroll 8
+                    for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+                    for (int i = h * hs; i < (h + 1) * hs; i += 8) {
+                        const __m256 qv = _mm256_loadu_ps(q + i);
+                        #pragma GCC unroll 8
+                        for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[u] + i), acc[u]);
+                    }
+                    // lanes 0-3 and 4-7 of key u's partial sums, for keys 0-3 and 4-7
+                    const __m256 k0123 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+                    const __m256 k4567 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+                    const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(k0123, k4567, 0x20),
+                                                      _mm256_permute2f128_ps(k0123, k4567, 0x31));
+                    _mm256_storeu_ps(sc + (size_t)h * len + j, _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+                }
+            }
+#endif
+    for (; j < len; j++) {
+        const T* k = key_row(j);
+        for (int h = 0; h < NH; h++) {
+            T dot = 0;
+            #pragma omp simd reduction(+ : dot)
+            for (int i = 0; i < hs; i++) dot += q[h * hs + i] * k[h * hs + i];
+            sc[(size_t)h * len + j] = dot * scale;
+        }
+    }
+}
+
+// Whether this gpt_infer call multiplies with packed weights: a decode step (one new token
+// per row) of a generation that packed this model's weights (float only).
+template <typename T>
+bool decode_packed(const GPT<T>& m, const InferScratch<T>& s, int Tn) {
+    if constexpr (std::is_same_v<T, float>)
+        return Tn == 1 && s.decode.ready && s.decode.source == m.params_memory.data();
+    return false;
+}
+
 // gpt_infer (below) on batch rows [b0, b1) and their scratch rows; `slot` is the calling thread's
 // score buffer, or -1 when this runs on all threads (each then uses its own).
 template <typename T>
 void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int b0, int b1, int slot,
                     const int* tokens, const int* cache_row, const int* start, const int* n_new, int Tn, T* logits,
-                    bool all_positions, ForwardRecord<T>* rec) {
+                    bool all_positions, ForwardRecord<T>* rec, const int* head_from) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads, hs = C / NH;
     const int V = c.vocab_size, Vp = c.padded_vocab_size, Bn = b1 - b0, N = Bn * Tn;
@@ -975,6 +1183,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
     const ParameterTensors<T>& p = m.params;
     // this share's rows of the arguments and of the scratch
     tokens += (size_t)b0 * Tn; cache_row += b0; start += b0; n_new += b0;
+    if (head_from) head_from += b0;
     logits += (size_t)b0 * (all_positions ? Tn : 1) * Vp;
     const size_t r0 = (size_t)b0 * Tn;
     T* x = s.x.data() + r0 * C;           // (Bn, Tn, C) the residual stream
@@ -986,6 +1195,17 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
     T* mean = rec ? s.mean.data() + r0 : nullptr;  // (Bn, Tn) layernorm statistics, for the record only
     T* rstd = rec ? s.rstd.data() + r0 : nullptr;
     auto my_slot = [slot] { return (size_t)(slot >= 0 ? slot : omp_get_thread_num()); };
+    // out = in @ weight^T + bias: a decode step of a generation that packed the weights
+    // multiplies the panels (layer l's weight `which`; l < 0: the LM head), all else sgemm
+    const bool packed = decode_packed(m, s, Tn);
+    auto linear = [&](T* out, const T* in, int l, int which, const T* weight, const T* bias, int n, int K, int OC,
+                      int ld_out) {
+        if constexpr (std::is_same_v<T, float>)
+            if (packed)
+                return matmul_forward_packed(out, in, l < 0 ? s.decode.lm_head() : s.decode.layer(l, which), bias, n,
+                                             K, OC, ld_out);
+        matmul_forward(out, in, weight, bias, n, K, OC, ld_out);
+    };
     // Without a cache (cache.rows == 0: whole rows from position 0, as the teacher's pass),
     // keys and values are read where qkv holds them, with no copy: row b's position j of
     // layer l's keys and values, and the distance between positions
@@ -997,6 +1217,26 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
         return cached ? cache.value(l, cache_row[b], j) : qkv + ((size_t)b * Tn + j) * 3 * C + 2 * C;
     };
     const int kv_stride = cached ? C : 3 * C;
+    // With head_from (all positions): row b needs logits at its new positions [head_from[b],
+    // n_new[b]) only. The last layer's output elsewhere feeds nothing but those unneeded
+    // logits, so there the last layer computes only keys and values (for the later
+    // queries): its attention queries, projections, MLP and the LM head run on the needed
+    // positions, packed together (trimmed); the other logits are zeros.
+    auto query_from = [&](int l, int b) {
+        return head_from && l == L - 1 ? std::min(std::max(head_from[b], 0), n_new[b]) : 0;
+    };
+    // moves the needed positions' rows of buf (Bn, Tn, width) to its front, in order;
+    // returns how many (every row moves to a lower address or stays)
+    int trimmed = N;  // the rows after the last layer
+    GKD_ASSERT(!(head_from && (rec || !all_positions)), "head_from is for all-positions passes without a record");
+    auto pack_needed = [&](T* buf, int width) {
+        int kept = 0;
+        for (int b = 0; b < Bn; b++)
+            for (int t = query_from(L - 1, b); t < n_new[b]; t++, kept++)
+                if (kept != b * Tn + t)
+                    memmove(buf + (size_t)kept * width, buf + ((size_t)b * Tn + t) * width, sizeof(T) * width);
+        return kept;
+    };
     // With a record: the rows of src (Bn, Tn, width) at the real new positions, copied into
     // layer l's slab of a training tensor (L, B, maxT, width) at (cache_row, start + t)
     auto record = [&](T* tensor, int l, const T* src, int width) {
@@ -1036,7 +1276,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
     const T scale = T(1) / std::sqrt(T(hs));
     for (int l = 0; l < L; l++) {
         layernorm_forward(ln, mean, rstd, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
-        matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        linear(qkv, ln, l, 0, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
         if (rec) {
             record(ra->ln1, l, ln, C);
             record(ra->ln1_mean, l, mean, 1);
@@ -1058,13 +1298,15 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                 for (int h = 0; h < NH; h++) {
                     const int nq = n_new[b];
                     T* out = atty + (size_t)b * Tn * C + h * hs;  // (Tn, hs), row stride C
-                    for (int t = nq; t < Tn; t++) std::fill(out + (size_t)t * C, out + (size_t)t * C + hs, T(0));
-                    if (nq == 0) continue;
+                    const int qf = query_from(l, b);
+                    for (int t = 0; t < Tn; t++)
+                        if (t < qf || t >= nq) std::fill(out + (size_t)t * C, out + (size_t)t * C + hs, T(0));
+                    if (nq == qf) continue;
                     // query blocks of ATTENTION_QUERY_BLOCK: block [q0, q1) needs the keys up to
                     // start + q1 only, so the GEMMs skip most of the masked upper triangle
                     T* S = s.block_scores.data() + my_slot() * Tn * c.max_seq_len;  // (q1 - q0, klen)
                     const T* Q = qkv + (size_t)b * Tn * 3 * C + h * hs;              // (nq, hs), stride 3C
-                    for (int q0 = 0; q0 < nq; q0 += ATTENTION_QUERY_BLOCK) {
+                    for (int q0 = qf; q0 < nq; q0 += ATTENTION_QUERY_BLOCK) {
                         const int q1 = std::min(nq, q0 + ATTENTION_QUERY_BLOCK), klen = start[b] + q1;
                         gemm(false, true, q1 - q0, klen, hs, Q + (size_t)q0 * 3 * C, 3 * C,
                              key_row(l, b, 0) + h * hs, kv_stride, T(0), S, klen);
@@ -1094,19 +1336,11 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
             for (int t = 0; t < Tn; t++) {
                 T* o = atty + ((size_t)b * Tn + t) * C;  // (C) = (NH, hs)
                 std::fill(o, o + C, T(0));
-                if (t >= n_new[b]) continue;
+                if (t >= n_new[b] || t < query_from(l, b)) continue;
                 const T* q = qkv + ((size_t)b * Tn + t) * 3 * C;
                 T* sc = s.scores.data() + my_slot() * NH * c.max_seq_len;  // (NH, len)
                 const int len = start[b] + t + 1;
-                for (int j = 0; j < len; j++) {
-                    const T* k = key_row(l, b, j);
-                    for (int h = 0; h < NH; h++) {
-                        T dot = 0;
-                        #pragma omp simd reduction(+ : dot)
-                        for (int i = 0; i < hs; i++) dot += q[h * hs + i] * k[h * hs + i];
-                        sc[(size_t)h * len + j] = dot * scale;
-                    }
-                }
+                decode_scores(sc, q, [&](int j) { return key_row(l, b, j); }, len, NH, hs, scale);
                 for (int h = 0; h < NH; h++) {
                     T* sh = sc + (size_t)h * len;
                     T maxv = -INFINITY, sum = 0;
@@ -1126,13 +1360,19 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                     }
                 }
             }
-        matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
+        // the rows this layer continues with: all, or in the trimmed last layer the needed ones
+        int Nl = N;
+        if (head_from && l == L - 1) {
+            Nl = trimmed = pack_needed(atty, C);
+            pack_needed(x, C);
+        }
+        linear(proj, atty, l, 1, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, Nl, C, C, C);
         if (rec) {
             record(ra->atty, l, atty, C);  // (attproj and fcproj are not kept: no backward reads them)
         }
-        residual_forward(x, x, proj, (size_t)N * C);
-        layernorm_forward(ln, mean, rstd, x, p.ln2w + l * C, p.ln2b + l * C, N, C);
-        matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        residual_forward(x, x, proj, (size_t)Nl * C);
+        layernorm_forward(ln, mean, rstd, x, p.ln2w + l * C, p.ln2b + l * C, Nl, C);
+        linear(fch, ln, l, 2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, Nl, C, 4 * C, 4 * C);
         if (rec) {
             record(ra->residual2, l, x, C);
             record(ra->ln2, l, ln, C);
@@ -1140,18 +1380,30 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
             record(ra->ln2_rstd, l, rstd, 1);
             record(ra->fch, l, fch, 4 * C);
         }
-        gelu_forward(fch, fch, (size_t)N * 4 * C);
-        matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
-        residual_forward(x, x, proj, (size_t)N * C);
+        gelu_forward(fch, fch, (size_t)Nl * 4 * C);
+        linear(proj, fch, l, 3, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, Nl, 4 * C, C, C);
+        residual_forward(x, x, proj, (size_t)Nl * C);
         if (rec) {
             record(ra->fch_gelu, l, fch, 4 * C);
             record(ra->residual3, l, x, C);
         }
     }
     if (all_positions) {
-        layernorm_forward(ln, mean, rstd, x, p.lnfw, p.lnfb, N, C);
-        matmul_forward(logits, ln, p.wte, (const T*)nullptr, N, C, V, Vp);
-        for (int n = 0; n < N; n++) std::fill(logits + (size_t)n * Vp + V, logits + (size_t)(n + 1) * Vp, T(0));
+        const int Nh = trimmed;
+        layernorm_forward(ln, mean, rstd, x, p.lnfw, p.lnfb, Nh, C);
+        matmul_forward(logits, ln, p.wte, (const T*)nullptr, Nh, C, V, Vp);
+        for (int n = 0; n < Nh; n++) std::fill(logits + (size_t)n * Vp + V, logits + (size_t)(n + 1) * Vp, T(0));
+        if (head_from) {  // the needed rows back to their positions (last first: each moves up), zeros elsewhere
+            int kept = Nh;
+            for (int b = Bn - 1; b >= 0; b--) {
+                const int qf = query_from(L - 1, b);
+                std::fill(logits + ((size_t)b * Tn + n_new[b]) * Vp, logits + (size_t)(b + 1) * Tn * Vp, T(0));
+                for (int t = n_new[b] - 1; t >= qf; t--)
+                    if (--kept != b * Tn + t)
+                        memmove(logits + ((size_t)b * Tn + t) * Vp, logits + (size_t)kept * Vp, sizeof(T) * Vp);
+                std::fill(logits + (size_t)b * Tn * Vp, logits + ((size_t)b * Tn + qf) * Vp, T(0));
+            }
+        }
         if (rec) {
             record(ra->lnf, 0, ln, C);
             record(ra->lnf_mean, 0, mean, 1);
@@ -1167,7 +1419,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
             memcpy(atty + (size_t)b * C, x + ((size_t)b * Tn + t) * C, sizeof(T) * C);
         }
         layernorm_forward(ln, mean, rstd, atty, p.lnfw, p.lnfb, Bn, C);
-        matmul_forward(logits, ln, p.wte, (const T*)nullptr, Bn, C, V, Vp);
+        linear(logits, ln, -1, 0, p.wte, (const T*)nullptr, Bn, C, V, Vp);
         for (int b = 0; b < Bn; b++) std::fill(logits + (size_t)b * Vp + V, logits + (size_t)(b + 1) * Vp, T(0));
         if (rec)
             for (int b = 0; b < Bn; b++) {
@@ -1189,6 +1441,9 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
 //   cache_row (Bn)     which cache row each batch row uses
 //   start     (Bn)     the position of the row's first new token (= tokens already cached)
 //   logits    all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token
+//   head_from (Bn) or null: with all_positions, row b's logits are needed at its new
+//             positions [head_from[b], n_new[b]) only (a loss's targets); the others are
+//             zeros, and the last layer skips what only they need (see gpt_infer_rows)
 // Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length.
 // Padded slots compute junk that is never stored in the cache and never read. An empty
 // cache (KVCache with rows = 0) is a pass that nothing continues (the teacher's): every
@@ -1202,20 +1457,24 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
 template <typename T>
 void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
                const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions,
-               ForwardRecord<T>* rec = nullptr) {
+               ForwardRecord<T>* rec = nullptr, const int* head_from = nullptr) {
     const GPTConfig& c = m.config;
     s.ensure((size_t)Bn * Tn, c.channels, c.num_heads, c.max_seq_len, Tn);
     for (int b = 0; b < Bn; b++)
         GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && (cache.rows == 0 ? start[b] == 0 : cache_row[b] < cache.rows),
                    "sequence past the context, or a continued row without a cache");
-    const int parts = row_split_threads(Bn);
+    int parts = row_split_threads(Bn);
+    // packed decode with under a register tile of rows per thread: the threads share out
+    // the weights instead of each reading all of them for its one or two rows
+    if (decode_packed(m, s, Tn) && Bn < DECODE_TILE_ROWS * parts) parts = 1;
     if (parts == 1)
-        return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions, rec);
+        return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions, rec,
+                              head_from);
     #pragma omp parallel num_threads(parts)
     {
         const int t = omp_get_thread_num();
         gpt_infer_rows(m, cache, s, share_begin(Bn, t, parts), share_begin(Bn, t + 1, parts), t, tokens, cache_row,
-                       start, n_new, Tn, logits, all_positions, rec);
+                       start, n_new, Tn, logits, all_positions, rec, head_from);
     }
 }
 

@@ -250,6 +250,8 @@ static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draf
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     dg.cache.allocate(draft.config, Bn);
     tg.cache.allocate(target.config, Bn);
+    // the draft's one-token steps multiply packed weights, as plain generation's do
+    pack_decode_weights(dg.scratch.decode, draft.config, draft.params, draft.params_memory.data());
     auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
         dg.logits.resize((size_t)n * Vpd);
         gpt_infer(draft, dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, dg.logits.data(), false);
@@ -262,6 +264,8 @@ static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draf
                   all_positions);
         return (const float*)tg.logits.data();
     };
-    return speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vpd, Vpt, rngs, run_draft,
-                            run_target, stats);
+    auto out = speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vpd, Vpt, rngs,
+                                run_draft, run_target, stats);
+    dg.scratch.decode.ready = false;
+    return out;
 }

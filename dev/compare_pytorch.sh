@@ -44,7 +44,8 @@ g = [json.loads(l) for l in open(sys.argv[1])]
 t = [json.loads(l) for l in open(sys.argv[2])]
 threads, device, flags = sys.argv[3], sys.argv[4], sys.argv[5]
 med = lambda rows, k: statistics.median(r[k] for r in rows)
-phases = [("sample (student, KV cache)", "sample_ms", "sample_ms"), ("teacher forward", "teacher_ms", "teacher_ms"),
+phases = [("sample (student, KV cache)", "sample_ms", "sample_ms"),
+          ("teacher forward" + (" (gkd: last layer at the targets)" if g[0].get("teacher_trimmed") else ""), "teacher_ms", "teacher_ms"),
           ("student forward" + (" (gkd: sampling's activations, reused)" if g[0].get("forward_reused") else ""),
            "forward_ms", "student_forward_ms"), ("loss (JSD)", "loss_ms", "loss_ms"),
           ("student backward (gkd: + grad norm; PyTorch: + clipping)", "backward_ms", "backward_ms"), ("AdamW (gkd: + clipping)", "update_ms", "update_ms"),
@@ -68,7 +69,8 @@ for name, gk, tk in phases:
 # the step's work as the algorithm's (PyTorch's: a student forward included); with the
 # forward reused, gkd also says what share the FLOPs it ran reach
 ran = (f"; {100 * med(g, 'step_run_gflops') / med(g, 'sgemm_gflops'):.0f}% counting only the FLOPs gkd ran, its student "
-       f"forward being sampling's" if g[0].get("forward_reused") else "")
+       f"forward being sampling's and the teacher's last layer trimmed to the targets"
+       if g[0].get("forward_reused") else "")
 print("\ngkd: " + (f"{med(g, 'step_gflops'):.0f} GFLOP/s over the step ({100 * med(g, 'step_gflops') / med(g, 'sgemm_gflops'):.0f}% "
                   f"of sgemm{ran}), peak RSS {med(g, 'peak_rss_mb'):.0f} MB" if device == "cpu" else
                   f"{med(g, 'step_tflops'):.2f} TFLOP/s over the step, MFU {100 * med(g, 'step_mfu'):.1f}%; peak device "

@@ -117,14 +117,14 @@ check "distill --help lists --lambda, --beta and --student" sh -c 'grep -q -- "-
 # --- bench: the table, and the JSON the comparison scripts read
 expect_ok "bench (tiny shapes)" $GKD bench --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
 # (an on-policy step's student forward is sampling's, reused: the row says so)
-for row in "sample (student, KV cache)" "teacher forward" "student forward (sampling's activations, reused)" "loss (divergence)" "student backward + grad norm" "AdamW (+ clipping)" "step"; do
+for row in "sample (student, KV cache)" "teacher forward (last layer at the targets)" "student forward (sampling's activations, reused)" "loss (divergence)" "student backward + grad norm" "AdamW (+ clipping)" "step"; do
   check "bench table has '$row'" grep -qF "| $row |" "$W/out"
 done
 check "bench gives the step's share of the ceiling both ways (the algorithm's FLOPs, and those run)" grep -qE "the step reaches [0-9]+% of the ceiling \(.*; [0-9]+% counting only what ran\)" "$W/out"
 check "bench reports peak RSS and the sgemm ceiling" grep -qE "^peak RSS [0-9]+ MB; sgemm ceiling [0-9.]+ GFLOP/s" "$W/out"
 check "the bench table names the machine: CPU, vector ISA, threads, BLAS" grep -qE "^  .+, (AVX|SSE).*, [0-9]+ threads; matmuls: " "$W/out"
 expect_ok "bench --json (on-policy)" $GKD bench --json --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
-check "on-policy bench JSON: the forward reused, the rate of the FLOPs run below the step's" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["forward_reused"] is True; assert 0 < j["step_run_gflops"] < j["step_gflops"]' "$W/out"
+check "on-policy bench JSON: the forward reused, the teacher trimmed, the rate of the FLOPs run below the step's" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["forward_reused"] is True and j["teacher_trimmed"] is True; assert 0 < j["step_run_gflops"] < j["step_gflops"]' "$W/out"
 expect_ok "bench --sft --json" $GKD bench --sft --json --student 1,16,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
 check "bench JSON has the phases the scripts read" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("forward_ms","loss_ms","backward_ms","update_ms","step_ms","step_gflops","sgemm_gflops","peak_rss_mb")) and "sample_ms" not in j and j["forward_reused"] is False' "$W/out"
 # what a CPU figure depends on: the CPU, its vector ISA, the BLAS as it reports itself

@@ -527,7 +527,7 @@ TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient 
     auto teacher = randn((size_t)b.B * b.T * Vp, 45, 2.0);
     std::vector<float> teacher_f(teacher.begin(), teacher.end());
     const int threads_before = omp_get_max_threads();
-    std::vector<float> logits[2], grads[2], cached[2];
+    std::vector<float> logits[2], grads[2], cached[2], trimmed[2];
     double loss[2];
     for (int run = 0; run < 2; run++) {
         omp_set_num_threads(run == 0 ? 1 : 4);  // 1: one pass over all rows; 4: 2 rows per thread
@@ -546,6 +546,19 @@ TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient 
         for (int i = 0; i < B; i++) rows[i] = i;
         cached[run].resize((size_t)B * b.T * Vp);
         gpt_infer(m, cache, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), B, b.T, cached[run].data(), true);
+        // the teacher's trimmed pass (logits from each row's first target on)
+        KVCache<float> none;
+        std::vector<int> head_from(B);
+        for (int i = 0; i < B; i++) head_from[i] = (int)prompts[i].size() - 1;
+        trimmed[run].assign((size_t)B * b.T * Vp, NAN);
+        gpt_infer(m, none, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), B, b.T,
+                  trimmed[run].data(), true, (ForwardRecord<float>*)nullptr, head_from.data());
+        for (int i = 0; i < B; i++)
+            for (int t = 0; t < b.T; t++)
+                for (int v = 0; v < Vp; v++) {
+                    float& x = trimmed[run][((size_t)i * b.T + t) * Vp + v];
+                    if (t < head_from[i]) { CHECK(x == 0.0f); x = cached[run][((size_t)i * b.T + t) * Vp + v]; }
+                }
     }
     omp_set_num_threads(threads_before);
     auto worst = [](const std::vector<float>& x, const std::vector<float>& y) {
@@ -555,6 +568,8 @@ TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient 
     };
     CHECK(worst(logits[1], logits[0]) < 1e-6);
     CHECK(worst(cached[1], cached[0]) < 1e-6);
+    CHECK(worst(trimmed[0], cached[0]) < 1e-6);
+    CHECK(worst(trimmed[1], cached[0]) < 1e-6);
     CHECK(std::fabs(loss[1] - loss[0]) < 1e-6 * std::fabs(loss[0]));
     CHECK(worst(grads[1], grads[0]) < 1e-5);
     double norm = 0;
@@ -562,7 +577,7 @@ TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient 
     CHECK(norm > 0);
 }
 
-TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of different lengths in one batch") {
+TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of different lengths in one batch; a trimmed teacher pass too") {
     GPT<double> m;
     make_model(m, 2, 16, 4, 12, 13, 50);
     const int Vp = m.config.padded_vocab_size;
@@ -617,6 +632,107 @@ TEST_CASE("the KV-cached decode gives the logits of a full forward, rows of diff
     gpt_infer(m, none, scratch, padded.data(), rows.data(), start.data(), nfull.data(), B, T, all.data(), true);
     for (int b = 0; b < B; b++)
         for (int pos = 0; pos < nfull[b]; pos++) expect_row(all.data() + ((size_t)b * T + pos) * Vp, b, pos);
+    // ... and the teacher's pass for a loss: logits at [head_from, n_new) only, the last
+    // layer trimmed to those positions, zeros everywhere else (one thread, and rows shared)
+    const int threads_before = omp_get_max_threads();
+    for (int threads : {1, 3}) {
+        omp_set_num_threads(threads);
+        InferScratch<double> fresh;
+        std::vector<int> upto = {9, 4, 7}, head_from = {2, 0, 7};  // row 2 needs nothing
+        std::fill(all.begin(), all.end(), NAN);
+        gpt_infer(m, none, fresh, padded.data(), rows.data(), start.data(), upto.data(), B, T, all.data(), true,
+                  (ForwardRecord<double>*)nullptr, head_from.data());
+        int nonzero_elsewhere = 0;
+        for (int b = 0; b < B; b++)
+            for (int pos = 0; pos < T; pos++) {
+                const double* row = all.data() + ((size_t)b * T + pos) * Vp;
+                if (pos >= head_from[b] && pos < upto[b]) expect_row(row, b, pos);
+                else
+                    for (int v = 0; v < Vp; v++) nonzero_elsewhere += !(row[v] == 0.0);
+            }
+        CHECK(nonzero_elsewhere == 0);
+    }
+    omp_set_num_threads(threads_before);
+}
+
+// Decode steps multiply weights packed once per generation (DecodeWeights): each output
+// must be exactly one fma chain over k in order, + bias, whatever the rows and threads
+// around it (a row's sample must not depend on its batch), and the packed decode must
+// still give a full forward's logits.
+TEST_CASE("decode's packed matmul is one fma chain per output whatever the rows around it; packed decode gives the forward's logits") {
+    const int threads_before = omp_get_max_threads();
+    for (int K : {1, 7, 33, 130})
+        for (int OC : {1, 5, 16, 17, 40}) {
+            std::vector<float> x, w, bias, panels(packed_weight_size(OC, K), NAN);
+            for (double v : randn((size_t)16 * K, 100 + K)) x.push_back((float)v);
+            for (double v : randn((size_t)OC * K, 200 + OC)) w.push_back((float)v);
+            for (double v : randn(OC, 300)) bias.push_back((float)v);
+            pack_weight_panels(panels.data(), w.data(), OC, K);
+            const int LD = OC + 3;  // a strided output whose extra columns stay untouched
+            for (int N : {1, 2, 5, 6, 7, 13, 16})
+                for (bool with_bias : {true, false})
+                    for (int threads : {1, 3}) {
+                        CAPTURE(K); CAPTURE(OC); CAPTURE(N); CAPTURE(with_bias); CAPTURE(threads);
+                        omp_set_num_threads(threads);
+                        std::vector<float> out((size_t)N * LD, -7.0f), blas((size_t)N * LD, 0.0f);
+                        matmul_forward_packed(out.data(), x.data(), panels.data(), with_bias ? bias.data() : nullptr,
+                                              N, K, OC, LD);
+                        matmul_forward(blas.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, N, K, OC, LD);
+                        int inexact = 0;
+                        double worst = 0;
+                        for (int n = 0; n < N; n++)
+                            for (int o = 0; o < LD; o++) {
+                                const float got = out[(size_t)n * LD + o];
+                                if (o >= OC) { inexact += got != -7.0f; continue; }
+                                float acc = 0.0f;
+                                for (int k = 0; k < K; k++) acc = std::fma(x[(size_t)n * K + k], w[(size_t)o * K + k], acc);
+                                inexact += got != acc + (with_bias ? bias[o] : 0.0f);
+                                worst = worse(worst, std::fabs(got - blas[(size_t)n * LD + o]) / std::sqrt((double)K));
+                            }
+                        CHECK(inexact == 0);
+                        CHECK(worst < 1e-5);  // and sgemm's result to rounding
+                    }
+        }
+    omp_set_num_threads(threads_before);
+
+    // a whole model decoded one token at a time from position 0 (no prefill, whose sgemm
+    // rounds a row differently in a different batch), against a full float forward
+    GPT<float> m;
+    make_model(m, 2, 32, 4, 12, 29, 51);
+    const int B = 13, T = 9, Vp = m.config.padded_vocab_size;
+    std::vector<int> seqs((size_t)B * T);
+    Rng rng(8);
+    for (int& t : seqs) t = (int)rng.below(29);
+    gpt_forward(m, seqs.data(), B, T);
+    std::vector<float> full(m.acts.logits, m.acts.logits + (size_t)B * T * Vp);
+    std::vector<float> logits[2];  // row 4's, in the batch of 13 and decoded alone
+    for (int alone = 0; alone < 2; alone++) {
+        const int n = alone ? 1 : B;
+        KVCache<float> cache;
+        InferScratch<float> scratch;
+        cache.allocate(m.config, B);
+        pack_decode_weights(scratch.decode, m.config, m.params, m.params_memory.data());
+        std::vector<int> rows(n), start(n), n_new(n, 1), tok(n);
+        for (int i = 0; i < n; i++) rows[i] = alone ? 4 : i;
+        std::vector<float> out((size_t)n * Vp);
+        double worst = 0, scale = 0;
+        for (int pos = 0; pos < T; pos++) {
+            REQUIRE(decode_packed(m, scratch, 1));
+            for (int i = 0; i < n; i++) { tok[i] = seqs[(size_t)rows[i] * T + pos]; start[i] = pos; }
+            gpt_infer(m, cache, scratch, tok.data(), rows.data(), start.data(), n_new.data(), n, 1, out.data(), false);
+            for (int i = 0; i < n; i++)
+                for (int v = 0; v < Vp; v++) {
+                    const float f = full[((size_t)rows[i] * T + pos) * Vp + v];
+                    worst = worse(worst, std::fabs(out[(size_t)i * Vp + v] - f));
+                    scale = std::max(scale, (double)std::fabs(f));
+                    if (rows[i] == 4) logits[alone].push_back(out[(size_t)i * Vp + v]);
+                }
+        }
+        CHECK(worst < 1e-5 * scale);
+        scratch.decode.ready = false;
+        CHECK(!decode_packed(m, scratch, 1));
+    }
+    CHECK(logits[0] == logits[1]);  // row 4 alone: the same bits as among 12 others
 }
 
 // ----------------------------------------------------------------------------
