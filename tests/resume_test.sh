@@ -74,7 +74,14 @@ for sig in INT TERM; do
   d=$W/sig$sig
   $GKD "${RUN[@]}" --out "$d" 2>"$d.err" &
   pid=$!
-  sleep "$(printf '%d.%03d' $((run_ms / 2000)) $((run_ms / 2 % 1000)))"
+  # signal once the run has logged 5 of its 30 steps: its handlers are in place and most
+  # steps are ahead (a fraction of the uninterrupted run's time missed both ends on a
+  # loaded machine: a signal before the handlers, or after the run's end)
+  for _ in $(seq 4000); do
+    [ "$(cat "$d/metrics.jsonl" 2>/dev/null | grep -c '"loss"')" -ge 5 ] && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.005
+  done
   kill -$sig $pid
   wait $pid
   rc=$?
