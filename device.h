@@ -132,35 +132,36 @@ struct CpuDevice : Device {
         return ::speculative_generate(*model, student_gen, of(Role::Teacher), teacher_gen, prompts, budgets,
                                       draft_tokens, temperature, eos, seed, stream, row_ids, stats);
     }
-    // a forward pass with no activations kept, and no KV cache (nothing follows it)
-    void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {
+    // a forward pass over b with no activations kept, and no KV cache (nothing follows it):
+    // row i runs its first n_new[i] positions; with head_from, only [head_from[i], n_new[i])
+    // get logits (gpt_infer), the others zeros
+    void logits_pass(Role who, const TrainBatch& b, std::vector<float>& out, const std::vector<int>& n_new,
+                     const int* head_from) {
         const GPT<float>& m = of(who);
         KVCache<float> no_cache;
-        std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
+        std::vector<int> rows(b.B), start(b.B, 0);
         for (int i = 0; i < b.B; i++) rows[i] = i;
         out.resize((size_t)b.B * b.T * m.config.padded_vocab_size);
         gpt_infer(m, no_cache, who == Role::Student ? student_scratch : teacher_scratch, b.tokens.data(), rows.data(),
-                  start.data(), n_new.data(), b.B, b.T, out.data(), true);
+                  start.data(), n_new.data(), b.B, b.T, out.data(), true, (ForwardRecord<float>*)nullptr, head_from);
+    }
+    void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {
+        logits_pass(who, b, out, std::vector<int>(b.B, b.T), nullptr);
     }
 
     // the loss reads the teacher's logits at targets only: each row runs up to its last
     // target, and the last layer skips the positions before its first (gpt_infer's head_from)
     void teacher_forward(const TrainBatch& b) override {
-        const GPT<float>& m = of(Role::Teacher);
-        KVCache<float> no_cache;
-        std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B), head_from(b.B);
+        std::vector<int> n_new(b.B), head_from(b.B);
         for (int i = 0; i < b.B; i++) {
             const int* targets = b.targets.data() + (size_t)i * b.T;
             int first = b.T, last = -1;
             for (int t = 0; t < b.T; t++)
                 if (targets[t] >= 0) { first = std::min(first, t); last = t; }
-            rows[i] = i;
             n_new[i] = std::max(last + 1, 1);
             head_from[i] = std::min(first, n_new[i]);
         }
-        teacher_logits.resize((size_t)b.B * b.T * m.config.padded_vocab_size);
-        gpt_infer(m, no_cache, teacher_scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T,
-                  teacher_logits.data(), true, (ForwardRecord<float>*)nullptr, head_from.data());
+        logits_pass(Role::Teacher, b, teacher_logits, n_new, head_from.data());
     }
     std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
                                                       double temperature, int eos, uint64_t seed, uint64_t stream,

@@ -461,7 +461,7 @@ static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
     g.cache.allocate(m.config, Bn);
     g.logits.resize((size_t)Bn * Vp);
     // the decode steps multiply weights packed once here (DecodeWeights, model.h)
-    pack_decode_weights(g.scratch.decode, m.config, m.params, m.params_memory.data());
+    pack_decode_weights(g.scratch.decode, m);
     auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
         gpt_infer(m, g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, g.logits.data(), false, record);
     };

@@ -524,9 +524,12 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 constexpr int DECODE_PANEL = 16;
 constexpr int DECODE_TILE_ROWS = 6;
 
+inline int panel_count(int OC) { return (OC + DECODE_PANEL - 1) / DECODE_PANEL; }
+inline size_t packed_weight_size(int OC, int K) { return (size_t)panel_count(OC) * K * DECODE_PANEL; }
+
 // One weight (OC, K) in panels: panels[(p * K + k) * 16 + j] = weight[p * 16 + j][k].
 inline void pack_weight_panels(float* panels, const float* weight, int OC, int K) {
-    const int np = (OC + DECODE_PANEL - 1) / DECODE_PANEL;
+    const int np = panel_count(OC);
     #pragma omp parallel for schedule(static)
     for (int p = 0; p < np; p++)
         for (int k = 0; k < K; k++)
@@ -535,7 +538,6 @@ inline void pack_weight_panels(float* panels, const float* weight, int OC, int K
                 panels[((size_t)p * K + k) * DECODE_PANEL + j] = o < OC ? weight[(size_t)o * K + k] : 0.0f;
             }
 }
-inline size_t packed_weight_size(int OC, int K) { return (size_t)(OC + DECODE_PANEL - 1) / DECODE_PANEL * K * DECODE_PANEL; }
 
 // out rows [0, R) x channels [0, cols) of one panel: out[i][j] = chain_k(x[i][k] * w[k][j]) + bias[j]
 //   x (R, K) row stride K; panel (K, 16); out row stride ld_out; bias (cols) or null
@@ -585,7 +587,7 @@ inline void packed_tile(float* out, size_t ld_out, const float* x, int K, const 
 // by pack_weight_panels. Runs on all threads, or on the caller's alone inside a parallel region.
 inline void matmul_forward_packed(float* out, const float* inp, const float* panels, const float* bias, int N, int K,
                                   int OC, int ld_out) {
-    const int np = (OC + DECODE_PANEL - 1) / DECODE_PANEL;
+    const int np = panel_count(OC);
     const size_t panel_size = (size_t)K * DECODE_PANEL;
     int group = std::max(1, (int)((256 << 10) / (panel_size * sizeof(float))));  // panels per 256 KB
     if (!omp_in_parallel()) group = std::min(group, (np + omp_get_max_threads() - 1) / omp_get_max_threads());
@@ -621,8 +623,9 @@ struct DecodeWeights {
     const float* lm_head() const { return panels.data() + offset.back(); }
 };
 
-inline void pack_decode_weights(DecodeWeights& d, const GPTConfig& c, const ParameterTensors<float>& p,
-                                const float* params_memory) {
+inline void pack_decode_weights(DecodeWeights& d, const GPT<float>& m) {
+    const GPTConfig& c = m.config;
+    const ParameterTensors<float>& p = m.params;
     const int C = c.channels, L = c.num_layers;
     const struct { const float* w; int OC, K; size_t stride; } kinds[4] = {
         {p.qkvw, 3 * C, C, (size_t)3 * C * C}, {p.attprojw, C, C, (size_t)C * C},
@@ -639,7 +642,7 @@ inline void pack_decode_weights(DecodeWeights& d, const GPTConfig& c, const Para
             pack_weight_panels(d.panels.data() + d.offset[(size_t)l * 4 + w], kinds[w].w + l * kinds[w].stride,
                                kinds[w].OC, kinds[w].K);
     pack_weight_panels(d.panels.data() + d.offset.back(), p.wte, c.vocab_size, C);
-    d.source = params_memory;
+    d.source = m.params_memory.data();
     d.ready = true;
 }
 
@@ -1225,10 +1228,10 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
     auto query_from = [&](int l, int b) {
         return head_from && l == L - 1 ? std::min(std::max(head_from[b], 0), n_new[b]) : 0;
     };
+    GKD_ASSERT(!(head_from && (rec || !all_positions)), "head_from is for all-positions passes without a record");
+    int head_rows = N;  // the rows the last layer ends with, which the LM head runs on
     // moves the needed positions' rows of buf (Bn, Tn, width) to its front, in order;
     // returns how many (every row moves to a lower address or stays)
-    int trimmed = N;  // the rows after the last layer
-    GKD_ASSERT(!(head_from && (rec || !all_positions)), "head_from is for all-positions passes without a record");
     auto pack_needed = [&](T* buf, int width) {
         int kept = 0;
         for (int b = 0; b < Bn; b++)
@@ -1363,7 +1366,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
         // the rows this layer continues with: all, or in the trimmed last layer the needed ones
         int Nl = N;
         if (head_from && l == L - 1) {
-            Nl = trimmed = pack_needed(atty, C);
+            Nl = head_rows = pack_needed(atty, C);
             pack_needed(x, C);
         }
         linear(proj, atty, l, 1, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, Nl, C, C, C);
@@ -1389,12 +1392,11 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
         }
     }
     if (all_positions) {
-        const int Nh = trimmed;
-        layernorm_forward(ln, mean, rstd, x, p.lnfw, p.lnfb, Nh, C);
-        matmul_forward(logits, ln, p.wte, (const T*)nullptr, Nh, C, V, Vp);
-        for (int n = 0; n < Nh; n++) std::fill(logits + (size_t)n * Vp + V, logits + (size_t)(n + 1) * Vp, T(0));
+        layernorm_forward(ln, mean, rstd, x, p.lnfw, p.lnfb, head_rows, C);
+        matmul_forward(logits, ln, p.wte, (const T*)nullptr, head_rows, C, V, Vp);
+        for (int n = 0; n < head_rows; n++) std::fill(logits + (size_t)n * Vp + V, logits + (size_t)(n + 1) * Vp, T(0));
         if (head_from) {  // the needed rows back to their positions (last first: each moves up), zeros elsewhere
-            int kept = Nh;
+            int kept = head_rows;
             for (int b = Bn - 1; b >= 0; b--) {
                 const int qf = query_from(L - 1, b);
                 std::fill(logits + ((size_t)b * Tn + n_new[b]) * Vp, logits + (size_t)(b + 1) * Tn * Vp, T(0));

@@ -251,7 +251,7 @@ static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draf
     dg.cache.allocate(draft.config, Bn);
     tg.cache.allocate(target.config, Bn);
     // the draft's one-token steps multiply packed weights, as plain generation's do
-    pack_decode_weights(dg.scratch.decode, draft.config, draft.params, draft.params_memory.data());
+    pack_decode_weights(dg.scratch.decode, draft);
     auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
         dg.logits.resize((size_t)n * Vpd);
         gpt_infer(draft, dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, dg.logits.data(), false);

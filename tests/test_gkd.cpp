@@ -711,7 +711,7 @@ TEST_CASE("decode's packed matmul is one fma chain per output whatever the rows 
         KVCache<float> cache;
         InferScratch<float> scratch;
         cache.allocate(m.config, B);
-        pack_decode_weights(scratch.decode, m.config, m.params, m.params_memory.data());
+        pack_decode_weights(scratch.decode, m);
         std::vector<int> rows(n), start(n), n_new(n, 1), tok(n);
         for (int i = 0; i < n; i++) rows[i] = alone ? 4 : i;
         std::vector<float> out((size_t)n * Vp);
