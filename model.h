@@ -26,6 +26,9 @@
 //   runs its own rows through the whole model with single-threaded BLAS calls and no
 //   barrier per layer (gpt_forward, gpt_infer, the first sweep of gpt_backward); the
 //   parameters' gradients, sums over all rows, are then shared out by output channel.
+// - gpt_backward writes each activation gradient before reading it, the first write
+//   overwriting (nothing zeroes ~60 MB of them first at the reference step); the
+//   projections' output gradients are the residual stream's, used where they lie.
 // - Every reduction is done in a fixed order, so results are identical run after run
 //   for a fixed thread count.
 #pragma once
@@ -221,7 +224,9 @@ void gpt_build(GPT<T>& m, const GPTConfig& c) {
 inline int share_begin(int total, int part, int parts) { return (int)((long long)total * part / parts); }
 
 // ----------------------------------------------------------------------------
-// layers: forward and backward side by side. Backward functions accumulate (+=).
+// layers: forward and backward side by side. Backward functions accumulate (+=); those
+// gpt_backward writes a tensor with first can overwrite instead (accumulate = false), so
+// that no pass zeroes the activations' gradients beforehand.
 
 template <typename T>
 void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, int Tn, int C) {
@@ -287,9 +292,11 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 // The backward in two halves: the input's gradient (row by row) and the parameters'
 // (a sum over rows per channel: channels [i0, i1) of it), so that a training backward can
 // share out rows for the first and channels for the second (gpt_backward).
+// dinp = base + the gradient through the norm: base = dinp accumulates (the default), another
+// tensor passes a residual's gradient through (gpt_backward), null overwrites.
 template <typename T>
 void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* weight, const T* mean, const T* rstd,
-                              int N, int C) {
+                              int N, int C, const T* base) {
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const T* d = dout + (size_t)n * C;
@@ -305,12 +312,25 @@ void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* wei
         dnorm_mean /= C;
         dnorm_norm_mean /= C;
         T* dx = dinp + (size_t)n * C;
-        #pragma omp simd
-        for (int i = 0; i < C; i++) {
+        auto grad = [&](int i) {
             T norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
-            dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+            return (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+        };
+        if (base) {
+            const T* b = base + (size_t)n * C;
+            #pragma omp simd
+            for (int i = 0; i < C; i++) dx[i] = b[i] + grad(i);
+        } else {
+            #pragma omp simd
+            for (int i = 0; i < C; i++) dx[i] = grad(i);
         }
     }
+}
+
+template <typename T>
+void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* weight, const T* mean, const T* rstd,
+                              int N, int C) {
+    layernorm_backward_input(dinp, dout, inp, weight, mean, rstd, N, C, (const T*)dinp);
 }
 
 template <typename T>
@@ -398,9 +418,12 @@ void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N,
 
 // The backward in two halves, as layernorm's: the input's gradient, and the weight's and
 // bias's for output channels [o0, o1) (a sum over all N rows).
+// accumulate = false overwrites dinp instead (gpt_backward's first write of a tensor).
 template <typename T>
-void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout) {
-    gemm(false, false, N, C, OC, dout, ld_dout, weight, C, T(1), dinp, C);    // dinp (N,C) += dout (N,OC) @ weight (OC,C)
+void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout,
+                           bool accumulate = true) {
+    // dinp (N,C) (+)= dout (N,OC) @ weight (OC,C)
+    gemm(false, false, N, C, OC, dout, ld_dout, weight, C, T(accumulate ? 1 : 0), dinp, C);
 }
 
 template <typename T>
@@ -410,13 +433,19 @@ void matmul_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, i
     // dweight[o0:o1] (o1-o0, C) += dout[:, o0:o1]^T @ inp (N, C)
     gemm(true, false, o1 - o0, C, N, dout + o0, ld_dout, inp, C, T(1), dweight + (size_t)o0 * C, C);
     if (dbias) {                                                               // dbias[o0:o1] += column sums of dout
+        // 64 channels at a time, their sums held in a local block (in memory, dbias could
+        // alias dout: each add was a load and a store), rows in order
         #pragma omp parallel for schedule(static)
         for (int b0 = o0; b0 < o1; b0 += 64) {
-            int b1 = std::min(o1, b0 + 64);
+            const int b1 = std::min(o1, b0 + 64);
+            T sum[64];
+            std::copy(dbias + b0, dbias + b1, sum);
             for (int n = 0; n < N; n++) {
-                const T* d = dout + (size_t)n * ld_dout;
-                for (int o = b0; o < b1; o++) dbias[o] += d[o];
+                const T* d = dout + (size_t)n * ld_dout + b0;
+                #pragma omp simd
+                for (int o = 0; o < b1 - b0; o++) sum[o] += d[o];
             }
+            std::copy(sum, sum + (b1 - b0), dbias + b0);
         }
     }
 }
@@ -458,12 +487,14 @@ void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N,
 }
 
 template <typename T>
-void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout) {
-    // dinp (N,C) += dout (N,OC) @ weight (OC,C)
+void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout,
+                           bool accumulate = true) {
+    // dinp (N,C) (+)= dout (N,OC) @ weight (OC,C)
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const T* d = dout + (size_t)n * ld_dout;
         T* dx = dinp + (size_t)n * C;
+        if (!accumulate) std::fill(dx, dx + C, T(0));
         for (int o = 0; o < OC; o++) {
             T g = d[o];
             if (g == T(0)) continue;  // masked positions: exact zeros, skip the work
@@ -685,9 +716,10 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
 // scratch: at least (omp_get_max_threads(), Tn, Tn) values
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
-                        int B, int Tn, int C, int NH) {
+                        int B, int Tn, int C, int NH, bool accumulate = true) {
     const int hs = C / NH;
     const T scale = T(1) / std::sqrt(T(hs));
+    const T beta = accumulate ? T(1) : T(0);  // each GEMM below writes its (row, head) slice once
     #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
@@ -697,7 +729,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
             const T* a = att + ((size_t)b * NH + h) * Tn * Tn;
             T* g = scratch + (size_t)omp_get_thread_num() * Tn * Tn;  // dA, then dS
             gemm(false, true, Tn, Tn, hs, d, C, q + 2 * C, 3 * C, T(0), g, Tn);          // dA = dO V^T
-            gemm(true, false, Tn, hs, Tn, a, Tn, d, C, T(1), dq + 2 * C, 3 * C);          // dV += A^T dO
+            gemm(true, false, Tn, hs, Tn, a, Tn, d, C, beta, dq + 2 * C, 3 * C);          // dV += A^T dO
             for (int t = 0; t < Tn; t++) {  // through the softmax: dS = A (dA - rowsum(A dA)) scale
                 const T* ar = a + (size_t)t * Tn;
                 T* gr = g + (size_t)t * Tn;
@@ -707,8 +739,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
                 for (int t2 = 0; t2 <= t; t2++) gr[t2] = ar[t2] * (gr[t2] - dot) * scale;
                 std::fill(gr + t + 1, gr + Tn, T(0));
             }
-            gemm(false, false, Tn, hs, Tn, g, Tn, q + C, 3 * C, T(1), dq, 3 * C);         // dQ += dS K
-            gemm(true, false, Tn, hs, Tn, g, Tn, q, 3 * C, T(1), dq + C, 3 * C);          // dK += dS^T Q
+            gemm(false, false, Tn, hs, Tn, g, Tn, q + C, 3 * C, beta, dq, 3 * C);         // dQ += dS K
+            gemm(true, false, Tn, hs, Tn, g, Tn, q, 3 * C, beta, dq + C, 3 * C);          // dK += dS^T Q
         }
 }
 #else
@@ -749,7 +781,7 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
 // scratch: at least (omp_get_max_threads(), Tn) values
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
-                        int B, int Tn, int C, int NH) {
+                        int B, int Tn, int C, int NH, bool accumulate = true) {
     int hs = C / NH;
     T scale = T(1) / std::sqrt(T(hs));
     // one (b, h) per task: every write below stays inside that row's head slice
@@ -757,6 +789,11 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             T* datt = scratch + (size_t)omp_get_thread_num() * Tn;
+            for (int t = 0; t < Tn && !accumulate; t++)
+                for (int part = 0; part < 3; part++) {
+                    T* slice = dqkv + ((size_t)b * Tn + t) * 3 * C + part * C + h * hs;
+                    std::fill(slice, slice + hs, T(0));
+                }
             for (int t = 0; t < Tn; t++) {
                 const T* a = att + (((size_t)b * NH + h) * Tn + t) * Tn;
                 const T* d = dout + ((size_t)b * Tn + t) * C + h * hs;
@@ -799,16 +836,23 @@ void gelu_forward(T* out, const T* inp, size_t N) {
 }
 
 template <typename T>
-void gelu_backward(T* dinp, const T* inp, const T* dout, size_t N) {
+inline T gelu_derivative(T x) {
     const T s = T(0.7978845608028654);
-    #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < N; i++) {
-        T x = inp[i];
-        T u = s * (x + T(0.044715) * x * x * x);
-        T th = tanh_fast(u);
-        T sech2 = T(1) - th * th;
-        T local = T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
-        dinp[i] += local * dout[i];
+    T u = s * (x + T(0.044715) * x * x * x);
+    T th = tanh_fast(u);
+    T sech2 = T(1) - th * th;
+    return T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
+}
+
+// accumulate = false overwrites dinp instead (gpt_backward's first write of it)
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, size_t N, bool accumulate = true) {
+    if (accumulate) {
+        #pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < N; i++) dinp[i] += gelu_derivative(inp[i]) * dout[i];
+    } else {
+        #pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < N; i++) dinp[i] = gelu_derivative(inp[i]) * dout[i];
     }
 }
 
@@ -955,38 +999,33 @@ void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
     const ParameterTensors<T>& p = m.params;
     const ActivationTensors<T>& a = m.acts;
     ActivationTensors<T>& d = m.grads_acts;
-    // the backward accumulates: zero this share's rows of every activation gradient (the
-    // attention weights have none: attention_backward works in scratch)
-    T** grads = d.array();
-    size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, c, B, Tn);
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) {
-        if (activation_is_attention(i)) continue;
-        const size_t slabs = activation_per_layer(i) ? L : 1, slab = sizes[i] / slabs, width = slab / N;
-        for (size_t l = 0; l < slabs; l++) std::fill(grads[i] + l * slab + r0 * width, grads[i] + l * slab + (r0 + n) * width, T(0));
-    }
-    matmul_backward_input(d.lnf + r0 * C, d.logits + r0 * Vp, p.wte, n, C, V, Vp);
+    // Every activation gradient is written before it is read, each tensor's first write
+    // overwriting (no zeroing pass over them). The projections' output gradients are the
+    // residual stream's: d.residual3 and d.residual2 serve as d.fcproj and d.attproj (which
+    // the CPU leaves unused), and a residual's gradient passes through layernorm's backward
+    // as its base.
+    matmul_backward_input(d.lnf + r0 * C, d.logits + r0 * Vp, p.wte, n, C, V, Vp, false);
     const size_t oLast = ((size_t)(L - 1) * N + r0) * C;
     layernorm_backward_input(d.residual3 + oLast, d.lnf + r0 * C, a.residual3 + oLast, p.lnfw, a.lnf_mean + r0,
-                             a.lnf_rstd + r0, n, C);
+                             a.lnf_rstd + r0, n, C, (const T*)nullptr);
     for (int l = L - 1; l >= 0; l--) {
         const size_t oC = ((size_t)l * N + r0) * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N + r0;
         const size_t oAtt = ((size_t)l * B + b0) * NH * Tn * Tn;
         const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + oC - (size_t)N * C;
         T* dresidual = l == 0 ? d.encoded + r0 * C : d.residual3 + oC - (size_t)N * C;
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-        residual_backward(d.residual2 + oC, d.fcproj + oC, d.residual3 + oC, (size_t)n * C);
-        matmul_backward_input(d.fch_gelu + o4, d.fcproj + oC, p.fcprojw + (size_t)l * C * 4 * C, n, 4 * C, C, C);
-        gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)n * 4 * C);
-        matmul_backward_input(d.ln2 + oC, d.fch + o4, p.fcw + (size_t)l * 4 * C * C, n, C, 4 * C, 4 * C);
+        matmul_backward_input(d.fch_gelu + o4, d.residual3 + oC, p.fcprojw + (size_t)l * C * 4 * C, n, 4 * C, C, C,
+                              false);
+        gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)n * 4 * C, false);
+        matmul_backward_input(d.ln2 + oC, d.fch + o4, p.fcw + (size_t)l * 4 * C * C, n, C, 4 * C, 4 * C, false);
         layernorm_backward_input(d.residual2 + oC, d.ln2 + oC, a.residual2 + oC, p.ln2w + l * C, a.ln2_mean + oN,
-                                 a.ln2_rstd + oN, n, C);
+                                 a.ln2_rstd + oN, n, C, (const T*)(d.residual3 + oC));
         // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-        residual_backward(dresidual, d.attproj + oC, d.residual2 + oC, (size_t)n * C);
-        matmul_backward_input(d.atty + oC, d.attproj + oC, p.attprojw + (size_t)l * C * C, n, C, C, C);
-        attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, scratch, nb, Tn, C, NH);
-        matmul_backward_input(d.ln1 + oC, d.qkv + o3, p.qkvw + (size_t)l * 3 * C * C, n, C, 3 * C, 3 * C);
-        layernorm_backward_input(dresidual, d.ln1 + oC, residual, p.ln1w + l * C, a.ln1_mean + oN, a.ln1_rstd + oN, n, C);
+        matmul_backward_input(d.atty + oC, d.residual2 + oC, p.attprojw + (size_t)l * C * C, n, C, C, C, false);
+        attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, scratch, nb, Tn, C, NH, false);
+        matmul_backward_input(d.ln1 + oC, d.qkv + o3, p.qkvw + (size_t)l * 3 * C * C, n, C, 3 * C, 3 * C, false);
+        layernorm_backward_input(dresidual, d.ln1 + oC, residual, p.ln1w + l * C, a.ln1_mean + oN, a.ln1_rstd + oN, n,
+                                 C, (const T*)(d.residual2 + oC));
     }
 }
 
@@ -1017,14 +1056,15 @@ void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
     for (int l = L - 1; l >= 0; l--) {
         const size_t oC = (size_t)l * N * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N;
         const T* residual = l == 0 ? a.encoded : a.residual3 + oC - (size_t)N * C;
-        matmul_backward_weight(g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, d.fcproj + oC, a.fch_gelu + o4, N,
-                               4 * C, C, c0, c1);
+        // (the projections' output gradients are the residual stream's: gpt_backward_rows)
+        matmul_backward_weight(g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, d.residual3 + oC,
+                               a.fch_gelu + o4, N, 4 * C, C, c0, c1);
         matmul_backward_weight(g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.fch + o4, a.ln2 + oC, N, C, 4 * C,
                                c40, c41);
         layernorm_backward_params(g.ln2w + l * C, g.ln2b + l * C, d.ln2 + oC, a.residual2 + oC, a.ln2_mean + oN,
                                   a.ln2_rstd + oN, N, C, c0, c1);
-        matmul_backward_weight(g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.attproj + oC, a.atty + oC, N, C, C,
-                               c0, c1);
+        matmul_backward_weight(g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.residual2 + oC, a.atty + oC, N,
+                               C, C, c0, c1);
         matmul_backward_weight(g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.qkv + o3, a.ln1 + oC, N, C, 3 * C,
                                c30, c31);
         layernorm_backward_params(g.ln1w + l * C, g.ln1b + l * C, d.ln1 + oC, residual, a.ln1_mean + oN, a.ln1_rstd + oN,
@@ -1160,6 +1200,50 @@ inline void decode_scores(T* sc, const T* q, KeyRow key_row, int len, int NH, in
             #pragma omp simd reduction(+ : dot)
             for (int i = 0; i < hs; i++) dot += q[h * hs + i] * k[h * hs + i];
             sc[(size_t)h * len + j] = dot * scale;
+        }
+    }
+}
+
+// A decode step's attention output: o[i] = sum_j w[h * len + j] v_j[i] over values j in
+// [0, len), channel i of head h = i / hs (value_row(j): the value's C channels); o (C) is
+// overwritten. With AVX, 64 channels at a time stay in registers (eight accumulators, one
+// head of 64 or more channels, or two of 32) while the values stream past: per value one
+// load and one fma per eight channels, where accumulating in memory also loaded and
+// stored o for every value. Each output is one chain over j in order, whatever the batch.
+template <typename T, typename ValueRow>
+inline void decode_values(T* o, const T* w, ValueRow value_row, int len, int NH, int hs) {
+    const int C = NH * hs;
+    int i0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float>)
+        if (hs % 64 == 0 || hs == 32)
+            for (; i0 + 64 <= C; i0 += 64) {
+                // the block's heads: its first, and (hs = 32) the next one for its upper half
+                const float* w_lo = w + (size_t)(i0 / hs) * len;
+                const float* w_hi = hs == 32 ? w_lo + len : w_lo;
+                __m256 acc[8];
+                #pragma GCC unroll 8
+                for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+                for (int j = 0; j < len; j++) {
+                    const float* v = value_row(j) + i0;
+                    const __m256 a = _mm256_broadcast_ss(w_lo + j), b = _mm256_broadcast_ss(w_hi + j);
+                    #pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++) acc[u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(v + 8 * u), acc[u]);
+                    #pragma GCC unroll 4
+                    for (int u = 4; u < 8; u++) acc[u] = _mm256_fmadd_ps(b, _mm256_loadu_ps(v + 8 * u), acc[u]);
+                }
+                #pragma GCC unroll 8
+                for (int u = 0; u < 8; u++) _mm256_storeu_ps(o + i0 + 8 * u, acc[u]);
+            }
+#endif
+    // the heads left (i0 ends on a head's boundary): accumulated in o, value by value
+    std::fill(o + i0, o + C, T(0));
+    for (int j = 0; j < len && i0 < C; j++) {
+        const T* v = value_row(j);
+        for (int h = i0 / hs; h < NH; h++) {
+            const T wj = w[(size_t)h * len + j];
+            #pragma omp simd
+            for (int i = h * hs; i < (h + 1) * hs; i++) o[i] += wj * v[i];
         }
     }
 }
@@ -1338,8 +1422,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
         for (int b = 0; b < Bn; b++)
             for (int t = 0; t < Tn; t++) {
                 T* o = atty + ((size_t)b * Tn + t) * C;  // (C) = (NH, hs)
-                std::fill(o, o + C, T(0));
-                if (t >= n_new[b] || t < query_from(l, b)) continue;
+                if (t >= n_new[b] || t < query_from(l, b)) { std::fill(o, o + C, T(0)); continue; }
                 const T* q = qkv + ((size_t)b * Tn + t) * 3 * C;
                 T* sc = s.scores.data() + my_slot() * NH * c.max_seq_len;  // (NH, len)
                 const int len = start[b] + t + 1;
@@ -1347,6 +1430,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                 for (int h = 0; h < NH; h++) {
                     T* sh = sc + (size_t)h * len;
                     T maxv = -INFINITY, sum = 0;
+                    #pragma omp simd reduction(max : maxv)
                     for (int j = 0; j < len; j++) maxv = std::max(maxv, sh[j]);
                     #pragma omp simd reduction(+ : sum)
                     for (int j = 0; j < len; j++) { sh[j] = exp_fast(sh[j] - maxv); sum += sh[j]; }
@@ -1354,14 +1438,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                     for (int j = 0; j < len; j++) sh[j] *= inv;
                     if (rec) record_attention(l, cache_row[b], h, start[b] + t, sh, len);
                 }
-                for (int j = 0; j < len; j++) {
-                    const T* v = value_row(l, b, j);
-                    for (int h = 0; h < NH; h++) {
-                        const T w = sc[(size_t)h * len + j];
-                        #pragma omp simd
-                        for (int i = 0; i < hs; i++) o[h * hs + i] += w * v[h * hs + i];
-                    }
-                }
+                decode_values(o, sc, [&](int j) { return value_row(l, b, j); }, len, NH, hs);
             }
         // the rows this layer continues with: all, or in the trimmed last layer the needed ones
         int Nl = N;
