@@ -368,12 +368,14 @@ static int pick_token(const float* logits, int V, double temperature, Rng& rng) 
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
     if (temperature == 0.0) return best;
-    // the unnormalised weights once (one exp each), then the inverse CDF at u * total
+    // the unnormalised weights once (one exp each, the loss's vectorizable exp: within a
+    // few ulp of libm's), then the inverse CDF at u * total
     static thread_local std::vector<double> w;  // (V) one per thread, reused
     w.resize(V);
     const double mx = logits[best];
+    for (int i = 0; i < V; i++) w[i] = exp_vectorizable(((double)logits[i] - mx) / temperature);
     double total = 0;
-    for (int i = 0; i < V; i++) total += w[i] = std::exp(((double)logits[i] - mx) / temperature);
+    for (int i = 0; i < V; i++) total += w[i];
     double u = rng.uniform() * total, cum = 0;
     int last_positive = best;
     for (int i = 0; i < V; i++) {

@@ -20,6 +20,10 @@
 // - Matmuls use a tuned BLAS (OpenBLAS) when the build finds one, else OpenMP loops;
 //   a generation's decode steps (a few rows each) multiply weights it packed once
 //   (DecodeWeights) with a register-tiled kernel, each output one fma chain in order.
+// - Float attention over many positions (the teacher, prefill, training) runs per (row,
+//   head) on the same register tile (attention_head_forward/backward): operands in
+//   panels of 16, the blocks above the causal diagonal skipped; per-(row, head) sgemm
+//   calls spent more on each call than on its arithmetic. fp64 keeps the generic code.
 // - The teacher's pass for a loss trims its last layer to the positions with targets
 //   (gpt_infer's head_from): elsewhere that layer only computes keys and values.
 // - Rows are shared out among threads (row_split_threads): with enough rows, each thread
@@ -45,6 +49,9 @@
 
 #ifdef GKD_BLAS
 #include <cblas.h>
+constexpr bool HAVE_BLAS = true;
+#else
+constexpr bool HAVE_BLAS = false;
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -571,20 +578,24 @@ inline void pack_weight_panels(float* panels, const float* weight, int OC, int K
 }
 
 // out rows [0, R) x channels [0, cols) of one panel: out[i][j] = chain_k(x[i][k] * w[k][j]) + bias[j]
-//   x (R, K) row stride K; panel (K, 16); out row stride ld_out; bias (cols) or null
-template <int R>
-inline void packed_tile(float* out, size_t ld_out, const float* x, int K, const float* panel, const float* bias,
-                        int cols) {
+// (ACCUMULATE: out[i][j] += the chain, no bias)
+//   x (R, K): x[i][k] at x + i * ldx + k * ldk (ldk 1: rows; ldx 1: a transpose, read in place)
+//   panel (K, 16), row stride ldp (16: packed; wider: 16 columns of a matrix, read in place);
+//   out row stride ld_out; bias (cols) or null
+template <int R, bool ACCUMULATE = false>
+inline void packed_tile(float* out, size_t ld_out, const float* x, size_t ldx, size_t ldk, int K, const float* panel,
+                        size_t ldp, const float* bias, int cols) {
 #if defined(__AVX2__) && defined(__FMA__)
     __m256 lo[R], hi[R];
     #pragma GCC unroll 6
     for (int i = 0; i < R; i++) { lo[i] = _mm256_setzero_ps(); hi[i] = _mm256_setzero_ps(); }
     for (int k = 0; k < K; k++) {
-        const __m256 w_lo = _mm256_loadu_ps(panel + (size_t)k * DECODE_PANEL);
-        const __m256 w_hi = _mm256_loadu_ps(panel + (size_t)k * DECODE_PANEL + 8);
+        const __m256 w_lo = _mm256_loadu_ps(panel + (size_t)k * ldp);
+        const __m256 w_hi = _mm256_loadu_ps(panel + (size_t)k * ldp + 8);
+        const float* xk = x + (size_t)k * ldk;
         #pragma GCC unroll 6
         for (int i = 0; i < R; i++) {
-            const __m256 xi = _mm256_broadcast_ss(x + (size_t)i * K + k);
+            const __m256 xi = _mm256_broadcast_ss(xk + (size_t)i * ldx);
             lo[i] = _mm256_fmadd_ps(xi, w_lo, lo[i]);
             hi[i] = _mm256_fmadd_ps(xi, w_hi, hi[i]);
         }
@@ -593,25 +604,41 @@ inline void packed_tile(float* out, size_t ld_out, const float* x, int K, const 
     for (int i = 0; i < R; i++) {
         float* o = out + (size_t)i * ld_out;
         if (cols == DECODE_PANEL) {
-            const __m256 b_lo = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-            const __m256 b_hi = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
-            _mm256_storeu_ps(o, _mm256_add_ps(lo[i], b_lo));
-            _mm256_storeu_ps(o + 8, _mm256_add_ps(hi[i], b_hi));
+            const __m256 b_lo = ACCUMULATE ? _mm256_loadu_ps(o) : bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+            const __m256 b_hi = ACCUMULATE ? _mm256_loadu_ps(o + 8) : bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+            _mm256_storeu_ps(o, _mm256_add_ps(b_lo, lo[i]));
+            _mm256_storeu_ps(o + 8, _mm256_add_ps(b_hi, hi[i]));
         } else {
             float acc[DECODE_PANEL];
             _mm256_storeu_ps(acc, lo[i]);
             _mm256_storeu_ps(acc + 8, hi[i]);
-            for (int j = 0; j < cols; j++) o[j] = acc[j] + (bias ? bias[j] : 0.0f);
+            for (int j = 0; j < cols; j++) o[j] = (ACCUMULATE ? o[j] : bias ? bias[j] : 0.0f) + acc[j];
         }
     }
 #else
     for (int i = 0; i < R; i++)
         for (int j = 0; j < cols; j++) {
             float acc = 0.0f;
-            for (int k = 0; k < K; k++) acc = std::fma(x[(size_t)i * K + k], panel[(size_t)k * DECODE_PANEL + j], acc);
-            out[(size_t)i * ld_out + j] = acc + (bias ? bias[j] : 0.0f);
+            for (int k = 0; k < K; k++)
+                acc = std::fma(x[(size_t)i * ldx + (size_t)k * ldk], panel[(size_t)k * ldp + j], acc);
+            float* o = out + (size_t)i * ld_out + j;
+            *o = (ACCUMULATE ? *o : bias ? bias[j] : 0.0f) + acc;
         }
 #endif
+}
+
+// packed_tile for R = rows in [1, DECODE_TILE_ROWS], chosen at run time
+template <bool ACCUMULATE = false>
+inline void packed_tile_rows(int rows, float* out, size_t ld_out, const float* x, size_t ldx, size_t ldk, int K,
+                             const float* panel, size_t ldp, const float* bias, int cols) {
+    switch (rows) {
+        case 1: return packed_tile<1, ACCUMULATE>(out, ld_out, x, ldx, ldk, K, panel, ldp, bias, cols);
+        case 2: return packed_tile<2, ACCUMULATE>(out, ld_out, x, ldx, ldk, K, panel, ldp, bias, cols);
+        case 3: return packed_tile<3, ACCUMULATE>(out, ld_out, x, ldx, ldk, K, panel, ldp, bias, cols);
+        case 4: return packed_tile<4, ACCUMULATE>(out, ld_out, x, ldx, ldk, K, panel, ldp, bias, cols);
+        case 5: return packed_tile<5, ACCUMULATE>(out, ld_out, x, ldx, ldk, K, panel, ldp, bias, cols);
+        default: return packed_tile<6, ACCUMULATE>(out, ld_out, x, ldx, ldk, K, panel, ldp, bias, cols);
+    }
 }
 
 // out (N, ld_out)[:, :OC] = inp (N, K) @ weight (OC, K)^T + bias (OC), weight as packed
@@ -626,21 +653,181 @@ inline void matmul_forward_packed(float* out, const float* inp, const float* pan
     #pragma omp parallel for schedule(static)
     for (int g = 0; g < ngroups; g++)
         for (int n = 0; n < N; n += DECODE_TILE_ROWS)
-            for (int p = g * group; p < std::min(np, (g + 1) * group); p++) {
-                const int cols = std::min(DECODE_PANEL, OC - p * DECODE_PANEL);
-                float* o = out + (size_t)n * ld_out + (size_t)p * DECODE_PANEL;
-                const float* x = inp + (size_t)n * K;
-                const float* w = panels + p * panel_size;
-                const float* b = bias ? bias + (size_t)p * DECODE_PANEL : nullptr;
-                switch (std::min(DECODE_TILE_ROWS, N - n)) {
-                    case 1: packed_tile<1>(o, ld_out, x, K, w, b, cols); break;
-                    case 2: packed_tile<2>(o, ld_out, x, K, w, b, cols); break;
-                    case 3: packed_tile<3>(o, ld_out, x, K, w, b, cols); break;
-                    case 4: packed_tile<4>(o, ld_out, x, K, w, b, cols); break;
-                    case 5: packed_tile<5>(o, ld_out, x, K, w, b, cols); break;
-                    default: packed_tile<6>(o, ld_out, x, K, w, b, cols); break;
-                }
-            }
+            for (int p = g * group; p < std::min(np, (g + 1) * group); p++)
+                packed_tile_rows(std::min(DECODE_TILE_ROWS, N - n), out + (size_t)n * ld_out + (size_t)p * DECODE_PANEL,
+                                 ld_out, inp + (size_t)n * K, K, 1, K, panels + p * panel_size, DECODE_PANEL,
+                                 bias ? bias + (size_t)p * DECODE_PANEL : nullptr,
+                                 std::min(DECODE_PANEL, OC - p * DECODE_PANEL));
+}
+
+// ----------------------------------------------------------------------------
+// causal attention of one (row, head) on the packed tile (float)
+//
+// Attention at T <= a few hundred is many small products per (row, head): (T, hs) x (hs, T)
+// and back. As sgemm calls (a 95 x 95 x 32 product took 12 us, 48 GFLOP/s, and the
+// backward makes four per (row, head)) their per-call cost ruled: attention was about a
+// tenth of the teacher's forward and of the student's backward at the reference step.
+// Here each (row, head) packs its operands into panels of 16 (keys or channels; a copy of
+// O(T hs) values against O(T^2 hs) work) and runs packed_tile over them, skipping the
+// blocks above the causal diagonal. Each output is one fma chain in order, so a row's
+// values do not depend on the batch. The zeros of the masked part, where a chain runs
+// over them, add exactly nothing.
+
+// Panel sizes: T rounded up to 16 for key panels, hs rounded up for channel panels.
+inline int panel_round(int n) { return panel_count(n) * DECODE_PANEL; }
+
+// src rows [0, n) (row stride ld), channels [0, width) -> panels of 16 rows, one per 16
+// rows: out[(p * width + c) * 16 + r] = src[(p * 16 + r) * ld + c] (zeros past n). A
+// (n, width) matrix's transpose as "weight" panels: x @ src^T on packed_tile.
+inline void pack_rows_as_panels(float* out, const float* src, size_t ld, int n, int width) {
+    for (int p = 0; p < panel_count(n); p++) {
+        float* panel = out + (size_t)p * width * DECODE_PANEL;
+        for (int r = 0; r < DECODE_PANEL; r++) {
+            const int row = p * DECODE_PANEL + r;
+            const float* s = src + (size_t)row * ld;
+            if (row < n)
+                for (int c = 0; c < width; c++) panel[(size_t)c * DECODE_PANEL + r] = s[c];
+            else
+                for (int c = 0; c < width; c++) panel[(size_t)c * DECODE_PANEL + r] = 0.0f;
+        }
+    }
+}
+
+// src rows [0, n) (row stride ld), channels [0, width) -> panels of 16 channels:
+// out[(p * n + r) * 16 + j] = src[r * ld + p * 16 + j] (zeros past width): x @ src on packed_tile.
+inline void pack_columns_as_panels(float* out, const float* src, size_t ld, int n, int width) {
+    for (int p = 0; p < panel_count(width); p++) {
+        const int cols = std::min(DECODE_PANEL, width - p * DECODE_PANEL);
+        for (int r = 0; r < n; r++) {
+            float* o = out + ((size_t)p * n + r) * DECODE_PANEL;
+            const float* s = src + (size_t)r * ld + p * DECODE_PANEL;
+            for (int j = 0; j < cols; j++) o[j] = s[j];
+            for (int j = cols; j < DECODE_PANEL; j++) o[j] = 0.0f;
+        }
+    }
+}
+
+// Scratch (floats) one (row, head) of the kernels below needs, for up to T positions.
+inline size_t attention_head_scratch(int T, int hs) {
+    return (size_t)T * T + (size_t)panel_round(T) * panel_round(hs) * 2;
+}
+
+// A matrix's channels [0, width) as panels of 16 for packed_tile: read in place (row
+// stride ld) when width is a multiple of 16, else copied into `room` with zeros past width
+// (a panel must not read past a row). Returns the first panel; panel p starts p * 16
+// columns on (in place) or p * n rows on (copied); *ldp gets the panels' row stride.
+inline const float* columns_as_panels(const float* src, size_t ld, int n, int width, float* room, size_t* ldp,
+                                      size_t* panel_step) {
+    if (width % DECODE_PANEL == 0) {
+        *ldp = ld;
+        *panel_step = DECODE_PANEL;
+        return src;
+    }
+    pack_columns_as_panels(room, src, ld, n, width);
+    *ldp = DECODE_PANEL;
+    *panel_step = (size_t)n * DECODE_PANEL;
+    return room;
+}
+
+// Through a causal softmax, row by row: g (T, T) holds dA and becomes
+// dS = A (dA - rowsum(A dA)) scale, zeros above the diagonal (att: A, (T, T)).
+template <typename T>
+void causal_softmax_backward(T* g, const T* att, int Tn, T scale) {
+    for (int t = 0; t < Tn; t++) {
+        const T* ar = att + (size_t)t * Tn;
+        T* gr = g + (size_t)t * Tn;
+        T dot = 0;
+        #pragma omp simd reduction(+ : dot)
+        for (int j = 0; j <= t; j++) dot += ar[j] * gr[j];
+        for (int j = 0; j <= t; j++) gr[j] = ar[j] * (gr[j] - dot) * scale;
+        std::fill(gr + t + 1, gr + Tn, T(0));
+    }
+}
+
+// Queries t in [q0, q1), at positions kbase + t, attend causally to keys [0, kbase + t]:
+//   q (rows t, stride ldq), k and v (rows j, stride ldkv), out (rows t, stride ldo) =
+//   softmax(q k^T scale) v. Query t's weights are left in att row t - q0 (stride ld_att,
+//   at least kbase + q1 wide): [0, kbase + t] then zeros up to the end of its tile's keys.
+inline void attention_head_forward(float* out, size_t ldo, float* att, size_t ld_att, const float* q, size_t ldq,
+                                   const float* k, const float* v, size_t ldkv, int q0, int q1, int kbase, int hs,
+                                   float scale, float* scratch) {
+    const int nk = kbase + q1;  // keys any query here needs
+    float* key_panels = scratch;  // (keys / 16, hs, 16): K^T, packed
+    pack_rows_as_panels(key_panels, k, ldkv, nk, hs);
+    size_t ldv, v_step;
+    const float* value_panels = columns_as_panels(v, ldkv, nk, hs, key_panels + (size_t)panel_round(nk) * hs, &ldv,
+                                                  &v_step);
+    for (int t0 = q0; t0 < q1; t0 += DECODE_TILE_ROWS) {
+        const int R = std::min(DECODE_TILE_ROWS, q1 - t0), kc = kbase + t0 + R;  // the tile's keys
+        float* S = att + (size_t)(t0 - q0) * ld_att;                               // (R, kc)
+        for (int p = 0; p < panel_count(kc); p++)
+            packed_tile_rows(R, S + p * DECODE_PANEL, ld_att, q + (size_t)t0 * ldq, ldq, 1, hs,
+                             key_panels + (size_t)p * hs * DECODE_PANEL, DECODE_PANEL, nullptr,
+                             std::min(DECODE_PANEL, kc - p * DECODE_PANEL));
+        for (int r = 0; r < R; r++) {
+            float* row = S + (size_t)r * ld_att;
+            const int valid = kbase + t0 + r + 1;
+            float maxv = -INFINITY, sum = 0;
+            #pragma omp simd reduction(max : maxv)
+            for (int j = 0; j < valid; j++) maxv = std::max(maxv, row[j] * scale);
+            #pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < valid; j++) { row[j] = exp_fast(row[j] * scale - maxv); sum += row[j]; }
+            const float inv = 1.0f / sum;
+            for (int j = 0; j < valid; j++) row[j] *= inv;
+            std::fill(row + valid, row + kc, 0.0f);
+        }
+        for (int p = 0; p < panel_count(hs); p++)
+            packed_tile_rows(R, out + (size_t)t0 * ldo + p * DECODE_PANEL, ldo, S, ld_att, 1, kc,
+                             value_panels + p * v_step, ldv, nullptr, std::min(DECODE_PANEL, hs - p * DECODE_PANEL));
+    }
+}
+
+// The backward of attention_head_forward over positions [0, T) (kbase 0): given the
+// weights att (T, T) and dout (rows t, stride ldo), dq, dk and dv (rows, stride ld_d) get
+// (ACCUMULATE: +=) the gradients of q, k and v (rows, stride ldqkv). dS^T and A^T are
+// read in place, down their columns (packed_tile's ldk), and so are K, Q and dO's channels.
+template <bool ACCUMULATE>
+void attention_head_backward(float* dq, float* dk, float* dv, size_t ld_d, const float* dout, size_t ldo,
+                             const float* q, const float* k, const float* v, size_t ldqkv, const float* att, int T,
+                             int hs, float scale, float* scratch) {
+    const size_t P = (size_t)panel_round(T) * panel_round(hs);
+    float* g = scratch;                 // (T, T) dA, then dS
+    float* room = g + (size_t)T * T;    // (2, P): panels that must be copied
+    // dA = dO V^T (row t: keys [0, t] of its tile), then through the softmax:
+    // dS = A (dA - rowsum(A dA)) scale, zeros above the diagonal
+    pack_rows_as_panels(room, v, ldqkv, T, hs);
+    for (int t0 = 0; t0 < T; t0 += DECODE_TILE_ROWS) {
+        const int R = std::min(DECODE_TILE_ROWS, T - t0), kc = t0 + R;
+        for (int p = 0; p < panel_count(kc); p++)
+            packed_tile_rows(R, g + (size_t)t0 * T + p * DECODE_PANEL, T, dout + (size_t)t0 * ldo, ldo, 1, hs,
+                             room + (size_t)p * hs * DECODE_PANEL, DECODE_PANEL, nullptr,
+                             std::min(DECODE_PANEL, kc - p * DECODE_PANEL));
+    }
+    causal_softmax_backward(g, att, T, scale);
+    // dQ = dS K: query t sums over keys [0, t] (its tile's keys: zeros past t)
+    // dK = dS^T Q and dV = A^T dO: key j sums over queries [j, T) (from its tile's first key:
+    // zeros before j), reading dS and A down their columns
+    size_t ldk_, k_step, ldq_, q_step, ldo_, o_step;
+    const float* kp = columns_as_panels(k, ldqkv, T, hs, room, &ldk_, &k_step);
+    const float* qp = columns_as_panels(q, ldqkv, T, hs, room + P, &ldq_, &q_step);
+    for (int t0 = 0; t0 < T; t0 += DECODE_TILE_ROWS) {
+        const int R = std::min(DECODE_TILE_ROWS, T - t0);
+        for (int p = 0; p < panel_count(hs); p++) {
+            const int cols = std::min(DECODE_PANEL, hs - p * DECODE_PANEL);
+            packed_tile_rows<ACCUMULATE>(R, dq + (size_t)t0 * ld_d + p * DECODE_PANEL, ld_d, g + (size_t)t0 * T, T, 1,
+                                         t0 + R, kp + p * k_step, ldk_, nullptr, cols);
+            packed_tile_rows<ACCUMULATE>(R, dk + (size_t)t0 * ld_d + p * DECODE_PANEL, ld_d, g + (size_t)t0 * T + t0,
+                                         1, T, T - t0, qp + p * q_step + (size_t)t0 * ldq_, ldq_, nullptr, cols);
+        }
+    }
+    const float* op = columns_as_panels(dout, ldo, T, hs, room, &ldo_, &o_step);
+    for (int t0 = 0; t0 < T; t0 += DECODE_TILE_ROWS) {
+        const int R = std::min(DECODE_TILE_ROWS, T - t0);
+        for (int p = 0; p < panel_count(hs); p++)
+            packed_tile_rows<ACCUMULATE>(R, dv + (size_t)t0 * ld_d + p * DECODE_PANEL, ld_d, att + (size_t)t0 * T + t0,
+                                         1, T, T - t0, op + p * o_step + (size_t)t0 * ldo_, ldo_, nullptr,
+                                         std::min(DECODE_PANEL, hs - p * DECODE_PANEL));
+    }
 }
 
 // Every weight of a model in panels, for the decode steps of one generation: packed at
@@ -678,17 +865,18 @@ inline void pack_decode_weights(DecodeWeights& d, const GPT<float>& m) {
 }
 
 #ifdef GKD_BLAS
-// Queries per block in the GEMM attention of many new tokens (gpt_infer): block [q0, q1)
-// multiplies keys [0, q1) only. On the reference machine (dev/bench_ab.sh-style
-// alternating runs) the teacher forward at T = 96 took 157-174 ms with 32, 160-176 with
-// 48 and 170-192 with whole squares: 32 kept.
+// Queries per block in the GEMM attention of many new tokens (gpt_infer in fp64; float
+// runs attention_head_forward): block [q0, q1) multiplies keys [0, q1) only. When float
+// used it too, the teacher forward at T = 96 took 157-174 ms with 32, 160-176 with 48
+// and 170-192 with whole squares on the reference machine: 32 kept.
 constexpr int ATTENTION_QUERY_BLOCK = 32;
 
-// With a BLAS, attention runs per (row, head) as GEMMs over the whole (T, T) score matrix
-// (the masked upper triangle is computed and zeroed: BLAS speed more than pays for it),
-// one (row, head) per thread; the loops below are the reference and the fallback.
+// attention_forward/backward_any: any T (the fp64 tests' reference; float runs the packed
+// tile, attention_head_forward/backward, below). With a BLAS, per (row, head) as GEMMs
+// over the whole (T, T) score matrix (the masked upper triangle computed and zeroed), one
+// (row, head) per thread; without one, the loops after them.
 template <typename T>
-void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
+void attention_forward_any(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
     // qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights
     const int hs = C / NH;
     const T scale = T(1) / std::sqrt(T(hs));
@@ -715,8 +903,8 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
 
 // scratch: at least (omp_get_max_threads(), Tn, Tn) values
 template <typename T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
-                        int B, int Tn, int C, int NH, bool accumulate = true) {
+void attention_backward_any(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
+                            int B, int Tn, int C, int NH, bool accumulate) {
     const int hs = C / NH;
     const T scale = T(1) / std::sqrt(T(hs));
     const T beta = accumulate ? T(1) : T(0);  // each GEMM below writes its (row, head) slice once
@@ -730,22 +918,14 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
             T* g = scratch + (size_t)omp_get_thread_num() * Tn * Tn;  // dA, then dS
             gemm(false, true, Tn, Tn, hs, d, C, q + 2 * C, 3 * C, T(0), g, Tn);          // dA = dO V^T
             gemm(true, false, Tn, hs, Tn, a, Tn, d, C, beta, dq + 2 * C, 3 * C);          // dV += A^T dO
-            for (int t = 0; t < Tn; t++) {  // through the softmax: dS = A (dA - rowsum(A dA)) scale
-                const T* ar = a + (size_t)t * Tn;
-                T* gr = g + (size_t)t * Tn;
-                T dot = 0;
-                #pragma omp simd reduction(+ : dot)
-                for (int t2 = 0; t2 <= t; t2++) dot += ar[t2] * gr[t2];
-                for (int t2 = 0; t2 <= t; t2++) gr[t2] = ar[t2] * (gr[t2] - dot) * scale;
-                std::fill(gr + t + 1, gr + Tn, T(0));
-            }
+            causal_softmax_backward(g, a, Tn, scale);
             gemm(false, false, Tn, hs, Tn, g, Tn, q + C, 3 * C, beta, dq, 3 * C);         // dQ += dS K
             gemm(true, false, Tn, hs, Tn, g, Tn, q, 3 * C, beta, dq + C, 3 * C);          // dK += dS^T Q
         }
 }
 #else
 template <typename T>
-void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
+void attention_forward_any(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
     // qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights
     int hs = C / NH;
     T scale = T(1) / std::sqrt(T(hs));
@@ -780,8 +960,8 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
 
 // scratch: at least (omp_get_max_threads(), Tn) values
 template <typename T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
-                        int B, int Tn, int C, int NH, bool accumulate = true) {
+void attention_backward_any(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
+                            int B, int Tn, int C, int NH, bool accumulate) {
     int hs = C / NH;
     T scale = T(1) / std::sqrt(T(hs));
     // one (b, h) per task: every write below stays inside that row's head slice
@@ -821,6 +1001,68 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
         }
 }
 #endif  // GKD_BLAS
+
+// f(b, h, hs, scale) for every (row, head), one per task (float attention's loop)
+template <typename F>
+void for_each_row_head(int B, int NH, F f, int C) {
+    const int hs = C / NH;
+    const float scale = 1.0f / std::sqrt((float)hs);
+    #pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) f(b, h, hs, scale);
+}
+
+// qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights.
+// One (row, head) per task.
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
+    if constexpr (!std::is_same_v<T, float>) {
+        attention_forward_any(out, att, qkv, B, Tn, C, NH);
+    } else {
+        for_each_row_head(B, NH, [&](int b, int h, int hs, float scale) {
+            static thread_local std::vector<float> scratch;  // grows once, reused
+            if (scratch.size() < attention_head_scratch(Tn, hs)) scratch.resize(attention_head_scratch(Tn, hs));
+            const float* q = qkv + (size_t)b * Tn * 3 * C + h * hs;
+            float* a = att + ((size_t)b * NH + h) * Tn * Tn;  // (T, T)
+            attention_head_forward(out + (size_t)b * Tn * C + h * hs, C, a, Tn, q, 3 * C, q + C, q + 2 * C, 3 * C, 0,
+                                   Tn, 0, hs, scale, scratch.data());
+            for (int t = 0; t < Tn; t++) {  // zeros past each row's tile of keys
+                const int tile_end = std::min(Tn, (t / DECODE_TILE_ROWS + 1) * DECODE_TILE_ROWS);
+                std::fill(a + (size_t)t * Tn + tile_end, a + (size_t)(t + 1) * Tn, 0.0f);
+            }
+        }, C);
+    }
+}
+
+// dqkv (B,T,3C) (+)= the gradient of qkv, from dout (B,T,C) and the forward's att.
+// scratch: (omp_get_max_threads(), attention_scratch_per_thread(Tn, hs)) values
+template <typename T>
+size_t attention_scratch_per_thread(int Tn, int hs) {
+    if constexpr (std::is_same_v<T, float>) return std::max(attention_head_scratch(Tn, hs), (size_t)Tn * Tn);
+    return (size_t)Tn * Tn;
+}
+
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
+                        int B, int Tn, int C, int NH, bool accumulate = true) {
+    if constexpr (!std::is_same_v<T, float>) {
+        attention_backward_any(dqkv, dout, qkv, att, scratch, B, Tn, C, NH, accumulate);
+    } else {
+        for_each_row_head(B, NH, [&](int b, int h, int hs, float scale) {
+            float* sc = scratch + (size_t)omp_get_thread_num() * attention_scratch_per_thread<float>(Tn, hs);
+            const float* q = qkv + (size_t)b * Tn * 3 * C + h * hs;
+            float* dq = dqkv + (size_t)b * Tn * 3 * C + h * hs;
+            const float* d = dout + (size_t)b * Tn * C + h * hs;
+            const float* a = att + ((size_t)b * NH + h) * Tn * Tn;
+            if (accumulate)
+                attention_head_backward<true>(dq, dq + C, dq + 2 * C, 3 * C, d, C, q, q + C, q + 2 * C, 3 * C, a, Tn, hs,
+                                              scale, sc);
+            else
+                attention_head_backward<false>(dq, dq + C, dq + 2 * C, 3 * C, d, C, q, q + C, q + 2 * C, 3 * C, a, Tn, hs,
+                                               scale, sc);
+        }, C);
+    }
+}
 
 
 template <typename T>
@@ -1080,11 +1322,7 @@ void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
 template <typename T>
 void gpt_backward(GPT<T>& m) {
     const int B = m.batch_B, parts = row_split_threads(B), threads = omp_get_max_threads();
-#ifdef GKD_BLAS
-    const size_t scratch_per_thread = (size_t)m.max_T * m.max_T;  // a (T, T) per thread
-#else
-    const size_t scratch_per_thread = (size_t)m.max_T;
-#endif
+    const size_t scratch_per_thread = attention_scratch_per_thread<T>(m.max_T, m.config.channels / m.config.num_heads);
     if (m.attention_scratch.size() < threads * scratch_per_thread) m.attention_scratch.assign(threads * scratch_per_thread, T(0));
     if (parts == 1) {
         gpt_backward_rows(m, 0, B, m.attention_scratch.data());
@@ -1125,12 +1363,15 @@ struct InferScratch {
     std::vector<T> x, ln, qkv, atty, proj, fch;  // (rows, C | C | 3C | C | C | 4C)
     std::vector<T> mean, rstd;                    // (rows) layernorm statistics, kept only when recording
     std::vector<T> scores;                        // (threads, NH, maxT)
-    std::vector<T> block_scores;                  // (threads, Tn, maxT): the GEMM attention of many new tokens
+    std::vector<T> block_scores;                  // (threads, Tn, maxT): the attention weights of many new tokens
+    std::vector<T> head_scratch;                  // (threads, attention_head_scratch(maxT, hs)): their operands' panels
     DecodeWeights decode;                         // float only: the weights packed for one generation's decode steps
     void ensure(size_t rows, int C, int NH, int maxT, int Tn = 1) {
         size_t threads = (size_t)omp_get_max_threads();
         if (scores.size() < threads * NH * maxT) scores.assign(threads * NH * maxT, T(0));
         if (Tn > 1 && block_scores.size() < threads * Tn * maxT) block_scores.assign(threads * Tn * maxT, T(0));
+        const size_t panels = threads * attention_head_scratch(maxT, C / NH);
+        if (Tn > 1 && head_scratch.size() < panels) head_scratch.assign(panels, T(0));
         if (rows <= capacity_rows) return;
         capacity_rows = rows;
         x.assign(rows * C, T(0)); ln.assign(rows * C, T(0)); qkv.assign(rows * 3 * C, T(0));
@@ -1376,10 +1617,10 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                 memcpy(cache.key(l, cache_row[b], start[b] + t), q + C, sizeof(T) * C);
                 memcpy(cache.value(l, cache_row[b], start[b] + t), q + 2 * C, sizeof(T) * C);
             }
-#ifdef GKD_BLAS
-        if (Tn > 1) {
-            // many new tokens (prefill, the teacher): per row and head, the scores Q K^T and
-            // the output P V are two GEMMs straight from the cache; causal softmax between
+        if (Tn > 1 && (std::is_same_v<T, float> || HAVE_BLAS)) {
+            // many new tokens (prefill, the teacher): per row and head, queries in tiles against
+            // keys straight from the cache (float: attention_head_forward; else two GEMMs per
+            // block of queries), the causal softmax between
             #pragma omp parallel for collapse(2) schedule(dynamic)
             for (int b = 0; b < Bn; b++)
                 for (int h = 0; h < NH; h++) {
@@ -1389,10 +1630,21 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                     for (int t = 0; t < Tn; t++)
                         if (t < qf || t >= nq) std::fill(out + (size_t)t * C, out + (size_t)t * C + hs, T(0));
                     if (nq == qf) continue;
+                    const T* Q = qkv + (size_t)b * Tn * 3 * C + h * hs;              // (nq, hs), stride 3C
+                    T* S = s.block_scores.data() + my_slot() * Tn * c.max_seq_len;  // (queries, keys)
+                    if constexpr (std::is_same_v<T, float>) {
+                        const int ld = c.max_seq_len;
+                        attention_head_forward(out, C, S, ld, Q, 3 * C, key_row(l, b, 0) + h * hs,
+                                               value_row(l, b, 0) + h * hs, kv_stride, qf, nq, start[b], hs, scale,
+                                               s.head_scratch.data() + my_slot() * attention_head_scratch(ld, hs));
+                        if (rec)
+                            for (int t = qf; t < nq; t++)
+                                record_attention(l, cache_row[b], h, start[b] + t, S + (size_t)(t - qf) * ld,
+                                                 start[b] + t + 1);
+                    } else {
+#ifdef GKD_BLAS
                     // query blocks of ATTENTION_QUERY_BLOCK: block [q0, q1) needs the keys up to
                     // start + q1 only, so the GEMMs skip most of the masked upper triangle
-                    T* S = s.block_scores.data() + my_slot() * Tn * c.max_seq_len;  // (q1 - q0, klen)
-                    const T* Q = qkv + (size_t)b * Tn * 3 * C + h * hs;              // (nq, hs), stride 3C
                     for (int q0 = qf; q0 < nq; q0 += ATTENTION_QUERY_BLOCK) {
                         const int q1 = std::min(nq, q0 + ATTENTION_QUERY_BLOCK), klen = start[b] + q1;
                         gemm(false, true, q1 - q0, klen, hs, Q + (size_t)q0 * 3 * C, 3 * C,
@@ -1413,9 +1665,10 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
                         gemm(false, false, q1 - q0, hs, klen, S, klen, value_row(l, b, 0) + h * hs, kv_stride, T(0),
                              out + (size_t)q0 * C, C);
                     }
+#endif
+                    }
                 }
         } else
-#endif
         // one new token against its cached rows, all heads together: each cached key and
         // value row (C values) is read once, front to back (decode is memory-bound here)
         #pragma omp parallel for collapse(2)

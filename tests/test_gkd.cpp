@@ -17,6 +17,7 @@
 #define GKD_NO_MAIN
 #include "../gkd.cu"
 
+#include <array>
 #include <atomic>
 #include <fstream>
 #include <functional>
@@ -186,6 +187,66 @@ TEST_CASE("attention backward matches finite differences") {
     check_gradient(qkv, dqkv, loss, "dqkv");
 }
 
+TEST_CASE("float attention on the packed tile equals the fp64 reference (head sizes in place and copied; cached keys)") {
+    // attention_forward/backward in float run attention_head_forward/backward; the fp64
+    // reference is the generic attention (its gradient is checked against finite
+    // differences above)
+    for (auto [B, T, C, NH] : {std::array{2, 1, 16, 2}, std::array{2, 7, 48, 2}, std::array{3, 17, 64, 2},
+                                std::array{1, 40, 24, 3}, std::array{2, 33, 128, 2}, std::array{1, 6, 16, 1}}) {
+        CAPTURE(B); CAPTURE(T); CAPTURE(C); CAPTURE(NH);
+        const int hs = C / NH;
+        auto qkv = randn((size_t)B * T * 3 * C, 80 + T), dout = randn((size_t)B * T * C, 81 + C);
+        std::vector<double> out((size_t)B * T * C), att((size_t)B * NH * T * T), dqkv((size_t)B * T * 3 * C, 0.0);
+        std::vector<double> scratch((size_t)omp_get_max_threads() * T * T);
+        attention_forward_any(out.data(), att.data(), qkv.data(), B, T, C, NH);
+        attention_backward_any(dqkv.data(), dout.data(), qkv.data(), att.data(), scratch.data(), B, T, C, NH, true);
+        std::vector<float> qkv_f(qkv.begin(), qkv.end()), dout_f(dout.begin(), dout.end());
+        std::vector<float> out_f(out.size()), att_f(att.size(), NAN), dqkv_f(dqkv.size(), 0.5f);
+        std::vector<float> scratch_f((size_t)omp_get_max_threads() * attention_scratch_per_thread<float>(T, hs));
+        attention_forward(out_f.data(), att_f.data(), qkv_f.data(), B, T, C, NH);
+        attention_backward(dqkv_f.data(), dout_f.data(), qkv_f.data(), att_f.data(), scratch_f.data(), B, T, C, NH);
+        auto worst = [](const auto& x, const auto& y, double offset = 0.0) {
+            double w = 0;
+            for (size_t i = 0; i < x.size(); i++) w = worse(w, std::fabs((double)x[i] - offset - y[i]));
+            return w;
+        };
+        CHECK(worst(att_f, att) < 1e-6);  // masked entries exactly 0 in both
+        CHECK(worst(out_f, out) < 1e-5);
+        CHECK(worst(dqkv_f, dqkv, 0.5) < 1e-5);  // accumulated onto 0.5
+    }
+    // queries continuing cached keys (kbase > 0, a speculative verification's shape), against
+    // the softmax written out in fp64
+    const int hs = 24, kbase = 9, q0 = 2, q1 = 13, nk = kbase + q1, ld = 40;
+    auto q = randn((size_t)q1 * hs, 90), k = randn((size_t)nk * ld, 91), v = randn((size_t)nk * ld, 92);
+    std::vector<float> qf(q.begin(), q.end()), kf(k.begin(), k.end()), vf(v.begin(), v.end());
+    std::vector<float> out((size_t)q1 * hs, NAN), att((size_t)(q1 - q0) * nk, NAN), scratch(attention_head_scratch(nk, hs));
+    const double scale = 1.0 / std::sqrt((double)hs);
+    attention_head_forward(out.data(), hs, att.data(), nk, qf.data(), hs, kf.data(), vf.data(), ld, q0, q1, kbase, hs,
+                           (float)scale, scratch.data());
+    double worst_att = 0, worst_out = 0;
+    for (int t = q0; t < q1; t++) {
+        const int len = kbase + t + 1;
+        std::vector<double> w(len);
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < len; j++) {
+            double d = 0;
+            for (int c = 0; c < hs; c++) d += (double)qf[(size_t)t * hs + c] * kf[(size_t)j * ld + c];
+            w[j] = d * scale;
+            mx = std::max(mx, w[j]);
+        }
+        for (int j = 0; j < len; j++) sum += w[j] = std::exp(w[j] - mx);
+        for (int j = 0; j < len; j++) worst_att = worse(worst_att, std::fabs(att[(size_t)(t - q0) * nk + j] - w[j] / sum));
+        for (int c = 0; c < hs; c++) {
+            double o = 0;
+            for (int j = 0; j < len; j++) o += w[j] / sum * vf[(size_t)j * ld + c];
+            worst_out = worse(worst_out, std::fabs(out[(size_t)t * hs + c] - o));
+        }
+    }
+    CHECK(worst_att < 1e-6);
+    CHECK(worst_out < 1e-5);
+    for (int t = 0; t < q0; t++) CHECK(std::isnan(out[(size_t)t * hs]));  // rows before q0 untouched
+}
+
 TEST_CASE("gelu, residual and encoder backward match finite differences") {
     const int N = 40;
     auto x = randn(N, 11, 2.0), r = randn(N, 12);
@@ -262,7 +323,7 @@ TEST_CASE("backward ops that overwrite (accumulate = false) equal zero-then-accu
         auto qkv = randf((size_t)B * T * 3 * C, 69), dout = randf((size_t)B * T * C, 70);
         std::vector<float> out((size_t)B * T * C), att((size_t)B * NH * T * T);
         attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
-        std::vector<float> scratch((size_t)omp_get_max_threads() * T * T);
+        std::vector<float> scratch((size_t)omp_get_max_threads() * attention_scratch_per_thread<float>(T, C / NH));
         std::vector<float> acc((size_t)B * T * 3 * C, 0.f), over((size_t)B * T * 3 * C, garbage);
         attention_backward(acc.data(), dout.data(), qkv.data(), att.data(), scratch.data(), B, T, C, NH);
         attention_backward(over.data(), dout.data(), qkv.data(), att.data(), scratch.data(), B, T, C, NH, false);

@@ -168,7 +168,7 @@ static void test_matmul(bool with_bias, int ld_pad) {
 static void test_attention(int B, int T, int C, int NH) {
     auto qkv = random_floats((size_t)B * T * 3 * C), dout = random_floats((size_t)B * T * C);
     std::vector<float> out((size_t)B * T * C), att((size_t)B * NH * T * T);
-    std::vector<float> cpu_scratch((size_t)omp_get_max_threads() * T * T);
+    std::vector<float> cpu_scratch((size_t)omp_get_max_threads() * attention_scratch_per_thread<float>(T, C / NH));
     attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
     Dev d_out(out.size()), d_att(att.size()), d_qkv(qkv), scratch(gpu::attention_scratch_size(B, T, C, NH));
     gpu::attention_forward(d_out.p(), d_att.p(), d_qkv.p(), scratch.p(), B, T, C, NH);
