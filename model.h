@@ -604,8 +604,10 @@ inline void packed_tile(float* out, size_t ld_out, const float* x, size_t ldx, s
     for (int i = 0; i < R; i++) {
         float* o = out + (size_t)i * ld_out;
         if (cols == DECODE_PANEL) {
-            const __m256 b_lo = ACCUMULATE ? _mm256_loadu_ps(o) : bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-            const __m256 b_hi = ACCUMULATE ? _mm256_loadu_ps(o + 8) : bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+            // what the chain is added to: out itself, the bias, or nothing
+            const float* base = ACCUMULATE ? o : bias;
+            const __m256 b_lo = base ? _mm256_loadu_ps(base) : _mm256_setzero_ps();
+            const __m256 b_hi = base ? _mm256_loadu_ps(base + 8) : _mm256_setzero_ps();
             _mm256_storeu_ps(o, _mm256_add_ps(b_lo, lo[i]));
             _mm256_storeu_ps(o + 8, _mm256_add_ps(b_hi, hi[i]));
         } else {
@@ -1054,12 +1056,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
             float* dq = dqkv + (size_t)b * Tn * 3 * C + h * hs;
             const float* d = dout + (size_t)b * Tn * C + h * hs;
             const float* a = att + ((size_t)b * NH + h) * Tn * Tn;
-            if (accumulate)
-                attention_head_backward<true>(dq, dq + C, dq + 2 * C, 3 * C, d, C, q, q + C, q + 2 * C, 3 * C, a, Tn, hs,
-                                              scale, sc);
-            else
-                attention_head_backward<false>(dq, dq + C, dq + 2 * C, 3 * C, d, C, q, q + C, q + 2 * C, 3 * C, a, Tn, hs,
-                                               scale, sc);
+            auto run = accumulate ? attention_head_backward<true> : attention_head_backward<false>;
+            run(dq, dq + C, dq + 2 * C, 3 * C, d, C, q, q + C, q + 2 * C, 3 * C, a, Tn, hs, scale, sc);
         }, C);
     }
 }

@@ -219,7 +219,8 @@ TEST_CASE("float attention on the packed tile equals the fp64 reference (head si
     const int hs = 24, kbase = 9, q0 = 2, q1 = 13, nk = kbase + q1, ld = 40;
     auto q = randn((size_t)q1 * hs, 90), k = randn((size_t)nk * ld, 91), v = randn((size_t)nk * ld, 92);
     std::vector<float> qf(q.begin(), q.end()), kf(k.begin(), k.end()), vf(v.begin(), v.end());
-    std::vector<float> out((size_t)q1 * hs, NAN), att((size_t)(q1 - q0) * nk, NAN), scratch(attention_head_scratch(nk, hs));
+    std::vector<float> out((size_t)q1 * hs, NAN), att((size_t)(q1 - q0) * nk, NAN);
+    std::vector<float> scratch(attention_head_scratch(nk, hs));
     const double scale = 1.0 / std::sqrt((double)hs);
     attention_head_forward(out.data(), hs, att.data(), nk, qf.data(), hs, kf.data(), vf.data(), ld, q0, q1, kbase, hs,
                            (float)scale, scratch.data());
@@ -235,7 +236,8 @@ TEST_CASE("float attention on the packed tile equals the fp64 reference (head si
             mx = std::max(mx, w[j]);
         }
         for (int j = 0; j < len; j++) sum += w[j] = std::exp(w[j] - mx);
-        for (int j = 0; j < len; j++) worst_att = worse(worst_att, std::fabs(att[(size_t)(t - q0) * nk + j] - w[j] / sum));
+        for (int j = 0; j < len; j++)
+            worst_att = worse(worst_att, std::fabs(att[(size_t)(t - q0) * nk + j] - w[j] / sum));
         for (int c = 0; c < hs; c++) {
             double o = 0;
             for (int j = 0; j < len; j++) o += w[j] / sum * vf[(size_t)j * ld + c];
