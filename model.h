@@ -749,7 +749,7 @@ void causal_softmax_backward(T* g, const T* att, int Tn, T scale) {
 // Queries t in [q0, q1), at positions kbase + t, attend causally to keys [0, kbase + t]:
 //   q (rows t, stride ldq), k and v (rows j, stride ldkv), out (rows t, stride ldo) =
 //   softmax(q k^T scale) v. Query t's weights are left in att row t - q0 (stride ld_att,
-//   at least kbase + q1 wide): [0, kbase + t] then zeros up to the end of its tile's keys.
+//   at least kbase + q1 wide): [0, kbase + t] then zeros up to kbase + q1.
 inline void attention_head_forward(float* out, size_t ldo, float* att, size_t ld_att, const float* q, size_t ldq,
                                    const float* k, const float* v, size_t ldkv, int q0, int q1, int kbase, int hs,
                                    float scale, float* scratch) {
@@ -776,7 +776,7 @@ inline void attention_head_forward(float* out, size_t ldo, float* att, size_t ld
             for (int j = 0; j < valid; j++) { row[j] = exp_fast(row[j] * scale - maxv); sum += row[j]; }
             const float inv = 1.0f / sum;
             for (int j = 0; j < valid; j++) row[j] *= inv;
-            std::fill(row + valid, row + kc, 0.0f);
+            std::fill(row + valid, row + nk, 0.0f);  // (the tile below reads up to kc)
         }
         for (int p = 0; p < panel_count(hs); p++)
             packed_tile_rows(R, out + (size_t)t0 * ldo + p * DECODE_PANEL, ldo, S, ld_att, 1, kc,
@@ -1006,7 +1006,7 @@ void attention_backward_any(T* dqkv, const T* dout, const T* qkv, const T* att, 
 
 // f(b, h, hs, scale) for every (row, head), one per task (float attention's loop)
 template <typename F>
-void for_each_row_head(int B, int NH, F f, int C) {
+void for_each_row_head(int B, int NH, int C, F f) {
     const int hs = C / NH;
     const float scale = 1.0f / std::sqrt((float)hs);
     #pragma omp parallel for collapse(2) schedule(dynamic)
@@ -1021,18 +1021,13 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
     if constexpr (!std::is_same_v<T, float>) {
         attention_forward_any(out, att, qkv, B, Tn, C, NH);
     } else {
-        for_each_row_head(B, NH, [&](int b, int h, int hs, float scale) {
+        for_each_row_head(B, NH, C, [&](int b, int h, int hs, float scale) {
             static thread_local std::vector<float> scratch;  // grows once, reused
             if (scratch.size() < attention_head_scratch(Tn, hs)) scratch.resize(attention_head_scratch(Tn, hs));
             const float* q = qkv + (size_t)b * Tn * 3 * C + h * hs;
-            float* a = att + ((size_t)b * NH + h) * Tn * Tn;  // (T, T)
-            attention_head_forward(out + (size_t)b * Tn * C + h * hs, C, a, Tn, q, 3 * C, q + C, q + 2 * C, 3 * C, 0,
-                                   Tn, 0, hs, scale, scratch.data());
-            for (int t = 0; t < Tn; t++) {  // zeros past each row's tile of keys
-                const int tile_end = std::min(Tn, (t / DECODE_TILE_ROWS + 1) * DECODE_TILE_ROWS);
-                std::fill(a + (size_t)t * Tn + tile_end, a + (size_t)(t + 1) * Tn, 0.0f);
-            }
-        }, C);
+            attention_head_forward(out + (size_t)b * Tn * C + h * hs, C, att + ((size_t)b * NH + h) * Tn * Tn, Tn, q,
+                                   3 * C, q + C, q + 2 * C, 3 * C, 0, Tn, 0, hs, scale, scratch.data());
+        });
     }
 }
 
@@ -1040,7 +1035,7 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
 // scratch: (omp_get_max_threads(), attention_scratch_per_thread(Tn, hs)) values
 template <typename T>
 size_t attention_scratch_per_thread(int Tn, int hs) {
-    if constexpr (std::is_same_v<T, float>) return std::max(attention_head_scratch(Tn, hs), (size_t)Tn * Tn);
+    if constexpr (std::is_same_v<T, float>) return attention_head_scratch(Tn, hs);  // which holds a (T, T) first
     return (size_t)Tn * Tn;
 }
 
@@ -1050,7 +1045,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
     if constexpr (!std::is_same_v<T, float>) {
         attention_backward_any(dqkv, dout, qkv, att, scratch, B, Tn, C, NH, accumulate);
     } else {
-        for_each_row_head(B, NH, [&](int b, int h, int hs, float scale) {
+        for_each_row_head(B, NH, C, [&](int b, int h, int hs, float scale) {
             float* sc = scratch + (size_t)omp_get_thread_num() * attention_scratch_per_thread<float>(Tn, hs);
             const float* q = qkv + (size_t)b * Tn * 3 * C + h * hs;
             float* dq = dqkv + (size_t)b * Tn * 3 * C + h * hs;
@@ -1058,7 +1053,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
             const float* a = att + ((size_t)b * NH + h) * Tn * Tn;
             auto run = accumulate ? attention_head_backward<true> : attention_head_backward<false>;
             run(dq, dq + C, dq + 2 * C, 3 * C, d, C, q, q + C, q + 2 * C, 3 * C, a, Tn, hs, scale, sc);
-        }, C);
+        });
     }
 }
 
