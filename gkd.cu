@@ -1,7 +1,7 @@
 // gkd.cu — Generalized Knowledge Distillation (Agarwal et al., ICLR 2024) for GPT-2.
 //
 // This file holds the algorithm; read it top to bottom:
-//   1. the divergences D(P, Q) of SPEC section 1 (forward KL, reverse KL, JSD(beta)) and
+//   1. the divergences D(P, Q) of docs/algorithm.md §1 (forward KL, reverse KL, JSD(beta)) and
 //      cross-entropy, each computing value and gradient in one call per row of logits;
 //   2. batched sampling with a KV cache (prefill the prompts, then one token per step),
 //      and AdamW; speculative sampling (speculative.h) with the student as the draft;
@@ -227,7 +227,7 @@ struct TrainBatch {
     long long norm_targets = 0;
 };
 
-// SPEC section 2: the completion tokens (and the EOS that ends them) are the targets;
+// docs/algorithm.md §2: the completion tokens (and the EOS that ends them) are the targets;
 // prompt positions never are.
 static TrainBatch build_batch(const std::vector<Sequence>& rows, int eos) {
     TrainBatch b;

@@ -5,7 +5,7 @@
 // {"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...} (offsets
 // relative to the end of the header), then the raw little-endian tensor data.
 //
-// Hugging Face GPT-2 against llm.c's layout (SPEC section 3):
+// Hugging Face GPT-2 against llm.c's layout (docs/formats.md §2):
 // - names are "h.3.attn.c_attn.weight" etc., with or without a "transformer." prefix;
 // - its Conv1D layers store weights (in, out): c_attn, c_proj, c_fc, mlp.c_proj are
 //   transposed to llm.c's (out, in);

@@ -1,6 +1,6 @@
 // tokenizer.h — text <-> token ids: the byte-level tokenizer and GPT-2's BPE.
 //
-// Byte-level (SPEC section 4, the built-in default): ids 0..255 are bytes, 256 is
+// Byte-level (docs/formats.md §5, the built-in default): ids 0..255 are bytes, 256 is
 // <|endoftext|>, V = 257. Lossless for any input, valid UTF-8 or not.
 //
 // GPT-2 BPE (V = 50257, EOS = 50256), exactly as OpenAI's encoder.py:

@@ -37,7 +37,7 @@
 #   ./train_gpt2_gkd.sh --tiny     seconds, for the tests        (--out DIR required)
 #   --out DIR  results folder; --runs DIR  run folder (default runs/study/MODE)
 #
-# GPT-2 (real checkpoints; see gpt2_recipe below and the README's GPT-2 section):
+# GPT-2 (real checkpoints; see gpt2_recipe below and docs/gpt2.md):
 #   ./train_gpt2_gkd.sh --gpt2 --student-hf gpt2/ --teacher-hf gpt2-medium/ --gsm8k gsm8k/ [--runs DIR]
 #       convert both models, SFT the teacher and the student on GSM8K, distil the teacher
 #       into the student with on-policy GKD, evaluate all three, export the student

@@ -98,10 +98,12 @@ static double matmul_gflops(int M, int K, int N) {
     return best;
 }
 
-// What a CPU figure depends on: the processor, its widest vector ISA (the kernels and
-// OpenBLAS pick their code paths by it), and the BLAS, as OpenBLAS reports itself.
+// What a CPU figure depends on: the processor, its widest vector ISA, what gkd's own code
+// runs on it (its register tiles are AVX2 at most; the loops GCC vectorizes follow
+// -march=native, AVX-512 included), and the BLAS as OpenBLAS reports itself, with the
+// OPENBLAS_CORETYPE that forces its kernel choice when the environment sets one.
 struct CpuDescription {
-    std::string model = "unknown CPU", isa = "unknown", blas;
+    std::string model = "unknown CPU", isa = "unknown", kernels, blas;
 };
 static CpuDescription describe_cpu() {
     CpuDescription d;
@@ -116,8 +118,18 @@ static CpuDescription describe_cpu() {
     if (!flags.empty())
         d.isa = has("avx512f") ? "AVX-512 (avx512f)" : has("avx2") && has("fma") ? "AVX2 + FMA, no AVX-512"
               : has("avx") ? "AVX, no AVX2" : "SSE only";
+#if defined(__AVX512F__)
+    const char* loops = "AVX-512";
+#elif defined(__AVX2__)
+    const char* loops = "AVX2";
+#else
+    const char* loops = "SSE2";
+#endif
+    d.kernels = strf("gkd's register tiles %s, its compiled loops up to %s", packed_tile_isa(), loops);
 #ifdef GKD_BLAS
-    d.blas = strf("OpenBLAS (%s; kernels for %s)", openblas_get_config(), openblas_get_corename());
+    const char* forced = getenv("OPENBLAS_CORETYPE");
+    d.blas = strf("OpenBLAS (%s; kernels for %s%s)", openblas_get_config(), openblas_get_corename(),
+                  forced && *forced ? strf(", forced by OPENBLAS_CORETYPE=%s", forced).c_str() : "");
 #else
     d.blas = "gkd's OpenMP loops (no BLAS)";
 #endif
@@ -326,7 +338,7 @@ static int cmd_bench(int argc, char** argv) {
                   {"new_tokens", K}, {"vocab", V}, {"student_parameters", tr.student.num_parameters},
                   {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_rss_mb", rss},
                   {"sgemm_gflops", ceiling}, {"sgemm_at_step_shape_gflops", at_shape}, {"matmuls", cpu.blas},
-                  {"cpu", cpu.model}, {"vector_isa", cpu.isa},
+                  {"cpu", cpu.model}, {"vector_isa", cpu.isa}, {"gkd_kernels", cpu.kernels},
                   {"target_tokens", targets}, {"forward_reused", reused}, {"teacher_trimmed", teacher_skipped > 0},
                   {"step_run_gflops", run_flops / (med(&StepStats::ms) * 1e6)}};
         for (auto& r : rows) {
@@ -343,7 +355,8 @@ static int cmd_bench(int argc, char** argv) {
                tr.teacher.num_parameters / 1e6);
     printf("\n  V=%d, B=%d, %d prompt + %d %s tokens; median of %d steps after %d warm-up\n", V, B, P, K,
            sft ? "completion" : "new", steps, warmup);
-    printf("  %s, %s, %d threads; matmuls: %s\n\n", cpu.model.c_str(), cpu.isa.c_str(), threads, cpu.blas.c_str());
+    printf("  %s, %s, %d threads; %s; matmuls: %s\n\n", cpu.model.c_str(), cpu.isa.c_str(), threads,
+           cpu.kernels.c_str(), cpu.blas.c_str());
     printf("| phase | ms | tokens/s | GFLOP/s |\n|---|---:|---:|---:|\n");
     for (auto& r : rows)
         printf("| %s | %.1f | %s | %s |\n", r.name, r.ms, r.tokens > 0 ? strf("%.0f", r.tokens / r.ms * 1000).c_str() : "-",

@@ -19,7 +19,7 @@
 #include "bench.h"
 
 static const std::vector<FlagSpec> TRAIN_FLAGS = {
-    {"data", true, "training examples, JSONL (SPEC section 5)"},
+    {"data", true, "training examples, JSONL (docs/formats.md §4)"},
     {"out", true, "run folder: metrics.jsonl and model.bin go here"},
     {"lambda", true, "fraction of on-policy (student-sampled) batches, [0,1] (0.5)"},
     {"beta", true, "0 forward KL, 1 reverse KL, between: JSD(beta) (0.5)"},
@@ -627,7 +627,7 @@ static const char* USAGE =
     "  gkd           (no arguments) the default experiment on the walks task: teacher, SFT student, then more\n"
     "                SFT, supervised KD and on-policy GKD, 3 seeds   (--task arithmetic: the control)\n"
     "\n"
-    "Each command takes --help. Data and formats: SPEC.md; a tour: README.md.\n";
+    "Each command takes --help. Formats: docs/formats.md; every flag: docs/cli.md; a tour: README.md.\n";
 
 static int run_command(int argc, char** argv) {
     if (argc < 2) return run_default_experiment();

@@ -30,6 +30,15 @@
 #pragma nv_diag_suppress 1675
 #endif
 
+// What the tile compiles to in this build, for gkd bench's report.
+inline const char* packed_tile_isa() {
+#if defined(__AVX2__) && defined(__FMA__)
+    return "AVX2 + FMA (256-bit)";
+#else
+    return "scalar std::fma (no AVX2 in this build)";
+#endif
+}
+
 // The tile's shape: panels of 16 output channels, tiles of up to 6 rows.
 constexpr int DECODE_PANEL = 16;
 constexpr int DECODE_TILE_ROWS = 6;

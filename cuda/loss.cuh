@@ -1,7 +1,7 @@
 // cuda/loss.cuh — the fused divergence kernel: batch_loss's twin (gkd.cu section 1).
 //
 // One block per position n of the batch (B * T blocks). It reads the student's logits
-// row (and the teacher's), computes D(P, Q) of SPEC section 1 (forward KL, reverse KL or
+// row (and the teacher's), computes D(P, Q) of docs/algorithm.md §1 (forward KL, reverse KL or
 // JSD(beta) at temperature tau), or SFT's cross-entropy, and overwrites the student's row
 // with the gradient, like llm.c's fused classifier: the model keeps one (B, T, Vp) buffer.
 //
@@ -24,7 +24,7 @@
 
 namespace gpu {
 
-// ---- the fused loss: one block per position n of the batch (SPEC section 1)
+// ---- the fused loss: one block per position n of the batch (docs/algorithm.md §1)
 //
 // Reads the student's row (and the teacher's) and overwrites the student's row with the
 // gradient of weight[n] * D(P, Q) (+ the policy gradient): pass 1 is the online max/sum of

@@ -1,4 +1,4 @@
-// data/convert.h — public datasets into SPEC's {"prompt", "completion"} JSON lines.
+// data/convert.h — public datasets into gkd's {"prompt", "completion"} JSON lines.
 //
 //   gsm8k        GSM8K's {"question", "answer"} (grade-school maths, the paper's reasoning
 //                task): prompt "Question: <q>\nAnswer:", completion " <worked answer>".

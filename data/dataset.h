@@ -1,4 +1,4 @@
-// data/dataset.h — the JSONL loader of SPEC section 5.
+// data/dataset.h — the JSONL loader of docs/formats.md §4.
 //
 // One example per line, either text ({"prompt": ..., "completion": ...}, tokenized with
 // the model's tokenizer) or ids ({"prompt_ids": [...], "completion_ids": [...]}).
@@ -6,7 +6,7 @@
 // refusal names the file and line. Blank lines are skipped; unknown keys are ignored.
 //
 // Lengths: a training row is prompt + completion + EOS, and the model reads all of it but
-// the final EOS, so prompt + completion must fit in the context (SPEC section 2). A prompt
+// the final EOS, so prompt + completion must fit in the context (docs/algorithm.md §2). A prompt
 // on its own (for sampling) must leave room for at least one new token.
 #pragma once
 

@@ -14,6 +14,8 @@
 # On the CPU it prints what the figures depend on, from both processes: the CPU and its
 # vector ISA, the thread count, each side's BLAS (OpenBLAS's own config string; PyTorch's
 # build setting and the libraries loaded after a matmul) and each side's sgemm rate.
+# OPENBLAS_CORETYPE, when the environment sets it, forces OpenBLAS's kernel choice in both
+# processes alike: the report says so on each side.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 threads=${1:-2}; rounds=${2:-3}; shift $(( $# < 2 ? $# : 2 )) || true
@@ -55,8 +57,10 @@ print(f"on-policy GKD step ({flags or 'reference configuration'}), {where}, medi
 if device == "cpu":
     # what the figures depend on, from both processes of this run
     print(f"\nmachine: {g[0]['cpu']}, {g[0]['vector_isa']}, {threads} threads")
-    print(f"gkd: matmuls through {g[0]['matmuls']}; sgemm 1024^3 (or the step's shape) {med(g, 'sgemm_gflops'):.0f} GFLOP/s")
-    print(f"PyTorch {t[0]['torch']} eager: built with BLAS_INFO={t[0]['blas_info']}, loaded {', '.join(t[0]['blas_loaded'])}; "
+    print(f"gkd: {g[0]['gkd_kernels']}; matmuls through {g[0]['matmuls']}; "
+          f"sgemm 1024^3 (or the step's shape) {med(g, 'sgemm_gflops'):.0f} GFLOP/s")
+    print(f"PyTorch {t[0]['torch']} eager: its kernels {t[0]['cpu_capability']}; built with BLAS_INFO={t[0]['blas_info']}, "
+          f"loaded {', '.join(t[0]['blas_loaded'])} (kernels for {t[0]['blas_kernels']}); "
           f"torch.mm 1024^3 {med(t, 'sgemm_gflops'):.0f} GFLOP/s\n")
 else:
     print(f"(PyTorch {t[0]['torch']} eager on {t[0]['gpu']}, TF32 {'on' if t[0]['tf32'] else 'off'}; "

@@ -5,7 +5,7 @@ Reads a model.safetensors with nothing but json/struct and torch, runs GPT-2 the
 Hugging Face's GPT2LMHeadModel does (Conv1D: y = x @ W + b with W stored (in, out); tied
 LM head; tanh GELU; LayerNorm eps from config.json), in float64, and prints the mean
 token NLL of the completions of a JSONL file of {"prompt_ids", "completion_ids"} lines
-(EOS appended, as SPEC's rows). Compare with `./gkd eval --model THE_SAME --data F`:
+(EOS appended, as gkd's rows, docs/algorithm.md §2). Compare with `./gkd eval --model THE_SAME --data F`:
 
     /usr/bin/python3 dev/hf_gpt2_nll.py model.safetensors data.jsonl
 """

@@ -6,13 +6,13 @@
 Two random GPT2LMHeadModel (student 2 layers, teacher 3; C 768, 12 heads, V 50257,
 context 256), built from a GPT2Config and saved with save_pretrained (model.safetensors +
 config.json), are what gkd loads. Random prompt and completion ids go in a JSONL (EOS
-appended, SPEC section 2). Compared, in fp32 on both sides (TF32 off):
+appended, docs/algorithm.md §2). Compared, in fp32 on both sides (TF32 off):
   1. the mean token NLL of the completions: transformers' logits against `gkd eval`;
   2. the mean divergence per completion token, for beta = 0, 0.5 and 1: TRL's published
      generalized_jsd_loss (GKDTrainer; written out below from its definition, token-level
      "batchmean" over the labelled positions) on transformers' logits, against
      `gkd eval --teacher --beta`;
-  3. one GKD step's loss (lambda 0: the dataset's completions; SPEC's per-sequence mean,
+  3. one GKD step's loss (lambda 0: the dataset's completions; docs/algorithm.md §3's per-sequence mean,
      the paper's 1/L_y) against `gkd distill --steps 1`, whose first metrics line is the
      loss before the update.
 Prints one line per comparison and exits 1 if any is off by more than 1e-4 (relative);
@@ -125,7 +125,7 @@ def main():
     hf = {"nll": nll_sum / count}
     for beta, rows in per_seq.items():
         hf[f"D{beta}"] = torch.cat(rows).mean().item()      # TRL: batchmean over labelled tokens
-    hf["loss_seq"] = sum(r.mean().item() for r in per_seq[0.5]) / len(examples)  # SPEC: mean of sequence means
+    hf["loss_seq"] = sum(r.mean().item() for r in per_seq[0.5]) / len(examples)  # docs/algorithm.md §3: mean of sequence means
 
     gkd = {}
     common = ["--data", data, "--tokenizer", tok, "--device", a.device, "--batch", "4"]

@@ -14,7 +14,8 @@ Shapes default to the CPU performance issue's reference configuration: byte voca
 (V = 257), context 128; student 2 layers x 128 channels x 4 heads; teacher 4 x 256 x 4;
 B = 32, 32-token prompts, 64 new tokens; lambda = 1, beta = 0.5.
 """
-import argparse, json, math, os, statistics, time
+import argparse
+import ctypes, json, math, os, statistics, time
 import torch
 import torch.nn.functional as F
 
@@ -127,8 +128,22 @@ def cpu_blas_report():
         best = max(best, 2.0 * 1024**3 * reps / el / 1e9)
     with open("/proc/self/maps") as f:
         libs = sorted({l.split()[-1] for l in f if "blas" in l.lower() and "/" in l})
+    # the vector ISA PyTorch's own kernels dispatch to (ATen's CPU capability), and, when the
+    # BLAS loaded is OpenBLAS, the kernels it chose (OPENBLAS_CORETYPE forces them)
+    capability = next((l.split(":", 1)[1].strip() for l in config.splitlines() if "CPU capability usage" in l), "?")
+    corename = "?"
+    for lib in libs:
+        try:
+            fn = ctypes.CDLL(lib).openblas_get_corename
+            fn.restype = ctypes.c_char_p
+            corename = fn().decode()
+            break
+        except (OSError, AttributeError):
+            pass
+    forced = os.environ.get("OPENBLAS_CORETYPE", "")
     return dict(cpu=model, vector_isa=isa, blas_info=blas_info, blas_loaded=[os.path.realpath(p) for p in libs] or ["none"],
-                sgemm_gflops=round(best, 1), mkldnn=torch.backends.mkldnn.is_available())
+                blas_kernels=corename + (f", forced by OPENBLAS_CORETYPE={forced}" if forced else ""),
+                cpu_capability=capability, sgemm_gflops=round(best, 1), mkldnn=torch.backends.mkldnn.is_available())
 
 
 def main():

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Independent float64 PyTorch reference of gkd's off-policy distill / sft step.
 
-Written from SPEC.md only (not from the C++ sources), to cross-check the C++ trainer.
+Written from docs/algorithm.md only (not from the C++ sources), to cross-check the C++ trainer.
 Run with Debian's /usr/bin/python3 (torch + numpy).
 
 Modes
@@ -433,7 +433,7 @@ def selftest():
     check("JSD/(1-beta) -> reverse KL", errs1[-1] < 1e-3 * rkl and errs1[0] > errs1[1] > errs1[2],
           f"rkl={rkl:.6f} errs={['%.2e' % x for x in errs1]}")
 
-    # 3. SPEC's closed-form gradient w.r.t. student logits vs autograd
+    # 3. docs/algorithm.md's closed-form gradient w.r.t. student logits vs autograd
     worst = 0.0
     for beta in (0.0, 0.1, 0.5, 0.9, 1.0):
         for tau in (0.5, 1.0, 2.0):
@@ -447,7 +447,7 @@ def selftest():
                 gi = torch.log(q / p) if beta == 1 else (1 - beta) * torch.log(q / (beta * p + (1 - beta) * q))
                 g = q * (gi - (q * gi).sum()) / tau
             worst = max(worst, float((g - g_auto[:V]).abs().max()), float(g_auto[V:].abs().max()))
-    check("SPEC closed-form dD/ds vs autograd", worst < 1e-12, f"max err {worst:.2e}")
+    check("the closed-form dD/ds (docs/algorithm.md) vs autograd", worst < 1e-12, f"max err {worst:.2e}")
 
     # 4. gradcheck of the full loss w.r.t. every student parameter on a tiny model
     scfg = {"version": 3, "maxT": 8, "V": 11, "L": 1, "NH": 2, "C": 4, "Vp": 16}

@@ -39,6 +39,12 @@ check() {
   if "$@"; then ok; else bad "$name"; fi
 }
 
+# the documentation of the flags is the program's own --help, current
+expect_ok "docs/cli.md says what gkd --help says (else: run dev/make_cli_doc.sh)" bash dev/make_cli_doc.sh --check "$GKD"
+# and every document the repository cites is in it: no path outside the clone
+check "no document cites a file outside the repository" \
+  bash -c '! grep -rn "shared/" --include="*.md" --include="*.h" --include="*.cu" --include="*.cuh" --exclude-dir=tests --exclude-dir=build --exclude-dir=runs --exclude-dir=.git . | grep -q .'
+
 # --- init and checkpoints
 expect_ok "init student" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab byte --seed 1 --out "$W/s.bin"
 expect_ok "init teacher" $GKD init --layers 2 --channels 32 --heads 4 --context 32 --vocab byte --seed 2 --out "$W/t.bin"
@@ -122,9 +128,15 @@ for row in "sample (student, KV cache)" "teacher forward (last layer at the targ
 done
 check "bench gives the step's share of the ceiling both ways (the algorithm's FLOPs, and those run)" grep -qE "the step reaches [0-9]+% of the ceiling \(.*; [0-9]+% counting only what ran\)" "$W/out"
 check "bench reports peak RSS and the sgemm ceiling" grep -qE "^peak RSS [0-9]+ MB; sgemm ceiling [0-9.]+ GFLOP/s" "$W/out"
-check "the bench table names the machine: CPU, vector ISA, threads, BLAS" grep -qE "^  .+, (AVX|SSE).*, [0-9]+ threads; matmuls: " "$W/out"
+check "the bench table names the machine: CPU, vector ISA, threads, gkd's kernels, BLAS and its kernels" \
+  grep -qE "^  .+, (AVX|SSE).*, [0-9]+ threads; gkd's register tiles .+, its compiled loops up to .+; matmuls: .*(kernels for |no BLAS)" "$W/out"
 expect_ok "bench --json (on-policy)" $GKD bench --json --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
 check "on-policy bench JSON: the forward reused, the teacher trimmed, the rate of the FLOPs run below the step's" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["forward_reused"] is True and j["teacher_trimmed"] is True; assert 0 < j["step_run_gflops"] < j["step_gflops"]' "$W/out"
+check "bench JSON names what gkd's kernels compile to and the BLAS kernels" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert "register tiles" in j["gkd_kernels"] and j["vector_isa"] and j["matmuls"]' "$W/out"
+if grep -q '"matmuls":"OpenBLAS' "$W/out"; then  # (Prescott: SSE3 kernels, safe on any x86-64)
+  expect_ok "bench with OPENBLAS_CORETYPE set" env OPENBLAS_CORETYPE=Prescott $GKD bench --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 1 --warmup 0
+  check "bench says that OPENBLAS_CORETYPE forced OpenBLAS's kernels" grep -q "kernels for Prescott, forced by OPENBLAS_CORETYPE=Prescott" "$W/out"
+fi
 expect_ok "bench --sft --json" $GKD bench --sft --json --student 1,16,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
 check "bench JSON has the phases the scripts read" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("forward_ms","loss_ms","backward_ms","update_ms","step_ms","step_gflops","sgemm_gflops","peak_rss_mb")) and "sample_ms" not in j and j["forward_reused"] is False' "$W/out"
 # what a CPU figure depends on: the CPU, its vector ISA, the BLAS as it reports itself

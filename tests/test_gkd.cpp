@@ -7,7 +7,7 @@
 // What is checked, and how:
 // - every layer's backward, the whole model's backward and every loss gradient against
 //   central finite differences, in double precision (the model is templated on the scalar);
-// - the CPU path against an independent fp64 PyTorch implementation of SPEC
+// - the CPU path against an independent fp64 PyTorch implementation of docs/algorithm.md
 //   (dev/reference_gkd.py), through the committed fixture tests/fixtures/reference/;
 // - the KV-cached decode against a full forward, sampling against softmax(logits/T),
 //   checkpoints, masking, data and flag validation, and run-to-run reproducibility.
