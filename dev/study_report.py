@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 
 TASKS = ["walks", "arithmetic", "words"]  # those that the runs folder holds
 LABELS = {
@@ -91,6 +92,25 @@ def findings(task, res, val, seeds):
     return out + [""]
 
 
+def machine_line():
+    """What the numbers depend on: the build (commit), the CPU and its widest vector ISA, the threads."""
+    cpu, flags = "unknown CPU", ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and cpu == "unknown CPU":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = " " + line.split(":", 1)[1] + " "
+    isa = "AVX-512" if " avx512f " in flags else "AVX2" if " avx2 " in flags else "no AVX2"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "?"
+    except OSError:
+        commit = "?"
+    threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
+    return f"Commit {commit}; {cpu} ({isa}), {threads} OpenMP threads, OpenBLAS."
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", required=True)
@@ -107,7 +127,7 @@ def main():
     os.makedirs(os.path.join(a.out, "metrics"), exist_ok=True)
 
     lines = [f"# GKD study ({a.mode}): {len(seeds)} seed(s), {a.steps} steps per method from the same "
-             f"warm-started student, {a.seconds // 60} min {a.seconds % 60} s in all", ""]
+             f"warm-started student, {a.seconds // 60} min {a.seconds % 60} s in all", "", machine_line(), ""]
     bars = {}    # task -> [(method, greedy mean, std, sampled mean, std)]
     results = {}  # task -> method -> [test evaluation per seed]
     curves = {}  # task -> method -> [(step, mean validation accuracy)]
