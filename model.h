@@ -372,9 +372,9 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
     matmul_backward_weight(dweight, dbias, dout, inp, N, C, ld_dout, 0, OC);
 }
 
-
 // qkv (B,T,3C) holds [q | k | v]; out (B,T,C); att (B,NH,T,T) causal softmax weights.
-// One (row, head) per task.
+// One (row, head) per task: float on the packed tile, fp64 on the generic kernel
+// (cpu/attention.h).
 template <typename T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
     if constexpr (!std::is_same_v<T, float>) {
@@ -410,7 +410,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
     }
 }
 
-
+// GELU, tanh approximation (GPT-2's)
 template <typename T>
 inline T gelu_scalar(T x) {
     const T s = T(0.7978845608028654);  // sqrt(2/pi)

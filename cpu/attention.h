@@ -147,6 +147,9 @@ void attention_head_backward(float* dq, float* dk, float* dv, size_t ld_d, const
     }
 }
 
+// ----------------------------------------------------------------------------
+// generic attention, any T: fp64's (the tests' reference, gpt_infer's fp64 prefill)
+
 #ifdef GKD_BLAS
 // Queries per block in the GEMM attention of many new tokens (gpt_infer in fp64; float
 // runs attention_head_forward): block [q0, q1) multiplies keys [0, q1) only. When float
@@ -321,6 +324,9 @@ size_t attention_scratch_per_thread(int Tn, int hs) {
     return (size_t)Tn * Tn;
 }
 
+
+// ----------------------------------------------------------------------------
+// a decode step: one new token per row against its KV cache, all heads at once
 
 // A decode step's attention scores: sc[h * len + j] = (q . key j) over head h's channels,
 // times scale, for keys j in [0, len) (key_row(j): the key's C channels). Keys are taken

@@ -3,11 +3,24 @@
 //
 // GPU twin: cuda/sampling.cuh, whose decode step runs the same matmuls on the device.
 //
-// Tricks worth knowing: see the comment on DECODE_PANEL's layout below; in short, sgemm
-// repacks the whole weight on every call (a seventh of sampling's time at the reference
-// step), so a generation packs every weight once and its decode steps reuse the panels,
-// with panels taken in L2-sized groups and threads sharing out the panels when there are
-// too few rows to share.
+// A decode step runs one new token per row: matmuls of a few rows (16 per thread at the
+// reference step, 1-2 per thread for the GPT-2 pair) against every weight. Through sgemm
+// each call first repacks the whole weight into its own panel layout (a seventh of
+// sampling's time in perf at the reference step), and with two rows per thread each
+// thread reads every weight from memory. So a generation packs the weights once
+// (DecodeWeights, filled by cpu/inference.h's pack_decode_weights) in panels of
+// DECODE_PANEL output channels, (ceil(OC / 16), K, 16) with zeros past OC, and its decode
+// steps multiply with matmul_forward_packed.
+//
+// Tricks worth knowing:
+// - a register tile of up to 6 rows x 16 channels (12 AVX accumulators): per k, two loads
+//   of the panel and one broadcast per row;
+// - each output is one fma chain over k in order, then + bias: its rounding does not
+//   depend on the rows around it, on the tile it lands in or on the thread split, so a
+//   row's sample does not depend on its batch; the scalar fallback (no AVX2/FMA) rounds
+//   the same (std::fma), and a unit test holds both to that chain exactly;
+// - panels are taken in groups that fit in L2, each group against every row tile; with
+//   few rows and all threads on one call, threads take groups (each weight read once).
 #pragma once
 
 #include <cstddef>
@@ -16,21 +29,7 @@
 #include "../utils.h"
 #include "packed_tile.h"
 
-// A decode step runs one new token per row: matmuls of a few rows (16 per thread at the
-// reference step, 1-2 per thread for the GPT-2 pair) against every weight. Through sgemm
-// each call first repacks the whole weight into its own panel layout (a seventh of
-// sampling's time in perf at the reference step), and with two rows per thread each
-// thread reads every weight from memory. So a generation packs the weights once
-// (DecodeWeights) in panels of DECODE_PANEL output channels, (ceil(OC / 16), K, 16) with
-// zeros past OC, and its decode steps multiply with matmul_forward_packed:
-// - a register tile of up to 6 rows x 16 channels (12 AVX accumulators): per k, two loads
-//   of the panel and one broadcast per row;
-// - each output is one fma chain over k in order, then + bias: its rounding does not
-//   depend on the rows around it, on the tile it lands in or on the thread split, so a
-//   row's sample still does not depend on its batch; the scalar fallback (no AVX2/FMA)
-//   rounds the same (std::fma), and a unit test holds both to that chain exactly;
-// - panels are taken in groups that fit in L2, each group against every row tile; with
-//   few rows and all threads on one call, threads take groups (each weight read once).
+// Floats one packed (OC, K) weight takes: whole panels, zeros past OC.
 inline size_t packed_weight_size(int OC, int K) { return (size_t)panel_count(OC) * K * DECODE_PANEL; }
 
 // One weight (OC, K) in panels: panels[(p * K + k) * 16 + j] = weight[p * 16 + j][k].

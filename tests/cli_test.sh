@@ -45,6 +45,8 @@ expect_ok "docs/cli.md says what gkd --help says (else: run dev/make_cli_doc.sh)
 check "no document cites a file outside the repository" \
   bash -c '! grep -rn "shared/" --include="*.md" --include="*.h" --include="*.cu" --include="*.cuh" --exclude-dir=tests --exclude-dir=build --exclude-dir=runs --exclude-dir=.git . | grep -q .'
 
+check "every link of README.md and docs/ resolves to a file and heading of the repository" python3 dev/check_doc_links.py
+
 # --- init and checkpoints
 expect_ok "init student" $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab byte --seed 1 --out "$W/s.bin"
 expect_ok "init teacher" $GKD init --layers 2 --channels 32 --heads 4 --context 32 --vocab byte --seed 2 --out "$W/t.bin"
