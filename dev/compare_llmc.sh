@@ -43,6 +43,7 @@ for r in $(seq "$rounds"); do
 done
 l=$(median < "$work/llmc.txt"); g=$(median < "$work/gkd.txt")
 echo "SFT step, 124M-shaped GPT-2 (random weights), B=4, T=64, $threads threads, median of $rounds rounds x 5 steps"
+echo
 echo "| trainer | ms/step | llm.c / gkd |"
 echo "|---|---:|---:|"
 printf '| llm.c train_gpt2.c (-Ofast -march=native -fopenmp) | %.0f | 1.0x |\n' "$l"
