@@ -14,10 +14,11 @@ Shapes default to the CPU performance issue's reference configuration: byte voca
 (V = 257), context 128; student 2 layers x 128 channels x 4 heads; teacher 4 x 256 x 4;
 B = 32, 32-token prompts, 64 new tokens; lambda = 1, beta = 0.5.
 """
-import argparse
-import ctypes, json, math, os, statistics, time
+import argparse, ctypes, json, math, os, statistics, time
 import torch
 import torch.nn.functional as F
+
+from cpuinfo import cpu_model_and_isa  # dev/cpuinfo.py, beside this script
 
 
 class Block(torch.nn.Module):
@@ -103,15 +104,7 @@ def cpu_blas_report():
     the BLAS PyTorch was built against (torch.__config__), the BLAS library actually
     loaded (after a matmul, from /proc/self/maps), and torch.mm's 1024^3 rate (best of
     three ~0.1 s windows, as gkd bench measures its own ceiling)."""
-    model, flags = "unknown CPU", ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = " " + line.split(":", 1)[1].strip() + " "
-    isa = ("AVX-512 (avx512f)" if " avx512f " in flags else "AVX2 + FMA, no AVX-512" if " avx2 " in flags and " fma " in flags
-           else "AVX, no AVX2" if " avx " in flags else "SSE only")
+    model, isa = cpu_model_and_isa()
     config = torch.__config__.show()
     blas_info = next((p.split("=", 1)[1] for p in config.replace(",", " ").split() if p.startswith("BLAS_INFO=")), "?")
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)

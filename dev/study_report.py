@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 
+from cpuinfo import cpu_model_and_isa  # dev/cpuinfo.py, beside this script
+
 TASKS = ["walks", "arithmetic", "words"]  # those that the runs folder holds
 LABELS = {
     "teacher": "teacher (SFT)",
@@ -94,14 +96,7 @@ def findings(task, res, val, seeds):
 
 def machine_line():
     """What the numbers depend on: the build (commit), the CPU and its widest vector ISA, the threads."""
-    cpu, flags = "unknown CPU", ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and cpu == "unknown CPU":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = " " + line.split(":", 1)[1] + " "
-    isa = "AVX-512" if " avx512f " in flags else "AVX2" if " avx2 " in flags else "no AVX2"
+    cpu, isa = cpu_model_and_isa()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "?"
