@@ -39,13 +39,6 @@ static int gpu_count() { return 0; }
 enum class Role { Student, Teacher };
 using Prompts = std::vector<const std::vector<int>*>;
 
-// What the loss computes: cross-entropy on the targets (SFT), or D(teacher, student).
-struct LossSpec {
-    bool cross_entropy = false;
-    double beta = 0.5, tau = 1.0;  // the divergence: JSD(beta) at temperature tau
-    LossNorm norm = LossNorm::Sequence;
-};
-
 struct Device {
     virtual ~Device() = default;
     virtual bool on_gpu() const = 0;
@@ -75,8 +68,11 @@ struct Device {
                                                               uint64_t stream, const std::vector<uint64_t>& row_ids) {
         return generate(Role::Student, prompts, budgets, temperature, eos, seed, stream, row_ids);
     }
-    // the teacher's logits at every position of b, kept where student_loss reads them
-    virtual void teacher_forward(const TrainBatch& b) = 0;
+    // what the teacher hands spec's loss at every target position of b (its logit rows, or
+    // the smaller TeacherSignal), kept where student_loss reads it
+    virtual void teacher_forward(const TrainBatch& b, const LossSpec& spec) = 0;
+    // the same, read from an offline teacher cache (data/teacher_cache.h) instead of a pass
+    virtual void teacher_signal_from_cache(TeacherSignal&& signal) = 0;
     // the student's logits, and the activations its backward pass needs; true when they
     // came from sample_student_rows's record instead of a pass
     virtual bool student_forward(const TrainBatch& b) = 0;
@@ -101,7 +97,9 @@ struct CpuDevice : Device {
     const GPT<float>* teacher;              // or null
     Generator student_gen, teacher_gen;
     InferScratch<float> student_scratch, teacher_scratch;
-    std::vector<float> teacher_logits;      // (B, T, Vp of the teacher)
+    std::vector<float> teacher_logits;      // (B, T, Vp of the teacher), when the loss reads whole rows
+    TeacherSignal teacher_signal;           // else (B * T, K + 1) and (B * T, K), or (B * T)
+    std::vector<float> teacher_chunk;       // (rows of one chunk, T, Vp): the logits a top-K pass reduces
     ForwardRecord<float> sampled;           // the last on-policy sampling's activations, for student_forward
 
     // inference only: sampling and evaluation
@@ -150,8 +148,11 @@ struct CpuDevice : Device {
     }
 
     // the loss reads the teacher's logits at targets only: each row runs up to its last
-    // target, and the last layer skips the positions before its first (gpt_infer's head_from)
-    void teacher_forward(const TrainBatch& b) override {
+    // target, and the last layer skips the positions before its first (gpt_infer's head_from).
+    // When the loss needs less than the rows (top-K, the sampled reverse KL), the rows run
+    // a chunk at a time and each chunk's logits are reduced at once: what is kept is
+    // (B * T, K + 1) values and (B * T, K) ids, and the chunk's (rows, T, Vp) is the peak.
+    void teacher_forward(const TrainBatch& b, const LossSpec& spec) override {
         std::vector<int> n_new(b.B), head_from(b.B);
         for (int i = 0; i < b.B; i++) {
             const int* targets = b.targets.data() + (size_t)i * b.T;
@@ -161,8 +162,44 @@ struct CpuDevice : Device {
             n_new[i] = std::max(last + 1, 1);
             head_from[i] = std::min(first, n_new[i]);
         }
-        logits_pass(Role::Teacher, b, teacher_logits, n_new, head_from.data());
+        if (spec.needs_teacher_rows()) {
+            logits_pass(Role::Teacher, b, teacher_logits, n_new, head_from.data());
+            return;
+        }
+        const GPT<float>& t = of(Role::Teacher);
+        const int V = t.config.vocab_size, Vp = t.config.padded_vocab_size, K = spec.top_k;
+        GKD_ASSERT(K <= V, "--teacher-top-k above the vocabulary");
+        teacher_logits.clear();
+        teacher_logits.shrink_to_fit();
+        teacher_signal.reset((size_t)b.B * b.T, K);
+        const int chunk = teacher_chunk_rows(b.T, Vp);
+        KVCache<float> no_cache;
+        for (int r0 = 0; r0 < b.B; r0 += chunk) {
+            const int rows_here = std::min(chunk, b.B - r0);
+            std::vector<int> rows(rows_here), start(rows_here, 0);
+            for (int i = 0; i < rows_here; i++) rows[i] = i;
+            teacher_chunk.resize((size_t)rows_here * b.T * Vp);
+            gpt_infer(t, no_cache, teacher_scratch, b.tokens.data() + (size_t)r0 * b.T, rows.data(), start.data(),
+                      n_new.data() + r0, rows_here, b.T, teacher_chunk.data(), true, (ForwardRecord<float>*)nullptr,
+                      head_from.data() + r0);
+            #pragma omp parallel for schedule(dynamic, 4)
+            for (int j = 0; j < rows_here * b.T; j++) {
+                const size_t n = (size_t)r0 * b.T + j;
+                const int y = b.targets[n];
+                if (y < 0) continue;
+                const float* row = teacher_chunk.data() + (size_t)j * Vp;
+                if (K) teacher_top_k_row(row, V, K, spec.tau, teacher_signal.logp.data() + n * (K + 1),
+                                         teacher_signal.ids.data() + n * K);
+                else teacher_signal.target_logp[n] = (float)token_log_prob(row, y, V, spec.tau);
+            }
+        }
     }
+    // rows per chunk of a reduced teacher pass: its logits within 16 MB, at least one row
+    // (at GPT-2's vocabulary one row of 96 positions is 19 MB: a row at a time)
+    static int teacher_chunk_rows(int T, int Vp) {
+        return std::max(1, (int)((16ull << 20) / ((size_t)T * Vp * sizeof(float))));
+    }
+    void teacher_signal_from_cache(TeacherSignal&& signal) override { teacher_signal = std::move(signal); }
     std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
                                                       double temperature, int eos, uint64_t seed, uint64_t stream,
                                                       const std::vector<uint64_t>& row_ids) override {
@@ -181,9 +218,12 @@ struct CpuDevice : Device {
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
         GPT<float>& s = trained();
         const int V = s.config.vocab_size, Vps = s.config.padded_vocab_size;
-        const int Vpt = spec.cross_entropy ? 0 : teacher->config.padded_vocab_size;
-        return batch_loss(b, spec.cross_entropy ? (const float*)nullptr : teacher_logits.data(), Vpt, s.acts.logits,
-                          s.grads_acts.logits, V, Vps, spec.cross_entropy, spec.beta, spec.tau, spec.norm, nullptr, pg);
+        if (spec.cross_entropy)
+            return batch_loss(b, (const float*)nullptr, 0, s.acts.logits, s.grads_acts.logits, V, Vps, true, 0, 1,
+                              spec.norm, nullptr, pg);
+        const int Vpt = spec.needs_teacher_rows() ? teacher->config.padded_vocab_size : 0;
+        return distill_batch_loss(b, teacher_logits.data(), Vpt, teacher_signal, s.acts.logits, s.grads_acts.logits,
+                                  V, Vps, spec, nullptr, pg);
     }
     void student_backward() override {
         gpt_zero_grad(trained());

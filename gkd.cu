@@ -206,6 +206,149 @@ double cross_entropy_row(const T* logits, int target, T* dlogits, int V, int Vp,
 }
 
 // ----------------------------------------------------------------------------
+// the teacher's signal in less than a full row: top-K with a tail, or one token's log-prob
+//
+// docs/algorithm.md §1.4: with --teacher-top-k K the divergence runs over K + 1 buckets,
+// the teacher's K most likely tokens and one tail bucket holding the rest of the mass, on
+// both sides: P' = (p_i1 .. p_iK, 1 - sum p_ik), Q' = (q_i1 .. q_iK, 1 - sum q_ik). The
+// teacher then needs to hand over only (K + 1) log-probs and K ids per position, which is
+// what lets it be stored (data/teacher_cache.h) instead of sitting beside the student.
+
+// The teacher's top-K tokens of one row (ties: the lower id first), their log-probs at
+// temperature tau, and the tail's log-prob computed from the tail's own logits (not as
+// 1 - sum, which cancels to 0 or below when the top-K hold nearly all the mass).
+// logp (K + 1): the K log-probs in the order of ids (K), then the tail's (-inf when K = V).
+template <typename T>
+void teacher_top_k_row(const T* logits, int V, int K, double tau, float* logp, int32_t* ids) {
+    static thread_local std::vector<int32_t> order;  // (V) per thread, reused
+    order.resize(V);
+    for (int i = 0; i < V; i++) order[i] = i;
+    auto before = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), before);
+    const double inv_tau = 1.0 / tau, m = (double)logits[order[0]];
+    double z = 0, tail = 0;
+    #pragma omp simd reduction(+ : z)
+    for (int i = 0; i < V; i++) z += exp_vectorizable(((double)logits[i] - m) * inv_tau);
+    for (int j = K; j < V; j++) tail += exp_vectorizable(((double)logits[order[j]] - m) * inv_tau);
+    const double log_z = std::log(z);
+    for (int j = 0; j < K; j++) {
+        ids[j] = order[j];
+        logp[j] = (float)(((double)logits[order[j]] - m) * inv_tau - log_z);
+    }
+    logp[K] = K < V ? (float)(std::log(tail) - log_z) : -INFINITY;
+}
+
+// log softmax(logits / tau)[y] over the V real columns.
+template <typename T>
+double token_log_prob(const T* logits, int y, int V, double tau) {
+    double m, lz;
+    online_logsumexp(logits, V, 1.0 / tau, m, lz);
+    return (double)logits[y] / tau - m - lz;
+}
+
+// Which divergence a distillation step minimises (--objective): JSD(beta) (forward KL,
+// reverse KL and between), total variation, or the reverse KL estimated on the sampled
+// tokens alone and optimised by policy gradient (docs/algorithm.md §1.5-1.6).
+enum class Objective { Jsd, TotalVariation, SampledReverseKl };
+static const char* objective_name(Objective o) {
+    return o == Objective::Jsd ? "jsd" : o == Objective::TotalVariation ? "tv" : "sampled-reverse-kl";
+}
+static bool objective_from_name(const std::string& name, Objective& out) {
+    for (Objective o : {Objective::Jsd, Objective::TotalVariation, Objective::SampledReverseKl})
+        if (name == objective_name(o)) { out = o; return true; }
+    return false;
+}
+
+// D over buckets and its gradient through the softmax. P (n) and Q (n) are the bucket
+// masses, member[i] the bucket of column i. With g_b = dD/dQ_b, the gradient over the
+// student's logits z_i (at temperature tau) is q_i (g_member(i) - sum_b Q_b g_b) / tau:
+// the softmax Jacobian of a sum of q's is q_i (1[i in b] - Q_b). For TV, g_b is
+// sign(Q_b - P_b) / 2 with sign(0) = 0: TV is not differentiable where P_b = Q_b, and gkd
+// takes that subgradient, the one that leaves a bucket already matched alone.
+// Returns D; fills g (n).
+static double bucket_divergence(const double* P, const double* Q, int n, Objective objective, double beta,
+                                double* g) {
+    double D = 0;
+    for (int b = 0; b < n; b++) {
+        const double p = P[b], q = Q[b];
+        if (objective == Objective::TotalVariation) {
+            D += 0.5 * std::fabs(q - p);
+            g[b] = q > p ? 0.5 : q < p ? -0.5 : 0.0;
+        } else if (beta == 0.0) {  // KL(P || Q); a bucket empty on both sides adds nothing
+            D += p > 0 ? p * (std::log(p) - std::log(q)) : 0.0;
+            g[b] = p > 0 ? -p / q : 0.0;
+        } else if (beta == 1.0) {  // KL(Q || P)
+            D += q > 0 ? q * (std::log(q) - std::log(p)) : 0.0;
+            g[b] = q > 0 ? std::log(q) - std::log(p) : 0.0;
+        } else {
+            const double m = beta * p + (1 - beta) * q;
+            if (m <= 0) { g[b] = 0; continue; }
+            const double lm = std::log(m);
+            D += (p > 0 ? beta * p * (std::log(p) - lm) : 0.0) + (q > 0 ? (1 - beta) * q * (std::log(q) - lm) : 0.0);
+            g[b] = q > 0 ? (1 - beta) * (std::log(q) - lm) : 0.0;
+        }
+    }
+    return D;
+}
+
+// D(P', Q') over the teacher's top-K buckets and the tail (teacher_top_k_row's logp and
+// ids); grad_scale * dD/dstudent into dstudent[0..Vp) when it is not null. K = V gives
+// divergence_row's value to rounding (the tail is empty on both sides).
+template <typename T>
+double top_k_divergence_row(const float* logp, const int32_t* ids, int K, const T* student, T* dstudent, int V,
+                            int Vp, Objective objective, double beta, double tau, double grad_scale) {
+    static thread_local std::vector<double> q;          // (V) the student's softmax
+    static thread_local std::vector<int32_t> bucket;    // (V) K for the tail, else the top-k slot
+    static thread_local std::vector<double> P, Q, g;    // (K + 1)
+    q.resize(V);
+    bucket.assign(V, K);
+    P.resize(K + 1); Q.resize(K + 1); g.resize(K + 1);
+    double m, lz;
+    online_logsumexp(student, V, 1.0 / tau, m, lz);
+    #pragma omp simd
+    for (int i = 0; i < V; i++) q[i] = exp_vectorizable((double)student[i] / tau - m - lz);
+    double q_tail = 0;
+    for (int j = 0; j < K; j++) bucket[ids[j]] = j;
+    for (int i = 0; i < V; i++) if (bucket[i] == K) q_tail += q[i];  // summed, not 1 - sum: no cancellation
+    for (int j = 0; j < K; j++) { P[j] = std::exp((double)logp[j]); Q[j] = q[ids[j]]; }
+    P[K] = std::exp((double)logp[K]);
+    Q[K] = q_tail;
+    const double D = bucket_divergence(P.data(), Q.data(), K + 1, objective, beta, g.data());
+    if (!dstudent) return D;
+    double Qg = 0;
+    for (int b = 0; b <= K; b++) Qg += Q[b] * g[b];
+    const double scale = grad_scale / tau;
+    for (int i = 0; i < V; i++) dstudent[i] = (T)(q[i] * (g[bucket[i]] - Qg) * scale);
+    for (int i = V; i < Vp; i++) dstudent[i] = T(0);
+    return D;
+}
+
+// Total variation TV(P, Q) = 1/2 sum_i |p_i - q_i| over the full rows (each token its own
+// bucket), with bucket_divergence's subgradient. 1 - TV is speculative sampling's
+// acceptance rate at the position: the divergence that targets a draft's acceptance.
+template <typename T>
+double total_variation_row(const T* teacher, const T* student, T* dstudent, int V, int Vp, double tau,
+                           double grad_scale) {
+    static thread_local std::vector<double> p, q, g;  // (V)
+    p.resize(V); q.resize(V); g.resize(V);
+    double mt, lzt, ms, lzs;
+    online_logsumexp(teacher, V, 1.0 / tau, mt, lzt);
+    online_logsumexp(student, V, 1.0 / tau, ms, lzs);
+    #pragma omp simd
+    for (int i = 0; i < V; i++) {
+        p[i] = exp_vectorizable((double)teacher[i] / tau - mt - lzt);
+        q[i] = exp_vectorizable((double)student[i] / tau - ms - lzs);
+    }
+    const double D = bucket_divergence(p.data(), q.data(), V, Objective::TotalVariation, 0, g.data());
+    if (!dstudent) return D;
+    double qg = 0;
+    for (int i = 0; i < V; i++) qg += q[i] * g[i];
+    for (int i = 0; i < V; i++) dstudent[i] = (T)(q[i] * (g[i] - qg) * grad_scale / tau);
+    for (int i = V; i < Vp; i++) dstudent[i] = T(0);
+    return D;
+}
+
+// ----------------------------------------------------------------------------
 // sequences and batches
 
 // A training row: the prompt and its completion. The completion ends with EOS when it
@@ -298,16 +441,15 @@ static double sum_batch_loss(const TrainBatch& b, const std::vector<double>& per
     return loss;
 }
 
-// Loss over the batch and its gradient over the student logits, written into dstudent
-// (B, T, Vps); non-target positions get zero gradient. dstudent may be the student
-// logits themselves: each row is read before it is overwritten, so the model keeps one
-// (B, T, Vp) buffer, as llm.c's fused classifier does. teacher may be null for
-// cross-entropy (sft). With pg, the divergence is weighted by pg->alpha and the policy
-// gradient added. Per-position values are summed in a fixed order.
-template <typename T>
-double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* student, T* dstudent, int V, int Vps,
-                  bool cross_entropy, double beta, double tau, LossNorm norm, double* mean_per_token = nullptr,
-                  PolicyGradientTerm* pg = nullptr) {
+// The batch loss from one call per target position, row_loss(n, logits, dlogits, weight),
+// which returns the position's value and writes weight * its gradient over dlogits (null:
+// value only); non-target positions get zero gradient. dstudent may be the student logits
+// themselves: each row is read before it is overwritten, so the model keeps one
+// (B, T, Vp) buffer, as llm.c's fused classifier does. With pg, the row loss is weighted
+// by pg->alpha and the policy gradient added. Per-position values are summed in a fixed order.
+template <typename T, typename RowLoss>
+double batch_loss_by_row(const TrainBatch& b, const T* student, T* dstudent, int V, int Vps, LossNorm norm,
+                         double* mean_per_token, PolicyGradientTerm* pg, RowLoss row_loss) {
     const int N = b.B * b.T;
     std::vector<double> per_position(N, 0.0), logp(pg ? N : 0, 0.0);
     #pragma omp parallel for schedule(dynamic, 8)
@@ -327,12 +469,124 @@ double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* stude
             logp[n] = policy_gradient_row(s, target, V, 1.0 / pg->temperature, g, pg_grad.data());
             w *= pg->alpha;
         }
-        per_position[n] = cross_entropy
-            ? cross_entropy_row(s, target, ds, V, Vps, w)
-            : divergence_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, beta, tau, w);
+        per_position[n] = row_loss(n, s, ds, w);
         if (pg) for (int i = 0; i < V; i++) ds[i] += (T)pg_grad[i];
     }
     return sum_batch_loss(b, per_position, logp, norm, mean_per_token, pg);
+}
+
+// Loss over the batch and its gradient over the student logits (batch_loss_by_row), for
+// the full-row divergences of docs/algorithm.md §1: JSD(beta) against the teacher's
+// logits (B, T, Vpt), or cross-entropy (teacher may then be null).
+template <typename T>
+double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* student, T* dstudent, int V, int Vps,
+                  bool cross_entropy, double beta, double tau, LossNorm norm, double* mean_per_token = nullptr,
+                  PolicyGradientTerm* pg = nullptr) {
+    return batch_loss_by_row(b, student, dstudent, V, Vps, norm, mean_per_token, pg,
+                             [&](int n, const T* s, T* ds, double w) {
+                                 return cross_entropy
+                                     ? cross_entropy_row(s, b.targets[n], ds, V, Vps, w)
+                                     : divergence_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, beta, tau, w);
+                             });
+}
+
+// What the loss computes: cross-entropy on the targets (SFT), or a divergence between the
+// teacher and the student (docs/algorithm.md §1).
+struct LossSpec {
+    bool cross_entropy = false;
+    Objective objective = Objective::Jsd;
+    double beta = 0.5, tau = 1.0;  // JSD(beta) at temperature tau (tau also for the others)
+    LossNorm norm = LossNorm::Sequence;
+    int top_k = 0;                 // > 0: over the teacher's top-K tokens and the tail (§1.4)
+    double kl_discount = 0;        // sampled reverse KL: the discount of the per-token reward (§1.6)
+    // whether the loss reads the teacher's whole logit rows (else a TeacherSignal)
+    bool needs_teacher_rows() const {
+        return !cross_entropy && top_k == 0 && objective != Objective::SampledReverseKl;
+    }
+};
+
+// The teacher's signal at each position of a batch when it is less than a logit row: the
+// top-K log-probs with the tail (teacher_top_k_row), or, for the sampled reverse KL, the
+// log-prob of the target token alone. Filled at target positions only.
+struct TeacherSignal {
+    int K = 0;                        // > 0: top-K
+    std::vector<float> logp;          // (N, K + 1) the K log-probs, then the tail's
+    std::vector<int32_t> ids;         // (N, K)
+    std::vector<float> target_logp;   // (N) log p(target), with K = 0
+    void reset(size_t positions, int top_k) {
+        K = top_k;
+        logp.assign(top_k ? positions * (top_k + 1) : 0, 0.f);
+        ids.assign(positions * top_k, 0);
+        target_logp.assign(top_k ? 0 : positions, 0.f);
+    }
+    size_t bytes() const { return logp.size() * 4 + ids.size() * 4 + target_logp.size() * 4; }
+};
+
+// Sampled-token reverse KL (docs/algorithm.md §1.6): the reward of target token y_t is
+// r_t = -(log q(y_t) - log p(y_t)) at temperature tau, its advantage the discounted sum
+// A_t = sum_{s >= t} gamma^(s-t) r_s over the row's later targets, and the loss
+// -sum_t w_t A_t log q(y_t) with A_t held constant: REINFORCE. Its gradient over the
+// logits at t is -w_t A_t (onehot(y_t) - q_t) / tau; the value returned is the estimate
+// sum_t w_t (log q(y_t) - log p(y_t)) of the reverse KL. Needs the teacher's log p(y_t) only.
+template <typename T>
+double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_logp, const T* student, T* dstudent,
+                               int V, int Vps, double tau, double discount, LossNorm norm,
+                               double* mean_per_token = nullptr) {
+    const int N = b.B * b.T;
+    std::vector<double> log_ratio(N, 0.0), advantage(N, 0.0);
+    #pragma omp parallel for schedule(dynamic, 8)
+    for (int n = 0; n < N; n++)
+        if (b.targets[n] >= 0)
+            log_ratio[n] = token_log_prob(student + (size_t)n * Vps, b.targets[n], V, tau) - teacher_target_logp[n];
+    for (int row = 0; row < b.B; row++) {  // A_t = r_t + gamma A_{t+1}, from the row's end
+        double later = 0;
+        for (int t = b.T - 1; t >= 0; t--) {
+            const int n = row * b.T + t;
+            if (b.targets[n] < 0) continue;
+            later = -log_ratio[n] + discount * later;
+            advantage[n] = later;
+        }
+    }
+    if (dstudent) {
+        #pragma omp parallel for schedule(dynamic, 8)
+        for (int n = 0; n < N; n++) {
+            const T* s = student + (size_t)n * Vps;
+            T* ds = dstudent + (size_t)n * Vps;
+            const int y = b.targets[n];
+            if (y < 0) { std::fill(ds, ds + Vps, T(0)); continue; }
+            double m, lz;
+            online_logsumexp(s, V, 1.0 / tau, m, lz);
+            const double g = -position_weight(b, n / b.T, norm) * advantage[n] / tau;
+            for (int i = 0; i < V; i++)  // reads s[i] before writing ds[i]: in place is safe
+                ds[i] = (T)(g * ((i == y ? 1.0 : 0.0) - std::exp((double)s[i] / tau - m - lz)));
+            for (int i = V; i < Vps; i++) ds[i] = T(0);
+        }
+    }
+    return sum_batch_loss(b, log_ratio, {}, norm, mean_per_token, nullptr);
+}
+
+// The distillation losses beyond batch_loss's full-row JSD: total variation over full rows
+// (teacher (B, T, Vpt)), any divergence over the teacher's top-K (signal), and the sampled
+// reverse KL (signal.target_logp).
+template <typename T>
+double distill_batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const TeacherSignal& signal,
+                          const T* student, T* dstudent, int V, int Vps, const LossSpec& spec,
+                          double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
+    if (spec.objective == Objective::SampledReverseKl)
+        return sampled_reverse_kl_loss(b, signal.target_logp.data(), student, dstudent, V, Vps, spec.tau,
+                                       spec.kl_discount, spec.norm, mean_per_token);
+    if (spec.top_k == 0 && spec.objective == Objective::Jsd)
+        return batch_loss(b, teacher, Vpt, student, dstudent, V, Vps, false, spec.beta, spec.tau, spec.norm,
+                          mean_per_token, pg);
+    const int K = spec.top_k;
+    GKD_ASSERT(K == 0 || signal.K == K, "the teacher's top-K signal has another K than the loss");
+    return batch_loss_by_row(b, student, dstudent, V, Vps, spec.norm, mean_per_token, pg,
+                             [&](int n, const T* s, T* ds, double w) {
+                                 return K ? top_k_divergence_row(signal.logp.data() + (size_t)n * (K + 1),
+                                                                 signal.ids.data() + (size_t)n * K, K, s, ds, V, Vps,
+                                                                 spec.objective, spec.beta, spec.tau, w)
+                                          : total_variation_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, spec.tau, w);
+                             });
 }
 
 // Advantages r - baseline: the mean reward of the row's own prompt when each prompt has
@@ -568,6 +822,11 @@ static double learning_rate(double lr, Schedule schedule, int warmup, int steps,
 #include "device.h"
 
 // ----------------------------------------------------------------------------
+// the offline teacher cache: the teacher's top-K once, for many students (data/teacher_cache.h)
+
+#include "data/teacher_cache.h"
+
+// ----------------------------------------------------------------------------
 // 3. the GKD trainer
 
 struct TrainOptions {
@@ -593,6 +852,11 @@ struct TrainOptions {
     double alpha = 1.0;         // 1: pure GKD; 0: pure REINFORCE
     std::string reward;         // a name in REWARDS
     int samples_per_prompt = 1; // K > 1: K samples per prompt, and a per-prompt baseline
+    // the teacher's signal and what is minimised (docs/algorithm.md §1.4-1.6)
+    Objective objective = Objective::Jsd;  // --objective jsd | tv | sampled-reverse-kl
+    int teacher_top_k = 0;                 // > 0: the divergence over the teacher's top-K and the tail
+    std::string teacher_cache;             // off-policy steps read the teacher from this file
+    double kl_discount = 0;                // sampled reverse KL: gamma of the per-token reward
     // where the steps run: not part of the run's saved configuration, a resumed run may move
     std::string device = "cpu";  // cpu | cuda (resolved from --device)
     bool tf32 = false;           // cuda: matmuls on TF32 tensor cores instead of fp32
@@ -610,7 +874,8 @@ static json options_to_json(const TrainOptions& o) {
             {"adam_beta1", o.adam_beta1}, {"adam_beta2", o.adam_beta2}, {"adam_eps", o.adam_eps}, {"seed", o.seed},
             {"shuffle", o.shuffle}, {"eval_every", o.eval_every}, {"task", o.task},
             {"checkpoint_every", o.checkpoint_every}, {"alpha", o.alpha}, {"reward", o.reward},
-            {"samples_per_prompt", o.samples_per_prompt}};
+            {"samples_per_prompt", o.samples_per_prompt}, {"objective", objective_name(o.objective)},
+            {"teacher_top_k", o.teacher_top_k}, {"teacher_cache", o.teacher_cache}, {"kl_discount", o.kl_discount}};
 }
 
 static TrainOptions options_from_json(const json& j, const std::string& where) {
@@ -629,13 +894,20 @@ static TrainOptions options_from_json(const json& j, const std::string& where) {
         o.seed = j.at("seed"); o.shuffle = j.at("shuffle"); o.eval_every = j.at("eval_every");
         o.task = j.at("task"); o.checkpoint_every = j.at("checkpoint_every");
         o.alpha = j.at("alpha"); o.reward = j.at("reward"); o.samples_per_prompt = j.at("samples_per_prompt");
+        // absent from the checkpoints of builds before them: their defaults
+        const std::string objective = j.value("objective", std::string("jsd"));
+        if (!objective_from_name(objective, o.objective))
+            GKD_FAIL("%s: the saved configuration's objective '%s' is unknown", where.c_str(), objective.c_str());
+        o.teacher_top_k = j.value("teacher_top_k", 0); o.teacher_cache = j.value("teacher_cache", std::string());
+        o.kl_discount = j.value("kl_discount", 0.0);
     } catch (const json::exception& e) {
         GKD_FAIL("%s: the saved configuration is incomplete or has a wrong type: %s", where.c_str(),
                  dataset_detail::short_json_error(e).c_str());
     }
     if (o.batch < 1 || o.steps < 1 || o.max_new_tokens < 1 || !(o.lambda >= 0 && o.lambda <= 1) ||
         !(o.alpha >= 0 && o.alpha <= 1) || o.samples_per_prompt < 1 ||
-        !(o.beta >= 0 && o.beta <= 1) || !(o.loss_temperature > 0) || !(o.temperature >= 0))
+        !(o.beta >= 0 && o.beta <= 1) || !(o.loss_temperature > 0) || !(o.temperature >= 0) || o.teacher_top_k < 0 ||
+        !(o.kl_discount >= 0 && o.kl_discount <= 1))
         GKD_FAIL("%s: the saved configuration has a value out of range", where.c_str());
     return o;
 }
@@ -651,7 +923,22 @@ struct Trainer {
     long long permutation_epoch = -1;
     // where the phases of a step run (device.h): set by place_trainer
     std::unique_ptr<Device> device;
+    // --teacher-cache: the teacher's top-K of every example, for the off-policy steps
+    std::unique_ptr<TeacherCache> cache;
 };
+
+// The loss of the run's steps, from its options (docs/algorithm.md §1).
+static LossSpec loss_spec(const TrainOptions& o) {
+    LossSpec spec;
+    spec.cross_entropy = o.sft;
+    spec.objective = o.objective;
+    spec.beta = o.beta;
+    spec.tau = o.loss_temperature;
+    spec.norm = o.loss_norm;
+    spec.top_k = o.teacher_top_k;
+    spec.kl_discount = o.kl_discount;
+    return spec;
+}
 
 struct StepStats {
     double loss = 0, grad_norm = 0, lr = 0, ms = 0, sample_ms = 0;
@@ -786,12 +1073,21 @@ static StepStats gkd_step(Trainer& tr, int step) {
     b.norm_targets = (long long)batch_targets;
     st.tokens = (int)b.norm_targets;
 
-    // the teacher scores every token of x+y (no gradients); the student runs forward
+    // the teacher scores every token of x+y (no gradients), or its scores of the dataset's
+    // completions come from the cache; the student runs forward
     const bool distill = !o.sft;
+    const LossSpec spec = loss_spec(o);
     double t1 = now_seconds();
-    if (distill) {
+    if (distill && tr.cache && !st.on_policy) {
+        NvtxRange range("teacher cache");
+        std::vector<size_t> ids;
+        for (const Example* e : examples) ids.push_back((size_t)(e - tr.data.examples.data()));
+        TeacherSignal signal;
+        tr.cache->fill(signal, b, ids);
+        device.teacher_signal_from_cache(std::move(signal));
+    } else if (distill) {
         NvtxRange range("teacher forward");
-        device.teacher_forward(b);
+        device.teacher_forward(b, spec);
     }
     double t2 = now_seconds();
     {
@@ -832,7 +1128,7 @@ static StepStats gkd_step(Trainer& tr, int step) {
     // written over the student's logits
     {
         NvtxRange range("loss");
-        st.loss = device.student_loss(b, {o.sft, o.beta, o.loss_temperature, o.loss_norm}, rl ? &pg : nullptr);
+        st.loss = device.student_loss(b, spec, rl ? &pg : nullptr);
         sum_across_ranks(&st.loss, 1);  // each rank's share of the whole batch's loss
     }
     if (rl) sum_across_ranks(&pg.surrogate, 1);
@@ -1101,8 +1397,9 @@ static void load_trainer(Trainer& tr, const TrainOptions& opt) {
 
 // Everything but the student: the teacher, the tokenizer, the data, AdamW's settings.
 static void load_inputs(Trainer& tr) {
-    const TrainOptions& opt = tr.opt;
-    tr.has_teacher = !opt.sft || opt.seq_kd;
+    TrainOptions& opt = tr.opt;
+    // a cache stands in for the teacher on the off-policy steps: with lambda 0 it is not loaded
+    tr.has_teacher = (!opt.sft && (opt.teacher_cache.empty() || opt.lambda > 0)) || opt.seq_kd;
     if (tr.has_teacher) {
         gpt_load_any(tr.teacher, opt.teacher_path);
         check_same_vocabulary(tr.teacher, opt.teacher_path, tr.student, opt.student_path, "student");
@@ -1113,6 +1410,18 @@ static void load_inputs(Trainer& tr) {
     // completions come from the file unless every step samples them
     bool need_completion = opt.sft ? !opt.seq_kd : ((opt.lambda < 1.0 && !opt.seq_kd) || opt.alpha < 1.0);
     tr.data = load_jsonl(opt.data_path, *tr.tok, shared_context(tr), need_completion);
+    const int V = tr.student.config.vocab_size;
+    if (opt.teacher_top_k > V)
+        GKD_FAIL("gkd distill: --teacher-top-k %d is above the vocabulary's %d tokens", opt.teacher_top_k, V);
+    if (!opt.teacher_cache.empty()) {
+        tr.cache = std::make_unique<TeacherCache>(opt.teacher_cache);
+        tr.cache->check_matches(tr.data, opt.data_path, *tr.tok, V, opt.loss_temperature,
+                                tr.has_teacher ? opt.teacher_path : "");
+        if (opt.teacher_top_k && opt.teacher_top_k != tr.cache->header.top_k)
+            GKD_FAIL("gkd distill: --teacher-top-k %d, but %s holds the top %d (the on-policy steps use the cache's K: "
+                     "leave --teacher-top-k out)", opt.teacher_top_k, opt.teacher_cache.c_str(), tr.cache->header.top_k);
+        opt.teacher_top_k = tr.cache->header.top_k;  // every step's divergence is over the same buckets
+    }
     if (!opt.eval_data_path.empty())
         tr.eval_data = load_jsonl(opt.eval_data_path, *tr.tok, shared_context(tr), true);
     if (opt.steps == 0) tr.opt.steps = (int)((tr.data.examples.size() + opt.batch - 1) / opt.batch);

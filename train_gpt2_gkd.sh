@@ -18,6 +18,15 @@
 #   on-policy-rkl     lambda 1, reverse KL
 #   on-policy-jsd0.1  lambda 1, JSD(0.1)   (and jsd0.5, jsd0.9)
 #
+# and on walks, the teacher signals of docs/algorithm.md §1.4-1.6:
+#
+#   supervised-rkl-top8, on-policy-rkl-top8     reverse KL over the teacher's top 8 + the tail
+#   supervised-rkl-top64, on-policy-rkl-top64   ... top 64 (does the full-vocabulary result hold?)
+#   supervised-kd-top64   lambda 0, forward KL over the live teacher's top 64
+#   supervised-kd-cache64 the same from the offline cache (gkd teacher-cache, K = 64), no teacher loaded
+#   on-policy-srkl        lambda 1, the sampled-token reverse KL (policy gradient; against on-policy-rkl)
+#   supervised-tv, on-policy-tv   total variation (1 - TV is the draft's acceptance rate)
+#
 # Every model is scored on the held-out test split, greedy and at sampling temperature 1
 # (4 samples per example), with the teacher's NLL of the student's samples, both KLs on
 # them and their diversity, and as the teacher's speculative draft (K = 4, T = 1): its
@@ -169,7 +178,10 @@ command -v python3 >/dev/null || { echo "train_gpt2_gkd.sh: python3 is missing" 
 # this script owns the folders under $RUNS: a rerun replaces an unfinished run in them
 
 METHODS="sft seqkd supervised-kd supervised-rkl mixed on-policy-fkl on-policy-rkl on-policy-jsd0.1 on-policy-jsd0.5 on-policy-jsd0.9"
+SIGNAL_METHODS="supervised-rkl-top8 on-policy-rkl-top8 supervised-rkl-top64 on-policy-rkl-top64 supervised-kd-top64 supervised-kd-cache64 on-policy-srkl supervised-tv on-policy-tv"
 TASKS="walks arithmetic"
+# the teacher-signal rows run on walks, the default experiment's task
+task_methods() { if [ "$1" = walks ]; then echo "$METHODS $SIGNAL_METHODS"; else echo "$METHODS"; fi; }
 
 # the shapes and steps of each task: the teacher near-perfect, the student clearly smaller
 task_config() {
@@ -206,6 +218,13 @@ method_flags() {
     on-policy-fkl)     echo "distill --teacher $TEACHER --lambda 1 --beta 0" ;;
     on-policy-rkl)     echo "distill --teacher $TEACHER --lambda 1 --beta 1" ;;
     on-policy-jsd*)    echo "distill --teacher $TEACHER --lambda 1 --beta ${1#on-policy-jsd}" ;;
+    supervised-rkl-top*) echo "distill --teacher $TEACHER --lambda 0 --beta 1 --teacher-top-k ${1#supervised-rkl-top}" ;;
+    on-policy-rkl-top*)  echo "distill --teacher $TEACHER --lambda 1 --beta 1 --teacher-top-k ${1#on-policy-rkl-top}" ;;
+    supervised-kd-top*)  echo "distill --teacher $TEACHER --lambda 0 --beta 0 --teacher-top-k ${1#supervised-kd-top}" ;;
+    supervised-kd-cache*) echo "distill --teacher-cache $(dirname "$TEACHER")/cache${1#supervised-kd-cache}.bin --lambda 0 --beta 0" ;;
+    on-policy-srkl)    echo "distill --teacher $TEACHER --lambda 1 --objective sampled-reverse-kl" ;;
+    supervised-tv)     echo "distill --teacher $TEACHER --lambda 0 --objective tv" ;;
+    on-policy-tv)      echo "distill --teacher $TEACHER --lambda 1 --objective tv" ;;
   esac
 }
 
@@ -225,7 +244,7 @@ start=$(date +%s)
 before=$(cat "$RUNS/seconds" 2>/dev/null || echo 0)
 mkdir -p "$RUNS"
 total_runs=0
-for TASK in $TASKS; do total_runs=$((total_runs + 1 + $(echo $SEEDS | wc -w) * (1 + $(echo $METHODS | wc -w)))); done
+for TASK in $TASKS; do total_runs=$((total_runs + 1 + $(echo $SEEDS | wc -w) * (1 + $(task_methods $TASK | wc -w)))); done
 done_runs=0
 progress() {
   done_runs=$((done_runs + 1))
@@ -247,6 +266,12 @@ for TASK in $TASKS; do
          --seed 100 --overwrite $(train_flags $TEACHER_STEPS)
   fi
   evaluate "$TEACHER" "$RUNS/$TASK/teacher/test.json"
+  # the offline cache of the teacher's top 64 on the training split, for supervised-kd-cache64
+  if [ "$TASK" = walks ] && [ ! -s "$RUNS/$TASK/teacher/cache64.bin" ]; then
+    c0=$(date +%s%N)
+    $GKD teacher-cache --teacher "$TEACHER" --data "$DATA/train.jsonl" --top-k 64 --out "$RUNS/$TASK/teacher/cache64.bin" --quiet
+    echo $(( ($(date +%s%N) - c0) / 1000000 )) > "$RUNS/$TASK/teacher/cache64.ms"
+  fi
   progress "$TASK teacher: $(grep -o '"accuracy":[0-9.]*' "$RUNS/$TASK/teacher/test.json" | head -1)"
 done
 
@@ -264,7 +289,7 @@ for TASK in $TASKS; do
     fi
     evaluate "$S/warm-start/model.bin" "$S/warm-start/test.json"
     progress "$TASK seed $SEED warm start"
-    for M in $METHODS; do
+    for M in $(task_methods $TASK); do
       if [ ! -s "$S/$M/model.bin" ]; then
         set -- $(method_flags $M)
         cmd=$1; shift
@@ -298,7 +323,8 @@ for A in $RL_ALPHAS; do
 done
 
 mkdir -p "$OUT"
-python3 dev/study_report.py --rl-alphas "$RL_ALPHAS" --runs "$RUNS" --out "$OUT" --methods "$METHODS" --seeds "$SEEDS" --steps "$STEPS" \
+python3 dev/study_report.py --rl-alphas "$RL_ALPHAS" --runs "$RUNS" --out "$OUT" --methods "$METHODS" \
+        --signal-methods "$SIGNAL_METHODS" --seeds "$SEEDS" --steps "$STEPS" \
         --seconds $(( before + $(date +%s) - start )) --mode "$MODE"
 echo $(( before + $(date +%s) - start )) > "$RUNS/seconds"
 gnuplot "$OUT/plots.gp"

@@ -161,6 +161,59 @@ inline void write_file_atomic(const std::string& path, const std::string& conten
 }
 
 // ----------------------------------------------------------------------------
+// one writer at a time: a lock the kernel drops when its process dies
+
+// An exclusive POSIX record lock (fcntl F_SETLK) on a file, created if absent, that holds
+// the holder's pid as text. The kernel releases it when the process exits, however it
+// exits (kill -9 included), so nothing stale is ever left behind; F_GETLK names the pid
+// of a live holder. POSIX locks belong to the process and drop when any descriptor of
+// the file closes, so the lock file is never opened elsewhere. `what` names the
+// resource in the refusal: "the run folder run/".
+struct FileLock {
+    std::string path;
+    int fd = -1;
+    FileLock() = default;
+    FileLock(const std::string& lock_path, const std::string& what) : path(lock_path) {
+        fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) GKD_FAIL("%s: cannot open the lock file: %s", path.c_str(), strerror(errno));
+        struct flock fl = {};
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        if (fcntl(fd, F_SETLK, &fl) != 0) {
+            struct flock holder = {};
+            holder.l_type = F_WRLCK;
+            holder.l_whence = SEEK_SET;
+            const int pid = fcntl(fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK ? (int)holder.l_pid : 0;
+            close(fd);
+            fd = -1;
+            GKD_FAIL("%s is in use by another gkd process (pid %d, holding %s); wait for it to end, or stop it",
+                     what.c_str(), pid, path.c_str());
+        }
+        std::string pid = std::to_string(getpid()) + "\n";
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) != (ssize_t)pid.size())
+            GKD_FAIL("%s: cannot write the lock file: %s", path.c_str(), strerror(errno));
+    }
+    // the pid of the process that holds path's lock, or 0 when none does (the file may be absent)
+    static int holder(const std::string& lock_path) {
+        int f = open(lock_path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (f < 0) return 0;
+        struct flock fl = {};
+        fl.l_type = F_WRLCK;  // would a writer's lock be refused, and by whom
+        fl.l_whence = SEEK_SET;
+        const int pid = fcntl(f, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK ? (int)fl.l_pid : 0;
+        close(f);  // this process holds no lock on it, so closing drops none
+        return pid;
+    }
+    FileLock(FileLock&& o) noexcept : path(std::move(o.path)), fd(o.fd) { o.fd = -1; }
+    FileLock& operator=(FileLock&& o) noexcept {
+        std::swap(path, o.path);
+        std::swap(fd, o.fd);
+        return *this;
+    }
+    ~FileLock() { if (fd >= 0) close(fd); }
+};
+
+// ----------------------------------------------------------------------------
 // RNG
 
 inline uint64_t splitmix64(uint64_t& x) {

@@ -233,6 +233,25 @@ static int print_gpu_bench(bool as_json, bool sft, const Trainer& tr, const std:
 }
 #endif
 
+// The memory the teacher hands the loss: what this run's device kept (whole rows, or the
+// top-K with the chunk its pass reduced), and the same arithmetic at GPT-2's vocabulary.
+struct TeacherMemory {
+    double kept_mb = 0, chunk_mb = 0, gpt2_rows_mb = 0, gpt2_top64_mb = 0, gpt2_top8_mb = 0, gpt2_chunk_mb = 0;
+};
+static TeacherMemory teacher_memory(const Trainer& tr, int B, int T) {
+    TeacherMemory m;
+    if (auto* cpu = dynamic_cast<const CpuDevice*>(tr.device.get())) {
+        m.kept_mb = (cpu->teacher_logits.capacity() * 4.0 + cpu->teacher_signal.bytes()) / 1e6;
+        m.chunk_mb = cpu->teacher_chunk.capacity() * 4.0 / 1e6;
+    }
+    const double positions = (double)B * T, Vp = 50304;
+    m.gpt2_rows_mb = positions * Vp * 4 / 1e6;
+    m.gpt2_top64_mb = positions * (2 * 64 + 1) * 4 / 1e6;  // (K + 1) floats and K int32 ids
+    m.gpt2_top8_mb = positions * (2 * 8 + 1) * 4 / 1e6;
+    m.gpt2_chunk_mb = CpuDevice::teacher_chunk_rows(T, (int)Vp) * (double)T * Vp * 4 / 1e6;
+    return m;
+}
+
 static const std::vector<FlagSpec> BENCH_FLAGS = {
     {"student", true, "LAYERS,CHANNELS,HEADS of the student (2,128,4)"},
     {"teacher", true, "LAYERS,CHANNELS,HEADS of the teacher (4,256,4)"},
@@ -241,6 +260,7 @@ static const std::vector<FlagSpec> BENCH_FLAGS = {
     {"batch", true, "B (32)"}, {"prompt-tokens", true, "tokens per prompt (32)"},
     {"new-tokens", true, "sampled tokens per row; with --sft, completion tokens (64)"},
     {"beta", true, "the divergence (0.5)"},
+    {"teacher-top-k", true, "the divergence over the teacher's top-K + tail: the teacher keeps (rows, K) (CPU; 0: all V)"},
     {"sft", false, "time an SFT step of the student instead (no teacher, no sampling)"},
     {"steps", true, "timed steps; the table gives medians (5)"}, {"warmup", true, "untimed steps first (1)"},
     {"json", false, "print one JSON object instead of the table"},
@@ -269,6 +289,9 @@ static int cmd_bench(int argc, char** argv) {
     GPT<float> student = bench_model(f.str("student", "2,128,4"), V, context, 1, "student"), teacher;
     if (!sft) teacher = bench_model(f.str("teacher", "4,256,4"), V, context, 2, "teacher");
     benchmark_trainer(tr, std::move(student), std::move(teacher), sft, B, P, K, f.num("beta", 0.5, 0, 1), warmup + steps);
+    tr.opt.teacher_top_k = (int)f.integer("teacher-top-k", 0, 0, V);
+    if (tr.opt.teacher_top_k && (sft || device == "cuda"))
+        GKD_FAIL("gkd bench: --teacher-top-k times the CPU's distillation step: not with --sft or --device cuda");
     tr.opt.device = device;
     tr.opt.tf32 = f.on("tf32");
     place_trainer(tr);
@@ -333,6 +356,8 @@ static int cmd_bench(int argc, char** argv) {
     double at_shape = matmul_gflops(B * (int)T, tc.channels, 4 * tc.channels);
     double ceiling = std::max(matmul_gflops(1024, 1024, 1024), at_shape);
     const CpuDescription cpu = describe_cpu();
+    // what the teacher's pass kept for the loss in this run, and the same at GPT-2's sizes
+    const TeacherMemory memory = teacher_memory(tr, B, P + K);
     if (f.on("json")) {
         json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"threads", threads}, {"batch", B}, {"prompt_tokens", P},
                   {"new_tokens", K}, {"vocab", V}, {"student_parameters", tr.student.num_parameters},
@@ -340,7 +365,11 @@ static int cmd_bench(int argc, char** argv) {
                   {"sgemm_gflops", ceiling}, {"sgemm_at_step_shape_gflops", at_shape}, {"matmuls", cpu.blas},
                   {"cpu", cpu.model}, {"vector_isa", cpu.isa}, {"gkd_kernels", cpu.kernels},
                   {"target_tokens", targets}, {"forward_reused", reused}, {"teacher_trimmed", teacher_skipped > 0},
-                  {"step_run_gflops", run_flops / (med(&StepStats::ms) * 1e6)}};
+                  {"step_run_gflops", run_flops / (med(&StepStats::ms) * 1e6)},
+                  {"teacher_top_k", tr.opt.teacher_top_k}, {"teacher_kept_mb", memory.kept_mb},
+                  {"teacher_chunk_mb", memory.chunk_mb}, {"gpt2_teacher_rows_mb", memory.gpt2_rows_mb},
+                  {"gpt2_teacher_top64_mb", memory.gpt2_top64_mb}, {"gpt2_teacher_top8_mb", memory.gpt2_top8_mb},
+                  {"gpt2_teacher_chunk_mb", memory.gpt2_chunk_mb}};
         for (auto& r : rows) {
             j[std::string(r.key) + "_ms"] = r.ms;
             if (r.flops > 0) j[std::string(r.key) + "_gflops"] = r.flops / (r.ms * 1e6);
@@ -371,6 +400,15 @@ static int cmd_bench(int argc, char** argv) {
                "only what ran)",
                100 * run_flops / (med(&StepStats::ms) * 1e6) / ceiling);
     printf("\n");
+    if (!sft) {
+        printf("\nthe teacher's signal for the loss: %.1f MB kept by this run (%s)%s\n", memory.kept_mb,
+               tr.opt.teacher_top_k ? strf("top-%d + tail", tr.opt.teacher_top_k).c_str() : "whole logit rows",
+               memory.chunk_mb > 0 ? strf(", plus %.1f MB for one chunk's logits while it runs", memory.chunk_mb).c_str() : "");
+        printf("at GPT-2's vocabulary (V = 50257, Vp = 50304) and this batch (B = %d, T = %d): whole rows %.0f MB; "
+               "top-64 + tail %.1f MB, top-8 %.1f MB, plus %.0f MB for one chunk; a cached position %d bytes (top-64, "
+               "fp16) against %d for a float row\n", B, P + K, memory.gpt2_rows_mb, memory.gpt2_top64_mb,
+               memory.gpt2_top8_mb, memory.gpt2_chunk_mb, 65 * 2 + 64 * 2, 50304 * 4);
+    }
     return 0;
 }
 

@@ -53,11 +53,18 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"alpha", true, "RL + GKD: maximise (1-alpha) E[reward] - alpha E[D] on student samples; 1 = pure GKD (1)"},
     {"reward", true, "score each sample (logged; the RL term when --alpha < 1): arithmetic | similarity | exact-match"},
     {"samples-per-prompt", true, "K samples per prompt (per-prompt reward baseline when K > 1) (1)"},
+    {"objective", true, "jsd (the --beta family) | tv (total variation: a draft's acceptance) | sampled-reverse-kl "
+                        "(policy gradient on the sampled tokens' log-ratio; needs --lambda 1) (jsd)"},
+    {"teacher-top-k", true, "the divergence over the teacher's top-K tokens plus one tail bucket (0: all V)"},
+    {"teacher-cache", true, "off-policy steps read the teacher's top-K from this file (gkd teacher-cache); "
+                            "--teacher only for --lambda > 0"},
+    {"kl-discount", true, "sampled-reverse-kl: gamma, each token's advantage sums later rewards times gamma^d (0)"},
 };
 
 // The flags of TRAIN_FLAGS that only distillation reads: gkd sft refuses them.
 static const std::set<std::string> DISTILL_ONLY_FLAGS = {"lambda", "beta", "loss-temperature", "alpha", "reward",
-                                                         "samples-per-prompt"};
+                                                         "samples-per-prompt", "objective", "teacher-top-k",
+                                                         "teacher-cache", "kl-discount"};
 
 // gkd distill's and gkd sft's tables: TRAIN_FLAGS (sft without the distill-only ones),
 // then the models each one starts from.
@@ -69,12 +76,63 @@ static std::vector<FlagSpec> train_flags(bool sft) {
         specs.push_back({"model", true, "the model to fine-tune (llm.c checkpoint)"});
         specs.push_back({"teacher", true, "with --seq-kd: SeqKD, SFT on this teacher's samples"});
     } else {
-        specs.push_back({"teacher", true, "frozen teacher checkpoint"});
+        specs.push_back({"teacher", true, "frozen teacher checkpoint (with --teacher-cache and --lambda 0: optional)"});
         specs.push_back({"student", true, "student checkpoint to start from"});
     }
     return specs;
 }
 static const std::vector<FlagSpec> DISTILL_FLAGS = train_flags(false), SFT_FLAGS = train_flags(true);
+
+// Whether the run's loss is one the CUDA path does not implement (the CPU's alone).
+static bool cpu_only_loss(const TrainOptions& o) {
+    return !o.sft && (o.objective != Objective::Jsd || o.teacher_top_k > 0 || !o.teacher_cache.empty());
+}
+
+// gkd distill's teacher and objective: --objective, --teacher-top-k, --teacher-cache,
+// --kl-discount, and what each one needs or excludes (docs/cli.md).
+static void parse_teacher_signal(const Flags& f, TrainOptions& o) {
+    objective_from_name(f.choice("objective", "jsd", {"jsd", "tv", "sampled-reverse-kl"}), o.objective);
+    o.teacher_top_k = (int)f.integer("teacher-top-k", 0, 1, 1 << 30);
+    o.teacher_cache = f.str("teacher-cache");
+    o.kl_discount = f.num("kl-discount", 0, 0, 1);
+    if (o.objective != Objective::Jsd && f.has("beta"))
+        GKD_FAIL("gkd distill: --beta chooses among JSD(beta); --objective %s has none", objective_name(o.objective));
+    if (f.has("kl-discount") && o.objective != Objective::SampledReverseKl)
+        GKD_FAIL("gkd distill: --kl-discount is the sampled reverse KL's: give --objective sampled-reverse-kl");
+    if (o.objective == Objective::SampledReverseKl) {
+        if (o.lambda != 1.0 || o.seq_kd)
+            GKD_FAIL("gkd distill: --objective sampled-reverse-kl is a policy gradient on the student's own samples: "
+                     "give --lambda 1, without --seq-kd");
+        if (o.temperature == 0) GKD_FAIL("gkd distill: --objective sampled-reverse-kl needs a sampling --temperature above 0");
+        for (const char* flag : {"teacher-top-k", "teacher-cache", "reward"})
+            if (f.has(flag))
+                GKD_FAIL("gkd distill: --objective sampled-reverse-kl reads the teacher's log-prob of the sampled "
+                         "token alone: --%s does not combine with it", flag);
+    }
+    if (!o.teacher_cache.empty()) {
+        if (o.seq_kd)
+            GKD_FAIL("gkd distill: --teacher-cache holds the teacher's scores of the dataset's completions; --seq-kd "
+                     "samples others");
+        if (o.lambda > 0 && !f.has("teacher"))
+            GKD_FAIL("gkd distill: --teacher-cache serves the off-policy steps only; with --lambda %g the on-policy "
+                     "steps score the student's samples with the live teacher: give --teacher too, or --lambda 0",
+                     o.lambda);
+        o.teacher_path = f.str("teacher");
+    } else {
+        o.teacher_path = f.required("teacher");
+    }
+    // the CPU alone implements these losses: --device auto picks it, --device cuda is refused
+    if (cpu_only_loss(o) && o.device == "cuda") {
+        const char* what = o.objective != Objective::Jsd ? "--objective tv and sampled-reverse-kl"
+                           : o.teacher_top_k ? "--teacher-top-k" : "--teacher-cache";
+        if (f.str("device", "auto") == "cuda")
+            GKD_FAIL("gkd distill: %s run on the CPU path only (the CUDA path keeps the teacher's full rows): use "
+                     "--device cpu", what);
+        fprintf(stderr, "gkd distill: %s run on the CPU path only: --device auto uses the CPU\n", what);
+        o.device = "cpu";
+        o.tf32 = false;
+    }
+}
 
 static TrainOptions parse_train_options(const Flags& f, bool sft) {
     TrainOptions o;
@@ -132,13 +190,37 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
             GKD_FAIL("gkd sft: --temperature is the teacher's sampling temperature with --seq-kd; without it nothing "
                      "is sampled");
     } else {
-        o.teacher_path = f.required("teacher");
         o.student_path = f.required("student");
+        parse_teacher_signal(f, o);
     }
     return o;
 }
 
 static void refuse_existing_run(const std::string& dir, bool overwrite);
+
+// A run folder held by this process: created when absent, locked (DIR/.lock, FileLock)
+// so that a second gkd on the same folder, to resume it, overwrite it or write beside it,
+// is refused naming this one's pid. The kernel drops the lock when the process ends, kill
+// -9 included. A folder this process created is removed again if the run fails before it
+// starts (keep() not called): a refused run leaves nothing behind.
+struct RunFolder {
+    std::string dir;
+    FileLock lock;
+    bool created = false, kept = false;
+    void hold(const std::string& d) {
+        dir = d;
+        created = !is_directory(d);
+        make_dirs(d);
+        lock = FileLock(d + "/.lock", strf("the run folder %s", d.c_str()));
+    }
+    void keep() { kept = true; }
+    ~RunFolder() {
+        if (!created || kept) return;
+        unlink((dir + "/.lock").c_str());
+        rmdir(dir.c_str());  // only if empty: nothing else is removed
+    }
+};
+
 static void check_data_parallel(const TrainOptions& o);
 
 static int cmd_train(int argc, char** argv, bool sft) {
@@ -153,6 +235,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
     Trainer tr;
     int start_step = 0;
     const bool root = world().root();
+    RunFolder folder;  // the root's hold on --out (or --resume): one process writes a run at a time
     on_every_rank([&] {  // every rank reads the same flags and files; the root alone owns --out
         if (f.has("resume")) {
             // the saved configuration is the run's; only the display may change
@@ -165,6 +248,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
                     GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd,
                              name.c_str());
             std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
+            if (root && is_directory(dir)) folder.hold(dir);
             if (!is_file(path))
                 GKD_FAIL("%s: no checkpoint to resume from (a run saves one with --checkpoint-every N, or when "
                          "interrupted)", path.c_str());
@@ -173,6 +257,14 @@ static int cmd_train(int argc, char** argv, bool sft) {
             start_step = load_training_state(tr, path);
             tr.opt.device = resolve_device(f);
             tr.opt.tf32 = f.on("tf32");
+            if (tr.opt.device == "cuda" && cpu_only_loss(tr.opt)) {
+                if (f.str("device", "auto") == "cuda")
+                    GKD_FAIL("gkd %s: this run's loss (--objective %s, --teacher-top-k %d%s) runs on the CPU path "
+                             "only: resume it with --device cpu", cmd, objective_name(tr.opt.objective),
+                             tr.opt.teacher_top_k, tr.opt.teacher_cache.empty() ? "" : ", --teacher-cache");
+                tr.opt.device = "cpu";
+                tr.opt.tf32 = false;
+            }
             if (tr.opt.sft != sft)
                 GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(),
                          tr.opt.sft ? "sft" : "distill", tr.opt.sft ? "sft" : "distill", dir.c_str());
@@ -181,7 +273,10 @@ static int cmd_train(int argc, char** argv, bool sft) {
                 fprintf(stderr, "gkd %s: resuming %s at step %d of %d\n", cmd, dir.c_str(), start_step, tr.opt.steps);
         } else {
             TrainOptions o = parse_train_options(f, sft);
-            if (root) refuse_existing_run(o.out_dir, f.on("overwrite"));
+            if (root) {
+                folder.hold(o.out_dir);  // before anything in it is looked at or removed
+                refuse_existing_run(o.out_dir, f.on("overwrite"));
+            }
             load_trainer(tr, o);
             if (!o.quiet && root)
                 fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, on %s%s\n", cmd,
@@ -194,6 +289,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
         check_data_parallel(tr.opt);
         place_trainer(tr);
     });
+    folder.keep();
     TrainOutcome out = train(tr, start_step);
     return out.stopped_by_signal ? 128 + out.stopped_by_signal : 0;
 }
@@ -213,7 +309,7 @@ static void refuse_existing_run(const std::string& dir, bool overwrite) {
     if (!d) return;  // absent: it will be created
     bool empty = true;
     while (dirent* e = readdir(d))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = false; break; }
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, ".lock")) { empty = false; break; }
     closedir(d);
     if (empty) return;
     if (!overwrite)
@@ -581,6 +677,85 @@ static int cmd_data(int argc, char** argv) {
 }
 
 
+static const std::vector<FlagSpec> TEACHER_CACHE_FLAGS = {
+    {"teacher", true, "the teacher checkpoint"},
+    {"data", true, "training examples, JSONL: the cache covers every completion position of every example"},
+    {"top-k", true, "K: log-probs kept per position, plus the tail's (64)"},
+    {"out", true, "the cache file to write (docs/formats.md §9)"},
+    {"loss-temperature", true, "tau of the log-probs; gkd distill --teacher-cache must use the same (1.0)"},
+    {"batch", true, "examples per teacher pass (16)"},
+    {"tokenizer", true, TOKENIZER_HELP},
+    {"quiet", false, "no progress line"}};
+
+// gkd teacher-cache: the teacher's top-K log-probs (and the tail's) at every completion
+// position of --data, computed once, written atomically under a lock (data/teacher_cache.h).
+static int cmd_teacher_cache(int argc, char** argv) {
+    std::optional<Flags> parsed = command_flags(
+        "teacher-cache", TEACHER_CACHE_FLAGS, argc, argv,
+        "gkd teacher-cache --teacher F --data F.jsonl --out F [--top-k K]: the teacher's top-K log-probs on the "
+        "data, for gkd distill --teacher-cache");
+    if (!parsed) return 0;  // --help
+    const Flags& f = *parsed;
+    const std::string teacher_path = f.required("teacher"), data_path = f.required("data"), out = f.required("out");
+    const int K = (int)f.integer("top-k", 64, 1, 1 << 30), batch = (int)f.integer("batch", 16, 1, 1 << 16);
+    const double tau = f.num("loss-temperature", 1.0, 1e-6, 1e6);
+    GPT<float> teacher;
+    gpt_load_any(teacher, teacher_path);
+    const int V = teacher.config.vocab_size;
+    if (K > V) GKD_FAIL("gkd teacher-cache: --top-k %d is above the teacher's vocabulary of %d tokens", K, V);
+    std::string tok_source;
+    auto tok = load_tokenizer(f.str("tokenizer"), V, teacher_path, &tok_source);
+    Dataset data = load_jsonl(data_path, *tok, teacher.config.max_seq_len, true);
+    TeacherCacheHeader h;
+    h.vocab_size = V;
+    h.top_k = K;
+    h.id_bytes = V <= 65536 ? 2 : 4;
+    h.temperature = tau;
+    h.teacher = teacher_path;
+    h.teacher_hash = file_content_hash(teacher_path);
+    h.data = data_path;
+    h.data_hash = file_content_hash(data_path);
+    h.tokenizer = tok->name();
+    h.tokenizer_hash = tokenizer_hash(*tok);
+    h.tokens_hash = tokens_hash(data);
+    TeacherCacheWriter writer(out, h);
+    CpuDevice device(teacher, &teacher);
+    LossSpec spec;
+    spec.top_k = K;
+    spec.tau = tau;
+    const int eos = tok->eos_id();
+    const size_t N = data.examples.size();
+    Progress progress("teacher-cache", (int)((N + batch - 1) / batch), f.on("quiet"));
+    std::vector<float> logp;
+    std::vector<int32_t> ids;
+    for (size_t first = 0; first < N; first += batch) {
+        std::vector<const Example*> ex;
+        for (size_t i = first; i < std::min(N, first + batch); i++) ex.push_back(&data.examples[i]);
+        TrainBatch b = build_batch(dataset_completions(ex, eos), eos);
+        device.teacher_forward(b, spec);
+        const TeacherSignal& sig = device.teacher_signal;
+        for (int i = 0; i < b.B; i++) {  // row i's targets, in order, become example first + i's block
+            logp.clear();
+            ids.clear();
+            int positions = 0;
+            for (int t = 0; t < b.T; t++) {
+                const size_t n = (size_t)i * b.T + t;
+                if (b.targets[n] < 0) continue;
+                logp.insert(logp.end(), sig.logp.begin() + n * (K + 1), sig.logp.begin() + (n + 1) * (K + 1));
+                ids.insert(ids.end(), sig.ids.begin() + n * K, sig.ids.begin() + (n + 1) * K);
+                positions++;
+            }
+            writer.add_example(logp.data(), ids.data(), positions);
+        }
+        progress.update((int)(first / batch) + 1, strf("%zu of %zu examples", std::min(N, first + batch), N));
+    }
+    writer.commit();
+    progress.finish();
+    fprintf(stderr, "wrote %s: the top %d of V = %d at %zu positions of %zu examples, %.1f MB (%zu bytes a position)\n",
+            out.c_str(), K, V, writer.header.positions, N, writer.offset / 1e6, writer.header.record_bytes());
+    return 0;
+}
+
 static const std::vector<FlagSpec> EXPERIMENT_FLAGS = {
     {"task", true, "walks (the default) | arithmetic (the control, where theory predicts no on-policy gain)"}};
 
@@ -600,7 +775,7 @@ static int cmd_experiment(int argc, char** argv) {
 static const std::vector<std::pair<const char*, const std::vector<FlagSpec>*>> FLAG_TABLES = {
     {"init", &INIT_FLAGS}, {"distill", &DISTILL_FLAGS}, {"sft", &SFT_FLAGS}, {"sample", &SAMPLE_FLAGS},
     {"eval", &EVAL_FLAGS}, {"tokenize", &TOKENIZE_FLAGS}, {"data", &DATA_FLAGS}, {"bench", &BENCH_FLAGS},
-    {"experiment", &EXPERIMENT_FLAGS}};
+    {"experiment", &EXPERIMENT_FLAGS}, {"teacher-cache", &TEACHER_CACHE_FLAGS}};
 
 static std::string commands_with_flag(const std::string& name) {
     std::string owners;
@@ -618,6 +793,7 @@ static const char* USAGE =
     "  gkd sft       --model F --data F.jsonl --out DIR\n"
     "  gkd sample    --model F --prompt TEXT [--temperature t --num-samples N]\n"
     "  gkd eval      --model F --data F.jsonl [--teacher F]\n"
+    "  gkd teacher-cache --teacher F --data F.jsonl --top-k K --out F   (the teacher's top-K, once)\n"
     "  gkd tokenize  [--tokenizer byte|PATH] [--decode] < input\n"
     "  gkd convert   IN OUT [--bf16]   (model.safetensors or .bin -> llm.c .bin)\n"
     "  gkd bench     [--student L,C,NH --teacher L,C,NH --batch B ... --device cuda]   (time a step by phase)\n"
@@ -644,7 +820,8 @@ static int run_command(int argc, char** argv) {
     if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
     if (cmd == "tokenize") return cmd_tokenize(argc - 2, argv + 2);
     if (cmd == "data") return cmd_data(argc - 2, argv + 2);
+    if (cmd == "teacher-cache") return cmd_teacher_cache(argc - 2, argv + 2);
     GKD_FAIL("gkd: unknown command '%s' (one of init, distill, sft, sample, eval, tokenize, convert, data, bench, "
-             "experiment; see gkd --help)", cmd.c_str());
+             "experiment, teacher-cache; see gkd --help)", cmd.c_str());
 }
 

@@ -79,10 +79,17 @@ struct GpuDevice : Device {
         download(out.data(), d, out.size());
     }
 
-    void teacher_forward(const TrainBatch& b) override {
+    // the GPU keeps the teacher's whole logit rows: the top-K, total variation and sampled
+    // reverse KL losses are the CPU's alone (the command line refuses them with --device cuda)
+    void teacher_forward(const TrainBatch& b, const LossSpec& spec) override {
+        GKD_ASSERT(spec.cross_entropy || (spec.needs_teacher_rows() && spec.objective == Objective::Jsd),
+                   "a loss the CUDA path does not implement reached it (the command line refuses it)");
         float* logits = teacher_logits.ensure((size_t)b.B * b.T * of(Role::Teacher).config.padded_vocab_size);
         forward_all_positions(Role::Teacher, b, logits);
         CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    void teacher_signal_from_cache(TeacherSignal&&) override {
+        GKD_FAIL("--teacher-cache: the CUDA path reads no teacher cache; use --device cpu");
     }
     bool student_forward(const TrainBatch& b) override {  // a pass: the GPU's sampling keeps no record
         gpu_forward(trained(), b.tokens.data(), b.B, b.T);

@@ -25,6 +25,15 @@ LABELS = {
     "on-policy-jsd0.1": "on-policy JSD(0.1)",
     "on-policy-jsd0.5": "on-policy JSD(0.5)",
     "on-policy-jsd0.9": "on-policy JSD(0.9)",
+    "supervised-rkl-top8": "supervised RKL, teacher top-8 + tail",
+    "on-policy-rkl-top8": "on-policy RKL, teacher top-8 + tail",
+    "supervised-rkl-top64": "supervised RKL, teacher top-64 + tail",
+    "on-policy-rkl-top64": "on-policy RKL, teacher top-64 + tail",
+    "supervised-kd-top64": "supervised KD (FKL), live top-64 + tail",
+    "supervised-kd-cache64": "supervised KD (FKL), cached top-64 + tail",
+    "on-policy-srkl": "on-policy sampled-token RKL",
+    "supervised-tv": "supervised TV (lambda 0)",
+    "on-policy-tv": "on-policy TV (lambda 1)",
 }
 
 
@@ -94,6 +103,92 @@ def findings(task, res, val, seeds):
     return out + [""]
 
 
+def train_seconds(path):
+    """A run's training time: the sum of its steps' wall times (evaluations excluded)."""
+    return sum(j["step_ms"] for j in read_lines(path) if "step_ms" in j) / 1000
+
+
+def signal_section(runs, methods, seeds, out):
+    """The teacher-signal rows on walks (docs/algorithm.md §1.4-1.6): a table beside the
+    full-vocabulary references, and verdicts computed from the numbers, paired by seed."""
+    tdir = os.path.join(runs, "walks")
+    refs = ["supervised-kd", "supervised-rkl", "on-policy-fkl", "on-policy-rkl"]
+    have = [m for m in refs + methods
+            if all(os.path.isfile(os.path.join(tdir, f"seed{s}", m, "test.json")) for s in seeds)]
+    if not any(m in methods for m in have):
+        return []
+    res, secs = {}, {}
+    for m in have:
+        res[m] = [read_json(os.path.join(tdir, f"seed{s}", m, "test.json")) for s in seeds]
+        secs[m] = [train_seconds(os.path.join(tdir, f"seed{s}", m, "metrics.jsonl")) for s in seeds]
+        for s in seeds:
+            if m in methods:
+                dest = os.path.join(out, "metrics", "walks", f"seed{s}")
+                os.makedirs(dest, exist_ok=True)
+                shutil.copy(os.path.join(tdir, f"seed{s}", m, "metrics.jsonl"), os.path.join(dest, f"{m}.jsonl"))
+                shutil.copy(os.path.join(tdir, f"seed{s}", m, "test.json"), os.path.join(dest, f"{m}-test.json"))
+    lines = ["## Teacher signals (walks)", "",
+             "The same protocol as above (the same warm starts, steps and test split), with the teacher's signal cut "
+             "down or the objective changed: the divergence over the teacher's top-K tokens plus one tail bucket, "
+             "supervised KD from the offline cache (no teacher loaded), the sampled-token reverse KL (a policy "
+             "gradient on the log-ratio of the sampled tokens alone), and total variation, whose complement is the "
+             "draft's acceptance rate. The first four rows are the full-vocabulary runs of the table above. Training "
+             "time: the sum of the steps' wall times, evaluations excluded.", "",
+             "| method | greedy | sampled (T=1) | valid steps (T=1) | draft acceptance (K=4) | expected acceptance "
+             "sum min(p,q) | training time (s) |", "|---|---|---|---|---|---|---|"]
+    for m in have:
+        e = res[m]
+        t = mean_std(secs[m])
+        lines.append(f"| {LABELS[m]} | {pct([x['accuracy'] for x in e])} | {pct([x['sample_accuracy'] for x in e])} | "
+                     f"{pct([x['sample_similarity'] for x in e])} | {pct([x['draft_acceptance_rate'] for x in e])}% | "
+                     f"{pct([x['draft_expected_acceptance'] for x in e])}% | {t[0]:.1f} ± {t[1]:.1f} |")
+    lines.append("")
+    cache_ms = os.path.join(tdir, "teacher", "cache64.ms")
+    cache_bin = os.path.join(tdir, "teacher", "cache64.bin")
+    if os.path.isfile(cache_ms) and os.path.isfile(cache_bin):
+        with open(cache_ms) as f:
+            ms = int(f.read().strip() or 0)
+        lines += [f"The cache (`gkd teacher-cache --top-k 64` over the training split): "
+                  f"{os.path.getsize(cache_bin) / 1e6:.1f} MB, written in {ms / 1000:.1f} s, once for every seed.", ""]
+
+    def word(m, s):
+        if len(seeds) < 2:
+            return "beats" if m > 0 else "loses to" if m < 0 else "ties with"
+        return "beats" if m - s > 0 else "loses to" if m + s < 0 else "is within one sd of"
+
+    def compare(a, b, key="sample_accuracy", what="points sampled at T=1"):
+        m, s = paired(res[a], res[b], key)
+        return f"{LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} {what}"
+
+    out_lines = [f"Computed ({len(seeds)} seed(s), paired by seed):", ""]
+    for k in ("", "-top8", "-top64"):
+        a, b = "on-policy-rkl" + k, "supervised-rkl" + k
+        if a in res and b in res:
+            out_lines.append(f"- {compare(a, b)}; {paired(res[a], res[b], 'accuracy')[0]:+.1f} ± "
+                             f"{paired(res[a], res[b], 'accuracy')[1]:.1f} greedy")
+    if "supervised-kd-cache64" in res and "supervised-kd-top64" in res:
+        worst = 0.0
+        for s in seeds:
+            la = [j["loss"] for j in read_lines(os.path.join(tdir, f"seed{s}", "supervised-kd-cache64", "metrics.jsonl")) if "loss" in j]
+            lb = [j["loss"] for j in read_lines(os.path.join(tdir, f"seed{s}", "supervised-kd-top64", "metrics.jsonl")) if "loss" in j]
+            worst = max([worst] + [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(la, lb)])
+        out_lines.append(f"- {compare('supervised-kd-cache64', 'supervised-kd-top64')}; {compare('supervised-kd-cache64', 'supervised-kd-top64', 'draft_acceptance_rate', 'points of acceptance').split(': ')[1]}; "
+                         f"the training losses differ by at most {100 * worst:.3f}% relative at any step (fp16 log-probs)")
+    if "supervised-kd-top64" in res and "supervised-kd" in res:
+        out_lines.append(f"- {compare('supervised-kd-top64', 'supervised-kd')}")
+    if "on-policy-srkl" in res and "on-policy-rkl" in res:
+        ratio = mean_std([x / y for x, y in zip(secs["on-policy-srkl"], secs["on-policy-rkl"])])
+        out_lines.append(f"- {compare('on-policy-srkl', 'on-policy-rkl')}; its training time is "
+                         f"{ratio[0]:.2f} ± {ratio[1]:.2f} times the full reverse KL's")
+    for a, b in [("supervised-tv", "supervised-kd"), ("supervised-tv", "supervised-rkl"), ("on-policy-tv", "on-policy-rkl"),
+                 ("on-policy-tv", "on-policy-fkl")]:
+        if a in res and b in res:
+            out_lines.append(f"- as a draft: {compare(a, b, 'draft_acceptance_rate', 'points of acceptance')}; "
+                             f"accuracy {paired(res[a], res[b], 'sample_accuracy')[0]:+.1f} ± "
+                             f"{paired(res[a], res[b], 'sample_accuracy')[1]:.1f} sampled")
+    return lines + out_lines + [""]
+
+
 def machine_line():
     """What the numbers depend on: the build (commit), the CPU and its widest vector ISA, the threads."""
     cpu, isa = cpu_model_and_isa()
@@ -116,6 +211,7 @@ def main():
     ap.add_argument("--seconds", type=int, required=True)
     ap.add_argument("--mode", required=True)
     ap.add_argument("--rl-alphas", default="")
+    ap.add_argument("--signal-methods", default="")
     a = ap.parse_args()
     methods, seeds = a.methods.split(), a.seeds.split()
     rows = ["warm-start"] + methods
@@ -192,6 +288,7 @@ def main():
                 curves[task][m] = sorted((k, 100 * sum(v) / len(v)) for k, v in per_step.items())
         lines.append("")
         lines += findings(task, results[task], {m: c[-1][1] for m, c in curves[task].items() if c}, seeds)
+    lines += signal_section(a.runs, a.signal_methods.split(), seeds, a.out)
     rl = []  # (alpha, greedy accuracy, sampled accuracy = mean reward at T=1, divergence)
     for alpha in a.rl_alphas.split():
         rdir = os.path.join(a.runs, "arithmetic", "seed0", f"rl-alpha{alpha}")

@@ -17,6 +17,11 @@ $GKD init --layers 1 --channels 16 --heads 2 --context 32 --seed 1 --out "$W/s.b
 $GKD init --layers 1 --channels 16 --heads 2 --context 32 --vocab 300 --out "$W/v300.bin" 2>/dev/null
 printf '{"prompt": "2+3=", "completion": "5"}\n{"prompt": "1+1=", "completion": "2"}\n' >"$W/ok.jsonl"
 size=$(stat -c %s "$W/s.bin")
+# a teacher cache of ok.jsonl, and broken ones
+$GKD teacher-cache --teacher "$W/s.bin" --data "$W/ok.jsonl" --top-k 8 --out "$W/c.bin" --quiet 2>/dev/null
+printf '{"prompt": "2+3=", "completion": "6"}\n{"prompt": "1+1=", "completion": "2"}\n' >"$W/other.jsonl"
+head -c 100 /dev/zero >"$W/junk.cache"
+head -c $(( $(stat -c %s "$W/c.bin") - 3 )) "$W/c.bin" >"$W/short.cache"
 mkdir -p "$W/hf" && $GKD convert "$W/v300.bin" "$W/hf/model.safetensors" 2>/dev/null
 python3 - "$W" <<'EOF'
 import json, os, struct, sys
@@ -222,6 +227,26 @@ TABLE=$(cat <<EOF
 1	gkd eval: --draft-tokens 40 is beyond the context	eval $S --teacher $W/s.bin --data $W/ok.jsonl --draft-tokens 40
 1	--draft-tokens 0 is outside [1,	eval $S --teacher $W/s.bin --data $W/ok.jsonl --draft-tokens 0
 1	<stdin>: malformed JSON	tokenize --decode
+1	gkd distill: --teacher-top-k 300 is above the vocabulary's 257 tokens	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --teacher-top-k 300
+1	--teacher-top-k 0 is outside	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --teacher-top-k 0
+1	gkd sft: --teacher-top-k does not apply to sft	sft $S --data $W/ok.jsonl $TRAIN --teacher-top-k 8
+1	--objective 'kl' must be one of jsd|tv|sampled-reverse-kl	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective kl
+1	is a policy gradient on the student's own samples: give --lambda 1	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl
+1	--teacher-top-k does not combine with it	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl --lambda 1 --teacher-top-k 8
+1	gkd distill: --kl-discount is the sampled reverse KL's	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --kl-discount 0.5
+1	--kl-discount 2 is outside [0, 1]	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl --lambda 1 --kl-discount 2
+1	gkd distill: --beta chooses among JSD(beta); --objective tv has none	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective tv --beta 0.5
+1	with --lambda 0.5 the on-policy steps score the student's samples with the live teacher: give --teacher too	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --teacher-cache $W/c.bin
+1	--teacher-cache holds the teacher's scores of the dataset's completions; --seq-kd	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --teacher-cache $W/c.bin --seq-kd
+1	$W/missing.cache: cannot open the teacher cache	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda 0 --teacher-cache $W/missing.cache
+1	$W/junk.cache: not a gkd teacher cache (bad magic)	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda 0 --teacher-cache $W/junk.cache
+1	$W/short.cache: no trailer at the end: truncated	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda 0 --teacher-cache $W/short.cache
+1	$W/c.bin: this cache does not match the run: its data.hash is	distill --student $W/s.bin --data $W/other.jsonl $TRAIN --lambda 0 --teacher-cache $W/c.bin
+1	$W/c.bin: this cache does not match the run: its temperature (--loss-temperature) is 1	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda 0 --teacher-cache $W/c.bin --loss-temperature 2
+1	gkd distill: --teacher-top-k 4, but $W/c.bin holds the top 8	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda 0 --teacher-cache $W/c.bin --teacher-top-k 4
+1	--top-k 0 is outside	teacher-cache --teacher $W/s.bin --data $W/ok.jsonl --top-k 0 --out $W/never.cache
+1	gkd teacher-cache: --top-k 300 is above the teacher's vocabulary of 257 tokens	teacher-cache --teacher $W/s.bin --data $W/ok.jsonl --top-k 300 --out $W/never.cache
+1	--out is required	teacher-cache --teacher $W/s.bin --data $W/ok.jsonl
 EOF
 )
 
@@ -240,7 +265,7 @@ while IFS=$'\t' read -r want message cmd; do
 done <<<"$TABLE"
 # nothing half-written: no refused run left a folder or a file behind
 if [ -e "$W/never" ]; then fail=$((fail + 1)); echo "FAIL: a refused run created its --out folder" >&2; else pass=$((pass + 1)); fi
-if ls "$W"/never.* >/dev/null 2>&1; then fail=$((fail + 1)); echo "FAIL: a refused convert left $(ls "$W"/never.*)" >&2; else pass=$((pass + 1)); fi
+if ls "$W"/never.* "$W"/*.partial >/dev/null 2>&1; then fail=$((fail + 1)); echo "FAIL: a refused convert left $(ls "$W"/never.*)" >&2; else pass=$((pass + 1)); fi
 if [ "$(ls "$W/busy")" = something ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: the refused run touched the busy folder" >&2; fi
 echo "bad input: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

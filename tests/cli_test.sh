@@ -122,6 +122,26 @@ check "sft --help lists none of distill's flags" sh -c '! grep -qE -- "--(lambda
 expect_ok "distill --help" $GKD distill --help
 check "distill --help lists --lambda, --beta and --student" sh -c 'grep -q -- "--lambda X" "$1" && grep -q -- "--beta X" "$1" && grep -q -- "--student X" "$1"' _ "$W/out"
 
+# --- the teacher's signal: top-K with a tail, the offline cache, total variation, sampled-token RKL
+expect_ok "distill --teacher-top-k" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/topk" --steps 2 --batch 2 --lambda 0.5 --teacher-top-k 8 --max-new-tokens 6 --quiet
+check "the top-K run wrote its model" test -s "$W/topk/model.bin"
+expect_ok "teacher-cache" $GKD teacher-cache --teacher "$W/t.bin" --data "$W/train.jsonl" --top-k 16 --out "$W/cache.bin" --quiet
+check "teacher-cache reports what it wrote" grep -qE "wrote .*cache.bin: the top 16 of V = 257 at [0-9]+ positions of [0-9]+ examples" "$W/err"
+check "the cache's header is JSON with its hashes" python3 -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+assert b[:8] == b"GKDTOPK\0" and b[-8:] == b"GKDTOPK!"
+index, header, n, _ = struct.unpack("<4Q", b[-40:-8])
+h = json.loads(b[header:header + n])
+assert h["top_k"] == 16 and h["vocab_size"] == 257 and all(len(h[k]["hash"]) == 16 for k in ("teacher", "data", "tokenizer"))' "$W/cache.bin"
+expect_ok "distill --teacher-cache, no teacher" $GKD distill --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/cached" --steps 2 --batch 2 --lambda 0 --teacher-cache "$W/cache.bin" --quiet
+expect_ok "distill --teacher-cache with on-policy steps and the live teacher" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/cached2" --steps 3 --batch 2 --lambda 0.5 --teacher-cache "$W/cache.bin" --max-new-tokens 6 --quiet
+expect_ok "distill --objective tv" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/tv" --steps 2 --batch 2 --objective tv --max-new-tokens 6 --quiet
+expect_ok "distill --objective sampled-reverse-kl" $GKD distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/train.jsonl" --out "$W/srkl" --steps 2 --batch 2 --lambda 1 --objective sampled-reverse-kl --kl-discount 0.9 --max-new-tokens 6 --quiet
+check "every one of them logged its steps" bash -c "for d in topk cached cached2 tv srkl; do [ \$(grep -c '\"loss\"' $W/\$d/metrics.jsonl) -ge 2 ] || exit 1; done"
+expect_ok "bench --teacher-top-k" $GKD bench --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 1 --teacher-top-k 8
+check "bench reports the teacher's memory, here and at GPT-2's sizes" bash -c "grep -qE '^the teacher.s signal for the loss: [0-9.]+ MB kept by this run \(top-8 \+ tail\)' '$W/out' && grep -qE '^at GPT-2.s vocabulary .* whole rows [0-9]+ MB; top-64 \+ tail [0-9.]+ MB' '$W/out'"
+
 # --- bench: the table, and the JSON the comparison scripts read
 expect_ok "bench (tiny shapes)" $GKD bench --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
 # (an on-policy step's student forward is sampling's, reused: the row says so)
@@ -228,13 +248,21 @@ expect_error "sampled scores need a task or a teacher" "give --task or --teacher
 
 # --- the study script, at a tiny size: every row, both plots, the raw metrics
 if GKD=$GKD bash train_gpt2_gkd.sh --tiny --out "$W/study" --runs "$W/study-runs" >"$W/study.log" 2>&1; then ok; else bad "study --tiny: $(tail -5 "$W/study.log")"; fi
-for row in "teacher (SFT)" "SFT" "SeqKD" "supervised KD (lambda 0, FKL)" "supervised KD (lambda 0, RKL)" "mixed (lambda 0.5" "on-policy FKL" "on-policy RKL" "on-policy JSD(0.1)" "on-policy JSD(0.5)" "on-policy JSD(0.9)"; do
-  check "study table has $row for both tasks" [ "$(grep -cF "| $row" "$W/study/study.md" 2>/dev/null)" -eq 2 ]
+for row in "teacher (SFT)" "SFT" "SeqKD" "supervised KD (lambda 0, FKL)" "supervised KD (lambda 0, RKL)" "mixed (lambda 0.5, FKL)" "on-policy FKL" "on-policy RKL" "on-policy JSD(0.1)" "on-policy JSD(0.5)" "on-policy JSD(0.9)"; do
+  check "study table has $row for both tasks" [ "$(sed '/^## Teacher signals/,$d' "$W/study/study.md" | grep -cF "| $row |")" -eq 2 ]
 done
+# the teacher-signal rows (walks): top-K, the cache, the sampled-token reverse KL, total variation
+for row in "supervised RKL, teacher top-8 + tail" "on-policy RKL, teacher top-8 + tail" "supervised RKL, teacher top-64 + tail" "on-policy RKL, teacher top-64 + tail" "supervised KD (FKL), live top-64 + tail" "supervised KD (FKL), cached top-64 + tail" "on-policy sampled-token RKL" "supervised TV (lambda 0)" "on-policy TV (lambda 1)"; do
+  check "the teacher-signal table has $row" [ "$(sed -n '/^## Teacher signals/,/^## RL/p' "$W/study/study.md" | grep -cF "| $row |")" -eq 1 ]
+done
+check "the teacher-signal verdicts: cache against live, sampled against full RKL, TV drafts" bash -c "
+  grep -q 'cached top-64 + tail .* live top-64 + tail: .* the training losses differ by at most' '$W/study/study.md' &&
+  grep -q 'on-policy sampled-token RKL .* on-policy RKL: .* its training time is' '$W/study/study.md' &&
+  grep -q '^- as a draft: on-policy TV (lambda 1)' '$W/study/study.md'"
 check "study plots are PNG files" bash -c "file '$W/study/accuracy.png' '$W/study/curves.png' | grep -c 'PNG image' | grep -qx 2"
-check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 48 ]
+check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 66 ]
 check "the study covers walks and arithmetic side by side" bash -c "grep -qx '## walks' '$W/study/study.md' && grep -qx '## arithmetic' '$W/study/study.md'"
-check "each task has its computed comparisons" [ "$(grep -c '^Computed (2 seed(s), paired by seed' "$W/study/study.md")" -eq 2 ]
+check "each task, and the teacher signals, have computed comparisons" [ "$(grep -c '^Computed (2 seed(s), paired by seed' "$W/study/study.md")" -eq 3 ]
 check "the RL + GKD table has 4 values of alpha" [ "$(grep -cE '^\| (1|0\.5|0\.1|0) \|' "$W/study/study.md")" -eq 4 ]
 check "the RL plot is a PNG file" bash -c "file '$W/study/rl.png' | grep -q 'PNG image'"
 

@@ -111,5 +111,28 @@ $GKD distill --resume "$W/strict" --lambda 1 2>"$W/err"; rc=$?
 $GKD sft --resume "$W/strict" 2>"$W/err"; rc=$?
 [ $rc -eq 1 ] && grep -q "this is a distill run" "$W/err" && ok || bad "resume with the wrong command: exit $rc $(cat "$W/err")"
 
+# 6. one process per run folder: a second gkd on a live run's folder is refused naming the
+# holder's pid, whether it resumes, overwrites or writes beside it; kill -9 leaves no stale lock
+LONG=(distill --teacher "$W/t.bin" --student "$W/s.bin" --data "$W/data/train.jsonl" --steps 100000 --batch 8
+      --lambda 0.5 --max-new-tokens 12 --checkpoint-every 1 --quiet)
+( exec $GKD "${LONG[@]}" --out "$W/live" ) 2>"$W/live.err" &
+holder=$!
+for _ in $(seq 100); do [ -e "$W/live/checkpoint.bin" ] && break; sleep 0.1; done
+[ -e "$W/live/checkpoint.bin" ] && ok || bad "the long run wrote no checkpoint: $(cat "$W/live.err")"
+$GKD distill --resume "$W/live" --quiet 2>"$W/err"; rc=$?
+[ $rc -eq 1 ] && grep -q "the run folder $W/live is in use by another gkd process (pid $holder," "$W/err" && ok ||
+  bad "a second resume of a live run: exit $rc $(cat "$W/err")"
+$GKD "${LONG[@]}" --out "$W/live" --overwrite 2>"$W/err"; rc=$?
+[ $rc -eq 1 ] && grep -q "(pid $holder," "$W/err" && ok || bad "--overwrite of a live run: exit $rc $(cat "$W/err")"
+[ -e "$W/live/checkpoint.bin" ] && kill -0 $holder 2>/dev/null && ok || bad "the refused --overwrite touched the live run"
+kill -9 $holder; wait $holder 2>/dev/null
+$GKD distill --resume "$W/live" --quiet --steps 1 2>/dev/null; rc=$?  # refused for the flag, not for a lock
+[ $rc -eq 1 ] && ok || bad "resume with a flag was not refused"
+( exec $GKD distill --resume "$W/live" --quiet ) 2>"$W/err" &
+resumed=$!
+sleep 1
+kill -0 $resumed 2>/dev/null && ok || bad "after kill -9, resuming was refused: $(cat "$W/err")"
+kill -9 $resumed; wait $resumed 2>/dev/null
+
 echo "resume: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

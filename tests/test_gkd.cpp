@@ -23,6 +23,7 @@
 #include <functional>
 #include <new>
 #include <sstream>
+#include <sys/wait.h>
 
 // Allocations of 64 kB or more, counted while count_large_allocations is on: the test that
 // the training step allocates no buffer after its first step replaces operator new here.
@@ -1337,7 +1338,7 @@ TEST_CASE("reference fixture: first-batch loss for every beta, tau and normalisa
     TrainBatch b = build_batch(dataset_completions(ex, 256), 256);
     CHECK(b.num_targets == fx["first_batch"]["tokens"].get<int>());
     CpuDevice dev(s, &t);
-    dev.teacher_forward(b);
+    dev.teacher_forward(b, LossSpec());  // whole rows: the full divergences
     auto compare_grads = [&](const json& want) {
         for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
             std::vector<double> w = want[PARAMETER_NAMES[k]].get<std::vector<double>>();
@@ -2445,4 +2446,409 @@ TEST_CASE("gkd eval --draft-tokens: the model as the teacher's draft, greedy and
     }
     eo.draft_tokens = 0;
     CHECK(!evaluate(m, &t, d, tok, eo).to_json().contains("draft_acceptance_rate"));
+}
+
+// ----------------------------------------------------------------------------
+// the teacher's signal in less than a row (docs/algorithm.md §1.4-1.6): top-K with a tail,
+// total variation, the sampled-token reverse KL; the offline teacher cache
+
+TEST_CASE("the teacher's top-K: ids by logit (ties to the lower id), log-probs at tau, the tail from its own logits") {
+    const int V = 9;
+    std::vector<double> l = {0.5, 2.0, -1.0, 2.0, 0.0, 3.0, -4.0, 0.5, 1.0};
+    for (double tau : {1.0, 0.7}) {
+        std::vector<float> logp(4);
+        std::vector<int32_t> top(3);
+        teacher_top_k_row(l.data(), V, 3, tau, logp.data(), top.data());
+        CHECK(top == std::vector<int32_t>{5, 1, 3});
+        double z = 0;
+        for (double x : l) z += std::exp(x / tau);
+        for (int j = 0; j < 3; j++) CHECK(logp[j] == doctest::Approx(l[top[j]] / tau - std::log(z)).epsilon(1e-6));
+        double tail = 0;
+        for (int i : {0, 2, 4, 6, 7, 8}) tail += std::exp(l[i] / tau);
+        CHECK(logp[3] == doctest::Approx(std::log(tail / z)).epsilon(1e-6));
+    }
+    // K = V: the tail is empty
+    std::vector<float> logp(V + 1);
+    std::vector<int32_t> top(V);
+    teacher_top_k_row(l.data(), V, V, 1.0, logp.data(), top.data());
+    CHECK(std::isinf(logp[V]));
+    CHECK(top[V - 1] == 6);
+    // a tail far below the top's rounding: still its own value, not 1 - sum = 0
+    std::vector<double> peaked = {40, 0, 0, 0};
+    std::vector<float> lp(2);
+    std::vector<int32_t> one(1);
+    teacher_top_k_row(peaked.data(), 4, 1, 1.0, lp.data(), one.data());
+    CHECK(lp[1] == doctest::Approx(std::log(3.0) - 40).epsilon(1e-5));
+}
+
+TEST_CASE("top-K with a tail: K = V is the full divergence; every objective's gradient matches finite differences") {
+    const int V = 13, Vp = 16;
+    auto t = randn(Vp, 40, 2.0), s = randn(Vp, 41, 2.0);
+    for (int i = V; i < Vp; i++) { t[i] = 1e3; s[i] = -1e3; }  // padded junk must not matter
+    for (double tau : {1.0, 2.0})
+        for (int K : {1, 4, V}) {
+            std::vector<float> logp(K + 1);
+            std::vector<int32_t> top(K);
+            teacher_top_k_row(t.data(), V, K, tau, logp.data(), top.data());
+            for (int objective = 0; objective < 5; objective++) {
+                const double beta = objective == 4 ? 0.0 : std::vector<double>{0.0, 0.3, 1.0, 0.9}[objective];
+                const Objective o = objective == 4 ? Objective::TotalVariation : Objective::Jsd;
+                CAPTURE(tau); CAPTURE(K); CAPTURE(beta); CAPTURE(objective);
+                std::vector<double> grad(Vp, 99.0);
+                const double D = top_k_divergence_row(logp.data(), top.data(), K, s.data(), grad.data(), V, Vp, o,
+                                                      beta, tau, 1.0);
+                CHECK(D > 0);
+                for (int i = V; i < Vp; i++) CHECK(grad[i] == 0.0);
+                if (K == V) {  // every token its own bucket: the full-row divergence, to rounding
+                    const double full = o == Objective::TotalVariation
+                        ? total_variation_row(t.data(), s.data(), (double*)nullptr, V, Vp, tau, 1.0)
+                        : divergence_row(t.data(), s.data(), (double*)nullptr, V, Vp, beta, tau, 1.0);
+                    CHECK(D == doctest::Approx(full).epsilon(1e-6));
+                }
+                std::vector<double> sv(s.begin(), s.begin() + V), gv(grad.begin(), grad.begin() + V);
+                auto f = [&]() {
+                    std::vector<double> row = s;
+                    std::copy(sv.begin(), sv.end(), row.begin());
+                    return top_k_divergence_row(logp.data(), top.data(), K, row.data(), (double*)nullptr, V, Vp, o,
+                                                beta, tau, 1.0);
+                };
+                check_gradient(sv, gv, f, "dD_topK/ds");
+            }
+            // fewer buckets see less: the bucketed D never exceeds the full one (data processing)
+            std::vector<double> unused(Vp);
+            CHECK(top_k_divergence_row(logp.data(), top.data(), K, s.data(), unused.data(), V, Vp, Objective::Jsd, 0.0,
+                                       tau, 1.0) <=
+                  divergence_row(t.data(), s.data(), (double*)nullptr, V, Vp, 0.0, tau, 1.0) * (1 + 1e-6));
+        }
+}
+
+TEST_CASE("total variation: 1 - TV is sum min(p, q), its gradient matches finite differences, 0 where p = q") {
+    const int V = 11, Vp = 12;
+    auto t = randn(Vp, 50, 1.5), s = randn(Vp, 51, 1.5);
+    std::vector<double> grad(Vp, 99.0);
+    const double D = total_variation_row(t.data(), s.data(), grad.data(), V, Vp, 1.0, 1.0);
+    double mt = *std::max_element(t.begin(), t.begin() + V), ms = *std::max_element(s.begin(), s.begin() + V);
+    double zt = 0, zs = 0, overlap = 0;
+    for (int i = 0; i < V; i++) { zt += std::exp(t[i] - mt); zs += std::exp(s[i] - ms); }
+    for (int i = 0; i < V; i++) overlap += std::min(std::exp(t[i] - mt) / zt, std::exp(s[i] - ms) / zs);
+    CHECK(1 - D == doctest::Approx(overlap).epsilon(1e-12));
+    CHECK(grad[V] == 0.0);
+    std::vector<double> sv(s.begin(), s.begin() + V), gv(grad.begin(), grad.begin() + V);
+    auto f = [&]() {
+        std::vector<double> row = s;
+        std::copy(sv.begin(), sv.end(), row.begin());
+        return total_variation_row(t.data(), row.data(), (double*)nullptr, V, Vp, 1.0, 1.0);
+    };
+    check_gradient(sv, gv, f, "dTV/ds");
+    // where the student equals the teacher, the subgradient taken is 0: nothing moves
+    std::vector<double> g0(Vp, 99.0);
+    CHECK(total_variation_row(t.data(), t.data(), g0.data(), V, Vp, 1.0, 1.0) == 0.0);
+    for (double g : g0) CHECK(g == 0.0);
+}
+
+TEST_CASE("sampled reverse KL: the discounted advantage, and the gradient -w A (onehot - q) / tau at each target") {
+    const int V = 7, Vp = 8;
+    Sequence row;
+    std::vector<int> prompt = {1, 2};
+    row.prompt = &prompt;
+    row.completion = {3, 4, 6};  // 6 is EOS: three targets
+    TrainBatch b = build_batch({row}, 6);
+    REQUIRE(b.num_targets == 3);
+    auto logits = randn((size_t)b.T * Vp, 60, 1.0);
+    std::vector<float> teacher_logp(b.T, 0.f);
+    auto tl = randn(b.T, 61, 1.0);
+    for (int t = 0; t < b.T; t++) teacher_logp[t] = (float)(-2.0 + 0.3 * tl[t]);
+    const double gamma = 0.5, tau = 1.5;
+    std::vector<double> grad(logits.size());
+    const double value = sampled_reverse_kl_loss(b, teacher_logp.data(), logits.data(), grad.data(), V, Vp, tau,
+                                                 gamma, LossNorm::Sequence);
+    std::vector<int> pos;
+    for (int t = 0; t < b.T; t++) if (b.targets[t] >= 0) pos.push_back(t);
+    std::vector<double> r(3);
+    double expected_value = 0;
+    for (int k = 0; k < 3; k++) {
+        const double lq = token_log_prob(logits.data() + (size_t)pos[k] * Vp, b.targets[pos[k]], V, tau);
+        r[k] = -(lq - teacher_logp[pos[k]]);
+        expected_value += -r[k] / 3;  // sequence normalisation: 1/(B L) with B = 1, L = 3
+    }
+    CHECK(value == doctest::Approx(expected_value).epsilon(1e-12));
+    for (int k = 0; k < 3; k++) {
+        double A = 0;
+        for (int j = 2; j >= k; j--) A = r[j] + gamma * A;
+        const double* z = logits.data() + (size_t)pos[k] * Vp;
+        double m = *std::max_element(z, z + V) / tau, zsum = 0;
+        for (int i = 0; i < V; i++) zsum += std::exp(z[i] / tau - m);
+        for (int i = 0; i < V; i++) {
+            const double q = std::exp(z[i] / tau - m) / zsum;
+            const double want = -(1.0 / 3) * A * ((i == b.targets[pos[k]] ? 1.0 : 0.0) - q) / tau;
+            CHECK(grad[(size_t)pos[k] * Vp + i] == doctest::Approx(want).epsilon(1e-10));
+        }
+        CHECK(grad[(size_t)pos[k] * Vp + V] == 0.0);
+    }
+    for (int t = 0; t < b.T; t++)
+        if (b.targets[t] < 0) for (int i = 0; i < Vp; i++) CHECK(grad[(size_t)t * Vp + i] == 0.0);
+}
+
+TEST_CASE("sampled reverse KL agrees with the full reverse KL in expectation (a tiny model): the mean of many sampled "
+          "gradients is the exact one within a bound from their spread; the forward KL's is not") {
+    // Every row runs its whole budget: generation's EOS is -1, an id never sampled. The
+    // weights 1/(B L) are then constants; with a sampled length they would depend on the
+    // sampled tokens themselves, and the two estimators differ by that correlation
+    // (docs/algorithm.md §1.6).
+    const int V = 11, eos = -1, pad = 0;
+    GPT<float> s, t;
+    make_model(s, 1, 8, 2, 12, V, 70, 0.3);
+    make_model(t, 1, 8, 2, 12, V, 71, 0.3);
+    CpuDevice dev(s, &t);
+    Generator gen;
+    std::vector<std::vector<int>> prompt_ids = {{1, 2}, {3}, {4, 5, 6}, {7}, {8, 9}, {0, 1}, {2}, {5, 3}};
+    Prompts prompts;
+    for (auto& p : prompt_ids) prompts.push_back(&p);
+    std::vector<int> budgets(prompts.size(), 5);
+    std::vector<uint64_t> row_ids(prompts.size());
+    for (size_t i = 0; i < row_ids.size(); i++) row_ids[i] = i;
+    const size_t P = s.num_parameters;
+    const int R = 300;  // batches: each one draw of the estimator
+    std::vector<double> sum(P, 0), sum2(P, 0), sum_f(P, 0), sum2_f(P, 0);
+    double value_diff = 0, value_diff2 = 0;
+    auto gradient = [&](const TrainBatch& b, const LossSpec& spec, double& value) {
+        dev.teacher_forward(b, spec);
+        dev.student_forward(b);
+        value = dev.student_loss(b, spec, nullptr);
+        dev.student_backward();
+        return std::vector<double>(s.grads_memory.begin(), s.grads_memory.end());
+    };
+    LossSpec sampled, reverse, forward;
+    sampled.objective = Objective::SampledReverseKl;
+    reverse.beta = 1.0;
+    forward.beta = 0.0;
+    for (int k = 0; k < R; k++) {
+        auto samples = generate(s, gen, prompts, budgets, 1.0, eos, 5, (uint64_t)k, row_ids);
+        std::vector<Sequence> rows(prompts.size());
+        for (size_t i = 0; i < rows.size(); i++) { rows[i].prompt = prompts[i]; rows[i].completion = samples[i]; }
+        TrainBatch b = build_batch(rows, pad);
+        REQUIRE(b.num_targets == 5 * (int)rows.size());
+        double vs, vr, vf;
+        auto gs = gradient(b, sampled, vs), gr = gradient(b, reverse, vr), gf = gradient(b, forward, vf);
+        for (size_t i = 0; i < P; i++) {
+            const double d = gs[i] - gr[i], e = gs[i] - gf[i];
+            sum[i] += d; sum2[i] += d * d; sum_f[i] += e; sum2_f[i] += e * e;
+        }
+        value_diff += vs - vr;
+        value_diff2 += (vs - vr) * (vs - vr);
+    }
+    // per parameter: |mean difference| within 5 standard errors (a Gaussian's two-sided tail
+    // beyond 5 is 6e-7: with ~1,100 parameters a right estimator passes, deterministically),
+    // plus 1e-7 for the float rounding of a difference whose spread is itself rounding
+    // (gradients here are ~1e-2)
+    auto outside = [&](const std::vector<double>& s1, const std::vector<double>& s2) {
+        int n = 0;
+        for (size_t i = 0; i < P; i++) {
+            const double mean = s1[i] / R, var = std::max(0.0, s2[i] / R - mean * mean);
+            if (std::fabs(mean) > 5 * std::sqrt(var / (R - 1)) + 1e-7) n++;  // + float rounding
+        }
+        return n;
+    };
+    const int off_reverse = outside(sum, sum2), off_forward = outside(sum_f, sum2_f);
+    INFO("parameters outside 5 standard errors: against the reverse KL " << off_reverse << ", against the forward KL "
+         << off_forward << " of " << P);
+    CHECK(off_reverse == 0);
+    CHECK(off_forward > 20);  // the test can tell a different gradient
+    // the loss value: an unbiased estimate of the reverse KL on the same samples
+    const double mean = value_diff / R, sd = std::sqrt(std::max(0.0, value_diff2 / R - mean * mean));
+    CHECK(std::fabs(mean) <= 5 * sd / std::sqrt(R - 1.0));
+}
+
+// A JSONL file of prompt/completion examples, for the cache's data hash.
+static std::string write_examples(const std::string& path, const std::vector<std::pair<std::string, std::string>>& ex) {
+    std::string text;
+    for (auto& [p, c] : ex) text += json{{"prompt", p}, {"completion", c}}.dump() + "\n";
+    write_text(path, text);
+    return path;
+}
+
+static int run_gkd(std::vector<std::string> args) {
+    args.insert(args.begin(), "gkd");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(&a[0]);
+    return run_command((int)argv.size(), argv.data());
+}
+
+// A child process that holds `lock_path`'s FileLock until killed; returns its pid.
+static pid_t child_holding_lock(const std::string& lock_path) {
+    int ready[2];
+    REQUIRE(pipe(ready) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        FileLock held(lock_path, "test");
+        char c = 1;
+        if (write(ready[1], &c, 1) != 1) _exit(1);
+        for (;;) pause();
+    }
+    char c;
+    REQUIRE(read(ready[0], &c, 1) == 1);
+    close(ready[0]);
+    close(ready[1]);
+    return pid;
+}
+
+static void kill_child(pid_t pid) {
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+}
+
+TEST_CASE("FileLock: a second process is refused naming the holder's pid; kill -9 leaves nothing stale") {
+    const std::string dir = temp_dir(), path = dir + "/.lock";
+    pid_t holder = child_holding_lock(path);
+    CHECK(FileLock::holder(path) == holder);
+    const std::string e = error_of([&] { FileLock second(path, "the run folder x"); });
+    CHECK(contains(e, "the run folder x is in use by another gkd process (pid " + std::to_string(holder) + ","));
+    kill_child(holder);
+    CHECK(FileLock::holder(path) == 0);
+    FileLock mine(path, "the run folder x");  // the dead holder's lock went with it
+    CHECK(mine.fd >= 0);
+    CHECK(read_bytes(path) == std::to_string(getpid()) + "\n");
+}
+
+TEST_CASE("teacher cache: gkd teacher-cache writes what the live top-K pass computes, to fp16; mismatched, truncated, "
+          "corrupt and half-written caches are refused naming the field") {
+    const std::string dir = temp_dir();
+    GPT<float> t = random_gpt(1, 16, 2, 24, 257, 80);
+    make_model(t, 1, 16, 2, 24, 257, 80, 0.3);  // peaked enough that the top-K matter
+    gpt_save(t, dir + "/t.bin");
+    const std::string data = write_examples(dir + "/d.jsonl", {{"ab", "cde"}, {"f", "gh"}, {"ijk", "l"}, {"mn", "opqr"},
+                                                               {"s", "tuvw"}});
+    const int K = 8;
+    REQUIRE(run_gkd({"teacher-cache", "--teacher", dir + "/t.bin", "--data", data, "--top-k", std::to_string(K),
+                     "--out", dir + "/c.bin", "--batch", "2", "--quiet"}) == 0);
+    CHECK(!is_file(dir + "/c.bin.partial"));
+    ByteTokenizer tok;
+    Dataset d = load_jsonl(data, tok, 24, true);
+    TeacherCache cache(dir + "/c.bin");
+    CHECK(cache.header.top_k == K);
+    CHECK(cache.header.vocab_size == 257);
+    CHECK(cache.header.examples == 5);
+    CHECK(cache.header.positions == 4 + 3 + 2 + 5 + 5);  // completions and their EOS
+    cache.check_matches(d, data, tok, 257, 1.0, dir + "/t.bin");
+    // rows in another order and batch than they were written: the same values as a live pass
+    std::vector<size_t> order = {3, 0, 4};
+    std::vector<const Example*> ex;
+    for (size_t i : order) ex.push_back(&d.examples[i]);
+    TrainBatch b = build_batch(dataset_completions(ex, tok.eos_id()), tok.eos_id());
+    TeacherSignal from_cache;
+    cache.fill(from_cache, b, order);
+    CpuDevice live(t, &t);
+    LossSpec spec;
+    spec.top_k = K;
+    live.teacher_forward(b, spec);
+    double worst = 0;
+    int compared = 0;
+    for (int n = 0; n < b.B * b.T; n++) {
+        if (b.targets[n] < 0) continue;
+        for (int j = 0; j < K; j++) CHECK(from_cache.ids[n * K + j] == live.teacher_signal.ids[n * K + j]);
+        for (int j = 0; j <= K; j++) {
+            const float a = from_cache.logp[n * (K + 1) + j], l = live.teacher_signal.logp[n * (K + 1) + j];
+            worst = worse(worst, std::fabs(a - l) / std::max(1.0f, std::fabs(l)));
+            compared++;
+        }
+    }
+    CHECK(compared == (4 + 5 + 5) * (K + 1));
+    CHECK(worst <= 1.0 / 2048);  // fp16: 11 significant bits
+    CHECK(worst > 0);            // and it is fp16, not the floats themselves
+    // refusals, each naming the field or the fault
+    auto refused = [&](const std::function<void()>& f) { return error_of(f); };
+    CHECK(contains(refused([&] { cache.check_matches(d, data, tok, 300, 1.0, ""); }), "its vocab_size is 257"));
+    CHECK(contains(refused([&] { cache.check_matches(d, data, tok, 257, 2.0, ""); }), "its temperature"));
+    const std::string other = write_examples(dir + "/other.jsonl", {{"ab", "cdx"}, {"f", "gh"}, {"ijk", "l"},
+                                                                    {"mn", "opqr"}, {"s", "tuvw"}});
+    Dataset od = load_jsonl(other, tok, 24, true);
+    CHECK(contains(refused([&] { cache.check_matches(od, other, tok, 257, 1.0, ""); }), "its data.hash is"));
+    GPT<float> t2 = random_gpt(1, 16, 2, 24, 257, 81);
+    gpt_save(t2, dir + "/t2.bin");
+    CHECK(contains(refused([&] { cache.check_matches(d, data, tok, 257, 1.0, dir + "/t2.bin"); }), "its teacher.hash"));
+    const std::string bytes = read_bytes(dir + "/c.bin");
+    write_text(dir + "/short.bin", bytes.substr(0, bytes.size() - 7));
+    CHECK(contains(refused([&] { TeacherCache c(dir + "/short.bin"); }), "truncated"));
+    std::string flipped = bytes;
+    flipped[20] ^= 0x40;  // inside example 0's block
+    write_text(dir + "/flip.bin", flipped);
+    TeacherCache fc(dir + "/flip.bin");
+    std::vector<size_t> first = {0, 1};
+    std::vector<const Example*> ex01 = {&d.examples[0], &d.examples[1]};
+    TrainBatch b01 = build_batch(dataset_completions(ex01, tok.eos_id()), tok.eos_id());
+    CHECK(contains(refused([&] { fc.fill(from_cache, b01, first); }), "example 0's block fails its checksum"));
+    std::string header_flip = bytes;
+    header_flip[bytes.size() - 60] ^= 0x01;  // inside the JSON header
+    write_text(dir + "/hflip.bin", header_flip);
+    CHECK(contains(refused([&] { TeacherCache c(dir + "/hflip.bin"); }), "fails its checksum"));
+    write_text(dir + "/junk.bin", std::string(100, 'x'));
+    CHECK(contains(refused([&] { TeacherCache c(dir + "/junk.bin"); }), "not a gkd teacher cache"));
+    // being written by another process: its partial file is locked
+    pid_t writer = child_holding_lock(dir + "/c.bin.partial");
+    CHECK(contains(refused([&] { TeacherCache c(dir + "/c.bin"); }),
+                   "being written by another gkd process (pid " + std::to_string(writer) + ")"));
+    CHECK(contains(refused([&] {
+                       run_gkd({"teacher-cache", "--teacher", dir + "/t.bin", "--data", data, "--out", dir + "/c.bin",
+                                "--quiet"});
+                   }),
+                   "is in use by another gkd process (pid " + std::to_string(writer)));
+    kill_child(writer);  // a writer killed with -9: its unlocked partial file is no obstacle
+    TeacherCache again(dir + "/c.bin");
+    CHECK(run_gkd({"teacher-cache", "--teacher", dir + "/t.bin", "--data", data, "--top-k", std::to_string(K), "--out",
+                   dir + "/c.bin", "--quiet"}) == 0);
+    CHECK(read_bytes(dir + "/c.bin") == bytes);  // the same inputs give the same bytes
+}
+
+TEST_CASE("gkd distill --teacher-cache trains the supervised steps as --teacher-top-k does live, to fp16") {
+    const std::string dir = temp_dir();
+    GPT<float> t, s;
+    make_model(t, 1, 16, 2, 24, 257, 90, 0.3);
+    make_model(s, 1, 8, 2, 24, 257, 91, 0.3);
+    gpt_save(t, dir + "/t.bin");
+    gpt_save(s, dir + "/s.bin");
+    const std::string data = write_examples(dir + "/d.jsonl", {{"ab", "cde"}, {"f", "gh"}, {"ijk", "l"}, {"mn", "opqr"}});
+    REQUIRE(run_gkd({"teacher-cache", "--teacher", dir + "/t.bin", "--data", data, "--top-k", "16", "--out",
+                     dir + "/c.bin", "--quiet"}) == 0);
+    std::vector<std::string> common = {"distill", "--student", dir + "/s.bin", "--data", data, "--steps", "3",
+                                       "--batch", "2", "--lambda", "0", "--beta", "0.5", "--quiet", "--device", "cpu"};
+    auto with = [&](std::vector<std::string> extra) { auto a = common; a.insert(a.end(), extra.begin(), extra.end()); return a; };
+    REQUIRE(run_gkd(with({"--teacher-cache", dir + "/c.bin", "--out", dir + "/cached"})) == 0);
+    REQUIRE(run_gkd(with({"--teacher", dir + "/t.bin", "--teacher-top-k", "16", "--out", dir + "/live"})) == 0);
+    auto losses = [&](const std::string& run) {
+        std::vector<double> out;
+        for_each_line(read_bytes(run + "/metrics.jsonl"), [&](const std::string& line, int) {
+            json j = json::parse(line);
+            if (j.contains("loss")) out.push_back(j["loss"]);
+        });
+        return out;
+    };
+    auto a = losses(dir + "/cached"), b = losses(dir + "/live");
+    REQUIRE(a.size() == 3);
+    REQUIRE(b.size() == 3);
+    for (int i = 0; i < 3; i++) CHECK(a[i] == doctest::Approx(b[i]).epsilon(2e-3));
+    // on-policy steps need the live teacher
+    CHECK(contains(error_of([&] {
+                       run_gkd({"distill", "--student", dir + "/s.bin", "--data", data, "--out", dir + "/x",
+                                "--teacher-cache", dir + "/c.bin", "--lambda", "0.5"});
+                   }),
+                   "give --teacher too, or --lambda 0"));
+    CHECK(!is_directory(dir + "/x"));  // refused: no folder left behind
+    CHECK(contains(error_of([&] {
+                       run_gkd(with({"--teacher-cache", dir + "/c.bin", "--teacher-top-k", "8", "--out", dir + "/y"}));
+                   }),
+                   "holds the top 16"));
+    CHECK(contains(error_of([&] { run_gkd(with({"--teacher", dir + "/t.bin", "--teacher-top-k", "300", "--out", dir + "/z"})); }),
+                   "--teacher-top-k 300 is above the vocabulary's 257 tokens"));
+    CHECK(contains(error_of([&] {
+                       run_gkd({"distill", "--student", dir + "/s.bin", "--teacher", dir + "/t.bin", "--data", data,
+                                "--out", dir + "/w", "--objective", "sampled-reverse-kl"});
+                   }),
+                   "give --lambda 1"));
+    CHECK(contains(error_of([&] {
+                       run_gkd({"distill", "--student", dir + "/s.bin", "--teacher", dir + "/t.bin", "--data", data,
+                                "--out", dir + "/w", "--objective", "tv", "--beta", "0.5"});
+                   }),
+                   "--objective tv has none"));
 }
