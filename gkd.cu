@@ -218,22 +218,41 @@ double cross_entropy_row(const T* logits, int target, T* dlogits, int V, int Vp,
 // temperature tau, and the tail's log-prob computed from the tail's own logits (not as
 // 1 - sum, which cancels to 0 or below when the top-K hold nearly all the mass).
 // logp (K + 1): the K log-probs in the order of ids (K), then the tail's (-inf when K = V).
+// One pass keeps a min-heap of the K best so far: most tokens fail the one comparison with
+// its root, so the pass costs about V comparisons rather than a sort's V log K.
 template <typename T>
 void teacher_top_k_row(const T* logits, int V, int K, double tau, float* logp, int32_t* ids) {
-    static thread_local std::vector<int32_t> order;  // (V) per thread, reused
-    order.resize(V);
-    for (int i = 0; i < V; i++) order[i] = i;
+    static thread_local std::vector<int32_t> heap;        // (K) token ids, the worst at the root
+    static thread_local std::vector<double> e;            // (V) exp((logit - max) / tau)
+    static thread_local std::vector<unsigned char> kept;  // (V) 1 for the top-K
     auto before = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-    std::partial_sort(order.begin(), order.begin() + K, order.end(), before);
-    const double inv_tau = 1.0 / tau, m = (double)logits[order[0]];
+    heap.clear();
+    for (int i = 0; i < V; i++) {
+        if ((int)heap.size() < K) {
+            heap.push_back(i);
+            std::push_heap(heap.begin(), heap.end(), before);  // "before" as less: the root comes last in order
+        } else if (before(i, heap.front())) {
+            std::pop_heap(heap.begin(), heap.end(), before);
+            heap.back() = i;
+            std::push_heap(heap.begin(), heap.end(), before);
+        }
+    }
+    std::sort(heap.begin(), heap.end(), before);
+    const double inv_tau = 1.0 / tau, m = (double)logits[heap[0]];
+    e.resize(V);
+    kept.assign(V, 0);
+    for (int j = 0; j < K; j++) kept[heap[j]] = 1;
     double z = 0, tail = 0;
-    #pragma omp simd reduction(+ : z)
-    for (int i = 0; i < V; i++) z += exp_vectorizable(((double)logits[i] - m) * inv_tau);
-    for (int j = K; j < V; j++) tail += exp_vectorizable(((double)logits[order[j]] - m) * inv_tau);
+    #pragma omp simd reduction(+ : z, tail)
+    for (int i = 0; i < V; i++) {
+        e[i] = exp_vectorizable(((double)logits[i] - m) * inv_tau);
+        z += e[i];
+        tail += kept[i] ? 0.0 : e[i];  // summed over the tail itself: no 1 - sum cancellation
+    }
     const double log_z = std::log(z);
     for (int j = 0; j < K; j++) {
-        ids[j] = order[j];
-        logp[j] = (float)(((double)logits[order[j]] - m) * inv_tau - log_z);
+        ids[j] = heap[j];
+        logp[j] = (float)(((double)logits[heap[j]] - m) * inv_tau - log_z);
     }
     logp[K] = K < V ? (float)(std::log(tail) - log_z) : -INFINITY;
 }
