@@ -71,8 +71,10 @@ struct Device {
     // what the teacher hands spec's loss at every target position of b (its logit rows, or
     // the smaller TeacherSignal), kept where student_loss reads it
     virtual void teacher_forward(const TrainBatch& b, const LossSpec& spec) = 0;
-    // the same, read from an offline teacher cache (data/teacher_cache.h) instead of a pass
-    virtual void teacher_signal_from_cache(TeacherSignal&& signal) = 0;
+    // the same, read from an offline teacher cache (data/teacher_cache.h) instead of a pass:
+    // batch row i is the dataset completion of example examples[i]
+    virtual void teacher_signal_from_cache(const TeacherCache& cache, const TrainBatch& b,
+                                           const std::vector<size_t>& examples) = 0;
     // the student's logits, and the activations its backward pass needs; true when they
     // came from sample_student_rows's record instead of a pass
     virtual bool student_forward(const TrainBatch& b) = 0;
@@ -130,18 +132,21 @@ struct CpuDevice : Device {
         return ::speculative_generate(*model, student_gen, of(Role::Teacher), teacher_gen, prompts, budgets,
                                       draft_tokens, temperature, eos, seed, stream, row_ids, stats);
     }
-    // a forward pass over b with no activations kept, and no KV cache (nothing follows it):
-    // row i runs its first n_new[i] positions; with head_from, only [head_from[i], n_new[i])
-    // get logits (gpt_infer), the others zeros
+    // a forward pass over b's rows [first, first + count) (all of them by default) with no
+    // activations kept, and no KV cache (nothing follows it): n_new and head_from are b's
+    // whole rows'; row i runs its first n_new[i] positions; with head_from, only
+    // [head_from[i], n_new[i]) get logits (gpt_infer), the others zeros. out: (count, T, Vp)
     void logits_pass(Role who, const TrainBatch& b, std::vector<float>& out, const std::vector<int>& n_new,
-                     const int* head_from) {
+                     const int* head_from, int first = 0, int count = -1) {
+        if (count < 0) count = b.B;
         const GPT<float>& m = of(who);
         KVCache<float> no_cache;
-        std::vector<int> rows(b.B), start(b.B, 0);
-        for (int i = 0; i < b.B; i++) rows[i] = i;
-        out.resize((size_t)b.B * b.T * m.config.padded_vocab_size);
-        gpt_infer(m, no_cache, who == Role::Student ? student_scratch : teacher_scratch, b.tokens.data(), rows.data(),
-                  start.data(), n_new.data(), b.B, b.T, out.data(), true, (ForwardRecord<float>*)nullptr, head_from);
+        std::vector<int> rows(count), start(count, 0);
+        for (int i = 0; i < count; i++) rows[i] = i;
+        out.resize((size_t)count * b.T * m.config.padded_vocab_size);
+        gpt_infer(m, no_cache, who == Role::Student ? student_scratch : teacher_scratch,
+                  b.tokens.data() + (size_t)first * b.T, rows.data(), start.data(), n_new.data() + first, count, b.T,
+                  out.data(), true, (ForwardRecord<float>*)nullptr, head_from ? head_from + first : nullptr);
     }
     void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {
         logits_pass(who, b, out, std::vector<int>(b.B, b.T), nullptr);
@@ -173,15 +178,9 @@ struct CpuDevice : Device {
         teacher_logits.shrink_to_fit();
         teacher_signal.reset((size_t)b.B * b.T, K);
         const int chunk = teacher_chunk_rows(b.T, Vp);
-        KVCache<float> no_cache;
         for (int r0 = 0; r0 < b.B; r0 += chunk) {
             const int rows_here = std::min(chunk, b.B - r0);
-            std::vector<int> rows(rows_here), start(rows_here, 0);
-            for (int i = 0; i < rows_here; i++) rows[i] = i;
-            teacher_chunk.resize((size_t)rows_here * b.T * Vp);
-            gpt_infer(t, no_cache, teacher_scratch, b.tokens.data() + (size_t)r0 * b.T, rows.data(), start.data(),
-                      n_new.data() + r0, rows_here, b.T, teacher_chunk.data(), true, (ForwardRecord<float>*)nullptr,
-                      head_from.data() + r0);
+            logits_pass(Role::Teacher, b, teacher_chunk, n_new, head_from.data(), r0, rows_here);
             #pragma omp parallel for schedule(dynamic, 4)
             for (int j = 0; j < rows_here * b.T; j++) {
                 const size_t n = (size_t)r0 * b.T + j;
@@ -199,7 +198,10 @@ struct CpuDevice : Device {
     static int teacher_chunk_rows(int T, int Vp) {
         return std::max(1, (int)((16ull << 20) / ((size_t)T * Vp * sizeof(float))));
     }
-    void teacher_signal_from_cache(TeacherSignal&& signal) override { teacher_signal = std::move(signal); }
+    void teacher_signal_from_cache(const TeacherCache& cache, const TrainBatch& b,
+                                   const std::vector<size_t>& examples) override {
+        cache.fill(teacher_signal, b, examples);  // into the buffers of the last step: no allocation
+    }
     std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
                                                       double temperature, int eos, uint64_t seed, uint64_t stream,
                                                       const std::vector<uint64_t>& row_ids) override {

@@ -223,7 +223,6 @@ double cross_entropy_row(const T* logits, int target, T* dlogits, int V, int Vp,
 template <typename T>
 void teacher_top_k_row(const T* logits, int V, int K, double tau, float* logp, int32_t* ids) {
     static thread_local std::vector<int32_t> heap;        // (K) token ids, the worst at the root
-    static thread_local std::vector<double> e;            // (V) exp((logit - max) / tau)
     static thread_local std::vector<unsigned char> kept;  // (V) 1 for the top-K
     auto before = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
     heap.clear();
@@ -239,15 +238,14 @@ void teacher_top_k_row(const T* logits, int V, int K, double tau, float* logp, i
     }
     std::sort(heap.begin(), heap.end(), before);
     const double inv_tau = 1.0 / tau, m = (double)logits[heap[0]];
-    e.resize(V);
     kept.assign(V, 0);
     for (int j = 0; j < K; j++) kept[heap[j]] = 1;
     double z = 0, tail = 0;
     #pragma omp simd reduction(+ : z, tail)
     for (int i = 0; i < V; i++) {
-        e[i] = exp_vectorizable(((double)logits[i] - m) * inv_tau);
-        z += e[i];
-        tail += kept[i] ? 0.0 : e[i];  // summed over the tail itself: no 1 - sum cancellation
+        const double e = exp_vectorizable(((double)logits[i] - m) * inv_tau);
+        z += e;
+        tail += kept[i] ? 0.0 : e;  // summed over the tail itself: no 1 - sum cancellation
     }
     const double log_z = std::log(z);
     for (int j = 0; j < K; j++) {
@@ -278,9 +276,10 @@ static bool objective_from_name(const std::string& name, Objective& out) {
     return false;
 }
 
-// D over buckets and its gradient through the softmax. P (n) and Q (n) are the bucket
-// masses, member[i] the bucket of column i. With g_b = dD/dQ_b, the gradient over the
-// student's logits z_i (at temperature tau) is q_i (g_member(i) - sum_b Q_b g_b) / tau:
+// D over buckets and its derivative over each bucket's mass. P (n) and Q (n) are the
+// bucket masses. With g_b = dD/dQ_b and b(i) the bucket of column i, the gradient over the
+// student's logits z_i (at temperature tau) is q_i (g_b(i) - sum_b Q_b g_b) / tau (the
+// callers apply it):
 // the softmax Jacobian of a sum of q's is q_i (1[i in b] - Q_b). For TV, g_b is
 // sign(Q_b - P_b) / 2 with sign(0) = 0: TV is not differentiable where P_b = Q_b, and gkd
 // takes that subgradient, the one that leaves a bucket already matched alone.
@@ -552,11 +551,15 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
                                int V, int Vps, double tau, double discount, LossNorm norm,
                                double* mean_per_token = nullptr) {
     const int N = b.B * b.T;
-    std::vector<double> log_ratio(N, 0.0), advantage(N, 0.0);
+    // per target: the student's max and log-normaliser (online_logsumexp), kept for the gradient
+    std::vector<double> log_ratio(N, 0.0), advantage(N, 0.0), max_of(N, 0.0), log_z(N, 0.0);
     #pragma omp parallel for schedule(dynamic, 8)
     for (int n = 0; n < N; n++)
-        if (b.targets[n] >= 0)
-            log_ratio[n] = token_log_prob(student + (size_t)n * Vps, b.targets[n], V, tau) - teacher_target_logp[n];
+        if (b.targets[n] >= 0) {
+            const T* s = student + (size_t)n * Vps;
+            online_logsumexp(s, V, 1.0 / tau, max_of[n], log_z[n]);
+            log_ratio[n] = ((double)s[b.targets[n]] / tau - max_of[n] - log_z[n]) - teacher_target_logp[n];
+        }
     for (int row = 0; row < b.B; row++) {  // A_t = r_t + gamma A_{t+1}, from the row's end
         double later = 0;
         for (int t = b.T - 1; t >= 0; t--) {
@@ -573,8 +576,7 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
             T* ds = dstudent + (size_t)n * Vps;
             const int y = b.targets[n];
             if (y < 0) { std::fill(ds, ds + Vps, T(0)); continue; }
-            double m, lz;
-            online_logsumexp(s, V, 1.0 / tau, m, lz);
+            const double m = max_of[n], lz = log_z[n];
             const double g = -position_weight(b, n / b.T, norm) * advantage[n] / tau;
             for (int i = 0; i < V; i++)  // reads s[i] before writing ds[i]: in place is safe
                 ds[i] = (T)(g * ((i == y ? 1.0 : 0.0) - std::exp((double)s[i] / tau - m - lz)));
@@ -838,12 +840,12 @@ static double learning_rate(double lr, Schedule schedule, int warmup, int steps,
 // ----------------------------------------------------------------------------
 // where the phases run: the CPU, or the GPU twins of cuda/ (device.h)
 
-#include "device.h"
-
 // ----------------------------------------------------------------------------
 // the offline teacher cache: the teacher's top-K once, for many students (data/teacher_cache.h)
 
 #include "data/teacher_cache.h"
+
+#include "device.h"
 
 // ----------------------------------------------------------------------------
 // 3. the GKD trainer
@@ -1101,9 +1103,7 @@ static StepStats gkd_step(Trainer& tr, int step) {
         NvtxRange range("teacher cache");
         std::vector<size_t> ids;
         for (const Example* e : examples) ids.push_back((size_t)(e - tr.data.examples.data()));
-        TeacherSignal signal;
-        tr.cache->fill(signal, b, ids);
-        device.teacher_signal_from_cache(std::move(signal));
+        device.teacher_signal_from_cache(*tr.cache, b, ids);
     } else if (distill) {
         NvtxRange range("teacher forward");
         device.teacher_forward(b, spec);

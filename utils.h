@@ -180,10 +180,7 @@ struct FileLock {
         fl.l_type = F_WRLCK;
         fl.l_whence = SEEK_SET;
         if (fcntl(fd, F_SETLK, &fl) != 0) {
-            struct flock holder = {};
-            holder.l_type = F_WRLCK;
-            holder.l_whence = SEEK_SET;
-            const int pid = fcntl(fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK ? (int)holder.l_pid : 0;
+            const int pid = holder_of(fd);
             close(fd);
             fd = -1;
             GKD_FAIL("%s is in use by another gkd process (pid %d, holding %s); wait for it to end, or stop it",
@@ -193,14 +190,18 @@ struct FileLock {
         if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) != (ssize_t)pid.size())
             GKD_FAIL("%s: cannot write the lock file: %s", path.c_str(), strerror(errno));
     }
-    // the pid of the process that holds path's lock, or 0 when none does (the file may be absent)
-    static int holder(const std::string& lock_path) {
-        int f = open(lock_path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (f < 0) return 0;
+    // the pid of another process holding a lock on fd's file, or 0 when none does
+    static int holder_of(int fd) {
         struct flock fl = {};
         fl.l_type = F_WRLCK;  // would a writer's lock be refused, and by whom
         fl.l_whence = SEEK_SET;
-        const int pid = fcntl(f, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK ? (int)fl.l_pid : 0;
+        return fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK ? (int)fl.l_pid : 0;
+    }
+    // the same for path (0 when the file is absent)
+    static int holder(const std::string& lock_path) {
+        int f = open(lock_path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (f < 0) return 0;
+        const int pid = holder_of(f);
         close(f);  // this process holds no lock on it, so closing drops none
         return pid;
     }

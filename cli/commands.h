@@ -88,6 +88,22 @@ static bool cpu_only_loss(const TrainOptions& o) {
     return !o.sft && (o.objective != Objective::Jsd || o.teacher_top_k > 0 || !o.teacher_cache.empty());
 }
 
+// The CPU alone implements cpu_only_loss's losses: --device cuda (given again to a resumed
+// run too) is refused, and --device auto picks the CPU, saying so.
+static void place_cpu_only_loss(TrainOptions& o, const Flags& f, const char* cmd) {
+    if (o.device != "cuda" || !cpu_only_loss(o)) return;
+    const std::string loss = strf("--objective %s%s%s", objective_name(o.objective),
+                                  o.teacher_top_k ? strf(", --teacher-top-k %d", o.teacher_top_k).c_str() : "",
+                                  o.teacher_cache.empty() ? "" : ", --teacher-cache");
+    if (f.str("device", "auto") == "cuda")
+        GKD_FAIL("gkd %s: this run's loss (%s) runs on the CPU path only (the CUDA path keeps the teacher's full "
+                 "rows and computes JSD(beta) alone): use --device cpu", cmd, loss.c_str());
+    fprintf(stderr, "gkd %s: this run's loss (%s) runs on the CPU path only: --device auto uses the CPU\n", cmd,
+            loss.c_str());
+    o.device = "cpu";
+    o.tf32 = false;
+}
+
 // gkd distill's teacher and objective: --objective, --teacher-top-k, --teacher-cache,
 // --kl-discount, and what each one needs or excludes (docs/cli.md).
 static void parse_teacher_signal(const Flags& f, TrainOptions& o) {
@@ -121,17 +137,7 @@ static void parse_teacher_signal(const Flags& f, TrainOptions& o) {
     } else {
         o.teacher_path = f.required("teacher");
     }
-    // the CPU alone implements these losses: --device auto picks it, --device cuda is refused
-    if (cpu_only_loss(o) && o.device == "cuda") {
-        const char* what = o.objective != Objective::Jsd ? "--objective tv and sampled-reverse-kl"
-                           : o.teacher_top_k ? "--teacher-top-k" : "--teacher-cache";
-        if (f.str("device", "auto") == "cuda")
-            GKD_FAIL("gkd distill: %s run on the CPU path only (the CUDA path keeps the teacher's full rows): use "
-                     "--device cpu", what);
-        fprintf(stderr, "gkd distill: %s run on the CPU path only: --device auto uses the CPU\n", what);
-        o.device = "cpu";
-        o.tf32 = false;
-    }
+    place_cpu_only_loss(o, f, "distill");
 }
 
 static TrainOptions parse_train_options(const Flags& f, bool sft) {
@@ -257,14 +263,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
             start_step = load_training_state(tr, path);
             tr.opt.device = resolve_device(f);
             tr.opt.tf32 = f.on("tf32");
-            if (tr.opt.device == "cuda" && cpu_only_loss(tr.opt)) {
-                if (f.str("device", "auto") == "cuda")
-                    GKD_FAIL("gkd %s: this run's loss (--objective %s, --teacher-top-k %d%s) runs on the CPU path "
-                             "only: resume it with --device cpu", cmd, objective_name(tr.opt.objective),
-                             tr.opt.teacher_top_k, tr.opt.teacher_cache.empty() ? "" : ", --teacher-cache");
-                tr.opt.device = "cpu";
-                tr.opt.tf32 = false;
-            }
+            place_cpu_only_loss(tr.opt, f, cmd);
             if (tr.opt.sft != sft)
                 GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(),
                          tr.opt.sft ? "sft" : "distill", tr.opt.sft ? "sft" : "distill", dir.c_str());

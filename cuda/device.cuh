@@ -88,7 +88,7 @@ struct GpuDevice : Device {
         forward_all_positions(Role::Teacher, b, logits);
         CUDA_CHECK(cudaDeviceSynchronize());
     }
-    void teacher_signal_from_cache(TeacherSignal&&) override {
+    void teacher_signal_from_cache(const TeacherCache&, const TrainBatch&, const std::vector<size_t>&) override {
         GKD_FAIL("--teacher-cache: the CUDA path reads no teacher cache; use --device cpu");
     }
     bool student_forward(const TrainBatch& b) override {  // a pass: the GPU's sampling keeps no record

@@ -164,15 +164,16 @@ def signal_section(runs, methods, seeds, out):
     for k in ("", "-top8", "-top64"):
         a, b = "on-policy-rkl" + k, "supervised-rkl" + k
         if a in res and b in res:
-            out_lines.append(f"- {compare(a, b)}; {paired(res[a], res[b], 'accuracy')[0]:+.1f} ± "
-                             f"{paired(res[a], res[b], 'accuracy')[1]:.1f} greedy")
+            g = paired(res[a], res[b], "accuracy")
+            out_lines.append(f"- {compare(a, b)}; {g[0]:+.1f} ± {g[1]:.1f} greedy")
     if "supervised-kd-cache64" in res and "supervised-kd-top64" in res:
         worst = 0.0
         for s in seeds:
             la = [j["loss"] for j in read_lines(os.path.join(tdir, f"seed{s}", "supervised-kd-cache64", "metrics.jsonl")) if "loss" in j]
             lb = [j["loss"] for j in read_lines(os.path.join(tdir, f"seed{s}", "supervised-kd-top64", "metrics.jsonl")) if "loss" in j]
             worst = max([worst] + [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(la, lb)])
-        out_lines.append(f"- {compare('supervised-kd-cache64', 'supervised-kd-top64')}; {compare('supervised-kd-cache64', 'supervised-kd-top64', 'draft_acceptance_rate', 'points of acceptance').split(': ')[1]}; "
+        acc = paired(res["supervised-kd-cache64"], res["supervised-kd-top64"], "draft_acceptance_rate")
+        out_lines.append(f"- {compare('supervised-kd-cache64', 'supervised-kd-top64')}; {acc[0]:+.1f} ± {acc[1]:.1f} points of acceptance; "
                          f"the training losses differ by at most {100 * worst:.3f}% relative at any step (fp16 log-probs)")
     if "supervised-kd-top64" in res and "supervised-kd" in res:
         out_lines.append(f"- {compare('supervised-kd-top64', 'supervised-kd')}")
@@ -183,9 +184,9 @@ def signal_section(runs, methods, seeds, out):
     for a, b in [("supervised-tv", "supervised-kd"), ("supervised-tv", "supervised-rkl"), ("on-policy-tv", "on-policy-rkl"),
                  ("on-policy-tv", "on-policy-fkl")]:
         if a in res and b in res:
+            acc = paired(res[a], res[b], "sample_accuracy")
             out_lines.append(f"- as a draft: {compare(a, b, 'draft_acceptance_rate', 'points of acceptance')}; "
-                             f"accuracy {paired(res[a], res[b], 'sample_accuracy')[0]:+.1f} ± "
-                             f"{paired(res[a], res[b], 'sample_accuracy')[1]:.1f} sampled")
+                             f"accuracy {acc[0]:+.1f} ± {acc[1]:.1f} sampled")
     return lines + out_lines + [""]
 
 
