@@ -4,9 +4,13 @@
 #                   MPI data parallelism where mpicxx exists (NO_MPI=1: without)
 #   make gkd-cpu    the CPU-only build (g++ alone) as build/gkd-cpu, wherever you are
 #   make test       build both, run the unit, CLI, bad-input, resume, tokenizer and fuzz
-#                   suites (on the CPU); the last line is "N passed, N failed"
+#                   suites (on the CPU) and the emulated CUDA suite; the last line is
+#                   "N passed, N failed"
 #   make test-gpu   build tests/test_gpu and check every kernel against the CPU path
 #                   (says so and passes nothing when there is no GPU)
+#   make test-gpu-emulated   the CUDA path on the CPU, by the SIMT emulator (emulator/):
+#                   tests/test_gpu, the emulator's expected failures, --device cuda on the
+#                   command line and on 2 ranks (make test runs it too)
 #   make profile    Nsight Systems and Nsight Compute over a representative step
 #   make clean
 #
@@ -123,7 +127,7 @@ FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer bpe_text tokenize
 FUZZERS      := $(FUZZ_TARGETS:%=build/fuzz_%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test unit-test cli-test clean check-deps fuzz fuzz-smoke test-asan gpt2-tokenizer gkd-cpu test-gpu profile dev-headers
+.PHONY: gpu-emulated test-gpu-emulated all test unit-test cli-test clean check-deps fuzz fuzz-smoke test-asan gpt2-tokenizer gkd-cpu test-gpu profile dev-headers
 
 all: check-deps gkd
 
@@ -172,6 +176,42 @@ test-gpu:
 	@echo "test-gpu: nvcc not found: the GPU tests need the CUDA toolkit; nothing was checked"
 endif
 
+# The CUDA path on the CPU: the same cuda/ sources compiled by g++ against the SIMT emulator
+# (emulator/), no nvcc and no GPU needed. prepare_sources.py copies the sources to
+# build/emulator/src, rewriting __shared__ and __launch_bounds__ line for line; the
+# programs are built from there (so __FILE__ names cuda/...), with the alignment sanitizer
+# (a misaligned float4 load stops the program) and exported runtime hooks for the emulated
+# cuBLAS, build/emulator/libcublas.so.13, which gkd's dlopen finds beside them.
+#   make test-gpu-emulated   tests/test_gpu, the emulator's own expected failures, and the
+#                            command line with --device cuda against --device cpu
+EMU := build/emulator
+EMU_FILES := gkd.cu $(HEADERS) tests/test_gpu.cu tests/test_emulator.cu
+EMU_HEADERS := $(wildcard emulator/*.h emulator/include/*.h emulator/include/nvtx3/*.h)
+EMU_CXXFLAGS := -std=c++17 -fopenmp -O1 -march=native -fno-trapping-math -Wall -Wno-unused-parameter \
+                -Wno-unknown-pragmas -Wno-unused-function -DGKD_CUDA_EMULATOR -I$(abspath emulator/include) \
+                -fsanitize=alignment -fno-sanitize-recover=alignment $(BLAS_FLAGS) $(EXTRA_INCLUDES:-I%=-I$(abspath %))
+EMU_LDLIBS := -rdynamic $(LDLIBS) -lboost_context -ldl -Wl,-rpath,'$$ORIGIN' -lm
+ifneq ($(MPICXX),)
+EMU_CXXFLAGS += $(MPI_INCLUDES) -DGKD_NCCL $(MPI_CXXONLY)
+EMU_LDLIBS += $(MPI_LINK)
+endif
+$(EMU)/src/.prepared: emulator/prepare_sources.py $(EMU_FILES)
+	@mkdir -p $(EMU)/src
+	python3 emulator/prepare_sources.py . $(EMU)/src $(EMU_FILES)
+	@touch $@
+$(EMU)/libcublas.so.13: emulator/cublas.cpp emulator/hooks.h emulator/include/cublas_v2.h
+	@mkdir -p $(EMU)
+	$(CXX) -std=c++17 -O2 -fPIC -shared -Wall -Wextra $(BLAS_FLAGS) emulator/cublas.cpp -o $@ $(LDLIBS)
+$(EMU)/test_gpu: $(EMU)/src/.prepared $(EMU_HEADERS) $(EMU)/libcublas.so.13
+	cd $(EMU)/src && $(CXX) $(EMU_CXXFLAGS) -x c++ tests/test_gpu.cu -o ../test_gpu $(EMU_LDLIBS)
+$(EMU)/gkd: $(EMU)/src/.prepared $(EMU_HEADERS) $(EMU)/libcublas.so.13
+	cd $(EMU)/src && $(CXX) $(EMU_CXXFLAGS) -x c++ gkd.cu -o ../gkd $(EMU_LDLIBS)
+$(EMU)/test_emulator: $(EMU)/src/.prepared $(EMU_HEADERS) $(EMU)/libcublas.so.13
+	cd $(EMU)/src && $(CXX) $(EMU_CXXFLAGS) -x c++ tests/test_emulator.cu -o ../test_emulator $(EMU_LDLIBS)
+gpu-emulated: $(EMU)/test_gpu $(EMU)/gkd $(EMU)/test_emulator
+test-gpu-emulated: gpu-emulated gkd
+	@bash tests/gpu_emulated_test.sh
+
 # Nsight Systems (the timeline, with the NVTX ranges of each phase) and Nsight Compute
 # (every kernel of one step) over the bench's reference step on the GPU.
 PROFILE_ARGS ?= bench --device cuda --steps 2 --warmup 1
@@ -212,6 +252,7 @@ $(GPT3_ENCODER)/encoder.json:
 # (with nvcc, the GPU test binary is compiled too: CI checks that it builds)
 test: gkd build/gkd-cpu tests/test_gkd $(FUZZERS) $(if $(NVCC),tests/test_gpu)
 	@$(MAKE) --no-print-directory gpt2-tokenizer || echo "(continuing: the tests that need the GPT-2 tokenizer will fail)"
+	@$(MAKE) --no-print-directory -j2 gpu-emulated || echo "(continuing: the emulated CUDA suite will fail: apt-get install libboost-context-dev?)"
 	@bash tests/run_tests.sh
 
 # libFuzzer harnesses (clang): checkpoint and training-state loaders, the JSONL example

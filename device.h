@@ -8,7 +8,7 @@
 // and never ask where they run, so they carry no #ifdef.
 //
 // CpuDevice is below: each phase is a call into model.h or gkd.cu's sections 1-2.
-// GpuDevice, its twin phase for phase, is in cuda/device.cuh (nvcc builds only).
+// GpuDevice, its twin phase for phase, is in cuda/device.cuh (nvcc and emulated builds).
 //
 // Part of gkd.cu's single translation unit: included after the divergences, batches,
 // sampling and AdamW, which both devices use.
@@ -17,7 +17,13 @@
 #include <string>
 #include <vector>
 
-#ifdef __CUDACC__
+// The CUDA path is compiled by nvcc, or by g++ against the SIMT emulator (emulator/: the
+// same kernels run on the CPU, for the tests); plain g++ builds leave it out.
+#if defined(__CUDACC__) || defined(GKD_CUDA_EMULATOR)
+#define GKD_CUDA_PATH 1
+#endif
+
+#ifdef GKD_CUDA_PATH
 #include "cuda/common.cuh"
 #include "cuda/layers.cuh"
 #include "cuda/loss.cuh"
@@ -25,7 +31,13 @@
 #include "cuda/adamw.cuh"
 #include "cuda/sampling.cuh"
 constexpr bool BUILD_HAS_CUDA = true;
+#ifdef GKD_CUDA_EMULATOR
+constexpr bool CUDA_EMULATED = true;  // the CUDA path runs on the CPU (emulator/)
+#define GKD_BUILD_PATHS "this build: CPU and CUDA, the CUDA kernels run by the SIMT emulator on the CPU (--device cuda)"
+#else
+constexpr bool CUDA_EMULATED = false;
 #define GKD_BUILD_PATHS "this build: CPU and CUDA (--device auto|cpu|cuda)"
+#endif
 #else
 constexpr bool BUILD_HAS_CUDA = false;
 #define GKD_BUILD_PATHS "this build: CPU only (make found no nvcc)"
@@ -241,7 +253,7 @@ struct CpuDevice : Device {
     void copy_to_host(AdamW&) override {}  // it is the host
 };
 
-#ifdef __CUDACC__
+#ifdef GKD_CUDA_PATH
 #include "cuda/device.cuh"
 #endif
 
@@ -249,7 +261,7 @@ struct CpuDevice : Device {
 // state, zeros before the first update), the teacher beside it.
 static std::unique_ptr<Device> training_device(const std::string& where, bool tf32, GPT<float>& student,
                                                const AdamW& opt, const GPT<float>* teacher) {
-#ifdef __CUDACC__
+#ifdef GKD_CUDA_PATH
     if (where == "cuda") return std::make_unique<GpuDevice>(student, opt, teacher, tf32);
 #endif
     GKD_ASSERT(where == "cpu", "a CUDA run in a build without CUDA");
@@ -259,7 +271,7 @@ static std::unique_ptr<Device> training_device(const std::string& where, bool tf
 // A device that runs `model` (and `teacher`) forward only: sampling and evaluation.
 static std::unique_ptr<Device> inference_device(const std::string& where, const GPT<float>& model,
                                                 const GPT<float>* teacher) {
-#ifdef __CUDACC__
+#ifdef GKD_CUDA_PATH
     if (where == "cuda") return std::make_unique<GpuDevice>(model, teacher);
 #endif
     GKD_ASSERT(where == "cpu", "a CUDA run in a build without CUDA");

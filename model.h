@@ -196,6 +196,15 @@ struct GPT {
     std::vector<T> attention_scratch;  // (threads, attention_scratch_per_thread) for attention backward
     std::vector<int> inputs;           // (B, T) tokens of the last gpt_forward
     int batch_B = 0, batch_T = 0;      // shape of the last gpt_forward
+
+    // A copy's tensors point into its own memory: the memberwise copy pointed them into
+    // the original's, so a trained copy read the original's weights (found by the
+    // emulated GPU tests, whose CPU trainer never learned). Moves keep the buffers.
+    GPT() = default;
+    GPT(const GPT& o) { *this = o; }
+    GPT& operator=(const GPT& o);
+    GPT(GPT&&) = default;
+    GPT& operator=(GPT&&) = default;
 };
 
 inline void validate_config(const GPTConfig& c, const std::string& where) {
@@ -477,6 +486,34 @@ void point_training_activations(ActivationTensors<T>& acts, ActivationTensors<T>
 template <typename T>
 void gpt_shape_activations(GPT<T>& m, int B, int Tn) {
     point_training_activations(m.acts, m.grads_acts, m.acts_memory.data(), m.grads_acts_memory.data(), m.config, B, Tn);
+}
+
+template <typename T>
+GPT<T>& GPT<T>::operator=(const GPT<T>& o) {
+    if (this == &o) return *this;
+    config = o.config;
+    memcpy(param_sizes, o.param_sizes, sizeof param_sizes);
+    num_parameters = o.num_parameters;
+    params_memory = o.params_memory;
+    grads_memory = o.grads_memory;
+    max_B = o.max_B;
+    max_T = o.max_T;
+    acts_memory = o.acts_memory;
+    grads_acts_memory = o.grads_acts_memory;
+    attention_scratch = o.attention_scratch;
+    inputs = o.inputs;
+    batch_B = o.batch_B;
+    batch_T = o.batch_T;
+    params = {};
+    grads = {};
+    acts = {};
+    grads_acts = {};
+    if (!params_memory.empty()) point_parameters(params, params_memory.data(), param_sizes);
+    if (!grads_memory.empty()) point_parameters(grads, grads_memory.data(), param_sizes);
+    if (!acts_memory.empty())
+        point_training_activations(acts, grads_acts, acts_memory.data(), grads_acts_memory.data(), config,
+                                   batch_B ? batch_B : max_B, batch_T ? batch_T : max_T);
+    return *this;
 }
 
 template <typename T>

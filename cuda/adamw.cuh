@@ -38,9 +38,8 @@ __global__ void sum_squares_kernel(double* partial, const float* x, size_t n) {
 
 // Global L2 norm of the gradient: fixed per-block partial sums, added on the host in order.
 static double gpu_grad_norm(GpuModel& g) {
-    gpu::sum_squares_kernel<<<gpu::NORM_BLOCKS, gpu::THREADS, 0, gpu::stream()>>>(
+    GPU_LAUNCH(gpu::sum_squares_kernel, gpu::NORM_BLOCKS, gpu::THREADS, 0, gpu::stream(),
         g.norm_partials.ptr, g.grads_memory.ptr, g.num_parameters);
-    CUDA_LAUNCH_CHECK();
     double partial[gpu::NORM_BLOCKS];
     download(partial, g.norm_partials.ptr, gpu::NORM_BLOCKS);
     double total = 0;
@@ -56,11 +55,10 @@ static void gpu_adamw_update(GpuModel& g, AdamW& opt, double lr, double grad_sca
     for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
         const size_t n = g.param_sizes[k];
         const float keep = (float)(1.0 - lr * (PARAMETER_DECAYS[k] ? opt.weight_decay : 0.0));
-        gpu::adamw_kernel<<<gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream()>>>(
+        GPU_LAUNCH(gpu::adamw_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(),
             g.params_memory.ptr + offset, g.grads_memory.ptr + offset, g.adam_m.ptr + offset, g.adam_v.ptr + offset, n,
             (float)opt.beta1, (float)opt.beta2, (float)opt.eps, (float)grad_scale, (float)(lr / bc1),
             (float)std::sqrt(bc2), keep);
-        CUDA_LAUNCH_CHECK();
         offset += n;
     }
 }

@@ -2,8 +2,9 @@
 // (opened at run time), the device context, device buffers, block reductions, and the
 // GEMM wrappers in model.h's row-major terms.
 //
-// Part of gkd's one translation unit: gkd.cu includes it (through device.h) in nvcc builds
-// only; the g++ build never sees a file of cuda/.
+// Part of gkd's one translation unit: gkd.cu includes it (through device.h) in nvcc builds,
+// and in the emulated build (g++ against emulator/, which stands in for the CUDA headers);
+// the plain g++ build never sees a file of cuda/.
 //
 // Tricks worth knowing:
 // - cuBLAS is dlopen'd when a GPU run starts, not linked: linking it cost every start of
@@ -14,6 +15,8 @@
 //   from the CUDA context's.
 // - block_max_sum merges (max, sum of exp) pairs: one pass gives a softmax normaliser over
 //   any row length, whatever the block size, without overflow.
+// - Every kernel launch goes through GPU_LAUNCH (gpu::launch): <<<...>>> in the nvcc build,
+//   the emulator's launch in the emulated one, and the same check in both.
 // - Every launch goes to gpu::stream(), the legacy default stream unless a StreamScope
 //   says otherwise: that is how a decode step is captured as a CUDA graph (capture_graph).
 #pragma once
@@ -30,10 +33,15 @@ static void cuda_check(cudaError_t e, const char* what, const char* file, int li
                      : e == cudaErrorInsufficientDriver ? " (the driver is older than this CUDA toolkit)" : "";
     GKD_FAIL("%s:%d: CUDA error: %s, in %s%s", file, line, cudaGetErrorString(e), what, hint);
 }
-#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 #define CUBLAS_CHECK(call) cublas_check((call), #call, __FILE__, __LINE__)
 static void cublas_check(cublasStatus_t s, const char* what, const char* file, int line) {
-    if (s != CUBLAS_STATUS_SUCCESS) GKD_FAIL("%s:%d: cuBLAS error %d in %s", file, line, (int)s, what);
+    if (s == CUBLAS_STATUS_SUCCESS) return;
+    const char* name = s == CUBLAS_STATUS_NOT_INITIALIZED ? "CUBLAS_STATUS_NOT_INITIALIZED"
+                     : s == CUBLAS_STATUS_ALLOC_FAILED ? "CUBLAS_STATUS_ALLOC_FAILED (out of device memory)"
+                     : s == CUBLAS_STATUS_INVALID_VALUE ? "CUBLAS_STATUS_INVALID_VALUE (a size, leading dimension or stride out of range)"
+                     : s == CUBLAS_STATUS_EXECUTION_FAILED ? "CUBLAS_STATUS_EXECUTION_FAILED"
+                     : "a cuBLAS error";
+    GKD_FAIL("%s:%d: cuBLAS error %d, %s, in %s", file, line, (int)s, name, what);
 }
 
 // NVTX ranges name the phases of a step in Nsight Systems' timeline.
@@ -165,6 +173,25 @@ namespace gpu {
 // The stream of every gkd launch and cuBLAS call (gpu_context().stream).
 inline cudaStream_t stream() { return gpu_context().stream; }
 
+// ---- launching a kernel: the one place that does, in both builds
+//
+// GPU_LAUNCH(kernel, grid, block, shared_bytes, stream, args...) launches kernel<<<grid,
+    // block, shared_bytes, stream>>>(args...) and checks the launch, naming the call site and
+    // the kernel. In the emulated build the emulator runs it (emulator/runtime.h), checking
+    // the launch as a GPU does and the kernel's execution more strictly.
+    #define GPU_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+    gpu::launch(#kernel, __FILE__, __LINE__, kernel, grid, block, shared_bytes, stream, __VA_ARGS__)
+    template <typename... Params, typename... Args>
+    static void launch(const char* name, const char* file, int line, void (*kernel)(Params...), dim3 grid, dim3 block,
+    size_t shared_bytes, cudaStream_t on, Args&&... args) {
+    #ifdef GKD_CUDA_EMULATOR
+    cuda_check(emu::launch(name, kernel, grid, block, shared_bytes, on, std::forward<Args>(args)...), name, file, line);
+#else
+    kernel<<<grid, block, shared_bytes, on>>>(std::forward<Args>(args)...);
+    cuda_check(cudaGetLastError(), name, file, line);
+#endif
+}
+
 constexpr int THREADS = 256;
 inline unsigned blocks_for(size_t n, int threads = THREADS) { return (unsigned)((n + threads - 1) / threads); }
 constexpr unsigned FULL_MASK = 0xffffffffu;
@@ -283,7 +310,7 @@ static cudaGraphExec_t capture_graph(cudaStream_t capture_stream, Work work) {
 // data parallelism between GPUs: the ranks' gradients summed by NCCL (distributed.h)
 
 #ifdef GKD_NCCL
-#include <nccl.h>
+#include <nccl.h>  // the emulated build: emulator/include/nccl.h, over MPI
 #define NCCL_CHECK(call) nccl_check((call), #call, __FILE__, __LINE__)
 static void nccl_check(ncclResult_t r, const char* what, const char* file, int line) {
     if (r != ncclSuccess) GKD_FAIL("%s:%d: NCCL error: %s, in %s", file, line, ncclGetErrorString(r), what);

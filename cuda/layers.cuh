@@ -34,8 +34,7 @@ __global__ void encoder_forward_kernel(float* out, const int* inp, const float* 
 // out (B, T, C) = wte[token] + wpe[position]
 static void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int Tn, int C) {
     size_t total = (size_t)B * Tn * C;
-    encoder_forward_kernel<<<blocks_for(total), THREADS, 0, gpu::stream()>>>(out, inp, wte, wpe, Tn, C, total);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(encoder_forward_kernel, blocks_for(total), THREADS, 0, gpu::stream(), out, inp, wte, wpe, Tn, C, total);
 }
 
 // dwpe: one thread per (t, c), summing over the rows b in order
@@ -83,12 +82,10 @@ struct DeviceTokenGroups {
 };
 static void encoder_backward(float* dwte, float* dwpe, const float* dout, const DeviceTokenGroups& groups, int B, int Tn,
                              int C) {
-    position_grad_kernel<<<blocks_for((size_t)Tn * C), THREADS, 0, gpu::stream()>>>(dwpe, dout, B, Tn, C);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(position_grad_kernel, blocks_for((size_t)Tn * C), THREADS, 0, gpu::stream(), dwpe, dout, B, Tn, C);
     if (groups.count == 0) return;
-    token_grad_kernel<<<groups.count, 128, 0, gpu::stream()>>>(
+    GPU_LAUNCH(token_grad_kernel, groups.count, 128, 0, gpu::stream(),
         dwte, dout, groups.token_ids.ptr, groups.first.ptr, groups.positions.ptr, C);
-    CUDA_LAUNCH_CHECK();
 }
 
 // ---- per-column sums over rows (bias and LayerNorm parameter gradients), in two fixed-order
@@ -129,11 +126,9 @@ static void column_sums(float* dw, float* db, const float* dout, int ld, const f
     const int chunks = (N + COLUMN_CHUNK - 1) / COLUMN_CHUNK;
     float* partial_b = scratch;
     float* partial_w = scratch + (size_t)chunks * C;
-    column_partials_kernel<<<dim3(blocks_for(C, 128), chunks), 128, 0, gpu::stream()>>>(
+    GPU_LAUNCH(column_partials_kernel, dim3(blocks_for(C, 128), chunks), 128, 0, gpu::stream(),
         partial_w, partial_b, dout, ld, inp, mean, rstd, N, C);
-    CUDA_LAUNCH_CHECK();
-    column_totals_kernel<<<blocks_for(C, 128), 128, 0, gpu::stream()>>>(dw, db, partial_w, partial_b, chunks, C);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(column_totals_kernel, blocks_for(C, 128), 128, 0, gpu::stream(), dw, db, partial_w, partial_b, chunks, C);
 }
 
 // ---- layernorm: one warp per row
@@ -156,9 +151,8 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
 // out (N, C), mean/rstd (N) or null: normalise each row, biased variance, eps 1e-5
 static void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                               const float* bias, int N, int C) {
-    layernorm_forward_kernel<<<blocks_for((size_t)N * 32), THREADS, 0, gpu::stream()>>>(
+    GPU_LAUNCH(layernorm_forward_kernel, blocks_for((size_t)N * 32), THREADS, 0, gpu::stream(),
         out, mean, rstd, inp, weight, bias, N, C);
-    CUDA_LAUNCH_CHECK();
 }
 
 __global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
@@ -185,9 +179,8 @@ __global__ void layernorm_backward_kernel(float* dinp, const float* dout, const 
 // scratch: column_scratch_size(N, C) floats
 static void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch) {
-    layernorm_backward_kernel<<<blocks_for((size_t)N * 32), THREADS, 0, gpu::stream()>>>(
+    GPU_LAUNCH(layernorm_backward_kernel, blocks_for((size_t)N * 32), THREADS, 0, gpu::stream(),
         dinp, dout, inp, weight, mean, rstd, N, C);
-    CUDA_LAUNCH_CHECK();
     column_sums(dweight, dbias, dout, C, inp, mean, rstd, N, C, scratch);
 }
 
@@ -205,8 +198,7 @@ static void matmul_forward(float* out, const float* inp, const float* weight, co
     gemm(false, true, N, OC, C, inp, C, weight, C, 0.0f, out, ld_out);
     if (!bias) return;
     size_t total = (size_t)N * OC;
-    add_bias_kernel<<<blocks_for(total), THREADS, 0, gpu::stream()>>>(out, bias, OC, ld_out, total);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(add_bias_kernel, blocks_for(total), THREADS, 0, gpu::stream(), out, bias, OC, ld_out, total);
 }
 // accumulates: dinp (N, C) += dout weight; dweight (OC, C) += dout^T inp; dbias += column sums
 static void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
@@ -244,13 +236,11 @@ __global__ void merge_heads_kernel(float* dst, int ld, const float* src, int Tn,
 }
 static void split_heads(float* dst, const float* src, int ld, int B, int Tn, int NH, int hs) {
     size_t total = (size_t)B * NH * Tn * hs;
-    split_heads_kernel<<<blocks_for(total), THREADS, 0, gpu::stream()>>>(dst, src, ld, Tn, NH, hs, total);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(split_heads_kernel, blocks_for(total), THREADS, 0, gpu::stream(), dst, src, ld, Tn, NH, hs, total);
 }
 static void merge_heads(float* dst, int ld, const float* src, int B, int Tn, int NH, int hs, bool accumulate) {
     size_t total = (size_t)B * NH * Tn * hs;
-    merge_heads_kernel<<<blocks_for(total), THREADS, 0, gpu::stream()>>>(dst, ld, src, Tn, NH, hs, accumulate, total);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(merge_heads_kernel, blocks_for(total), THREADS, 0, gpu::stream(), dst, ld, src, Tn, NH, hs, accumulate, total);
 }
 
 // In place over att (rows, T): row r is query t = r % T; softmax(scale * x) over columns
@@ -283,8 +273,7 @@ __global__ void causal_softmax_backward_kernel(float* datt, const float* att, si
     for (int j = lane; j < Tn; j += 32) g[j] = j <= t ? a[j] * (g[j] - dot) * scale : 0.0f;
 }
 static void causal_softmax(float* att, size_t rows, int Tn, float scale) {
-    causal_softmax_kernel<<<blocks_for(rows * 32), THREADS, 0, gpu::stream()>>>(att, rows, Tn, scale);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(causal_softmax_kernel, blocks_for(rows * 32), THREADS, 0, gpu::stream(), att, rows, Tn, scale);
 }
 
 // Floats of scratch that attention needs for (B, T): q, k, v, and their gradients, the
@@ -324,9 +313,8 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
     gemm_batched(false, true, Tn, Tn, hs, dy, hs, sT, v, hs, sT, 0.0f, datt, Tn, sA, BH);   // dA = dY V^T
     gemm_batched(true, false, Tn, hs, Tn, att, Tn, sA, dy, hs, sT, 0.0f, dv, hs, sT, BH);   // dV = A^T dY
     const size_t rows = (size_t)BH * Tn;
-    causal_softmax_backward_kernel<<<blocks_for(rows * 32), THREADS, 0, gpu::stream()>>>(
+    GPU_LAUNCH(causal_softmax_backward_kernel, blocks_for(rows * 32), THREADS, 0, gpu::stream(),
         datt, att, rows, Tn, 1.0f / sqrtf((float)hs));
-    CUDA_LAUNCH_CHECK();
     gemm_batched(false, false, Tn, hs, Tn, datt, Tn, sA, k, hs, sT, 0.0f, dq, hs, sT, BH);  // dQ = dS K
     gemm_batched(true, false, Tn, hs, Tn, datt, Tn, sA, q, hs, sT, 0.0f, dk, hs, sT, BH);   // dK = dS^T Q
     merge_heads(dqkv, 3 * C, dq, B, Tn, NH, hs, true);
@@ -353,12 +341,10 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
     dinp[i] += local * dout[i];
 }
 static void gelu_forward(float* out, const float* inp, size_t N) {
-    gelu_forward_kernel<<<blocks_for(N), THREADS, 0, gpu::stream()>>>(out, inp, N);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(gelu_forward_kernel, blocks_for(N), THREADS, 0, gpu::stream(), out, inp, N);
 }
 static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N) {
-    gelu_backward_kernel<<<blocks_for(N), THREADS, 0, gpu::stream()>>>(dinp, inp, dout, N);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(gelu_backward_kernel, blocks_for(N), THREADS, 0, gpu::stream(), dinp, inp, dout, N);
 }
 
 __global__ void residual_forward_kernel(float* out, const float* a, const float* b, size_t N) {
@@ -370,12 +356,10 @@ __global__ void residual_backward_kernel(float* da, float* db, const float* dout
     if (i < N) { da[i] += dout[i]; db[i] += dout[i]; }
 }
 static void residual_forward(float* out, const float* a, const float* b, size_t N) {
-    residual_forward_kernel<<<blocks_for(N), THREADS, 0, gpu::stream()>>>(out, a, b, N);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(residual_forward_kernel, blocks_for(N), THREADS, 0, gpu::stream(), out, a, b, N);
 }
 static void residual_backward(float* da, float* db, const float* dout, size_t N) {
-    residual_backward_kernel<<<blocks_for(N), THREADS, 0, gpu::stream()>>>(da, db, dout, N);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(residual_backward_kernel, blocks_for(N), THREADS, 0, gpu::stream(), da, db, dout, N);
 }
 
 // columns V..Vp-1 of every logits row are padding: zero, as on the CPU
@@ -388,8 +372,7 @@ __global__ void zero_padding_kernel(float* logits, int V, int Vp, size_t total) 
 static void zero_padding(float* logits, int rows, int V, int Vp) {
     if (Vp == V) return;
     size_t total = (size_t)rows * (Vp - V);
-    zero_padding_kernel<<<blocks_for(total), THREADS, 0, gpu::stream()>>>(logits, V, Vp, total);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(zero_padding_kernel, blocks_for(total), THREADS, 0, gpu::stream(), logits, V, Vp, total);
 }
 
 }  // namespace gpu

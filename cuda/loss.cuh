@@ -158,8 +158,7 @@ static double gpu_batch_loss(GpuLossBuffers& buf, const TrainBatch& b, const flo
     a.targets = buf.targets.ptr; a.weight = buf.weight.ptr; a.cross_entropy = cross_entropy;
     a.beta = beta; a.inv_tau = 1.0 / tau; a.per_position = buf.per_position.ptr; a.logp = buf.logp.ptr;
     if (pg) { buf.pg_coef.upload(coef); a.pg_coef = buf.pg_coef.ptr; a.pg_inv_t = 1.0 / pg->temperature; }
-    gpu::fused_loss_kernel<<<N, gpu::LOSS_THREADS, 0, gpu::stream()>>>(a);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(gpu::fused_loss_kernel, N, gpu::LOSS_THREADS, 0, gpu::stream(), a);
     std::vector<double> per_position(N), logp(pg ? N : 0);
     download(per_position.data(), buf.per_position.ptr, N);
     if (pg) download(logp.data(), buf.logp.ptr, N);

@@ -229,26 +229,23 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
                "gpu_infer: cached attention keeps a row's scores in 48 KB of shared memory (context <= 12288)");
     float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
     const size_t total = (size_t)N * C;
-    gpu::encoder_infer_kernel<<<gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream()>>>(
+    GPU_LAUNCH(gpu::encoder_infer_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
         x, tokens, start, n_new, p.wte, p.wpe, Tn, C, V, total);
-    CUDA_LAUNCH_CHECK();
     for (int l = 0; l < L; l++) {
         gpu::layernorm_forward(ln, nullptr, nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
         gpu::matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
         if (cache) {
-            gpu::cache_store_kernel<<<gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream()>>>(
+            GPU_LAUNCH(gpu::cache_store_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
                 cache->keys(l), cache->values(l), qkv, cache_row, start, n_new, Tn, C, cache->capacity, total);
-            CUDA_LAUNCH_CHECK();
         }
         if (gemm_attention) {
             // padded slots sit after each row's real tokens: causal attention never lets a real one see them
             float* att = scratch + 4 * (size_t)N * C;
             gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
         } else {
-            gpu::cached_attention_kernel<<<dim3(N, NH), 128, sizeof(float) * cache->capacity, gpu::stream()>>>(
+            GPU_LAUNCH(gpu::cached_attention_kernel, dim3(N, NH), 128, sizeof(float) * cache->capacity, gpu::stream(),
                 atty, qkv, cache->keys(l), cache->values(l), cache_row, start, n_new, Tn, C, NH,
                 cache->capacity);
-            CUDA_LAUNCH_CHECK();
         }
         gpu::matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
         gpu::residual_forward(x, x, proj, total);
@@ -264,9 +261,8 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
         gpu::zero_padding(logits, N, V, Vp);
     } else {
         float* last = s.last.ensure((size_t)Bn * C);
-        gpu::gather_last_kernel<<<gpu::blocks_for((size_t)Bn * C), gpu::THREADS, 0, gpu::stream()>>>(
+        GPU_LAUNCH(gpu::gather_last_kernel, gpu::blocks_for((size_t)Bn * C), gpu::THREADS, 0, gpu::stream(),
             last, x, n_new, Tn, C, (size_t)Bn * C);
-        CUDA_LAUNCH_CHECK();
         gpu::layernorm_forward(ln, nullptr, nullptr, last, p.lnfw, p.lnfb, Bn, C);
         gpu::matmul_forward(logits, ln, p.wte, nullptr, Bn, C, V, Vp);
         gpu::zero_padding(logits, Bn, V, Vp);
@@ -370,14 +366,12 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
     int* going = g.going.ensure(1);
     const double inv_t = temperature > 0 ? 1.0 / temperature : 0.0;
     auto draw = [&] {  // each going row's next token, then the bookkeeping
-        gpu::sample_kernel<<<Bn, gpu::THREADS, 0, gpu::stream()>>>(picked, logits, V, Vp, inv_t, g.keys.ptr,
-                                                                    g.length.ptr, g.n_new.ptr);
-        CUDA_LAUNCH_CHECK();
-        gpu::advance_rows_kernel<<<1, gpu::THREADS, 0, gpu::stream()>>>(completions, g.length.ptr, last_token,
-                                                                         g.start.ptr, g.n_new.ptr, going, picked,
-                                                                         g.prompt_length.ptr, g.budget.ptr, Bn,
-                                                                         max_budget, eos);
-        CUDA_LAUNCH_CHECK();
+        GPU_LAUNCH(gpu::sample_kernel, Bn, gpu::THREADS, 0, gpu::stream(), picked, logits, V, Vp, inv_t, g.keys.ptr,
+            g.length.ptr, g.n_new.ptr);
+        GPU_LAUNCH(gpu::advance_rows_kernel, 1, gpu::THREADS, 0, gpu::stream(), completions, g.length.ptr, last_token,
+            g.start.ptr, g.n_new.ptr, going, picked,
+            g.prompt_length.ptr, g.budget.ptr, Bn,
+            max_budget, eos);
     };
     auto decode_and_draw = [&] {  // one token per going row at its position; finished rows masked (n_new = 0)
         gpu_infer_on_device(m, &g.cache, g.scratch, last_token, g.cache_row.ptr, g.start.ptr, g.n_new.ptr, Bn, 1, false,

@@ -42,23 +42,7 @@ $GKD data --task arithmetic --seed 0 --out "$W/data" --train 40 --validation 10 
 COMMON="--data $W/data/train.jsonl --steps 20 --batch 5 --lr 3e-3 --max-new-tokens 12 --seed 3 --quiet"
 
 # compare A B: metrics losses step by step and model.bin, within 1e-5 relative
-compare() {
-  python3 - "$1" "$2" <<'PY'
-import json, math, struct, sys
-a, b = sys.argv[1], sys.argv[2]
-def losses(d):
-    return [json.loads(l)["loss"] for l in open(f"{d}/metrics.jsonl") if '"eval"' not in l]
-def params(d):
-    raw = open(f"{d}/model.bin", "rb").read()[1024:]
-    return struct.unpack(f"<{len(raw) // 4}f", raw)
-la, lb = losses(a), losses(b)
-worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(la, lb)) if la and len(la) == len(lb) else math.inf
-pa, pb = params(a), params(b)
-rel = math.sqrt(sum((x - y) ** 2 for x, y in zip(pa, pb)) / sum(y * y for y in pb)) if len(pa) == len(pb) else math.inf
-print(f"steps {len(la)}/{len(lb)}, worst loss difference {worst:.1e}, model difference {rel:.1e}")
-sys.exit(0 if len(la) == 20 and worst <= 1e-5 and rel <= 1e-5 else 1)
-PY
-}
+compare() { python3 tests/compare_runs.py "$1" "$2" 1e-5 20; }
 
 for case in "sft-sequence|sft --model $W/student.bin --loss-norm sequence" \
             "kd-token|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 0 --beta 0 --loss-norm token" \

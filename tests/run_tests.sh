@@ -59,6 +59,9 @@ gpu_harness() {
   fi
   echo "gpu harness: $p passed, $f failed"
 }
+# the CUDA path on the CPU: the SIMT emulator runs tests/test_gpu.cu, its own expected
+# failures, and --device cuda through the command line (tests/gpu_emulated_test.sh)
+suite gpu-emulated '^gpu emulated: ([0-9]+) passed, ([0-9]+) failed' bash tests/gpu_emulated_test.sh
 suite gpu-harness '^gpu harness: ([0-9]+) passed, ([0-9]+) failed' gpu_harness
 # dev/hf_parity.py on the CPU where torch and transformers are installed (gpu_check.sh runs
 # it on the GPU); elsewhere it says that it did not run

@@ -21,6 +21,8 @@
 // land near 1e-7, so the thresholds below (1e-5 for one op, 1e-4 through a whole model)
 // separate rounding from a wrong index, which gives O(1).
 //
+// The same file runs on the CPU by gkd's SIMT emulator (make test-gpu-emulated, docs/cuda.md):
+// there its device is the emulated one, and every test runs, in race mode.
 // On a machine without a GPU it says so and exits 0 without checking anything: it never
 // reports a pass it did not run. With GKD_REQUIRE_GPU=1 (dev/gpu_check.sh) no usable GPU is
 // a failure, exit 1, so that a broken driver or image cannot read as a pass. Each test runs
@@ -32,6 +34,16 @@
 #include "../gkd.cu"
 
 #include <random>
+
+// The emulated build (make test-gpu-emulated) runs every test, some at smaller sizes
+// where the CPU's time, not the coverage, is what a size buys: the GPT-2-width sampler
+// draws fewer times (its statistical test scales with the count), greedy decoding to 160
+// positions runs one row, and the GPT-2-width step one row of ~130 positions.
+#ifdef GKD_CUDA_EMULATOR
+constexpr bool EMULATED = true;
+#else
+constexpr bool EMULATED = false;
+#endif
 
 static int passed = 0, failed = 0;
 static uint64_t run_seed = 0, draws = 0;
@@ -458,9 +470,8 @@ static std::vector<int> draws_from_row(const std::vector<float>& row, int V, dou
     DevInt d_draws(std::vector<int>(R, draw));
     DeviceBuffer<int> d_out;
     d_out.ensure(R);
-    gpu::sample_kernel<<<R, gpu::THREADS>>>(d_out.ptr, d_row.p(), V, 0, t > 0 ? 1.0 / t : 0.0, d_keys.ptr,
-                                            d_draws.b.ptr, nullptr);
-    CUDA_LAUNCH_CHECK();
+    GPU_LAUNCH(gpu::sample_kernel, R, gpu::THREADS, 0, 0, d_out.ptr, d_row.p(), V, 0, t > 0 ? 1.0 / t : 0.0, d_keys.ptr,
+        d_draws.b.ptr, nullptr);
     std::vector<int> out(R);
     download(out.data(), d_out.ptr, R);
     return out;
@@ -502,8 +513,10 @@ static void test_sampling_distribution() {
 
 // A trainer on random models and random data, off-policy (dataset completions), so that
 // the CPU and the GPU see the same batches: what the full-step tests compare.
-static void make_trainer(Trainer& tr, const GPT<float>& student, const GPT<float>& teacher, double beta, bool sft,
-                         int batch = 4, int completion_min = 3, int completion_spread = 10) {
+// The dataset comes from data_seed: the CPU's and the GPU's trainers of one comparison
+// must be given the same one (drawn once), or they train on different examples.
+static void make_trainer(Trainer& tr, uint64_t data_seed, const GPT<float>& student, const GPT<float>& teacher,
+                         double beta, bool sft, int batch = 4, int completion_min = 3, int completion_spread = 10) {
     tr.student = student;
     tr.has_teacher = !sft;
     if (!sft) tr.teacher = teacher;
@@ -520,7 +533,7 @@ static void make_trainer(Trainer& tr, const GPT<float>& student, const GPT<float
     o.grad_clip = 1.0;
     o.shuffle = false;
     tr.adam.weight_decay = o.weight_decay;
-    Rng rng(derive_seed(run_seed, ++draws));
+    Rng rng(data_seed);
     for (int i = 0; i < 8; i++) {
         Example e;
         int P = 2 + (int)rng.below(6), K = completion_min + (int)rng.below(completion_spread);
@@ -537,8 +550,9 @@ static void make_trainer(Trainer& tr, const GPT<float>& student, const GPT<float
 static void compare_step(const std::string& what, const GPT<float>& student, const GPT<float>& teacher, bool sft,
                          bool tf32, int batch = 4, int completion_min = 3, int completion_spread = 10) {
     Trainer cpu, gpu;
-    make_trainer(cpu, student, teacher, 0.5, sft, batch, completion_min, completion_spread);
-    make_trainer(gpu, student, teacher, 0.5, sft, batch, completion_min, completion_spread);
+    const uint64_t data_seed = derive_seed(run_seed, ++draws);
+    make_trainer(cpu, data_seed, student, teacher, 0.5, sft, batch, completion_min, completion_spread);
+    make_trainer(gpu, data_seed, student, teacher, 0.5, sft, batch, completion_min, completion_spread);
     gpu.opt.device = "cuda";
     gpu.opt.tf32 = tf32;
     place_trainer(gpu);
@@ -570,8 +584,9 @@ static void test_full_step(bool sft, bool tf32) {
 static void test_trajectory() {
     GPT<float> student = random_model("2,64,4", 257, 32), teacher = random_model("3,96,4", 257, 32);
     Trainer cpu, gpu;
-    make_trainer(cpu, student, teacher, 0.5, false);
-    make_trainer(gpu, student, teacher, 0.5, false);
+    const uint64_t data_seed = derive_seed(run_seed, ++draws);
+    make_trainer(cpu, data_seed, student, teacher, 0.5, false);
+    make_trainer(gpu, data_seed, student, teacher, 0.5, false);
     gpu.opt.device = "cuda";
     place_trainer(gpu);
     double worst = 0;
@@ -689,7 +704,7 @@ static void test_decode_graph() {
 // cached attention's block of 128 threads loops), against the CPU
 static void test_gpt2_greedy() {
     GPT<float> m = random_model("2,768,12", 50257, 160, 30.0);
-    RandomPrompts r(3, 140, 4, 50257);  // budgets 140, 144, 148 after prompts of <= 12 tokens
+    RandomPrompts r(EMULATED ? 1 : 3, 140, 4, 50257);  // budgets 140, 144, 148 after prompts of <= 12 tokens
     Generator gen;
     auto cpu = generate(m, gen, r.prompts, r.budgets, 0.0, 50256, 1, 2, r.ids);
     GpuModel gm;
@@ -703,14 +718,15 @@ static void test_gpt2_greedy() {
 // past 32 lanes), fp32: loss, every parameter tensor's gradient, AdamW
 static void test_gpt2_step() {
     GPT<float> student = random_model("2,768,12", 50257, 160), teacher = random_model("1,768,12", 50257, 160);
-    compare_step("GPT-2 width GKD step (B 2, ~130 positions)", student, teacher, false, false, 2, 118, 8);
+    compare_step(EMULATED ? "GPT-2 width GKD step (B 1, ~130 positions)" : "GPT-2 width GKD step (B 2, ~130 positions)",
+                 student, teacher, false, false, EMULATED ? 1 : 2, 118, 8);
 }
 
 // the Gumbel-max draw at V = 50257: each thread strides through ~196 ids. One row of
 // logits (row stride 0: every block reads it), six ids boosted across the vocabulary;
 // frequencies of those six and of the rest by quarter of the ids, against softmax(logits / t)
 static void test_sampling_distribution_gpt2() {
-    const int V = 50257, R = 200000;
+    const int V = 50257, R = EMULATED ? 6000 : 200000;
     const double t = 0.9;
     std::vector<float> row(V);
     Rng rng(derive_seed(run_seed, ++draws));
@@ -738,13 +754,15 @@ static void test_sampling_distribution_gpt2() {
 
 // One test: an error (a CUDA fault, a refusal) fails it by name; the next test still runs.
 // GKD_GPU_TEST_SKIP=TEXT leaves out the tests whose names contain TEXT (gpu_check.sh's
-// memcheck stage skips "GPT-2 width", too slow under the sanitizer); the summary counts them.
+// memcheck stage skips "GPT-2 width", too slow under the sanitizer); GKD_GPU_TEST_ONLY=TEXT
+// runs only those (a kernel under development, on the emulator); the summary counts the rest.
 static int skipped = 0;
 template <typename F>
 static void run_test(const char* name, F test) {
     const char* skip = getenv("GKD_GPU_TEST_SKIP");
-    if (skip && *skip && strstr(name, skip)) {
-        printf("--- %s: skipped (GKD_GPU_TEST_SKIP)\n", name);
+    const char* only = getenv("GKD_GPU_TEST_ONLY");
+    if ((skip && *skip && strstr(name, skip)) || (only && *only && !strstr(name, only))) {
+        printf("--- %s: skipped (GKD_GPU_TEST_SKIP or _ONLY)\n", name);
         skipped++;
         return;
     }
@@ -818,7 +836,7 @@ int main() {
     run_test("GPT-2 width: sampling distribution", [] { test_sampling_distribution_gpt2(); });
     run_test("GPT-2 width: greedy decoding", [] { test_gpt2_greedy(); });
     run_test("GPT-2 width: one GKD step", [] { test_gpt2_step(); });
-    if (skipped) printf("%d tests skipped (GKD_GPU_TEST_SKIP)\n", skipped);
+    if (skipped) printf("%d tests skipped (GKD_GPU_TEST_SKIP or _ONLY)\n", skipped);
     printf("test-gpu: %.1f s in all\n", now_seconds() - started);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

@@ -1,0 +1,196 @@
+// emulator/cublas.cpp — the cuBLAS functions gkd calls, on the CPU: built as
+// build/emulator/libcublas.so.N and opened by gkd's dlopen seam (cuda/common.cuh) in place
+// of NVIDIA's library.
+//
+// Written from the cuBLAS documentation: column-major C = alpha op(A) op(B) + beta C, on
+// OpenBLAS's sgemm. What a GPU's cuBLAS would refuse is refused with its status, and the
+// reason goes to stderr (NVIDIA's library says nothing unless asked):
+// - CUBLAS_STATUS_NOT_INITIALIZED for a null handle;
+// - CUBLAS_STATUS_INVALID_VALUE for m, n or k < 0, an unknown operation, lda < max(1, rows
+//   of A as stored), ldb likewise, ldc < max(1, m), null scalars, batchCount < 0.
+// Tricks worth knowing:
+// - CUBLAS_TF32_TENSOR_OP_MATH rounds A and B to TF32 (10 explicit mantissa bits, round to
+//   nearest even) before the fp32 product, as the tensor cores take them: the TF32
+//   tolerances of tests/test_gpu.cu are really exercised.
+// - beta = 0 never reads C (it may hold NaN poison), as cuBLAS documents.
+// - Every operand must lie inside one device allocation over the extent the call reads or
+//   writes; a pointer past it is a fault, sticky like a kernel's (hooks.h).
+// - The work goes through the runtime's stream (hooks.h): captured into a graph when the
+//   handle's stream is capturing, with alpha and beta read at the call (host pointer mode).
+#include <cblas.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "include/cublas_v2.h"
+
+struct cublasContext {
+    cudaStream_t stream = nullptr;
+    cublasMath_t math = CUBLAS_DEFAULT_MATH;
+};
+
+namespace {
+
+cublasStatus_t refuse(cublasStatus_t s, const std::string& why) {
+    fprintf(stderr, "emulated cuBLAS: %s: %s\n", why.c_str(),
+            s == CUBLAS_STATUS_INVALID_VALUE ? "CUBLAS_STATUS_INVALID_VALUE"
+            : s == CUBLAS_STATUS_NOT_INITIALIZED ? "CUBLAS_STATUS_NOT_INITIALIZED"
+                                                  : "CUBLAS_STATUS_EXECUTION_FAILED");
+    return s;
+}
+
+float to_tf32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7F800000u) == 0x7F800000u) return x;  // inf and NaN as they are
+    u += 0xFFFu + ((u >> 13) & 1u);                   // round to nearest even at bit 13
+    u &= 0xFFFFE000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+bool valid_op(cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T || op == CUBLAS_OP_C; }
+
+struct Gemm {
+    cublasOperation_t ta, tb;
+    int m, n, k, lda, ldb, ldc, batch;
+    long long sa, sb, sc;
+    float alpha, beta;
+    const float *A, *B;
+    float* C;
+    bool tf32;
+};
+
+// a column-major rows x cols operand copied compactly with its entries rounded to TF32
+void tf32_copy(std::vector<float>& out, const float* X, int rows, int cols, int ld) {
+    out.resize((size_t)rows * cols);
+    for (int c = 0; c < cols; c++)
+        for (int r = 0; r < rows; r++) out[(size_t)c * rows + r] = to_tf32(X[(size_t)c * ld + r]);
+}
+
+void run(void* p) {
+    const Gemm& g = *(const Gemm*)p;
+    const int ar = g.ta == CUBLAS_OP_N ? g.m : g.k, ac = g.ta == CUBLAS_OP_N ? g.k : g.m;
+    const int br = g.tb == CUBLAS_OP_N ? g.k : g.n, bc = g.tb == CUBLAS_OP_N ? g.n : g.k;
+    std::vector<float> a32, b32;
+    for (int i = 0; i < g.batch; i++) {
+        const float* A = g.A + i * g.sa;
+        const float* B = g.B + i * g.sb;
+        float* C = g.C + i * g.sc;
+        if (g.beta == 0.0f)  // C is written, never read
+            for (int c = 0; c < g.n; c++) memset(C + (size_t)c * g.ldc, 0, sizeof(float) * g.m);
+        if (g.k == 0 || g.alpha == 0.0f) {
+            if (g.beta != 0.0f && g.beta != 1.0f)
+                for (int c = 0; c < g.n; c++)
+                    for (int r = 0; r < g.m; r++) C[(size_t)c * g.ldc + r] *= g.beta;
+            continue;
+        }
+        int lda = g.lda, ldb = g.ldb;
+        if (g.tf32) {
+            tf32_copy(a32, A, ar, ac, g.lda);
+            tf32_copy(b32, B, br, bc, g.ldb);
+            A = a32.data();
+            B = b32.data();
+            lda = ar;
+            ldb = br;
+        }
+        cblas_sgemm(CblasColMajor, g.ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    g.tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, g.m, g.n, g.k, g.alpha, A, lda, B, ldb,
+                    g.beta == 0.0f ? 0.0f : g.beta, C, g.ldc);
+    }
+}
+
+// the floats an operand of rows x cols (column-major, leading dimension ld) spans
+size_t extent(int rows, int cols, int ld) { return rows && cols ? (size_t)(cols - 1) * ld + rows : 0; }
+
+cublasStatus_t gemm(const char* name, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                    int k, const float* alpha, const float* A, int lda, long long sa, const float* B, int ldb,
+                    long long sb, const float* beta, float* C, int ldc, long long sc, int batch) {
+    auto say = [&](const std::string& s) { return std::string(name) + ": " + s; };
+    if (!h) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, say("a null handle (cublasCreate_v2 first)"));
+    if (!valid_op(ta) || !valid_op(tb)) return refuse(CUBLAS_STATUS_INVALID_VALUE, say("an unknown operation"));
+    if (m < 0 || n < 0 || k < 0 || batch < 0)
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, say("m = " + std::to_string(m) + ", n = " + std::to_string(n) +
+                                                       ", k = " + std::to_string(k) + ", batchCount = " +
+                                                       std::to_string(batch) + ": none may be negative"));
+    const int ar = ta == CUBLAS_OP_N ? m : k, br = tb == CUBLAS_OP_N ? k : n;
+    if (lda < std::max(1, ar))
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, say("lda = " + std::to_string(lda) + " < max(1, " +
+                                                       (ta == CUBLAS_OP_N ? "m" : "k") + " = " + std::to_string(ar) +
+                                                       ") for transa = " + (ta == CUBLAS_OP_N ? "N" : "T")));
+    if (ldb < std::max(1, br))
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, say("ldb = " + std::to_string(ldb) + " < max(1, " +
+                                                       (tb == CUBLAS_OP_N ? "k" : "n") + " = " + std::to_string(br) +
+                                                       ") for transb = " + (tb == CUBLAS_OP_N ? "N" : "T")));
+    if (ldc < std::max(1, m))
+        return refuse(CUBLAS_STATUS_INVALID_VALUE,
+                      say("ldc = " + std::to_string(ldc) + " < max(1, m = " + std::to_string(m) + ")"));
+    if (!alpha || !beta) return refuse(CUBLAS_STATUS_INVALID_VALUE, say("a null alpha or beta"));
+    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    const int ac = ta == CUBLAS_OP_N ? k : m, bc = tb == CUBLAS_OP_N ? n : k;
+    struct Operand { const char* which; const void* p; size_t floats; };
+    const Operand ops[] = {{"A", A, k ? extent(ar, ac, lda) : 0}, {"B", B, k ? extent(br, bc, ldb) : 0},
+                           {"C", C, extent(m, n, ldc)}};
+    const long long strides[] = {sa, sb, sc};
+    for (int o = 0; o < 3; o++) {
+        if (!ops[o].floats) continue;
+        for (int i : {0, batch - 1}) {
+            const float* p = (const float*)ops[o].p + i * strides[o];
+            if (!gkd_emu_is_device_range(p, ops[o].floats * sizeof(float))) {
+                const std::string why = say(std::string("operand ") + ops[o].which + (batch > 1 ? " of batch " + std::to_string(i) : "") +
+                                            " spans " + std::to_string(ops[o].floats) +
+                                            " floats that are not all inside one device allocation (a wrong pointer, "
+                                            "leading dimension or stride?)");
+                gkd_emu_fault(why.c_str());
+                return refuse(CUBLAS_STATUS_EXECUTION_FAILED, why);
+            }
+        }
+    }
+    Gemm* g = new Gemm{ta, tb, m, n, k, lda, ldb, ldc, batch, sa, sb, sc, *alpha, *beta, A, B, C,
+                       h->math == CUBLAS_TF32_TENSOR_OP_MATH};
+    const int e = gkd_emu_enqueue(h->stream, run, g, [](void* p) { delete (Gemm*)p; }, name);
+    return e ? refuse(CUBLAS_STATUS_EXECUTION_FAILED, say("the runtime refused the work (error " + std::to_string(e) + ")"))
+             : CUBLAS_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" {
+cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
+    if (!handle) return refuse(CUBLAS_STATUS_INVALID_VALUE, "cublasCreate_v2: a null handle pointer");
+    *handle = new cublasContext;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
+    if (!handle) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, "cublasDestroy_v2: a null handle");
+    delete handle;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
+    if (!handle) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, "cublasSetMathMode: a null handle");
+    if (mode != CUBLAS_DEFAULT_MATH && mode != CUBLAS_PEDANTIC_MATH && mode != CUBLAS_TF32_TENSOR_OP_MATH)
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, "cublasSetMathMode: a mode this emulation does not know");
+    handle->math = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
+    if (!handle) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, "cublasSetStream_v2: a null handle");
+    handle->stream = stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                              const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
+                              float* C, int ldc) {
+    return gemm("cublasSgemm_v2", h, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const float* alpha, const float* A, int lda, long long sa,
+                                         const float* B, int ldb, long long sb, const float* beta, float* C, int ldc,
+                                         long long sc, int batch) {
+    return gemm("cublasSgemmStridedBatched", h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
+}
+}

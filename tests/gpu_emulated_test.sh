@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# tests/gpu_emulated_test.sh — the CUDA path run by the SIMT emulator (emulator/), on a
+# machine with no GPU: `make test-gpu-emulated`, and part of `make test`.
+# - build/emulator/test_gpu: every test of tests/test_gpu.cu (every kernel against the CPU
+#   path, full steps, sampling, graphs, GPT-2's widths), in race mode;
+# - build/emulator/test_emulator: the failures the emulator must catch, each with its words;
+# - the command line, build/emulator/gkd --device cuda against ./gkd --device cpu: distill
+#   on-policy (greedy student samples, so both sides train on the same tokens) and SFT,
+#   losses step by step and the models within 1e-3 (the GPU tests' trajectory tolerance);
+#   greedy sampling and speculative sampling token for token; eval within 1e-4; bench runs;
+# - data parallel: mpirun -np 2 of the emulated --device cuda (the all-reduce is the emulated
+#   NCCL's, over MPI) against one process, within 1e-5 as tests/mpi_test.sh asks of the CPU.
+# Prints "gpu emulated: N passed, N failed" last.
+set -u
+cd "$(dirname "$0")/.."
+EMU=build/emulator
+CPU=${GKD:-./gkd}
+unset CUDA_VISIBLE_DEVICES  # run_tests.sh hides GPUs from the CPU suites; the emulated device is wanted here
+passed=0
+failed=0
+ok() { echo "ok    $1"; passed=$((passed + 1)); }
+bad() { echo "FAIL  $1"; failed=$((failed + 1)); }
+check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
+
+# the two test programs, their own counts added to ours
+for prog in test_gpu test_emulator; do
+  out=$("$EMU/$prog" 2>&1)
+  rc=$?
+  echo "$out" | grep -E '^(FAIL|---|test-gpu|[0-9]+ passed|emulator:)' | grep -v '^--- ' | head -40
+  line=$(echo "$out" | grep -E '([0-9]+) passed, ([0-9]+) failed' | tail -1)
+  p=$(echo "$line" | sed -E 's/.*[^0-9]?([0-9]+) passed, ([0-9]+) failed.*/\1/')
+  f=$(echo "$line" | sed -E 's/.*[^0-9]?([0-9]+) passed, ([0-9]+) failed.*/\2/')
+  if [ -z "$line" ]; then bad "$prog: no summary (exit $rc)"; continue; fi
+  passed=$((passed + p)); failed=$((failed + f))
+  [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && bad "$prog exited $rc"
+done
+
+W=$(mktemp -d /tmp/gkd_emu.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+$CPU init --layers 2 --channels 32 --heads 2 --context 64 --seed 1 --out "$W/s.bin" 2>/dev/null
+$CPU init --layers 2 --channels 64 --heads 4 --context 64 --seed 2 --out "$W/t.bin" 2>/dev/null
+$CPU data --task arithmetic --seed 0 --out "$W/data" --train 32 --validation 8 --test 8 2>/dev/null
+COMMON="--data $W/data/train.jsonl --steps 8 --lr 3e-3 --max-new-tokens 12 --seed 3 --quiet --overwrite"
+
+# compare A B TOL: metrics losses step by step and model.bin, within TOL relative
+compare() { python3 tests/compare_runs.py "$1" "$2" "$3" 8; }
+
+for case in "gkd on-policy|distill --teacher $W/t.bin --student $W/s.bin --lambda 1 --beta 0.5 --temperature 0" \
+            "supervised kd|distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --beta 1" \
+            "sft|sft --model $W/s.bin"; do
+  name=${case%%|*}; flags=${case#*|}
+  $CPU $flags $COMMON --batch 4 --device cpu --out "$W/cpu" 2>"$W/err" || cat "$W/err"
+  $EMU/gkd $flags $COMMON --batch 4 --device cuda --out "$W/cuda" 2>"$W/err" || cat "$W/err"
+  check "$name, --device cuda (emulated) against --device cpu: $(compare "$W/cuda" "$W/cpu" 1e-3 2>&1 | tail -1)" \
+        "compare '$W/cuda' '$W/cpu' 1e-3 >/dev/null 2>&1"
+done
+
+for d in cpu cuda; do
+  bin=$CPU; [ $d = cuda ] && bin=$EMU/gkd
+  $bin sample --device $d --model "$W/t.bin" --data "$W/data/test.jsonl" --temperature 0 --max-new-tokens 16 \
+      > "$W/greedy-$d.jsonl" 2> "$W/greedy-$d.log"
+  $bin sample --device $d --model "$W/t.bin" --draft "$W/s.bin" --draft-tokens 4 --temperature 0 \
+      --data "$W/data/test.jsonl" --max-new-tokens 16 > "$W/spec-$d.jsonl" 2> "$W/spec-$d.log"
+  $bin eval --device $d --model "$W/s.bin" --teacher "$W/t.bin" --data "$W/data/test.jsonl" \
+      > "$W/eval-$d.json" 2> "$W/eval-$d.log"
+done
+check "greedy sampling, emulated --device cuda: the CPU's tokens ($(wc -l < "$W/greedy-cpu.jsonl") rows)" \
+      "[ -s '$W/greedy-cpu.jsonl' ] && cmp -s '$W/greedy-cpu.jsonl' '$W/greedy-cuda.jsonl'"
+check "speculative sampling, emulated --device cuda: the CPU's tokens" \
+      "[ -s '$W/spec-cpu.jsonl' ] && cmp -s '$W/spec-cpu.jsonl' '$W/spec-cuda.jsonl'"
+eval_same() {
+  python3 - "$W/eval-cpu.json" "$W/eval-cuda.json" <<'PY'
+import json, sys
+def flat(x, p=""):
+    if isinstance(x, dict):
+        for k, v in x.items(): yield from flat(v, p + "." + k)
+    elif isinstance(x, (int, float)) and not isinstance(x, bool): yield p, float(x)
+def load(f):
+    t = open(f).read(); return dict(flat(json.loads(t[t.index("{"):])))
+a, b = load(sys.argv[1]), load(sys.argv[2])
+keys = [k for k in a if k in b and "seconds" not in k and "per_s" not in k and "time" not in k]
+worst = max((abs(a[k] - b[k]) / max(abs(a[k]), 1e-9) for k in keys), default=float("inf"))
+print(f"{len(keys)} numbers, worst relative difference {worst:.1e}")
+sys.exit(0 if keys and worst <= 1e-4 else 1)
+PY
+}
+check "eval --teacher, emulated --device cuda against --device cpu: $(eval_same 2>&1 | tail -1)" "eval_same >/dev/null 2>&1"
+check "bench --device cuda runs on the emulator" \
+      "$EMU/gkd bench --device cuda --student 1,32,2 --teacher 1,64,2 --vocab byte --context 64 --batch 2 --prompt-tokens 8 --new-tokens 8 --steps 1 --warmup 0 > '$W/bench.log' 2>&1 && grep -q '| step' '$W/bench.log'"
+
+# two emulated GPU ranks against one emulated GPU
+if command -v mpirun >/dev/null 2>&1 && ldd "$EMU/gkd" | grep -q libmpi; then
+  MPI="mpirun -q --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1"
+  flags="distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --beta 0.5 --device cuda"
+  OMP_NUM_THREADS=1 $EMU/gkd $flags $COMMON --batch 5 --out "$W/one" 2>"$W/err" || cat "$W/err"
+  $MPI -np 2 $EMU/gkd $flags $COMMON --batch 5 --out "$W/two" 2>"$W/err" || cat "$W/err"
+  check "2 emulated GPU ranks (the all-reduce over MPI) match 1: $(compare "$W/two" "$W/one" 1e-5 2>&1 | tail -1)" \
+        "compare '$W/two' '$W/one' 1e-5 >/dev/null 2>&1"
+else
+  bad "2 emulated GPU ranks: not run (no mpirun, or the emulated gkd was built without MPI)"
+fi
+echo "gpu emulated: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
