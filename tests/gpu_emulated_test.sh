@@ -28,8 +28,8 @@ for prog in test_gpu test_emulator; do
   rc=$?
   echo "$out" | grep -E '^(FAIL|---|test-gpu|[0-9]+ passed|emulator:)' | grep -v '^--- ' | head -40
   line=$(echo "$out" | grep -E '([0-9]+) passed, ([0-9]+) failed' | tail -1)
-  p=$(echo "$line" | sed -E 's/.*[^0-9]?([0-9]+) passed, ([0-9]+) failed.*/\1/')
-  f=$(echo "$line" | sed -E 's/.*[^0-9]?([0-9]+) passed, ([0-9]+) failed.*/\2/')
+  p=$(echo "$line" | sed -E 's/^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed.*/\2/')
+  f=$(echo "$line" | sed -E 's/^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed.*/\3/')
   if [ -z "$line" ]; then bad "$prog: no summary (exit $rc)"; continue; fi
   passed=$((passed + p)); failed=$((failed + f))
   [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && bad "$prog exited $rc"
