@@ -100,7 +100,7 @@ void run(void* p) {
         }
         cblas_sgemm(CblasColMajor, g.ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                     g.tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, g.m, g.n, g.k, g.alpha, A, lda, B, ldb,
-                    g.beta == 0.0f ? 0.0f : g.beta, C, g.ldc);
+                    g.beta, C, g.ldc);
     }
 }
 

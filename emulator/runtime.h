@@ -20,7 +20,8 @@
 //   them) and replayed by cudaGraphLaunch. What a GPU refuses during capture (an
 //   allocation, a synchronising call, work on the legacy stream) is refused here.
 // - A fault inside a kernel (a barrier or shuffle error, a race, an overrun) is sticky as
-//   on a GPU: every later call returns it, and cudaGetErrorString gives its full story.
+//   on a GPU: every later call returns it, and cudaGetErrorString gives its full story
+//   (tests/test_emulator.cu provokes each in a child process of its own).
 #pragma once
 #include <signal.h>
 #include <sys/mman.h>
@@ -107,7 +108,7 @@ inline const char* error_name(cudaError_t e) {
         default: return "CUDA error";
     }
 }
-// Records an error: sticky ones (faults inside kernels) stay until reset_errors().
+// Records an error: sticky ones (faults inside kernels) stay for the rest of the process, as a GPU context's.
 inline cudaError_t fail(cudaError_t e, const std::string& story, bool sticky = false) {
     Errors& s = errors();
     s.last = e;
@@ -321,8 +322,6 @@ inline bool check_slack(const char* who, const std::vector<Allocation*>* only = 
 
 // ---- launching a grid
 
-inline std::unordered_map<const void*, KernelAttributes>& attributes() { return kernel_attributes(); }
-
 // Every block, in parallel over the OpenMP threads; false when one faulted.
 inline bool run_blocks(const Kernel& k, bool reversed, std::string& story) {
     const long long gx = k.grid.x, gy = k.grid.y, total = gx * gy * (long long)k.grid.z;
@@ -532,8 +531,8 @@ inline cudaError_t check_launch(const char* name, const void* kernel, dim3 grid,
     if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
         return fail(cudaErrorInvalidConfiguration, k + ": a grid past 2^31-1 x 65535 x 65535 blocks");
     KernelAttributes at;
-    auto it = attributes().find(kernel);
-    if (it != attributes().end()) at = it->second;
+    auto it = kernel_attributes().find(kernel);
+    if (it != kernel_attributes().end()) at = it->second;
     if (threads > (unsigned long long)at.max_threads)
         return fail(cudaErrorLaunchOutOfResources, k + ": " + std::to_string(threads) +
                                                        " threads a block, more than its __launch_bounds__(" +
@@ -616,7 +615,6 @@ inline cudaError_t cudaGetLastError() {
     s.last = cudaSuccess;
     return e;
 }
-inline cudaError_t cudaPeekAtLastError() { return emu::errors().sticky ? emu::errors().sticky : emu::errors().last; }
 
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     if (emu::errors().sticky) return emu::errors().sticky;
@@ -682,9 +680,6 @@ inline cudaError_t fill(void* dst, int value, size_t n, cudaStream_t stream, boo
 
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
     return emu::copy(dst, src, n, kind, nullptr, false);
-}
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s = nullptr) {
-    return emu::copy(dst, src, n, kind, s, true);
 }
 inline cudaError_t cudaMemset(void* dst, int value, size_t n) { return emu::fill(dst, value, n, nullptr, false); }
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t s = nullptr) {
@@ -765,7 +760,7 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b)
     return cudaSuccess;
 }
 
-// ---- what the emulated cuBLAS calls (hooks.h), and the tests' reset
+// ---- what the emulated cuBLAS calls (hooks.h)
 
 extern "C" __attribute__((visibility("default"), used)) int gkd_emu_enqueue(cudaStream_t stream, void (*work)(void*),
                                                                              void* ctx, void (*release)(void*),
@@ -785,5 +780,3 @@ extern "C" __attribute__((visibility("default"), used)) int gkd_emu_is_device_ra
 extern "C" __attribute__((visibility("default"), used)) void gkd_emu_fault(const char* message) {
     emu::fail(cudaErrorIllegalAddress, message, true);
 }
-// Tests that provoke a fault on purpose clear it (a GPU would need a new context).
-inline void gkd_emu_reset_errors() { emu::errors() = emu::Errors{}; }
