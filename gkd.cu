@@ -1211,6 +1211,16 @@ struct EvalResult {
     double sample_forward_kl = NAN;   // with a teacher: KL(teacher || student) per sampled token
     double sample_reverse_kl = NAN;   // with a teacher: KL(student || teacher) per sampled token
     double sample_diversity = NAN;    // with 2+ samples per example: distinct ones / samples
+    // the on-policy gap, with a teacher: the per-token divergences on the data's
+    // completions and on the student's samples, the latter split at each sample's first
+    // invalid step where the task can tell (data/tasks.h first_invalid_step): "before"
+    // holds the tokens whose prefix is still valid, "after" those that follow a slip
+    double data_forward_kl = NAN, data_reverse_kl = NAN;
+    double sample_forward_kl_before_slip = NAN, sample_reverse_kl_before_slip = NAN;
+    double sample_forward_kl_after_slip = NAN, sample_reverse_kl_after_slip = NAN;
+    double sample_slip_rate = NAN;         // samples with an invalid step / samples
+    double sample_recovered = NAN;         // samples with an invalid step that still score correct / those
+    double sample_tokens_after_slip = NAN; // sampled tokens after a slip / sampled tokens
     // with draft tokens and a teacher: the model drafting for the teacher (speculative.h)
     double draft_acceptance_rate = NAN;      // drafts kept / drafts judged, counted
     double draft_expected_acceptance = NAN;  // the mean of sum_x min(p, q) over the same positions
@@ -1227,11 +1237,56 @@ struct EvalResult {
         put("sample_forward_kl", sample_forward_kl);
         put("sample_reverse_kl", sample_reverse_kl);
         put("sample_diversity", sample_diversity);
+        put("data_forward_kl", data_forward_kl);
+        put("data_reverse_kl", data_reverse_kl);
+        put("sample_forward_kl_before_slip", sample_forward_kl_before_slip);
+        put("sample_reverse_kl_before_slip", sample_reverse_kl_before_slip);
+        put("sample_forward_kl_after_slip", sample_forward_kl_after_slip);
+        put("sample_reverse_kl_after_slip", sample_reverse_kl_after_slip);
+        put("sample_slip_rate", sample_slip_rate);
+        put("sample_recovered", sample_recovered);
+        put("sample_tokens_after_slip", sample_tokens_after_slip);
         put("draft_acceptance_rate", draft_acceptance_rate);
         put("draft_expected_acceptance", draft_expected_acceptance);
         put("draft_tokens_per_target_forward", draft_tokens_per_target_forward);
         return j;
     }
+};
+
+// Both KLs at every target of b, in fp64, row by row in order: (targets) pairs of
+// KL(teacher || student) and KL(student || teacher), from logits (B, T, Vp of each model).
+static std::vector<std::pair<double, double>> token_kls(const TrainBatch& b, const std::vector<float>& teacher_logits,
+                                                        int Vpt, const std::vector<float>& student_logits, int Vps,
+                                                        int V) {
+    std::vector<std::pair<double, double>> out;
+    std::vector<double> lp(V), lq(V);
+    auto log_softmax = [V](const float* x, std::vector<double>& out) {
+        double m = x[0], z = 0;
+        for (int v = 1; v < V; v++) m = std::max(m, (double)x[v]);
+        for (int v = 0; v < V; v++) z += std::exp((double)x[v] - m);
+        const double lz = m + std::log(z);
+        for (int v = 0; v < V; v++) out[v] = (double)x[v] - lz;
+    };
+    for (size_t n = 0; n < b.targets.size(); n++) {
+        if (b.targets[n] < 0) continue;
+        log_softmax(teacher_logits.data() + n * Vpt, lp);
+        log_softmax(student_logits.data() + n * Vps, lq);
+        double forward = 0, reverse = 0;
+        for (int v = 0; v < V; v++) {
+            forward += std::exp(lp[v]) * (lp[v] - lq[v]);
+            reverse += std::exp(lq[v]) * (lq[v] - lp[v]);
+        }
+        out.push_back({forward, reverse});
+    }
+    return out;
+}
+
+// Running sums of the on-policy gap's divergences, over tokens.
+struct KlSums {
+    double forward = 0, reverse = 0, tokens = 0;
+    void add(const std::pair<double, double>& kl) { forward += kl.first; reverse += kl.second; tokens++; }
+    double mean_forward() const { return tokens ? forward / tokens : NAN; }
+    double mean_reverse() const { return tokens ? reverse / tokens : NAN; }
 };
 
 // The forward passes and the generation run on `device` (the models there must be
@@ -1247,6 +1302,9 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
     const int Vpt = teacher ? teacher->config.padded_vocab_size : 0;
     double nll_sum = 0, div_sum = 0, correct = 0, similar = 0, sample_correct = 0, sample_similar = 0;
     double sample_nll = 0, sample_fkl = 0, sample_rkl = 0, sample_tokens = 0, sample_distinct = 0;
+    KlSums on_data, before_slip, after_slip;
+    double slipped_samples = 0, recovered_samples = 0;
+    bool slips_told = false;  // the task tells where a sample's first invalid step is
     // a loss summed over b's target tokens (the per-token mean times their count): `scored`
     // (rows Vps apart) against the teacher's logits, or its own cross-entropy without them
     auto token_sum = [&](const TrainBatch& b, const float* teacher_logits, int Vpt, const std::vector<float>& scored,
@@ -1269,6 +1327,7 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
         if (teacher) {
             dev.logits(Role::Teacher, b, tlogits);
             div_sum += token_sum(b, tlogits.data(), Vpt, logits, Vp, false, eo.beta, eo.tau);
+            for (auto& kl : token_kls(b, tlogits, Vpt, logits, Vp, V)) on_data.add(kl);
         }
         r.tokens += b.num_targets;
         // free-running: greedy (and optionally sampled) completions, scored
@@ -1325,6 +1384,21 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             sample_fkl += token_sum(sb, tlogits.data(), Vpt, logits, Vp, false, 0.0, 1);
             sample_rkl += token_sum(sb, tlogits.data(), Vpt, logits, Vp, false, 1.0, 1);
             sample_tokens += sb.num_targets;
+            // the gap: each token before or after its sample's first invalid step
+            std::vector<std::pair<double, double>> kls = token_kls(sb, tlogits, Vpt, logits, Vp, V);
+            size_t n = 0;
+            for (size_t i = 0; i < ex.size(); i++) {
+                std::vector<int> text = samples[i];
+                if (!text.empty() && text.back() == eos) text.pop_back();
+                const std::string prompt = tok.decode(ex[i]->prompt), got = tok.decode(text),
+                                  want = tok.decode(ex[i]->completion);
+                const int slip = first_invalid_step(eo.task, prompt, got, want);
+                slips_told = slips_told || slip != -2;
+                slipped_samples += slip >= 0;
+                if (slip >= 0) recovered_samples += score_completion(eo.task, prompt, got, want).correct;
+                for (int j = 0; j < sb.target_count[i]; j++, n++)  // target j predicts completion token j
+                    (slip >= 0 && j > slip ? after_slip : before_slip).add(kls[n]);
+            }
         }
         for (auto& d : distinct) sample_distinct += (double)d.size() / eo.samples_per_example;
     }
@@ -1348,7 +1422,17 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             r.sample_reverse_kl = sample_rkl / sample_tokens;
         }
         if (eo.samples_per_example >= 2) r.sample_diversity = sample_distinct / n;
+        if (teacher && slips_told) {
+            r.sample_forward_kl_before_slip = before_slip.mean_forward();
+            r.sample_reverse_kl_before_slip = before_slip.mean_reverse();
+            r.sample_forward_kl_after_slip = after_slip.mean_forward();
+            r.sample_reverse_kl_after_slip = after_slip.mean_reverse();
+            r.sample_slip_rate = slipped_samples / samples;
+            if (slipped_samples > 0) r.sample_recovered = recovered_samples / slipped_samples;
+            r.sample_tokens_after_slip = after_slip.tokens / (before_slip.tokens + after_slip.tokens);
+        }
     }
+    if (teacher) { r.data_forward_kl = on_data.mean_forward(); r.data_reverse_kl = on_data.mean_reverse(); }
     return r;
 }
 

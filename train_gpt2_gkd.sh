@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# train_gpt2_gkd.sh — the study: GKD against its baselines on two built-in tasks, side by
-# side: walks (a stochastic teacher, many valid outputs per prompt, a student that cannot
-# represent it: where on-policy distillation should help) and arithmetic with worked steps
-# (one correct output: the control, where theory predicts it cannot).
+# train_gpt2_gkd.sh — the study: GKD against its baselines on three built-in tasks, side by
+# side: repair (chains whose slips an undo token can repair, built to the four conditions
+# under which on-policy data should help; README "The repair task"), walks (a stochastic
+# teacher and a student that cannot represent it, but a slip ruins the walk) and
+# arithmetic with worked steps (one correct output). Walks and arithmetic are the
+# controls, where theory predicts no on-policy gain.
 #
 # For each task one teacher is trained with SFT and cached; then, for each seed, a small
 # student is warm-started with a short SFT and trained further by each method for the same
@@ -18,6 +20,12 @@
 #   on-policy-rkl     lambda 1, reverse KL
 #   on-policy-jsd0.1  lambda 1, JSD(0.1)   (and jsd0.5, jsd0.9)
 #
+# on repair, the control that covers error states offline (slips injected by hand into the
+# training split, each undone at once: data/train-slips.jsonl):
+#
+#   supervised-kd-slips   lambda 0, forward KL on the slipped split
+#   supervised-rkl-slips  lambda 0, reverse KL on the slipped split
+#
 # and on walks, the teacher signals of docs/algorithm.md §1.4-1.6:
 #
 #   supervised-rkl-top8, on-policy-rkl-top8     reverse KL over the teacher's top 8 + the tail
@@ -29,8 +37,9 @@
 #
 # Every model is scored on the held-out test split, greedy and at sampling temperature 1
 # (4 samples per example), with the teacher's NLL of the student's samples, both KLs on
-# them and their diversity, and as the teacher's speculative draft (K = 4, T = 1): its
-# acceptance rate and the tokens per teacher forward.
+# them and their diversity, the on-policy gap (the teacher's disagreement on the data and
+# on the samples, before and after their first invalid step), and as the teacher's
+# speculative draft (K = 4, T = 1): its acceptance rate and the tokens per teacher forward.
 #
 # RL + GKD (the paper's section 5), on arithmetic from seed 0's warm-started student:
 # maximise (1-alpha) E[reward] - alpha E[JSD(0.5)] on the student's samples (4 per
@@ -179,19 +188,29 @@ command -v python3 >/dev/null || { echo "train_gpt2_gkd.sh: python3 is missing" 
 
 METHODS="sft seqkd supervised-kd supervised-rkl mixed on-policy-fkl on-policy-rkl on-policy-jsd0.1 on-policy-jsd0.5 on-policy-jsd0.9"
 SIGNAL_METHODS="supervised-rkl-top8 on-policy-rkl-top8 supervised-rkl-top64 on-policy-rkl-top64 supervised-kd-top64 supervised-kd-cache64 on-policy-srkl supervised-tv on-policy-tv"
-TASKS="walks arithmetic"
-# the teacher-signal rows run on walks, the default experiment's task
-task_methods() { if [ "$1" = walks ]; then echo "$METHODS $SIGNAL_METHODS"; else echo "$METHODS"; fi; }
+SLIP_METHODS="supervised-kd-slips supervised-rkl-slips"
+TASKS="repair walks arithmetic"
+# the teacher-signal rows run on walks; the injected-slips control on repair, the only task with an undo
+task_methods() {
+  case "$1" in
+    walks) echo "$METHODS $SIGNAL_METHODS" ;;
+    repair) echo "$METHODS $SLIP_METHODS" ;;
+    *) echo "$METHODS" ;;
+  esac
+}
 
 # the shapes and steps of each task: the teacher near-perfect, the student clearly smaller
 task_config() {
   STUDENT_SHAPE="--layers 1 --channels 32 --heads 2"
   TEACHER_STEPS=1000
+  TEACHER_DATA=train  # the teacher's split
   case "$1" in
     arithmetic) CONTEXT=32; MAX_NEW=16 ;;
     words)      CONTEXT=64; MAX_NEW=48 ;;
     # the default experiment's student (cli/experiment.h): 85 times smaller than the teacher
     walks)      CONTEXT=32; MAX_NEW=12; STUDENT_SHAPE="--layers 1 --channels 16 --heads 2" ;;
+    # the default experiment's (repair_recipe): the teacher also learns from recovery rows
+    repair)     CONTEXT=32; MAX_NEW=16; STUDENT_SHAPE="--layers 2 --channels 32 --heads 2"; TEACHER_DATA=teacher ;;
   esac
   [ "$MODE" = quick ] && TEACHER_STEPS=700
   TEACHER_SHAPE="--layers 4 --channels 128 --heads 4"
@@ -202,9 +221,9 @@ task_config() {
   fi
 }
 
-# common training flags (train_flags STEPS [BATCH]): batch, schedule, validation evaluation
+# common training flags (train_flags STEPS [BATCH [SPLIT]]): data, batch, schedule, validation evaluation
 train_flags() {
-  echo "--data $DATA/train.jsonl --eval-data $DATA/validation.jsonl --eval-every $EVAL_EVERY --task $TASK" \
+  echo "--data $DATA/${3:-train}.jsonl --eval-data $DATA/validation.jsonl --eval-every $EVAL_EVERY --task $TASK" \
        "--batch ${2:-64} --warmup $(( $1 / 10 < 30 ? $1 / 10 : 30 )) --lr-schedule cosine --max-new-tokens $MAX_NEW --quiet"
 }
 
@@ -225,8 +244,12 @@ method_flags() {
     on-policy-srkl)    echo "distill --teacher $TEACHER --lambda 1 --objective sampled-reverse-kl" ;;
     supervised-tv)     echo "distill --teacher $TEACHER --lambda 0 --objective tv" ;;
     on-policy-tv)      echo "distill --teacher $TEACHER --lambda 1 --objective tv" ;;
+    supervised-kd-slips)  echo "distill --teacher $TEACHER --lambda 0 --beta 0" ;;
+    supervised-rkl-slips) echo "distill --teacher $TEACHER --lambda 0 --beta 1" ;;
   esac
 }
+# the split a method trains on
+method_split() { case "$1" in *-slips) echo train-slips ;; *) echo train ;; esac; }
 
 # evaluate MODEL OUT_JSON: held-out test accuracy, greedy and sampled at temperature 1, and
 # the model as the teacher's speculative draft (K = 4, T = 1). An evaluation from before the
@@ -263,7 +286,7 @@ for TASK in $TASKS; do
     mkdir -p "$RUNS/$TASK/teacher"
     $GKD init $TEACHER_SHAPE --context $CONTEXT --seed 100 --out "$RUNS/$TASK/teacher/init.bin" 2>/dev/null
     $GKD sft --model "$RUNS/$TASK/teacher/init.bin" --out "$RUNS/$TASK/teacher" --steps $TEACHER_STEPS --lr 3e-3 \
-         --seed 100 --overwrite $(train_flags $TEACHER_STEPS)
+         --seed 100 --overwrite $(train_flags $TEACHER_STEPS 64 $TEACHER_DATA)
   fi
   evaluate "$TEACHER" "$RUNS/$TASK/teacher/test.json"
   # the offline cache of the teacher's top 64 on the training split, for supervised-kd-cache64
@@ -295,7 +318,8 @@ for TASK in $TASKS; do
         cmd=$1; shift
         if [ "$cmd" = sft ]; then from="--model"; else from="--student"; fi
         rm -rf "$S/$M"
-        $GKD $cmd "$@" $from "$S/warm-start/model.bin" --out "$S/$M" --steps $STEPS --lr 1e-3 --seed $SEED $(train_flags $STEPS)
+        $GKD $cmd "$@" $from "$S/warm-start/model.bin" --out "$S/$M" --steps $STEPS --lr 1e-3 --seed $SEED \
+             $(train_flags $STEPS 64 "$(method_split $M)")
       fi
       evaluate "$S/$M/model.bin" "$S/$M/test.json"
       progress "$TASK seed $SEED $M"
@@ -324,7 +348,7 @@ done
 
 mkdir -p "$OUT"
 python3 dev/study_report.py --rl-alphas "$RL_ALPHAS" --runs "$RUNS" --out "$OUT" --methods "$METHODS" \
-        --signal-methods "$SIGNAL_METHODS" --seeds "$SEEDS" --steps "$STEPS" \
+        --signal-methods "$SIGNAL_METHODS" --slip-methods "$SLIP_METHODS" --seeds "$SEEDS" --steps "$STEPS" \
         --seconds $(( before + $(date +%s) - start )) --mode "$MODE"
 echo $(( before + $(date +%s) - start )) > "$RUNS/seconds"
 gnuplot "$OUT/plots.gp"

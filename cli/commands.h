@@ -44,7 +44,7 @@ static const std::vector<FlagSpec> TRAIN_FLAGS = {
     {"tf32", false, "cuda: matmuls on TF32 tensor cores (faster; the default fp32 is the parity mode)"},
     {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
     {"eval-every", true, "steps between evaluations (0: only at the end)"},
-    {"task", true, "arithmetic | words | walks | gsm8k: score evaluation completions by the task"},
+    {"task", true, "arithmetic | words | walks | repair | gsm8k: score evaluation completions by the task"},
     {"tokenizer", true, TOKENIZER_HELP},
     {"quiet", false, "no progress line"},
     {"checkpoint-every", true, "save the whole training state every N steps to DIR/checkpoint.bin (0: only on SIGINT/SIGTERM)"},
@@ -530,13 +530,17 @@ static int cmd_sample(int argc, char** argv) {
 
 static const std::vector<FlagSpec> EVAL_FLAGS = {
     {"model", true, "checkpoint to evaluate"}, {"data", true, "JSONL with completions"},
-    {"teacher", true, "also report the mean divergence to this teacher"},
+    {"teacher", true, "also report the mean divergence to this teacher, and the on-policy gap: both KLs per token on "
+                      "the data's completions and on the model's own samples (at --sample-temperature, 1 by "
+                      "default here), before and after each sample's first invalid step where --task tells"},
     {"beta", true, "divergence: 0 forward KL, 1 reverse KL, else JSD(beta) (0.5)"},
     {"loss-temperature", true, "tau of the divergence (1.0)"}, {"batch", true, "(16)"},
     {"max-new-tokens", true, "longest generated completion (64)"},
-    {"task", true, "arithmetic | words | walks | gsm8k: also score completions by the task (accuracy, similarity)"},
+    {"task", true, "arithmetic | words | walks | repair | gsm8k: also score completions by the task (accuracy, "
+                   "similarity)"},
     {"sample-temperature", true, "also sample completions at this temperature: scored by --task; with --teacher, the "
-                                 "teacher's NLL of them and both KLs on them"},
+                                 "teacher's NLL of them and both KLs on them (0 without --teacher, 1 with it; 0: "
+                                 "no samples)"},
     {"samples-per-example", true, "samples drawn per example with --sample-temperature; 2 or more: their diversity "
                                   "(distinct / drawn) too (1)"},
     {"seed", true, "for the sampled completions (0)"},
@@ -544,6 +548,21 @@ static const std::vector<FlagSpec> EVAL_FLAGS = {
                            "acceptance rate, counted and expected, and tokens per teacher forward"},
     {"draft-temperature", true, "with --draft-tokens: the temperature of the teacher's samples, 0 = greedy (1.0)"},
     {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
+
+// The on-policy gap in one line: does the model's own data hold anything the teacher has
+// not already taught it on the dataset's?
+static std::string on_policy_gap_line(const EvalResult& r) {
+    std::string line = strf("on-policy gap: KL(teacher||model) per token %.4f on the data's completions, %.4f on the "
+                            "model's samples", r.data_forward_kl, r.sample_forward_kl);
+    if (r.data_forward_kl > 0) line += strf(" (%.2fx)", r.sample_forward_kl / r.data_forward_kl);
+    if (!std::isnan(r.sample_slip_rate))
+        line += strf(": %.4f before their first invalid step, %s after it (%.1f%% of samples slip; %.1f%% of sampled "
+                     "tokens follow a slip)", r.sample_forward_kl_before_slip,
+                     std::isnan(r.sample_forward_kl_after_slip) ? "none"
+                                                                : strf("%.4f", r.sample_forward_kl_after_slip).c_str(),
+                     100 * r.sample_slip_rate, 100 * r.sample_tokens_after_slip);
+    return line;
+}
 
 static int cmd_eval(int argc, char** argv) {
     std::optional<Flags> parsed = command_flags(
@@ -558,7 +577,7 @@ static int cmd_eval(int argc, char** argv) {
     eo.batch = (int)f.integer("batch", 16, 1, 1 << 16);
     eo.max_new_tokens = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
     eo.task = task_flag(f);
-    eo.sample_temperature = f.num("sample-temperature", 0, 0, 1e6);
+    eo.sample_temperature = f.num("sample-temperature", f.has("teacher") ? 1.0 : 0.0, 0, 1e6);
     eo.samples_per_example = (int)f.integer("samples-per-example", 1, 1, 1 << 16);
     eo.seed = (uint64_t)f.integer("seed", 0, 0, 1LL << 62);
     if (eo.sample_temperature > 0 && eo.task.empty() && !f.has("teacher"))
@@ -588,6 +607,7 @@ static int cmd_eval(int argc, char** argv) {
     const GPT<float>* teacher = f.has("teacher") ? &t : nullptr;
     std::unique_ptr<Device> runner = inference_device(device, m, teacher);
     EvalResult r = evaluate(m, teacher, d, *tok, eo, runner.get());
+    if (teacher && !std::isnan(r.sample_forward_kl)) fprintf(stderr, "%s\n", on_policy_gap_line(r).c_str());
     printf("%s\n", r.to_json().dump().c_str());
     return 0;
 }
@@ -634,7 +654,7 @@ static int cmd_tokenize(int argc, char** argv) {
 }
 
 static const std::vector<FlagSpec> DATA_FLAGS = {
-    {"task", true, "arithmetic | words | walks: generate this built-in task's splits into the folder --out"},
+    {"task", true, "arithmetic | words | walks | repair: generate this built-in task's splits into the folder --out"},
     {"seed", true, "(0)"}, {"out", true, "--task: folder for the three splits; --convert: the JSONL to write"},
     {"train", true, "training examples (20000; words: at most 10000 in all)"},
     {"validation", true, "(200)"}, {"test", true, "(500)"},
@@ -663,7 +683,8 @@ static int cmd_data(int argc, char** argv) {
     }
     if (f.has("in")) GKD_FAIL("gkd data: --in is for --convert");
     std::string task = f.str("task");
-    if (!is_task(task)) GKD_FAIL("gkd data: --task '%s' must be arithmetic, words or walks (built-in tasks)", task.c_str());
+    if (!is_task(task))
+        GKD_FAIL("gkd data: --task '%s' must be arithmetic, words, walks or repair (built-in tasks)", task.c_str());
     TaskSizes sizes;
     sizes.train = (int)f.integer("train", task == "words" ? 9000 : 20000, 1, 1 << 24);
     sizes.validation = (int)f.integer("validation", 200, 1, 1 << 24);
@@ -756,7 +777,8 @@ static int cmd_teacher_cache(int argc, char** argv) {
 }
 
 static const std::vector<FlagSpec> EXPERIMENT_FLAGS = {
-    {"task", true, "walks (the default) | arithmetic (the control, where theory predicts no on-policy gain)"}};
+    {"task", true, "repair (the default, built for on-policy's gain) | walks | arithmetic (the controls, where theory "
+                   "predicts none)"}};
 
 // gkd experiment [--task walks|arithmetic], also `./gkd` and `./gkd --task arithmetic`
 static int cmd_experiment(int argc, char** argv) {
@@ -766,8 +788,10 @@ static int cmd_experiment(int argc, char** argv) {
         "more SFT, supervised KD and on-policy GKD from it, over three seeds; a table and a verdict");
     if (!parsed) return 0;  // --help
     const Flags& f = *parsed;
-    std::string task = f.choice("task", "walks", {"walks", "arithmetic"});
-    return run_default_experiment(task == "walks" ? ExperimentRecipe() : arithmetic_recipe());
+    std::string task = f.choice("task", "repair", {"repair", "walks", "arithmetic"});
+    return run_default_experiment(task == "repair" ? repair_recipe()
+                                  : task == "walks" ? ExperimentRecipe()
+                                                    : arithmetic_recipe());
 }
 
 // Every command's table, for the refusal of a flag given to the wrong command.
@@ -796,16 +820,17 @@ static const char* USAGE =
     "  gkd tokenize  [--tokenizer byte|PATH] [--decode] < input\n"
     "  gkd convert   IN OUT [--bf16]   (model.safetensors or .bin -> llm.c .bin)\n"
     "  gkd bench     [--student L,C,NH --teacher L,C,NH --batch B ... --device cuda]   (time a step by phase)\n"
-    "  gkd data      --task arithmetic|words|walks --out DIR   (built-in task splits)\n"
+    "  gkd data      --task arithmetic|words|walks|repair --out DIR   (built-in task splits)\n"
     "  gkd data      --convert gsm8k|instruction --in F --out F.jsonl   (GSM8K, Alpaca/Dolly)\n"
     "\n"
-    "  gkd           (no arguments) the default experiment on the walks task: teacher, SFT student, then more\n"
-    "                SFT, supervised KD and on-policy GKD, 3 seeds   (--task arithmetic: the control)\n"
+    "  gkd           (no arguments) the default experiment on the repair task: teacher, SFT student, then more\n"
+    "                SFT, supervised KD, on-policy GKD and KD on injected slips, 3 seeds\n"
+    "                (--task walks, --task arithmetic: the controls)\n"
     "\n"
     "Each command takes --help. Formats: docs/formats.md; every flag: docs/cli.md; a tour: README.md.\n";
 
 static int run_command(int argc, char** argv) {
-    if (argc < 2) return run_default_experiment();
+    if (argc < 2) return run_default_experiment(repair_recipe());
     std::string cmd = argv[1];
     if (cmd == "--help" || cmd == "-h" || cmd == "help") { fputs(USAGE, stdout); return 0; }
     if (cmd.rfind("--", 0) == 0) return cmd_experiment(argc - 1, argv + 1);  // ./gkd --task arithmetic

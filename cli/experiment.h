@@ -1,25 +1,27 @@
-// cli/experiment.h — the default experiment: `./gkd` with no arguments (`./gkd --task
-// arithmetic` for the arithmetic control).
+// cli/experiment.h — the default experiment: `./gkd` with no arguments (`./gkd --task walks`
+// and `./gkd --task arithmetic` for the controls).
 //
 // The paper's comparison in miniature: SFT a teacher (cached under runs/default/TASK/),
 // then, for each seed, warm-start a much smaller student with a short SFT and continue it
-// from that same warm start three ways, for the same number of steps:
+// from that same warm start, for the same number of steps:
 //   - more SFT: the control, which separates "more training" from "distillation";
 //   - supervised KD (lambda 0): the teacher's token distributions on the dataset's
 //     completions;
 //   - on-policy GKD (lambda 1): the teacher's token distributions on the student's own
-//     samples.
+//     samples;
+//   - on repair, supervised KD on injected slips (lambda 0 on train-slips.jsonl): the same
+//     error states covered offline, which separates "the student visits its error states"
+//     from "the student samples its own data".
 // The divergence of each distillation method (forward KL, JSD(beta), reverse KL) is
-// chosen on the validation split, from the first seed's runs; the table reports the test
+// chosen on the validation split, from the first seed's runs; the tables report the test
 // split, mean ± std over the seeds, greedy and sampled at temperature 1, with what
 // distillation transfers (the teacher's NLL of the student's samples, both KLs on them,
-// their diversity). The verdict lines are computed from the per-seed differences.
+// their diversity) and the on-policy gap (both sides of each sample's first slip). The
+// verdict lines are computed from the per-seed differences.
 //
-// Why the walks task (data/tasks.h) is the default: it has what the on-policy advantage
-// needs, and arithmetic has none of it (one correct output, a near one-hot teacher):
-// a stochastic teacher (about 80 valid walks per prompt), a student 85 times smaller
-// than the teacher that cannot represent it, and slips (a repeated letter) that lead to
-// prefixes the data never shows, scored so that continuing well after a slip earns credit.
+// Why the repair task (data/tasks.h) is the default: it is built to the four conditions
+// under which theory lets on-policy data help (README, "The repair task and the four
+// conditions"); walks and arithmetic fail them, and stay as the controls.
 //
 // Part of gkd.cu's single translation unit: it drives the trainer (train, evaluate) the way
 // a user would, through TrainOptions.
@@ -39,6 +41,16 @@ static void write_task_splits(const std::string& task, uint64_t seed, const Task
     write(s.train, "train");
     write(s.validation, "validation");
     write(s.test, "test");
+    if (task == "repair") {
+        // the teacher's data: the clean split and as many recovery rows, mixed in a
+        // seeded order; and the control's: the clean split with slips injected by hand
+        std::vector<TaskExample> teacher = s.train, rows = repair_teacher_rows(s.train, s.train.size(), seed);
+        teacher.insert(teacher.end(), rows.begin(), rows.end());
+        Rng rng(derive_seed(seed, 0x7eac4e3));
+        for (size_t i = teacher.size() - 1; i > 0; i--) std::swap(teacher[i], teacher[rng.below(i + 1)]);
+        write(teacher, "teacher");
+        write(repair_with_slips(s.train, seed), "train-slips");
+    }
 }
 
 struct ModelShape {
@@ -55,13 +67,30 @@ struct ExperimentRecipe {
     std::vector<double> betas = {0.0, 0.5, 0.9, 1.0};  // the divergences tried; the first seed chooses
     int samples_per_example = 4;                       // samples at T = 1 per test example
     uint64_t data_seed = 0;
+    std::string teacher_data = "train";  // the teacher's split (repair: the clean one and recovery rows)
+    bool slips_control = false;          // the control row: supervised KD on train-slips (slips injected by hand)
     // what the cached teacher depends on: change any of it and the teacher is retrained
     json teacher_key() const {
-        return {{"format", 2}, {"task", task}, {"context", context}, {"batch", batch}, {"seed", data_seed},
-                {"layers", teacher.layers}, {"channels", teacher.channels}, {"heads", teacher.heads},
-                {"steps", teacher_steps}, {"lr", teacher_lr}};
+        json key = {{"format", 2}, {"task", task}, {"context", context}, {"batch", batch}, {"seed", data_seed},
+                    {"layers", teacher.layers}, {"channels", teacher.channels}, {"heads", teacher.heads},
+                    {"steps", teacher_steps}, {"lr", teacher_lr}};
+        if (teacher_data != "train") key["data"] = teacher_data;
+        return key;
     }
 };
+
+// The default task, built to on-policy distillation's four conditions (data/tasks.h,
+// README "The repair task"): a student that slips at T = 1 and could repair its slips,
+// a teacher shown how to; the control row covers the same error states offline.
+static ExperimentRecipe repair_recipe() {
+    ExperimentRecipe r;
+    r.task = "repair";
+    r.max_new_tokens = 16;  // 8 letters and room for 4 repairs
+    r.student = {2, 32, 2};
+    r.teacher_data = "teacher";
+    r.slips_control = true;
+    return r;
+}
 
 // The arithmetic control: one correct output per prompt, so theory predicts no on-policy
 // gain; the student of the first version of this experiment, one seed, JSD(0.5).
@@ -87,9 +116,10 @@ static void init_model_file(const ModelShape& shape, int context, uint64_t seed,
 }
 
 static TrainOptions experiment_train_options(const ExperimentRecipe& r, const std::string& data_dir, int steps,
-                                             double lr, const std::string& out, const std::string& label) {
+                                             double lr, const std::string& out, const std::string& label,
+                                             const std::string& split = "train") {
     TrainOptions o;
-    o.data_path = data_dir + "/train.jsonl";
+    o.data_path = data_dir + "/" + split + ".jsonl";
     o.eval_data_path = data_dir + "/validation.jsonl";
     o.task = r.task;
     o.out_dir = out;
@@ -116,10 +146,10 @@ static double run_training_phase(const TrainOptions& o) {
 // (init.bin, then the run); returns its training time in seconds.
 static double sft_from_random_init(const ExperimentRecipe& r, const std::string& data_dir, const ModelShape& shape,
                                    uint64_t init_seed, uint64_t seed, const std::string& dir, int steps, double lr,
-                                   const std::string& label) {
+                                   const std::string& label, const std::string& split = "train") {
     make_dirs(dir);
     init_model_file(shape, r.context, init_seed, dir + "/init.bin");
-    TrainOptions o = experiment_train_options(r, data_dir, steps, lr, dir, label);
+    TrainOptions o = experiment_train_options(r, data_dir, steps, lr, dir, label, split);
     o.sft = true;
     o.seed = seed;
     o.student_path = dir + "/init.bin";
@@ -219,17 +249,26 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
     } else {
         teacher.runs[0].train_seconds = sft_from_random_init(r, data_dir, r.teacher, r.data_seed + 1, r.data_seed,
                                                              root + "/teacher", r.teacher_steps, r.teacher_lr,
-                                                             "teacher sft");
+                                                             "teacher sft", r.teacher_data);
         write_file_atomic(key_path, key);
     }
     gpt_load(teacher_model, teacher.runs[0].path);
 
-    // 2. per seed: the SFT warm start, then three ways on from it. The first seed tries
-    // every divergence of each distillation method and keeps the best on validation
-    // (sampled accuracy at T = 1); the other seeds run the chosen ones.
+    // 2. per seed: the SFT warm start, then three ways on from it (four with the control).
+    // The first seed tries every divergence of each distillation method and keeps the
+    // best on validation (sampled accuracy at T = 1); the other seeds run the chosen ones.
+    struct Method {
+        ExperimentRow row;
+        double lambda;      // 0: supervised, 1: on-policy
+        std::string split;  // the examples it trains on
+        std::string tag;    // its runs' folder names: TAG-betaB
+        double beta = NAN;  // the divergence chosen on validation
+    };
+    std::vector<Method> methods = {{{"+ supervised KD", 0, {}, false}, 0.0, "train", "kd"},
+                                   {{"+ on-policy GKD", 0, {}, false}, 1.0, "train", "gkd"}};
+    if (r.slips_control)  // offline coverage of error states: someone must know how the student errs
+        methods.push_back({{"+ supervised KD on injected slips (control)", 0, {}, false}, 0.0, "train-slips", "kd-slips"});
     ExperimentRow sft{"student (SFT)", 0, {}, false}, more{"+ more SFT (control)", 0, {}, false};
-    ExperimentRow kd{"+ supervised KD", 0, {}, false}, gkd{"+ on-policy GKD", 0, {}, false};
-    double beta_kd = r.betas[0], beta_gkd = r.betas[0];
     std::string selection = "| method | divergence | validation sampled accuracy (T=1) | validation greedy accuracy |\n"
                             "|---|---|---|---|\n";
     for (size_t si = 0; si < r.seeds.size(); si++) {
@@ -238,47 +277,51 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
         ExperimentRun warm{dir + "/sft/model.bin", {}, 0};
         warm.train_seconds = sft_from_random_init(r, data_dir, r.student, 1000 + seed, seed, dir + "/sft",
                                                   r.warmup_steps, r.student_lr, strf("seed %llu sft", (unsigned long long)seed));
-        auto continue_from_warm = [&](const std::string& name, bool distill, double lambda, double beta) {
+        auto continue_from_warm = [&](const std::string& name, bool distill, double lambda, double beta,
+                                      const std::string& split) {
             TrainOptions o = experiment_train_options(r, data_dir, r.method_steps, r.method_lr, dir + "/" + name,
-                                                      strf("seed %llu %s", (unsigned long long)seed, name.c_str()));
+                                                      strf("seed %llu %s", (unsigned long long)seed, name.c_str()),
+                                                      split);
             o.sft = !distill;
             o.seed = seed;
             o.student_path = warm.path;
             if (distill) { o.teacher_path = teacher.runs[0].path; o.lambda = lambda; o.beta = beta; }
             return ExperimentRun{dir + "/" + name + "/model.bin", {}, run_training_phase(o)};
         };
-        auto distill_run = [&](bool on_policy, double beta) {  // lambda 1 (on-policy) or 0 (supervised)
-            return continue_from_warm(strf("%s-beta%g", on_policy ? "gkd" : "kd", beta), true, on_policy ? 1.0 : 0.0,
-                                      beta);
+        auto distill_run = [&](const Method& m, double beta) {
+            return continue_from_warm(strf("%s-beta%g", m.tag.c_str(), beta), true, m.lambda, beta, m.split);
         };
-        ExperimentRun control = continue_from_warm("more-sft", false, 0, 0);
-        if (si == 0) {
-            for (bool on_policy : {false, true}) {
-                double best = -1;
-                for (double beta : r.betas) {
-                    ExperimentRun run = distill_run(on_policy, beta);
-                    EvalResult v = evaluate_file(run.path, validation);
-                    selection += strf("| %s | %s | %.1f%% | %.1f%% |\n", on_policy ? "on-policy GKD" : "supervised KD",
-                                      beta_name(beta).c_str(), 100 * v.sample_accuracy, 100 * v.accuracy);
-                    if (v.sample_accuracy > best) {
-                        best = v.sample_accuracy;
-                        (on_policy ? beta_gkd : beta_kd) = beta;
-                        (on_policy ? gkd : kd).runs.assign(1, run);
-                    }
+        ExperimentRun control = continue_from_warm("more-sft", false, 0, 0, "train");
+        for (Method& m : methods) {
+            if (si > 0) { m.row.runs.push_back(distill_run(m, m.beta)); continue; }
+            double best = -1;
+            for (double beta : r.betas) {
+                ExperimentRun run = distill_run(m, beta);
+                EvalResult v = evaluate_file(run.path, validation);
+                std::string plain = m.row.name.substr(2);
+                selection += strf("| %s | %s | %.1f%% | %.1f%% |\n", plain.c_str(), beta_name(beta).c_str(),
+                                  100 * v.sample_accuracy, 100 * v.accuracy);
+                if (v.sample_accuracy > best) {
+                    best = v.sample_accuracy;
+                    m.beta = beta;
+                    m.row.runs.assign(1, run);
                 }
             }
-        } else {
-            kd.runs.push_back(distill_run(false, beta_kd));
-            gkd.runs.push_back(distill_run(true, beta_gkd));
         }
         sft.runs.push_back(warm);
         more.runs.push_back(control);
     }
-    kd.name += " (" + beta_name(beta_kd) + ")";
-    gkd.name += " (" + beta_name(beta_gkd) + ")";
+    for (Method& m : methods) {
+        const std::string divergence = " (" + beta_name(m.beta) + ")";
+        const size_t control = m.row.name.find(" (control)");
+        m.row.name = control == std::string::npos ? m.row.name + divergence
+                                                  : m.row.name.substr(0, control) + divergence + " (control)";
+    }
+    ExperimentRow &kd = methods[0].row, &gkd = methods[1].row;
 
     // 3. the test split: every model, greedy and sampled at T = 1
     std::vector<ExperimentRow*> rows = {&teacher, &sft, &more, &kd, &gkd};
+    if (r.slips_control) rows.push_back(&methods[2].row);
     int total = 0, done = 0;
     for (auto* row : rows) total += (int)row->runs.size();
     Progress progress("evaluate", total, false);
@@ -287,12 +330,13 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
             GPT<float> m;
             gpt_load(m, run.path);
             row->params = m.num_parameters;
-            run.eval = evaluate(m, row == &teacher ? nullptr : &teacher_model, test, tok, eo);
+            // the teacher against itself: no divergence, but its own slips and repairs (condition 3)
+            run.eval = evaluate(m, &teacher_model, test, tok, eo);
             progress.update(++done, row->name);
         }
     progress.finish();
 
-    const bool walks = r.task == "walks";
+    const bool walks = r.task == "walks" || r.task == "repair";  // scored by a checker: valid steps
     std::string table = strf("| model | parameters | greedy accuracy | sampled accuracy (T=1) | %s (T=1) | teacher NLL "
                              "of samples | KL(teacher‖student) on samples | KL(student‖teacher) on samples | distinct "
                              "samples | training time |\n|---|---|---|---|---|---|---|---|---|---|\n",
@@ -310,18 +354,40 @@ static int run_default_experiment(const ExperimentRecipe& r = ExperimentRecipe()
                       mean_sd(*row, &EvalResult::sample_diversity, 100, 0).c_str(),
                       row->cached ? "cached" : format_duration(mean_of(seconds)).c_str());
     }
+    // the on-policy gap of each student (gkd eval --teacher): where the teacher disagrees with it
+    std::string gap = "| model | KL(teacher‖student) per token on the data's completions | on its samples, before "
+                      "their first invalid step | after it | samples with an invalid step | of those, still valid "
+                      "(repaired) |\n|---|---|---|---|---|---|\n";
+    for (auto* row : rows) {
+        const bool self = row == &teacher;  // its own samples: no divergence to itself to show
+        gap += strf("| %s | %s | %s | %s | %s%% | %s%% |\n", row->name.c_str(),
+                    self ? "-" : mean_sd(*row, &EvalResult::data_forward_kl, 1, 3).c_str(),
+                    self ? "-" : mean_sd(*row, &EvalResult::sample_forward_kl_before_slip, 1, 3).c_str(),
+                    self ? "-" : mean_sd(*row, &EvalResult::sample_forward_kl_after_slip, 1, 3).c_str(),
+                    mean_sd(*row, &EvalResult::sample_slip_rate, 100, 1).c_str(),
+                    mean_sd(*row, &EvalResult::sample_recovered, 100, 1).c_str());
+    }
     std::string verdicts = "- " + verdict(gkd, more, &EvalResult::sample_accuracy, "sampled at T=1") + "\n" +
                            "- " + verdict(gkd, kd, &EvalResult::sample_accuracy, "sampled at T=1") + "\n" +
                            "- " + verdict(gkd, kd, &EvalResult::accuracy, "greedy") + "\n" +
                            "- " + verdict(kd, more, &EvalResult::sample_accuracy, "sampled at T=1") + "\n";
+    if (r.slips_control) {
+        const ExperimentRow& slips = methods[2].row;
+        verdicts += "- " + verdict(gkd, slips, &EvalResult::sample_accuracy, "sampled at T=1") + "\n" +
+                    "- " + verdict(slips, kd, &EvalResult::sample_accuracy, "sampled at T=1") + "\n";
+    }
     std::string summary = strf(
         "Held-out %s test set (%zu examples; %d samples each at T=1), mean ± std over %zu seed%s (%s); the "
         "divergences were chosen on the validation split with seed %llu. Total time %s.\n",
         r.task.c_str(), test.examples.size(), r.samples_per_example, r.seeds.size(), r.seeds.size() == 1 ? "" : "s",
-        walks ? "accuracy: the whole walk valid" : "accuracy: the final answer right",
+        r.task == "repair" ? "accuracy: the whole chain valid, its undos applied"
+        : walks            ? "accuracy: the whole walk valid"
+                           : "accuracy: the final answer right",
         (unsigned long long)r.seeds[0], format_duration(now_seconds() - t_start).c_str());
     std::string report = table + "\n" + summary + "\nVerdicts (paired by seed; \"beats\": the mean difference exceeds "
-                         "its standard deviation):\n\n" + verdicts + "\nThe divergence of each method, chosen on "
+                         "its standard deviation):\n\n" + verdicts + "\nThe on-policy gap (test, T=1): the teacher's "
+                         "disagreement with each student on the data and on the student's own samples, split at each "
+                         "sample's first invalid step:\n\n" + gap + "\nThe divergence of each method, chosen on "
                          "validation (seed " + std::to_string(r.seeds[0]) + "):\n\n" + selection;
     write_file_atomic(root + "/results.md", report);
     printf("\n%s\n(also in %s/results.md)\n", report.c_str(), root.c_str());

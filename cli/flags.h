@@ -121,7 +121,7 @@ static std::optional<Flags> command_flags(const std::string& command, const std:
 static std::string task_flag(const Flags& f) {
     std::string t = f.str("task");
     if (!t.empty() && !is_scored_task(t))
-        GKD_FAIL("gkd %s: --task '%s' must be arithmetic, words, walks or gsm8k", f.command.c_str(), t.c_str());
+        GKD_FAIL("gkd %s: --task '%s' must be arithmetic, words, walks, repair or gsm8k", f.command.c_str(), t.c_str());
     return t;
 }
 

@@ -9,6 +9,9 @@
 //   words       "4721:" -> "four thousand seven hundred twenty-one": numbers to English,
 //               a transduction task like translation. Scored by exact match and by a
 //               character-level similarity, 1 - Levenshtein distance / longer length.
+//   repair      "b/acfgj:" -> "plhobdlb": a chain of 8 letters on walks' graph that avoids 5
+//               letters, where the undo token '<' repairs a slip ("plhd<obdlb" is right):
+//               built for on-policy distillation's four conditions (see its section below).
 //   walks       "c/hkm:" -> "bpfgloh": a walk of 7 steps on a fixed directed graph over the
 //               letters a-p (each letter has 3 successors), from the start letter c, that
 //               never visits a letter twice nor one of the avoided letters h, k, m. A
@@ -40,9 +43,11 @@ struct TaskSplits {
     std::vector<TaskExample> train, validation, test;
 };
 
-static const char* const TASK_NAMES[] = {"arithmetic", "words", "walks"};
+static const char* const TASK_NAMES[] = {"arithmetic", "words", "walks", "repair"};
 
-inline bool is_task(const std::string& name) { return name == "arithmetic" || name == "words" || name == "walks"; }
+inline bool is_task(const std::string& name) {
+    return name == "arithmetic" || name == "words" || name == "walks" || name == "repair";
+}
 // Tasks an evaluation can score by: the built-in ones, and GSM8K (data/convert.h's lines).
 inline bool is_scored_task(const std::string& name) { return is_task(name) || name == "gsm8k"; }
 
@@ -161,6 +166,214 @@ inline WalkScore score_walk(const std::string& prompt, const std::string& walk) 
     return s;
 }
 
+// --- repair
+
+// "b/acfgj:" -> "plhobdlb": a chain of REPAIR_STEPS letters on walks' graph, each a
+// successor of the one before (the first, of the start b), never an avoided letter (a, c,
+// f, g, j); letters may repeat. The undo token '<' deletes the letter before it, so a slip
+// can be repaired: "plhd<obdlb" is as valid as "plhobdlb" (h -> d is no edge). A slip is a letter after which
+// the prompt can no longer be satisfied: a missing edge, an avoided letter, a dead end
+// (every way on leads to an avoided letter before the last step), or a ninth letter.
+// The task is built for on-policy distillation's four conditions (README, "The repair
+// task"): a slip is recognisable from the last two letters and the prompt, the teacher
+// has been shown how to undo one (repair_teacher_rows), and the data never holds one.
+constexpr int REPAIR_STEPS = 8, REPAIR_AVOIDED = 5;
+constexpr char UNDO = '<';
+
+// The prompt "s/abcde:" as a start and an avoided-letters mask; false when it is not one.
+inline bool parse_repair_prompt(const std::string& prompt, int& start, unsigned& avoided) {
+    const size_t n = prompt.size();
+    if (n != 3 + REPAIR_AVOIDED || prompt[1] != '/' || prompt[n - 1] != ':') return false;
+    auto letter = [](char c) { return c >= 'a' && c < 'a' + WALK_LETTERS ? c - 'a' : -1; };
+    start = letter(prompt[0]);
+    if (start < 0) return false;
+    avoided = 0;
+    for (size_t i = 2; i < n - 1; i++) {
+        int a = letter(prompt[i]);
+        if (a < 0 || a == start || (avoided & (1u << a))) return false;
+        avoided |= 1u << a;
+    }
+    return true;
+}
+
+// ways[k][x]: the valid chains of k more letters from letter x (k = 0: the empty one).
+struct RepairWays {
+    std::vector<std::vector<double>> ways;
+    explicit RepairWays(unsigned avoided) : ways(REPAIR_STEPS + 1, std::vector<double>(WALK_LETTERS, 0)) {
+        for (int x = 0; x < WALK_LETTERS; x++) ways[0][x] = 1;
+        for (int k = 1; k <= REPAIR_STEPS; k++)
+            for (int x = 0; x < WALK_LETTERS; x++)
+                for (int y : walk_graph()[x])
+                    if (!(avoided & (1u << y))) ways[k][x] += ways[k - 1][y];
+    }
+    // whether letter y may come next after x with `done` letters already written
+    bool extends(int x, int y, int done, unsigned avoided) const {
+        if (done >= REPAIR_STEPS || y < 0 || y >= WALK_LETTERS || (avoided & (1u << y))) return false;
+        const std::vector<int>& succ = walk_graph()[x];
+        return std::find(succ.begin(), succ.end(), y) != succ.end() && ways[REPAIR_STEPS - done - 1][y] > 0;
+    }
+};
+
+// Whether every letter a chain from `start` can reach has a successor not avoided: then
+// no step is a dead end, and every slip is visible from the last two letters and the prompt.
+inline bool repair_no_dead_ends(int start, unsigned avoided) {
+    unsigned seen = 1u << start, frontier = seen;
+    while (frontier) {
+        unsigned next = 0;
+        for (int x = 0; x < WALK_LETTERS; x++) {
+            if (!(frontier & (1u << x))) continue;
+            bool way_on = false;
+            for (int y : walk_graph()[x])
+                if (!(avoided & (1u << y))) { way_on = true; next |= 1u << y; }
+            if (!way_on) return false;
+        }
+        frontier = next & ~seen;
+        seen |= next;
+    }
+    return true;
+}
+
+// A completion read with its undos applied: the chain left, the index (in the text) of
+// the first slip (-1 when there is none), the undos used.
+struct RepairScore {
+    double valid_steps = 0;  // the fraction of the REPAIR_STEPS steps of the final chain that are valid
+    bool complete = false;   // the final chain is valid and whole, and nothing but letters and undos
+    int first_slip = -1;
+    int undos = 0;
+};
+inline RepairScore score_repair(const std::string& prompt, const std::string& text) {
+    RepairScore s;
+    int start;
+    unsigned avoided;
+    if (!parse_repair_prompt(prompt, start, avoided)) return s;
+    RepairWays w(avoided);
+    std::vector<int> chain;
+    bool clean = true;  // nothing but letters and undos
+    for (size_t i = 0; i < text.size(); i++) {
+        const char c = text[i];
+        if (c == UNDO) {
+            s.undos++;
+            if (!chain.empty()) chain.pop_back();
+            continue;
+        }
+        int y = c >= 'a' && c < 'a' + WALK_LETTERS ? c - 'a' : -1;
+        if (y < 0) {
+            clean = false;
+            if (s.first_slip < 0) s.first_slip = (int)i;
+            break;
+        }
+        if (s.first_slip < 0 && !w.extends(chain.empty() ? start : chain.back(), y, (int)chain.size(), avoided))
+            s.first_slip = (int)i;
+        chain.push_back(y);
+    }
+    // the final chain, step by step: an edge to a letter not avoided (dead ends count as
+    // valid here: what is scored is the chain, not how it was written)
+    int at = start, valid = 0;
+    for (size_t k = 0; k < chain.size() && k < (size_t)REPAIR_STEPS; k++) {
+        const std::vector<int>& succ = walk_graph()[at];
+        if (std::find(succ.begin(), succ.end(), chain[k]) != succ.end() && !(avoided & (1u << chain[k]))) valid++;
+        at = chain[k];
+    }
+    s.valid_steps = (double)valid / REPAIR_STEPS;
+    s.complete = clean && valid == REPAIR_STEPS && chain.size() == (size_t)REPAIR_STEPS;
+    if (s.first_slip < 0 && !s.complete) s.first_slip = (int)text.size();  // it stopped short: the end is the slip
+    return s;
+}
+
+// A valid chain of `steps` more letters from x, uniform over all of them (the ways table).
+inline std::string repair_chain(const RepairWays& w, int x, int steps, unsigned avoided, Rng& rng) {
+    std::string out;
+    for (int k = steps; k > 0; k--) {
+        double r = rng.uniform() * w.ways[k][x];
+        int next = -1;
+        for (int y : walk_graph()[x]) {
+            if (avoided & (1u << y)) continue;
+            next = y;
+            if ((r -= w.ways[k - 1][y]) < 0) break;
+        }
+        out.push_back((char)('a' + next));
+        x = next;
+    }
+    return out;
+}
+
+// A letter that would be a slip after `written` (the chain so far, from `start`): one of
+// the letters that do not extend it, drawn as a small student errs three times in four
+// (an avoided successor; a successor of the letter before the last, or that letter
+// itself; two steps at once) and uniformly otherwise. A teacher shown only uniform slips
+// does not recognise a student's: those are the plausible ones.
+inline char repair_slip(const RepairWays& w, int start, const std::string& written, unsigned avoided, Rng& rng) {
+    const int done = (int)written.size(), x = done ? written.back() - 'a' : start;
+    const int before = done >= 2 ? written[done - 2] - 'a' : done == 1 ? start : -1;
+    std::vector<int> bad, plausible;
+    for (int y = 0; y < WALK_LETTERS; y++)
+        if (!w.extends(x, y, done, avoided)) bad.push_back(y);
+    auto add = [&](int y) {
+        if (std::find(bad.begin(), bad.end(), y) != bad.end()) plausible.push_back(y);
+    };
+    for (int y : walk_graph()[x]) {
+        add(y);                                  // avoided (or a dead end)
+        for (int z : walk_graph()[y]) add(z);    // two steps at once
+    }
+    if (before >= 0) {
+        add(before);                             // back where it came from
+        for (int y : walk_graph()[before]) add(y);  // the letter before the last taken for the last
+    }
+    const std::vector<int>& from = !plausible.empty() && rng.uniform() < 0.75 ? plausible : bad;
+    return (char)('a' + from[rng.below(from.size())]);
+}
+
+// The training split with one slip per example inserted by hand and undone at once
+// ("plhobdlb" -> "plhd<obdlb", the slip at a uniform step, drawn by repair_slip): the
+// control that covers error states offline, knowing how a student errs.
+inline std::vector<TaskExample> repair_with_slips(const std::vector<TaskExample>& train, uint64_t seed) {
+    Rng rng(derive_seed(seed, 0x511b5));
+    std::vector<TaskExample> out;
+    for (const TaskExample& e : train) {
+        int start;
+        unsigned avoided;
+        GKD_ASSERT(parse_repair_prompt(e.prompt, start, avoided), "not a repair prompt");
+        RepairWays w(avoided);
+        const int at = (int)rng.below(REPAIR_STEPS + 1);  // after `at` letters (REPAIR_STEPS: a ninth letter)
+        const std::string head = e.completion.substr(0, at);
+        std::string c = head + repair_slip(w, start, head, avoided, rng) + UNDO + e.completion.substr(at);
+        out.push_back({e.prompt, c});
+    }
+    return out;
+}
+
+// What the teacher is trained on besides the clean split: recovery rows, whose prompt
+// ends in a slip and whose completion undoes it and finishes a valid chain. The prompt's
+// written part may hold earlier slips already undone, and now and then an undo of a
+// letter that was fine, so that the teacher is right on the prefixes a student writes.
+// The slip is in the prompt, never a target: the teacher learns to undo, not to slip.
+inline std::vector<TaskExample> repair_teacher_rows(const std::vector<TaskExample>& train, size_t n, uint64_t seed) {
+    Rng rng(derive_seed(seed, 0x7eac4e2));
+    std::vector<TaskExample> out;
+    for (size_t i = 0; i < n; i++) {
+        const TaskExample& e = train[i % train.size()];
+        int start;
+        unsigned avoided;
+        GKD_ASSERT(parse_repair_prompt(e.prompt, start, avoided), "not a repair prompt");
+        RepairWays w(avoided);
+        const int at = (int)rng.below(REPAIR_STEPS + 1);
+        std::string written;
+        int detours = 0;
+        for (int k = 0; k < at; k++) {  // the chain's first `at` letters, with up to 2 undone detours
+            const int x = k ? e.completion[k - 1] - 'a' : start;
+            double u = detours < 2 ? rng.uniform() : 1.0;
+            detours += u < 0.20;
+            const std::string head = e.completion.substr(0, k);
+            if (u < 0.15) written += std::string(1, repair_slip(w, start, head, avoided, rng)) + UNDO;
+            else if (u < 0.20) written += std::string(1, (char)('a' + walk_graph()[x][rng.below(WALK_SUCCESSORS)])) + UNDO;
+            written += e.completion[k];
+        }
+        written += repair_slip(w, start, e.completion.substr(0, at), avoided, rng);
+        out.push_back({e.prompt + written, std::string(1, UNDO) + e.completion.substr(at)});
+    }
+    return out;
+}
+
 // --- generation
 
 struct TaskSizes {
@@ -218,8 +431,31 @@ inline TaskSplits generate_task(const std::string& task, uint64_t seed, const Ta
         }
         for (size_t i = all.size() - 1; i > held_out; i--)  // the training examples in a seeded order
             std::swap(all[i], all[held_out + rng.below(i - held_out + 1)]);
+    } else if (task == "repair") {
+        // every prompt (a start, 5 avoided letters) with a valid chain, in a seeded order,
+        // cut as walks' are; each chain drawn uniformly from the prompt's valid ones
+        std::vector<std::pair<std::string, unsigned>> prompts;
+        for (int s = 0; s < WALK_LETTERS; s++)
+            for (unsigned mask = 0; mask < (1u << WALK_LETTERS); mask++) {
+                if ((mask & (1u << s)) || __builtin_popcount(mask) != REPAIR_AVOIDED) continue;
+                if (!repair_no_dead_ends(s, mask)) continue;
+                std::string prompt = {(char)('a' + s), '/'};
+                for (int a = 0; a < WALK_LETTERS; a++)
+                    if (mask & (1u << a)) prompt += (char)('a' + a);
+                prompts.push_back({prompt + ":", mask});
+            }
+        for (size_t i = prompts.size() - 1; i > 0; i--) std::swap(prompts[i], prompts[rng.below(i + 1)]);
+        const size_t held_out = (size_t)sizes.test + sizes.validation;
+        if (held_out >= prompts.size())
+            GKD_FAIL("the repair task has %zu prompts; %zu held out leave none for training", prompts.size(), held_out);
+        auto example = [&](size_t i) {
+            const auto& [prompt, mask] = prompts[i];
+            return TaskExample{prompt, repair_chain(RepairWays(mask), prompt[0] - 'a', REPAIR_STEPS, mask, rng)};
+        };
+        for (size_t i = 0; i < held_out; i++) all.push_back(example(i));
+        for (size_t i = 0; i < (size_t)sizes.train; i++) all.push_back(example(held_out + i % (prompts.size() - held_out)));
     } else {
-        GKD_FAIL("unknown task '%s' (arithmetic, words or walks)", task.c_str());
+        GKD_FAIL("unknown task '%s' (arithmetic, words, walks or repair)", task.c_str());
     }
     TaskSplits s;
     s.test.assign(all.begin(), all.begin() + sizes.test);
@@ -281,11 +517,49 @@ inline TaskScore score_completion(const std::string& task, const std::string& pr
         s.similarity = w.valid_steps;
         return s;
     }
+    if (task == "repair") {
+        RepairScore r = score_repair(prompt, got);
+        s.correct = r.complete;
+        s.similarity = r.valid_steps;
+        return s;
+    }
     if (task == "arithmetic") s.correct = final_answer(got) == final_answer(want);
     else if (task == "gsm8k") s.correct = !gsm8k_answer(want).empty() && gsm8k_answer(got) == gsm8k_answer(want);
     else s.correct = got == want;
     s.similarity = char_similarity(got, want);
     return s;
+}
+
+// The index in a completion's text of its first invalid step, for the on-policy gap
+// (gkd eval --teacher): the tokens after it condition on a prefix the data never shows.
+// -1: the completion has none; -2: the task cannot tell (no task, GSM8K). Walks and
+// repair are checked against the prompt; arithmetic and words have one right output, so
+// their first slip is the first character that differs from the reference.
+inline int first_invalid_step(const std::string& task, const std::string& prompt, const std::string& got,
+                              const std::string& want) {
+    if (task == "repair") return score_repair(prompt, got).first_slip;
+    if (task == "walks") {
+        int at;
+        unsigned used;
+        if (!parse_walk_prompt(prompt, at, used)) return 0;
+        for (size_t k = 0; k < got.size(); k++) {
+            int next = got[k] >= 'a' && got[k] < 'a' + WALK_LETTERS ? got[k] - 'a' : -1;
+            const std::vector<int>& succ = walk_graph()[at];
+            if (k >= (size_t)WALK_STEPS || next < 0 || (used & (1u << next)) ||
+                std::find(succ.begin(), succ.end(), next) == succ.end())
+                return (int)k;
+            used |= 1u << next;
+            at = next;
+        }
+        return got.size() < (size_t)WALK_STEPS ? (int)got.size() : -1;
+    }
+    if (task == "arithmetic" || task == "words") {
+        if (got == want) return -1;
+        size_t k = 0;
+        while (k < got.size() && k < want.size() && got[k] == want[k]) k++;
+        return (int)k;
+    }
+    return -2;
 }
 
 // --- rewards, for RL fine-tuning with GKD as the regulariser (--reward NAME)

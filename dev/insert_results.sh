@@ -7,7 +7,7 @@
 #   <!-- end NAME -->
 #
 # NAME and its source:
-#   default-experiment   runs/default/walks/results.md   (./gkd)
+#   default-experiment   runs/default/repair/results.md  (./gkd)
 #   speculative          results/speculative.md           (dev/speculative_table.sh)
 #   perf-NAME            results/performance/NAME.md      (dev/measure_performance.sh)
 # A source that does not exist leaves its blocks as they are, and says so.
@@ -16,7 +16,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
-declare -A source=([default-experiment]=runs/default/walks/results.md [speculative]=results/speculative.md)
+declare -A source=([default-experiment]=runs/default/repair/results.md [speculative]=results/speculative.md)
 for f in results/performance/*.md; do [ -f "$f" ] && source[perf-$(basename "$f" .md)]=$f; done
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(README.md docs/*.md)

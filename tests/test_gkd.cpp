@@ -1513,9 +1513,8 @@ TEST_CASE("tasks: the examples, the scores, and splits that never overlap") {
     CHECK(contains(error_of([] { TaskSizes s; s.train = 20000; generate_task("words", 0, s); }), "only 10000 distinct"));
 }
 
-TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its cached teacher") {
-    std::string root = temp_dir() + "/runs";
-    ExperimentRecipe r;
+// A recipe shrunk to seconds: tiny models, a few steps, two seeds, two divergences.
+static ExperimentRecipe tiny_recipe(ExperimentRecipe r) {
     r.teacher = {1, 16, 2};
     r.student = {1, 8, 2};
     r.batch = 8;
@@ -1525,8 +1524,18 @@ TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its
     r.seeds = {0, 1};
     r.betas = {0.0, 1.0};
     r.samples_per_example = 2;
+    return r;
+}
+static TaskSizes tiny_sizes() {
     TaskSizes sizes;
     sizes.train = 64; sizes.validation = 8; sizes.test = 10;
+    return sizes;
+}
+
+TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its cached teacher") {
+    std::string root = temp_dir() + "/runs";
+    ExperimentRecipe r = tiny_recipe(ExperimentRecipe());
+    const TaskSizes sizes = tiny_sizes();
     REQUIRE(run_default_experiment(r, root, sizes) == 0);
     std::string results = read_bytes(root + "/results.md");
     for (const char* row : {"| teacher (SFT) |", "| student (SFT) |", "| + more SFT (control) |", "| + supervised KD (",
@@ -1555,6 +1564,30 @@ TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its
     r.teacher_steps = 7;  // another recipe: the cache must not be reused
     REQUIRE(run_default_experiment(r, root, sizes) == 0);
     CHECK(!contains(read_bytes(root + "/results.md"), "cached"));
+}
+
+TEST_CASE("the default experiment on repair: the teacher's own split, the injected-slips control, the gap table") {
+    std::string root = temp_dir() + "/runs-repair";
+    REQUIRE(run_default_experiment(tiny_recipe(repair_recipe()), root, tiny_sizes()) == 0);
+    std::string results = read_bytes(root + "/results.md");
+    for (const char* row : {"| + supervised KD (", "| + on-policy GKD (", "| + supervised KD on injected slips ("})
+        CHECK(contains(results, row));
+    CHECK(contains(results, ") (control) |"));
+    CHECK(contains(results, "The on-policy gap (test, T=1)"));
+    CHECK(contains(results, "samples with an invalid step"));
+    CHECK(contains(results, "accuracy: the whole chain valid, its undos applied"));
+    // the control's verdicts, computed like the others
+    CHECK(contains(results, "on-policy GKD ("));
+    CHECK(contains(results, "supervised KD on injected slips ("));
+    // the teacher learnt from its own split (clean rows and recovery rows), and says so in its key
+    CHECK(is_file(root + "/data/teacher.jsonl"));
+    CHECK(contains(read_bytes(root + "/teacher/recipe.json"), "\"data\":\"teacher\""));
+    // the control trained on the slipped split: both divergences on seed 0, the chosen one on seed 1
+    for (const char* run : {"/seed0/kd-slips-beta0", "/seed0/kd-slips-beta1"}) CHECK(is_file(root + run + "/model.bin"));
+    CHECK(is_file(root + "/seed1/kd-slips-beta0/model.bin") + is_file(root + "/seed1/kd-slips-beta1/model.bin") == 1);
+    // its rows hold a slip and an undo: two more targets each than the clean rows' 8 letters and EOS
+    CHECK(read_metrics(root + "/seed0/kd-slips-beta0/metrics.jsonl")[0]["tokens"] == 8 * (REPAIR_STEPS + 3));
+    CHECK(read_metrics(root + "/seed0/kd-beta0/metrics.jsonl")[0]["tokens"] == 8 * (REPAIR_STEPS + 1));
 }
 
 TEST_CASE("the walks task: a fixed graph, disjoint splits, several valid walks per training prompt, a checker") {
@@ -1610,6 +1643,100 @@ TEST_CASE("the walks task: a fixed graph, disjoint splits, several valid walks p
     CHECK(score_completion("walks", "x/abc:", "abcdefg", "abcdefg").correct == 0.0);  // a bad prompt scores 0
     CHECK(!is_scored_task("poetry"));
     CHECK(is_task("walks"));
+}
+
+TEST_CASE("the repair task: valid chains, disjoint splits, undos applied by the checker, slips found") {
+    TaskSizes sizes;
+    sizes.train = 3000; sizes.validation = 40; sizes.test = 60;
+    TaskSplits s = generate_task("repair", 3, sizes);
+    REQUIRE(s.train.size() == 3000);
+    std::set<std::string> held_out;
+    for (auto* split : {&s.test, &s.validation})
+        for (auto& e : *split) held_out.insert(e.prompt);
+    CHECK(held_out.size() == 100);  // distinct prompts
+    for (auto* split : {&s.train, &s.validation, &s.test})
+        for (auto& e : *split) {
+            if (split == &s.train) CHECK(!held_out.count(e.prompt));
+            RepairScore r = score_repair(e.prompt, e.completion);
+            CHECK(r.complete);
+            CHECK(r.first_slip == -1);
+            CHECK(e.completion.size() == (size_t)REPAIR_STEPS);
+        }
+    // the checker by hand on one prompt: start b, avoided a, c, f, g, j (walk_graph: b -> e, d, p)
+    const std::string prompt = "b/acfgj:";
+    int start;
+    unsigned avoided;
+    REQUIRE(parse_repair_prompt(prompt, start, avoided));
+    CHECK(start == 1);
+    CHECK(avoided == ((1u << 0) | (1u << 2) | (1u << 5) | (1u << 6) | (1u << 9)));
+    Rng rng(7);
+    std::string chain = repair_chain(RepairWays(avoided), start, REPAIR_STEPS, avoided, rng);
+    REQUIRE(score_repair(prompt, chain).complete);
+    const auto& succ = walk_graph()[chain[2] - 'a'];
+    char avoided_next = 0;  // an avoided letter or a missing edge after chain[2]
+    for (char c = 'a'; c < 'a' + WALK_LETTERS && !avoided_next; c++)
+        if ((avoided & (1u << (c - 'a'))) || std::find(succ.begin(), succ.end(), c - 'a') == succ.end()) avoided_next = c;
+    const std::string slipped = chain.substr(0, 3) + avoided_next + chain.substr(3);
+    RepairScore bad = score_repair(prompt, slipped);
+    CHECK(!bad.complete);
+    CHECK(bad.first_slip == 3);
+    RepairScore fixed = score_repair(prompt, chain.substr(0, 3) + avoided_next + "<" + chain.substr(3));
+    CHECK(fixed.complete);  // the undo deletes the slip
+    CHECK(fixed.first_slip == 3);  // but the slip was made
+    CHECK(fixed.undos == 1);
+    CHECK(score_repair(prompt, chain.substr(0, 5) + "<" + chain.substr(4)).complete);  // an undo of a good letter
+    CHECK(!score_repair(prompt, chain + chain[7]).complete);  // a ninth letter
+    CHECK(score_repair(prompt, chain + "a").first_slip == REPAIR_STEPS);
+    CHECK(score_repair(prompt, chain.substr(0, 6)).first_slip == 6);  // stopped short: the end is the slip
+    CHECK(score_repair(prompt, chain.substr(0, 6)).valid_steps == doctest::Approx(6.0 / REPAIR_STEPS));
+    CHECK(score_repair(prompt, chain.substr(0, 4) + "?" + chain.substr(4)).first_slip == 4);  // not a letter
+    CHECK(!score_repair(prompt, chain.substr(0, 4) + "?" + chain.substr(4)).complete);
+    CHECK(score_completion("repair", prompt, chain, "").correct == 1.0);  // checked against the prompt
+    CHECK(score_completion("repair", "b/acfga:", chain, chain).correct == 0.0);  // a bad prompt (a twice) scores 0
+    // the teacher's recovery rows: the prompt ends in a slip, the completion undoes it
+    std::vector<TaskExample> rows = repair_teacher_rows(s.train, 500, 3);
+    size_t earlier_undos = 0;
+    for (auto& row : rows) {
+        const std::string task_prompt = row.prompt.substr(0, 3 + REPAIR_AVOIDED), written = row.prompt.substr(3 + REPAIR_AVOIDED);
+        REQUIRE(!written.empty());
+        CHECK(row.completion[0] == UNDO);
+        RepairScore before = score_repair(task_prompt, written);
+        CHECK(before.first_slip >= 0);
+        if (before.undos == 0) CHECK(before.first_slip == (int)written.size() - 1);  // the slip is the last letter
+        CHECK(score_repair(task_prompt, written + row.completion).complete);
+        earlier_undos += before.undos > 0;
+    }
+    CHECK(earlier_undos > 50);  // some prefixes hold earlier slips, undone
+    // the control's data: one slip per example, undone at once
+    std::vector<TaskExample> slips = repair_with_slips(s.train, 3);
+    REQUIRE(slips.size() == s.train.size());
+    for (size_t i = 0; i < slips.size(); i++) {
+        RepairScore r = score_repair(slips[i].prompt, slips[i].completion);
+        CHECK(r.complete);
+        CHECK(r.undos == 1);
+        CHECK(r.first_slip >= 0);
+        CHECK(slips[i].completion.size() == (size_t)REPAIR_STEPS + 2);
+    }
+    CHECK(is_task("repair"));
+}
+
+TEST_CASE("first_invalid_step: where each task's completion first goes wrong") {
+    CHECK(first_invalid_step("arithmetic", "3+5+9=", "8;17", "8;17") == -1);
+    CHECK(first_invalid_step("arithmetic", "3+5+9=", "8;18", "8;17") == 3);
+    CHECK(first_invalid_step("arithmetic", "3+5+9=", "8;1", "8;17") == 3);  // stopped short
+    CHECK(first_invalid_step("words", "21:", "twenty-one", "twenty-one") == -1);
+    CHECK(first_invalid_step("words", "21:", "twenty-two", "twenty-one") == 7);
+    CHECK(first_invalid_step("gsm8k", "q", "a", "b") == -2);  // cannot tell
+    CHECK(first_invalid_step("", "q", "a", "b") == -2);
+    TaskSizes sizes;
+    sizes.train = 10; sizes.validation = 1; sizes.test = 1;
+    TaskExample e = generate_task("walks", 5, sizes).test[0];
+    CHECK(first_invalid_step("walks", e.prompt, e.completion, "") == -1);
+    std::string repeated = e.completion;
+    repeated[3] = e.completion[1];
+    CHECK(first_invalid_step("walks", e.prompt, repeated, "") == 3);
+    CHECK(first_invalid_step("walks", e.prompt, e.completion.substr(0, 5), "") == 5);
+    CHECK(first_invalid_step("walks", e.prompt, e.completion + "a", "") == WALK_STEPS);
 }
 
 // ----------------------------------------------------------------------------
@@ -2193,6 +2320,21 @@ static Dataset prompts_with_completion(const Tokenizer& tok, std::initializer_li
     return d;
 }
 
+// The k-th sample of every example at T = 1, drawn as evaluate draws it (seed, stream k,
+// row id = the example's index); `prompts` receives the rows' prompts.
+static std::vector<std::vector<int>> eval_draws(const GPT<float>& m, const Dataset& d, int budget, int eos,
+                                                uint64_t seed, uint64_t k, Prompts& prompts) {
+    Generator gen;
+    std::vector<int> budgets;
+    std::vector<uint64_t> ids;
+    for (size_t i = 0; i < d.examples.size(); i++) {
+        prompts.push_back(&d.examples[i].prompt);
+        budgets.push_back(budget);
+        ids.push_back(i);
+    }
+    return generate(m, gen, prompts, budgets, 1.0, eos, seed, k, ids);
+}
+
 TEST_CASE("gkd eval on the student's own samples: the teacher's NLL of them, both KLs there, their diversity") {
     GPT<float> m = random_gpt(1, 16, 2, 24, 257, 31), t = random_gpt(1, 24, 2, 24, 257, 32);
     ByteTokenizer tok;
@@ -2213,18 +2355,10 @@ TEST_CASE("gkd eval on the student's own samples: the teacher's NLL of them, bot
     CHECK(other.sample_diversity <= 1.0);
     // the teacher's NLL, recomputed independently: the same draws (seed, stream k, row id),
     // each row alone through gpt_forward, log-softmax in double
-    Generator gen;
     double nll = 0, tokens = 0;
     for (int k = 0; k < 3; k++) {
         Prompts prompts;
-        std::vector<int> budgets;
-        std::vector<uint64_t> ids;
-        for (size_t i = 0; i < d.examples.size(); i++) {
-            prompts.push_back(&d.examples[i].prompt);
-            budgets.push_back(6);
-            ids.push_back(i);
-        }
-        auto samples = generate(m, gen, prompts, budgets, 1.0, tok.eos_id(), 4, (uint64_t)k, ids);
+        auto samples = eval_draws(m, d, 6, tok.eos_id(), 4, (uint64_t)k, prompts);
         for (size_t i = 0; i < samples.size(); i++) {
             std::vector<int> row = *prompts[i];
             row.insert(row.end(), samples[i].begin(), samples[i].end());
@@ -2244,6 +2378,78 @@ TEST_CASE("gkd eval on the student's own samples: the teacher's NLL of them, bot
     eo.samples_per_example = 1;
     CHECK(std::isnan(evaluate(m, &t, d, tok, eo).sample_diversity));
     CHECK(!evaluate(m, &t, d, tok, eo).to_json().contains("sample_diversity"));
+}
+
+TEST_CASE("gkd eval's on-policy gap: both KLs on the data and on samples split at the first slip, recomputed") {
+    GPT<float> m = random_gpt(1, 16, 2, 24, 257, 41), t = random_gpt(1, 24, 2, 24, 257, 42);
+    ByteTokenizer tok;
+    // repair prompts: a random model's samples slip at once (not a letter) or a few steps in
+    Dataset d = prompts_with_completion(tok, {"b/acfgj:", "a/bcdef:", "p/abcde:", "e/fghij:"}, "edpl");
+    EvalOptions eo;
+    eo.task = "repair";
+    eo.beta = 0.0;  // the divergence reported on the data is then the forward KL
+    eo.sample_temperature = 1.0;
+    eo.samples_per_example = 3;
+    eo.max_new_tokens = 6;
+    eo.seed = 9;
+    EvalResult self = evaluate(m, &m, d, tok, eo), r = evaluate(m, &t, d, tok, eo);
+    CHECK(std::fabs(self.data_forward_kl) < 1e-9);
+    CHECK(std::fabs(self.sample_forward_kl_before_slip) < 1e-9);
+    CHECK(r.data_forward_kl == doctest::Approx(r.divergence).epsilon(1e-6));  // two ways to one number
+    // recompute every token's KLs and its side of the slip independently: the same draws,
+    // each row alone through gpt_forward of both models, log-softmax in double
+    double before[2] = {0, 0}, after[2] = {0, 0}, n_before = 0, n_after = 0, slipped = 0, samples = 0;
+    for (int k = 0; k < 3; k++) {
+        Prompts prompts;
+        auto drawn = eval_draws(m, d, 6, tok.eos_id(), 9, (uint64_t)k, prompts);
+        for (size_t i = 0; i < drawn.size(); i++) {
+            std::vector<int> text = drawn[i];
+            if (!text.empty() && text.back() == tok.eos_id()) text.pop_back();
+            const int slip = score_repair(tok.decode(*prompts[i]), tok.decode(text)).first_slip;
+            slipped += slip >= 0;
+            samples++;
+            std::vector<int> row = *prompts[i];
+            row.insert(row.end(), drawn[i].begin(), drawn[i].end());
+            const int n = (int)row.size() - 1, P = (int)prompts[i]->size(), Vp = m.config.padded_vocab_size;
+            std::vector<float> lt((size_t)n * Vp), ls((size_t)n * Vp);
+            gpt_forward(t, row.data(), 1, n);
+            std::copy(t.acts.logits, t.acts.logits + (size_t)n * Vp, lt.begin());
+            gpt_forward(m, row.data(), 1, n);
+            std::copy(m.acts.logits, m.acts.logits + (size_t)n * Vp, ls.begin());
+            for (int pos = P - 1; pos < n; pos++) {
+                auto logsm = [](const float* l, std::vector<double>& out) {
+                    double mx = *std::max_element(l, l + 257), z = 0;
+                    for (int v = 0; v < 257; v++) z += std::exp((double)l[v] - mx);
+                    for (int v = 0; v < 257; v++) out[v] = (double)l[v] - mx - std::log(z);
+                };
+                std::vector<double> p(257), q(257);
+                logsm(&lt[(size_t)pos * Vp], p);
+                logsm(&ls[(size_t)pos * Vp], q);
+                double f = 0, b = 0;
+                for (int v = 0; v < 257; v++) { f += std::exp(p[v]) * (p[v] - q[v]); b += std::exp(q[v]) * (q[v] - p[v]); }
+                const int j = pos - (P - 1);  // predicts completion token j
+                if (slip >= 0 && j > slip) { after[0] += f; after[1] += b; n_after++; }
+                else { before[0] += f; before[1] += b; n_before++; }
+            }
+        }
+    }
+    REQUIRE(n_before > 0);
+    REQUIRE(n_after > 0);  // both sides are exercised
+    CHECK(r.sample_forward_kl_before_slip == doctest::Approx(before[0] / n_before).epsilon(1e-5));
+    CHECK(r.sample_reverse_kl_before_slip == doctest::Approx(before[1] / n_before).epsilon(1e-5));
+    CHECK(r.sample_forward_kl_after_slip == doctest::Approx(after[0] / n_after).epsilon(1e-5));
+    CHECK(r.sample_reverse_kl_after_slip == doctest::Approx(after[1] / n_after).epsilon(1e-5));
+    CHECK(r.sample_slip_rate == doctest::Approx(slipped / samples));
+    CHECK(r.sample_tokens_after_slip == doctest::Approx(n_after / (n_before + n_after)));
+    // the whole is the token-weighted mean of its parts
+    CHECK(r.sample_forward_kl == doctest::Approx((before[0] + after[0]) / (n_before + n_after)).epsilon(1e-5));
+    CHECK(r.to_json().contains("sample_forward_kl_after_slip"));
+    // without a task that can tell where a sample slips: the data's side and the whole only
+    eo.task = "";
+    EvalResult untold = evaluate(m, &t, d, tok, eo);
+    CHECK(!std::isnan(untold.data_forward_kl));
+    CHECK(std::isnan(untold.sample_forward_kl_before_slip));
+    CHECK(!untold.to_json().contains("sample_slip_rate"));
 }
 
 // ----------------------------------------------------------------------------
