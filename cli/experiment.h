@@ -199,14 +199,16 @@ static std::string mean_sd(const ExperimentRow& row, double EvalResult::*field, 
 
 // The verdict on `a` against `b`: the per-seed differences of a metric (in points), and
 // what they say: "beats" when the mean exceeds one standard deviation, "loses to" when it
-// is below minus one, else "is within one sd of" (one seed: the sign alone).
+// is below minus one, else "is within one sd of" (one seed: the sign alone; no difference
+// on any seed: "ties with").
 static std::string verdict(const ExperimentRow& a, const ExperimentRow& b, double EvalResult::*field,
                            const char* what) {
     std::vector<double> d;
     for (size_t s = 0; s < a.runs.size() && s < b.runs.size(); s++)
         d.push_back(100 * (a.runs[s].eval.*field - b.runs[s].eval.*field));
     double m = mean_of(d), sd = sd_of(d);
-    const char* word = d.size() < 2 ? (m > 0 ? "beats" : m < 0 ? "loses to" : "ties with")
+    const char* word = m == 0 && sd == 0           ? "ties with"  // every seed the same
+                       : d.size() < 2               ? (m > 0 ? "beats" : "loses to")
                        : m - sd > 0 ? "beats" : m + sd < 0 ? "loses to" : "is within one sd of";
     std::string spread = d.size() < 2 ? "1 seed, no spread" : strf("%zu seeds", d.size());
     auto plain = [](const std::string& name) { return name.rfind("+ ", 0) == 0 ? name.substr(2) : name; };
