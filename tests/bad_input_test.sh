@@ -208,7 +208,7 @@ TABLE=$(cat <<EOF
 1	--teacher is given twice	distill --teacher a --teacher b
 1	unexpected argument 'extra'	sample $S extra
 1	unknown command 'train'	train
-1	gkd experiment: --task 'poetry' must be one of walks|arithmetic	--task poetry
+1	gkd experiment: --task 'poetry' must be one of repair|walks|arithmetic	--task poetry
 1	gkd experiment: --steps does not apply to experiment	experiment --steps 3
 1	$W/busy: the folder exists and is not empty; give --overwrite	sft $S --data $W/ok.jsonl --out $W/busy
 1	$W/never/checkpoint.bin: no checkpoint to resume from	sft --resume $W/never
