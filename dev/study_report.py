@@ -69,6 +69,17 @@ def paired(a, b, key):
     return mean_std([100 * (x[key] - y[key]) for x, y in zip(a, b)])
 
 
+def verdict_word(m, s, n):
+    """What a paired difference (mean m, sd s over n seeds) says: "beats" when the mean
+    exceeds its sd, "loses to" when it is below minus it, else "is within one sd of"; one
+    seed: the sign alone; no difference on any seed: "ties with"."""
+    if m == 0 and s == 0:
+        return "ties with"
+    if n < 2:
+        return "beats" if m > 0 else "loses to"
+    return "beats" if m - s > 0 else "loses to" if m + s < 0 else "is within one sd of"
+
+
 def findings(task, res, val, seeds):
     """Computed comparisons (paired by seed, test accuracy): the on-policy method best on
     the validation split (greedy accuracy after the last step, the one validation score the
@@ -77,9 +88,7 @@ def findings(task, res, val, seeds):
     pairs' acceptance rates as the teacher's speculative draft. 'beats': the mean
     difference exceeds its sd (one seed: the sign alone)."""
     def word(m, s):
-        if len(seeds) < 2:
-            return "beats" if m > 0 else "loses to" if m < 0 else "ties with"
-        return "beats" if m - s > 0 else "loses to" if m + s < 0 else "is within one sd of"
+        return verdict_word(m, s, len(seeds))
     on_policy = [m for m in res if m.startswith("on-policy")]
     if not on_policy or "sft" not in res:
         return []
@@ -181,9 +190,7 @@ def signal_section(runs, methods, seeds, out):
                   f"{os.path.getsize(cache_bin) / 1e6:.1f} MB, written in {ms / 1000:.1f} s, once for every seed.", ""]
 
     def word(m, s):
-        if len(seeds) < 2:
-            return "beats" if m > 0 else "loses to" if m < 0 else "ties with"
-        return "beats" if m - s > 0 else "loses to" if m + s < 0 else "is within one sd of"
+        return verdict_word(m, s, len(seeds))
 
     def compare(a, b, key="sample_accuracy", what="points sampled at T=1"):
         m, s = paired(res[a], res[b], key)
