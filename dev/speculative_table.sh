@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# speculative_table.sh — the default experiment's students as the teacher's speculative
+# speculative_table.sh — the walks experiment's students as the teacher's speculative
 # draft: for each student (SFT warm start, more SFT, supervised KD, on-policy GKD; every
 # seed) and K = 2, 4, 8, `gkd sample --model TEACHER --draft STUDENT --draft-tokens K` on
 # the walks test prompts at temperature 1, with the plain teacher timed on the same rows in
 # the same run (gkd sample interleaves the two batch by batch). Two batch sizes: 1 (one
 # prompt at a time: the latency-bound case speculative decoding is for) and 100.
 #
-#   ./gkd                          first: the default experiment's models (runs/default/walks)
+#   ./gkd --task walks             first: the walks experiment's models (runs/default/walks)
 #   dev/speculative_table.sh [RUNS_DIR] [OUT.md]
 # Defaults: runs/default/walks, results/speculative.md. Prints the table too.
 set -euo pipefail
@@ -15,7 +15,7 @@ runs=${1:-$here/runs/default/walks}
 out=${2:-$here/results/speculative.md}
 gkd=${GKD:-$here/gkd}
 teacher=$runs/teacher/model.bin
-[ -s "$teacher" ] || { echo "speculative_table.sh: $teacher is missing: run ./gkd first" >&2; exit 1; }
+[ -s "$teacher" ] || { echo "speculative_table.sh: $teacher is missing: run ./gkd --task walks first" >&2; exit 1; }
 # the distillation runs the experiment kept: the divergence chosen on validation is the one
 # every seed ran (seed 0 ran them all)
 pick() { (cd "$runs/seed1" && ls -d "$1"-beta* | head -1); }
