@@ -1213,7 +1213,7 @@ struct EvalResult {
     double sample_diversity = NAN;    // with 2+ samples per example: distinct ones / samples
     // the on-policy gap, with a teacher: the per-token divergences on the data's
     // completions and on the student's samples, the latter split at each sample's first
-    // invalid step where the task can tell (data/tasks.h first_invalid_step): "before"
+    // invalid step where the task can tell (TaskScore::first_slip in data/tasks.h): "before"
     // holds the tokens whose prefix is still valid, "after" those that follow a slip
     double data_forward_kl = NAN, data_reverse_kl = NAN;
     double sample_forward_kl_before_slip = NAN, sample_reverse_kl_before_slip = NAN;
@@ -1339,15 +1339,19 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             budgets.push_back(std::min(eo.max_new_tokens, model.config.max_seq_len - (int)ex[i]->prompt.size()));
             ids.push_back(first + i);
         }
+        // each completion scored by the task (without one: nothing counted, no slip told)
         auto score = [&](const std::vector<std::vector<int>>& outs, double& right, double& sim) {
+            std::vector<TaskScore> scores(ex.size());
+            if (eo.task.empty()) return scores;
             for (size_t i = 0; i < ex.size(); i++) {
                 std::vector<int> text = outs[i];
                 if (!text.empty() && text.back() == eos) text.pop_back();
-                TaskScore s = score_completion(eo.task, tok.decode(ex[i]->prompt), tok.decode(text),
-                                               tok.decode(ex[i]->completion));
-                right += s.correct;
-                sim += s.similarity;
+                scores[i] = score_completion(eo.task, tok.decode(ex[i]->prompt), tok.decode(text),
+                                             tok.decode(ex[i]->completion));
+                right += scores[i].correct;
+                sim += scores[i].similarity;
             }
+            return scores;
         };
         auto run_generate = [&](double temperature, uint64_t seed, uint64_t stream) {
             return dev.generate(Role::Student, prompts, budgets, temperature, eos, seed, stream, ids);
@@ -1358,7 +1362,7 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             want.push_back(eos);
             matches += greedy[i] == want;
         }
-        if (!eo.task.empty()) score(greedy, correct, similar);
+        score(greedy, correct, similar);
         if (teacher && eo.draft_tokens > 0) {  // the model as the teacher's draft, on the same prompts
             std::vector<int> both(budgets);
             for (size_t i = 0; i < ex.size(); i++)
@@ -1371,7 +1375,7 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
         std::vector<std::set<std::vector<int>>> distinct(ex.size());
         for (int k = 0; k < eo.samples_per_example; k++) {
             std::vector<std::vector<int>> samples = run_generate(eo.sample_temperature, eo.seed, (uint64_t)k);
-            if (!eo.task.empty()) score(samples, sample_correct, sample_similar);
+            const std::vector<TaskScore> scores = score(samples, sample_correct, sample_similar);
             for (size_t i = 0; i < ex.size(); i++) distinct[i].insert(samples[i]);
             if (!teacher) continue;
             // how the teacher sees them: its NLL of each sampled token, and both KLs there
@@ -1388,14 +1392,10 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             std::vector<std::pair<double, double>> kls = token_kls(sb, tlogits, Vpt, logits, Vp, V);
             size_t n = 0;
             for (size_t i = 0; i < ex.size(); i++) {
-                std::vector<int> text = samples[i];
-                if (!text.empty() && text.back() == eos) text.pop_back();
-                const std::string prompt = tok.decode(ex[i]->prompt), got = tok.decode(text),
-                                  want = tok.decode(ex[i]->completion);
-                const int slip = first_invalid_step(eo.task, prompt, got, want);
+                const int slip = scores[i].first_slip;
                 slips_told = slips_told || slip != -2;
                 slipped_samples += slip >= 0;
-                if (slip >= 0) recovered_samples += score_completion(eo.task, prompt, got, want).correct;
+                if (slip >= 0) recovered_samples += scores[i].correct;
                 for (int j = 0; j < sb.target_count[i]; j++, n++)  // target j predicts completion token j
                     (slip >= 0 && j > slip ? after_slip : before_slip).add(kls[n]);
             }

@@ -47,7 +47,7 @@ static void write_task_splits(const std::string& task, uint64_t seed, const Task
         std::vector<TaskExample> teacher = s.train, rows = repair_teacher_rows(s.train, s.train.size(), seed);
         teacher.insert(teacher.end(), rows.begin(), rows.end());
         Rng rng(derive_seed(seed, 0x7eac4e3));
-        for (size_t i = teacher.size() - 1; i > 0; i--) std::swap(teacher[i], teacher[rng.below(i + 1)]);
+        seeded_shuffle(teacher, rng);
         write(teacher, "teacher");
         write(repair_with_slips(s.train, seed), "train-slips");
     }

@@ -111,17 +111,29 @@ inline const std::vector<std::vector<int>>& walk_graph() {
     return graph;
 }
 
+// A letter of the walks' alphabet as its index, or -1 for any other character.
+inline int walk_letter(char c) { return c >= 'a' && c < 'a' + WALK_LETTERS ? c - 'a' : -1; }
+// Whether the graph has the edge x -> y.
+inline bool walk_edge(int x, int y) {
+    const std::vector<int>& succ = walk_graph()[x];
+    return std::find(succ.begin(), succ.end(), y) != succ.end();
+}
+// A uniform seeded shuffle of v (Fisher-Yates, from the last element down).
+template <class T>
+inline void seeded_shuffle(std::vector<T>& v, Rng& rng) {
+    for (size_t i = v.size(); i > 1; i--) std::swap(v[i - 1], v[rng.below(i)]);
+}
+
 // The prompt "s/abc:" (start s, avoided a, b, c) as a start and a used-letters mask;
 // false when the text is not such a prompt.
 inline bool parse_walk_prompt(const std::string& prompt, int& start, unsigned& used) {
     const size_t n = prompt.size();
     if (n != 3 + WALK_AVOIDED || prompt[1] != '/' || prompt[n - 1] != ':') return false;
-    auto letter = [](char c) { return c >= 'a' && c < 'a' + WALK_LETTERS ? c - 'a' : -1; };
-    start = letter(prompt[0]);
+    start = walk_letter(prompt[0]);
     if (start < 0) return false;
     used = 1u << start;
     for (size_t i = 2; i < n - 1; i++) {
-        int a = letter(prompt[i]);
+        int a = walk_letter(prompt[i]);
         if (a < 0) return false;
         used |= 1u << a;
     }
@@ -145,6 +157,7 @@ inline void valid_walks(int at, unsigned used, std::string& path, std::vector<st
 struct WalkScore {
     double valid_steps = 0;
     bool complete = false;  // every step valid, and nothing more
+    int first_slip = 0;     // the index of the first invalid step (the end when it stops short), -1 for none
 };
 inline WalkScore score_walk(const std::string& prompt, const std::string& walk) {
     WalkScore s;
@@ -152,17 +165,19 @@ inline WalkScore score_walk(const std::string& prompt, const std::string& walk) 
     unsigned used;
     if (!parse_walk_prompt(prompt, at, used)) return s;
     int valid = 0;
+    s.first_slip = -1;
     for (size_t k = 0; k < walk.size() && k < (size_t)WALK_STEPS; k++) {
-        int next = walk[k] >= 'a' && walk[k] < 'a' + WALK_LETTERS ? walk[k] - 'a' : -1;
-        const std::vector<int>& succ = walk_graph()[at];
-        bool edge = next >= 0 && std::find(succ.begin(), succ.end(), next) != succ.end();
-        if (edge && !(used & (1u << next))) valid++;
+        int next = walk_letter(walk[k]);
+        if (next >= 0 && walk_edge(at, next) && !(used & (1u << next))) valid++;
+        else if (s.first_slip < 0) s.first_slip = (int)k;
         if (next < 0) break;  // not a letter: the walk is over
         used |= 1u << next;
         at = next;
     }
     s.valid_steps = (double)valid / WALK_STEPS;
     s.complete = valid == WALK_STEPS && walk.size() == (size_t)WALK_STEPS;
+    if (s.first_slip < 0 && !s.complete)  // too short (the end is the slip) or text past the walk
+        s.first_slip = (int)std::min(walk.size(), (size_t)WALK_STEPS);
     return s;
 }
 
@@ -184,12 +199,11 @@ constexpr char UNDO = '<';
 inline bool parse_repair_prompt(const std::string& prompt, int& start, unsigned& avoided) {
     const size_t n = prompt.size();
     if (n != 3 + REPAIR_AVOIDED || prompt[1] != '/' || prompt[n - 1] != ':') return false;
-    auto letter = [](char c) { return c >= 'a' && c < 'a' + WALK_LETTERS ? c - 'a' : -1; };
-    start = letter(prompt[0]);
+    start = walk_letter(prompt[0]);
     if (start < 0) return false;
     avoided = 0;
     for (size_t i = 2; i < n - 1; i++) {
-        int a = letter(prompt[i]);
+        int a = walk_letter(prompt[i]);
         if (a < 0 || a == start || (avoided & (1u << a))) return false;
         avoided |= 1u << a;
     }
@@ -209,8 +223,7 @@ struct RepairWays {
     // whether letter y may come next after x with `done` letters already written
     bool extends(int x, int y, int done, unsigned avoided) const {
         if (done >= REPAIR_STEPS || y < 0 || y >= WALK_LETTERS || (avoided & (1u << y))) return false;
-        const std::vector<int>& succ = walk_graph()[x];
-        return std::find(succ.begin(), succ.end(), y) != succ.end() && ways[REPAIR_STEPS - done - 1][y] > 0;
+        return walk_edge(x, y) && ways[REPAIR_STEPS - done - 1][y] > 0;
     }
 };
 
@@ -238,7 +251,7 @@ inline bool repair_no_dead_ends(int start, unsigned avoided) {
 struct RepairScore {
     double valid_steps = 0;  // the fraction of the REPAIR_STEPS steps of the final chain that are valid
     bool complete = false;   // the final chain is valid and whole, and nothing but letters and undos
-    int first_slip = -1;
+    int first_slip = 0;      // a bad prompt: everything is invalid
     int undos = 0;
 };
 inline RepairScore score_repair(const std::string& prompt, const std::string& text) {
@@ -246,6 +259,7 @@ inline RepairScore score_repair(const std::string& prompt, const std::string& te
     int start;
     unsigned avoided;
     if (!parse_repair_prompt(prompt, start, avoided)) return s;
+    s.first_slip = -1;
     RepairWays w(avoided);
     std::vector<int> chain;
     bool clean = true;  // nothing but letters and undos
@@ -256,7 +270,7 @@ inline RepairScore score_repair(const std::string& prompt, const std::string& te
             if (!chain.empty()) chain.pop_back();
             continue;
         }
-        int y = c >= 'a' && c < 'a' + WALK_LETTERS ? c - 'a' : -1;
+        int y = walk_letter(c);
         if (y < 0) {
             clean = false;
             if (s.first_slip < 0) s.first_slip = (int)i;
@@ -270,8 +284,7 @@ inline RepairScore score_repair(const std::string& prompt, const std::string& te
     // valid here: what is scored is the chain, not how it was written)
     int at = start, valid = 0;
     for (size_t k = 0; k < chain.size() && k < (size_t)REPAIR_STEPS; k++) {
-        const std::vector<int>& succ = walk_graph()[at];
-        if (std::find(succ.begin(), succ.end(), chain[k]) != succ.end() && !(avoided & (1u << chain[k]))) valid++;
+        if (walk_edge(at, chain[k]) && !(avoided & (1u << chain[k]))) valid++;
         at = chain[k];
     }
     s.valid_steps = (double)valid / REPAIR_STEPS;
@@ -400,7 +413,7 @@ inline TaskSplits generate_task(const std::string& task, uint64_t seed, const Ta
         if (want > (size_t)N) GKD_FAIL("the words task has only %d distinct examples; asked for %zu", N, want);
         std::vector<int> numbers(N);
         for (int i = 0; i < N; i++) numbers[i] = i;
-        for (int i = N - 1; i > 0; i--) std::swap(numbers[i], numbers[rng.below(i + 1)]);
+        seeded_shuffle(numbers, rng);
         for (size_t i = 0; i < want; i++) all.push_back({std::to_string(numbers[i]) + ":", number_to_words(numbers[i])});
     } else if (task == "walks") {
         // every prompt with at least one valid walk, in a seeded order: the first ones are
@@ -419,7 +432,7 @@ inline TaskSplits generate_task(const std::string& task, uint64_t seed, const Ta
                         valid_walks(s, (1u << s) | (1u << a) | (1u << b) | (1u << c), path, walks);
                         if (!walks.empty()) prompts.push_back({prompt, std::move(walks)});
                     }
-        for (size_t i = prompts.size() - 1; i > 0; i--) std::swap(prompts[i], prompts[rng.below(i + 1)]);
+        seeded_shuffle(prompts, rng);
         const size_t held_out = (size_t)sizes.test + sizes.validation;
         if (held_out >= prompts.size())
             GKD_FAIL("the walks task has %zu prompts; %zu held out leave none for training", prompts.size(), held_out);
@@ -444,7 +457,7 @@ inline TaskSplits generate_task(const std::string& task, uint64_t seed, const Ta
                     if (mask & (1u << a)) prompt += (char)('a' + a);
                 prompts.push_back({prompt + ":", mask});
             }
-        for (size_t i = prompts.size() - 1; i > 0; i--) std::swap(prompts[i], prompts[rng.below(i + 1)]);
+        seeded_shuffle(prompts, rng);
         const size_t held_out = (size_t)sizes.test + sizes.validation;
         if (held_out >= prompts.size())
             GKD_FAIL("the repair task has %zu prompts; %zu held out leave none for training", prompts.size(), held_out);
@@ -504,6 +517,12 @@ inline std::string gsm8k_answer(const std::string& completion) {
 struct TaskScore {
     double correct = 0;     // arithmetic: final answer right; words: exact match
     double similarity = 0;  // character similarity of the whole completion
+    // The index in the completion's text of its first invalid step, for the on-policy gap
+    // (gkd eval --teacher): the tokens after it condition on a prefix the data never shows.
+    // -1: the completion has none; -2: the task cannot tell (GSM8K). Walks and repair are
+    // checked against the prompt by their checkers; arithmetic and words have one right
+    // output, so their first slip is the first character that differs from the reference.
+    int first_slip = -2;
 };
 
 // `got` is the generated completion text (without EOS), `want` the reference, `prompt`
@@ -515,51 +534,26 @@ inline TaskScore score_completion(const std::string& task, const std::string& pr
         WalkScore w = score_walk(prompt, got);
         s.correct = w.complete;
         s.similarity = w.valid_steps;
+        s.first_slip = w.first_slip;
         return s;
     }
     if (task == "repair") {
         RepairScore r = score_repair(prompt, got);
         s.correct = r.complete;
         s.similarity = r.valid_steps;
+        s.first_slip = r.first_slip;
         return s;
     }
     if (task == "arithmetic") s.correct = final_answer(got) == final_answer(want);
     else if (task == "gsm8k") s.correct = !gsm8k_answer(want).empty() && gsm8k_answer(got) == gsm8k_answer(want);
     else s.correct = got == want;
     s.similarity = char_similarity(got, want);
-    return s;
-}
-
-// The index in a completion's text of its first invalid step, for the on-policy gap
-// (gkd eval --teacher): the tokens after it condition on a prefix the data never shows.
-// -1: the completion has none; -2: the task cannot tell (no task, GSM8K). Walks and
-// repair are checked against the prompt; arithmetic and words have one right output, so
-// their first slip is the first character that differs from the reference.
-inline int first_invalid_step(const std::string& task, const std::string& prompt, const std::string& got,
-                              const std::string& want) {
-    if (task == "repair") return score_repair(prompt, got).first_slip;
-    if (task == "walks") {
-        int at;
-        unsigned used;
-        if (!parse_walk_prompt(prompt, at, used)) return 0;
-        for (size_t k = 0; k < got.size(); k++) {
-            int next = got[k] >= 'a' && got[k] < 'a' + WALK_LETTERS ? got[k] - 'a' : -1;
-            const std::vector<int>& succ = walk_graph()[at];
-            if (k >= (size_t)WALK_STEPS || next < 0 || (used & (1u << next)) ||
-                std::find(succ.begin(), succ.end(), next) == succ.end())
-                return (int)k;
-            used |= 1u << next;
-            at = next;
-        }
-        return got.size() < (size_t)WALK_STEPS ? (int)got.size() : -1;
-    }
     if (task == "arithmetic" || task == "words") {
-        if (got == want) return -1;
         size_t k = 0;
         while (k < got.size() && k < want.size() && got[k] == want[k]) k++;
-        return (int)k;
+        s.first_slip = got == want ? -1 : (int)k;
     }
-    return -2;
+    return s;
 }
 
 // --- rewards, for RL fine-tuning with GKD as the regulariser (--reward NAME)

@@ -1672,10 +1672,9 @@ TEST_CASE("the repair task: valid chains, disjoint splits, undos applied by the 
     Rng rng(7);
     std::string chain = repair_chain(RepairWays(avoided), start, REPAIR_STEPS, avoided, rng);
     REQUIRE(score_repair(prompt, chain).complete);
-    const auto& succ = walk_graph()[chain[2] - 'a'];
     char avoided_next = 0;  // an avoided letter or a missing edge after chain[2]
     for (char c = 'a'; c < 'a' + WALK_LETTERS && !avoided_next; c++)
-        if ((avoided & (1u << (c - 'a'))) || std::find(succ.begin(), succ.end(), c - 'a') == succ.end()) avoided_next = c;
+        if ((avoided & (1u << (c - 'a'))) || !walk_edge(chain[2] - 'a', c - 'a')) avoided_next = c;
     const std::string slipped = chain.substr(0, 3) + avoided_next + chain.substr(3);
     RepairScore bad = score_repair(prompt, slipped);
     CHECK(!bad.complete);
@@ -1720,7 +1719,9 @@ TEST_CASE("the repair task: valid chains, disjoint splits, undos applied by the 
     CHECK(is_task("repair"));
 }
 
-TEST_CASE("first_invalid_step: where each task's completion first goes wrong") {
+TEST_CASE("TaskScore::first_slip: where each task's completion first goes wrong") {
+    auto first_invalid_step = [](const char* task, const std::string& prompt, const std::string& got,
+                                 const std::string& want) { return score_completion(task, prompt, got, want).first_slip; };
     CHECK(first_invalid_step("arithmetic", "3+5+9=", "8;17", "8;17") == -1);
     CHECK(first_invalid_step("arithmetic", "3+5+9=", "8;18", "8;17") == 3);
     CHECK(first_invalid_step("arithmetic", "3+5+9=", "8;1", "8;17") == 3);  // stopped short
