@@ -1,17 +1,18 @@
-// device.h — where a run's work happens: on the CPU (model.h and gkd.cu) or on the GPU
-// (cuda/). The one place outside cuda/ that knows whether this build has a CUDA path.
+// device.h — where a run's work happens: on the CPU (model.h, loss.h, sampling.h, adamw.h)
+// or on the GPU (cuda/). The one place outside cuda/ that knows whether this build has a
+// CUDA path.
 //
 // A Device holds a run's models, on the host or on the GPU, and the buffers of each
 // phase. It has one function per phase of a training step (sample, teacher forward,
-// student forward, loss, backward, the sum over ranks, update) and the three that inference needs (logits at
-// every position, generation, speculative generation). The trainer (gkd_step in gkd.cu) and evaluate() call them
-// and never ask where they run, so they carry no #ifdef.
+// student forward, loss, backward, the sum over ranks, update) and the three that
+// inference needs (logits at every position, generation, speculative generation). The
+// trainer (gkd_step in gkd.cu) and evaluate() call them and never ask where they run, so
+// they carry no #ifdef.
 //
-// CpuDevice is below: each phase is a call into model.h or gkd.cu's sections 1-2.
+// CpuDevice is below: each phase is a call into model.h, loss.h, sampling.h or adamw.h.
 // GpuDevice, its twin phase for phase, is in cuda/device.cuh (nvcc and emulated builds).
 //
-// Part of gkd.cu's single translation unit: included after the divergences, batches,
-// sampling and AdamW, which both devices use.
+// Part of gkd.cu's single translation unit: included after the headers both devices use.
 #pragma once
 #include <memory>
 #include <string>

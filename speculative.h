@@ -23,7 +23,7 @@
 //   and its expectation, sum_x min(p(x), q(x)) at each judged position (1 - the total
 //   variation distance); the tests hold one to the other.
 //
-// Part of gkd.cu's single translation unit: after section 2 (pick_token, Generator).
+// Part of gkd.cu's single translation unit: after sampling.h (pick_token, Generator).
 #pragma once
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,5 @@
 // cuda/adamw.cuh — AdamW and the global gradient norm on the device: adamw_update's and
-// grad_norm's twins (gkd.cu, "optimizer and schedule").
+// grad_norm's twins (adamw.h).
 //
 // Tricks worth knowing:
 // - The update is the CPU's float formula, element for element (PyTorch's AdamW); the

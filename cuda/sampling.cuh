@@ -4,7 +4,7 @@
 // gpu_infer runs new tokens through a model, storing their keys and values: a prefill
 // (all prompts at once, causal attention through batched GEMMs) or a decode step (one
 // token per row, attention over that row's cache). gpu_generate is generation_loop's
-// (gkd.cu section 2) device-resident twin: after the prefill, every decode step runs on
+// (sampling.h) device-resident twin: after the prefill, every decode step runs on
 // the device with no copy between host and device.
 //
 // Tricks worth knowing:

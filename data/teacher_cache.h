@@ -26,7 +26,7 @@
 //   probability of e^-10); 16-bit ids for GPT-2's 50257 tokens: 258 bytes per position at
 //   K = 64 against 201 kB for a float logit row.
 //
-// Part of gkd.cu's single translation unit, after the loss's TeacherSignal and before
+// Part of gkd.cu's single translation unit, after loss.h's TeacherSignal and before
 // device.h, whose devices fill a TeacherSignal from it.
 #pragma once
 #include <sys/mman.h>
