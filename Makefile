@@ -121,7 +121,7 @@ MPI_NOTE := $(MPI_NOTE); no NCCL found: GPU runs stay on one rank
 endif
 endif
 
-HEADERS  := model.h loss.h sampling.h adamw.h $(wildcard cpu/*.h) safetensors.h tokenizer.h unicode_tables.h utils.h data/dataset.h data/tasks.h data/convert.h data/teacher_cache.h \
+HEADERS  := model.h loss.h sampling.h adamw.h train_options.h $(wildcard cpu/*.h) safetensors.h tokenizer.h unicode_tables.h utils.h data/dataset.h data/tasks.h data/convert.h data/teacher_cache.h \
             device.h speculative.h distributed.h $(wildcard cuda/*.cuh) $(wildcard cli/*.h)
 FUZZ_TARGETS := checkpoint training_state jsonl_line tokenizer bpe_text tokenizer_json safetensors
 FUZZERS      := $(FUZZ_TARGETS:%=build/fuzz_%)

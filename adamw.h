@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "model.h"
@@ -77,6 +78,7 @@ static double clip_coefficient(double norm, double max_norm) {
 }
 
 enum class Schedule { Constant, Cosine };
+inline const std::vector<std::string> SCHEDULE_NAMES = {"constant", "cosine"};  // --lr-schedule, in the enum's order
 
 // Linear warmup over `warmup` steps (step k gets (k+1)/warmup of the rate), then constant
 // or a cosine decay to zero at the last step.

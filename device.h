@@ -74,8 +74,8 @@ struct Device {
 
     // the phases of a training step, in order
     // on-policy rows: generate(Role::Student, ...) for the batch's prompts (row b is batch
-    // row b). A device may keep sampling's activations so that student_forward of the batch
-    // built from these rows reuses them (the CPU does; see ForwardRecord in model.h).
+    // row b). A device may record sampling's activations, so that the batch built from
+    // these rows needs no forward pass (student_forward_from_samples; the CPU does).
     virtual std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
                                                               double temperature, int eos, uint64_t seed,
                                                               uint64_t stream, const std::vector<uint64_t>& row_ids) {
@@ -88,9 +88,12 @@ struct Device {
     // batch row i is the dataset completion of example examples[i]
     virtual void teacher_signal_from_cache(const TeacherCache& cache, const TrainBatch& b,
                                            const std::vector<size_t>& examples) = 0;
-    // the student's logits, and the activations its backward pass needs; true when they
-    // came from sample_student_rows's record instead of a pass
-    virtual bool student_forward(const TrainBatch& b) = 0;
+    // the student's logits over b and the activations its backward pass needs, completed
+    // from what sample_student_rows recorded instead of a pass; false when the device keeps
+    // no record (the GPU) or the record does not hold b: then run student_forward
+    virtual bool student_forward_from_samples(const TrainBatch& b) { return false; }
+    // the student's logits over b, and the activations its backward pass needs: a pass
+    virtual void student_forward(const TrainBatch& b) = 0;
     // the batch loss; its gradient replaces the student's logits
     virtual double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) = 0;
     // backpropagates through the student
@@ -223,22 +226,18 @@ struct CpuDevice : Device {
         gpt_begin_record(trained(), sampled, (int)prompts.size(), longest);
         return ::generate(*model, student_gen, prompts, budgets, temperature, eos, seed, stream, row_ids, &sampled);
     }
-    // the sampled batch's forward is already in the record: it is completed, not rerun
-    bool student_forward(const TrainBatch& b) override {
+    // the sampled batch's forward is already in the record (cpu/inference.h): it is
+    // completed, not rerun
+    bool student_forward_from_samples(const TrainBatch& b) override {
         auto has_target = [&](int row, int t) { return b.targets[(size_t)row * b.T + t] >= 0; };
-        if (gpt_forward_from_record(trained(), sampled, b.tokens.data(), b.B, b.T, has_target)) return true;
-        gpt_forward(trained(), b.tokens.data(), b.B, b.T);
-        return false;
+        return gpt_forward_from_record(trained(), sampled, b.tokens.data(), b.B, b.T, has_target);
     }
+    void student_forward(const TrainBatch& b) override { gpt_forward(trained(), b.tokens.data(), b.B, b.T); }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
         GPT<float>& s = trained();
-        const int V = s.config.vocab_size, Vps = s.config.padded_vocab_size;
-        if (spec.cross_entropy)
-            return batch_loss(b, (const float*)nullptr, 0, s.acts.logits, s.grads_acts.logits, V, Vps, true, 0, 1,
-                              spec.norm, nullptr, pg);
-        const int Vpt = spec.needs_teacher_rows() ? teacher->config.padded_vocab_size : 0;
-        return distill_batch_loss(b, teacher_logits.data(), Vpt, teacher_signal, s.acts.logits, s.grads_acts.logits,
-                                  V, Vps, spec, nullptr, pg);
+        const int Vp_teacher = spec.needs_teacher_rows() ? teacher->config.padded_vocab_size : 0;
+        return batch_loss(b, teacher_logits.data(), Vp_teacher, teacher_signal, s.acts.logits, s.grads_acts.logits,
+                          s.config.vocab_size, s.config.padded_vocab_size, spec, nullptr, pg);
     }
     void student_backward() override {
         gpt_zero_grad(trained());

@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <sys/stat.h>
@@ -41,109 +42,28 @@ using nlohmann::json;
 #include "data/dataset.h"        // defines: Example, Dataset, parse_example, load_jsonl
 #include "data/tasks.h"          // defines: the built-in tasks, score_completion, TaskScore, REWARDS
 #include "data/convert.h"        // defines: convert_dataset (GSM8K, Alpaca, Dolly)
-#include "loss.h"                // defines: TrainBatch, build_batch, divergence_row, LossSpec, batch_loss
+#include "loss.h"                // defines: TrainBatch, build_batch, divergence_row, LossSpec, full_row_loss
 #include "sampling.h"            // defines: RngStream, pick_token, Generator, generation_loop, generate
 #include "adamw.h"               // defines: AdamW, adamw_update, grad_norm, clip_coefficient, learning_rate
 #include "speculative.h"         // defines: SpeculativeStats, speculative_loop, speculative_generate
 #include "distributed.h"         // defines: world, sum_across_ranks, on_every_rank, fail_on_every_rank
 #include "data/teacher_cache.h"  // defines: TeacherCache, TeacherCacheWriter
 #include "device.h"              // defines: Device, CpuDevice, training_device (and cuda/'s GpuDevice)
+#include "cli/flags.h"           // defines: Flags, FlagSpec, command_flags, resolve_device
+#include "train_options.h"       // defines: TrainOptions, train_options, options_to_json, read_train_flags
 // ----------------------------------------------------------------------------
 // 3. the GKD trainer
 
-struct TrainOptions {
-    bool sft = false;  // cross-entropy on completions instead of a divergence to a teacher
-    std::string teacher_path, student_path, data_path, out_dir, eval_data_path, tokenizer;
-    double lambda = 0.5, beta = 0.5, temperature = 1.0, loss_temperature = 1.0;
-    int max_new_tokens = 64;
-    bool seq_kd = false;
-    LossNorm loss_norm = LossNorm::Sequence;
-    int batch = 8, steps = 0;  // steps 0: one pass over the data
-    double lr = 1e-4;
-    Schedule schedule = Schedule::Constant;
-    int warmup = 0;
-    double weight_decay = 0, grad_clip = 1.0, adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
-    uint64_t seed = 0;
-    bool shuffle = true;
-    int eval_every = 0;
-    std::string task;  // scores the evaluation's greedy completions
-    std::string label;  // names the phase in the progress bar
-    bool quiet = false;  // no progress line (tests)
-    int checkpoint_every = 0;  // steps between checkpoints of the whole state (0: only on a signal)
-    // RL + GKD (the paper's section 5): maximise (1-alpha) E[r(y)] - alpha E[D] over samples
-    double alpha = 1.0;         // 1: pure GKD; 0: pure REINFORCE
-    std::string reward;         // a name in REWARDS
-    int samples_per_prompt = 1; // K > 1: K samples per prompt, and a per-prompt baseline
-    // the teacher's signal and what is minimised (docs/algorithm.md §1.4-1.6)
-    Objective objective = Objective::Jsd;  // --objective jsd | tv | sampled-reverse-kl
-    int teacher_top_k = 0;                 // > 0: the divergence over the teacher's top-K and the tail
-    std::string teacher_cache;             // off-policy steps read the teacher from this file
-    double kl_discount = 0;                // sampled reverse KL: gamma of the per-token reward
-    // where the steps run: not part of the run's saved configuration, a resumed run may move
-    std::string device = "cpu";  // cpu | cuda (resolved from --device)
-    bool tf32 = false;           // cuda: matmuls on TF32 tensor cores instead of fp32
-};
-
-// The run's configuration, saved in every checkpoint so that --resume needs nothing else.
-static json options_to_json(const TrainOptions& o) {
-    return {{"sft", o.sft}, {"teacher", o.teacher_path}, {"student", o.student_path}, {"data", o.data_path},
-            {"eval_data", o.eval_data_path}, {"tokenizer", o.tokenizer}, {"lambda", o.lambda}, {"beta", o.beta},
-            {"temperature", o.temperature}, {"loss_temperature", o.loss_temperature},
-            {"max_new_tokens", o.max_new_tokens}, {"seq_kd", o.seq_kd},
-            {"loss_norm", o.loss_norm == LossNorm::Token ? "token" : "sequence"}, {"batch", o.batch},
-            {"steps", o.steps}, {"lr", o.lr}, {"lr_schedule", o.schedule == Schedule::Cosine ? "cosine" : "constant"},
-            {"warmup", o.warmup}, {"weight_decay", o.weight_decay}, {"grad_clip", o.grad_clip},
-            {"adam_beta1", o.adam_beta1}, {"adam_beta2", o.adam_beta2}, {"adam_eps", o.adam_eps}, {"seed", o.seed},
-            {"shuffle", o.shuffle}, {"eval_every", o.eval_every}, {"task", o.task},
-            {"checkpoint_every", o.checkpoint_every}, {"alpha", o.alpha}, {"reward", o.reward},
-            {"samples_per_prompt", o.samples_per_prompt}, {"objective", objective_name(o.objective)},
-            {"teacher_top_k", o.teacher_top_k}, {"teacher_cache", o.teacher_cache}, {"kl_discount", o.kl_discount}};
-}
-
-static TrainOptions options_from_json(const json& j, const std::string& where) {
-    TrainOptions o;
-    try {
-        o.sft = j.at("sft"); o.teacher_path = j.at("teacher"); o.student_path = j.at("student");
-        o.data_path = j.at("data"); o.eval_data_path = j.at("eval_data"); o.tokenizer = j.at("tokenizer");
-        o.lambda = j.at("lambda"); o.beta = j.at("beta"); o.temperature = j.at("temperature");
-        o.loss_temperature = j.at("loss_temperature"); o.max_new_tokens = j.at("max_new_tokens");
-        o.seq_kd = j.at("seq_kd");
-        o.loss_norm = j.at("loss_norm").get<std::string>() == "token" ? LossNorm::Token : LossNorm::Sequence;
-        o.batch = j.at("batch"); o.steps = j.at("steps"); o.lr = j.at("lr");
-        o.schedule = j.at("lr_schedule").get<std::string>() == "cosine" ? Schedule::Cosine : Schedule::Constant;
-        o.warmup = j.at("warmup"); o.weight_decay = j.at("weight_decay"); o.grad_clip = j.at("grad_clip");
-        o.adam_beta1 = j.at("adam_beta1"); o.adam_beta2 = j.at("adam_beta2"); o.adam_eps = j.at("adam_eps");
-        o.seed = j.at("seed"); o.shuffle = j.at("shuffle"); o.eval_every = j.at("eval_every");
-        o.task = j.at("task"); o.checkpoint_every = j.at("checkpoint_every");
-        o.alpha = j.at("alpha"); o.reward = j.at("reward"); o.samples_per_prompt = j.at("samples_per_prompt");
-        // absent from the checkpoints of builds before them: their defaults
-        const std::string objective = j.value("objective", std::string("jsd"));
-        if (!objective_from_name(objective, o.objective))
-            GKD_FAIL("%s: the saved configuration's objective '%s' is unknown", where.c_str(), objective.c_str());
-        o.teacher_top_k = j.value("teacher_top_k", 0); o.teacher_cache = j.value("teacher_cache", std::string());
-        o.kl_discount = j.value("kl_discount", 0.0);
-    } catch (const json::exception& e) {
-        GKD_FAIL("%s: the saved configuration is incomplete or has a wrong type: %s", where.c_str(),
-                 dataset_detail::short_json_error(e).c_str());
-    }
-    if (o.batch < 1 || o.steps < 1 || o.max_new_tokens < 1 || !(o.lambda >= 0 && o.lambda <= 1) ||
-        !(o.alpha >= 0 && o.alpha <= 1) || o.samples_per_prompt < 1 ||
-        !(o.beta >= 0 && o.beta <= 1) || !(o.loss_temperature > 0) || !(o.temperature >= 0) || o.teacher_top_k < 0 ||
-        !(o.kl_discount >= 0 && o.kl_discount <= 1))
-        GKD_FAIL("%s: the saved configuration has a value out of range", where.c_str());
-    return o;
-}
-
 struct Trainer {
     TrainOptions opt;
-    GPT<float> student, teacher;  // on the host; with --device cuda, copies refreshed by copy_to_host
+    GPT<float> student, teacher;  // on the host; with --device cuda, copies that copy_student_to_host refreshes
     bool has_teacher = false;
     std::unique_ptr<Tokenizer> tok;
     Dataset data, eval_data;
     AdamW adam;
     std::vector<int> permutation;       // of the current epoch, when shuffling
     long long permutation_epoch = -1;
-    // where the phases of a step run (device.h): set by place_trainer
+    // where the phases of a step run (device.h): made by create_training_device
     std::unique_ptr<Device> device;
     // --teacher-cache: the teacher's top-K of every example, for the off-policy steps
     std::unique_ptr<TeacherCache> cache;
@@ -163,12 +83,12 @@ static LossSpec loss_spec(const TrainOptions& o) {
 }
 
 struct StepStats {
-    double loss = 0, grad_norm = 0, lr = 0, ms = 0, sample_ms = 0;
-    double teacher_ms = 0, forward_ms = 0, loss_ms = 0, backward_ms = 0, update_ms = 0;  // the other phases
-    double divergence = NAN, reward_mean = NAN, reward_std = NAN, correct = NAN;  // RL + GKD
+    double loss = 0, grad_norm = 0, lr = 0, ms = 0;
+    double sample_ms = 0, teacher_ms = 0, forward_ms = 0, loss_ms = 0, backward_ms = 0, update_ms = 0;  // by phase
+    double divergence = NAN, reward_mean = NAN, reward_std = NAN, correct = NAN;  // with a reward
     bool on_policy = false;
-    bool forward_reused = false;  // the student's forward came from sampling's record
-    int tokens = 0, completion_tokens = 0;
+    bool forward_reused = false;  // the student's forward was completed from sampling's record
+    int tokens = 0;               // target tokens of the whole batch
 };
 
 // The examples of step k: kB..kB+B-1 (mod N) of the file, or of this epoch's shuffle.
@@ -193,47 +113,72 @@ static std::vector<const Example*> select_examples(Trainer& tr, int step) {
     return out;
 }
 
+// Step k's rows on this rank: the batch's prompts, each K times with --samples-per-prompt K,
+// and of those this rank's share (distributed.h), in whole prompts, so that a prompt's K
+// samples and their baseline stay on one rank. In one process: all of them.
+struct RankRows {
+    std::vector<const Example*> examples;  // this rank's rows
+    int first_row = 0;                     // the first one's place in the whole batch: its randomness
+    int batch_rows = 0;                    // the whole batch's rows, every rank's
+};
+static RankRows this_ranks_rows(Trainer& tr, int step) {
+    const int K = tr.opt.samples_per_prompt;
+    RankRows r;
+    for (const Example* e : select_examples(tr, step)) r.examples.insert(r.examples.end(), K, e);
+    r.batch_rows = (int)r.examples.size();
+    r.first_row = world().first_of(r.batch_rows / K) * K;
+    const int share = world().share_of(r.batch_rows / K) * K;
+    r.examples.erase(r.examples.begin() + r.first_row + share, r.examples.end());
+    r.examples.erase(r.examples.begin(), r.examples.begin() + r.first_row);
+    return r;
+}
+
 // The largest context both models can read.
 static int shared_context(const Trainer& tr) {
     int T = tr.student.config.max_seq_len;
     return tr.has_teacher ? std::min(T, tr.teacher.config.max_seq_len) : T;
 }
 
-// --device: the run's models go to the GPU (the student with its optimizer state, so a
-// resumed run continues there) or stay on the CPU. A trainer not yet placed is placed by
-// its first step.
-static void place_trainer(Trainer& tr) {
+// --device: the Device that runs the trainer's steps, holding its models on the GPU (the
+// student with its optimizer state, so a resumed run continues there) or on the CPU. A
+// trainer without one gets it at its first step.
+static Device& create_training_device(Trainer& tr) {
     tr.device = training_device(tr.opt.device, tr.opt.tf32, tr.student, tr.adam, tr.has_teacher ? &tr.teacher : nullptr);
+    return *tr.device;
 }
 
-// The host's copies of the student and AdamW's moments, up to date: before checkpoints,
-// evaluations and the final save.
-static void host_copy(Trainer& tr) {
+// The host's student and AdamW's moments brought up to date from the device (a GPU's lag
+// until this call): before checkpoints, evaluations and the final save.
+static void copy_student_to_host(Trainer& tr) {
     if (tr.device) tr.device->copy_to_host(tr.adam);
 }
 
-// Completions sampled from the student (or, for SeqKD, the teacher) for the batch's
-// prompts, at the sampling temperature; batch[0] is row first_row of the whole batch.
-static std::vector<Sequence> sample_completions(Trainer& tr, Role who, const std::vector<const Example*>& batch,
-                                                int first_row, int step, uint64_t stream) {
+// Completions sampled from the student (on-policy) or the teacher (SeqKD) for these rows'
+// prompts, at the sampling temperature.
+static std::vector<Sequence> sample_completions(Trainer& tr, Role who, const RankRows& rows, int step, uint64_t stream) {
     Prompts prompts;
     std::vector<int> budgets;
     std::vector<uint64_t> row_ids;
-    for (size_t i = 0; i < batch.size(); i++) {
-        prompts.push_back(&batch[i]->prompt);
-        budgets.push_back(std::min(tr.opt.max_new_tokens, shared_context(tr) - (int)batch[i]->prompt.size()));
-        row_ids.push_back(first_row + i);  // the row's place in the whole batch: its randomness
+    for (size_t i = 0; i < rows.examples.size(); i++) {
+        prompts.push_back(&rows.examples[i]->prompt);
+        budgets.push_back(std::min(tr.opt.max_new_tokens, shared_context(tr) - (int)rows.examples[i]->prompt.size()));
+        row_ids.push_back(rows.first_row + i);  // the row's place in the whole batch: its randomness
     }
     const uint64_t seed = derive_seed(tr.opt.seed, stream);
+    const double t = tr.opt.temperature;
+    const int eos = tr.tok->eos_id();
     std::vector<std::vector<int>> completions =
-        who == Role::Student
-            ? tr.device->sample_student_rows(prompts, budgets, tr.opt.temperature, tr.tok->eos_id(), seed, (uint64_t)step, row_ids)
-            : tr.device->generate(who, prompts, budgets, tr.opt.temperature, tr.tok->eos_id(), seed, (uint64_t)step, row_ids);
-    std::vector<Sequence> rows(batch.size());
-    for (size_t i = 0; i < batch.size(); i++) { rows[i].prompt = prompts[i]; rows[i].completion = std::move(completions[i]); }
-    return rows;
+        who == Role::Student ? tr.device->sample_student_rows(prompts, budgets, t, eos, seed, (uint64_t)step, row_ids)
+                             : tr.device->generate(who, prompts, budgets, t, eos, seed, (uint64_t)step, row_ids);
+    std::vector<Sequence> seqs(rows.examples.size());
+    for (size_t i = 0; i < seqs.size(); i++) {
+        seqs[i].prompt = prompts[i];
+        seqs[i].completion = std::move(completions[i]);
+    }
+    return seqs;
 }
 
+// The dataset's completions of these examples, each ended by EOS.
 static std::vector<Sequence> dataset_completions(const std::vector<const Example*>& batch, int eos) {
     std::vector<Sequence> rows(batch.size());
     for (size_t i = 0; i < batch.size(); i++) {
@@ -244,142 +189,159 @@ static std::vector<Sequence> dataset_completions(const std::vector<const Example
     return rows;
 }
 
+// This rank's rows laid out as a batch, its loss normalised over the whole batch: every
+// rank's rows and target tokens (in one process, its own).
+static TrainBatch build_rank_batch(const std::vector<Sequence>& seqs, const RankRows& rows, int eos) {
+    TrainBatch b = build_batch(seqs, eos);
+    double batch_targets = b.num_targets;
+    sum_across_ranks(&batch_targets, 1);
+    b.norm_rows = rows.batch_rows;
+    b.norm_targets = (long long)batch_targets;
+    return b;
+}
+
+// Each row's example, by its index in the training data: where the teacher cache keeps it.
+static std::vector<size_t> example_indices(const Trainer& tr, const RankRows& rows) {
+    std::vector<size_t> ids;
+    for (const Example* e : rows.examples) ids.push_back((size_t)(e - tr.data.examples.data()));
+    return ids;
+}
+
+// RL + GKD (the paper's section 5): each sampled completion's reward; the whole batch's mean,
+// sd and share scored right into st; and the policy-gradient term over these rows, REINFORCE
+// with a baseline (advantages), which the loss adds with weight 1 - alpha.
+static PolicyGradientTerm score_samples(const Trainer& tr, const std::vector<Sequence>& seqs, const RankRows& rows,
+                                        StepStats& st) {
+    const Reward& reward = find_reward(tr.opt.reward);
+    const int eos = tr.tok->eos_id();
+    std::vector<double> r(seqs.size());
+    double sums[3] = {0, 0, 0};  // of r, r^2, and r >= 1: over the whole batch's rows
+    for (size_t i = 0; i < seqs.size(); i++) {
+        std::vector<int> ids = seqs[i].completion;
+        if (!ids.empty() && ids.back() == eos) ids.pop_back();
+        r[i] = reward.score(tr.tok->decode(ids), tr.tok->decode(rows.examples[i]->completion));
+        sums[0] += r[i];
+        sums[1] += r[i] * r[i];
+        sums[2] += r[i] >= 1.0;
+    }
+    sum_across_ranks(sums, 3);
+    st.reward_mean = sums[0] / rows.batch_rows;
+    st.reward_std = std::sqrt(std::max(0.0, sums[1] / rows.batch_rows - st.reward_mean * st.reward_mean));
+    st.correct = sums[2] / rows.batch_rows;
+    PolicyGradientTerm pg;
+    pg.advantage = advantages(r, tr.opt.samples_per_prompt, st.reward_mean);
+    pg.scale = (1.0 - tr.opt.alpha) / rows.batch_rows;
+    pg.alpha = tr.opt.alpha;
+    pg.temperature = tr.opt.temperature;
+    return pg;
+}
+
 // Fault injection for the reliability tests: GKD_FAULT="<what>:<step>" makes that fault
-// happen at that step ("kill-in-checkpoint-write", "nan-loss"). Unset, it costs a getenv.
+// happen at that step ("kill-in-checkpoint-write", "nan-loss", "rank-dies"). Unset, it
+// costs a getenv.
 static bool fault_injected(const char* what, int step) {
     const char* fault = getenv("GKD_FAULT");
     return fault && strf("%s:%d", what, step) == fault;
 }
 
-// One step of GKD, the paper's Algorithm 1 (and SFT, its supervised special case).
-static StepStats gkd_step(Trainer& tr, int step) {
-    if (!tr.device) place_trainer(tr);
-    Device& device = *tr.device;
-    const TrainOptions& o = tr.opt;
-    const int eos = tr.tok->eos_id();
-    StepStats st;
-    double t0 = now_seconds();
-    st.lr = learning_rate(o.lr, o.schedule, o.warmup, o.steps, step);
-
-    // u ~ U(0,1); on-policy when u < lambda
-    double u = Rng(derive_seed(o.seed, STREAM_COIN, (uint64_t)step)).uniform();
-    st.on_policy = !o.sft && u < o.lambda;
-
-    // the batch: prompts x, and completions y from the student (on-policy), the teacher
-    // (seq_kd) or the dataset
-    std::vector<const Example*> examples = select_examples(tr, step);
-    if (o.samples_per_prompt > 1) {  // each prompt K times: K samples, a per-prompt baseline
-        std::vector<const Example*> repeated;
-        for (const Example* e : examples) repeated.insert(repeated.end(), o.samples_per_prompt, e);
-        examples.swap(repeated);
-    }
-    // data parallel: this rank's share of the rows, in whole prompts, so that a prompt's K
-    // samples and their baseline stay on one rank (in one process: all of them)
-    const int K = o.samples_per_prompt, batch_rows = (int)examples.size();
-    const int first_row = world().first_of(batch_rows / K) * K, share = world().share_of(batch_rows / K) * K;
-    examples.erase(examples.begin() + first_row + share, examples.end());
-    examples.erase(examples.begin(), examples.begin() + first_row);
-    std::vector<Sequence> rows;
-    {
-        NvtxRange range("sample");
-        if (st.on_policy) rows = sample_completions(tr, Role::Student, examples, first_row, step, STREAM_STUDENT_SAMPLES);
-        else if (o.seq_kd) rows = sample_completions(tr, Role::Teacher, examples, first_row, step, STREAM_TEACHER_SAMPLES);
-        else rows = dataset_completions(examples, eos);
-    }
-    st.sample_ms = (now_seconds() - t0) * 1000;
-    TrainBatch b = build_batch(rows, eos);
-    // the loss is normalised over the whole batch: every rank's rows and target tokens
-    double batch_targets = b.num_targets;
-    sum_across_ranks(&batch_targets, 1);
-    b.norm_rows = batch_rows;
-    b.norm_targets = (long long)batch_targets;
-    st.tokens = (int)b.norm_targets;
-
-    // the teacher scores every token of x+y (no gradients), or its scores of the dataset's
-    // completions come from the cache; the student runs forward
-    const bool distill = !o.sft;
-    const LossSpec spec = loss_spec(o);
-    double t1 = now_seconds();
-    if (distill && tr.cache && !st.on_policy) {
-        NvtxRange range("teacher cache");
-        std::vector<size_t> ids;
-        for (const Example* e : examples) ids.push_back((size_t)(e - tr.data.examples.data()));
-        device.teacher_signal_from_cache(*tr.cache, b, ids);
-    } else if (distill) {
-        NvtxRange range("teacher forward");
-        device.teacher_forward(b, spec);
-    }
-    double t2 = now_seconds();
-    {
-        NvtxRange range("student forward");
-        st.forward_reused = device.student_forward(b);
-    }
-    double t3 = now_seconds();
-    st.teacher_ms = (t2 - t1) * 1000;
-    st.forward_ms = (t3 - t2) * 1000;
-
-    // with a reward: score the samples; with alpha < 1, RL + GKD on the same samples,
-    // alpha D + (1 - alpha) REINFORCE with a baseline
-    PolicyGradientTerm pg;
-    if (!o.reward.empty()) {
-        const Reward& reward = find_reward(o.reward);
-        std::vector<double> r(rows.size());
-        double sums[3] = {0, 0, 0};  // of r, r^2, and r >= 1: over the whole batch's rows
-        for (size_t i = 0; i < rows.size(); i++) {
-            std::vector<int> ids = rows[i].completion;
-            if (!ids.empty() && ids.back() == eos) ids.pop_back();
-            r[i] = reward.score(tr.tok->decode(ids), tr.tok->decode(examples[i]->completion));
-            sums[0] += r[i];
-            sums[1] += r[i] * r[i];
-            sums[2] += r[i] >= 1.0;
-        }
-        sum_across_ranks(sums, 3);
-        st.reward_mean = sums[0] / batch_rows;
-        st.reward_std = std::sqrt(std::max(0.0, sums[1] / batch_rows - st.reward_mean * st.reward_mean));
-        st.correct = sums[2] / batch_rows;
-        pg.advantage = advantages(r, o.samples_per_prompt, st.reward_mean);
-        pg.scale = (1.0 - o.alpha) / batch_rows;
-        pg.alpha = o.alpha;
-        pg.temperature = o.temperature;
-    }
-    const bool rl = !o.reward.empty() && o.alpha < 1.0;
-
-    // token-level divergence D(p_T || p_S) at every completion position, and its gradient,
-    // written over the student's logits
-    {
-        NvtxRange range("loss");
-        st.loss = device.student_loss(b, spec, rl ? &pg : nullptr);
-        sum_across_ranks(&st.loss, 1);  // each rank's share of the whole batch's loss
-    }
-    if (rl) sum_across_ranks(&pg.surrogate, 1);
-    if (!o.reward.empty()) st.divergence = st.loss;
-    if (rl) st.loss = o.alpha * st.divergence + (1.0 - o.alpha) * pg.surrogate;
-    if (fault_injected("nan-loss", step)) st.loss = NAN;
-    if (!std::isfinite(st.loss))
+// A non-finite loss or gradient norm stops the run on every rank before the update, so the
+// last checkpoint stays intact (GKD_FAULT="nan-loss:<step>" makes the loss NaN there).
+static void stop_unless_finite(double loss, double grad_norm, int step) {
+    if (fault_injected("nan-loss", step)) loss = NAN;
+    if (!std::isfinite(loss))
         fail_on_every_rank(strf("step %d: the loss is not finite (%g); stopping before the update (the last "
-                                "checkpoint is intact)", step, st.loss));
-
-    // backpropagate through the student only, then one AdamW step
-    double t4 = now_seconds();
-    st.loss_ms = (t4 - t3) * 1000;
-    {
-        NvtxRange range("backward");
-        device.student_backward();
-        device.sum_gradients_across_ranks();  // data parallel: the whole batch's gradient, on every rank
-        st.grad_norm = device.gradient_norm();
-    }
-    if (!std::isfinite(st.grad_norm))
+                                "checkpoint is intact)", step, loss));
+    if (!std::isfinite(grad_norm))
         fail_on_every_rank(strf("step %d: the gradient norm is not finite; stopping before the update (the last "
                                 "checkpoint is intact)", step));
-    double t5 = now_seconds();
-    {
-        NvtxRange range("update");
-        device.student_update(tr.adam, st.lr, clip_coefficient(st.grad_norm, o.grad_clip));
+}
+
+// The phases of a step, one after another: phase(name, ms) ends the running phase, writing
+// its wall time (ms) into its field, and begins the next, each inside an NVTX range for
+// Nsight Systems; stop() ends the last and returns the time since the clock was made.
+struct PhaseClock {
+    double made = now_seconds(), begun = 0;
+    double* ms = nullptr;  // the running phase's field
+    std::optional<NvtxRange> range;
+    void phase(const char* name, double& field) {
+        end_phase();
+        range.emplace(name);
+        ms = &field;
+        begun = now_seconds();
     }
-    double t6 = now_seconds();
-    st.backward_ms = (t5 - t4) * 1000;
-    st.update_ms = (t6 - t5) * 1000;
-    st.ms = (t6 - t0) * 1000;
+    double stop() {
+        end_phase();
+        return (now_seconds() - made) * 1000;
+    }
+    void end_phase() {
+        if (ms) *ms = (now_seconds() - begun) * 1000;
+        ms = nullptr;
+        range.reset();
+    }
+};
+
+// One step of GKD, the paper's Algorithm 1 (and SFT, its supervised special case). Every
+// phase is one call on the run's Device (device.h): the CPU or the GPU.
+static StepStats gkd_step(Trainer& tr, int step) {
+    Device& device = tr.device ? *tr.device : create_training_device(tr);
+    const TrainOptions& o = tr.opt;
+    const LossSpec spec = loss_spec(o);
+    StepStats st;
+    PhaseClock clock;
+    st.lr = learning_rate(o.lr, o.schedule, o.warmup, o.steps, step);
+
+    // u ~ U(0, 1): the step is on-policy when u < lambda
+    st.on_policy = !o.sft && Rng(derive_seed(o.seed, STREAM_COIN, (uint64_t)step)).uniform() < o.lambda;
+
+    // a batch of prompts x (this rank's rows of it), and their completions y: the student's
+    // samples (on-policy), the teacher's (SeqKD) or the dataset's
+    const RankRows rows = this_ranks_rows(tr, step);
+    clock.phase("sample", st.sample_ms);
+    std::vector<Sequence> seqs;
+    if (st.on_policy) seqs = sample_completions(tr, Role::Student, rows, step, STREAM_STUDENT_SAMPLES);
+    else if (o.seq_kd) seqs = sample_completions(tr, Role::Teacher, rows, step, STREAM_TEACHER_SAMPLES);
+    else seqs = dataset_completions(rows.examples, tr.tok->eos_id());
+    const TrainBatch b = build_rank_batch(seqs, rows, tr.tok->eos_id());
+    st.tokens = (int)b.norm_targets;
+
+    // the teacher's view of every token of y, with no gradient: its forward pass over x + y,
+    // or, off-policy with a teacher cache, its scores of the dataset's completions, read
+    if (!o.sft) {
+        const bool cached = tr.cache && !st.on_policy;
+        clock.phase(cached ? "teacher cache" : "teacher forward", st.teacher_ms);
+        if (cached) device.teacher_signal_from_cache(*tr.cache, b, example_indices(tr, rows));
+        else device.teacher_forward(b, spec);
+    }
+
+    // the student's logits over x + y, keeping what the backward needs: on-policy, the CPU
+    // completes the activations its sampling recorded instead of running the pass again
+    clock.phase("student forward", st.forward_ms);
+    st.forward_reused = st.on_policy && device.student_forward_from_samples(b);
+    if (!st.forward_reused) device.student_forward(b);
+
+    // the token-level divergence D(p_T || p_S) at every target (SFT: the cross-entropy), its
+    // gradient written over the student's logits; with a reward and alpha < 1, RL + GKD:
+    // alpha D + (1 - alpha) REINFORCE on the same samples
+    clock.phase("loss", st.loss_ms);
+    PolicyGradientTerm pg;
+    if (!o.reward.empty()) pg = score_samples(tr, seqs, rows, st);
+    const bool rl = !o.reward.empty() && o.alpha < 1.0;
+    double divergence = device.student_loss(b, spec, rl ? &pg : nullptr);
+    sum_across_ranks(&divergence, 1);  // each rank's share of the whole batch's loss
+    if (rl) sum_across_ranks(&pg.surrogate, 1);
+    if (!o.reward.empty()) st.divergence = divergence;
+    st.loss = rl ? o.alpha * divergence + (1.0 - o.alpha) * pg.surrogate : divergence;
+
+    // backpropagate through the student only (the whole batch's gradient on every rank),
+    // then one AdamW step, the gradient clipped to --grad-clip
+    clock.phase("backward", st.backward_ms);
+    device.student_backward();
+    device.sum_gradients_across_ranks();
+    st.grad_norm = device.gradient_norm();
+    stop_unless_finite(st.loss, st.grad_norm, step);
+    clock.phase("update", st.update_ms);
+    device.student_update(tr.adam, st.lr, clip_coefficient(st.grad_norm, o.grad_clip));
+    st.ms = clock.stop();
     return st;
 }
 
@@ -457,7 +419,7 @@ struct EvalResult {
 // Both KLs at every target of b, in fp64, row by row in order: (targets) pairs of
 // KL(teacher || student) and KL(student || teacher), from logits (B, T, Vp of each model).
 static std::vector<std::pair<double, double>> token_kls(const TrainBatch& b, const std::vector<float>& teacher_logits,
-                                                        int Vpt, const std::vector<float>& student_logits, int Vps,
+                                                        int Vp_teacher, const std::vector<float>& student_logits, int Vp_student,
                                                         int V) {
     std::vector<std::pair<double, double>> out;
     std::vector<double> lp(V), lq(V);
@@ -470,8 +432,8 @@ static std::vector<std::pair<double, double>> token_kls(const TrainBatch& b, con
     };
     for (size_t n = 0; n < b.targets.size(); n++) {
         if (b.targets[n] < 0) continue;
-        log_softmax(teacher_logits.data() + n * Vpt, lp);
-        log_softmax(student_logits.data() + n * Vps, lq);
+        log_softmax(teacher_logits.data() + n * Vp_teacher, lp);
+        log_softmax(student_logits.data() + n * Vp_student, lq);
         double forward = 0, reverse = 0;
         for (int v = 0; v < V; v++) {
             forward += std::exp(lp[v]) * (lp[v] - lq[v]);
@@ -500,19 +462,20 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
     const int eos = tok.eos_id();
     std::vector<float> logits, tlogits;
     const int V = model.config.vocab_size, Vp = model.config.padded_vocab_size;
-    const int Vpt = teacher ? teacher->config.padded_vocab_size : 0;
+    const int Vp_teacher = teacher ? teacher->config.padded_vocab_size : 0;
     double nll_sum = 0, div_sum = 0, correct = 0, similar = 0, sample_correct = 0, sample_similar = 0;
     double sample_nll = 0, sample_fkl = 0, sample_rkl = 0, sample_tokens = 0, sample_distinct = 0;
     KlSums on_data, before_slip, after_slip;
     double slipped_samples = 0, recovered_samples = 0;
     bool slips_told = false;  // the task tells where a sample's first invalid step is
     // a loss summed over b's target tokens (the per-token mean times their count): `scored`
-    // (rows Vps apart) against the teacher's logits, or its own cross-entropy without them
-    auto token_sum = [&](const TrainBatch& b, const float* teacher_logits, int Vpt, const std::vector<float>& scored,
-                         int Vps, bool cross_entropy, double beta, double tau) {
+    // (rows Vp_scored apart) against the teacher's logits (rows Vp_teacher apart), or its own
+    // cross-entropy without them
+    auto token_sum = [&](const TrainBatch& b, const float* teacher_logits, int Vp_teacher, const std::vector<float>& scored,
+                         int Vp_scored, bool cross_entropy, double beta, double tau) {
         double mean;
-        batch_loss(b, teacher_logits, Vpt, scored.data(), (float*)nullptr, V, Vps, cross_entropy, beta, tau,
-                   LossNorm::Token, &mean);
+        full_row_loss(b, teacher_logits, Vp_teacher, scored.data(), (float*)nullptr, V, Vp_scored, cross_entropy, beta, tau,
+                      LossNorm::Token, &mean);
         return mean * b.num_targets;
     };
     size_t matches = 0;
@@ -527,8 +490,8 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
         nll_sum += token_sum(b, nullptr, 0, logits, Vp, true, 0, 1);
         if (teacher) {
             dev.logits(Role::Teacher, b, tlogits);
-            div_sum += token_sum(b, tlogits.data(), Vpt, logits, Vp, false, eo.beta, eo.tau);
-            for (auto& kl : token_kls(b, tlogits, Vpt, logits, Vp, V)) on_data.add(kl);
+            div_sum += token_sum(b, tlogits.data(), Vp_teacher, logits, Vp, false, eo.beta, eo.tau);
+            for (auto& kl : token_kls(b, tlogits, Vp_teacher, logits, Vp, V)) on_data.add(kl);
         }
         r.tokens += b.num_targets;
         // free-running: greedy (and optionally sampled) completions, scored
@@ -585,12 +548,12 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
             TrainBatch sb = build_batch(rows, eos);
             dev.logits(Role::Student, sb, logits);
             dev.logits(Role::Teacher, sb, tlogits);
-            sample_nll += token_sum(sb, nullptr, 0, tlogits, Vpt, true, 0, 1);
-            sample_fkl += token_sum(sb, tlogits.data(), Vpt, logits, Vp, false, 0.0, 1);
-            sample_rkl += token_sum(sb, tlogits.data(), Vpt, logits, Vp, false, 1.0, 1);
+            sample_nll += token_sum(sb, nullptr, 0, tlogits, Vp_teacher, true, 0, 1);
+            sample_fkl += token_sum(sb, tlogits.data(), Vp_teacher, logits, Vp, false, 0.0, 1);
+            sample_rkl += token_sum(sb, tlogits.data(), Vp_teacher, logits, Vp, false, 1.0, 1);
             sample_tokens += sb.num_targets;
             // the gap: each token before or after its sample's first invalid step
-            std::vector<std::pair<double, double>> kls = token_kls(sb, tlogits, Vpt, logits, Vp, V);
+            std::vector<std::pair<double, double>> kls = token_kls(sb, tlogits, Vp_teacher, logits, Vp, V);
             size_t n = 0;
             for (size_t i = 0; i < ex.size(); i++) {
                 const int slip = scores[i].first_slip;
@@ -931,7 +894,7 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
         bool last = step + 1 == o.steps;
         const int stop = max_across_ranks(stop_signal);  // every rank stops after the same step
         if (!last && root && (stop || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
-            host_copy(tr);
+            copy_student_to_host(tr);
             save_training_state(tr, step + 1, state_path);
         }
         if (fault_injected("rank-dies", step) && world().size > 1 && world().rank == world().size - 1) raise(SIGKILL);
@@ -949,7 +912,7 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
     if (out.stopped_by_signal) return out;
     progress.finish();
     if (!root) return out;
-    host_copy(tr);
+    copy_student_to_host(tr);
     gpt_save(tr.student, o.out_dir + "/model.bin");
     if (is_file(state_path)) unlink(state_path.c_str());  // finished: model.bin is the result
     if (!o.quiet) fprintf(stderr, "saved %s/model.bin and %s\n", o.out_dir.c_str(), metrics_path.c_str());

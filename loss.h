@@ -4,12 +4,11 @@
 //
 // GPU twin: cuda/loss.cuh, a fused kernel for the full-row losses (full_row_loss's twin).
 //
-// The entry point is batch_loss(spec, ...): it calls full_row_loss for JSD(beta) and
+// One entry point, batch_loss(..., spec): it calls full_row_loss for JSD(beta) and
 // cross-entropy, loss_over_positions with top_k_divergence_row or total_variation_row for
 // the top-K and TV objectives, and sampled_reverse_kl_loss for the sampled-token reverse KL.
-// full_row_loss calls loss_over_positions with divergence_row or cross_entropy_row;
-// loss_over_positions and sampled_reverse_kl_loss end in sum_position_losses, which the
-// GPU's loss ends in too.
+// full_row_loss calls loss_over_positions with divergence_row or cross_entropy_row; both
+// end in sum_position_losses, and so does the GPU's twin (gpu_full_row_loss).
 //
 // Tricks worth knowing:
 // - The divergence math runs in double per row even for fp32 logits: it is O(V) per
@@ -84,6 +83,7 @@ static TrainBatch build_batch(const std::vector<Sequence>& rows, int eos) {
 }
 
 enum class LossNorm { Sequence, Token };
+inline const std::vector<std::string> LOSS_NORM_NAMES = {"sequence", "token"};  // --loss-norm, in the enum's order
 
 // The weight of each target position in the batch loss: 1/(B * L_y) for the paper's
 // per-sequence normalisation, 1/(number of targets) for TRL's per-token one; B and the
@@ -297,14 +297,8 @@ double token_log_prob(const T* logits, int y, int V, double tau) {
 // reverse KL and between), total variation, or the reverse KL estimated on the sampled
 // tokens alone and optimised by policy gradient (docs/algorithm.md §1.5-1.6).
 enum class Objective { Jsd, TotalVariation, SampledReverseKl };
-static const char* objective_name(Objective o) {
-    return o == Objective::Jsd ? "jsd" : o == Objective::TotalVariation ? "tv" : "sampled-reverse-kl";
-}
-static bool objective_from_name(const std::string& name, Objective& out) {
-    for (Objective o : {Objective::Jsd, Objective::TotalVariation, Objective::SampledReverseKl})
-        if (name == objective_name(o)) { out = o; return true; }
-    return false;
-}
+inline const std::vector<std::string> OBJECTIVE_NAMES = {"jsd", "tv", "sampled-reverse-kl"};  // --objective, in order
+inline const char* objective_name(Objective o) { return OBJECTIVE_NAMES[(size_t)o].c_str(); }
 
 // D over buckets and its derivative over each bucket's mass. P (n) and Q (n) are the
 // bucket masses. With g_b = dD/dQ_b and b(i) the bucket of column i, the gradient over the
@@ -419,11 +413,12 @@ double policy_gradient_row(const T* logits, int y, int V, double inv_t, double g
     return (double)logits[y] * inv_t - m - lz;
 }
 
-// The batch loss from each position's value (and log p(y) for the policy gradient), summed
-// in a fixed order: shared by the CPU and GPU paths, so both add the same way.
-static double sum_batch_loss(const TrainBatch& b, const std::vector<double>& per_position,
-                             const std::vector<double>& logp, LossNorm norm, double* mean_per_token,
-                             PolicyGradientTerm* pg) {
+// The batch loss from each target position's value (and log p(y) for the policy gradient),
+// weighted (position_weight) and summed in a fixed order: shared by the CPU and GPU paths,
+// so both add the same way.
+static double sum_position_losses(const TrainBatch& b, const std::vector<double>& per_position,
+                                  const std::vector<double>& logp, LossNorm norm, double* mean_per_token,
+                                  PolicyGradientTerm* pg) {
     double loss = 0, total = 0;
     if (pg) pg->surrogate = 0;
     for (int n = 0; n < b.B * b.T; n++)
@@ -441,19 +436,20 @@ static double sum_batch_loss(const TrainBatch& b, const std::vector<double>& per
 // value only); non-target positions get zero gradient. dstudent may be the student logits
 // themselves: each row is read before it is overwritten, so the model keeps one
 // (B, T, Vp) buffer, as llm.c's fused classifier does. With pg, the row loss is weighted
-// by pg->alpha and the policy gradient added. Per-position values are summed in a fixed order.
+// by pg->alpha and the policy gradient added. Ends in sum_position_losses.
+//   student, dstudent (B, T, Vp_student)
 template <typename T, typename RowLoss>
-double batch_loss_by_row(const TrainBatch& b, const T* student, T* dstudent, int V, int Vps, LossNorm norm,
-                         double* mean_per_token, PolicyGradientTerm* pg, RowLoss row_loss) {
+double loss_over_positions(const TrainBatch& b, const T* student, T* dstudent, int V, int Vp_student, LossNorm norm,
+                           double* mean_per_token, PolicyGradientTerm* pg, RowLoss row_loss) {
     const int N = b.B * b.T;
     std::vector<double> per_position(N, 0.0), logp(pg ? N : 0, 0.0);
     #pragma omp parallel for schedule(dynamic, 8)
     for (int n = 0; n < N; n++) {
-        const T* s = student + (size_t)n * Vps;
-        T* ds = dstudent ? dstudent + (size_t)n * Vps : nullptr;
+        const T* s = student + (size_t)n * Vp_student;
+        T* ds = dstudent ? dstudent + (size_t)n * Vp_student : nullptr;
         int target = b.targets[n];
         if (target < 0) {
-            if (ds) std::fill(ds, ds + Vps, T(0));
+            if (ds) std::fill(ds, ds + Vp_student, T(0));
             continue;
         }
         double w = position_weight(b, n / b.T, norm);
@@ -467,22 +463,25 @@ double batch_loss_by_row(const TrainBatch& b, const T* student, T* dstudent, int
         per_position[n] = row_loss(n, s, ds, w);
         if (pg) for (int i = 0; i < V; i++) ds[i] += (T)pg_grad[i];
     }
-    return sum_batch_loss(b, per_position, logp, norm, mean_per_token, pg);
+    return sum_position_losses(b, per_position, logp, norm, mean_per_token, pg);
 }
 
-// Loss over the batch and its gradient over the student logits (batch_loss_by_row), for
-// the full-row divergences of docs/algorithm.md §1: JSD(beta) against the teacher's
-// logits (B, T, Vpt), or cross-entropy (teacher may then be null).
+// The losses that read whole logit rows, and their gradient over the student's logits
+// (loss_over_positions): JSD(beta) of docs/algorithm.md §1 against the teacher's logits, or
+// cross-entropy against the targets (teacher may then be null). The GPU computes these two
+// in one fused kernel (cuda/loss.cuh's gpu_full_row_loss).
+//   teacher (B, T, Vp_teacher); student, dstudent (B, T, Vp_student)
 template <typename T>
-double batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const T* student, T* dstudent, int V, int Vps,
-                  bool cross_entropy, double beta, double tau, LossNorm norm, double* mean_per_token = nullptr,
-                  PolicyGradientTerm* pg = nullptr) {
-    return batch_loss_by_row(b, student, dstudent, V, Vps, norm, mean_per_token, pg,
-                             [&](int n, const T* s, T* ds, double w) {
-                                 return cross_entropy
-                                     ? cross_entropy_row(s, b.targets[n], ds, V, Vps, w)
-                                     : divergence_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, beta, tau, w);
-                             });
+double full_row_loss(const TrainBatch& b, const T* teacher, int Vp_teacher, const T* student, T* dstudent, int V,
+                     int Vp_student, bool cross_entropy, double beta, double tau, LossNorm norm,
+                     double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
+    return loss_over_positions(b, student, dstudent, V, Vp_student, norm, mean_per_token, pg,
+                               [&](int n, const T* s, T* ds, double w) {
+                                   return cross_entropy
+                                       ? cross_entropy_row(s, b.targets[n], ds, V, Vp_student, w)
+                                       : divergence_row(teacher + (size_t)n * Vp_teacher, s, ds, V, Vp_student, beta,
+                                                        tau, w);
+                               });
 }
 
 // What the loss computes: cross-entropy on the targets (SFT), or a divergence between the
@@ -523,9 +522,10 @@ struct TeacherSignal {
 // -sum_t w_t A_t log q(y_t) with A_t held constant: REINFORCE. Its gradient over the
 // logits at t is -w_t A_t (onehot(y_t) - q_t) / tau; the value returned is the estimate
 // sum_t w_t (log q(y_t) - log p(y_t)) of the reverse KL. Needs the teacher's log p(y_t) only.
+//   teacher_target_logp (B * T); student, dstudent (B, T, Vp_student)
 template <typename T>
 double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_logp, const T* student, T* dstudent,
-                               int V, int Vps, double tau, double discount, LossNorm norm,
+                               int V, int Vp_student, double tau, double discount, LossNorm norm,
                                double* mean_per_token = nullptr) {
     const int N = b.B * b.T;
     // per target: the student's max and log-normaliser (online_logsumexp), kept for the gradient
@@ -533,7 +533,7 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
     #pragma omp parallel for schedule(dynamic, 8)
     for (int n = 0; n < N; n++)
         if (b.targets[n] >= 0) {
-            const T* s = student + (size_t)n * Vps;
+            const T* s = student + (size_t)n * Vp_student;
             online_logsumexp(s, V, 1.0 / tau, max_of[n], log_z[n]);
             log_ratio[n] = ((double)s[b.targets[n]] / tau - max_of[n] - log_z[n]) - teacher_target_logp[n];
         }
@@ -549,42 +549,47 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
     if (dstudent) {
         #pragma omp parallel for schedule(dynamic, 8)
         for (int n = 0; n < N; n++) {
-            const T* s = student + (size_t)n * Vps;
-            T* ds = dstudent + (size_t)n * Vps;
+            const T* s = student + (size_t)n * Vp_student;
+            T* ds = dstudent + (size_t)n * Vp_student;
             const int y = b.targets[n];
-            if (y < 0) { std::fill(ds, ds + Vps, T(0)); continue; }
+            if (y < 0) { std::fill(ds, ds + Vp_student, T(0)); continue; }
             const double m = max_of[n], lz = log_z[n];
             const double g = -position_weight(b, n / b.T, norm) * advantage[n] / tau;
             for (int i = 0; i < V; i++)  // reads s[i] before writing ds[i]: in place is safe
                 ds[i] = (T)(g * ((i == y ? 1.0 : 0.0) - std::exp((double)s[i] / tau - m - lz)));
-            for (int i = V; i < Vps; i++) ds[i] = T(0);
+            for (int i = V; i < Vp_student; i++) ds[i] = T(0);
         }
     }
-    return sum_batch_loss(b, log_ratio, {}, norm, mean_per_token, nullptr);
+    return sum_position_losses(b, log_ratio, {}, norm, mean_per_token, nullptr);
 }
 
-// The distillation losses beyond batch_loss's full-row JSD: total variation over full rows
-// (teacher (B, T, Vpt)), any divergence over the teacher's top-K (signal), and the sampled
-// reverse KL (signal.target_logp).
+// The batch loss of a step, as spec says, and its gradient over the student's logits: the
+// entry point (the file's header says which function it calls for which loss). The teacher
+// hands over its logit rows (spec.needs_teacher_rows()) or a TeacherSignal.
+//   teacher (B, T, Vp_teacher) or null; student, dstudent (B, T, Vp_student)
 template <typename T>
-double distill_batch_loss(const TrainBatch& b, const T* teacher, int Vpt, const TeacherSignal& signal,
-                          const T* student, T* dstudent, int V, int Vps, const LossSpec& spec,
-                          double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
+double batch_loss(const TrainBatch& b, const T* teacher, int Vp_teacher, const TeacherSignal& signal,
+                  const T* student, T* dstudent, int V, int Vp_student, const LossSpec& spec,
+                  double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
+    if (spec.cross_entropy)
+        return full_row_loss(b, (const T*)nullptr, 0, student, dstudent, V, Vp_student, true, 0, 1, spec.norm,
+                             mean_per_token, pg);
     if (spec.objective == Objective::SampledReverseKl)
-        return sampled_reverse_kl_loss(b, signal.target_logp.data(), student, dstudent, V, Vps, spec.tau,
+        return sampled_reverse_kl_loss(b, signal.target_logp.data(), student, dstudent, V, Vp_student, spec.tau,
                                        spec.kl_discount, spec.norm, mean_per_token);
     if (spec.top_k == 0 && spec.objective == Objective::Jsd)
-        return batch_loss(b, teacher, Vpt, student, dstudent, V, Vps, false, spec.beta, spec.tau, spec.norm,
-                          mean_per_token, pg);
+        return full_row_loss(b, teacher, Vp_teacher, student, dstudent, V, Vp_student, false, spec.beta, spec.tau,
+                             spec.norm, mean_per_token, pg);
     const int K = spec.top_k;
     GKD_ASSERT(K == 0 || signal.K == K, "the teacher's top-K signal has another K than the loss");
-    return batch_loss_by_row(b, student, dstudent, V, Vps, spec.norm, mean_per_token, pg,
-                             [&](int n, const T* s, T* ds, double w) {
-                                 return K ? top_k_divergence_row(signal.logp.data() + (size_t)n * (K + 1),
-                                                                 signal.ids.data() + (size_t)n * K, K, s, ds, V, Vps,
-                                                                 spec.objective, spec.beta, spec.tau, w)
-                                          : total_variation_row(teacher + (size_t)n * Vpt, s, ds, V, Vps, spec.tau, w);
-                             });
+    return loss_over_positions(b, student, dstudent, V, Vp_student, spec.norm, mean_per_token, pg,
+                               [&](int n, const T* s, T* ds, double w) {
+                                   return K ? top_k_divergence_row(signal.logp.data() + (size_t)n * (K + 1),
+                                                                   signal.ids.data() + (size_t)n * K, K, s, ds, V,
+                                                                   Vp_student, spec.objective, spec.beta, spec.tau, w)
+                                            : total_variation_row(teacher + (size_t)n * Vp_teacher, s, ds, V,
+                                                                  Vp_student, spec.tau, w);
+                               });
 }
 
 // Advantages r - baseline: the mean reward of the row's own prompt when each prompt has

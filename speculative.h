@@ -77,15 +77,15 @@ static int draw_from(const std::vector<double>& w, Rng& rng) {
 
 // Judges row b's drafts against the target's rows and appends what it keeps, plus the
 // replacement or bonus token, to out; returns how many drafts were kept.
-//   draft_logits  (k, Vpd)     the draft's logits that produced drafts[0..k-1]
-//   target_logits (k + 1, Vpt) the target's logits at the same positions, and one more
-static int judge_drafts(const std::vector<int>& drafts, const float* draft_logits, int Vpd, const float* target_logits,
-                        int Vpt, int V, double temperature, Rng& rng, std::vector<int>& out, SpeculativeStats& stats) {
+//   draft_logits  (k, Vp_draft)     the draft's logits that produced drafts[0..k-1]
+//   target_logits (k + 1, Vp_target) the target's logits at the same positions, and one more
+static int judge_drafts(const std::vector<int>& drafts, const float* draft_logits, int Vp_draft, const float* target_logits,
+                        int Vp_target, int V, double temperature, Rng& rng, std::vector<int>& out, SpeculativeStats& stats) {
     static thread_local std::vector<double> p, q;
     const int k = (int)drafts.size();
     for (int i = 0; i < k; i++) {
-        token_distribution(target_logits + (size_t)i * Vpt, V, temperature, p);
-        token_distribution(draft_logits + (size_t)i * Vpd, V, temperature, q);
+        token_distribution(target_logits + (size_t)i * Vp_target, V, temperature, p);
+        token_distribution(draft_logits + (size_t)i * Vp_draft, V, temperature, q);
         double overlap = 0;
         for (int x = 0; x < V; x++) overlap += std::min(p[x], q[x]);
         stats.judged++;
@@ -105,7 +105,7 @@ static int judge_drafts(const std::vector<int>& drafts, const float* draft_logit
         out.push_back(draw_from(p, rng));
         return i;
     }
-    token_distribution(target_logits + (size_t)k * Vpt, V, temperature, p);  // every draft kept: a bonus token
+    token_distribution(target_logits + (size_t)k * Vp_target, V, temperature, p);  // every draft kept: a bonus token
     out.push_back(draw_from(p, rng));
     return k;
 }
@@ -113,16 +113,16 @@ static int judge_drafts(const std::vector<int>& drafts, const float* draft_logit
 // The bookkeeping of batched speculative sampling, whichever device runs the models.
 // Row b stops at its first EOS (kept) or after budgets[b] tokens; both models' contexts
 // must hold prompt + budget.
-//   run_draft(tokens, cache_row, start, n_new, Bn, Tn) -> the draft's logits (Bn, Vpd) at
+//   run_draft(tokens, cache_row, start, n_new, Bn, Tn) -> the draft's logits (Bn, Vp_draft) at
 //       each row's last new token, on the host
 //   run_target(tokens, cache_row, start, n_new, Bn, Tn, all_positions) -> the target's
-//       logits on the host: all_positions ? (Bn, Tn, Vpt) : (Bn, Vpt)
+//       logits on the host: all_positions ? (Bn, Tn, Vp_target) : (Bn, Vp_target)
 // Both take gpt_infer's arguments: Tn new tokens per row, right-padded, row b has n_new[b]
 // real ones starting at position start[b] of cache row cache_row[b].
 template <typename RunDraft, typename RunTarget>
 static std::vector<std::vector<int>> speculative_loop(const std::vector<const std::vector<int>*>& prompts,
                                                       const std::vector<int>& budgets, int K, double temperature,
-                                                      int eos, int V, int Vpd, int Vpt, std::vector<Rng>& rngs,
+                                                      int eos, int V, int Vp_draft, int Vp_target, std::vector<Rng>& rngs,
                                                       RunDraft run_draft, RunTarget run_target,
                                                       SpeculativeStats& stats) {
     const int Bn = (int)prompts.size();
@@ -154,7 +154,7 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
     std::vector<int> active(Bn);
     for (int b = 0; b < Bn; b++) active[b] = b;
     std::vector<std::vector<int>> drafts(Bn);
-    std::vector<std::vector<float>> draft_rows(Bn);  // (k, Vpd) per row: the logits behind its drafts
+    std::vector<std::vector<float>> draft_rows(Bn);  // (k, Vp_draft) per row: the logits behind its drafts
     std::vector<int> wanted(Bn);                     // drafts a row asks for this round
     while (!active.empty()) {
         const int n = (int)active.size();
@@ -193,8 +193,8 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
                                             (int)going.size(), Tn);
             for (size_t r = 0; r < going.size(); r++) {
                 const int b = going[r];
-                const float* row = logits + r * Vpd;
-                draft_rows[b].insert(draft_rows[b].end(), row, row + Vpd);
+                const float* row = logits + r * Vp_draft;
+                draft_rows[b].insert(draft_rows[b].end(), row, row + Vp_draft);
                 drafts[b].push_back(pick_token(row, V, temperature, rngs[b]));
                 draft_cached[b] = start[r] + n_new[r];
             }
@@ -217,8 +217,8 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
         for (int r = 0; r < n; r++) {
             const int b = active[r], len = (int)seq[b].size();
             std::vector<int> kept;
-            const int a = judge_drafts(drafts[b], draft_rows[b].data(), Vpd, logits + (size_t)r * Tn * Vpt, Vpt, V,
-                                       temperature, rngs[b], kept, stats);
+            const int a = judge_drafts(drafts[b], draft_rows[b].data(), Vp_draft, logits + (size_t)r * Tn * Vp_target,
+                                       Vp_target, V, temperature, rngs[b], kept, stats);
             stats.verifications++;
             // the draft's cache is good up to the last token it read that the row kept
             draft_cached[b] = std::min(draft_cached[b], len + a);
@@ -245,7 +245,8 @@ static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draf
                                                           int eos, uint64_t seed, uint64_t stream,
                                                           const std::vector<uint64_t>& row_ids,
                                                           SpeculativeStats& stats) {
-    const int Bn = (int)prompts.size(), Vpd = draft.config.padded_vocab_size, Vpt = target.config.padded_vocab_size;
+    const int Bn = (int)prompts.size();
+    const int Vp_draft = draft.config.padded_vocab_size, Vp_target = target.config.padded_vocab_size;
     GKD_ASSERT(draft.config.vocab_size == target.config.vocab_size, "speculative sampling: vocabularies differ");
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     dg.cache.allocate(draft.config, Bn);
@@ -253,18 +254,18 @@ static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draf
     // the draft's one-token steps multiply packed weights, as plain generation's do
     pack_decode_weights(dg.scratch.decode, draft);
     auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
-        dg.logits.resize((size_t)n * Vpd);
+        dg.logits.resize((size_t)n * Vp_draft);
         gpt_infer(draft, dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, dg.logits.data(), false);
         return (const float*)dg.logits.data();
     };
     auto run_target = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
                           bool all_positions) {
-        tg.logits.resize((size_t)n * (all_positions ? Tn : 1) * Vpt);
+        tg.logits.resize((size_t)n * (all_positions ? Tn : 1) * Vp_target);
         gpt_infer(target, tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, tg.logits.data(),
                   all_positions);
         return (const float*)tg.logits.data();
     };
-    auto out = speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vpd, Vpt, rngs,
+    auto out = speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vp_draft, Vp_target, rngs,
                                 run_draft, run_target, stats);
     dg.scratch.decode.ready = false;
     return out;

@@ -296,7 +296,7 @@ static int cmd_bench(int argc, char** argv) {
         GKD_FAIL("gkd bench: --teacher-top-k times the CPU's distillation step: not with --sft or --device cuda");
     tr.opt.device = device;
     tr.opt.tf32 = f.on("tf32");
-    place_trainer(tr);
+    create_training_device(tr);
     std::vector<StepStats> stats;
     for (int step = 0; step < warmup + steps; step++) {
         StepStats st = gkd_step(tr, step);

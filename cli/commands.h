@@ -18,70 +18,8 @@
 #include "experiment.h"
 #include "bench.h"
 
-static const std::vector<FlagSpec> TRAIN_FLAGS = {
-    {"data", true, "training examples, JSONL (docs/formats.md §4)"},
-    {"out", true, "run folder: metrics.jsonl and model.bin go here"},
-    {"lambda", true, "fraction of on-policy (student-sampled) batches, [0,1] (0.5)"},
-    {"beta", true, "0 forward KL, 1 reverse KL, between: JSD(beta) (0.5)"},
-    {"temperature", true, "sampling temperature for on-policy and seq-kd completions (1.0)"},
-    {"loss-temperature", true, "tau: both logit rows are divided by it in the divergence (1.0)"},
-    {"max-new-tokens", true, "longest sampled completion (64)"},
-    {"seq-kd", false, "off-policy batches use teacher samples instead of dataset completions"},
-    {"loss-norm", true, "sequence (mean over sequences of per-token means) | token (sequence)"},
-    {"batch", true, "sequences per step (8)"},
-    {"steps", true, "optimizer steps (default: one pass over the data)"},
-    {"lr", true, "peak learning rate (1e-4)"},
-    {"lr-schedule", true, "constant | cosine (constant)"},
-    {"warmup", true, "linear warmup steps (0)"},
-    {"weight-decay", true, "AdamW decoupled weight decay on matrices and embeddings (0)"},
-    {"grad-clip", true, "clip the global gradient norm to this; 0 = off (1.0)"},
-    {"adam-beta1", true, "(0.9)"},
-    {"adam-beta2", true, "(0.999)"},
-    {"adam-eps", true, "(1e-8)"},
-    {"seed", true, "seeds the lambda coin, the shuffle and the sampling (0)"},
-    {"shuffle", true, "1: reshuffle each epoch; 0: step k takes examples kB..kB+B-1 mod N (1)"},
-    {"device", true, "auto | cpu | cuda (auto: the GPU when there is one)"},
-    {"tf32", false, "cuda: matmuls on TF32 tensor cores (faster; the default fp32 is the parity mode)"},
-    {"eval-data", true, "held-out JSONL, evaluated every --eval-every steps and at the end"},
-    {"eval-every", true, "steps between evaluations (0: only at the end)"},
-    {"task", true, "arithmetic | words | walks | repair | gsm8k: score evaluation completions by the task"},
-    {"tokenizer", true, TOKENIZER_HELP},
-    {"quiet", false, "no progress line"},
-    {"checkpoint-every", true, "save the whole training state every N steps to DIR/checkpoint.bin (0: only on SIGINT/SIGTERM)"},
-    {"resume", true, "continue the run in this folder from its checkpoint (no other flags)"},
-    {"overwrite", false, "replace the run in an existing, non-empty --out folder"},
-    {"alpha", true, "RL + GKD: maximise (1-alpha) E[reward] - alpha E[D] on student samples; 1 = pure GKD (1)"},
-    {"reward", true, "score each sample (logged; the RL term when --alpha < 1): arithmetic | similarity | exact-match"},
-    {"samples-per-prompt", true, "K samples per prompt (per-prompt reward baseline when K > 1) (1)"},
-    {"objective", true, "jsd (the --beta family) | tv (total variation: a draft's acceptance) | sampled-reverse-kl "
-                        "(policy gradient on the sampled tokens' log-ratio; needs --lambda 1) (jsd)"},
-    {"teacher-top-k", true, "the divergence over the teacher's top-K tokens plus one tail bucket (0: all V)"},
-    {"teacher-cache", true, "off-policy steps read the teacher's top-K from this file (gkd teacher-cache); "
-                            "--teacher only for --lambda > 0"},
-    {"kl-discount", true, "sampled-reverse-kl: gamma, each token's advantage sums later rewards times gamma^d (0)"},
-};
-
-// The flags of TRAIN_FLAGS that only distillation reads: gkd sft refuses them.
-static const std::set<std::string> DISTILL_ONLY_FLAGS = {"lambda", "beta", "loss-temperature", "alpha", "reward",
-                                                         "samples-per-prompt", "objective", "teacher-top-k",
-                                                         "teacher-cache", "kl-discount"};
-
-// gkd distill's and gkd sft's tables: TRAIN_FLAGS (sft without the distill-only ones),
-// then the models each one starts from.
-static std::vector<FlagSpec> train_flags(bool sft) {
-    std::vector<FlagSpec> specs;
-    for (const FlagSpec& s : TRAIN_FLAGS)
-        if (!sft || !DISTILL_ONLY_FLAGS.count(s.name)) specs.push_back(s);
-    if (sft) {
-        specs.push_back({"model", true, "the model to fine-tune (llm.c checkpoint)"});
-        specs.push_back({"teacher", true, "with --seq-kd: SeqKD, SFT on this teacher's samples"});
-    } else {
-        specs.push_back({"teacher", true, "frozen teacher checkpoint (with --teacher-cache and --lambda 0: optional)"});
-        specs.push_back({"student", true, "student checkpoint to start from"});
-    }
-    return specs;
-}
-static const std::vector<FlagSpec> DISTILL_FLAGS = train_flags(false), SFT_FLAGS = train_flags(true);
+// gkd distill's and gkd sft's tables: their entries of train_options() (train_options.h).
+static const std::vector<FlagSpec> DISTILL_FLAGS = train_flag_table(DISTILL), SFT_FLAGS = train_flag_table(SFT);
 
 // Whether the run's loss is one the CUDA path does not implement (the CPU's alone).
 static bool cpu_only_loss(const TrainOptions& o) {
@@ -104,26 +42,15 @@ static void place_cpu_only_loss(TrainOptions& o, const Flags& f, const char* cmd
     o.tf32 = false;
 }
 
-// gkd distill's teacher and objective: --objective, --teacher-top-k, --teacher-cache,
-// --kl-discount, and what each one needs or excludes (docs/cli.md).
-static void parse_teacher_signal(const Flags& f, TrainOptions& o) {
-    objective_from_name(f.choice("objective", "jsd", {"jsd", "tv", "sampled-reverse-kl"}), o.objective);
-    o.teacher_top_k = (int)f.integer("teacher-top-k", 0, 1, 1 << 30);
-    o.teacher_cache = f.str("teacher-cache");
-    o.kl_discount = f.num("kl-discount", 0, 0, 1);
-    if (o.objective != Objective::Jsd && f.has("beta"))
-        GKD_FAIL("gkd distill: --beta chooses among JSD(beta); --objective %s has none", objective_name(o.objective));
-    if (f.has("kl-discount") && o.objective != Objective::SampledReverseKl)
-        GKD_FAIL("gkd distill: --kl-discount is the sampled reverse KL's: give --objective sampled-reverse-kl");
+// What gkd distill asks of the teacher's signal beyond its entries: the sampled reverse KL
+// is a policy gradient on the student's own samples, and a teacher cache serves the
+// off-policy steps alone (docs/cli.md).
+static void check_teacher_signal(const Flags& f, TrainOptions& o) {
     if (o.objective == Objective::SampledReverseKl) {
         if (o.lambda != 1.0 || o.seq_kd)
             GKD_FAIL("gkd distill: --objective sampled-reverse-kl is a policy gradient on the student's own samples: "
                      "give --lambda 1, without --seq-kd");
         if (o.temperature == 0) GKD_FAIL("gkd distill: --objective sampled-reverse-kl needs a sampling --temperature above 0");
-        for (const char* flag : {"teacher-top-k", "teacher-cache", "reward"})
-            if (f.has(flag))
-                GKD_FAIL("gkd distill: --objective sampled-reverse-kl reads the teacher's log-prob of the sampled "
-                         "token alone: --%s does not combine with it", flag);
     }
     if (!o.teacher_cache.empty()) {
         if (o.seq_kd)
@@ -133,46 +60,16 @@ static void parse_teacher_signal(const Flags& f, TrainOptions& o) {
             GKD_FAIL("gkd distill: --teacher-cache serves the off-policy steps only; with --lambda %g the on-policy "
                      "steps score the student's samples with the live teacher: give --teacher too, or --lambda 0",
                      o.lambda);
-        o.teacher_path = f.str("teacher");
     } else {
-        o.teacher_path = f.required("teacher");
+        f.required("teacher");
     }
     place_cpu_only_loss(o, f, "distill");
 }
 
+// A new run's options (not --resume): read_train_flags, then what each command asks of
+// their combination.
 static TrainOptions parse_train_options(const Flags& f, bool sft) {
-    TrainOptions o;
-    o.sft = sft;
-    o.data_path = f.required("data");
-    o.out_dir = f.required("out");
-    o.lambda = f.num("lambda", 0.5, 0, 1);
-    o.beta = f.num("beta", 0.5, 0, 1);
-    o.temperature = f.num("temperature", 1.0, 0, 1e6);
-    o.loss_temperature = f.num("loss-temperature", 1.0, 1e-6, 1e6);
-    o.max_new_tokens = (int)f.integer("max-new-tokens", 64, 1, 1 << 20);
-    o.seq_kd = f.on("seq-kd");
-    o.loss_norm = f.choice("loss-norm", "sequence", {"sequence", "token"}) == "token" ? LossNorm::Token : LossNorm::Sequence;
-    o.batch = (int)f.integer("batch", 8, 1, 1 << 16);
-    o.steps = (int)f.integer("steps", 0, 1, 1 << 30);
-    o.lr = f.num("lr", 1e-4, 0, 10);
-    o.schedule = f.choice("lr-schedule", "constant", {"constant", "cosine"}) == "cosine" ? Schedule::Cosine : Schedule::Constant;
-    o.warmup = (int)f.integer("warmup", 0, 0, 1 << 30);
-    o.weight_decay = f.num("weight-decay", 0, 0, 1e3);
-    o.grad_clip = f.num("grad-clip", 1.0, 0, 1e12);
-    o.adam_beta1 = f.num("adam-beta1", 0.9, 0, 0.999999);
-    o.adam_beta2 = f.num("adam-beta2", 0.999, 0, 0.999999999);
-    o.adam_eps = f.num("adam-eps", 1e-8, 0, 1);
-    o.seed = (uint64_t)f.integer("seed", 0, 0, (1LL << 62));
-    o.shuffle = f.integer("shuffle", 1, 0, 1) == 1;
-    o.eval_data_path = f.str("eval-data");
-    o.eval_every = (int)f.integer("eval-every", 0, 0, 1 << 30);
-    o.task = task_flag(f);
-    o.tokenizer = f.str("tokenizer");
-    o.quiet = f.on("quiet");
-    o.checkpoint_every = (int)f.integer("checkpoint-every", 0, 0, 1 << 30);
-    o.alpha = f.num("alpha", 1.0, 0, 1);
-    o.reward = f.str("reward");
-    o.samples_per_prompt = (int)f.integer("samples-per-prompt", 1, 1, 1 << 16);
+    TrainOptions o = read_train_flags(f, sft ? SFT : DISTILL);
     if (o.alpha < 1.0 && o.reward.empty())
         GKD_FAIL("gkd distill: --alpha %g mixes in a reward: give --reward NAME", o.alpha);
     if (!o.reward.empty()) {
@@ -182,22 +79,14 @@ static TrainOptions parse_train_options(const Flags& f, bool sft) {
         if (o.temperature == 0)
             GKD_FAIL("gkd distill: RL needs a sampling --temperature above 0");
     }
-    for (const char* flag : {"eval-every", "task"})  // both shape the evaluation of --eval-data
-        if (f.has(flag) && o.eval_data_path.empty())
-            GKD_FAIL("gkd %s: --%s applies to the evaluation of held-out data: give --eval-data F.jsonl too",
-                     sft ? "sft" : "distill", flag);
     o.device = resolve_device(f);
-    o.tf32 = f.on("tf32");
     if (sft) {
-        o.student_path = f.required("model");
-        if (o.seq_kd) o.teacher_path = f.required("teacher");
-        else if (f.has("teacher")) GKD_FAIL("gkd sft: --teacher is only used with --seq-kd (SFT on teacher samples)");
+        if (o.seq_kd) f.required("teacher");
         if (!o.seq_kd && f.has("temperature"))
             GKD_FAIL("gkd sft: --temperature is the teacher's sampling temperature with --seq-kd; without it nothing "
                      "is sampled");
     } else {
-        o.student_path = f.required("student");
-        parse_teacher_signal(f, o);
+        check_teacher_signal(f, o);
     }
     return o;
 }
@@ -245,12 +134,11 @@ static int cmd_train(int argc, char** argv, bool sft) {
     on_every_rank([&] {  // every rank reads the same flags and files; the root alone owns --out
         if (f.has("resume")) {
             // the saved configuration is the run's; only the display may change
-            for (auto& [name, value] : f.values)
-                if (name != "resume" && name != "device")
-                    GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd,
-                             name.c_str());
-            for (auto& name : f.switches)
-                if (name != "quiet" && name != "tf32")
+            std::vector<std::string> given;
+            for (auto& [name, value] : f.values) given.push_back(name);
+            given.insert(given.end(), f.switches.begin(), f.switches.end());
+            for (const std::string& name : given)
+                if (!allowed_with_resume(name))
                     GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd,
                              name.c_str());
             std::string dir = f.str("resume"), path = dir + "/checkpoint.bin";
@@ -286,7 +174,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
                         world().size > 1 ? strf(", on each of %d ranks", world().size).c_str() : "");
         }
         check_data_parallel(tr.opt);
-        place_trainer(tr);
+        create_training_device(tr);
     });
     folder.keep();
     TrainOutcome out = train(tr, start_step);

@@ -118,12 +118,8 @@ static std::optional<Flags> command_flags(const std::string& command, const std:
     return Flags(command, argc, argv, specs);
 }
 
-static std::string task_flag(const Flags& f) {
-    std::string t = f.str("task");
-    if (!t.empty() && !is_scored_task(t))
-        GKD_FAIL("gkd %s: --task '%s' must be arithmetic, words, walks, repair or gsm8k", f.command.c_str(), t.c_str());
-    return t;
-}
+// --task, one of SCORED_TASKS (data/tasks.h), or "" when not given
+static std::string task_flag(const Flags& f) { return f.has("task") ? f.choice("task", "", SCORED_TASKS) : ""; }
 
 // --device auto | cpu | cuda, resolved to where the work runs: auto is the GPU when this
 // build has the CUDA path and a GPU is visible, else the CPU. cuda without one is an error.

@@ -91,17 +91,17 @@ struct GpuDevice : Device {
     void teacher_signal_from_cache(const TeacherCache&, const TrainBatch&, const std::vector<size_t>&) override {
         GKD_FAIL("--teacher-cache: the CUDA path reads no teacher cache; use --device cpu");
     }
-    bool student_forward(const TrainBatch& b) override {  // a pass: the GPU's sampling keeps no record
+    // (no student_forward_from_samples: the GPU's sampling keeps no record)
+    void student_forward(const TrainBatch& b) override {
         gpu_forward(trained(), b.tokens.data(), b.B, b.T);
         CUDA_CHECK(cudaDeviceSynchronize());
-        return false;
     }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
         GpuModel& s = trained();
-        const int V = s.config.vocab_size, Vps = s.config.padded_vocab_size;
-        const int Vpt = spec.cross_entropy ? 0 : teacher.config.padded_vocab_size;
-        return gpu_batch_loss(loss, b, spec.cross_entropy ? nullptr : teacher_logits.ptr, Vpt, s.acts.logits, V, Vps,
-                              spec.cross_entropy, spec.beta, spec.tau, spec.norm, nullptr, pg);
+        const int V = s.config.vocab_size, Vp_student = s.config.padded_vocab_size;
+        const int Vp_teacher = spec.cross_entropy ? 0 : teacher.config.padded_vocab_size;
+        return gpu_full_row_loss(loss, b, spec.cross_entropy ? nullptr : teacher_logits.ptr, Vp_teacher, s.acts.logits,
+                                 V, Vp_student, spec.cross_entropy, spec.beta, spec.tau, spec.norm, nullptr, pg);
     }
     void student_backward() override {
         gpu_zero_grad(trained());

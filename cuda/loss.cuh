@@ -1,4 +1,4 @@
-// cuda/loss.cuh — the fused divergence kernel: batch_loss's twin (gkd.cu section 1).
+// cuda/loss.cuh — the fused divergence kernel: full_row_loss's twin (loss.h).
 //
 // One block per position n of the batch (B * T blocks). It reads the student's logits
 // row (and the teacher's), computes D(P, Q) of docs/algorithm.md §1 (forward KL, reverse KL or
@@ -13,7 +13,7 @@
 //   the row: the block reductions between the passes are barriers.
 // - RL's policy gradient is added in the same pass, before the row is overwritten.
 // - The per-position values come back to the host, which sums them in the CPU's fixed
-//   order (sum_batch_loss): the two paths add the same way.
+//   order (sum_position_losses): the two paths add the same way.
 // - 256 threads a block, bounded for at least two resident blocks per SM
 //   (__launch_bounds__): at 512 threads and ~70 registers only one block fitted, so an SM
 //   idled through each block's reductions. ptxas (sm_90, nvcc 13.0) now gives 80
@@ -32,10 +32,10 @@ namespace gpu {
 // element is written only by the thread that read it, after every read of the row (the
 // block reductions between the passes are barriers). Masked positions (target < 0) get zero.
 struct LossArgs {
-    const float* teacher = nullptr;  // (N, Vpt), null for cross-entropy
-    int Vpt = 0;
-    float* student = nullptr;        // (N, Vps) logits in, gradient out
-    int Vps = 0, V = 0;
+    const float* teacher = nullptr;  // (N, Vp_teacher), null for cross-entropy
+    int Vp_teacher = 0;
+    float* student = nullptr;        // (N, Vp_student) logits in, gradient out
+    int Vp_student = 0, V = 0;
     const int* targets = nullptr;    // (N) next token, or -1
     const double* weight = nullptr;  // (N) the position's weight in the batch loss (times alpha with RL)
     const double* pg_coef = nullptr; // (N) -(1-alpha)/B * A_b / t, or null without RL
@@ -57,12 +57,12 @@ constexpr int LOSS_THREADS = 256;
 __global__ void __launch_bounds__(LOSS_THREADS, 2) fused_loss_kernel(LossArgs a) {
     const size_t n = blockIdx.x;
     const int target = a.targets[n];
-    float* s = a.student + n * a.Vps;
+    float* s = a.student + n * a.Vp_student;
     if (target < 0) {
-        for (int i = threadIdx.x; i < a.Vps; i += blockDim.x) s[i] = 0.0f;
+        for (int i = threadIdx.x; i < a.Vp_student; i += blockDim.x) s[i] = 0.0f;
         return;  // the whole block leaves together
     }
-    const float* t = a.cross_entropy ? nullptr : a.teacher + n * a.Vpt;
+    const float* t = a.cross_entropy ? nullptr : a.teacher + n * a.Vp_teacher;
     const double inv_tau = a.cross_entropy ? 1.0 : a.inv_tau, beta = a.beta;
     const bool pg = a.pg_coef != nullptr;
     const double s_target = s[target];
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(LOSS_THREADS, 2) fused_loss_kernel(LossArgs a)
         if (pg) grad += coef * ((i == target ? 1.0 : 0.0) - exp((double)s[i] * a.pg_inv_t - lse_p));
         s[i] = (float)grad;
     }
-    for (int i = a.V + threadIdx.x; i < a.Vps; i += blockDim.x) s[i] = 0.0f;
+    for (int i = a.V + threadIdx.x; i < a.Vp_student; i += blockDim.x) s[i] = 0.0f;
     if (threadIdx.x == 0) {
         a.per_position[n] = D;
         if (pg) a.logp[n] = s_target * a.pg_inv_t - lse_p;
@@ -133,15 +133,17 @@ __global__ void __launch_bounds__(LOSS_THREADS, 2) fused_loss_kernel(LossArgs a)
 }
 }  // namespace gpu
 
-// batch_loss's twin: the fused kernel over every position, then the same fixed-order sums
-// on the host. student (B, T, Vps) on the device becomes the gradient.
+// full_row_loss's twin (loss.h): the fused kernel over every position, then the same
+// fixed-order sums on the host (sum_position_losses).
+//   teacher (B, T, Vp_teacher) or null, on the device; student (B, T, Vp_student) on the
+//   device, which becomes the gradient
 struct GpuLossBuffers {
     DeviceBuffer<int> targets;
     DeviceBuffer<double> weight, pg_coef, per_position, logp;
 };
-static double gpu_batch_loss(GpuLossBuffers& buf, const TrainBatch& b, const float* teacher, int Vpt, float* student,
-                             int V, int Vps, bool cross_entropy, double beta, double tau, LossNorm norm,
-                             double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
+static double gpu_full_row_loss(GpuLossBuffers& buf, const TrainBatch& b, const float* teacher, int Vp_teacher,
+                                float* student, int V, int Vp_student, bool cross_entropy, double beta, double tau,
+                                LossNorm norm, double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
     const int N = b.B * b.T;
     std::vector<double> weight(N, 0.0), coef(pg ? N : 0, 0.0);
     for (int n = 0; n < N; n++) {
@@ -154,7 +156,7 @@ static double gpu_batch_loss(GpuLossBuffers& buf, const TrainBatch& b, const flo
     buf.per_position.ensure(N);
     buf.logp.ensure(N);
     gpu::LossArgs a;
-    a.teacher = teacher; a.Vpt = Vpt; a.student = student; a.Vps = Vps; a.V = V;
+    a.teacher = teacher; a.Vp_teacher = Vp_teacher; a.student = student; a.Vp_student = Vp_student; a.V = V;
     a.targets = buf.targets.ptr; a.weight = buf.weight.ptr; a.cross_entropy = cross_entropy;
     a.beta = beta; a.inv_tau = 1.0 / tau; a.per_position = buf.per_position.ptr; a.logp = buf.logp.ptr;
     if (pg) { buf.pg_coef.upload(coef); a.pg_coef = buf.pg_coef.ptr; a.pg_inv_t = 1.0 / pg->temperature; }
@@ -162,5 +164,5 @@ static double gpu_batch_loss(GpuLossBuffers& buf, const TrainBatch& b, const flo
     std::vector<double> per_position(N), logp(pg ? N : 0);
     download(per_position.data(), buf.per_position.ptr, N);
     if (pg) download(logp.data(), buf.logp.ptr, N);
-    return sum_batch_loss(b, per_position, logp, norm, mean_per_token, pg);
+    return sum_position_losses(b, per_position, logp, norm, mean_per_token, pg);
 }

@@ -420,7 +420,8 @@ static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& dr
                                                               double temperature, int eos, uint64_t seed,
                                                               uint64_t stream, const std::vector<uint64_t>& row_ids,
                                                               SpeculativeStats& stats) {
-    const int Bn = (int)prompts.size(), Vpd = draft.config.padded_vocab_size, Vpt = target.config.padded_vocab_size;
+    const int Bn = (int)prompts.size();
+    const int Vp_draft = draft.config.padded_vocab_size, Vp_target = target.config.padded_vocab_size;
     if (Bn == 0) return {};
     GKD_ASSERT(draft.config.vocab_size == target.config.vocab_size, "speculative sampling: vocabularies differ");
     int longest = 0;
@@ -430,21 +431,21 @@ static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& dr
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     std::vector<float> draft_host, target_host;
     auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
-        float* logits = dg.logits.ensure((size_t)n * Vpd);
+        float* logits = dg.logits.ensure((size_t)n * Vp_draft);
         gpu_infer(draft, &dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, false);
-        draft_host.resize((size_t)n * Vpd);
+        draft_host.resize((size_t)n * Vp_draft);
         download(draft_host.data(), logits, draft_host.size());
         return (const float*)draft_host.data();
     };
     auto run_target = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
                           bool all_positions) {
-        const size_t count = (size_t)n * (all_positions ? Tn : 1) * Vpt;
+        const size_t count = (size_t)n * (all_positions ? Tn : 1) * Vp_target;
         float* logits = tg.logits.ensure(count);
         gpu_infer(target, &tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, all_positions);
         target_host.resize(count);
         download(target_host.data(), logits, count);
         return (const float*)target_host.data();
     };
-    return speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vpd, Vpt, rngs, run_draft,
+    return speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vp_draft, Vp_target, rngs, run_draft,
                             run_target, stats);
 }

@@ -49,7 +49,10 @@ inline bool is_task(const std::string& name) {
     return name == "arithmetic" || name == "words" || name == "walks" || name == "repair";
 }
 // Tasks an evaluation can score by: the built-in ones, and GSM8K (data/convert.h's lines).
-inline bool is_scored_task(const std::string& name) { return is_task(name) || name == "gsm8k"; }
+inline const std::vector<std::string> SCORED_TASKS = {"arithmetic", "words", "walks", "repair", "gsm8k"};
+inline bool is_scored_task(const std::string& name) {
+    return std::find(SCORED_TASKS.begin(), SCORED_TASKS.end(), name) != SCORED_TASKS.end();
+}
 
 // --- arithmetic
 

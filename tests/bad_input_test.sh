@@ -188,6 +188,8 @@ TABLE=$(cat <<EOF
 1	gkd sft: --temperature is the teacher's sampling temperature with --seq-kd	sft $S --data $W/ok.jsonl $TRAIN --temperature 0.5
 1	gkd distill: --eval-every applies to the evaluation of held-out data: give --eval-data	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --eval-every 5
 1	gkd sft: --task applies to the evaluation of held-out data: give --eval-data	sft $S --data $W/ok.jsonl $TRAIN --task arithmetic
+1	gkd sft: --teacher applies to SeqKD, SFT on the teacher's samples: give --seq-kd too	sft $S --data $W/ok.jsonl $TRAIN --teacher $W/s.bin
+1	gkd distill: --reward applies to --objective jsd|tv, not sampled-reverse-kl	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl --lambda 1 --reward arithmetic
 1	gkd sample: --teacher does not apply to sample (it is a flag of gkd distill, sft, eval, bench	sample $S --prompt x --teacher $W/s.bin
 1	gkd eval: --lr does not apply to eval (it is a flag of gkd distill, sft	eval $S --data $W/ok.jsonl --lr 1
 1	gkd init: --data does not apply to init	init --layers 1 --data x
@@ -232,10 +234,10 @@ TABLE=$(cat <<EOF
 1	gkd sft: --teacher-top-k does not apply to sft	sft $S --data $W/ok.jsonl $TRAIN --teacher-top-k 8
 1	--objective 'kl' must be one of jsd|tv|sampled-reverse-kl	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective kl
 1	is a policy gradient on the student's own samples: give --lambda 1	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl
-1	--teacher-top-k does not combine with it	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl --lambda 1 --teacher-top-k 8
-1	gkd distill: --kl-discount is the sampled reverse KL's	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --kl-discount 0.5
+1	--teacher-top-k applies to --objective jsd|tv, not sampled-reverse-kl	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl --lambda 1 --teacher-top-k 8
+1	gkd distill: --kl-discount applies to --objective sampled-reverse-kl, not jsd	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --kl-discount 0.5
 1	--kl-discount 2 is outside [0, 1]	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective sampled-reverse-kl --lambda 1 --kl-discount 2
-1	gkd distill: --beta chooses among JSD(beta); --objective tv has none	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective tv --beta 0.5
+1	gkd distill: --beta applies to --objective jsd, not tv	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --objective tv --beta 0.5
 1	with --lambda 0.5 the on-policy steps score the student's samples with the live teacher: give --teacher too	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --teacher-cache $W/c.bin
 1	--teacher-cache holds the teacher's scores of the dataset's completions; --seq-kd	distill --teacher $W/s.bin --student $W/s.bin --data $W/ok.jsonl $TRAIN --teacher-cache $W/c.bin --seq-kd
 1	$W/missing.cache: cannot open the teacher cache	distill --student $W/s.bin --data $W/ok.jsonl $TRAIN --lambda 0 --teacher-cache $W/missing.cache

@@ -248,10 +248,10 @@ static TrainBatch random_batch(int B, int T, int V) {
 // At V = 300 each of the kernel's 256 threads holds one or two entries of a row; at
 // GPT-2's V = 50257 each folds ~196 into its running max and sum (the online rescaling).
 static void test_loss(const char* name, bool cross_entropy, double beta, double tau, LossNorm norm, bool rl,
-                      int V = 300, int Vps = 384, int Vpt = 320) {
+                      int V = 300, int Vp_student = 384, int Vp_teacher = 320) {
     const int B = 3, T = 6;
     TrainBatch b = random_batch(B, T, V);
-    auto student = random_floats((size_t)B * T * Vps, 3.0), teacher = random_floats((size_t)B * T * Vpt, 3.0);
+    auto student = random_floats((size_t)B * T * Vp_student, 3.0), teacher = random_floats((size_t)B * T * Vp_teacher, 3.0);
     PolicyGradientTerm pg_cpu, pg_gpu;
     if (rl) {
         pg_cpu.advantage = {0.5, -1.0, 0.25};
@@ -262,12 +262,12 @@ static void test_loss(const char* name, bool cross_entropy, double beta, double 
     }
     std::vector<float> grad(student.size());
     double mean_cpu = 0, mean_gpu = 0;
-    double loss_cpu = batch_loss(b, teacher.data(), Vpt, student.data(), grad.data(), V, Vps, cross_entropy, beta, tau,
-                                 norm, &mean_cpu, rl ? &pg_cpu : nullptr);
+    double loss_cpu = full_row_loss(b, teacher.data(), Vp_teacher, student.data(), grad.data(), V, Vp_student,
+                                    cross_entropy, beta, tau, norm, &mean_cpu, rl ? &pg_cpu : nullptr);
     Dev d_student(student), d_teacher(teacher);
     GpuLossBuffers buf;
-    double loss_gpu = gpu_batch_loss(buf, b, cross_entropy ? nullptr : d_teacher.p(), Vpt, d_student.p(), V, Vps,
-                                     cross_entropy, beta, tau, norm, &mean_gpu, rl ? &pg_gpu : nullptr);
+    double loss_gpu = gpu_full_row_loss(buf, b, cross_entropy ? nullptr : d_teacher.p(), Vp_teacher, d_student.p(), V,
+                                        Vp_student, cross_entropy, beta, tau, norm, &mean_gpu, rl ? &pg_gpu : nullptr);
     double e = std::fabs(loss_gpu - loss_cpu) / std::max(std::fabs(loss_cpu), 1e-12);
     check(e < 1e-9 && std::fabs(mean_gpu - mean_cpu) <= 1e-9 * std::max(1.0, std::fabs(mean_cpu)),
           strf("%-52s loss %.10g vs %.10g", strf("fused loss %s: value", name).c_str(), loss_gpu, loss_cpu));
@@ -555,7 +555,7 @@ static void compare_step(const std::string& what, const GPT<float>& student, con
     make_trainer(gpu, data_seed, student, teacher, 0.5, sft, batch, completion_min, completion_spread);
     gpu.opt.device = "cuda";
     gpu.opt.tf32 = tf32;
-    place_trainer(gpu);
+    create_training_device(gpu);
     StepStats a = gkd_step(cpu, 0), b = gkd_step(gpu, 0);
     const double tol = tf32 ? 3e-2 : 1e-4;
     check(std::fabs(a.loss - b.loss) <= tol * std::fabs(a.loss),
@@ -572,7 +572,7 @@ static void compare_step(const std::string& what, const GPT<float>& student, con
         check_close(strf("%s: gradient of %s", what.c_str(), PARAMETER_NAMES[k]), g, c, tol);
         offset += n;
     }
-    host_copy(gpu);
+    copy_student_to_host(gpu);
     check_close(strf("%s: parameters after AdamW", what.c_str()), gpu.student.params_memory, cpu.student.params_memory, tol);
 }
 
@@ -588,7 +588,7 @@ static void test_trajectory() {
     make_trainer(cpu, data_seed, student, teacher, 0.5, false);
     make_trainer(gpu, data_seed, student, teacher, 0.5, false);
     gpu.opt.device = "cuda";
-    place_trainer(gpu);
+    create_training_device(gpu);
     double worst = 0;
     std::string losses;
     for (int step = 0; step < 20; step++) {
@@ -597,7 +597,7 @@ static void test_trajectory() {
         if (step % 5 == 4) losses += strf(" %d: %.5f/%.5f", step, b.loss, a.loss);
     }
     check(worst < 1e-3, strf("20-step GKD trajectory: worst loss difference %.2e (limit 1e-3); gpu/cpu%s", worst, losses.c_str()));
-    host_copy(gpu);
+    copy_student_to_host(gpu);
     check_close("20-step GKD trajectory: final parameters", gpu.student.params_memory, cpu.student.params_memory, 1e-3);
 }
 
