@@ -1,5 +1,6 @@
 // model.h — GPT-2 on the CPU, as a reader of the model wants it: the parameters and
-// activations, every layer's forward and backward side by side, the training forward and
+// activations, every layer's forward and backward side by side (the backward in the two
+// halves that gpt_backward calls apart, and the whole layer's), the training forward and
 // backward, KV-cached inference (sampling, the teacher), checkpoints in llm.c's format
 // and GPT-2's initialisation. The definitions it implements are docs/algorithm.md's and
 // docs/formats.md's.
@@ -35,9 +36,14 @@
 //   single-threaded BLAS calls and no barrier per layer (gpt_forward, gpt_infer, the first
 //   sweep of gpt_backward); the parameters' gradients, sums over all rows, are then shared
 //   out by output channel.
+// - gpt_backward runs in two sweeps: the activations' gradients row by row (each layer's
+//   *_backward_input), then the parameters' by output channel (*_backward_params,
+//   matmul_backward_weight). A layer's whole backward (layernorm_backward,
+//   matmul_backward, residual_backward) is what the tests check against finite
+//   differences, and the CPU twin of the gpu:: layer that gpu_backward calls.
 // - gpt_backward writes each activation gradient before reading it, the first write
-//   overwriting (nothing zeroes ~60 MB of them first at the reference step); the
-//   projections' output gradients are the residual stream's, used where they lie.
+//   overwriting (no pass zeroes them first); the projections' output gradients are the
+//   residual stream's, used where they lie.
 // - Every reduction is done in a fixed order, so results are identical run after run for
 //   a fixed binary and thread count.
 #pragma once
@@ -197,9 +203,9 @@ struct GPT {
     std::vector<int> inputs;           // (B, T) tokens of the last gpt_forward
     int batch_B = 0, batch_T = 0;      // shape of the last gpt_forward
 
-    // A copy's tensors point into its own memory: the memberwise copy pointed them into
-    // the original's, so a trained copy read the original's weights (found by the
-    // emulated GPU tests, whose CPU trainer never learned). Moves keep the buffers.
+    // A copy's tensors point into its own memory (a memberwise copy would point them into
+    // the original's, and a trained copy would read the original's weights). Moves keep
+    // the buffers, and so their pointers.
     GPT() = default;
     GPT(const GPT& o) { *this = o; }
     GPT& operator=(const GPT& o);
@@ -234,7 +240,10 @@ void gpt_build(GPT<T>& m, const GPTConfig& c) {
 // ----------------------------------------------------------------------------
 // layers: forward and backward side by side. Backward functions accumulate (+=); those
 // gpt_backward writes a tensor with first can overwrite instead (accumulate = false), so
-// that no pass zeroes the activations' gradients beforehand.
+// that no pass zeroes the activations' gradients beforehand. Where gpt_backward needs the
+// input's gradient and the parameters' in different sweeps, the backward comes in halves
+// (*_backward_input, *_backward_params), and the whole layer's backward is both halves in
+// one call: the tests' and the GPU twins' reference, which gpt_backward does not call.
 
 template <typename T>
 void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, int Tn, int C) {
@@ -276,7 +285,7 @@ template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, int N, int C) {
     // out (N,C), mean/rstd (N): normalise each row, biased variance, eps 1e-5
     // (the sums are `omp simd` reductions: without -ffast-math the compiler may not
-    // reorder a float sum by itself; the scalar loops were 2.7% of a step in perf)
+    // reorder a float sum by itself, and would leave these loops scalar)
     const T eps = T(1e-5);
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
@@ -364,6 +373,8 @@ void layernorm_backward_params(T* dweight, T* dbias, const T* dout, const T* inp
     }
 }
 
+// The whole layer (tests, and gpu::layernorm_backward's reference): dinp += the input's
+// gradient; dweight, dbias += the parameters'.
 template <typename T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                         const T* mean, const T* rstd, int N, int C) {
@@ -374,6 +385,8 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
 // matmul_forward, matmul_backward_input and matmul_backward_weight are the BLAS seam's
 // (cpu/blas.h): OpenBLAS or OpenMP loops.
 
+// The whole layer (tests, and gpu::matmul_backward's reference): dinp (N, C) += dout @
+// weight; dweight (OC, C) += dout^T @ inp; dbias (OC) += dout's column sums.
 template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                      int N, int C, int OC, int ld_dout) {
@@ -459,6 +472,8 @@ void residual_forward(T* out, const T* a, const T* b, size_t N) {
     for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
 }
 
+// (tests, and gpu::residual_backward's reference: gpt_backward passes a residual's gradient
+// on as layernorm_backward_input's base instead)
 template <typename T>
 void residual_backward(T* da, T* db, const T* dout, size_t N) {
     #pragma omp parallel for
@@ -549,22 +564,25 @@ void gpt_forward_rows(GPT<T>& m, int b0, int b1) {
     ActivationTensors<T>& a = m.acts;
     encoder_forward(a.encoded + r0 * C, m.inputs.data() + r0, p.wte, p.wpe, nb, Tn, C);
     for (int l = 0; l < L; l++) {
-        // offsets of the share in layer l's (B, T, X) slabs
-        const size_t oC = ((size_t)l * N + r0) * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N + r0;
-        const size_t oAtt = ((size_t)l * B + b0) * NH * Tn * Tn;
-        const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + oC - (size_t)N * C;
-        layernorm_forward(a.ln1 + oC, a.ln1_mean + oN, a.ln1_rstd + oN, residual, p.ln1w + l * C, p.ln1b + l * C, n, C);
-        matmul_forward(a.qkv + o3, a.ln1 + oC, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, n, C, 3 * C, 3 * C);
-        attention_forward(a.atty + oC, a.att + oAtt, a.qkv + o3, nb, Tn, C, NH);
-        matmul_forward(a.attproj + oC, a.atty + oC, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, n, C, C, C);
-        residual_forward(a.residual2 + oC, residual, a.attproj + oC, (size_t)n * C);
-        layernorm_forward(a.ln2 + oC, a.ln2_mean + oN, a.ln2_rstd + oN, a.residual2 + oC, p.ln2w + l * C,
+        // where this share starts in layer l's slabs: (B, T, C), (B, T, 3C), (B, T, 4C), the
+        // (B, T) layernorm statistics, and the (B, NH, T, T) attention weights
+        const size_t at_C = ((size_t)l * N + r0) * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N + r0;
+        const size_t at_att = ((size_t)l * B + b0) * NH * Tn * Tn;
+        const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + at_C - (size_t)N * C;
+        layernorm_forward(a.ln1 + at_C, a.ln1_mean + at_stat, a.ln1_rstd + at_stat, residual, p.ln1w + l * C,
+                          p.ln1b + l * C, n, C);
+        matmul_forward(a.qkv + at_3C, a.ln1 + at_C, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, n, C, 3 * C,
+                       3 * C);
+        attention_forward(a.atty + at_C, a.att + at_att, a.qkv + at_3C, nb, Tn, C, NH);
+        matmul_forward(a.attproj + at_C, a.atty + at_C, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, n, C, C, C);
+        residual_forward(a.residual2 + at_C, residual, a.attproj + at_C, (size_t)n * C);
+        layernorm_forward(a.ln2 + at_C, a.ln2_mean + at_stat, a.ln2_rstd + at_stat, a.residual2 + at_C, p.ln2w + l * C,
                           p.ln2b + l * C, n, C);
-        matmul_forward(a.fch + o4, a.ln2 + oC, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, n, C, 4 * C, 4 * C);
-        gelu_forward(a.fch_gelu + o4, a.fch + o4, (size_t)n * 4 * C);
-        matmul_forward(a.fcproj + oC, a.fch_gelu + o4, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, n, 4 * C,
-                       C, C);
-        residual_forward(a.residual3 + oC, a.residual2 + oC, a.fcproj + oC, (size_t)n * C);
+        matmul_forward(a.fch + at_4C, a.ln2 + at_C, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, n, C, 4 * C, 4 * C);
+        gelu_forward(a.fch_gelu + at_4C, a.fch + at_4C, (size_t)n * 4 * C);
+        matmul_forward(a.fcproj + at_C, a.fch_gelu + at_4C, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, n,
+                       4 * C, C, C);
+        residual_forward(a.residual3 + at_C, a.residual2 + at_C, a.fcproj + at_C, (size_t)n * C);
     }
     const T* last = a.residual3 + ((size_t)(L - 1) * N + r0) * C;
     layernorm_forward(a.lnf + r0 * C, a.lnf_mean + r0, a.lnf_rstd + r0, last, p.lnfw, p.lnfb, n, C);
@@ -619,27 +637,29 @@ void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
     // the CPU leaves unused), and a residual's gradient passes through layernorm's backward
     // as its base.
     matmul_backward_input(d.lnf + r0 * C, d.logits + r0 * Vp, p.wte, n, C, V, Vp, false);
-    const size_t oLast = ((size_t)(L - 1) * N + r0) * C;
-    layernorm_backward_input(d.residual3 + oLast, d.lnf + r0 * C, a.residual3 + oLast, p.lnfw, a.lnf_mean + r0,
+    const size_t at_last_C = ((size_t)(L - 1) * N + r0) * C;
+    layernorm_backward_input(d.residual3 + at_last_C, d.lnf + r0 * C, a.residual3 + at_last_C, p.lnfw, a.lnf_mean + r0,
                              a.lnf_rstd + r0, n, C, (const T*)nullptr);
     for (int l = L - 1; l >= 0; l--) {
-        const size_t oC = ((size_t)l * N + r0) * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N + r0;
-        const size_t oAtt = ((size_t)l * B + b0) * NH * Tn * Tn;
-        const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + oC - (size_t)N * C;
-        T* dresidual = l == 0 ? d.encoded + r0 * C : d.residual3 + oC - (size_t)N * C;
+        // where this share starts in layer l's slabs, as in gpt_forward_rows
+        const size_t at_C = ((size_t)l * N + r0) * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N + r0;
+        const size_t at_att = ((size_t)l * B + b0) * NH * Tn * Tn;
+        const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + at_C - (size_t)N * C;
+        T* dresidual = l == 0 ? d.encoded + r0 * C : d.residual3 + at_C - (size_t)N * C;
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-        matmul_backward_input(d.fch_gelu + o4, d.residual3 + oC, p.fcprojw + (size_t)l * C * 4 * C, n, 4 * C, C, C,
+        matmul_backward_input(d.fch_gelu + at_4C, d.residual3 + at_C, p.fcprojw + (size_t)l * C * 4 * C, n, 4 * C, C, C,
                               false);
-        gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)n * 4 * C, false);
-        matmul_backward_input(d.ln2 + oC, d.fch + o4, p.fcw + (size_t)l * 4 * C * C, n, C, 4 * C, 4 * C, false);
-        layernorm_backward_input(d.residual2 + oC, d.ln2 + oC, a.residual2 + oC, p.ln2w + l * C, a.ln2_mean + oN,
-                                 a.ln2_rstd + oN, n, C, (const T*)(d.residual3 + oC));
+        gelu_backward(d.fch + at_4C, a.fch + at_4C, d.fch_gelu + at_4C, (size_t)n * 4 * C, false);
+        matmul_backward_input(d.ln2 + at_C, d.fch + at_4C, p.fcw + (size_t)l * 4 * C * C, n, C, 4 * C, 4 * C, false);
+        layernorm_backward_input(d.residual2 + at_C, d.ln2 + at_C, a.residual2 + at_C, p.ln2w + l * C,
+                                 a.ln2_mean + at_stat, a.ln2_rstd + at_stat, n, C, (const T*)(d.residual3 + at_C));
         // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-        matmul_backward_input(d.atty + oC, d.residual2 + oC, p.attprojw + (size_t)l * C * C, n, C, C, C, false);
-        attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, scratch, nb, Tn, C, NH, false);
-        matmul_backward_input(d.ln1 + oC, d.qkv + o3, p.qkvw + (size_t)l * 3 * C * C, n, C, 3 * C, 3 * C, false);
-        layernorm_backward_input(dresidual, d.ln1 + oC, residual, p.ln1w + l * C, a.ln1_mean + oN, a.ln1_rstd + oN, n,
-                                 C, (const T*)(d.residual2 + oC));
+        matmul_backward_input(d.atty + at_C, d.residual2 + at_C, p.attprojw + (size_t)l * C * C, n, C, C, C, false);
+        attention_backward(d.qkv + at_3C, d.atty + at_C, a.qkv + at_3C, a.att + at_att, scratch, nb, Tn, C, NH, false);
+        matmul_backward_input(d.ln1 + at_C, d.qkv + at_3C, p.qkvw + (size_t)l * 3 * C * C, n, C, 3 * C, 3 * C, false);
+        layernorm_backward_input(dresidual, d.ln1 + at_C, residual, p.ln1w + l * C, a.ln1_mean + at_stat,
+                                 a.ln1_rstd + at_stat, n,
+                                 C, (const T*)(d.residual2 + at_C));
     }
 }
 
@@ -668,21 +688,22 @@ void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
     layernorm_backward_params(g.lnfw, g.lnfb, d.lnf, a.residual3 + (size_t)(L - 1) * N * C, a.lnf_mean, a.lnf_rstd, N,
                               C, c0, c1);
     for (int l = L - 1; l >= 0; l--) {
-        const size_t oC = (size_t)l * N * C, o3 = 3 * oC, o4 = 4 * oC, oN = (size_t)l * N;
-        const T* residual = l == 0 ? a.encoded : a.residual3 + oC - (size_t)N * C;
+        // where layer l starts in its slabs: (B, T, C), (B, T, 3C), (B, T, 4C), (B, T)
+        const size_t at_C = (size_t)l * N * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N;
+        const T* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
         // (the projections' output gradients are the residual stream's: gpt_backward_rows)
-        matmul_backward_weight(g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, d.residual3 + oC,
-                               a.fch_gelu + o4, N, 4 * C, C, c0, c1);
-        matmul_backward_weight(g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.fch + o4, a.ln2 + oC, N, C, 4 * C,
+        matmul_backward_weight(g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, d.residual3 + at_C,
+                               a.fch_gelu + at_4C, N, 4 * C, C, c0, c1);
+        matmul_backward_weight(g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, d.fch + at_4C, a.ln2 + at_C, N, C, 4 * C,
                                c40, c41);
-        layernorm_backward_params(g.ln2w + l * C, g.ln2b + l * C, d.ln2 + oC, a.residual2 + oC, a.ln2_mean + oN,
-                                  a.ln2_rstd + oN, N, C, c0, c1);
-        matmul_backward_weight(g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.residual2 + oC, a.atty + oC, N,
+        layernorm_backward_params(g.ln2w + l * C, g.ln2b + l * C, d.ln2 + at_C, a.residual2 + at_C, a.ln2_mean + at_stat,
+                                  a.ln2_rstd + at_stat, N, C, c0, c1);
+        matmul_backward_weight(g.attprojw + (size_t)l * C * C, g.attprojb + l * C, d.residual2 + at_C, a.atty + at_C, N,
                                C, C, c0, c1);
-        matmul_backward_weight(g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.qkv + o3, a.ln1 + oC, N, C, 3 * C,
-                               c30, c31);
-        layernorm_backward_params(g.ln1w + l * C, g.ln1b + l * C, d.ln1 + oC, residual, a.ln1_mean + oN, a.ln1_rstd + oN,
-                                  N, C, c0, c1);
+        matmul_backward_weight(g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, d.qkv + at_3C, a.ln1 + at_C, N, C,
+                               3 * C, c30, c31);
+        layernorm_backward_params(g.ln1w + l * C, g.ln1b + l * C, d.ln1 + at_C, residual, a.ln1_mean + at_stat,
+                                  a.ln1_rstd + at_stat, N, C, c0, c1);
     }
     encoder_backward(g.wte, g.wpe, d.encoded, m.inputs.data(), B, Tn, C, V, part, parts);
 }
@@ -794,9 +815,7 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
 //
 // Rows are shared out among the threads as in the training passes (row_split_threads):
 // with enough rows each thread runs its share through the whole model alone; with few
-// (one prompt at a time, say) all threads work on each layer. On the reference step this
-// took the teacher forward from 180 to 154 ms (best of 9 alternating rounds,
-// dev/bench_ab.sh).
+// (one prompt at a time, say) all threads work on each layer.
 template <typename T>
 void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
                const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions,
@@ -918,8 +937,7 @@ void gpt_init_random(GPT<T>& m, uint64_t seed) {
     std::fill(m.params_memory.begin(), m.params_memory.end(), T(0));
     // the generator's stream is drawn in order, a chunk at a time, and Box-Muller (the
     // cost: a log, a sqrt and a cos per value) runs on all threads: the values are those of
-    // rng.normal() called in sequence (tested). GPT-2 355M: 18.1 s on 1 thread, 12.9 s on
-    // 2 (2-core EPYC); the in-order draws are a small part, so 16 cores take a few seconds
+    // rng.normal() called in sequence (tested); the in-order draws are the small part
     std::vector<uint64_t> draws;
     auto normal = [&](T* w, size_t n, double std) {
         const size_t chunk = (size_t)1 << 18;

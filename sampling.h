@@ -122,7 +122,7 @@ static std::vector<std::vector<int>> generation_loop(const std::vector<const std
 
 // Samples a completion for every prompt (generation_loop) on the CPU. Row b's randomness
 // comes from (seed, stream, row_ids[b]) alone. With a record (begun for these rows), every
-// position run is also kept in the training layout (ForwardRecord, model.h).
+// position run is also kept in the training layout (ForwardRecord, cpu/inference.h).
 static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
                                               const std::vector<const std::vector<int>*>& prompts,
                                               const std::vector<int>& budgets, double temperature, int eos,
@@ -132,7 +132,7 @@ static std::vector<std::vector<int>> generate(const GPT<float>& m, Generator& g,
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     g.cache.allocate(m.config, Bn);
     g.logits.resize((size_t)Bn * Vp);
-    // the decode steps multiply weights packed once here (DecodeWeights, model.h)
+    // the decode steps multiply weights packed once here (DecodeWeights, cpu/decode_weights.h)
     pack_decode_weights(g.scratch.decode, m);
     auto run = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
         gpt_infer(m, g.cache, g.scratch, tokens, cache_row, start, n_new, n, Tn, g.logits.data(), false, record);

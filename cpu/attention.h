@@ -32,10 +32,9 @@
 // causal attention of one (row, head) on the packed tile (float)
 //
 // Attention at T <= a few hundred is many small products per (row, head): (T, hs) x (hs, T)
-// and back. As sgemm calls (a 95 x 95 x 32 product took 12 us, 48 GFLOP/s, and the
-// backward makes four per (row, head)) their per-call cost ruled: attention was about a
-// tenth of the teacher's forward and of the student's backward at the reference step.
-// Here each (row, head) packs its operands into panels of 16 (keys or channels; a copy of
+// and back, four of them per (row, head) in the backward. As sgemm calls each one pays
+// sgemm's per-call cost (its own packing of both operands) on a product too small to
+// hide it. Here each (row, head) packs its operands into panels of 16 (keys or channels; a copy of
 // O(T hs) values against O(T^2 hs) work) and runs packed_tile over them, skipping the
 // blocks above the causal diagonal. Each output is one fma chain in order, so a row's
 // values do not depend on the batch. The zeros of the masked part, where a chain runs
@@ -152,9 +151,8 @@ void attention_head_backward(float* dq, float* dk, float* dv, size_t ld_d, const
 
 #ifdef GKD_BLAS
 // Queries per block in the GEMM attention of many new tokens (gpt_infer in fp64; float
-// runs attention_head_forward): block [q0, q1) multiplies keys [0, q1) only. When float
-// used it too, the teacher forward at T = 96 took 157-174 ms with 32, 160-176 with 48
-// and 170-192 with whole squares on the reference machine: 32 kept.
+// runs attention_head_forward): block [q0, q1) multiplies keys [0, q1) only, so a block
+// skips the keys after its last query (whole squares would compute them and mask them).
 constexpr int ATTENTION_QUERY_BLOCK = 32;
 
 // Queries t in [q0, q1) of one (row, head), at positions kbase + t, against keys
@@ -332,8 +330,7 @@ size_t attention_scratch_per_thread(int Tn, int hs) {
 // times scale, for keys j in [0, len) (key_row(j): the key's C channels). Keys are taken
 // eight at a time: each key row is read once for all heads, and with AVX the eight dot
 // products of a head are summed across lanes together (hadd and a swap of halves: ten
-// shuffles and adds for eight scores, where one horizontal sum per score was the cost
-// of this loop). A score's rounding depends only on its position and the row's length,
+// shuffles and adds for eight scores, against a horizontal sum of its own per score). A score's rounding depends only on its position and the row's length,
 // never on the batch.
 template <typename T, typename KeyRow>
 inline void decode_scores(T* sc, const T* q, KeyRow key_row, int len, int NH, int hs, T scale) {

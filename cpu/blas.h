@@ -72,8 +72,8 @@ void matmul_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, i
     // dweight[o0:o1] (o1-o0, C) += dout[:, o0:o1]^T @ inp (N, C)
     gemm(true, false, o1 - o0, C, N, dout + o0, ld_dout, inp, C, T(1), dweight + (size_t)o0 * C, C);
     if (dbias) {                                                               // dbias[o0:o1] += column sums of dout
-        // 64 channels at a time, their sums held in a local block (in memory, dbias could
-        // alias dout: each add was a load and a store), rows in order
+        // 64 channels at a time, their sums held in a local block (summed in dbias, which
+        // could alias dout, each add would be a load and a store), rows in order
         #pragma omp parallel for schedule(static)
         for (int b0 = o0; b0 < o1; b0 += 64) {
             const int b1 = std::min(o1, b0 + 64);

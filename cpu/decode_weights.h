@@ -5,9 +5,8 @@
 //
 // A decode step runs one new token per row: matmuls of a few rows (16 per thread at the
 // reference step, 1-2 per thread for the GPT-2 pair) against every weight. Through sgemm
-// each call first repacks the whole weight into its own panel layout (a seventh of
-// sampling's time in perf at the reference step), and with two rows per thread each
-// thread reads every weight from memory. So a generation packs the weights once
+// each call first repacks the whole weight into its own panel layout, every decode step
+// again, and with two rows per thread each thread reads every weight from memory. So a generation packs the weights once
 // (DecodeWeights, filled by cpu/inference.h's pack_decode_weights) in panels of
 // DECODE_PANEL output channels, (ceil(OC / 16), K, 16) with zeros past OC, and its decode
 // steps multiply with matmul_forward_packed.

@@ -9,9 +9,9 @@
 //   same function splits rows among threads, output channels among the parameter-gradient
 //   sweep's parts and prompts among MPI ranks.
 // - A pass over many independent rows runs each thread's rows through the whole model with
-//   single-threaded BLAS calls and no barrier per layer (row_split_threads): two half-size
-//   sgemms side by side beat one threaded call on the machines measured. Rows never
-//   interact, so the split changes no row's values.
+//   single-threaded BLAS calls and no barrier per layer (row_split_threads): no thread
+//   waits for another between layers, and each sgemm is a single-threaded call on its
+//   rows. Rows never interact, so the split changes no row's values.
 // - Attention is shared out per (row, head) with dynamic scheduling: causal rows differ in
 //   length, so static blocks would leave a thread idle.
 #pragma once

@@ -4,8 +4,8 @@
 // to the tolerance the GPU tests state, not bit for bit.
 //
 // Tricks worth knowing:
-// - libm's expf and tanhf are scalar calls; in GELU alone tanh was a third of a step's
-//   time. These are plain arithmetic on floats and ints, so a loop calling them becomes
+// - libm's expf and tanhf are scalar calls, one per element of GELU and of every softmax.
+//   These are plain arithmetic on floats and ints, so a loop calling them becomes
 //   SIMD without -ffast-math (which gkd avoids: NaN checks and exp/log stay exact).
 // - The double overloads are libm's: the finite-difference tests run in fp64 and want
 //   every digit.
@@ -18,7 +18,7 @@
 
 
 // exp and tanh in float precision, written so that the loops calling them vectorize (libm's
-// expf and tanhf are scalar calls, and GELU's tanh alone was a third of a step's time).
+// expf and tanhf are scalar calls).
 // exp: x = k ln2 + r with |r| <= ln2/2, exp(r) by its degree-7 Taylor polynomial
 // (relative error below 2e-7, about 2 ulp), times 2^k built from its exponent bits.
 // The double versions, used by the finite-difference tests, stay libm's.

@@ -7,8 +7,9 @@
 // the plain g++ build never sees a file of cuda/.
 //
 // Tricks worth knowing:
-// - cuBLAS is dlopen'd when a GPU run starts, not linked: linking it cost every start of
-//   gkd, CPU runs included, 60 ms and 220 MB of RSS (cuBLASLt comes with it).
+// - cuBLAS is dlopen'd when a GPU run starts, not linked: linked, every start of gkd, CPU
+//   runs included, would load it and the cuBLASLt it needs (54 MB and 542 MB of library
+//   in CUDA 13.0).
 // - Every check macro names the file and line, the call that failed, and a hint for the
 //   errors a user can fix (out of memory, no code for this GPU, an old driver).
 // - DeviceBuffer counts what gkd allocates, so `gkd bench` can report its own peak apart
@@ -50,9 +51,9 @@ struct NvtxRange {
     ~NvtxRange() { nvtxRangePop(); }
 };
 
-// cuBLAS is opened when a GPU run starts, not linked: loading it (with cuBLASLt, hundreds
-// of MB) cost every start of gkd 60 ms and 220 MB of RSS, CPU runs included. The five
-// functions gkd calls, looked up by name.
+// cuBLAS is opened when a GPU run starts, not linked, so that a CPU run never loads it
+// (with cuBLASLt, hundreds of MB of library). The five functions gkd calls, looked up by
+// name.
 struct CublasApi {
     decltype(&cublasCreate_v2) create = nullptr;
     decltype(&cublasSetMathMode) set_math_mode = nullptr;
@@ -245,7 +246,7 @@ __device__ MaxSum block_max_sum(MaxSum v) {
     return w;
 }
 
-// ---- GEMMs through cuBLAS, in the row-major terms of model.h's gemm:
+// ---- GEMMs through cuBLAS, in the row-major terms of cpu/blas.h's gemm:
 // C (M, N) = op(A) op(B) + beta C. cuBLAS is column-major, and a row-major matrix is its
 // column-major transpose, so we ask it for C^T = op(B)^T op(A)^T.
 static void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,

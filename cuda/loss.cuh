@@ -14,11 +14,11 @@
 // - RL's policy gradient is added in the same pass, before the row is overwritten.
 // - The per-position values come back to the host, which sums them in the CPU's fixed
 //   order (sum_position_losses): the two paths add the same way.
-// - 256 threads a block, bounded for at least two resident blocks per SM
-//   (__launch_bounds__): at 512 threads and ~70 registers only one block fitted, so an SM
-//   idled through each block's reductions. ptxas (sm_90, nvcc 13.0) now gives 80
-//   registers: three blocks per SM. At GPT-2's V = 50257 each thread walks ~196 entries
-//   of a row, rescaling its running max/sum as it goes.
+// - 256 threads a block, with __launch_bounds__(256, 2): ptxas must leave room for two
+//   resident blocks per SM, so that one block's reductions (its barriers) can overlap
+//   another block's reads. What ptxas gives it is in docs/cuda.md; whether the overlap
+//   pays is for a GPU to measure. At GPT-2's V = 50257 each thread walks ~196 entries of a
+//   row, rescaling its running max/sum as it goes.
 #pragma once
 #include "common.cuh"
 

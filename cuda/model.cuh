@@ -9,7 +9,11 @@
 //   model.h's named tensors (ParameterTensors, ActivationTensors) in the CPU's layout: a
 //   model goes to the device and back in one copy, and tests compare any tensor with its
 //   CPU twin element for element.
-// - gpu_forward and gpu_backward read line for line like gpt_forward and gpt_backward.
+// - gpu_forward reads line for line like gpt_forward_rows, over every row at once.
+//   gpu_backward is llm.c's backward, not gpt_backward's two sweeps: it zeroes the
+//   activations' gradients, then runs each layer's whole backward (the input's gradient
+//   and the parameters' in one call, model.h's layernorm_backward, matmul_backward and
+//   residual_backward) from the last layer down. Both compute the same sums.
 // - The token-embedding gradient needs each token's positions grouped: the host builds
 //   the groups (a stable sort of B * T ids) while the device runs the forward pass.
 #pragma once
@@ -108,21 +112,25 @@ static void gpu_forward(GpuModel& g, const int* tokens, int B, int Tn) {
     gpu::encoder_forward(a.encoded, g.inputs.ptr, p.wte, p.wpe, B, Tn, C);
     for (int l = 0; l < L; l++) {
         const float* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
-        size_t oC = (size_t)l * N * C, oN = (size_t)l * N;
-        float* qkv = a.qkv + oC * 3;
-        float* fch = a.fch + oC * 4;
-        float* fch_gelu = a.fch_gelu + oC * 4;
-        gpu::layernorm_forward(a.ln1 + oC, a.ln1_mean + oN, a.ln1_rstd + oN, residual, p.ln1w + l * C, p.ln1b + l * C, N, C);
-        gpu::matmul_forward(qkv, a.ln1 + oC, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
-        gpu::attention_forward(a.atty + oC, a.att + (size_t)l * B * NH * Tn * Tn, qkv, scratch, B, Tn, C, NH);
-        gpu::matmul_forward(a.attproj + oC, a.atty + oC, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
-        gpu::residual_forward(a.residual2 + oC, residual, a.attproj + oC, (size_t)N * C);
-        gpu::layernorm_forward(a.ln2 + oC, a.ln2_mean + oN, a.ln2_rstd + oN, a.residual2 + oC, p.ln2w + l * C,
-                               p.ln2b + l * C, N, C);
-        gpu::matmul_forward(fch, a.ln2 + oC, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
+        // where layer l starts in its slabs: (B, T, C), and the (B, T) layernorm statistics
+        const size_t at_C = (size_t)l * N * C, at_stat = (size_t)l * N;
+        float* qkv = a.qkv + at_C * 3;
+        float* fch = a.fch + at_C * 4;
+        float* fch_gelu = a.fch_gelu + at_C * 4;
+        gpu::layernorm_forward(a.ln1 + at_C, a.ln1_mean + at_stat, a.ln1_rstd + at_stat, residual, p.ln1w + l * C,
+                               p.ln1b + l * C, N, C);
+        gpu::matmul_forward(qkv, a.ln1 + at_C, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        gpu::attention_forward(a.atty + at_C, a.att + (size_t)l * B * NH * Tn * Tn, qkv, scratch, B, Tn, C, NH);
+        gpu::matmul_forward(a.attproj + at_C, a.atty + at_C, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N,
+                            C, C, C);
+        gpu::residual_forward(a.residual2 + at_C, residual, a.attproj + at_C, (size_t)N * C);
+        gpu::layernorm_forward(a.ln2 + at_C, a.ln2_mean + at_stat, a.ln2_rstd + at_stat, a.residual2 + at_C,
+                               p.ln2w + l * C, p.ln2b + l * C, N, C);
+        gpu::matmul_forward(fch, a.ln2 + at_C, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
         gpu::gelu_forward(fch_gelu, fch, (size_t)N * 4 * C);
-        gpu::matmul_forward(a.fcproj + oC, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
-        gpu::residual_forward(a.residual3 + oC, a.residual2 + oC, a.fcproj + oC, (size_t)N * C);
+        gpu::matmul_forward(a.fcproj + at_C, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N,
+                            4 * C, C, C);
+        gpu::residual_forward(a.residual3 + at_C, a.residual2 + at_C, a.fcproj + at_C, (size_t)N * C);
     }
     const float* last = a.residual3 + (size_t)(L - 1) * N * C;
     gpu::layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, N, C);
@@ -136,7 +144,7 @@ static void gpu_zero_grad(GpuModel& g) {
 }
 
 // Accumulates parameter gradients from grads_acts.logits, which the loss wrote over the
-// logits. gpt_backward's twin.
+// logits: gpt_backward's twin in what it computes, layer by layer (the file's header).
 static void gpu_backward(GpuModel& g) {
     const GPTConfig& c = g.config;
     const int B = g.batch_B, Tn = g.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
@@ -147,7 +155,8 @@ static void gpu_backward(GpuModel& g) {
     ActivationTensors<float>& d = g.grads_acts;
     float* scratch = g.attention_scratch.ptr;
     float* cols = g.column_scratch.ptr;
-    CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0, (size_t)(d.lnf_rstd + N - g.grads_acts_memory.ptr) * sizeof(float),
+    CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0,
+               (size_t)(d.lnf_rstd + N - g.grads_acts_memory.ptr) * sizeof(float),
                                gpu::stream()));
 
     gpu::matmul_backward(d.lnf, gr.wte, nullptr, d.logits, a.lnf, p.wte, N, C, V, Vp, cols);
@@ -157,24 +166,25 @@ static void gpu_backward(GpuModel& g) {
     for (int l = L - 1; l >= 0; l--) {
         const float* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
         float* dresidual = l == 0 ? d.encoded : d.residual3 + (size_t)(l - 1) * N * C;
-        size_t oC = (size_t)l * N * C, o3 = oC * 3, o4 = oC * 4, oN = (size_t)l * N;
-        size_t oAtt = (size_t)l * B * NH * Tn * Tn;
-        gpu::residual_backward(d.residual2 + oC, d.fcproj + oC, d.residual3 + oC, (size_t)N * C);
-        gpu::matmul_backward(d.fch_gelu + o4, gr.fcprojw + (size_t)l * C * 4 * C, gr.fcprojb + l * C, d.fcproj + oC,
-                             a.fch_gelu + o4, p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, C, cols);
-        gpu::gelu_backward(d.fch + o4, a.fch + o4, d.fch_gelu + o4, (size_t)N * 4 * C);
-        gpu::matmul_backward(d.ln2 + oC, gr.fcw + (size_t)l * 4 * C * C, gr.fcb + l * 4 * C, d.fch + o4, a.ln2 + oC,
-                             p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, 4 * C, cols);
-        gpu::layernorm_backward(d.residual2 + oC, gr.ln2w + l * C, gr.ln2b + l * C, d.ln2 + oC, a.residual2 + oC,
-                                p.ln2w + l * C, a.ln2_mean + oN, a.ln2_rstd + oN, N, C, cols);
-        gpu::residual_backward(dresidual, d.attproj + oC, d.residual2 + oC, (size_t)N * C);
-        gpu::matmul_backward(d.atty + oC, gr.attprojw + (size_t)l * C * C, gr.attprojb + l * C, d.attproj + oC,
-                             a.atty + oC, p.attprojw + (size_t)l * C * C, N, C, C, C, cols);
-        gpu::attention_backward(d.qkv + o3, d.atty + oC, a.qkv + o3, a.att + oAtt, scratch, B, Tn, C, NH);
-        gpu::matmul_backward(d.ln1 + oC, gr.qkvw + (size_t)l * 3 * C * C, gr.qkvb + l * 3 * C, d.qkv + o3, a.ln1 + oC,
-                             p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, 3 * C, cols);
-        gpu::layernorm_backward(dresidual, gr.ln1w + l * C, gr.ln1b + l * C, d.ln1 + oC, residual, p.ln1w + l * C,
-                                a.ln1_mean + oN, a.ln1_rstd + oN, N, C, cols);
+        // where layer l starts in its slabs: (B, T, C), (B, T, 3C), (B, T, 4C), (B, T), (B, NH, T, T)
+        const size_t at_C = (size_t)l * N * C, at_3C = at_C * 3, at_4C = at_C * 4, at_stat = (size_t)l * N;
+        const size_t at_att = (size_t)l * B * NH * Tn * Tn;
+        gpu::residual_backward(d.residual2 + at_C, d.fcproj + at_C, d.residual3 + at_C, (size_t)N * C);
+        gpu::matmul_backward(d.fch_gelu + at_4C, gr.fcprojw + (size_t)l * C * 4 * C, gr.fcprojb + l * C, d.fcproj + at_C,
+                             a.fch_gelu + at_4C, p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, C, cols);
+        gpu::gelu_backward(d.fch + at_4C, a.fch + at_4C, d.fch_gelu + at_4C, (size_t)N * 4 * C);
+        gpu::matmul_backward(d.ln2 + at_C, gr.fcw + (size_t)l * 4 * C * C, gr.fcb + l * 4 * C, d.fch + at_4C,
+                             a.ln2 + at_C, p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, 4 * C, cols);
+        gpu::layernorm_backward(d.residual2 + at_C, gr.ln2w + l * C, gr.ln2b + l * C, d.ln2 + at_C, a.residual2 + at_C,
+                                p.ln2w + l * C, a.ln2_mean + at_stat, a.ln2_rstd + at_stat, N, C, cols);
+        gpu::residual_backward(dresidual, d.attproj + at_C, d.residual2 + at_C, (size_t)N * C);
+        gpu::matmul_backward(d.atty + at_C, gr.attprojw + (size_t)l * C * C, gr.attprojb + l * C, d.attproj + at_C,
+                             a.atty + at_C, p.attprojw + (size_t)l * C * C, N, C, C, C, cols);
+        gpu::attention_backward(d.qkv + at_3C, d.atty + at_C, a.qkv + at_3C, a.att + at_att, scratch, B, Tn, C, NH);
+        gpu::matmul_backward(d.ln1 + at_C, gr.qkvw + (size_t)l * 3 * C * C, gr.qkvb + l * 3 * C, d.qkv + at_3C,
+                             a.ln1 + at_C, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, 3 * C, cols);
+        gpu::layernorm_backward(dresidual, gr.ln1w + l * C, gr.ln1b + l * C, d.ln1 + at_C, residual, p.ln1w + l * C,
+                                a.ln1_mean + at_stat, a.ln1_rstd + at_stat, N, C, cols);
     }
     gpu::encoder_backward(gr.wte, gr.wpe, d.encoded, g.device_token_groups, B, Tn, C);
 }

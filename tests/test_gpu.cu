@@ -17,7 +17,7 @@
 //   the sampler's frequencies, greedy decoding past 128 positions, and a whole GKD step
 //   of about 130 positions a row (tests/test_gkd.cpp checks the CPU side of that shape
 //   against finite differences and fp64).
-// The measure is ||gpu - cpu|| / ||cpu|| (METHOD.md of the device notes): fp32 kernels
+// The measure is the relative error ||gpu - cpu|| / ||cpu||: fp32 kernels
 // land near 1e-7, so the thresholds below (1e-5 for one op, 1e-4 through a whole model)
 // separate rounding from a wrong index, which gives O(1).
 //
