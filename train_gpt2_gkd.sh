@@ -48,7 +48,8 @@
 # to the teacher.
 # Writes, under the results folder: study.md (the tables, mean ± std over seeds),
 # accuracy.png (per method), curves.png (validation accuracy against steps), rl.png, and
-# metrics/ (every run's raw metrics.jsonl and test evaluation).
+# metrics/ (every run's test evaluation, and its raw metrics.jsonl, which git does not keep:
+# they change with every rerun's wall-clock times).
 #
 #   ./train_gpt2_gkd.sh            the full study, 3 seeds        (results/)
 #   ./train_gpt2_gkd.sh --quick    1 seed, shorter training       (results/quick/)

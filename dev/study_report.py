@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns the runs of train_gpt2_gkd.sh into its results: study.md (mean ± std over seeds),
 the gnuplot data and script for accuracy.png and curves.png, and metrics/ (a copy of every
-run's raw metrics.jsonl and test evaluation). Standard library only."""
+run's raw metrics.jsonl, which git does not keep, and its test evaluation). Standard library only."""
 import argparse
 import json
 import math
@@ -347,7 +347,8 @@ def main():
                   "| alpha | greedy accuracy (%) | mean reward, T=1 (%) | JSD(0.5) to teacher |", "|---|---|---|---|"]
         lines += [f"| {al} | {g:.1f} | {smp:.1f} | {d:.4f} |" for al, g, smp, d in rl]
         lines.append("")
-    lines += ["Raw metrics: `metrics/`. Plots: `accuracy.png` (test accuracy per method), "
+    lines += ["Each run's test evaluation: `metrics/*-test.json`; its per-step metrics, `metrics/*.jsonl`, are "
+              "written by the study and not kept in git. Plots: `accuracy.png` (test accuracy per method), "
               "`curves.png` (validation accuracy, greedy, against training steps)" +
               (", `rl.png` (reward against divergence to the teacher)." if rl else "."), ""]
     with open(os.path.join(a.out, "study.md"), "w") as f:
