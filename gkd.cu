@@ -51,8 +51,9 @@ using nlohmann::json;
 #include "device.h"              // defines: Device, CpuDevice, training_device (and cuda/'s GpuDevice)
 #include "cli/flags.h"           // defines: Flags, FlagSpec, command_flags, resolve_device
 #include "train_options.h"       // defines: TrainOptions, train_options, options_to_json, read_train_flags
+
 // ----------------------------------------------------------------------------
-// 3. the GKD trainer
+// 1. the GKD step
 
 struct Trainer {
     TrainOptions opt;
@@ -346,7 +347,7 @@ static StepStats gkd_step(Trainer& tr, int step) {
 }
 
 // ----------------------------------------------------------------------------
-// 4. evaluation
+// 2. evaluation
 
 struct EvalOptions {
     double beta = 0.5, tau = 1.0;   // the divergence to the teacher, when there is one
@@ -601,7 +602,8 @@ static EvalResult evaluate(const GPT<float>& model, const GPT<float>* teacher, c
 }
 
 // ----------------------------------------------------------------------------
-// progress: a bar with ETA on a terminal, a line every 5% otherwise (logs stay short)
+// 3. the training loop. Progress: a bar with ETA on a terminal, a line every 5% otherwise
+// (logs stay short)
 
 struct Progress {
     std::string label;
@@ -920,8 +922,8 @@ static TrainOutcome train(Trainer& tr, int start_step = 0) {
 }
 
 // ----------------------------------------------------------------------------
-// ----------------------------------------------------------------------------
-// the command line (cli/): flag tables, the commands, bench, the default experiment
+// 4. the command line (cli/): its commands call the trainer and evaluation above, so it
+// comes last in the one translation unit
 
 #include "cli/commands.h"
 

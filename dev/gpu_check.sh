@@ -12,7 +12,7 @@
 #              B 8, 128 + 128 tokens) in TF32 and fp32, then the reference configuration
 #   e2e        speculative sampling on the GPU against the CPU through the command line; a
 #              1-rank NCCL run against a plain one where OpenMPI is installed
-#   hf         dev/hf_parity.py: random Hugging Face GPT2LMHeadModels loaded by gkd; NLL,
+#   hf         tests/hf_parity.py: random Hugging Face GPT2LMHeadModels loaded by gkd; NLL,
 #              TRL's generalized JSD for beta 0, 0.5, 1, and one step's loss (needs transformers)
 #   bench-gpt2-tf32-graphs  the same bench with decode steps replayed as CUDA graphs
 #              (GKD_CUDA_GRAPHS=1), only if time remains
@@ -123,7 +123,7 @@ e2e() {
 }
 stage e2e 60 bash -c "$(declare -f e2e); out='$out'; e2e"
 grep -E '^(ok|FAIL|not run):' "$out/e2e.log" | tee -a "$out/summary.txt"
-stage hf 90 python3 dev/hf_parity.py --device cuda --gkd ./gkd --work "$out/hf"
+stage hf 90 python3 tests/hf_parity.py --device cuda --gkd ./gkd --work "$out/hf"
 grep -E '^(ok  |FAIL|hf_parity)' "$out/hf.log" | tee -a "$out/summary.txt"
 # decode steps replayed as CUDA graphs (GKD_CUDA_GRAPHS=1, off by default): the sample phase against bench-gpt2-tf32's
 if optional bench-gpt2-tf32-graphs 45 env GKD_CUDA_GRAPHS=1 ./gkd bench --device cuda --steps 3 --warmup 1 --tf32 "${gpt2[@]}"; then

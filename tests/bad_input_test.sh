@@ -254,8 +254,10 @@ EOF
 
 pass=0
 fail=0
+# ONLY=TEXT runs the rows whose message or command holds TEXT (and the checks below)
 while IFS=$'\t' read -r want message cmd; do
   [ -n "$cmd" ] || continue
+  [ -z "${ONLY:-}" ] || [[ "$message $cmd" == *"$ONLY"* ]] || continue
   $GKD $cmd >"$W/out" 2>"$W/err" </dev/null
   rc=$?
   lines=$(wc -l <"$W/err")

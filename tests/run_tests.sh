@@ -43,7 +43,7 @@ suite resume '^resume: ([0-9]+) passed, ([0-9]+) failed' bash tests/resume_test.
 # data parallelism: 2 MPI ranks against 1 process (GKD_REQUIRE_MPI=1: no MPI is a failure)
 suite mpi '^mpi: ([0-9]+) passed, ([0-9]+) failed' bash tests/mpi_test.sh
 # GPT-2's BPE against the npm package gpt-3-encoder on the whole corpus (about 300 kB)
-suite tokenizer '^tokenizer: ([0-9]+) passed, ([0-9]+) failed' bash dev/compare_tokenizer.sh ./gkd
+suite tokenizer '^tokenizer: ([0-9]+) passed, ([0-9]+) failed' bash tests/compare_tokenizer.sh ./gkd
 # the GPU test's refusal to pass on nothing: with no usable GPU (CUDA_VISIBLE_DEVICES=""
 # above hides any) it checks nothing and says so, and GKD_REQUIRE_GPU=1 (dev/gpu_check.sh)
 # makes that a failure
@@ -63,7 +63,7 @@ gpu_harness() {
 # failures, and --device cuda through the command line (tests/gpu_emulated_test.sh)
 suite gpu-emulated '^gpu emulated: ([0-9]+) passed, ([0-9]+) failed' bash tests/gpu_emulated_test.sh
 suite gpu-harness '^gpu harness: ([0-9]+) passed, ([0-9]+) failed' gpu_harness
-# dev/hf_parity.py on the CPU where torch and transformers are installed (gpu_check.sh runs
+# tests/hf_parity.py on the CPU where torch and transformers are installed (gpu_check.sh runs
 # it on the GPU); elsewhere it says that it did not run
 hf_parity() {
   local py=/usr/bin/python3 out
@@ -72,7 +72,7 @@ hf_parity() {
     echo "hf parity: 0 passed, 0 failed"
     return
   fi
-  out=$("$py" dev/hf_parity.py --device cpu --gkd ./gkd 2>&1)
+  out=$("$py" tests/hf_parity.py --device cpu --gkd ./gkd 2>&1)
   echo "$out"
   echo "$out" | sed -n 's/^hf_parity: \([0-9]*\) passed, \([0-9]*\) failed$/hf parity: \1 passed, \2 failed/p' | grep . ||
     echo "hf parity: 0 passed, 1 failed"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # compare_tokenizer.sh — gkd's GPT-2 BPE against the npm package gpt-3-encoder on the
-# whole corpus of dev/tokenizer_corpus.js: handmade strings plus every license text in
+# whole corpus of tests/tokenizer_corpus.js: handmade strings plus every license text in
 # /usr/share/common-licenses (about 300 kB). Checks encode ids and decode(encode(s)) == s.
 #
-#   dev/compare_tokenizer.sh [GKD_BINARY] [PACKAGE_DIR]
+#   tests/compare_tokenizer.sh [GKD_BINARY] [PACKAGE_DIR]
 # PACKAGE_DIR defaults to build/gpt-3-encoder/package (make gpt2-tokenizer puts it there).
 # Prints one line per disagreement and a summary, then "tokenizer: N passed, N failed"
 # (one check per text); exits 1 if any text disagrees.
@@ -15,7 +15,7 @@ pkg="${2:-$here/build/gpt-3-encoder/package}"
 command -v node >/dev/null || { echo "compare_tokenizer: node is needed to run gpt-3-encoder" >&2; exit 1; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-node "$here/dev/tokenizer_corpus.js" "$pkg" corpus "$work" 2>"$work/summary"
+node "$here/tests/tokenizer_corpus.js" "$pkg" corpus "$work" 2>"$work/summary"
 texts=0; bad=0; bytes=0
 for txt in "$work"/*.txt; do
     ids="${txt%.txt}.json"

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""check_doc_links.py — every relative link of README.md and docs/*.md names a file of the
-repository and, with a #fragment, a heading of that page (GitHub's anchors). tests/cli_test.sh
-runs it; it prints each broken link and exits 1 when there is one."""
+"""check_doc_links.py — every relative link of README.md, CONTRIBUTING.md, dev/README.md and
+docs/*.md names a file of the repository and, with a #fragment, a heading of that page
+(GitHub's anchors). tests/cli_test.sh runs it; it prints each broken link and exits 1 when there is one."""
 import os, re, sys
 bad = 0
 os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-for root in ["README.md"] + ["docs/" + f for f in os.listdir("docs") if f.endswith(".md")]:
+for root in ["README.md", "CONTRIBUTING.md", "dev/README.md"] + ["docs/" + f for f in os.listdir("docs") if f.endswith(".md")]:
     text = open(root).read()
     anchors_cache = {}
     for m in re.finditer(r"\]\(([^)\s]+)\)", text):

@@ -2,9 +2,9 @@
 // encoded by the npm package gpt-3-encoder (OpenAI's encoder.py ported to JavaScript),
 // an implementation independent of ours.
 //
-//   node dev/tokenizer_corpus.js PACKAGE_DIR fixture > tests/fixtures/gpt2_tokenizer/cases.jsonl
+//   node tests/tokenizer_corpus.js PACKAGE_DIR fixture > tests/fixtures/gpt2_tokenizer/cases.jsonl
 //       a few hundred strings: the handmade ones and paragraphs of prose
-//   node dev/tokenizer_corpus.js PACKAGE_DIR corpus OUT_DIR
+//   node tests/tokenizer_corpus.js PACKAGE_DIR corpus OUT_DIR
 //       every text of the corpus as OUT_DIR/NNN.txt with its ids in OUT_DIR/NNN.json,
 //       including each whole license text (a few hundred kB of English prose)
 //
@@ -76,6 +76,6 @@ if (mode === 'fixture') {
   const bytes = all.reduce((n, t) => n + Buffer.byteLength(t), 0);
   console.error(`wrote ${all.length} texts (${(bytes / 1024).toFixed(0)} kB, ${files.length} license files) to ${outDir}`);
 } else {
-  console.error('usage: node dev/tokenizer_corpus.js PACKAGE_DIR fixture|corpus [OUT_DIR]');
+  console.error('usage: node tests/tokenizer_corpus.js PACKAGE_DIR fixture|corpus [OUT_DIR]');
   process.exit(1);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """hf_parity.py — gkd against Hugging Face transformers on random GPT-2s at GPT-2's widths.
 
-    python3 dev/hf_parity.py [--device cuda|cpu] [--gkd ./gkd] [--work DIR]
+    python3 tests/hf_parity.py [--device cuda|cpu] [--gkd ./gkd] [--work DIR]
 
 Two random GPT2LMHeadModel (student 2 layers, teacher 3; C 768, 12 heads, V 50257,
 context 256), built from a GPT2Config and saved with save_pretrained (model.safetensors +
