@@ -8,6 +8,7 @@
 #
 # NAME and its source:
 #   default-experiment   runs/default/repair/results.md  (./gkd)
+#   default-experiment-headline   the same file's first table and its verdicts (README.md)
 #   speculative          results/speculative.md           (dev/speculative_table.sh)
 #   perf-NAME            results/performance/NAME.md      (dev/measure_performance.sh)
 # A source that does not exist leaves its blocks as they are, and says so.
@@ -18,6 +19,13 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 declare -A source=([default-experiment]=runs/default/repair/results.md [speculative]=results/speculative.md)
 for f in results/performance/*.md; do [ -f "$f" ] && source[perf-$(basename "$f" .md)]=$f; done
+# the headline: everything of results.md before its gap table
+headline=$(mktemp)
+trap 'rm -f "$headline"' EXIT
+if [ -f runs/default/repair/results.md ]; then
+  awk '/^The on-policy gap/ { exit } { print }' runs/default/repair/results.md | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' > "$headline"
+  source[default-experiment-headline]=$headline
+fi
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(README.md docs/*.md)
 for name in "${!source[@]}"; do
