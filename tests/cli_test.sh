@@ -53,6 +53,9 @@ check "no document cites a file outside the repository" \
   bash -c '! grep -rn "shared/" --include="*.md" --include="*.h" --include="*.cu" --include="*.cuh" --exclude-dir=tests --exclude-dir=build --exclude-dir=runs --exclude-dir=.git . | grep -q .'
 
 check "every link of README.md and docs/ resolves to a file and heading of the repository" python3 tests/check_doc_links.py
+# dev/README.md names every script of dev/
+check "dev/README.md names every file in dev/" \
+  bash -c 'for f in dev/*; do [ ! -f "$f" ] || [ "$f" = dev/README.md ] || grep -qF "\`${f#dev/}\`" dev/README.md || exit 1; done'
 # commit subjects of at most 72 characters (CONTRIBUTING.md), since the rule was written down
 rule=4c33f18
 if git rev-parse -q --verify "$rule^{commit}" >/dev/null 2>&1; then
