@@ -57,7 +57,7 @@ using nlohmann::json;
 
 struct Trainer {
     TrainOptions opt;
-    GPT<float> student, teacher;  // on the host; with --device cuda, copies that copy_student_to_host refreshes
+    GPT<float> student, teacher;  // on the host (with --device cuda, copy_student_to_host refreshes the student)
     bool has_teacher = false;
     std::unique_ptr<Tokenizer> tok;
     Dataset data, eval_data;
@@ -149,7 +149,8 @@ static Device& create_training_device(Trainer& tr) {
 }
 
 // The host's student and AdamW's moments brought up to date from the device (a GPU's lag
-// until this call): before checkpoints, evaluations and the final save.
+// until this call): before a checkpoint and the final save. (Evaluation during training
+// runs on the device, with the models as they are there.)
 static void copy_student_to_host(Trainer& tr) {
     if (tr.device) tr.device->copy_to_host(tr.adam);
 }
