@@ -112,6 +112,16 @@ inline TrainOption entry(const char* flag, unsigned commands, const std::string&
     o.help = help;
     return o;
 }
+// The field's value as JSON, as it is (a number, a truth value, a string).
+template <typename F>
+std::function<nlohmann::json(const TrainOptions&)> json_as_is(F TrainOptions::*field) {
+    return [=](const TrainOptions& t) { return nlohmann::json(t.*field); };
+}
+// The field read back from that JSON, with no range to check.
+template <typename F>
+std::function<bool(TrainOptions&, const nlohmann::json&)> read_as_is(F TrainOptions::*field) {
+    return [=](TrainOptions& t, const nlohmann::json& j) { t.*field = j.get<F>(); return true; };
+}
 // "help (default)", or "help (default: what it means)"
 inline std::string with_default(const char* help, const std::string& value, const char* means) {
     return strf("%s (%s%s%s)", help, value.c_str(), means ? ": " : "", means ? means : "");
@@ -126,7 +136,7 @@ inline TrainOption number(const char* flag, double TrainOptions::*field, const c
     const double d = std::strtod(def, nullptr);
     o.set_default = [=](TrainOptions& t) { t.*field = d; };
     o.read_flag = [=](TrainOptions& t, const Flags& f) { t.*field = f.num(flag, d, lo, hi); };
-    o.to_json = [=](const TrainOptions& t) { return nlohmann::json(t.*field); };
+    o.to_json = json_as_is(field);
     o.from_json = [=](TrainOptions& t, const nlohmann::json& j) {
         t.*field = j.get<double>();
         return (t.*field >= lo && t.*field <= hi) || t.*field == d;
@@ -146,7 +156,7 @@ inline TrainOption count(const char* flag, I TrainOptions::*field, long long def
     o.hi = (double)hi;
     o.set_default = [=](TrainOptions& t) { t.*field = (I)def; };
     o.read_flag = [=](TrainOptions& t, const Flags& f) { t.*field = (I)f.integer(flag, def, lo, hi); };
-    o.to_json = [=](const TrainOptions& t) { return nlohmann::json(t.*field); };
+    o.to_json = json_as_is(field);
     o.from_json = [=](TrainOptions& t, const nlohmann::json& j) {
         t.*field = j.get<I>();
         const long long v = (long long)(t.*field);
@@ -161,8 +171,8 @@ inline TrainOption switch_flag(const char* flag, bool TrainOptions::*field, unsi
     o.takes_value = false;
     o.set_default = [=](TrainOptions& t) { t.*field = false; };
     o.read_flag = [=](TrainOptions& t, const Flags& f) { t.*field = f.on(flag); };
-    o.to_json = [=](const TrainOptions& t) { return nlohmann::json(t.*field); };
-    o.from_json = [=](TrainOptions& t, const nlohmann::json& j) { t.*field = j.get<bool>(); return true; };
+    o.to_json = json_as_is(field);
+    o.from_json = read_as_is(field);
     return o;
 }
 
@@ -172,8 +182,8 @@ inline TrainOption one_or_zero(const char* flag, bool TrainOptions::*field, bool
     TrainOption o = entry(flag, commands, with_default(help, def ? "1" : "0", nullptr));
     o.set_default = [=](TrainOptions& t) { t.*field = def; };
     o.read_flag = [=](TrainOptions& t, const Flags& f) { t.*field = f.integer(flag, def, 0, 1) == 1; };
-    o.to_json = [=](const TrainOptions& t) { return nlohmann::json(t.*field); };
-    o.from_json = [=](TrainOptions& t, const nlohmann::json& j) { t.*field = j.get<bool>(); return true; };
+    o.to_json = json_as_is(field);
+    o.from_json = read_as_is(field);
     return o;
 }
 
@@ -182,8 +192,8 @@ inline TrainOption text(const char* flag, std::string TrainOptions::*field, unsi
     TrainOption o = entry(flag, commands, help);
     o.set_default = [=](TrainOptions& t) { (t.*field).clear(); };
     o.read_flag = [=](TrainOptions& t, const Flags& f) { t.*field = f.str(flag); };
-    o.to_json = [=](const TrainOptions& t) { return nlohmann::json(t.*field); };
-    o.from_json = [=](TrainOptions& t, const nlohmann::json& j) { t.*field = j.get<std::string>(); return true; };
+    o.to_json = json_as_is(field);
+    o.from_json = read_as_is(field);
     return o;
 }
 
@@ -363,9 +373,9 @@ inline TrainOptions read_train_flags(const Flags& f, unsigned command) {
     for (const TrainOption& o : train_options())
         if ((o.commands & command) && o.required) f.required(o.flag);
     for (const TrainOption& o : train_options())
-        if ((o.commands & command) && o.read_flag && (f.has(o.flag) || f.on(o.flag))) o.read_flag(t, f);
+        if ((o.commands & command) && o.read_flag && f.given(o.flag)) o.read_flag(t, f);
     for (const TrainOption& o : train_options()) {
-        if (!(o.commands & command) || !(f.has(o.flag) || f.on(o.flag))) continue;
+        if (!(o.commands & command) || !f.given(o.flag)) continue;
         if (!o.objectives.empty() &&
             std::find(o.objectives.begin(), o.objectives.end(), t.objective) == o.objectives.end()) {
             std::string names;
@@ -373,7 +383,7 @@ inline TrainOptions read_train_flags(const Flags& f, unsigned command) {
             GKD_FAIL("gkd %s: --%s applies to --objective %s, not %s", cmd, o.flag, names.c_str(),
                      objective_name(t.objective));
         }
-        if (o.needs && !f.has(o.needs) && !f.on(o.needs))
+        if (o.needs && !f.given(o.needs))
             GKD_FAIL("gkd %s: --%s applies to %s: give --%s too", cmd, o.flag, o.needs_why, o.needs);
     }
     return t;

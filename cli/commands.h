@@ -134,10 +134,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
     on_every_rank([&] {  // every rank reads the same flags and files; the root alone owns --out
         if (f.has("resume")) {
             // the saved configuration is the run's; only the display may change
-            std::vector<std::string> given;
-            for (auto& [name, value] : f.values) given.push_back(name);
-            given.insert(given.end(), f.switches.begin(), f.switches.end());
-            for (const std::string& name : given)
+            for (const std::string& name : f.given_names())
                 if (!allowed_with_resume(name))
                     GKD_FAIL("gkd %s: --resume continues the saved run as it was; --%s cannot be given with it", cmd,
                              name.c_str());

@@ -53,6 +53,14 @@ struct Flags {
     }
     bool has(const std::string& n) const { return values.count(n) > 0; }
     bool on(const std::string& n) const { return switches.count(n) > 0; }
+    // given at all: with a value, or as a switch
+    bool given(const std::string& n) const { return has(n) || on(n); }
+    std::vector<std::string> given_names() const {
+        std::vector<std::string> names;
+        for (const auto& [name, value] : values) names.push_back(name);
+        names.insert(names.end(), switches.begin(), switches.end());
+        return names;
+    }
     std::string str(const std::string& n, const std::string& def = "") const {
         auto it = values.find(n);
         return it == values.end() ? def : it->second;
