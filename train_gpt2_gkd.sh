@@ -51,7 +51,7 @@
 # metrics/ (every run's test evaluation, and its raw metrics.jsonl, which git does not keep:
 # they change with every rerun's wall-clock times).
 #
-#   ./train_gpt2_gkd.sh            the full study, 3 seeds        (results/)
+#   ./train_gpt2_gkd.sh            the full study, 5 seeds        (results/)
 #   ./train_gpt2_gkd.sh --quick    1 seed, shorter training       (results/quick/)
 #   ./train_gpt2_gkd.sh --tiny     seconds, for the tests        (--out DIR required)
 #   --out DIR  results folder; --runs DIR  run folder (default runs/study/MODE)
@@ -175,11 +175,12 @@ if [ "$MODE" = gpt2 ] || [ "$MODE" = gpt2-check ]; then
   exit 0
 fi
 
+# DATA_SEEDS: repair's other data seeds, each with its own split and teacher (seed 0 is the main one)
 case $MODE in
-  full)  OUT=${OUT:-results}; SEEDS="0 1 2"; WARM=1000; STEPS=500; EVAL_EVERY=100; SIZES="" ;;
-  quick) OUT=${OUT:-results/quick}; SEEDS="0"; WARM=600; STEPS=200; EVAL_EVERY=100; SIZES="" ;;
+  full)  OUT=${OUT:-results}; SEEDS="0 1 2 3 4"; DATA_SEEDS="1 2 3 4"; WARM=1000; STEPS=500; EVAL_EVERY=100; SIZES="" ;;
+  quick) OUT=${OUT:-results/quick}; SEEDS="0"; DATA_SEEDS=""; WARM=600; STEPS=200; EVAL_EVERY=100; SIZES="" ;;
   tiny)  [ -n "$OUT" ] || { echo "train_gpt2_gkd.sh --tiny needs --out DIR" >&2; exit 1; }
-         SEEDS="0 1"; WARM=3; STEPS=3; EVAL_EVERY=2; SIZES="--train 40 --validation 6 --test 6" ;;
+         SEEDS="0 1"; DATA_SEEDS="1"; WARM=3; STEPS=3; EVAL_EVERY=2; SIZES="--train 40 --validation 6 --test 6" ;;
 esac
 RUNS=${RUNS:-runs/study/$MODE}
 command -v gnuplot >/dev/null || { echo "train_gpt2_gkd.sh: gnuplot is missing (apt-get install gnuplot-nox)" >&2; exit 1; }
@@ -269,6 +270,8 @@ before=$(cat "$RUNS/seconds" 2>/dev/null || echo 0)
 mkdir -p "$RUNS"
 total_runs=0
 for TASK in $TASKS; do total_runs=$((total_runs + 1 + $(echo $SEEDS | wc -w) * (1 + $(task_methods $TASK | wc -w)))); done
+DATA_SEED_METHODS="sft supervised-rkl on-policy-rkl"  # the default experiment's headline pair and its control
+total_runs=$((total_runs + $(echo $DATA_SEEDS | wc -w) * (2 + $(echo $DATA_SEED_METHODS | wc -w))))
 done_runs=0
 progress() {
   done_runs=$((done_runs + 1))
@@ -277,19 +280,54 @@ progress() {
   printf '[%d/%d] %-40s %4ds elapsed, ETA %dm%02ds\n' "$done_runs" "$total_runs" "$1" "$elapsed" $((eta / 60)) $((eta % 60)) >&2
 }
 
+# train_teacher DIR: the task's teacher in DIR/teacher, SFT from a random init (seed $TEACHER_SEED)
+train_teacher() {
+  local T=$1/teacher
+  if [ ! -s "$T/model.bin" ]; then
+    mkdir -p "$T"
+    $GKD init $TEACHER_SHAPE --context $CONTEXT --seed $TEACHER_SEED --out "$T/init.bin" 2>/dev/null
+    $GKD sft --model "$T/init.bin" --out "$T" --steps $TEACHER_STEPS --lr 3e-3 \
+         --seed $TEACHER_SEED --overwrite $(train_flags $TEACHER_STEPS 64 $TEACHER_DATA)
+  fi
+  evaluate "$T/model.bin" "$T/test.json"
+}
+
+# run_seed DIR SEED METHODS...: the warm start of training seed SEED in DIR/seedSEED, then
+# each method from it
+run_seed() {
+  local S=$1/seed$2 SEED=$2 M
+  shift 2
+  if [ ! -s "$S/warm-start/model.bin" ]; then
+    mkdir -p "$S/warm-start"
+    $GKD init $STUDENT_SHAPE --context $CONTEXT --seed $((200 + SEED)) --out "$S/warm-start/init.bin" 2>/dev/null
+    $GKD sft --model "$S/warm-start/init.bin" --out "$S/warm-start" --steps $WARM --lr 3e-3 --seed $SEED --overwrite \
+         $(train_flags $WARM)
+  fi
+  evaluate "$S/warm-start/model.bin" "$S/warm-start/test.json"
+  progress "${S#$RUNS/} warm start"
+  for M in "$@"; do
+    if [ ! -s "$S/$M/model.bin" ]; then
+      set -- $(method_flags $M)
+      local cmd=$1 from
+      shift
+      if [ "$cmd" = sft ]; then from="--model"; else from="--student"; fi
+      rm -rf "$S/$M"
+      $GKD $cmd "$@" $from "$S/warm-start/model.bin" --out "$S/$M" --steps $STEPS --lr 1e-3 --seed $SEED \
+           $(train_flags $STEPS 64 "$(method_split $M)")
+    fi
+    evaluate "$S/$M/model.bin" "$S/$M/test.json"
+    progress "${S#$RUNS/} $M"
+  done
+}
+
 # the teachers first, so that a teacher that fails to learn shows before the long part
 for TASK in $TASKS; do
   task_config "$TASK"
   DATA=$RUNS/$TASK/data
   [ -s "$DATA/test.jsonl" ] || $GKD data --task "$TASK" --seed 0 --out "$DATA" $SIZES 2>/dev/null
   TEACHER=$RUNS/$TASK/teacher/model.bin
-  if [ ! -s "$TEACHER" ]; then
-    mkdir -p "$RUNS/$TASK/teacher"
-    $GKD init $TEACHER_SHAPE --context $CONTEXT --seed 100 --out "$RUNS/$TASK/teacher/init.bin" 2>/dev/null
-    $GKD sft --model "$RUNS/$TASK/teacher/init.bin" --out "$RUNS/$TASK/teacher" --steps $TEACHER_STEPS --lr 3e-3 \
-         --seed 100 --overwrite $(train_flags $TEACHER_STEPS 64 $TEACHER_DATA)
-  fi
-  evaluate "$TEACHER" "$RUNS/$TASK/teacher/test.json"
+  TEACHER_SEED=100
+  train_teacher "$RUNS/$TASK"
   # the offline cache of the teacher's top 64 on the training split, for supervised-kd-cache64
   if [ "$TASK" = walks ] && [ ! -s "$RUNS/$TASK/teacher/cache64.bin" ]; then
     c0=$(date +%s%N)
@@ -303,29 +341,24 @@ for TASK in $TASKS; do
   task_config "$TASK"
   DATA=$RUNS/$TASK/data
   TEACHER=$RUNS/$TASK/teacher/model.bin
-  for SEED in $SEEDS; do
-    S=$RUNS/$TASK/seed$SEED
-    if [ ! -s "$S/warm-start/model.bin" ]; then
-      mkdir -p "$S/warm-start"
-      $GKD init $STUDENT_SHAPE --context $CONTEXT --seed $((200 + SEED)) --out "$S/warm-start/init.bin" 2>/dev/null
-      $GKD sft --model "$S/warm-start/init.bin" --out "$S/warm-start" --steps $WARM --lr 3e-3 --seed $SEED --overwrite \
-           $(train_flags $WARM)
-    fi
-    evaluate "$S/warm-start/model.bin" "$S/warm-start/test.json"
-    progress "$TASK seed $SEED warm start"
-    for M in $(task_methods $TASK); do
-      if [ ! -s "$S/$M/model.bin" ]; then
-        set -- $(method_flags $M)
-        cmd=$1; shift
-        if [ "$cmd" = sft ]; then from="--model"; else from="--student"; fi
-        rm -rf "$S/$M"
-        $GKD $cmd "$@" $from "$S/warm-start/model.bin" --out "$S/$M" --steps $STEPS --lr 1e-3 --seed $SEED \
-             $(train_flags $STEPS 64 "$(method_split $M)")
-      fi
-      evaluate "$S/$M/model.bin" "$S/$M/test.json"
-      progress "$TASK seed $SEED $M"
-    done
-  done
+  for SEED in $SEEDS; do run_seed "$RUNS/$TASK" "$SEED" $(task_methods $TASK); done
+done
+
+# Across data seeds (repair): another split and its own teacher (initialised from seed
+# 100 + D) per data seed D, then training seed 0's warm start and the headline's methods.
+# With data seed 0's seed-0 runs above, the report pairs them by data seed: an interval
+# that covers the data split, the teacher and the training seed at once.
+TASK=repair
+task_config "$TASK"
+for D in $DATA_SEEDS; do
+  DIR=$RUNS/repair-data$D
+  DATA=$DIR/data
+  [ -s "$DATA/test.jsonl" ] || $GKD data --task "$TASK" --seed "$D" --out "$DATA" $SIZES 2>/dev/null
+  TEACHER=$DIR/teacher/model.bin
+  TEACHER_SEED=$((100 + D))
+  train_teacher "$DIR"
+  progress "repair data seed $D teacher: $(grep -o '"accuracy":[0-9.]*' "$DIR/teacher/test.json" | head -1)"
+  run_seed "$DIR" 0 $DATA_SEED_METHODS
 done
 
 # RL + GKD: the reward/divergence trade-off, from the same SFT student
@@ -348,7 +381,7 @@ for A in $RL_ALPHAS; do
 done
 
 mkdir -p "$OUT"
-python3 dev/study_report.py --rl-alphas "$RL_ALPHAS" --runs "$RUNS" --out "$OUT" --methods "$METHODS" \
+python3 dev/study_report.py --rl-alphas "$RL_ALPHAS" --data-seeds "$DATA_SEEDS" --data-seed-methods "$DATA_SEED_METHODS" --runs "$RUNS" --out "$OUT" --methods "$METHODS" \
         --signal-methods "$SIGNAL_METHODS" --slip-methods "$SLIP_METHODS" --seeds "$SEEDS" --steps "$STEPS" \
         --seconds $(( before + $(date +%s) - start )) --mode "$MODE"
 echo $(( before + $(date +%s) - start )) > "$RUNS/seconds"

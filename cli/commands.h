@@ -670,7 +670,7 @@ static int cmd_experiment(int argc, char** argv) {
     std::optional<Flags> parsed = command_flags(
         "experiment", EXPERIMENT_FLAGS, argc, argv,
         "gkd experiment (or gkd with no command): the default experiment, a teacher, an SFT student, then "
-        "more SFT, supervised KD and on-policy GKD from it, over three seeds; a table and a verdict");
+        "more SFT, supervised KD and on-policy GKD from it, over five seeds; tables and verdicts with 95% intervals");
     if (!parsed) return 0;  // --help
     const Flags& f = *parsed;
     std::string task = f.choice("task", "repair", {"repair", "walks", "arithmetic"});
@@ -709,7 +709,7 @@ static const char* USAGE =
     "  gkd data      --convert gsm8k|instruction --in F --out F.jsonl   (GSM8K, Alpaca/Dolly)\n"
     "\n"
     "  gkd           (no arguments) the default experiment on the repair task: teacher, SFT student, then more\n"
-    "                SFT, supervised KD, on-policy GKD and KD on injected slips, 3 seeds\n"
+    "                SFT, supervised KD, on-policy GKD and KD on injected slips, 5 seeds\n"
     "                (--task walks, --task arithmetic: the controls)\n"
     "\n"
     "Each command takes --help. Formats: docs/formats.md; every flag: docs/cli.md; a tour: README.md.\n";

@@ -192,8 +192,8 @@ inline WalkScore score_walk(const std::string& prompt, const std::string& walk) 
 // can be repaired: "plhd<obdlb" is as valid as "plhobdlb" (h -> d is no edge). A slip is a letter after which
 // the prompt can no longer be satisfied: a missing edge, an avoided letter, a dead end
 // (every way on leads to an avoided letter before the last step), or a ninth letter.
-// The task is built for on-policy distillation's four conditions (README, "The repair
-// task"): a slip is recognisable from the last two letters and the prompt, the teacher
+// The task is built for on-policy distillation's four conditions (docs/study.md, "The
+// repair task"): a slip is recognisable from the last two letters and the prompt, the teacher
 // has been shown how to undo one (repair_teacher_rows), and the data never holds one.
 constexpr int REPAIR_STEPS = 8, REPAIR_AVOIDED = 5;
 constexpr char UNDO = '<';

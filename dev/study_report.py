@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 from cpuinfo import cpu_model_and_isa  # dev/cpuinfo.py, beside this script
+from verdicts import compare_paired, verdict_line  # dev/verdicts.py: the twin of the experiment's cli/verdicts.h
 
 TASKS = ["repair", "walks", "arithmetic", "words"]  # those that the runs folder holds
 CHECKED = ("walks", "repair")  # scored by a checker: their valid steps are a column
@@ -64,20 +65,15 @@ def pct(values):
     return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
 
 
-def paired(a, b, key):
-    """The per-seed differences a - b of a metric, in points: (mean, sd)."""
-    return mean_std([100 * (x[key] - y[key]) for x, y in zip(a, b)])
+def differences(a, b, key):
+    """The per-seed differences a - b of a metric, in points."""
+    return [100 * (x[key] - y[key]) for x, y in zip(a, b)]
 
 
-def verdict_word(m, s, n):
-    """What a paired difference (mean m, sd s over n seeds) says: "beats" when the mean
-    exceeds its sd, "loses to" when it is below minus it, else "is within one sd of"; one
-    seed: the sign alone; no difference on any seed: "ties with"."""
-    if m == 0 and s == 0:
-        return "ties with"
-    if n < 2:
-        return "beats" if m > 0 else "loses to"
-    return "beats" if m - s > 0 else "loses to" if m + s < 0 else "is within one sd of"
+def verdict(res, a, b, key, unit):
+    """The verdict line on method a against method b, res[m] being m's evaluations per seed
+    (dev/verdicts.py: the mean difference, its 95% t interval, and the word it gives)."""
+    return verdict_line(LABELS[a], LABELS[b], compare_paired(differences(res[a], res[b], key)), unit)
 
 
 def findings(task, res, val, seeds):
@@ -85,10 +81,8 @@ def findings(task, res, val, seeds):
     the validation split (greedy accuracy after the last step, the one validation score the
     runs log) against the SFT control; on-policy against supervised KD at the same
     divergence (reverse KL, forward KL); supervised KD against the control; and the same
-    pairs' acceptance rates as the teacher's speculative draft. 'beats': the mean
-    difference exceeds its sd (one seed: the sign alone)."""
-    def word(m, s):
-        return verdict_word(m, s, len(seeds))
+    pairs' acceptance rates as the teacher's speculative draft. Each: the mean difference,
+    its 95% t interval, and "beats" or "loses to" only when the interval excludes zero."""
     on_policy = [m for m in res if m.startswith("on-policy")]
     if not on_policy or "sft" not in res:
         return []
@@ -99,22 +93,20 @@ def findings(task, res, val, seeds):
              # repair's control: the same error states covered offline, slips injected by hand
              ("on-policy-rkl", "supervised-rkl-slips"), ("on-policy-fkl", "supervised-kd-slips"),
              ("supervised-rkl-slips", "supervised-rkl"), ("supervised-kd-slips", "supervised-kd")]
-    out = [f"Computed ({len(seeds)} seed(s), paired by seed; the on-policy method best on validation is "
-           f"{LABELS[best]}, {val.get(best, float('nan')):.1f}% greedy):", ""]
+    out = [f"Computed ({len(seeds)} seed(s), paired by seed; the mean difference and its 95% interval over the "
+           f"training seeds; the on-policy method best on validation is {LABELS[best]}, "
+           f"{val.get(best, float('nan')):.1f}% greedy):", ""]
     for a, b in pairs:
         if a in res and b in res:
-            m, s = paired(res[a], res[b], "sample_accuracy")
-            g, gs = paired(res[a], res[b], "accuracy")
-            out.append(f"- {LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} points sampled at T=1, "
-                       f"{g:+.1f} ± {gs:.1f} greedy")
+            out.append(f"- {verdict(res, a, b, 'sample_accuracy', 'points sampled at T=1')}")
+            out.append(f"- {verdict(res, a, b, 'accuracy', 'points greedy')}")
     # as the teacher's speculative draft: the fraction of drafts the teacher accepts
     if all("draft_acceptance_rate" in e for m in res for e in res[m]):
         out += ["", "As the teacher's speculative draft (K = 4, T = 1; acceptance in points, paired by seed):", ""]
         for a, b in [("on-policy-rkl", "supervised-rkl"), ("on-policy-fkl", "supervised-kd"), (best, "sft"),
                      ("supervised-rkl", "sft")]:
             if a in res and b in res:
-                m, s = paired(res[a], res[b], "draft_acceptance_rate")
-                out.append(f"- {LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} points of acceptance")
+                out.append(f"- {verdict(res, a, b, 'draft_acceptance_rate', 'points of acceptance')}")
     return out + [""]
 
 
@@ -189,28 +181,25 @@ def signal_section(runs, methods, seeds, out):
         lines += [f"The cache (`gkd teacher-cache --top-k 64` over the training split): "
                   f"{os.path.getsize(cache_bin) / 1e6:.1f} MB, written in {ms / 1000:.1f} s, once for every seed.", ""]
 
-    def word(m, s):
-        return verdict_word(m, s, len(seeds))
+    def compare(a, b, key="sample_accuracy", unit="points sampled at T=1"):
+        return verdict(res, a, b, key, unit)
 
-    def compare(a, b, key="sample_accuracy", what="points sampled at T=1"):
-        m, s = paired(res[a], res[b], key)
-        return f"{LABELS[a]} {word(m, s)} {LABELS[b]}: {m:+.1f} ± {s:.1f} {what}"
-
-    out_lines = [f"Computed ({len(seeds)} seed(s), paired by seed):", ""]
+    out_lines = [f"Computed ({len(seeds)} seed(s), paired by seed; the mean difference and its 95% interval over the "
+                 "training seeds):", ""]
     for k in ("", "-top8", "-top64"):
         a, b = "on-policy-rkl" + k, "supervised-rkl" + k
         if a in res and b in res:
-            g = paired(res[a], res[b], "accuracy")
-            out_lines.append(f"- {compare(a, b)}; {g[0]:+.1f} ± {g[1]:.1f} greedy")
+            out_lines.append(f"- {compare(a, b)}")
+            out_lines.append(f"- {compare(a, b, 'accuracy', 'points greedy')}")
     if "supervised-kd-cache64" in res and "supervised-kd-top64" in res:
         worst = 0.0
         for s in seeds:
             la = [j["loss"] for j in read_lines(os.path.join(tdir, f"seed{s}", "supervised-kd-cache64", "metrics.jsonl")) if "loss" in j]
             lb = [j["loss"] for j in read_lines(os.path.join(tdir, f"seed{s}", "supervised-kd-top64", "metrics.jsonl")) if "loss" in j]
             worst = max([worst] + [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(la, lb)])
-        acc = paired(res["supervised-kd-cache64"], res["supervised-kd-top64"], "draft_acceptance_rate")
-        out_lines.append(f"- {compare('supervised-kd-cache64', 'supervised-kd-top64')}; {acc[0]:+.1f} ± {acc[1]:.1f} points of acceptance; "
-                         f"the training losses differ by at most {100 * worst:.3f}% relative at any step (fp16 log-probs)")
+        out_lines.append(f"- {compare('supervised-kd-cache64', 'supervised-kd-top64')}; the training losses differ by "
+                         f"at most {100 * worst:.3f}% relative at any step (fp16 log-probs)")
+        out_lines.append(f"- {compare('supervised-kd-cache64', 'supervised-kd-top64', 'draft_acceptance_rate', 'points of acceptance')}")
     if "supervised-kd-top64" in res and "supervised-kd" in res:
         out_lines.append(f"- {compare('supervised-kd-top64', 'supervised-kd')}")
     if "on-policy-srkl" in res and "on-policy-rkl" in res:
@@ -220,10 +209,49 @@ def signal_section(runs, methods, seeds, out):
     for a, b in [("supervised-tv", "supervised-kd"), ("supervised-tv", "supervised-rkl"), ("on-policy-tv", "on-policy-rkl"),
                  ("on-policy-tv", "on-policy-fkl")]:
         if a in res and b in res:
-            acc = paired(res[a], res[b], "sample_accuracy")
-            out_lines.append(f"- as a draft: {compare(a, b, 'draft_acceptance_rate', 'points of acceptance')}; "
-                             f"accuracy {acc[0]:+.1f} ± {acc[1]:.1f} sampled")
+            out_lines.append(f"- as a draft: {compare(a, b, 'draft_acceptance_rate', 'points of acceptance')}")
+            out_lines.append(f"- {compare(a, b)}")
     return lines + out_lines + [""]
+
+
+def data_seed_section(runs, data_seeds, methods, out):
+    """Repair across data seeds: per data seed D, its own split and teacher, then training
+    seed 0's warm start and the headline's methods (data seed 0: the main runs' seed 0).
+    Paired by data seed, the interval covers the split, the teacher and the training seed."""
+    if not data_seeds:
+        return []
+    dirs = [("0", os.path.join(runs, "repair"))] + [(d, os.path.join(runs, f"repair-data{d}")) for d in data_seeds]
+    res = {m: [] for m in methods}
+    teachers = []
+    for d, tdir in dirs:
+        teachers.append(read_json(os.path.join(tdir, "teacher", "test.json")))
+        for m in methods:
+            rdir = os.path.join(tdir, "seed0", m)
+            res[m].append(read_json(os.path.join(rdir, "test.json")))
+            if d != "0":
+                dest = os.path.join(out, "metrics", f"repair-data{d}", "seed0")
+                os.makedirs(dest, exist_ok=True)
+                shutil.copy(os.path.join(rdir, "metrics.jsonl"), os.path.join(dest, f"{m}.jsonl"))
+                shutil.copy(os.path.join(rdir, "test.json"), os.path.join(dest, f"{m}-test.json"))
+    lines = ["## Across data seeds (repair)", "",
+             f"The headline's comparison with the data drawn again: for each of {len(dirs)} data seeds, its own "
+             "training, validation and test splits and its own teacher (SFT from its own initialisation), then "
+             "training seed 0's warm start and each method from it, as above. Data seed 0 is the table above "
+             "(its seed 0). Test accuracy sampled at T=1 (%); the last column is on-policy minus supervised.", "",
+             "| data seed | teacher | " + " | ".join(LABELS[m] for m in methods) + " | difference (points) |",
+             "|---|---|" + "---|" * len(methods) + "---|"]
+    for i, (d, _) in enumerate(dirs):
+        cells = " | ".join(f"{100 * res[m][i]['sample_accuracy']:.1f}" for m in methods)
+        diff = 100 * (res[methods[-1]][i]["sample_accuracy"] - res[methods[-2]][i]["sample_accuracy"])
+        lines.append(f"| {d} | {100 * teachers[i]['sample_accuracy']:.1f} | {cells} | {diff:+.1f} |")
+    lines += ["", f"Computed ({len(dirs)} data seeds, paired by data seed; the interval covers the data split, the "
+              "teacher and the training seed):", ""]
+    pairs = [(methods[-1], methods[-2])] + [(m, methods[0]) for m in methods[1:]]
+    for a, b in pairs:
+        for key, unit in (("sample_accuracy", "points sampled at T=1"), ("accuracy", "points greedy")):
+            c = compare_paired(differences(res[a], res[b], key))
+            lines.append(f"- {verdict_line(LABELS[a], LABELS[b], c, unit, seed='data seed')}")
+    return lines + [""]
 
 
 def machine_line():
@@ -250,6 +278,8 @@ def main():
     ap.add_argument("--rl-alphas", default="")
     ap.add_argument("--signal-methods", default="")
     ap.add_argument("--slip-methods", default="")
+    ap.add_argument("--data-seeds", default="")
+    ap.add_argument("--data-seed-methods", default="sft supervised-rkl on-policy-rkl")
     a = ap.parse_args()
     methods, seeds = a.methods.split(), a.seeds.split()
     os.makedirs(os.path.join(a.out, "metrics"), exist_ok=True)
@@ -329,6 +359,7 @@ def main():
         lines.append("")
         lines += gap_table(task, rows, results[task])
         lines += findings(task, results[task], {m: c[-1][1] for m, c in curves[task].items() if c}, seeds)
+    lines += data_seed_section(a.runs, a.data_seeds.split(), a.data_seed_methods.split(), a.out)
     lines += signal_section(a.runs, a.signal_methods.split(), seeds, a.out)
     rl = []  # (alpha, greedy accuracy, sampled accuracy = mean reward at T=1, divergence)
     for alpha in a.rl_alphas.split():

@@ -272,9 +272,9 @@ expect_error "sampled scores need a task or a teacher" "give --task or --teacher
 
 # --- the study script, at a tiny size: every row, both plots, the raw metrics
 if GKD=$GKD bash train_gpt2_gkd.sh --tiny --out "$W/study" --runs "$W/study-runs" >"$W/study.log" 2>&1; then ok; else bad "study --tiny: $(tail -5 "$W/study.log")"; fi
-check "study table has the teacher for all three tasks" [ "$(sed '/^## Teacher signals/,$d' "$W/study/study.md" | grep -cF "| teacher (SFT) |")" -eq 3 ]
+check "study table has the teacher for all three tasks" [ "$(sed '/^## \(Teacher signals\|Across data seeds\)/,$d' "$W/study/study.md" | grep -cF "| teacher (SFT) |")" -eq 3 ]
 for row in "SFT" "SeqKD" "supervised KD (lambda 0, FKL)" "supervised KD (lambda 0, RKL)" "mixed (lambda 0.5, FKL)" "on-policy FKL" "on-policy RKL" "on-policy JSD(0.1)" "on-policy JSD(0.5)" "on-policy JSD(0.9)"; do
-  check "study table and gap table have $row for all three tasks" [ "$(sed '/^## Teacher signals/,$d' "$W/study/study.md" | grep -cF "| $row |")" -eq 6 ]
+  check "study table and gap table have $row for all three tasks" [ "$(sed '/^## \(Teacher signals\|Across data seeds\)/,$d' "$W/study/study.md" | grep -cF "| $row |")" -eq 6 ]
 done
 # repair's control rows (slips injected by hand), in its table and its gap table
 for row in "supervised KD (FKL) on injected slips" "supervised KD (RKL) on injected slips"; do
@@ -290,9 +290,16 @@ check "the teacher-signal verdicts: cache against live, sampled against full RKL
   grep -q 'on-policy sampled-token RKL .* on-policy RKL: .* its training time is' '$W/study/study.md' &&
   grep -q '^- as a draft: on-policy TV (lambda 1)' '$W/study/study.md'"
 check "study plots are PNG files" bash -c "file '$W/study/accuracy.png' '$W/study/curves.png' | grep -c 'PNG image' | grep -qx 2"
-check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 92 ]
+check "raw metrics of every run" [ "$(find "$W/study/metrics" -name '*.jsonl' | wc -l)" -eq 95 ]
 check "the study covers repair, walks and arithmetic side by side" bash -c "grep -qx '## repair' '$W/study/study.md' && grep -qx '## walks' '$W/study/study.md' && grep -qx '## arithmetic' '$W/study/study.md'"
 check "each task, and the teacher signals, have computed comparisons" [ "$(grep -c '^Computed (2 seed(s), paired by seed' "$W/study/study.md")" -eq 4 ]
+check "every verdict of the study gives its 95% interval" bash -c "
+  v=\$(grep -E '^- (as a draft: )?.* (beats|loses to|vs) .*: ' '$W/study/study.md'); [ -n \"\$v\" ] &&
+  ! echo \"\$v\" | grep -vE '95% CI [-+][0-9.]+ to [-+][0-9.]+ \\(2 (data )?seeds\\)'"
+check "the headline across data seeds: data seeds 0 and 1, each with its teacher, paired by data seed" bash -c "
+  sed -n '/^## Across data seeds (repair)/,/^## /p' '$W/study/study.md' | grep -cE '^\| [01] \| ' | grep -qx 2 &&
+  grep -q '^- on-policy RKL .* supervised KD (lambda 0, RKL): .* (2 data seeds)\$' '$W/study/study.md' &&
+  [ -s '$W/study-runs/repair-data1/teacher/model.bin' ]"
 check "the RL + GKD table has 4 values of alpha" [ "$(grep -cE '^\| (1|0\.5|0\.1|0) \|' "$W/study/study.md")" -eq 4 ]
 check "the RL plot is a PNG file" bash -c "file '$W/study/rl.png' | grep -q 'PNG image'"
 

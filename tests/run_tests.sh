@@ -2,6 +2,7 @@
 # tests/run_tests.sh — runs every suite and prints "N passed, N failed" over all of them
 # as its last line: the doctest unit tests (test cases), the CLI tests, the table of bad
 # inputs, kill-and-resume, data parallelism over MPI ranks, GPT-2's tokenizer against gpt-3-encoder (one check per text),
+# the study's verdicts against the experiment's fixture,
 # and a short bounded fuzz pass (one check per fuzz target).
 # Exits non-zero when anything failed or a suite died before its summary.
 set -u
@@ -38,6 +39,8 @@ suite() {
 
 suite unit '^\[doctest\] test cases: *[0-9]+ \| *([0-9]+) passed \| *([0-9]+) failed.*' ./tests/test_gkd
 suite cli '^cli: ([0-9]+) passed, ([0-9]+) failed' bash tests/cli_test.sh
+# the study's verdicts (dev/verdicts.py) on the cases the unit tests feed the experiment's (cli/verdicts.h)
+suite verdicts '^verdicts: ([0-9]+) passed, ([0-9]+) failed' python3 tests/verdicts_test.py
 suite bad-input '^bad input: ([0-9]+) passed, ([0-9]+) failed' bash tests/bad_input_test.sh
 suite resume '^resume: ([0-9]+) passed, ([0-9]+) failed' bash tests/resume_test.sh
 # data parallelism: 2 MPI ranks against 1 process (GKD_REQUIRE_MPI=1: no MPI is a failure)

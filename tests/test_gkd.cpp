@@ -22,6 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <new>
+#include <numeric>
 #include <sstream>
 #include <sys/wait.h>
 
@@ -113,6 +114,11 @@ static void write_text(const std::string& path, const std::string& text) {
 }
 
 static std::string read_bytes(const std::string& path) { return read_whole_file(path); }
+static int count_of(const std::string& text, const std::string& what) {
+    int n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) n++;
+    return n;
+}
 
 // A small random model with weights large enough that every parameter matters.
 template <typename T>
@@ -1564,6 +1570,72 @@ TEST_CASE("tasks: the examples, the scores, and splits that never overlap") {
     CHECK(contains(error_of([] { TaskSizes s; s.train = 20000; generate_task("words", 0, s); }), "only 10000 distinct"));
 }
 
+TEST_CASE("verdicts: the t interval over per-seed differences, its word and its line (tests/fixtures/verdicts.json)") {
+    // the same cases tests/verdicts_test.py feeds dev/verdicts.py, the study's twin: the
+    // same words and lines byte for byte, intervals rebuilt from a printed t table
+    json fixture = json::parse(read_bytes("tests/fixtures/verdicts.json"));
+    std::map<int, double> table;
+    for (auto& [df, t] : fixture["t_table"].items()) table[std::stoi(df)] = t.get<double>();
+    REQUIRE(table.size() >= 5);
+    for (auto& [df, t] : table) {
+        CAPTURE(df);
+        CHECK(std::abs(t_critical(0.95, df) - t) < 1e-6 * t);
+    }
+    for (const json& k : fixture["cases"]) {
+        CAPTURE(k["why"].get<std::string>());
+        std::vector<double> d = k["differences"].get<std::vector<double>>();
+        PairedComparison c = compare_paired(d);
+        CHECK(c.word == k["word"].get<std::string>());
+        CHECK(verdict_line(k["a"], k["b"], c, k["unit"], 1, k.value("seed", "seed")) == k["line"].get<std::string>());
+        const double n = d.size(), mean = std::accumulate(d.begin(), d.end(), 0.0) / n;
+        CHECK(std::abs(c.mean - mean) < 1e-12);
+        if (d.size() < 2) {
+            CHECK((std::isnan(c.lo) && std::isnan(c.hi)));
+            continue;
+        }
+        double ss = 0;
+        for (double x : d) ss += (x - mean) * (x - mean);
+        const double half = table.at((int)d.size() - 1) * std::sqrt(ss / (n - 1)) / std::sqrt(n);
+        CHECK(std::abs(c.lo - (mean - half)) <= 1e-6 * half + 1e-12);
+        CHECK(std::abs(c.hi - (mean + half)) <= 1e-6 * half + 1e-12);
+    }
+}
+
+TEST_CASE("seeds_needed: a paired t-test's sample size for a difference, at 50% and 80% power") {
+    // R's power.t.test(delta = 1, sd = 1, power = 0.8, type = "paired") gives n = 9.94: 10 seeds
+    CHECK(seeds_needed(1.0, 1.0, 0.8) == 10);
+    // at 50% power: the first n whose interval's half-width falls to delta
+    for (double sd : {0.3, 0.5, 1.0, 2.5}) {
+        CAPTURE(sd);
+        const size_t n = seeds_needed(1.0, sd, 0.5);
+        auto half = [&](size_t k) { return t_critical(0.95, (int)k - 1) * sd / std::sqrt((double)k); };
+        REQUIRE(n >= 2);
+        CHECK(half(n) <= 1.0);
+        if (n > 2) CHECK(half(n - 1) > 1.0);
+        CHECK(seeds_needed(1.0, sd, 0.8) >= n);  // more power, more seeds
+    }
+    CHECK(seeds_needed(0.0, 1.0, 0.8) == 0);  // no difference to find: no n
+    CHECK(seeds_needed(1.0, 0.0, 0.8) == 0);
+}
+
+TEST_CASE("the experiment's verdict and its seeds paragraph read the per-seed differences of the rows") {
+    ExperimentRow a{"+ on-policy GKD (reverse KL)", 0, {}, false}, b{"+ supervised KD (reverse KL)", 0, {}, false};
+    // per-seed sampled accuracies whose differences are 0.4, 0.9, 1.4 points: mean 0.9 > sd 0.5
+    for (double x : {0.804, 0.809, 0.814}) { a.runs.push_back({}); a.runs.back().eval.sample_accuracy = x; }
+    for (int s = 0; s < 3; s++) { b.runs.push_back({}); b.runs.back().eval.sample_accuracy = 0.8; }
+    CHECK(verdict(a, b, &EvalResult::sample_accuracy, "sampled at T=1") ==
+          "on-policy GKD (reverse KL) vs supervised KD (reverse KL): no difference shown, +0.9 points sampled at "
+          "T=1, 95% CI -0.3 to +2.1 (3 seeds)");
+    std::string p = seeds_paragraph(a, b);
+    CHECK(contains(p, "What 3 seeds resolve: on-policy GKD (reverse KL) minus supervised KD (reverse KL)"));
+    CHECK(contains(p, "a standard deviation of 0.50 points"));
+    CHECK(contains(p, "half-width here is 1.24 points"));  // 4.303 * 0.5 / sqrt(3)
+    CHECK(contains(p, strf("needs %zu seeds to be called when observed", seeds_needed(1.0, 0.5, 0.5))));
+    CHECK(contains(p, strf("and %zu seeds to be called with 80%% probability", seeds_needed(1.0, 0.5, 0.8))));
+    b.runs.pop_back();  // the seeds both rows have are paired
+    CHECK(contains(verdict(a, b, &EvalResult::sample_accuracy, "sampled at T=1"), "(2 seeds)"));
+}
+
 // A recipe shrunk to seconds: tiny models, a few steps, two seeds, two divergences.
 static ExperimentRecipe tiny_recipe(ExperimentRecipe r) {
     r.teacher = {1, 16, 2};
@@ -1595,7 +1667,11 @@ TEST_CASE("the default experiment runs end to end at a tiny size, and reuses its
     CHECK(contains(results, "10 examples"));
     CHECK(contains(results, " ± "));  // two seeds: a spread
     CHECK(contains(results, "+ on-policy GKD ("));
-    CHECK(contains(results, " points sampled at T=1 (2 seeds)"));
+    // a verdict per comparison, each with its interval (two seeds: t with one degree of freedom)
+    CHECK(count_of(results, " points sampled at T=1, 95% CI ") == 3);
+    CHECK(count_of(results, " points greedy, 95% CI ") == 1);
+    CHECK(count_of(results, " (2 seeds)\n") == 4);
+    CHECK(contains(results, "Student's t with n - 1 degrees of freedom"));
     CHECK(!contains(results, "cached"));
     // the first seed tried both divergences of both methods; the second only the chosen ones
     for (const char* run : {"/seed0/kd-beta0", "/seed0/kd-beta1", "/seed0/gkd-beta0", "/seed0/gkd-beta1"})
