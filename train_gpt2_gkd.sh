@@ -35,6 +35,11 @@
 #   on-policy-srkl        lambda 1, the sampled-token reverse KL (policy gradient; against on-policy-rkl)
 #   supervised-tv, on-policy-tv   total variation (1 - TV is the draft's acceptance rate)
 #
+# and on repair, the headline across data seeds: for data seeds 1-4, new splits and a new
+# teacher (initialised from seed 100 + D), then training seed 0's warm start, sft,
+# supervised-rkl and on-policy-rkl (runs under repair-dataD/); with data seed 0's seed 0
+# they are paired by data seed, so that the interval covers the split and the teacher.
+#
 # Every model is scored on the held-out test split, greedy and at sampling temperature 1
 # (4 samples per example), with the teacher's NLL of the student's samples, both KLs on
 # them and their diversity, the on-policy gap (the teacher's disagreement on the data and
@@ -46,7 +51,8 @@
 # prompt, per-prompt baseline), reward = the final answer is right, alpha in
 # {1, 0.5, 0.1, 0}, learning rate 1e-4; rl.png plots the reward against the divergence
 # to the teacher.
-# Writes, under the results folder: study.md (the tables, mean ± std over seeds),
+# Writes, under the results folder: study.md (the tables, mean ± std over seeds; the
+# verdicts, each a mean paired difference with its 95% t interval: dev/verdicts.py),
 # accuracy.png (per method), curves.png (validation accuracy against steps), rl.png, and
 # metrics/ (every run's test evaluation, and its raw metrics.jsonl, which git does not keep:
 # they change with every rerun's wall-clock times).
@@ -84,7 +90,7 @@ while [ $# -gt 0 ]; do
     --student-hf) STUDENT_HF=$2; shift ;;
     --teacher-hf) TEACHER_HF=$2; shift ;;
     --gsm8k) GSM8K=$2; shift ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     *) echo "train_gpt2_gkd.sh: unknown flag $1 (see --help)" >&2; exit 1 ;;
   esac
   shift

@@ -13,7 +13,7 @@
 // The trick: the t distribution with an integer number of degrees of freedom has a
 // closed-form CDF (Abramowitz & Stegun 26.7.3 and 26.7.4, a finite series in cos θ with
 // θ = atan(t / sqrt(ν))), so the quantile is a bisection on it: no incomplete beta
-// function, no table, and the same bits in Python.
+// function, no table, and the same steps in Python.
 #pragma once
 #include <cmath>
 #include <string>

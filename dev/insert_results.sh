@@ -9,6 +9,7 @@
 # NAME and its source:
 #   default-experiment   runs/default/repair/results.md  (./gkd)
 #   default-experiment-headline   the same file's first table and its verdicts (README.md)
+#   study-data-seeds     results/study.md's "Across data seeds" table and verdicts (./train_gpt2_gkd.sh)
 #   speculative          results/speculative.md           (dev/speculative_table.sh)
 #   perf-NAME            results/performance/NAME.md      (dev/measure_performance.sh)
 # A source that does not exist leaves its blocks as they are, and says so.
@@ -19,12 +20,19 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 declare -A source=([default-experiment]=runs/default/repair/results.md [speculative]=results/speculative.md)
 for f in results/performance/*.md; do [ -f "$f" ] && source[perf-$(basename "$f" .md)]=$f; done
-# the headline: everything of results.md before its gap table
 headline=$(mktemp)
-trap 'rm -f "$headline"' EXIT
+data_seeds=$(mktemp)
+trap 'rm -f "$headline" "$data_seeds"' EXIT
+# the headline: everything of results.md before its gap table
 if [ -f runs/default/repair/results.md ]; then
   awk '/^The on-policy gap/ { exit } { print }' runs/default/repair/results.md | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' > "$headline"
   source[default-experiment-headline]=$headline
+fi
+# the study's data-seed section: from its table to the next heading
+if [ -f results/study.md ] && grep -q '^## Across data seeds' results/study.md; then
+  awk '/^## Across data seeds/ { on = 1; next } on && /^## / { exit } on && /^\| data seed/ { show = 1 } show { print }' \
+      results/study.md | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' > "$data_seeds"
+  source[study-data-seeds]=$data_seeds
 fi
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(README.md docs/*.md)

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Turns the runs of train_gpt2_gkd.sh into its results: study.md (mean ± std over seeds),
+"""Turns the runs of train_gpt2_gkd.sh into its results: study.md (mean ± std over seeds,
+and verdicts with 95% t intervals from dev/verdicts.py, over training seeds and, on repair,
+over data seeds),
 the gnuplot data and script for accuracy.png and curves.png, and metrics/ (a copy of every
 run's raw metrics.jsonl, which git does not keep, and its test evaluation). Standard library only."""
 import argparse
@@ -10,7 +12,7 @@ import shutil
 import subprocess
 
 from cpuinfo import cpu_model_and_isa  # dev/cpuinfo.py, beside this script
-from verdicts import compare_paired, verdict_line  # dev/verdicts.py: the twin of the experiment's cli/verdicts.h
+from verdicts import compare_paired, seeds_needed, verdict_line  # dev/verdicts.py: the twin of the experiment's cli/verdicts.h
 
 TASKS = ["repair", "walks", "arithmetic", "words"]  # those that the runs folder holds
 CHECKED = ("walks", "repair")  # scored by a checker: their valid steps are a column
@@ -225,6 +227,9 @@ def data_seed_section(runs, data_seeds, methods, out):
     teachers = []
     for d, tdir in dirs:
         teachers.append(read_json(os.path.join(tdir, "teacher", "test.json")))
+        if d != "0":
+            shutil.copy(os.path.join(tdir, "teacher", "test.json"),
+                        os.path.join(out, "metrics", f"repair-data{d}-teacher-test.json"))
         for m in methods:
             rdir = os.path.join(tdir, "seed0", m)
             res[m].append(read_json(os.path.join(rdir, "test.json")))
@@ -251,6 +256,13 @@ def data_seed_section(runs, data_seeds, methods, out):
         for key, unit in (("sample_accuracy", "points sampled at T=1"), ("accuracy", "points greedy")):
             c = compare_paired(differences(res[a], res[b], key))
             lines.append(f"- {verdict_line(LABELS[a], LABELS[b], c, unit, seed='data seed')}")
+    c = compare_paired(differences(res[methods[-1]], res[methods[-2]], "sample_accuracy"))
+    if c["n"] > 1 and c["sd"] > 0:
+        lines += ["", f"Across data seeds, {LABELS[methods[-1]]} minus {LABELS[methods[-2]]} (sampled) varies with a "
+                  f"standard deviation of {c['sd']:.2f} points: {len(dirs)} data seeds resolve {c['hi'] - c['mean']:.2f} "
+                  f"points, and a true 1-point difference would need {seeds_needed(1.0, c['sd'], 0.5)} data seeds to be "
+                  f"called when observed at its size, {seeds_needed(1.0, c['sd'], 0.8)} to be called with 80% "
+                  "probability."]
     return lines + [""]
 
 

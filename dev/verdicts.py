@@ -74,6 +74,19 @@ def compare_paired(d, coverage=0.95):
     return c
 
 
+def seeds_needed(delta, sd, power):
+    """The smallest n at which a true mean difference delta, per-seed differences spread by
+    sd, gives an interval that excludes zero with probability power: n >= ((t(0.975, n - 1)
+    + t(power, n - 1)) sd / delta)^2, as cli/verdicts.h; 0 when delta or sd is not positive."""
+    if not (delta > 0) or not (sd > 0) or not math.isfinite(delta / sd):
+        return 0
+    for n in range(2, 100000):
+        t = t_critical(0.95, n - 1) + t_critical(2 * power - 1, n - 1)
+        if t * sd / delta <= math.sqrt(n):
+            return n
+    return 0
+
+
 def verdict_line(a, b, c, unit, digits=1, seed="seed"):
     """One verdict line, as cli/verdicts.h writes it: "A beats B: +1.8 points sampled at T=1,
     95% CI +0.8 to +2.8 (5 seeds)", or "A vs B: no difference shown, +0.9 ..."; seed names

@@ -10,7 +10,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "dev"))
-from verdicts import compare_paired, t_critical, verdict_line  # noqa: E402
+from verdicts import compare_paired, seeds_needed, t_critical, verdict_line  # noqa: E402
 
 passed = failed = 0
 
@@ -45,5 +45,15 @@ for case in fixture["cases"]:
               abs(c["lo"] - (mean - half)) <= 1e-6 * half + 1e-12 and abs(c["hi"] - (mean + half)) <= 1e-6 * half + 1e-12)
     else:
         check(f"{case['why']}: no interval from one seed", math.isnan(c["lo"]) and math.isnan(c["hi"]))
+# the sample size, as tests/test_gkd.cpp checks the C++ twin's: R's power.t.test(delta = 1,
+# sd = 1, power = 0.8, type = "paired") gives n = 9.94; at 50% power, the first n whose
+# interval's half-width falls to delta
+check("seeds_needed(1, 1, 0.8) = 10", seeds_needed(1.0, 1.0, 0.8) == 10)
+for sd in (0.3, 0.5, 1.0, 2.5):
+    n = seeds_needed(1.0, sd, 0.5)
+    half = lambda k: t_critical(0.95, k - 1) * sd / math.sqrt(k)  # noqa: E731
+    check(f"seeds_needed(1, {sd}, 0.5) = {n}: the first n whose half-width is within 1",
+          n >= 2 and half(n) <= 1.0 and (n == 2 or half(n - 1) > 1.0) and seeds_needed(1.0, sd, 0.8) >= n)
+check("no difference to find: no n", seeds_needed(0.0, 1.0, 0.8) == 0 and seeds_needed(1.0, 0.0, 0.8) == 0)
 print(f"verdicts: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
