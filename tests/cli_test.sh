@@ -300,7 +300,7 @@ check "the headline across data seeds: data seeds 0 and 1, each with its teacher
   sed -n '/^## Across data seeds (repair)/,/^## /p' '$W/study/study.md' | grep -cE '^\| [01] \| ' | grep -qx 2 &&
   grep -q '^- on-policy RKL .* supervised KD (lambda 0, RKL): .* (2 data seeds)\$' '$W/study/study.md' &&
   [ -s '$W/study-runs/repair-data1/teacher/model.bin' ]"
-check "the RL + GKD table has 4 values of alpha" [ "$(grep -cE '^\| (1|0\.5|0\.1|0) \|' "$W/study/study.md")" -eq 4 ]
+check "the RL + GKD table has 4 values of alpha" [ "$(sed -n '/^## RL + GKD/,$p' "$W/study/study.md" | grep -cE '^\| (1|0\.5|0\.1|0) \|')" -eq 4 ]
 check "the RL plot is a PNG file" bash -c "file '$W/study/rl.png' | grep -q 'PNG image'"
 
 echo "cli: $pass passed, $fail failed"
