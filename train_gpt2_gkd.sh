@@ -313,12 +313,10 @@ run_seed() {
   progress "${S#$RUNS/} warm start"
   for M in "$@"; do
     if [ ! -s "$S/$M/model.bin" ]; then
-      set -- $(method_flags $M)
-      local cmd=$1 from
-      shift
-      if [ "$cmd" = sft ]; then from="--model"; else from="--student"; fi
+      local flags=($(method_flags $M)) from  # the command, then its flags
+      if [ "${flags[0]}" = sft ]; then from="--model"; else from="--student"; fi
       rm -rf "$S/$M"
-      $GKD $cmd "$@" $from "$S/warm-start/model.bin" --out "$S/$M" --steps $STEPS --lr 1e-3 --seed $SEED \
+      $GKD "${flags[@]}" $from "$S/warm-start/model.bin" --out "$S/$M" --steps $STEPS --lr 1e-3 --seed $SEED \
            $(train_flags $STEPS 64 "$(method_split $M)")
     fi
     evaluate "$S/$M/model.bin" "$S/$M/test.json"

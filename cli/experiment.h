@@ -32,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "verdicts.h"  // defines: compare_paired, verdict_line (the t interval and its word)
+#include "verdicts.h"  // defines: mean_of, sd_of, compare_paired, verdict_line (the t interval and its word)
 
 // Writes a task's splits as JSONL: DIR/train.jsonl, DIR/validation.jsonl, DIR/test.jsonl.
 static void write_task_splits(const std::string& task, uint64_t seed, const TaskSizes& sizes, const std::string& dir) {
@@ -180,19 +180,6 @@ struct ExperimentRow {
     bool cached = false;
 };
 
-static double mean_of(const std::vector<double>& v) {
-    double s = 0;
-    for (double x : v) s += x;
-    return v.empty() ? NAN : s / v.size();
-}
-// the sample standard deviation (n - 1); 0 for a single value
-static double sd_of(const std::vector<double>& v) {
-    if (v.size() < 2) return 0;
-    double m = mean_of(v), s = 0;
-    for (double x : v) s += (x - m) * (x - m);
-    return std::sqrt(s / (v.size() - 1));
-}
-
 // "mean ± sd" of one metric over a row's runs, times `scale`, with `decimals`
 static std::string mean_sd(const ExperimentRow& row, double EvalResult::*field, double scale, int decimals) {
     std::vector<double> v;
@@ -211,12 +198,16 @@ static std::vector<double> paired_differences(const ExperimentRow& a, const Expe
     return d;
 }
 
+// A row's name as a verdict reads it: without the table's "+ " (what continues the warm start).
+static std::string verdict_name(const ExperimentRow& row) {
+    return row.name.rfind("+ ", 0) == 0 ? row.name.substr(2) : row.name;
+}
+
 // The verdict on `a` against `b` (cli/verdicts.h): the mean of the per-seed differences,
 // its 95% t interval, and the word the interval gives.
 static std::string verdict(const ExperimentRow& a, const ExperimentRow& b, double EvalResult::*field,
                            const char* what) {
-    auto plain = [](const std::string& name) { return name.rfind("+ ", 0) == 0 ? name.substr(2) : name; };
-    return verdict_line(plain(a.name), plain(b.name), compare_paired(paired_differences(a, b, field)),
+    return verdict_line(verdict_name(a), verdict_name(b), compare_paired(paired_differences(a, b, field)),
                         std::string("points ") + what);
 }
 
@@ -230,7 +221,7 @@ static std::string seeds_paragraph(const ExperimentRow& a, const ExperimentRow& 
                 "deviation of %.2f points, so the 95%% interval's half-width here is %.2f points: the smallest "
                 "difference this experiment can call. At that spread a true 1-point difference needs %zu seeds to "
                 "be called when observed at its size, and %zu seeds to be called with 80%% probability.\n\n",
-                c.n, a.name.substr(2).c_str(), b.name.substr(2).c_str(), c.sd, half, seeds_needed(1.0, c.sd, 0.5),
+                c.n, verdict_name(a).c_str(), verdict_name(b).c_str(), c.sd, half, seeds_needed(1.0, c.sd, 0.5),
                 seeds_needed(1.0, c.sd, 0.8));
 }
 

@@ -46,6 +46,20 @@ static double t_critical(double coverage, int df) {
     return 0.5 * (lo + hi);
 }
 
+// the mean; NAN for no value (the experiment's table cells use these two as well)
+static double mean_of(const std::vector<double>& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return v.empty() ? NAN : s / v.size();
+}
+// the sample standard deviation (n - 1); 0 for a single value
+static double sd_of(const std::vector<double>& v) {
+    if (v.size() < 2) return 0;
+    double m = mean_of(v), s = 0;
+    for (double x : v) s += (x - m) * (x - m);
+    return std::sqrt(s / (v.size() - 1));
+}
+
 // The per-seed differences d (n of them), summed up.
 struct PairedComparison {
     size_t n = 0;
@@ -58,14 +72,10 @@ static PairedComparison compare_paired(const std::vector<double>& d, double cove
     PairedComparison c;
     c.n = d.size();
     if (c.n == 0) return c;
-    double sum = 0;
-    for (double x : d) sum += x;
-    c.mean = sum / c.n;
+    c.mean = mean_of(d);
     c.word = "no difference shown";
     if (c.n < 2) return c;
-    double ss = 0;
-    for (double x : d) ss += (x - c.mean) * (x - c.mean);
-    c.sd = std::sqrt(ss / (c.n - 1));
+    c.sd = sd_of(d);
     const double half = t_critical(coverage, (int)c.n - 1) * c.sd / std::sqrt((double)c.n);
     c.lo = c.mean - half;
     c.hi = c.mean + half;

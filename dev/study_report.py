@@ -245,10 +245,11 @@ def data_seed_section(runs, data_seeds, methods, out):
              "(its seed 0). Test accuracy sampled at T=1 (%); the last column is on-policy minus supervised.", "",
              "| data seed | teacher | " + " | ".join(LABELS[m] for m in methods) + " | difference (points) |",
              "|---|---|" + "---|" * len(methods) + "---|"]
+    # the headline: on-policy (methods[-1]) minus supervised (methods[-2]), sampled
+    headline = differences(res[methods[-1]], res[methods[-2]], "sample_accuracy")
     for i, (d, _) in enumerate(dirs):
         cells = " | ".join(f"{100 * res[m][i]['sample_accuracy']:.1f}" for m in methods)
-        diff = 100 * (res[methods[-1]][i]["sample_accuracy"] - res[methods[-2]][i]["sample_accuracy"])
-        lines.append(f"| {d} | {100 * teachers[i]['sample_accuracy']:.1f} | {cells} | {diff:+.1f} |")
+        lines.append(f"| {d} | {100 * teachers[i]['sample_accuracy']:.1f} | {cells} | {headline[i]:+.1f} |")
     lines += ["", f"Computed ({len(dirs)} data seeds, paired by data seed; the interval covers the data split, the "
               "teacher and the training seed):", ""]
     pairs = [(methods[-1], methods[-2])] + [(m, methods[0]) for m in methods[1:]]
@@ -256,7 +257,7 @@ def data_seed_section(runs, data_seeds, methods, out):
         for key, unit in (("sample_accuracy", "points sampled at T=1"), ("accuracy", "points greedy")):
             c = compare_paired(differences(res[a], res[b], key))
             lines.append(f"- {verdict_line(LABELS[a], LABELS[b], c, unit, seed='data seed')}")
-    c = compare_paired(differences(res[methods[-1]], res[methods[-2]], "sample_accuracy"))
+    c = compare_paired(headline)
     if c["n"] > 1 and c["sd"] > 0:
         lines += ["", f"Across data seeds, {LABELS[methods[-1]]} minus {LABELS[methods[-2]]} (sampled) varies with a "
                   f"standard deviation of {c['sd']:.2f} points: {len(dirs)} data seeds resolve {c['hi'] - c['mean']:.2f} "
