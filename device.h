@@ -109,6 +109,22 @@ struct Device {
     virtual void copy_to_host(AdamW& opt) = 0;
 };
 
+// What of each row of b the teacher's pass must run for the loss (both devices): row i
+// up to its last target, n_new[i] positions (at least 1), and its logits from head_from[i]
+// (its first target) on.
+static void loss_extent(const TrainBatch& b, std::vector<int>& n_new, std::vector<int>& head_from) {
+    n_new.assign(b.B, 1);
+    head_from.assign(b.B, 1);
+    for (int i = 0; i < b.B; i++) {
+        const int* targets = b.targets.data() + (size_t)i * b.T;
+        int first = b.T, last = -1;
+        for (int t = 0; t < b.T; t++)
+            if (targets[t] >= 0) { first = std::min(first, t); last = t; }
+        n_new[i] = std::max(last + 1, 1);
+        head_from[i] = std::min(first, n_new[i]);
+    }
+}
+
 struct CpuDevice : Device {
     const GPT<float>* model;                // the student, or the model being evaluated
     GPT<float>* trainee = nullptr;          // the same model, when this device trains it
@@ -174,15 +190,8 @@ struct CpuDevice : Device {
     // a chunk at a time and each chunk's logits are reduced at once: what is kept is
     // (B * T, K + 1) values and (B * T, K) ids, and the chunk's (rows, T, Vp) is the peak.
     void teacher_forward(const TrainBatch& b, const LossSpec& spec) override {
-        std::vector<int> n_new(b.B), head_from(b.B);
-        for (int i = 0; i < b.B; i++) {
-            const int* targets = b.targets.data() + (size_t)i * b.T;
-            int first = b.T, last = -1;
-            for (int t = 0; t < b.T; t++)
-                if (targets[t] >= 0) { first = std::min(first, t); last = t; }
-            n_new[i] = std::max(last + 1, 1);
-            head_from[i] = std::min(first, n_new[i]);
-        }
+        std::vector<int> n_new, head_from;
+        loss_extent(b, n_new, head_from);
         if (spec.needs_teacher_rows()) {
             logits_pass(Role::Teacher, b, teacher_logits, n_new, head_from.data());
             return;

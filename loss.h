@@ -2,7 +2,8 @@
 // divergence of docs/algorithm.md §1 with its exact gradient over one row of logits, and the
 // batch loss that sums them.
 //
-// GPU twin: cuda/loss.cuh, a fused kernel for the full-row losses (full_row_loss's twin).
+// GPU twin: cuda/loss.cuh (gpu_batch_loss, the same dispatch; a kernel for each loss and
+// for the teacher's top-K; bucket_term is compiled for both devices).
 //
 // One entry point, batch_loss(..., spec): it calls full_row_loss for JSD(beta) and
 // cross-entropy, loss_over_positions with top_k_divergence_row or total_variation_row for
@@ -300,36 +301,40 @@ enum class Objective { Jsd, TotalVariation, SampledReverseKl };
 inline const std::vector<std::string> OBJECTIVE_NAMES = {"jsd", "tv", "sampled-reverse-kl"};  // --objective, in order
 inline const char* objective_name(Objective o) { return OBJECTIVE_NAMES[(size_t)o].c_str(); }
 
-// D over buckets and its derivative over each bucket's mass. P (n) and Q (n) are the
-// bucket masses. With g_b = dD/dQ_b and b(i) the bucket of column i, the gradient over the
-// student's logits z_i (at temperature tau) is q_i (g_b(i) - sum_b Q_b g_b) / tau (the
-// callers apply it):
-// the softmax Jacobian of a sum of q's is q_i (1[i in b] - Q_b). For TV, g_b is
-// sign(Q_b - P_b) / 2 with sign(0) = 0: TV is not differentiable where P_b = Q_b, and gkd
-// takes that subgradient, the one that leaves a bucket already matched alone.
-// Returns D; fills g (n).
+// One bucket's share of D and its derivative over the bucket's mass: p and q are the
+// teacher's and the student's masses in it, *g gets g_b = dD/dQ_b. For TV, g_b is
+// sign(q - p) / 2 with sign(0) = 0: TV is not differentiable where p = q, and gkd takes that
+// subgradient, the one that leaves a bucket already matched alone. The same code on both
+// devices (cuda/loss.cuh's top-K kernel calls it per bucket).
+GKD_HOST_DEVICE inline double bucket_term(double p, double q, Objective objective, double beta, double* g) {
+    if (objective == Objective::TotalVariation) {
+        *g = q > p ? 0.5 : q < p ? -0.5 : 0.0;
+        return 0.5 * ::fabs(q - p);
+    }
+    if (beta == 0.0) {  // KL(P || Q); a bucket empty on both sides adds nothing
+        *g = p > 0 ? -p / q : 0.0;
+        return p > 0 ? p * (::log(p) - ::log(q)) : 0.0;
+    }
+    if (beta == 1.0) {  // KL(Q || P)
+        *g = q > 0 ? ::log(q) - ::log(p) : 0.0;
+        return q > 0 ? q * (::log(q) - ::log(p)) : 0.0;
+    }
+    const double m = beta * p + (1 - beta) * q;
+    if (m <= 0) { *g = 0; return 0.0; }
+    const double lm = ::log(m);
+    *g = q > 0 ? (1 - beta) * (::log(q) - lm) : 0.0;
+    return (p > 0 ? beta * p * (::log(p) - lm) : 0.0) + (q > 0 ? (1 - beta) * q * (::log(q) - lm) : 0.0);
+}
+
+// D over buckets and its derivative over each bucket's mass (bucket_term, bucket by
+// bucket). P (n) and Q (n) are the bucket masses. With g_b = dD/dQ_b and b(i) the bucket of
+// column i, the gradient over the student's logits z_i (at temperature tau) is
+// q_i (g_b(i) - sum_b Q_b g_b) / tau (the callers apply it): the softmax Jacobian of a sum
+// of q's is q_i (1[i in b] - Q_b). Returns D; fills g (n).
 static double bucket_divergence(const double* P, const double* Q, int n, Objective objective, double beta,
                                 double* g) {
     double D = 0;
-    for (int b = 0; b < n; b++) {
-        const double p = P[b], q = Q[b];
-        if (objective == Objective::TotalVariation) {
-            D += 0.5 * std::fabs(q - p);
-            g[b] = q > p ? 0.5 : q < p ? -0.5 : 0.0;
-        } else if (beta == 0.0) {  // KL(P || Q); a bucket empty on both sides adds nothing
-            D += p > 0 ? p * (std::log(p) - std::log(q)) : 0.0;
-            g[b] = p > 0 ? -p / q : 0.0;
-        } else if (beta == 1.0) {  // KL(Q || P)
-            D += q > 0 ? q * (std::log(q) - std::log(p)) : 0.0;
-            g[b] = q > 0 ? std::log(q) - std::log(p) : 0.0;
-        } else {
-            const double m = beta * p + (1 - beta) * q;
-            if (m <= 0) { g[b] = 0; continue; }
-            const double lm = std::log(m);
-            D += (p > 0 ? beta * p * (std::log(p) - lm) : 0.0) + (q > 0 ? (1 - beta) * q * (std::log(q) - lm) : 0.0);
-            g[b] = q > 0 ? (1 - beta) * (std::log(q) - lm) : 0.0;
-        }
-    }
+    for (int b = 0; b < n; b++) D += bucket_term(P[b], Q[b], objective, beta, &g[b]);
     return D;
 }
 
@@ -516,6 +521,23 @@ struct TeacherSignal {
     size_t bytes() const { return logp.size() * 4 + ids.size() * 4 + target_logp.size() * 4; }
 };
 
+// The sampled reverse KL's advantages (below): at each target n, A_t = r_t + gamma A_{t+1}
+// with r_t = -log_ratio[n], summed from the row's end. Both devices call it on the host.
+//   log_ratio, advantage (B * T)
+static void discounted_advantages(const TrainBatch& b, const std::vector<double>& log_ratio, double discount,
+                                  std::vector<double>& advantage) {
+    advantage.assign((size_t)b.B * b.T, 0.0);
+    for (int row = 0; row < b.B; row++) {
+        double later = 0;
+        for (int t = b.T - 1; t >= 0; t--) {
+            const int n = row * b.T + t;
+            if (b.targets[n] < 0) continue;
+            later = -log_ratio[n] + discount * later;
+            advantage[n] = later;
+        }
+    }
+}
+
 // Sampled-token reverse KL (docs/algorithm.md §1.6): the reward of target token y_t is
 // r_t = -(log q(y_t) - log p(y_t)) at temperature tau, its advantage the discounted sum
 // A_t = sum_{s >= t} gamma^(s-t) r_s over the row's later targets, and the loss
@@ -529,7 +551,7 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
                                double* mean_per_token = nullptr) {
     const int N = b.B * b.T;
     // per target: the student's max and log-normaliser (online_logsumexp), kept for the gradient
-    std::vector<double> log_ratio(N, 0.0), advantage(N, 0.0), max_of(N, 0.0), log_z(N, 0.0);
+    std::vector<double> log_ratio(N, 0.0), advantage, max_of(N, 0.0), log_z(N, 0.0);
     #pragma omp parallel for schedule(dynamic, 8)
     for (int n = 0; n < N; n++)
         if (b.targets[n] >= 0) {
@@ -537,15 +559,7 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
             online_logsumexp(s, V, 1.0 / tau, max_of[n], log_z[n]);
             log_ratio[n] = ((double)s[b.targets[n]] / tau - max_of[n] - log_z[n]) - teacher_target_logp[n];
         }
-    for (int row = 0; row < b.B; row++) {  // A_t = r_t + gamma A_{t+1}, from the row's end
-        double later = 0;
-        for (int t = b.T - 1; t >= 0; t--) {
-            const int n = row * b.T + t;
-            if (b.targets[n] < 0) continue;
-            later = -log_ratio[n] + discount * later;
-            advantage[n] = later;
-        }
-    }
+    discounted_advantages(b, log_ratio, discount, advantage);
     if (dstudent) {
         #pragma omp parallel for schedule(dynamic, 8)
         for (int n = 0; n < N; n++) {

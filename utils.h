@@ -68,6 +68,14 @@ inline std::string strf(const char* fmt, ...) {
                                 __LINE__, #cond, hint));                                  \
     } while (0)
 
+// A function both devices run, the same source: nvcc compiles it for the host and the GPU
+// (loss.h's bucket_term); g++ and the emulator's build see a plain function.
+#ifdef __CUDACC__
+#define GKD_HOST_DEVICE __host__ __device__
+#else
+#define GKD_HOST_DEVICE
+#endif
+
 // ----------------------------------------------------------------------------
 // checked file I/O
 

@@ -21,27 +21,6 @@
 // gkd distill's and gkd sft's tables: their entries of train_options() (train_options.h).
 static const std::vector<FlagSpec> DISTILL_FLAGS = train_flag_table(DISTILL), SFT_FLAGS = train_flag_table(SFT);
 
-// Whether the run's loss is one the CUDA path does not implement (the CPU's alone).
-static bool cpu_only_loss(const TrainOptions& o) {
-    return !o.sft && (o.objective != Objective::Jsd || o.teacher_top_k > 0 || !o.teacher_cache.empty());
-}
-
-// The CPU alone implements cpu_only_loss's losses: --device cuda (given again to a resumed
-// run too) is refused, and --device auto picks the CPU, saying so.
-static void place_cpu_only_loss(TrainOptions& o, const Flags& f, const char* cmd) {
-    if (o.device != "cuda" || !cpu_only_loss(o)) return;
-    const std::string loss = strf("--objective %s%s%s", objective_name(o.objective),
-                                  o.teacher_top_k ? strf(", --teacher-top-k %d", o.teacher_top_k).c_str() : "",
-                                  o.teacher_cache.empty() ? "" : ", --teacher-cache");
-    if (f.str("device", "auto") == "cuda")
-        GKD_FAIL("gkd %s: this run's loss (%s) runs on the CPU path only (the CUDA path keeps the teacher's full "
-                 "rows and computes JSD(beta) alone): use --device cpu", cmd, loss.c_str());
-    fprintf(stderr, "gkd %s: this run's loss (%s) runs on the CPU path only: --device auto uses the CPU\n", cmd,
-            loss.c_str());
-    o.device = "cpu";
-    o.tf32 = false;
-}
-
 // What gkd distill asks of the teacher's signal beyond its entries: the sampled reverse KL
 // is a policy gradient on the student's own samples, and a teacher cache serves the
 // off-policy steps alone (docs/cli.md).
@@ -63,7 +42,6 @@ static void check_teacher_signal(const Flags& f, TrainOptions& o) {
     } else {
         f.required("teacher");
     }
-    place_cpu_only_loss(o, f, "distill");
 }
 
 // A new run's options (not --resume): read_train_flags, then what each command asks of
@@ -148,7 +126,6 @@ static int cmd_train(int argc, char** argv, bool sft) {
             start_step = load_training_state(tr, path);
             tr.opt.device = resolve_device(f);
             tr.opt.tf32 = f.on("tf32");
-            place_cpu_only_loss(tr.opt, f, cmd);
             if (tr.opt.sft != sft)
                 GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(),
                          tr.opt.sft ? "sft" : "distill", tr.opt.sft ? "sft" : "distill", dir.c_str());

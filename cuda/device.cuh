@@ -2,8 +2,9 @@
 // and of evaluation on the GPU.
 //
 // It holds the student (with gradients and AdamW's moments when it trains) and the
-// teacher on the device, their generators, the teacher's logits and the loss's small
-// per-position arrays. The host's copies lag until copy_to_host: checkpoints, the final
+// teacher on the device, their generators, the teacher's logits at the loss's targets (or
+// its top-K or target signal, computed there or uploaded from a cache) and the loss's
+// small per-position arrays. The host's copies lag until copy_to_host: checkpoints, the final
 // save and nothing else need them, so a step moves only token ids and a few scalars
 // across PCIe.
 //
@@ -25,9 +26,13 @@ struct GpuDevice : Device {
     GPT<float>* host_student = nullptr;  // training: where copy_to_host writes
     GpuGenerator student_gen, teacher_gen;
     GpuInferScratch scratch;             // forward passes with no activations kept
-    DeviceBuffer<float> teacher_logits;  // (B, T, Vp of the teacher)
+    DeviceBuffer<float> teacher_logits;  // (targets, Vp of the teacher): its logits where the loss reads them
+    DeviceBuffer<int> teacher_row;       // (B * T) position n's row of teacher_logits, -1 off the targets
+    DeviceBuffer<int> signal_at;         // (targets of a chunk) their batch positions
+    GpuTeacherSignal teacher_signal;     // else (B * T, K + 1) and (B * T, K), or (B * T)
     DeviceBuffer<float> eval_logits;     // (B, T, Vp) before they go to the host
     GpuLossBuffers loss;
+    TeacherSignal cached_signal;         // a batch's signal from --teacher-cache, on its way to the device
 
     // inference only: sampling and evaluation, in fp32
     GpuDevice(const GPT<float>& model, const GPT<float>* teacher, bool tf32 = false) {
@@ -79,17 +84,70 @@ struct GpuDevice : Device {
         download(out.data(), d, out.size());
     }
 
-    // the GPU keeps the teacher's whole logit rows: the top-K, total variation and sampled
-    // reverse KL losses are the CPU's alone (the command line refuses them with --device cuda)
+    // The teacher's pass for the loss over rows [r0, r0 + count) of b, as the CPU's: each row
+    // up to its last target (loss_extent), the LM head at the targets alone (gpu_infer's
+    // head_at). logits (device) gets (targets of these rows, Vp) in batch order; at, the
+    // batch position of each.
+    void teacher_pass(const TrainBatch& b, const std::vector<int>& n_new, int r0, int count, std::vector<int>& at,
+                      DeviceBuffer<float>& logits) {
+        int Tn = 1;
+        for (int i = r0; i < r0 + count; i++) Tn = std::max(Tn, n_new[i]);
+        std::vector<int> tokens((size_t)count * Tn, 0), rows(count), start(count, 0), head;
+        at.clear();
+        for (int i = 0; i < count; i++) {
+            const size_t row = (size_t)(r0 + i) * b.T;
+            std::copy(b.tokens.begin() + row, b.tokens.begin() + row + n_new[r0 + i], tokens.begin() + (size_t)i * Tn);
+            rows[i] = i;
+            for (int t = 0; t < n_new[r0 + i]; t++)
+                if (b.targets[row + t] >= 0) { head.push_back(i * Tn + t); at.push_back((int)(row + t)); }
+        }
+        const GpuModel& t = of(Role::Teacher);
+        float* out = logits.ensure(std::max<size_t>(1, head.size()) * t.config.padded_vocab_size);
+        gpu_infer(t, nullptr, scratch, tokens.data(), rows.data(), start.data(), n_new.data() + r0, count, Tn, out,
+                  true, &head);
+    }
+    // what the loss reads of the teacher at every target position of b: its logit rows
+    // (teacher_row maps a position to its row), or, when the loss needs less (top-K, the
+    // sampled reverse KL), the signal reduced on the device a chunk of rows at a time, the
+    // chunk's logits within 256 MB (the CPU's teacher_forward, chunk for chunk)
     void teacher_forward(const TrainBatch& b, const LossSpec& spec) override {
-        GKD_ASSERT(spec.cross_entropy || (spec.needs_teacher_rows() && spec.objective == Objective::Jsd),
-                   "a loss the CUDA path does not implement reached it (the command line refuses it)");
-        float* logits = teacher_logits.ensure((size_t)b.B * b.T * of(Role::Teacher).config.padded_vocab_size);
-        forward_all_positions(Role::Teacher, b, logits);
+        std::vector<int> n_new, head_from, at;
+        loss_extent(b, n_new, head_from);
+        const int N = b.B * b.T, V = of(Role::Teacher).config.vocab_size;
+        const int Vp = of(Role::Teacher).config.padded_vocab_size, K = spec.top_k;
+        if (spec.needs_teacher_rows()) {
+            teacher_pass(b, n_new, 0, b.B, at, teacher_logits);
+            std::vector<int> row_of(N, -1);
+            for (size_t j = 0; j < at.size(); j++) row_of[at[j]] = (int)j;
+            teacher_row.upload(row_of);
+            CUDA_CHECK(cudaDeviceSynchronize());
+            return;
+        }
+        GKD_ASSERT(K <= V, "--teacher-top-k above the vocabulary");
+        teacher_signal.K = K;
+        if (K) {
+            teacher_signal.logp.ensure((size_t)N * (K + 1));
+            teacher_signal.ids.ensure((size_t)N * K);
+        } else {
+            teacher_signal.target_logp.ensure(N);
+        }
+        loss.targets.upload(b.targets.data(), N);
+        const int chunk = std::max(1, (int)((256ull << 20) / ((size_t)b.T * Vp * sizeof(float))));
+        for (int r0 = 0; r0 < b.B; r0 += chunk) {
+            teacher_pass(b, n_new, r0, std::min(chunk, b.B - r0), at, teacher_logits);
+            if (at.empty()) continue;
+            signal_at.upload(at);
+            gpu_teacher_signal(teacher_signal, teacher_logits.ptr, Vp, signal_at.ptr, loss.targets.ptr, (int)at.size(),
+                               V, K, spec.tau);
+        }
         CUDA_CHECK(cudaDeviceSynchronize());
     }
-    void teacher_signal_from_cache(const TeacherCache&, const TrainBatch&, const std::vector<size_t>&) override {
-        GKD_FAIL("--teacher-cache: the CUDA path reads no teacher cache; use --device cpu");
+    // the cache's signal (data/teacher_cache.h) into the host's TeacherSignal, then to the
+    // device: (B * T, K + 1) floats and (B * T, K) ids a batch
+    void teacher_signal_from_cache(const TeacherCache& cache, const TrainBatch& b,
+                                   const std::vector<size_t>& examples) override {
+        cache.fill(cached_signal, b, examples);
+        teacher_signal.upload(cached_signal);
     }
     // (no student_forward_from_samples: the GPU's sampling keeps no record)
     void student_forward(const TrainBatch& b) override {
@@ -98,10 +156,9 @@ struct GpuDevice : Device {
     }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
         GpuModel& s = trained();
-        const int V = s.config.vocab_size, Vp_student = s.config.padded_vocab_size;
-        const int Vp_teacher = spec.cross_entropy ? 0 : teacher.config.padded_vocab_size;
-        return gpu_full_row_loss(loss, b, spec.cross_entropy ? nullptr : teacher_logits.ptr, Vp_teacher, s.acts.logits,
-                                 V, Vp_student, spec.cross_entropy, spec.beta, spec.tau, spec.norm, nullptr, pg);
+        const int Vp_teacher = spec.needs_teacher_rows() ? teacher.config.padded_vocab_size : 0;
+        return gpu_batch_loss(loss, b, teacher_logits.ptr, Vp_teacher, teacher_row.ptr, teacher_signal, s.acts.logits,
+                              s.config.vocab_size, s.config.padded_vocab_size, spec, nullptr, pg);
     }
     void student_backward() override {
         gpu_zero_grad(trained());

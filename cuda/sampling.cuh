@@ -142,6 +142,13 @@ __global__ void cached_attention_kernel(float* out, const float* qkv, const floa
         o[i] = acc * inv;
     }
 }
+// out (count, C) = x[at[j]]: the positions (of the Bn * Tn) where a loss reads the logits
+__global__ void gather_rows_kernel(float* out, const float* x, const int* at, int C, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const size_t j = i / C;
+    out[i] = x[(size_t)at[j] * C + i % C];
+}
 // x_last (Bn, C) = x[b, max(n_new[b] - 1, 0)]: the rows the LM head needs while sampling
 __global__ void gather_last_kernel(float* out, const float* x, const int* n_new, int Tn, int C, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
@@ -197,7 +204,7 @@ struct GpuKVCache {
 // Reused across layers: a forward-only pass keeps no per-layer activations.
 struct GpuInferScratch {
     DeviceBuffer<float> x, ln, qkv, atty, proj, fch, attention, last;
-    DeviceBuffer<int> tokens, cache_row, start, n_new;
+    DeviceBuffer<int> tokens, cache_row, start, n_new, head_at;
 };
 
 // Runs Tn new tokens per row (right-padded; row b has n_new[b]) through the model, storing
@@ -205,14 +212,16 @@ struct GpuInferScratch {
 // start[b] = 0: causal attention over the new tokens, batched GEMMs) and an extension of
 // cached rows (a decode step, Tn = 1, or a speculative verification: attention over each
 // row's cache, which already holds the new keys). logits (device):
-// all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token.
+// all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token; with head_at
+// (head_count positions of the Bn * Tn, on the device), (head_count, Vp) at those alone:
+// the LM head runs where a loss reads it and nowhere else (gpt_infer's head_from).
 // This one takes the per-row arrays on the device (tokens (Bn, Tn), cache_row, start,
 // n_new (Bn)): no copy between host and device and nothing read back, so a decode step
 // is enqueued (or captured) without waiting. The caller vouches for gpu_infer's checks:
 // positions within the context and the cache; prefill iff every start is 0.
 static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens,
                                 const int* cache_row, const int* start, const int* n_new, int Bn, int Tn, bool prefill,
-                                float* logits, bool all_positions) {
+                                float* logits, bool all_positions, const int* head_at = nullptr, int head_count = 0) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads;
     const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
@@ -255,7 +264,15 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
         gpu::matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
         gpu::residual_forward(x, x, proj, total);
     }
-    if (all_positions) {
+    if (head_at) {
+        if (head_count == 0) return;
+        float* rows = s.last.ensure((size_t)head_count * C);
+        GPU_LAUNCH(gpu::gather_rows_kernel, gpu::blocks_for((size_t)head_count * C), gpu::THREADS, 0, gpu::stream(),
+            rows, x, head_at, C, (size_t)head_count * C);
+        gpu::layernorm_forward(ln, nullptr, nullptr, rows, p.lnfw, p.lnfb, head_count, C);
+        gpu::matmul_forward(logits, ln, p.wte, nullptr, head_count, C, V, Vp);
+        gpu::zero_padding(logits, head_count, V, Vp);
+    } else if (all_positions) {
         gpu::layernorm_forward(ln, nullptr, nullptr, x, p.lnfw, p.lnfb, N, C);
         gpu::matmul_forward(logits, ln, p.wte, nullptr, N, C, V, Vp);
         gpu::zero_padding(logits, N, V, Vp);
@@ -271,7 +288,8 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
 
 // gpu_infer_on_device with the per-row arrays on the host: checked, then uploaded.
 static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens, const int* cache_row,
-                      const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions) {
+                      const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions,
+                      const std::vector<int>* head_at = nullptr) {
     const GPTConfig& c = m.config;
     bool prefill = true;
     for (int b = 0; b < Bn; b++) {
@@ -284,8 +302,13 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
     s.cache_row.upload(cache_row, Bn);
     s.start.upload(start, Bn);
     s.n_new.upload(n_new, Bn);
+    if (head_at && head_at->empty() && !cache) return;  // no logits wanted, nothing kept: nothing to run
+    if (head_at) {
+        for (int at : *head_at) GKD_ASSERT(at >= 0 && at < Bn * Tn && at % Tn < n_new[at / Tn], "a head position off the rows");
+        s.head_at.upload(*head_at);
+    }
     gpu_infer_on_device(m, cache, s, s.tokens.ptr, s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Bn, Tn, prefill, logits,
-                        all_positions);
+                        all_positions, head_at ? s.head_at.ptr : nullptr, head_at ? (int)head_at->size() : 0);
 }
 
 // Reusable device buffers for batched generation from one model.

@@ -245,6 +245,17 @@ static TrainBatch random_batch(int B, int T, int V) {
     return b;
 }
 
+// RL + GKD's term for the loss tests' three rows: advantages of both signs, alpha 0.6,
+// sampled at temperature 0.8
+static PolicyGradientTerm rl_term(int B) {
+    PolicyGradientTerm pg;
+    pg.advantage = {0.5, -1.0, 0.25};
+    pg.scale = 0.4 / B;
+    pg.alpha = 0.6;
+    pg.temperature = 0.8;
+    return pg;
+}
+
 // At V = 300 each of the kernel's 256 threads holds one or two entries of a row; at
 // GPT-2's V = 50257 each folds ~196 into its running max and sum (the online rescaling).
 static void test_loss(const char* name, bool cross_entropy, double beta, double tau, LossNorm norm, bool rl,
@@ -252,14 +263,7 @@ static void test_loss(const char* name, bool cross_entropy, double beta, double 
     const int B = 3, T = 6;
     TrainBatch b = random_batch(B, T, V);
     auto student = random_floats((size_t)B * T * Vp_student, 3.0), teacher = random_floats((size_t)B * T * Vp_teacher, 3.0);
-    PolicyGradientTerm pg_cpu, pg_gpu;
-    if (rl) {
-        pg_cpu.advantage = {0.5, -1.0, 0.25};
-        pg_cpu.scale = 0.4 / B;
-        pg_cpu.alpha = 0.6;
-        pg_cpu.temperature = 0.8;
-        pg_gpu = pg_cpu;
-    }
+    PolicyGradientTerm pg_cpu = rl_term(B), pg_gpu = pg_cpu;
     std::vector<float> grad(student.size());
     double mean_cpu = 0, mean_gpu = 0;
     double loss_cpu = full_row_loss(b, teacher.data(), Vp_teacher, student.data(), grad.data(), V, Vp_student,
@@ -276,6 +280,89 @@ static void test_loss(const char* name, bool cross_entropy, double beta, double 
               strf("fused loss %s: REINFORCE surrogate %.10g vs %.10g", name, pg_gpu.surrogate, pg_cpu.surrogate));
     // the gradient, written over the logits: masked rows and padded columns must be zero
     check_close(strf("fused loss %s: gradient over the logits", name), d_student.get(), grad, 1e-6);
+}
+
+// batch_loss against gpu_batch_loss for one LossSpec: total variation, the teacher's top-K
+// with the tail, the sampled reverse KL. The GPU's teacher signal is computed on the device
+// from the same teacher logits (teacher_top_k_kernel, target_log_prob_kernel) and checked
+// against the CPU's (teacher_top_k_row, token_log_prob) first: the same ids, log-probs
+// within 1e-6. Full-row losses read the teacher's rows at the targets alone, compacted,
+// through the teacher_row map, as GpuDevice::teacher_forward leaves them.
+static void test_spec_loss(const char* name, LossSpec spec, bool rl, int V = 300, int Vp_student = 384,
+                           int Vp_teacher = 320) {
+    const int B = 3, T = 6, N = B * T, K = spec.top_k;
+    TrainBatch b = random_batch(B, T, V);
+    auto student = random_floats((size_t)N * Vp_student, 3.0), teacher = random_floats((size_t)N * Vp_teacher, 3.0);
+    PolicyGradientTerm pg_cpu = rl_term(B), pg_gpu = pg_cpu;
+    std::vector<int> at, row_of(N, -1);
+    std::vector<float> target_rows;
+    for (int n = 0; n < N; n++)
+        if (b.targets[n] >= 0) {
+            row_of[n] = (int)at.size();
+            at.push_back(n);
+            target_rows.insert(target_rows.end(), teacher.begin() + (size_t)n * Vp_teacher,
+                               teacher.begin() + (size_t)(n + 1) * Vp_teacher);
+        }
+    Dev d_rows(target_rows);
+    DevInt d_at(at), d_row_of(row_of);
+    TeacherSignal signal;
+    GpuTeacherSignal d_signal;
+    GpuLossBuffers buf;
+    if (!spec.needs_teacher_rows()) {
+        signal.reset(N, K);
+        for (int n : at) {
+            const float* row = teacher.data() + (size_t)n * Vp_teacher;
+            if (K) teacher_top_k_row(row, V, K, spec.tau, signal.logp.data() + (size_t)n * (K + 1),
+                                     signal.ids.data() + (size_t)n * K);
+            else signal.target_logp[n] = (float)token_log_prob(row, b.targets[n], V, spec.tau);
+        }
+        d_signal.upload(signal);  // the sizes; the kernels overwrite the target positions
+        std::vector<float> poison(K ? signal.logp.size() : signal.target_logp.size(), NAN);
+        (K ? d_signal.logp : d_signal.target_logp).upload(poison);
+        buf.targets.upload(b.targets);
+        gpu_teacher_signal(d_signal, d_rows.p(), Vp_teacher, d_at.b.ptr, buf.targets.ptr, (int)at.size(), V, K, spec.tau);
+        std::vector<float> lp_cpu, lp_gpu;
+        std::vector<int> ids_gpu(signal.ids.size());
+        if (K) download(ids_gpu.data(), d_signal.ids.ptr, ids_gpu.size());
+        for (int n : at) {
+            const int w = K ? K + 1 : 1;
+            const float* c = K ? signal.logp.data() + (size_t)n * w : &signal.target_logp[n];
+            std::vector<float> g(w);
+            download(g.data(), (K ? d_signal.logp.ptr : d_signal.target_logp.ptr) + (size_t)n * w, w);
+            lp_cpu.insert(lp_cpu.end(), c, c + w);
+            lp_gpu.insert(lp_gpu.end(), g.begin(), g.end());
+        }
+        bool same_ids = true;
+        for (int n : at)
+            for (int j = 0; j < K; j++) same_ids = same_ids && ids_gpu[(size_t)n * K + j] == signal.ids[(size_t)n * K + j];
+        if (K) check(same_ids, strf("%s: the teacher's top-%d ids, selected on the device", name, K));
+        check_close(strf("%s: the teacher's signal (log-probs)", name), lp_gpu, lp_cpu, 1e-6);
+    }
+    std::vector<float> grad(student.size());
+    double mean_cpu = 0, mean_gpu = 0;
+    double loss_cpu = batch_loss(b, teacher.data(), Vp_teacher, signal, student.data(), grad.data(), V, Vp_student, spec,
+                                 &mean_cpu, rl ? &pg_cpu : nullptr);
+    Dev d_student(student);
+    double loss_gpu = gpu_batch_loss(buf, b, d_rows.p(), Vp_teacher, d_row_of.b.ptr, d_signal, d_student.p(), V,
+                                     Vp_student, spec, &mean_gpu, rl ? &pg_gpu : nullptr);
+    double e = std::fabs(loss_gpu - loss_cpu) / std::max(std::fabs(loss_cpu), 1e-12);
+    check(e < 1e-9 && std::fabs(mean_gpu - mean_cpu) <= 1e-9 * std::max(1.0, std::fabs(mean_cpu)),
+          strf("%-52s loss %.10g vs %.10g", strf("%s: value", name).c_str(), loss_gpu, loss_cpu));
+    if (rl)
+        check(std::fabs(pg_gpu.surrogate - pg_cpu.surrogate) <= 1e-9 * std::max(1.0, std::fabs(pg_cpu.surrogate)),
+              strf("%s: REINFORCE surrogate %.10g vs %.10g", name, pg_gpu.surrogate, pg_cpu.surrogate));
+    check_close(strf("%s: gradient over the logits", name), d_student.get(), grad, 1e-6);
+}
+static LossSpec spec_of(Objective objective, double beta, double tau, int top_k, double discount = 0,
+                        LossNorm norm = LossNorm::Sequence) {
+    LossSpec s;
+    s.objective = objective;
+    s.beta = beta;
+    s.tau = tau;
+    s.top_k = top_k;
+    s.kl_discount = discount;
+    s.norm = norm;
+    return s;
 }
 
 // ----------------------------------------------------------------------------
@@ -548,11 +635,13 @@ static void make_trainer(Trainer& tr, uint64_t data_seed, const GPT<float>& stud
 // read the dataset's completions): the loss, the gradient norm, every parameter tensor's
 // gradient, and the parameters after AdamW.
 static void compare_step(const std::string& what, const GPT<float>& student, const GPT<float>& teacher, bool sft,
-                         bool tf32, int batch = 4, int completion_min = 3, int completion_spread = 10) {
+                         bool tf32, int batch = 4, int completion_min = 3, int completion_spread = 10,
+                         const std::function<void(TrainOptions&)>& options = nullptr) {
     Trainer cpu, gpu;
     const uint64_t data_seed = derive_seed(run_seed, ++draws);
     make_trainer(cpu, data_seed, student, teacher, 0.5, sft, batch, completion_min, completion_spread);
     make_trainer(gpu, data_seed, student, teacher, 0.5, sft, batch, completion_min, completion_spread);
+    if (options) { options(cpu.opt); options(gpu.opt); }
     gpu.opt.device = "cuda";
     gpu.opt.tf32 = tf32;
     create_training_device(gpu);
@@ -579,6 +668,20 @@ static void compare_step(const std::string& what, const GPT<float>& student, con
 static void test_full_step(bool sft, bool tf32) {
     GPT<float> student = random_model("2,64,4", 257, 32), teacher = random_model("3,96,4", 257, 32);
     compare_step(sft ? "SFT step" : tf32 ? "GKD step, TF32" : "GKD step, JSD(0.5)", student, teacher, sft, tf32);
+}
+
+// A full step for each objective and teacher signal beyond JSD(beta)'s full rows. The
+// sampled reverse KL is on-policy: greedy samples (temperature 0), the CPU's tokens on both
+// devices, so that both score the same rows.
+static void test_full_step_objective(const char* what, Objective objective, int top_k, bool on_policy) {
+    GPT<float> student = random_model("2,64,4", 257, 32), teacher = random_model("3,96,4", 257, 32);
+    compare_step(what, student, teacher, false, false, 4, 3, 10, [&](TrainOptions& o) {
+        o.objective = objective;
+        o.teacher_top_k = top_k;
+        o.loss_temperature = 1.5;
+        o.kl_discount = 0.9;
+        if (on_policy) { o.lambda = 1; o.temperature = 0; o.max_new_tokens = 6; }
+    });
 }
 
 static void test_trajectory() {
@@ -821,6 +924,25 @@ int main() {
     run_test("GPT-2 width: loss at V = 50257, reverse KL + REINFORCE", [] {
         test_loss("reverse KL + REINFORCE, V 50257", false, 1.0, 1.0, LossNorm::Sequence, true, 50257, 50304, 50304);
     });
+    run_test("loss: total variation", [] { test_spec_loss("TV, tau 2", spec_of(Objective::TotalVariation, 0, 2.0, 0), false); });
+    run_test("loss: total variation + REINFORCE", [] {
+        test_spec_loss("TV + REINFORCE", spec_of(Objective::TotalVariation, 0, 1.0, 0, 0, LossNorm::Token), true);
+    });
+    run_test("loss: top-8, JSD(0.5), tau 2", [] { test_spec_loss("top-8 JSD(0.5), tau 2", spec_of(Objective::Jsd, 0.5, 2.0, 8), false); });
+    run_test("loss: top-8, forward KL", [] { test_spec_loss("top-8 forward KL", spec_of(Objective::Jsd, 0.0, 1.0, 8), false); });
+    run_test("loss: top-5, reverse KL + REINFORCE", [] {
+        test_spec_loss("top-5 reverse KL + REINFORCE", spec_of(Objective::Jsd, 1.0, 1.0, 5, 0, LossNorm::Token), true);
+    });
+    run_test("loss: top-299 of 300 (a one-token tail), JSD(0.3)", [] {
+        test_spec_loss("top-299 JSD(0.3)", spec_of(Objective::Jsd, 0.3, 1.0, 299), false);
+    });
+    run_test("loss: top-8, TV", [] { test_spec_loss("top-8 TV", spec_of(Objective::TotalVariation, 0, 1.0, 8), false); });
+    run_test("loss: sampled reverse KL", [] {
+        test_spec_loss("sampled reverse KL, gamma 0.9, tau 1.5", spec_of(Objective::SampledReverseKl, 0, 1.5, 0, 0.9), false);
+    });
+    run_test("GPT-2 width: loss at V = 50257, top-20 JSD(0.5)", [] {
+        test_spec_loss("top-20 JSD(0.5), V 50257", spec_of(Objective::Jsd, 0.5, 1.0, 20), false, 50257, 50304, 50304);
+    });
     run_test("AdamW and the gradient norm", [] { test_adamw_and_norm(); });
     run_test("cached inference", [] { test_infer(); });
     run_test("greedy sampling", [] { test_greedy(); });
@@ -829,6 +951,12 @@ int main() {
     run_test("sampling distribution", [] { test_sampling_distribution(); });
     run_test("full step (GKD)", [] { test_full_step(false, false); });
     run_test("full step (SFT)", [] { test_full_step(true, false); });
+    run_test("full step (TV)", [] { test_full_step_objective("GKD step, TV", Objective::TotalVariation, 0, false); });
+    run_test("full step (top-8, JSD(0.5))", [] { test_full_step_objective("GKD step, top-8", Objective::Jsd, 8, false); });
+    run_test("full step (top-8, TV)", [] { test_full_step_objective("GKD step, top-8 TV", Objective::TotalVariation, 8, false); });
+    run_test("full step (sampled reverse KL)", [] {
+        test_full_step_objective("GKD step, sampled reverse KL", Objective::SampledReverseKl, 0, true);
+    });
     run_test("trajectory", [] { test_trajectory(); });
     run_test("full step (TF32)", [] { test_full_step(false, true); });
     run_test("device-resident generation", [] { test_generate_bookkeeping(); });
