@@ -90,7 +90,7 @@ struct Device {
                                            const std::vector<size_t>& examples) = 0;
     // the student's logits over b and the activations its backward pass needs, completed
     // from what sample_student_rows recorded instead of a pass; false when the device keeps
-    // no record (the GPU) or the record does not hold b: then run student_forward
+    // no record or the record does not hold b: then run student_forward
     virtual bool student_forward_from_samples(const TrainBatch& b) { return false; }
     // the student's logits over b, and the activations its backward pass needs: a pass
     virtual void student_forward(const TrainBatch& b) = 0;

@@ -162,6 +162,10 @@ struct ActivationTensors {
                    // activation gradients have no logits tensor of their own (see gpt_prepare_training)
     T** array() { return &encoded; }
 };
+// the names of array()'s tensors, in its order (messages, the emulator's guard zones)
+inline const char* const ACTIVATION_NAMES[NUM_ACTIVATION_TENSORS] = {
+    "encoded", "ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "att", "attproj", "residual2", "ln2",
+    "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3", "lnf", "lnf_mean", "lnf_rstd", "logits"};
 
 // What each tensor of ActivationTensors::array() is laid out as (by index, as the sizes
 // below): ln1 .. residual3 are one (B, T, ...) slab per layer; att is (L, B, NH, T, T);

@@ -18,9 +18,23 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 #include "../utils.h"
+
+// The floating-point operations of every matmul with a weight (2 N C OC each: the
+// linear layers and the LM head, forward and backward; attention's products are not
+// counted), from every thread: what the tests hold the CUDA path's matmuls to
+// (tests/test_gpu.cu). One relaxed atomic add a call.
+inline std::atomic<uint64_t>& matmul_flops_counted() {
+    static std::atomic<uint64_t> n{0};
+    return n;
+}
+inline void count_matmul(size_t N, size_t C, size_t OC) {
+    matmul_flops_counted().fetch_add(2 * N * C * OC, std::memory_order_relaxed);
+}
 
 #ifdef GKD_BLAS
 #include <cblas.h>
@@ -48,6 +62,7 @@ inline void gemm(bool trans_a, bool trans_b, int M, int N, int K, const double* 
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, int ld_out) {
     // out (N, ld_out)[:, :OC] = inp (N,C) @ weight (OC,C)^T + bias (OC)
+    count_matmul(N, C, OC);
     if (bias) {
         #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++) std::copy(bias, bias + OC, out + (size_t)n * ld_out);
@@ -62,6 +77,7 @@ template <typename T>
 void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout,
                            bool accumulate = true) {
     // dinp (N,C) (+)= dout (N,OC) @ weight (OC,C)
+    count_matmul(N, C, OC);
     gemm(false, false, N, C, OC, dout, ld_dout, weight, C, T(accumulate ? 1 : 0), dinp, C);
 }
 
@@ -70,6 +86,7 @@ void matmul_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, i
                             int o1) {
     if (o1 <= o0) return;
     // dweight[o0:o1] (o1-o0, C) += dout[:, o0:o1]^T @ inp (N, C)
+    count_matmul(N, C, o1 - o0);
     gemm(true, false, o1 - o0, C, N, dout + o0, ld_dout, inp, C, T(1), dweight + (size_t)o0 * C, C);
     if (dbias) {                                                               // dbias[o0:o1] += column sums of dout
         // 64 channels at a time, their sums held in a local block (summed in dbias, which
@@ -93,6 +110,7 @@ void matmul_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, i
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, int ld_out) {
     // out (N, ld_out)[:, :OC] = inp (N,C) @ weight (OC,C)^T + bias (OC)
+    count_matmul(N, C, OC);
     // Four input rows share each weight row load; each output element is one thread's.
     const int RB = 4;
     int nblocks = (N + RB - 1) / RB;
@@ -129,6 +147,7 @@ template <typename T>
 void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int C, int OC, int ld_dout,
                            bool accumulate = true) {
     // dinp (N,C) (+)= dout (N,OC) @ weight (OC,C)
+    count_matmul(N, C, OC);
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const T* d = dout + (size_t)n * ld_dout;
@@ -148,6 +167,7 @@ template <typename T>
 void matmul_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, int N, int C, int ld_dout, int o0,
                             int o1) {
     // dweight[o0:o1] += dout[:, o0:o1]^T @ inp; dbias[o0:o1] += column sums of dout
+    count_matmul(N, C, o1 > o0 ? o1 - o0 : 0);
     #pragma omp parallel for
     for (int o = o0; o < o1; o++) {
         T* dw = dweight + (size_t)o * C;

@@ -47,6 +47,7 @@ inline void pack_weight_panels(float* panels, const float* weight, int OC, int K
 // by pack_weight_panels. Runs on all threads, or on the caller's alone inside a parallel region.
 inline void matmul_forward_packed(float* out, const float* inp, const float* panels, const float* bias, int N, int K,
                                   int OC, int ld_out) {
+    count_matmul(N, K, OC);
     const int np = panel_count(OC);
     const size_t panel_size = (size_t)K * DECODE_PANEL;
     int group = std::max(1, (int)((256 << 10) / (panel_size * sizeof(float))));  // panels per 256 KB

@@ -34,6 +34,9 @@ __global__ void sum_squares_kernel(double* partial, const float* x, size_t n) {
     s = block_sum(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
+// both walk a model's whole parameters or gradients, every carved tensor at once
+GKD_WALKS_WHOLE_ALLOCATIONS(adamw_kernel)
+GKD_WALKS_WHOLE_ALLOCATIONS(sum_squares_kernel)
 }  // namespace gpu
 
 // Global L2 norm of the gradient: fixed per-block partial sums, added on the host in order.

@@ -24,6 +24,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
+#include <unistd.h>
 #include <nvtx3/nvToolsExt.h>
 
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
@@ -52,7 +53,7 @@ struct NvtxRange {
 };
 
 // cuBLAS is opened when a GPU run starts, not linked, so that a CPU run never loads it
-// (with cuBLASLt, hundreds of MB of library). The five functions gkd calls, looked up by
+// (with cuBLASLt, hundreds of MB of library). The six functions gkd calls, looked up by
 // name.
 struct CublasApi {
     decltype(&cublasCreate_v2) create = nullptr;
@@ -60,24 +61,50 @@ struct CublasApi {
     decltype(&cublasSgemm_v2) sgemm = nullptr;
     decltype(&cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
     decltype(&cublasSetStream_v2) set_stream = nullptr;
+    decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
 };
 static CublasApi& cublas() {
     static CublasApi api;
     return api;
 }
+// Where cuBLAS may be, in the order tried: the loader's own search (this binary's rpath,
+// LD_LIBRARY_PATH, the loader's cache), then the CUDA toolkit's folders and Python wheels'
+// nvidia/cublas/lib (pip's CUDA libraries, which the loader never searches).
+static std::vector<std::string> cublas_candidates(const std::string& file) {
+    std::vector<std::string> out = {file};
+    std::vector<std::string> roots;
+    if (const char* home = getenv("CUDA_HOME")) roots.push_back(home);
+    if (const char* path = getenv("CUDA_PATH")) roots.push_back(path);
+    roots.push_back("/usr/local/cuda");
+    for (const std::string& r : roots)
+        for (const char* sub : {"/lib64/", "/lib/", "/targets/x86_64-linux/lib/", "/targets/sbsa-linux/lib/"})
+            out.push_back(r + sub + file);
+    std::vector<std::string> sites = {"/usr/local/lib", "/usr/lib"};
+    if (const char* home = getenv("HOME")) sites.push_back(std::string(home) + "/.local/lib");
+    for (const std::string& site : sites)
+        for (int minor = 8; minor <= 14; minor++)
+            for (const char* kind : {"/site-packages", "/dist-packages"})
+                out.push_back(site + strf("/python3.%d", minor) + kind + "/nvidia/cublas/lib/" + file);
+    return out;
+}
 static void load_cublas() {
     CublasApi& api = cublas();
     if (api.create) return;
-    const std::string names[] = {strf("libcublas.so.%d", CUBLAS_VER_MAJOR), "libcublas.so"};
+    const std::string file = strf("libcublas.so.%d", CUBLAS_VER_MAJOR);
     void* lib = nullptr;
-    for (const std::string& name : names)
+    std::string tried;
+    for (const std::string& name : cublas_candidates(file)) {
+        if (name[0] == '/' && access(name.c_str(), R_OK) != 0) continue;
         if ((lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL))) break;
+        tried += strf("; %s: %s", name.c_str(), dlerror());
+    }
     if (!lib)
-        GKD_FAIL("--device cuda: cannot load cuBLAS %s (%s); put the CUDA toolkit's library folder on LD_LIBRARY_PATH",
-                 names[0].c_str(), dlerror());
+        GKD_FAIL("--device cuda: cannot load cuBLAS %s: looked through the loader (rpath, LD_LIBRARY_PATH, ldconfig's "
+                 "cache), $CUDA_HOME, $CUDA_PATH and /usr/local/cuda (lib64, lib, targets/*/lib) and Python's "
+                 "nvidia/cublas/lib%s; put its folder on LD_LIBRARY_PATH", file.c_str(), tried.c_str());
     auto symbol = [&](const char* name) {
         void* f = dlsym(lib, name);
-        if (!f) GKD_FAIL("--device cuda: %s lacks %s: a cuBLAS older than this build's (%d)", names[0].c_str(), name,
+        if (!f) GKD_FAIL("--device cuda: %s lacks %s: a cuBLAS older than this build's (%d)", file.c_str(), name,
                          CUBLAS_VER_MAJOR);
         return f;
     };
@@ -86,12 +113,17 @@ static void load_cublas() {
     api.sgemm = (decltype(api.sgemm))symbol("cublasSgemm_v2");
     api.sgemm_strided_batched = (decltype(api.sgemm_strided_batched))symbol("cublasSgemmStridedBatched");
     api.set_stream = (decltype(api.set_stream))symbol("cublasSetStream_v2");
+    api.set_workspace = (decltype(api.set_workspace))symbol("cublasSetWorkspace_v2");
 }
+
+// The workspace gkd gives cuBLAS: 32 MiB, what NVIDIA's documentation recommends on Hopper.
+constexpr size_t CUBLAS_WORKSPACE_BYTES = (size_t)32 << 20;
 
 // The device, the cuBLAS handle and the precision mode, set once by gpu_init.
 struct GpuContext {
     bool ready = false, tf32 = false;
     cublasHandle_t blas = nullptr;
+    void* blas_workspace = nullptr;          // cuBLAS's workspace, gkd's own (set after every cublasSetStream)
     cudaStream_t stream = 0;                 // where every launch goes: the legacy default stream,
                                              // except while a decode step is captured (StreamScope)
     cudaDeviceProp prop{};
@@ -117,6 +149,10 @@ static void gpu_init(bool tf32) {
         g.clock_hz = khz * 1e3;
         load_cublas();
         CUBLAS_CHECK(cublas().create(&g.blas));
+        // gkd's own workspace: cuBLAS would otherwise allocate one on a stream's first call,
+        // which inside a graph capture lands in the graph
+        CUDA_CHECK(cudaMalloc(&g.blas_workspace, CUBLAS_WORKSPACE_BYTES));
+        CUBLAS_CHECK(cublas().set_workspace(g.blas, g.blas_workspace, CUBLAS_WORKSPACE_BYTES));
         g.ready = true;
     }
     g.tf32 = tf32;
@@ -168,6 +204,25 @@ template <typename T>
 static void download(T* host, const T* device, size_t n) {
     CUDA_CHECK(cudaMemcpy(host, device, n * sizeof(T), cudaMemcpyDeviceToHost));
 }
+
+// The emulated build gives every tensor carved from one allocation (model.h's parameters,
+// gradients, activations) guard zones of its own: the emulator moves each tensor a launch
+// reaches to an allocation of its own for that launch (emulator/runtime.h), so an index
+// one past it fails, naming it. Kernels that walk a whole carved allocation say so. The
+// nvcc build compiles both to nothing.
+#ifdef GKD_CUDA_EMULATOR
+#define GKD_WALKS_WHOLE_ALLOCATIONS(kernel) \
+    [[maybe_unused]] static const bool emu_whole_##kernel = ::emu::register_whole_allocations((const void*)&kernel);
+static void name_carved_tensors(const char* group, float* base, const size_t* counts, const char* const* names, int n) {
+    std::vector<size_t> bytes(n);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += bytes[i] = counts[i] * sizeof(float);
+    emu::name_tensors(group, base, total, bytes.data(), names, n);
+}
+#else
+#define GKD_WALKS_WHOLE_ALLOCATIONS(kernel)
+static void name_carved_tensors(const char*, float*, const size_t*, const char* const*, int) {}
+#endif
 
 namespace gpu {
 
@@ -270,19 +325,27 @@ static void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, const 
 // otherwise.
 struct StreamScope {
     cudaStream_t saved;
+    // cublasSetStream drops a workspace set before it: gkd's is set again after each
     explicit StreamScope(cudaStream_t s) : saved(gpu_context().stream) {
-        CUBLAS_CHECK(cublas().set_stream(gpu_context().blas, s));
-        gpu_context().stream = s;
+        GpuContext& g = gpu_context();
+        CUBLAS_CHECK(cublas().set_stream(g.blas, s));
+        CUBLAS_CHECK(cublas().set_workspace(g.blas, g.blas_workspace, CUBLAS_WORKSPACE_BYTES));
+        g.stream = s;
     }
-    ~StreamScope() {  // no check: a destructor must not throw, and this call only fails on a bad handle
-        cublas().set_stream(gpu_context().blas, saved);
-        gpu_context().stream = saved;
+    ~StreamScope() {  // no check: a destructor must not throw, and these calls only fail on a bad handle
+        GpuContext& g = gpu_context();
+        cublas().set_stream(g.blas, saved);
+        cublas().set_workspace(g.blas, g.blas_workspace, CUBLAS_WORKSPACE_BYTES);
+        g.stream = saved;
     }
 };
 
 // work() captured on `capture_stream` (a blocking stream: it waits for the default stream's earlier
 // work, and the default stream for it) and instantiated: replay with cudaGraphLaunch. Any
 // launch that strays to another stream, or an allocation, fails the capture with an error.
+// The caller runs work() once on that stream before (a warm-up: lazy module loading and
+// cuBLAS's first call happen outside the graph). Instantiated with auto-free-on-launch, so
+// that an allocation a library still makes inside the graph is freed at each replay.
 template <typename Work>
 static cudaGraphExec_t capture_graph(cudaStream_t capture_stream, Work work) {
     cudaGraph_t graph = nullptr;
@@ -299,7 +362,7 @@ static cudaGraphExec_t capture_graph(cudaStream_t capture_stream, Work work) {
         CUDA_CHECK(cudaStreamEndCapture(capture_stream, &graph));
     }
     cudaGraphExec_t exec = nullptr;
-    cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaError_t e = cudaGraphInstantiate(&exec, graph, cudaGraphInstantiateFlagAutoFreeOnLaunch);
     cudaGraphDestroy(graph);
     CUDA_CHECK(e);
     return exec;
@@ -316,12 +379,25 @@ static cudaGraphExec_t capture_graph(cudaStream_t capture_stream, Work work) {
 static void nccl_check(ncclResult_t r, const char* what, const char* file, int line) {
     if (r != ncclSuccess) GKD_FAIL("%s:%d: NCCL error: %s, in %s", file, line, ncclGetErrorString(r), what);
 }
-// d (n floats on this rank's GPU) <- its sum over the ranks. The communicator is made on
-// first use: rank 0's unique id goes to the others over MPI.
+// The ranks' NCCL communicator, made on first use (rank 0's unique id goes to the others
+// over MPI) and destroyed at the process's exit.
+struct NcclCommunicator {
+    ncclComm_t comm = nullptr;
+    ~NcclCommunicator() {
+        if (comm) ncclCommDestroy(comm);  // no check: at exit there is no one to tell
+    }
+};
+static NcclCommunicator& nccl_communicator() {
+    static NcclCommunicator c;
+    return c;
+}
+// d (n floats on this rank's GPU) <- its sum over the ranks. After the sum, the
+// communicator's asynchronous error (a peer that failed, a network fault) is read: NCCL
+// reports those there, not in the call's result.
 static void gpu_sum_across_ranks(float* d, size_t n) {
     const Ranks& w = world();
     if (!w.mpi) return;  // not launched by mpirun (mpirun -np 1 does run NCCL, over one GPU)
-    static ncclComm_t comm = nullptr;
+    ncclComm_t& comm = nccl_communicator().comm;
     if (!comm) {
         ncclUniqueId id;
         if (w.root()) NCCL_CHECK(ncclGetUniqueId(&id));
@@ -330,6 +406,9 @@ static void gpu_sum_across_ranks(float* d, size_t n) {
     }
     NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat, ncclSum, comm, 0));
     CUDA_CHECK(cudaStreamSynchronize(0));
+    ncclResult_t async = ncclSuccess;
+    NCCL_CHECK(ncclCommGetAsyncError(comm, &async));
+    NCCL_CHECK(async);
 }
 #else
 static void gpu_sum_across_ranks(float*, size_t) {

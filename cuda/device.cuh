@@ -33,6 +33,7 @@ struct GpuDevice : Device {
     DeviceBuffer<float> eval_logits;     // (B, T, Vp) before they go to the host
     GpuLossBuffers loss;
     TeacherSignal cached_signal;         // a batch's signal from --teacher-cache, on its way to the device
+    GpuRecord sampled;                   // the last on-policy sampling's activations, for the student's forward
 
     // inference only: sampling and evaluation, in fp32
     GpuDevice(const GPT<float>& model, const GPT<float>* teacher, bool tf32 = false) {
@@ -149,7 +150,22 @@ struct GpuDevice : Device {
         cache.fill(cached_signal, b, examples);
         teacher_signal.upload(cached_signal);
     }
-    // (no student_forward_from_samples: the GPU's sampling keeps no record)
+    // on-policy rows, sampling's activations recorded in the training layout (GpuRecord), so
+    // that the batch built from these rows needs no forward pass (CpuDevice's twin)
+    std::vector<std::vector<int>> sample_student_rows(const Prompts& prompts, const std::vector<int>& budgets,
+                                                      double temperature, int eos, uint64_t seed, uint64_t stream,
+                                                      const std::vector<uint64_t>& row_ids) override {
+        int longest = 0;  // the longest input a row can have: prompt + budget - 1 (the last token is no input)
+        for (size_t i = 0; i < prompts.size(); i++) longest = std::max(longest, (int)prompts[i]->size() + budgets[i] - 1);
+        gpu_begin_record(sampled, trained().config, (int)prompts.size(), longest);
+        return gpu_generate(student, student_gen, prompts, budgets, temperature, eos, seed, stream, row_ids, &sampled);
+    }
+    // the sampled batch's forward is already in the record: it is packed down, not rerun
+    bool student_forward_from_samples(const TrainBatch& b) override {
+        const bool reused = gpu_forward_from_record(trained(), sampled, b.tokens.data(), b.targets.data(), b.B, b.T);
+        if (reused) CUDA_CHECK(cudaDeviceSynchronize());
+        return reused;
+    }
     void student_forward(const TrainBatch& b) override {
         gpu_forward(trained(), b.tokens.data(), b.B, b.T);
         CUDA_CHECK(cudaDeviceSynchronize());

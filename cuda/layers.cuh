@@ -155,8 +155,9 @@ static void layernorm_forward(float* out, float* mean, float* rstd, const float*
         out, mean, rstd, inp, weight, bias, N, C);
 }
 
+// dinp (N, C) = base + the input's gradient, or += it without a base
 __global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
-                                          const float* mean, const float* rstd, int N, int C) {
+                                          const float* mean, const float* rstd, const float* base, int N, int C) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     const float* d = dout + (size_t)row * C;
@@ -171,17 +172,29 @@ __global__ void layernorm_backward_kernel(float* dinp, const float* dout, const 
     dnorm_mean = warp_sum(dnorm_mean) / C;
     dnorm_norm_mean = warp_sum(dnorm_norm_mean) / C;
     float* dx = dinp + (size_t)row * C;
+    const float* from = base ? base + (size_t)row * C : dx;
     for (int i = lane; i < C; i += 32) {
         float norm = (x[i] - m) * s, dnorm = weight[i] * d[i];
-        dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+        dx[i] = from[i] + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
     }
 }
-// scratch: column_scratch_size(N, C) floats
+// The backward in halves, as model.h's: dinp (N, C) = base + the input's gradient (a
+// residual's gradient passing through), or += it with no base ...
+static void layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* weight,
+                                     const float* mean, const float* rstd, int N, int C, const float* base = nullptr) {
+    GPU_LAUNCH(layernorm_backward_kernel, blocks_for((size_t)N * 32), THREADS, 0, gpu::stream(),
+        dinp, dout, inp, weight, mean, rstd, base, N, C);
+}
+// ... and dweight, dbias (C) += the parameters'; scratch: column_scratch_size(N, C) floats
+static void layernorm_backward_params(float* dweight, float* dbias, const float* dout, const float* inp,
+                                      const float* mean, const float* rstd, int N, int C, float* scratch) {
+    column_sums(dweight, dbias, dout, C, inp, mean, rstd, N, C, scratch);
+}
+// both halves (the tests' unit)
 static void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                const float* weight, const float* mean, const float* rstd, int N, int C, float* scratch) {
-    GPU_LAUNCH(layernorm_backward_kernel, blocks_for((size_t)N * 32), THREADS, 0, gpu::stream(),
-        dinp, dout, inp, weight, mean, rstd, N, C);
-    column_sums(dweight, dbias, dout, C, inp, mean, rstd, N, C, scratch);
+    layernorm_backward_input(dinp, dout, inp, weight, mean, rstd, N, C);
+    layernorm_backward_params(dweight, dbias, dout, inp, mean, rstd, N, C, scratch);
 }
 
 // ---- matmul: out (N, OC) = inp (N, C) weight^T (OC, C) + bias; out's rows are ld_out apart
@@ -200,12 +213,21 @@ static void matmul_forward(float* out, const float* inp, const float* weight, co
     size_t total = (size_t)N * OC;
     GPU_LAUNCH(add_bias_kernel, blocks_for(total), THREADS, 0, gpu::stream(), out, bias, OC, ld_out, total);
 }
-// accumulates: dinp (N, C) += dout weight; dweight (OC, C) += dout^T inp; dbias += column sums
-static void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                            const float* weight, int N, int C, int OC, int ld_out, float* scratch) {
+// The backward in halves, as model.h's: dinp (N, C) += dout weight ...
+static void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int C, int OC, int ld_out) {
     gemm(false, false, N, C, OC, dout, ld_out, weight, C, 1.0f, dinp, C);
+}
+// ... and dweight (OC, C) += dout^T inp, dbias (OC) += column sums of dout
+static void matmul_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int C,
+                                   int OC, int ld_out, float* scratch) {
     gemm(true, false, OC, C, N, dout, ld_out, inp, C, 1.0f, dweight, C);
     if (dbias) column_sums(nullptr, dbias, dout, ld_out, nullptr, nullptr, nullptr, N, OC, scratch);
+}
+// both halves (the tests' unit)
+static void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, int N, int C, int OC, int ld_out, float* scratch) {
+    matmul_backward_input(dinp, dout, weight, N, C, OC, ld_out);
+    matmul_backward_weight(dweight, dbias, dout, inp, N, C, OC, ld_out, scratch);
 }
 
 // ---- attention

@@ -103,9 +103,11 @@ __global__ void cache_store_kernel(float* kcache, float* vcache, const float* qk
 // New tokens attending through the cache (a decode step, Tn = 1, or a speculative
 // verification, Tn = K + 1): block (b * Tn + t, h) attends over the row's cached positions
 // 0..start[b] + t, causal; scores in shared memory (capacity floats), max subtracted.
+// With record_att (layer l's (B, NH, maxT, maxT) slab of a GpuRecord), each token's
+// attention weights are also written where the training forward keeps them.
 __global__ void cached_attention_kernel(float* out, const float* qkv, const float* kcache, const float* vcache,
                                         const int* cache_row, const int* start, const int* n_new, int Tn, int C,
-                                        int NH, int capacity) {
+                                        int NH, int capacity, float* record_att, int record_maxT) {
     extern __shared__ float scores[];
     const int n = blockIdx.x, b = n / Tn, t = n % Tn, h = blockIdx.y, hs = C / NH;
     float* o = out + (size_t)n * C + h * hs;
@@ -136,6 +138,10 @@ __global__ void cached_attention_kernel(float* out, const float* qkv, const floa
     float sum = 0;
     for (int j = threadIdx.x; j < len; j += blockDim.x) { float e = expf(scores[j] - maxv); scores[j] = e; sum += e; }
     const float inv = 1.0f / block_sum(sum);  // block_sum's barriers also publish `scores`
+    if (record_att) {
+        float* row = record_att + (((size_t)cache_row[b] * NH + h) * record_maxT + (len - 1)) * record_maxT;
+        for (int j = threadIdx.x; j < len; j += blockDim.x) row[j] = scores[j] * inv;
+    }
     for (int i = threadIdx.x; i < hs; i += blockDim.x) {
         float acc = 0;
         for (int j = 0; j < len; j++) acc += scores[j] * Vc[(size_t)j * C + i];
@@ -148,6 +154,39 @@ __global__ void gather_rows_kernel(float* out, const float* x, const int* at, in
     if (i >= total) return;
     const size_t j = i / C;
     out[i] = x[(size_t)at[j] * C + i % C];
+}
+// ---- sampling's record: what a decode or prefill computes, where the training forward keeps it
+
+// dst: layer l's slab of a (B, maxT, width) tensor of the record; row b's new positions
+// t < n_new[b] of src (Bn, Tn, width) go to batch row cache_row[b], position start[b] + t
+__global__ void record_rows_kernel(float* dst, const float* src, int width, const int* cache_row, const int* start,
+                                   const int* n_new, int Tn, int maxT, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const size_t n = i / width;
+    const int c = (int)(i % width), b = (int)(n / Tn), t = (int)(n % Tn);
+    if (t >= n_new[b]) return;
+    dst[((size_t)cache_row[b] * maxT + start[b] + t) * width + c] = src[i];
+}
+// the same for src (Bn, width) at each row's last new position (the LM head's rows)
+__global__ void record_last_kernel(float* dst, const float* src, int width, const int* cache_row, const int* start,
+                                   const int* n_new, int maxT, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int b = (int)(i / width), c = (int)(i % width);
+    if (n_new[b] == 0) return;
+    dst[((size_t)cache_row[b] * maxT + start[b] + n_new[b] - 1) * width + c] = src[i];
+}
+// a prefill's attention weights, src (Bn, NH, Tn, Tn), into layer l's (B, NH, maxT, maxT) slab
+// (every start is 0 in a prefill); the weights past a query's position stay the slab's zeros
+__global__ void record_attention_kernel(float* dst, const float* src, const int* cache_row, const int* n_new, int NH,
+                                        int Tn, int maxT, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int j = (int)(i % Tn), t = (int)(i / Tn % Tn), h = (int)(i / ((size_t)Tn * Tn) % NH);
+    const int b = (int)(i / ((size_t)Tn * Tn * NH));
+    if (t >= n_new[b] || j > t) return;
+    dst[(((size_t)cache_row[b] * NH + h) * maxT + t) * maxT + j] = src[i];
 }
 // x_last (Bn, C) = x[b, max(n_new[b] - 1, 0)]: the rows the LM head needs while sampling
 __global__ void gather_last_kernel(float* out, const float* x, const int* n_new, int Tn, int C, size_t total) {
@@ -204,6 +243,8 @@ struct GpuKVCache {
 // Reused across layers: a forward-only pass keeps no per-layer activations.
 struct GpuInferScratch {
     DeviceBuffer<float> x, ln, qkv, atty, proj, fch, attention, last;
+    DeviceBuffer<float> mean, rstd;  // (Bn * Tn) a LayerNorm's statistics, when a record keeps them
+    DeviceBuffer<float> head_atty;   // (head rows, C) the trimmed last layer's attention output
     DeviceBuffer<int> tokens, cache_row, start, n_new, head_at;
 };
 
@@ -221,7 +262,8 @@ struct GpuInferScratch {
 // positions within the context and the cache; prefill iff every start is 0.
 static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens,
                                 const int* cache_row, const int* start, const int* n_new, int Bn, int Tn, bool prefill,
-                                float* logits, bool all_positions, const int* head_at = nullptr, int head_count = 0) {
+                                float* logits, bool all_positions, const int* head_at = nullptr, int head_count = 0,
+                                GpuRecord* rec = nullptr) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads;
     const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
@@ -234,15 +276,39 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
     float* fch = s.fch.ensure((size_t)N * 4 * C);
     // a prefill attends with batched GEMMs (a lone first token through the cache when there is one)
     const bool gemm_attention = prefill && (Tn > 1 || !cache);
-    GKD_ASSERT(gemm_attention || (size_t)cache->capacity * sizeof(float) <= 48 * 1024,
-               "gpu_infer: cached attention keeps a row's scores in 48 KB of shared memory (context <= 12288)");
+    if (!gemm_attention) {  // a row's scores in dynamic shared memory, beside the kernel's static arrays: 48 KB in all
+        cudaFuncAttributes attr;
+        CUDA_CHECK(cudaFuncGetAttributes(&attr, (const void*)gpu::cached_attention_kernel));
+        GKD_ASSERT(attr.sharedSizeBytes + (size_t)cache->capacity * sizeof(float) <= 48 * 1024,
+                   "gpu_infer: cached attention keeps a row's scores in shared memory, 48 KB with its static arrays "
+                   "(a context of at most about 12200)");
+    }
     float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
     const size_t total = (size_t)N * C;
+    GKD_ASSERT(!rec || (!head_at && !all_positions && rec->B >= Bn), "a record is kept by sampling's passes only");
+    float* mean = rec ? s.mean.ensure(N) : nullptr;
+    float* rstd = rec ? s.rstd.ensure(N) : nullptr;
+    // rec's (B, maxT, width) tensor, at layer l's slab, gets these new positions of src (Bn, Tn, width)
+    auto keep = [&](float* tensor, int l, const float* src, int width) {
+        if (!rec) return;
+        float* slab = tensor + (size_t)l * rec->B * rec->maxT * width;
+        const size_t n = (size_t)N * width;
+        GPU_LAUNCH(gpu::record_rows_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), slab, src, width,
+            cache_row, start, n_new, Tn, rec->maxT, n);
+    };
     GPU_LAUNCH(gpu::encoder_infer_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
         x, tokens, start, n_new, p.wte, p.wpe, Tn, C, V, total);
+    if (rec) keep(rec->acts.encoded, 0, x, C);
     for (int l = 0; l < L; l++) {
-        gpu::layernorm_forward(ln, nullptr, nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
+        gpu::layernorm_forward(ln, mean, rstd, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
         gpu::matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        if (rec) {
+            keep(rec->acts.ln1, l, ln, C);
+            keep(rec->acts.ln1_mean, l, mean, 1);
+            keep(rec->acts.ln1_rstd, l, rstd, 1);
+            keep(rec->acts.qkv, l, qkv, 3 * C);
+        }
+        float* record_att = rec ? rec->acts.att + (size_t)l * rec->B * NH * rec->maxT * rec->maxT : nullptr;
         if (cache) {
             GPU_LAUNCH(gpu::cache_store_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
                 cache->keys(l), cache->values(l), qkv, cache_row, start, n_new, Tn, C, cache->capacity, total);
@@ -251,25 +317,53 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
             // padded slots sit after each row's real tokens: causal attention never lets a real one see them
             float* att = scratch + 4 * (size_t)N * C;
             gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
+            if (rec) {
+                const size_t n = (size_t)Bn * NH * Tn * Tn;
+                GPU_LAUNCH(gpu::record_attention_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), record_att,
+                    att, cache_row, n_new, NH, Tn, rec->maxT, n);
+            }
         } else {
             GPU_LAUNCH(gpu::cached_attention_kernel, dim3(N, NH), 128, sizeof(float) * cache->capacity, gpu::stream(),
                 atty, qkv, cache->keys(l), cache->values(l), cache_row, start, n_new, Tn, C, NH,
-                cache->capacity);
+                cache->capacity, record_att, rec ? rec->maxT : 0);
         }
-        gpu::matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, C);
-        gpu::residual_forward(x, x, proj, total);
-        gpu::layernorm_forward(ln, nullptr, nullptr, x, p.ln2w + l * C, p.ln2b + l * C, N, C);
-        gpu::matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, 4 * C);
-        gpu::gelu_forward(fch, fch, (size_t)N * 4 * C);
-        gpu::matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, C);
-        gpu::residual_forward(x, x, proj, total);
+        keep(rec ? rec->acts.atty : nullptr, l, atty, C);
+        // the last layer of a pass whose logits are wanted at head_at alone runs its
+        // projection and MLP on those rows only (gpt_infer's trimmed last layer)
+        int rows = N;
+        if (head_at && l == L - 1) {
+            if (head_count == 0) return;
+            const size_t n = (size_t)head_count * C;
+            float* atty_rows = s.head_atty.ensure(n);
+            float* x_rows = s.last.ensure(n);
+            GPU_LAUNCH(gpu::gather_rows_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), atty_rows, atty,
+                head_at, C, n);
+            GPU_LAUNCH(gpu::gather_rows_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), x_rows, x, head_at,
+                C, n);
+            atty = atty_rows;  // the rest of the layer, and the head, on those rows
+            x = x_rows;
+            rows = head_count;
+        }
+        const size_t part = (size_t)rows * C;
+        gpu::matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, rows, C, C, C);
+        gpu::residual_forward(x, x, proj, part);
+        gpu::layernorm_forward(ln, mean, rstd, x, p.ln2w + l * C, p.ln2b + l * C, rows, C);
+        gpu::matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, rows, C, 4 * C, 4 * C);
+        if (rec) {
+            keep(rec->acts.residual2, l, x, C);
+            keep(rec->acts.ln2, l, ln, C);
+            keep(rec->acts.ln2_mean, l, mean, 1);
+            keep(rec->acts.ln2_rstd, l, rstd, 1);
+            keep(rec->acts.fch, l, fch, 4 * C);
+        }
+        gpu::gelu_forward(fch, fch, part * 4);
+        keep(rec ? rec->acts.fch_gelu : nullptr, l, fch, 4 * C);
+        gpu::matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, rows, 4 * C, C, C);
+        gpu::residual_forward(x, x, proj, part);
+        keep(rec ? rec->acts.residual3 : nullptr, l, x, C);
     }
-    if (head_at) {
-        if (head_count == 0) return;
-        float* rows = s.last.ensure((size_t)head_count * C);
-        GPU_LAUNCH(gpu::gather_rows_kernel, gpu::blocks_for((size_t)head_count * C), gpu::THREADS, 0, gpu::stream(),
-            rows, x, head_at, C, (size_t)head_count * C);
-        gpu::layernorm_forward(ln, nullptr, nullptr, rows, p.lnfw, p.lnfb, head_count, C);
+    if (head_at) {  // x holds the head's rows already (the trimmed last layer)
+        gpu::layernorm_forward(ln, nullptr, nullptr, x, p.lnfw, p.lnfb, head_count, C);
         gpu::matmul_forward(logits, ln, p.wte, nullptr, head_count, C, V, Vp);
         gpu::zero_padding(logits, head_count, V, Vp);
     } else if (all_positions) {
@@ -280,16 +374,27 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
         float* last = s.last.ensure((size_t)Bn * C);
         GPU_LAUNCH(gpu::gather_last_kernel, gpu::blocks_for((size_t)Bn * C), gpu::THREADS, 0, gpu::stream(),
             last, x, n_new, Tn, C, (size_t)Bn * C);
-        gpu::layernorm_forward(ln, nullptr, nullptr, last, p.lnfw, p.lnfb, Bn, C);
+        gpu::layernorm_forward(ln, mean, rstd, last, p.lnfw, p.lnfb, Bn, C);
         gpu::matmul_forward(logits, ln, p.wte, nullptr, Bn, C, V, Vp);
         gpu::zero_padding(logits, Bn, V, Vp);
+        if (rec) {  // the LM head ran at each row's last new position
+            auto keep_last = [&](float* tensor, const float* src, int width) {
+                const size_t n = (size_t)Bn * width;
+                GPU_LAUNCH(gpu::record_last_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), tensor, src,
+                    width, cache_row, start, n_new, rec->maxT, n);
+            };
+            keep_last(rec->acts.lnf, ln, C);
+            keep_last(rec->acts.lnf_mean, mean, 1);
+            keep_last(rec->acts.lnf_rstd, rstd, 1);
+            keep_last(rec->acts.logits, logits, Vp);
+        }
     }
 }
 
 // gpu_infer_on_device with the per-row arrays on the host: checked, then uploaded.
 static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens, const int* cache_row,
                       const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions,
-                      const std::vector<int>* head_at = nullptr) {
+                      const std::vector<int>* head_at = nullptr, GpuRecord* rec = nullptr) {
     const GPTConfig& c = m.config;
     bool prefill = true;
     for (int b = 0; b < Bn; b++) {
@@ -308,7 +413,7 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
         s.head_at.upload(*head_at);
     }
     gpu_infer_on_device(m, cache, s, s.tokens.ptr, s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Bn, Tn, prefill, logits,
-                        all_positions, head_at ? s.head_at.ptr : nullptr, head_at ? (int)head_at->size() : 0);
+                        all_positions, head_at ? s.head_at.ptr : nullptr, head_at ? (int)head_at->size() : 0, rec);
 }
 
 // Reusable device buffers for batched generation from one model.
@@ -326,6 +431,7 @@ struct GpuGenerator {
     // Decode steps as one CUDA graph (GKD_CUDA_GRAPHS=1; off by default until a GPU has run
     // it): captured at each generation's first decode step, replayed for the others.
     bool use_graph = getenv("GKD_CUDA_GRAPHS") && std::string(getenv("GKD_CUDA_GRAPHS")) == "1";
+    bool graph_failed = false;           // a capture failed: plain launches from then on (one warning)
     cudaStream_t graph_stream = nullptr;
     GpuGenerator() = default;
     GpuGenerator(const GpuGenerator&) = delete;
@@ -346,12 +452,14 @@ constexpr int FINISHED_CHECK_EVERY = 8;
 // the decode state, then per step a decode, a draw and the bookkeeping with no copy, and
 // the completions downloaded at the end. With g.use_graph, that step is a CUDA graph:
 // its Bn, pointers and shapes are the same at every step of one generation, so it is
-// captured once per call (a cache or scratch buffer may have grown since the last) and
-// replayed with one launch per step.
+// captured once per call (a cache or scratch buffer may have grown since the last), after
+// one plain step on the graph's stream (the warm-up), and replayed with one launch per
+// step; a capture that fails leaves a warning and plain launches.
 static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerator& g,
                                                   const std::vector<const std::vector<int>*>& prompts,
                                                   const std::vector<int>& budgets, double temperature, int eos,
-                                                  uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids) {
+                                                  uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids,
+                                                  GpuRecord* rec = nullptr) {
     const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
     if (Bn == 0) return {};
     int Pmax = 0, longest = 0, max_budget = 0;
@@ -373,8 +481,9 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
     }
     g.cache.allocate(m.config, Bn, longest);
     float* logits = g.logits.ensure((size_t)Bn * Vp);
+    GKD_ASSERT(!rec || (rec->B == Bn && rec->maxT >= longest - 1), "a record shaped for another generation");
     gpu_infer(m, &g.cache, g.scratch, tokens.data(), rows.data(), zeros.data(), prompt_length.data(), Bn, Pmax, logits,
-              false);
+              false, nullptr, rec);
     // the decode state, uploaded once: every row going, nothing generated yet
     g.cache_row.upload(rows);
     g.start.upload(zeros);
@@ -398,10 +507,11 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
     };
     auto decode_and_draw = [&] {  // one token per going row at its position; finished rows masked (n_new = 0)
         gpu_infer_on_device(m, &g.cache, g.scratch, last_token, g.cache_row.ptr, g.start.ptr, g.n_new.ptr, Bn, 1, false,
-                            logits, false);
+                            logits, false, nullptr, 0, rec);
         draw();
     };
     cudaGraphExec_t graph = nullptr;
+    bool warmed_up = false;
     if (g.use_graph && !g.graph_stream) CUDA_CHECK(cudaStreamCreate(&g.graph_stream));
     try {
         draw();  // the first token, from the prefill's logits
@@ -411,11 +521,28 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
                 download(&still_going, going, 1);  // waits for the device: the only look per FINISHED_CHECK_EVERY steps
                 if (still_going == 0) break;
             }
-            if (!g.use_graph) {
+            if (!g.use_graph || g.graph_failed) {
                 decode_and_draw();
                 continue;
             }
-            if (!graph) graph = gpu::capture_graph(g.graph_stream, decode_and_draw);
+            if (!graph && !warmed_up) {  // the first step runs plainly, on the graph's stream
+                gpu::StreamScope on(g.graph_stream);
+                decode_and_draw();
+                warmed_up = true;
+                continue;
+            }
+            if (!graph) {
+                try {
+                    graph = gpu::capture_graph(g.graph_stream, decode_and_draw);
+                } catch (const GkdError& e) {
+                    cudaGetLastError();  // the failed capture's error is not the next call's
+                    fprintf(stderr, "gkd: warning: decode steps could not be captured as a CUDA graph (%s); "
+                                    "running them as plain launches\n", e.what());
+                    g.graph_failed = true;
+                    decode_and_draw();
+                    continue;
+                }
+            }
             CUDA_CHECK(cudaGraphLaunch(graph, g.graph_stream));
         }
     } catch (...) {
@@ -429,6 +556,14 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
     std::vector<std::vector<int>> out(Bn);
     for (int b = 0; b < Bn; b++)
         out[b].assign(flat.begin() + (size_t)b * max_budget, flat.begin() + (size_t)b * max_budget + length[b]);
+    if (rec) {
+        rec->rows.resize(Bn);
+        for (int b = 0; b < Bn; b++) {
+            rec->rows[b] = *prompts[b];
+            rec->rows[b].insert(rec->rows[b].end(), out[b].begin(), out[b].end());
+        }
+        rec->ready = true;
+    }
     return out;
 }
 

@@ -17,6 +17,11 @@
 //   writes; a pointer past it is a fault, sticky like a kernel's (hooks.h).
 // - The work goes through the runtime's stream (hooks.h): captured into a graph when the
 //   handle's stream is capturing, with alpha and beta read at the call (host pointer mode).
+// - A GEMM captured into a graph without a workspace of the caller's is refused: NVIDIA's
+//   library would allocate one from its pool there, inside the graph. cublasSetStream_v2
+//   drops the workspace, as NVIDIA's does, so it must be set again after each.
+// - Each product's 2 m n k operations are counted as it runs (gkd_emu_count_flops): the
+//   tests compare the GPU path's matmul work with the CPU path's.
 #include <cblas.h>
 
 #include <cmath>
@@ -31,6 +36,7 @@
 struct cublasContext {
     cudaStream_t stream = nullptr;
     cublasMath_t math = CUBLAS_DEFAULT_MATH;
+    void* workspace = nullptr;  // the caller's (cublasSetWorkspace_v2); cublasSetStream_v2 drops it, as cuBLAS does
 };
 
 namespace {
@@ -63,6 +69,7 @@ struct Gemm {
     const float *A, *B;
     float* C;
     bool tf32;
+    int batched;  // cublasSgemmStridedBatched's, counted apart
 };
 
 // a column-major rows x cols operand copied compactly with its entries rounded to TF32
@@ -77,6 +84,7 @@ void run(void* p) {
     const int ar = g.ta == CUBLAS_OP_N ? g.m : g.k, ac = g.ta == CUBLAS_OP_N ? g.k : g.m;
     const int br = g.tb == CUBLAS_OP_N ? g.k : g.n, bc = g.tb == CUBLAS_OP_N ? g.n : g.k;
     std::vector<float> a32, b32;
+    gkd_emu_count_flops(2.0 * g.m * g.n * g.k * g.batch, g.batched);
     for (int i = 0; i < g.batch; i++) {
         const float* A = g.A + i * g.sa;
         const float* B = g.B + i * g.sb;
@@ -131,6 +139,11 @@ cublasStatus_t gemm(const char* name, cublasHandle_t h, cublasOperation_t ta, cu
                       say("ldc = " + std::to_string(ldc) + " < max(1, m = " + std::to_string(m) + ")"));
     if (!alpha || !beta) return refuse(CUBLAS_STATUS_INVALID_VALUE, say("a null alpha or beta"));
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    if (!h->workspace && gkd_emu_is_capturing(h->stream)) {
+        const std::string why = say("captured into a graph with no workspace set (cublasSetWorkspace_v2 after "
+                                    "cublasSetStream_v2): cuBLAS would allocate its own inside the graph");
+        return refuse(CUBLAS_STATUS_EXECUTION_FAILED, why);  // the call fails; the capture, not the device
+    }
     const int ac = ta == CUBLAS_OP_N ? k : m, bc = tb == CUBLAS_OP_N ? n : k;
     struct Operand { const char* which; const void* p; size_t floats; };
     const Operand ops[] = {{"A", A, k ? extent(ar, ac, lda) : 0}, {"B", B, k ? extent(br, bc, ldb) : 0},
@@ -151,7 +164,7 @@ cublasStatus_t gemm(const char* name, cublasHandle_t h, cublasOperation_t ta, cu
         }
     }
     Gemm* g = new Gemm{ta, tb, m, n, k, lda, ldb, ldc, batch, sa, sb, sc, *alpha, *beta, A, B, C,
-                       h->math == CUBLAS_TF32_TENSOR_OP_MATH};
+                       h->math == CUBLAS_TF32_TENSOR_OP_MATH, strcmp(name, "cublasSgemm_v2") != 0};
     const int e = gkd_emu_enqueue(h->stream, run, g, [](void* p) { delete (Gemm*)p; }, name);
     return e ? refuse(CUBLAS_STATUS_EXECUTION_FAILED, say("the runtime refused the work (error " + std::to_string(e) + ")"))
              : CUBLAS_STATUS_SUCCESS;
@@ -180,6 +193,15 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
 cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
     if (!handle) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, "cublasSetStream_v2: a null handle");
     handle->stream = stream;
+    handle->workspace = nullptr;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t bytes) {
+    if (!handle) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, "cublasSetWorkspace_v2: a null handle");
+    if (bytes && !gkd_emu_is_device_range(workspace, bytes))
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, "cublasSetWorkspace_v2: the workspace is not " +
+                                                       std::to_string(bytes) + " bytes of one device allocation");
+    handle->workspace = bytes ? workspace : nullptr;
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,

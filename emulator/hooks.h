@@ -16,4 +16,9 @@ int gkd_emu_enqueue(cudaStream_t stream, void (*work)(void*), void* ctx, void (*
 int gkd_emu_is_device_range(const void* p, size_t bytes);
 // A fault seen while work runs (a pointer past its allocation): a sticky launch failure.
 void gkd_emu_fault(const char* message);
+// 1 while `stream` is being captured into a graph
+int gkd_emu_is_capturing(cudaStream_t stream);
+// A GEMM's floating-point operations (2 m n k a product), added as it runs: the program
+// counts cublasSgemm_v2's (batched = 0) apart from the strided batched calls' (batched = 1)
+void gkd_emu_count_flops(double flops, int batched);
 }

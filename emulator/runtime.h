@@ -12,7 +12,8 @@
 // - Fresh device memory is poisoned (NaN as float and as double): a read of an element
 //   nobody wrote shows in the results.
 // - Race mode (on unless GKD_EMU_RACE=0): every launch runs twice, its blocks' threads
-//   forward and then reversed (simt.h), from the same memory. Device memory is write-
+//   forward and then reversed (simt.h), and its blocks in grid order and then the
+//   opposite one, from the same memory. Device memory is write-
 //   protected during a launch; the first write to a page saves the page (SIGSEGV, then
 //   the page is writable), so only what the kernel wrote is compared, byte for byte.
 // - The device is synchronous: work runs when it is enqueued, except on a stream being
@@ -59,6 +60,7 @@ enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureM
                              cudaStreamCaptureModeRelaxed = 2 };
 enum cudaDeviceAttr { cudaDevAttrMaxThreadsPerBlock = 1, cudaDevAttrClockRate = 13, cudaDevAttrMultiProcessorCount = 16 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaGraphInstantiateFlags { cudaGraphInstantiateFlagAutoFreeOnLaunch = 1 };
 
 struct cudaDeviceProp {
     char name[256];
@@ -130,6 +132,9 @@ struct Allocation {
     char* original = nullptr;
     char* first_order = nullptr;
     std::vector<uint8_t> page_state;
+    // a carved tensor's copy for one launch (relocation, below): "tensor qkv of the
+    // activations", which every message about this allocation names
+    char label[128] = {};
 };
 enum : uint8_t { SAVED = 1, WRITTEN_FIRST = 2, WRITTEN_SECOND = 4 };
 
@@ -144,6 +149,12 @@ struct Memory {
     }
 };
 inline Memory& memory() { static Memory m; return m; }
+
+// The floating-point operations of the GEMMs the emulated cuBLAS has run (2 m n k a
+// product): cublasSgemm_v2's (gkd's matmuls with a weight) and the strided batched ones'
+// (attention's), apart: what the tests hold the GPU path's work to.
+inline double& matmul_flops() { static double f = 0; return f; }
+inline double& batched_matmul_flops() { static double f = 0; return f; }
 
 // the allocation whose data range holds [p, p + bytes), or null
 inline Allocation* allocation_of(const void* p, size_t bytes = 1) {
@@ -218,9 +229,10 @@ inline void on_segv(int sig, siginfo_t* info, void*) {
         const long long before = addr < a->data ? (long long)(a->data - addr) : -1;
         snprintf(text, sizeof text,
                  "gpu emulator: %s%s: out-of-bounds access at %p, %lld bytes %s the %zu-byte device allocation at %p "
-                 "(a guard page)\n",
+                 "(a guard page)%s%s\n",
                  kernel ? "kernel " : "outside any kernel (cuBLAS or a copy)", kernel ? kernel : "", (void*)addr,
-                 past >= 0 ? past : before, past >= 0 ? "past the end of" : "before", a->bytes, (void*)a->data);
+                 past >= 0 ? past : before, past >= 0 ? "past the end of" : "before", a->bytes, (void*)a->data,
+                 a->label[0] ? ": " : "", a->label);
         write_text(text);
         _exit(1);
     }
@@ -271,12 +283,14 @@ inline cudaError_t allocate(void** out, size_t bytes) {
     return cudaSuccess;
 }
 
+inline void forget_tensors_in(const char* data, size_t bytes);
 inline cudaError_t release(void* p) {
     if (!p) return cudaSuccess;
     Memory& mem = memory();
     auto it = mem.by_data.find((uintptr_t)p);
     if (it == mem.by_data.end()) return fail(cudaErrorInvalidDevicePointer, "cudaFree of a pointer cudaMalloc did not return");
     Allocation* a = it->second;
+    forget_tensors_in(a->data, a->bytes);  // the names go with the memory: a later allocation there is not carved
     mem.by_data.erase(it);
     mem.resort();
     mem.bytes_now -= a->bytes;
@@ -312,7 +326,8 @@ inline bool check_slack(const char* who, const std::vector<Allocation*>* only = 
             fail(cudaErrorIllegalAddress,
                  std::string(who) + " wrote " + std::to_string(off) + (after ? " bytes past the end of" : " bytes before") +
                      " the " + std::to_string(a->bytes) + "-byte device allocation at " +
-                     std::to_string((uintptr_t)a->data) + " (an index off by one?)",
+                     std::to_string((uintptr_t)a->data) + (a->label[0] ? std::string(": ") + a->label : "") +
+                     " (an index off by one?)",
                  true);
             return false;
         }
@@ -322,32 +337,73 @@ inline bool check_slack(const char* who, const std::vector<Allocation*>* only = 
 
 // ---- launching a grid
 
-// Every block, in parallel over the OpenMP threads; false when one faulted.
+// What a block may hold in shared memory, static and dynamic together: 48 KB, or the
+// opt-in's 227 KB for a kernel whose dynamic limit was raised (cudaFuncSetAttribute).
+inline size_t shared_limit(const KernelAttributes& at) {
+    return at.max_dynamic_shared > SHARED_DEFAULT ? SHARED_OPTIN : SHARED_DEFAULT;
+}
+// After a block: its static and dynamic shared memory within the limit, and the guard
+// after the dynamic bytes still poison. "" when both hold.
+inline std::string shared_memory_fault(const Block& b, const KernelAttributes& at) {
+    const Kernel& k = *b.kernel;
+    if (b.static_shared + k.shared_bytes > shared_limit(at))
+        return std::to_string(b.static_shared) + " bytes of static shared memory and " + std::to_string(k.shared_bytes) +
+               " of dynamic, more than the " + std::to_string(shared_limit(at)) + " a block may hold";
+    unsigned char pattern[4];
+    memcpy(pattern, &POISON, 4);
+    const char* guard = b.dynamic_shared + k.shared_bytes;
+    for (size_t i = 0; i < DYNAMIC_SHARED_GUARD; i++)
+        if ((unsigned char)guard[i] != pattern[(uintptr_t)(guard + i) & 3])
+            return "a write at byte " + std::to_string(i) + " past the end of its " + std::to_string(k.shared_bytes) +
+                   " bytes of dynamic shared memory (an index off by one?)";
+    return "";
+}
+
+// Every block, in parallel over the OpenMP threads, in grid order or (reversed: race
+// mode's second pass) the opposite one, so that blocks racing each other show; false when
+// one faulted.
 inline bool run_blocks(const Kernel& k, bool reversed, std::string& story) {
     const long long gx = k.grid.x, gy = k.grid.y, total = gx * gy * (long long)k.grid.z;
     std::atomic<bool> faulted{false};
+    std::atomic<size_t> most_static{0};
     std::mutex m;
+    KernelAttributes at;
+    if (auto it = kernel_attributes().find(k.id); it != kernel_attributes().end()) at = it->second;
 #pragma omp parallel for schedule(dynamic, 1) if (total > 1)
-    for (long long i = 0; i < total; i++) {
+    for (long long n = 0; n < total; n++) {
         if (faulted.load(std::memory_order_relaxed)) continue;
+        const long long i = reversed ? total - 1 - n : n;
         static thread_local Block block;
         static thread_local std::vector<float4> shared;
-        if (shared.size() * 16 < k.shared_bytes) shared.resize((k.shared_bytes + 15) / 16);
+        const size_t need = k.shared_bytes + DYNAMIC_SHARED_GUARD;
+        if (shared.size() * 16 < need) shared.resize((need + 15) / 16);
         block.kernel = &k;
         block.idx = {(unsigned)(i % gx), (unsigned)((i / gx) % gy), (unsigned)(i / (gx * gy))};
         block.dynamic_shared = (char*)shared.data();
-        if (!run_block(block, reversed)) {
+        bool ok = run_block(block, reversed);
+        if (ok) {
+            size_t seen = most_static.load();
+            while (block.static_shared > seen && !most_static.compare_exchange_weak(seen, block.static_shared)) {}
+            const std::string f = shared_memory_fault(block, at);
+            if (!f.empty()) { block.error = f; ok = false; }
+        }
+        if (!ok) {
             std::lock_guard<std::mutex> g(m);
             if (!faulted.exchange(true)) story = block_name(block) + ": " + block.error;
             pool.reset();
         }
         current_block = nullptr;
     }
+    if (k.id) {
+        size_t& s = kernel_attributes()[k.id].static_shared;
+        s = std::max(s, most_static.load());
+    }
     return !faulted.load();
 }
 
 inline std::string describe_difference(const Allocation* a, size_t offset, const char* first, const char* second) {
-    std::string s = "byte " + std::to_string(offset) + " of a " + std::to_string(a->bytes) + "-byte allocation";
+    std::string s = "byte " + std::to_string(offset) + " of a " + std::to_string(a->bytes) + "-byte allocation" +
+                    (a->label[0] ? std::string(" (") + a->label + ")" : "");
     if (offset % 4 == 0 && offset + 4 <= a->bytes) {
         float x, y;
         memcpy(&x, first, 4);
@@ -421,7 +477,93 @@ inline bool run_in_both_orders(const Kernel& k, const std::vector<Allocation*>& 
     return ok;
 }
 
+// ---- carved tensors: guard zones of their own
+//
+// gkd carves one allocation into named tensors (parameters, gradients, activations) laid
+// back to back, so an index one past a tensor lands in its neighbour, inside the
+// allocation, where no guard can be. cuda/ names those tensors (name_tensors); for each
+// launch, every tensor an argument points into is copied to an allocation of its own
+// (guards, poisoned slack: allocate's) and the argument moved there, then copied back if
+// the kernel could write it, and the arguments restored. A read one past the tensor then
+// sees NaN or hits a guard page, a write is found by the slack check, and both messages
+// name the tensor. Kernels that walk a whole allocation (AdamW, the gradient norm) are
+// registered (whole_allocations) and left alone.
+struct Tensor {
+    char* start;
+    size_t bytes;
+    std::string name;  // "wte of the parameters"
+};
+inline std::map<uintptr_t, Tensor>& tensors() { static std::map<uintptr_t, Tensor> t; return t; }  // by start
+// The named tensors of one allocation, replacing any named before inside [base, base + total).
+inline void name_tensors(const char* group, void* base, size_t total, const size_t* bytes, const char* const* names,
+                         int count) {
+    auto& t = tensors();
+    t.erase(t.lower_bound((uintptr_t)base), t.lower_bound((uintptr_t)base + total));
+    char* p = (char*)base;
+    for (int i = 0; i < count; i++) {
+        if (bytes[i]) t[(uintptr_t)p] = Tensor{p, bytes[i], std::string(names[i]) + " of the " + group};
+        p += bytes[i];
+    }
+}
+inline void forget_tensors_in(const char* data, size_t bytes) {
+    auto& t = tensors();
+    t.erase(t.lower_bound((uintptr_t)data), t.lower_bound((uintptr_t)data + bytes));
+}
+inline const Tensor* tensor_of(const void* p) {
+    auto& t = tensors();
+    auto it = t.upper_bound((uintptr_t)p);
+    if (it == t.begin()) return nullptr;
+    --it;
+    return (const char*)p < it->second.start + it->second.bytes ? &it->second : nullptr;
+}
+// the allocation each tensor is copied to, kept from launch to launch (its slack stays poison)
+inline Allocation* relocation_for(const Tensor& t) {
+    static std::map<std::pair<uintptr_t, size_t>, Allocation*> pool;
+    Allocation*& a = pool[{(uintptr_t)t.start, t.bytes}];
+    if (!a) {
+        void* p = nullptr;
+        if (allocate(&p, t.bytes) != cudaSuccess) return nullptr;
+        a = allocation_of(p);
+        snprintf(a->label, sizeof a->label, "tensor %s, on its own for this launch", t.name.c_str());
+    }
+    return a;
+}
+
+inline cudaError_t run_relocated(const Kernel& k);
 inline cudaError_t run_kernel(const Kernel& k) {
+    auto at = kernel_attributes().find(k.id);
+    if (tensors().empty() || (at != kernel_attributes().end() && at->second.whole_allocations)) return run_relocated(k);
+    struct Moved { const Tensor* tensor; Allocation* copy; bool writable; };
+    std::vector<Moved> moved;
+    std::vector<std::pair<void**, void*>> restore;
+    Kernel here = k;  // its pointers moved with the arguments
+    auto shift = [&](const void* p, const Moved& m) { return (void*)(m.copy->data + ((const char*)p - m.tensor->start)); };
+    for (const Kernel::Slot& s : k.slots) {
+        void* p = *s.at;
+        const Tensor* t = tensor_of(p);
+        if (!t) continue;
+        size_t i = 0;
+        while (i < moved.size() && moved[i].tensor != t) i++;
+        if (i == moved.size()) {
+            Allocation* copy = relocation_for(*t);
+            if (!copy) return fail(cudaErrorMemoryAllocation, "a carved tensor's copy for kernel " + std::string(k.name));
+            memcpy(copy->data, t->start, t->bytes);
+            moved.push_back({t, copy, false});
+        }
+        moved[i].writable = moved[i].writable || s.writable;
+        restore.push_back({s.at, p});
+        *s.at = shift(p, moved[i]);
+    }
+    for (const void*& p : here.pointers)
+        for (const Moved& m : moved)
+            if (tensor_of(p) == m.tensor) { p = shift(p, m); break; }
+    const cudaError_t e = run_relocated(here);
+    for (const Moved& m : moved)
+        if (m.writable && e == cudaSuccess) memcpy(m.tensor->start, m.copy->data, m.tensor->bytes);
+    for (auto& r : restore) *r.first = r.second;
+    return e;
+}
+inline cudaError_t run_relocated(const Kernel& k) {
     std::string story;
     const std::vector<Allocation*> reach = reachable(k);
     const bool ok = race_mode() ? run_in_both_orders(k, reach, story) : run_blocks(k, false, story);
@@ -519,6 +661,19 @@ inline void argument_words(const T& v, std::vector<const void*>& out) {
     }
 }
 
+// Where each pointer-sized word of an argument lives, for the relocation of carved
+// tensors: a pointer (writable unless to const), or every aligned word of a struct.
+template <typename T>
+inline void argument_slots(T& v, std::vector<Kernel::Slot>& out) {
+    if constexpr (std::is_pointer<T>::value) {
+        out.push_back({(void**)&v, !std::is_const<std::remove_pointer_t<T>>::value});
+    } else if constexpr (std::is_class<T>::value) {
+        char* b = (char*)&v;
+        for (size_t i = 0; i + sizeof(void*) <= sizeof(T); i += alignof(void*))
+            if ((uintptr_t)(b + i) % alignof(void*) == 0) out.push_back({(void**)(b + i), true});
+    }
+}
+
 inline cudaError_t check_launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t shared) {
     const std::string k = std::string("kernel ") + name;
     const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
@@ -568,8 +723,9 @@ inline cudaError_t launch(const char* name, void (*kernel)(P...), dim3 grid, dim
                       const Closure* cl = (const Closure*)self;
                       std::apply(cl->kernel, cl->params);
                   },
-                  c.get(), grid, block, shared, {}};
+                  c.get(), grid, block, shared, {}, (const void*)kernel};
     std::apply([&](const auto&... p) { (argument_words(p, c->k.pointers), ...); }, c->params);
+    std::apply([&](auto&... p) { (argument_slots(p, c->k.slots), ...); }, c->params);
     auto w = std::make_shared<Work>();
     w->what = std::string("kernel ") + name;
     w->run = [c] { return run_kernel(c->k); };
@@ -686,6 +842,18 @@ inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t 
     return emu::fill(dst, value, n, s, true);
 }
 
+// A kernel's static shared memory is what its blocks have reached so far (the emulator
+// learns it by running them): after a first launch, what a GPU's compiler would say.
+struct cudaFuncAttributes {
+    size_t sharedSizeBytes;
+    int maxThreadsPerBlock;
+};
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, const void* kernel) {
+    const emu::KernelAttributes at = emu::kernel_attributes()[kernel];
+    a->sharedSizeBytes = at.static_shared;
+    a->maxThreadsPerBlock = at.max_threads;
+    return cudaSuccess;
+}
 inline cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value) {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > emu::SHARED_OPTIN)
         return emu::fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: at most " + std::to_string(emu::SHARED_OPTIN) +
@@ -775,8 +943,16 @@ extern "C" __attribute__((visibility("default"), used)) int gkd_emu_enqueue(cuda
     return (int)emu::enqueue(stream, w);
 }
 extern "C" __attribute__((visibility("default"), used)) int gkd_emu_is_device_range(const void* p, size_t bytes) {
-    return emu::allocation_of(p, bytes) != nullptr;
+    if (!emu::allocation_of(p, bytes)) return 0;
+    const emu::Tensor* t = emu::tensor_of(p);  // inside a carved tensor: within it
+    return !t || (const char*)p + bytes <= t->start + t->bytes;
 }
 extern "C" __attribute__((visibility("default"), used)) void gkd_emu_fault(const char* message) {
     emu::fail(cudaErrorIllegalAddress, message, true);
+}
+extern "C" __attribute__((visibility("default"), used)) int gkd_emu_is_capturing(cudaStream_t stream) {
+    return stream && emu::capturing_stream() == stream;
+}
+extern "C" __attribute__((visibility("default"), used)) void gkd_emu_count_flops(double flops, int batched) {
+    (batched ? emu::batched_matmul_flops() : emu::matmul_flops()) += flops;
 }

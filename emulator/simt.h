@@ -107,7 +107,16 @@ struct Kernel {
     dim3 grid, block;
     size_t shared_bytes;
     std::vector<const void*> pointers;  // every word of the arguments that may be a pointer: what it can write
+    const void* id = nullptr;           // the kernel function: its attributes (kernel_attributes)
+    struct Slot {
+        void** at;        // where a pointer-sized word of the arguments lives (in the launch's own copy)
+        bool writable;    // a pointer to non-const memory, or a word of a struct
+    };
+    std::vector<Slot> slots;            // what runtime.h's relocation of carved tensors may rewrite
 };
+
+// After a block's dynamic shared memory: poisoned, and checked when the block ends.
+constexpr size_t DYNAMIC_SHARED_GUARD = 256;
 
 struct Fiber;
 // The block an OS thread is running now.
@@ -118,7 +127,8 @@ struct Block {
     std::vector<Fiber*> fibers;
     uint64_t epoch = 0;          // a new number per block run: when shared memory is poisoned again
     std::string error;           // the first fault seen in this block
-    char* dynamic_shared = nullptr;
+    char* dynamic_shared = nullptr;  // the launch's bytes, then DYNAMIC_SHARED_GUARD of poison
+    size_t static_shared = 0;        // the bytes of the static __shared__ arrays this block reached
 };
 
 struct Fiber {
@@ -188,6 +198,7 @@ inline void shared_declared(void* p, size_t bytes) {
     if (e != current_block->epoch) {
         e = current_block->epoch;
         poison(p, bytes);
+        current_block->static_shared += bytes;  // counts toward the block's limit with the dynamic bytes
     }
 }
 // extern __shared__: the launch's dynamic shared memory, 16-byte aligned
@@ -303,7 +314,8 @@ inline bool run_block(Block& b, bool reversed) {
     }
     b.epoch = ++epochs;
     b.error.clear();
-    if (b.kernel->shared_bytes) poison(b.dynamic_shared, b.kernel->shared_bytes);
+    b.static_shared = 0;
+    poison(b.dynamic_shared, b.kernel->shared_bytes + DYNAMIC_SHARED_GUARD);
     current_block = &b;
     for (;;) {  // one phase: from one barrier to the next
         for (int k = 0; k < warps; k++)
@@ -372,10 +384,17 @@ inline T shfl_xor(unsigned mask, T value, int lane_mask, int width, const char* 
 struct KernelAttributes {
     int max_threads = 1024;          // __launch_bounds__'s first argument
     size_t max_dynamic_shared = 48 * 1024;  // cudaFuncAttributeMaxDynamicSharedMemorySize
+    size_t static_shared = 0;        // the most static shared memory a block of it has reached so far
+    bool whole_allocations = false;  // it walks whole allocations (AdamW's, the norm's): no carved tensor is moved for it
 };
 inline std::unordered_map<const void*, KernelAttributes>& kernel_attributes() {
     static std::unordered_map<const void*, KernelAttributes> a;
     return a;
+}
+// cuda/ registers the kernels that walk a whole carved allocation (GKD_WALKS_WHOLE_ALLOCATIONS)
+inline bool register_whole_allocations(const void* kernel) {
+    kernel_attributes()[kernel].whole_allocations = true;
+    return true;
 }
 // prepare_sources.py registers each __launch_bounds__ after its kernel's definition
 inline bool register_launch_bounds(const void* kernel, int max_threads) {

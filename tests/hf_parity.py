@@ -16,17 +16,22 @@ appended, docs/algorithm.md §2). Compared, in fp32 on both sides (TF32 off):
      the paper's 1/L_y) against `gkd distill --steps 1`, whose first metrics line is the
      loss before the update.
 Prints one line per comparison and exits 1 if any is off by more than 1e-4 (relative);
-exits 0 with a "skipped:" line where torch or transformers is missing.
+exits 0 with one "skipped:" line naming the package that is missing (torch, transformers).
+Written for transformers 4.x and 5.x and torch 1.x and 2.x: no argument a version removed
+(save_pretrained's safe_serialization is given only where safetensors is not already the
+default), and fp32 matmuls through torch's current precision API where it has one.
 """
-import argparse, json, math, os, random, struct, subprocess, sys, tempfile
+import argparse, importlib, json, math, os, random, struct, subprocess, sys, tempfile
 
-try:
-    import torch
-    import torch.nn.functional as F
-    from transformers import GPT2Config, GPT2LMHeadModel
-except ImportError as e:
-    print(f"hf_parity: skipped: {e} (needs torch and transformers)")
-    sys.exit(0)
+for package in ("torch", "transformers"):
+    try:
+        importlib.import_module(package)
+    except ImportError as e:
+        print(f"hf_parity: skipped: the Python package {package} is missing ({e}); pip install torch transformers")
+        sys.exit(0)
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
 
 V, EOS = 50257, 50256
 TOL = 1e-4
@@ -59,8 +64,33 @@ def random_model(layers, seed, folder):
         for name, p in model.named_parameters():
             if ".ln_" in name or name.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.2)
-    model.save_pretrained(folder, safe_serialization=True)
+    save_safetensors(model, folder)
     return model
+
+
+def save_safetensors(model, folder):
+    """model.safetensors + config.json: transformers 5.x always writes safetensors (and has no
+    safe_serialization argument), 4.35 on does by default, older ones only when asked."""
+    model.save_pretrained(folder)
+    if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        model.save_pretrained(folder, safe_serialization=True)
+
+
+def fp32_matmuls():
+    """Matmuls in IEEE fp32, not TF32: torch 2.9's fp32_precision where it exists (the
+    allow_tf32 switches are deprecated there), else set_float32_matmul_precision and the
+    switches (torch 1.12 to 2.8), else the switches alone."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "ieee"
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = "ieee"
+        return
+    if hasattr(torch, "set_float32_matmul_precision"):
+        torch.set_float32_matmul_precision("highest")
+    matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def write_tokenizer(path):
@@ -86,8 +116,7 @@ def main():
     ap.add_argument("--gkd", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gkd"))
     ap.add_argument("--work", default=None, help="keep the models and data here (default: a temporary folder)")
     a = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    fp32_matmuls()
     work = a.work or tempfile.mkdtemp(prefix="hf_parity_")
     os.makedirs(work, exist_ok=True)
     sdir, tdir = os.path.join(work, "student"), os.path.join(work, "teacher")

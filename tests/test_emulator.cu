@@ -95,6 +95,10 @@ __global__ void sum_without_second_barrier_kernel(float* out, const float* x) {
     for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
     if (threadIdx.x == 0) out[0] = total;
 }
+// every block writes the same element: which block wins depends on their order
+__global__ void blocks_race_kernel(float* out) {
+    if (threadIdx.x == 0) out[0] = (float)blockIdx.x;
+}
 // a full-mask shuffle that only lanes 0-15 reach
 __global__ void half_warp_shuffle_kernel(float* out) {
     float v = (float)threadIdx.x;
@@ -152,6 +156,22 @@ __global__ void dynamic_shared_kernel(float* out) {
     __syncthreads();
     out[threadIdx.x] = big[(threadIdx.x + 1) % blockDim.x];
 }
+// 32 KB of static shared memory, to be launched with 20 KB of dynamic beside it
+__global__ void big_static_shared_kernel(float* out) {
+    __shared__ float table[8192];
+    extern __shared__ float more[];
+    table[threadIdx.x] = 1.0f;
+    more[threadIdx.x] = 2.0f;
+    __syncthreads();
+    out[threadIdx.x] = table[threadIdx.x] + more[threadIdx.x];
+}
+// one float past the end of the launch's dynamic shared memory (blockDim.x floats)
+__global__ void dynamic_shared_overrun_kernel(float* out) {
+    extern __shared__ float row[];
+    row[threadIdx.x + 1] = (float)threadIdx.x;  // should be row[threadIdx.x]
+    __syncthreads();
+    out[threadIdx.x] = 1.0f;
+}
 __global__ void __launch_bounds__(128, 2) bounded_kernel(float* out) { out[threadIdx.x] = 1.0f; }
 __global__ void misaligned_float4_kernel(float* out, const float* in) {
     const float4 v = reinterpret_cast<const float4*>(in + 1)[threadIdx.x];  // in + 1 is not 16-byte aligned
@@ -171,13 +191,16 @@ typedef cublasStatus_t (*Sgemm)(cublasHandle_t, cublasOperation_t, cublasOperati
 
 // C (20 x 20) = A (20 x 20, leading dimension lda) B through the emulated cuBLAS, opened
 // as gkd opens it (dlopen); gives up the child with a message when it cannot be opened
-static cublasStatus_t emulated_sgemm(const float* A, int lda, const float* B, float* C) {
+// On `stream` (set with cublasSetStream_v2) when one is given, with no workspace set after it.
+static cublasStatus_t emulated_sgemm(const float* A, int lda, const float* B, float* C, cudaStream_t stream = nullptr) {
     void* lib = dlopen("libcublas.so.13", RTLD_NOW);
     if (!lib) { printf("cannot open the emulated cuBLAS: %s\n", dlerror()); _exit(1); }
     auto create = (cublasStatus_t(*)(cublasHandle_t*))dlsym(lib, "cublasCreate_v2");
+    auto set_stream = (cublasStatus_t(*)(cublasHandle_t, cudaStream_t))dlsym(lib, "cublasSetStream_v2");
     auto sgemm = (Sgemm)dlsym(lib, "cublasSgemm_v2");
     cublasHandle_t h;
     create(&h);
+    if (stream) set_stream(h, stream);
     const float one = 1, zero = 0;
     return sgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 20, 20, 20, &one, A, lda, B, 20, &zero, C, 20);
 }
@@ -262,6 +285,43 @@ int main() {
         cudaMemset(in, 0, 4096);
         return run("misaligned_float4_kernel", misaligned_float4_kernel, 1, 32, 0, device_floats(32), (const float*)in);
     });
+    expect_failure("static and dynamic shared memory past 48 KB together", "bytes of static shared memory and 20480 of dynamic", [] {
+        return run("big_static_shared_kernel", big_static_shared_kernel, 1, 64, 20480, device_floats(64));
+    });
+    expect_failure("a write one float past the dynamic shared memory", "past the end of its 256 bytes of dynamic shared memory", [] {
+        return run("dynamic_shared_overrun_kernel", dynamic_shared_overrun_kernel, 1, 64, 256, device_floats(64));
+    });
+    // two tensors carved back to back from one allocation, named as cuda/ names model.h's:
+    // an index one past the first lands in the second, where only the relocation can see it
+    auto carve = [](size_t first, size_t second) {
+        float* base = device_floats(first + second);
+        cudaMemset(base, 0, (first + second) * sizeof(float));
+        const size_t bytes[] = {first * sizeof(float), second * sizeof(float)};
+        const char* const names[] = {"first", "second"};
+        emu::name_tensors("test carve", base, bytes[0] + bytes[1], bytes, names, 2);
+        return base;
+    };
+    expect_failure("a write one past a carved tensor", "tensor first of the test carve", [&] {
+        float* base = carve(250, 250);
+        float* in = device_floats(256);
+        cudaMemset(in, 0, 256 * sizeof(float));
+        return run("off_by_one_kernel", off_by_one_kernel, 1, 256, 0, base, (const float*)in, 250);
+    });
+    expect_failure("a read one past a carved tensor (into a guard page)", "tensor first of the test carve", [&] {
+        float* base = carve(256, 256);
+        float* out = device_floats(257);
+        return run("copy_kernel", copy_kernel, 2, 256, 0, out, (const float*)base, 257);
+    });
+    expect_failure("a read one past a carved tensor (into its poisoned slack) is NaN", "value nan", [&] {
+        float* base = carve(250, 250);
+        float* out = device_floats(251);
+        if (std::string e = run("copy_kernel", copy_kernel, 1, 256, 0, out, (const float*)base, 251); !e.empty()) return e;
+        return read_back(out, 250);
+    });
+    expect_failure("blocks that race each other (the second pass reverses their order)", "depend on the order", [] {
+        omp_set_num_threads(1);  // one OS thread: the blocks run strictly in the pass's order
+        return run("blocks_race_kernel", blocks_race_kernel, 8, 32, 0, device_floats(1));
+    });
     expect_failure("a host pointer passed to a kernel", "is no device pointer", [] {
         static float host[32];
         return run("half_warp_shuffle_kernel", half_warp_shuffle_kernel, 1, 32, 0, host);
@@ -285,6 +345,14 @@ int main() {
         cudaGraph_t g;
         cudaError_t end = cudaStreamEndCapture(s, &g);
         return e + (end == cudaErrorStreamCaptureInvalidated ? " (and the capture was invalidated)" : "");
+    });
+    expect_failure("a cuBLAS GEMM captured with no workspace of the caller's", "no workspace set", [] {
+        float *A = device_floats(400), *B = device_floats(400), *C = device_floats(400);
+        cudaStream_t s;
+        cudaStreamCreate(&s);
+        cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+        const cublasStatus_t status = emulated_sgemm(A, 20, B, C, s);
+        return status == CUBLAS_STATUS_SUCCESS ? std::string() : "status " + std::to_string(status);
     });
     expect_failure("a synchronising call during graph capture", "cudaDeviceSynchronize during stream capture", [] {
         cudaStream_t s;

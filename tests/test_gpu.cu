@@ -647,6 +647,9 @@ static void compare_step(const std::string& what, const GPT<float>& student, con
     create_training_device(gpu);
     StepStats a = gkd_step(cpu, 0), b = gkd_step(gpu, 0);
     const double tol = tf32 ? 3e-2 : 1e-4;
+    if (a.on_policy)
+        check(b.on_policy && a.forward_reused && b.forward_reused,
+              strf("%s: on-policy, both devices' student forward completed from sampling's record", what.c_str()));
     check(std::fabs(a.loss - b.loss) <= tol * std::fabs(a.loss),
           strf("%s: loss %.8g vs CPU %.8g (%d tokens)", what.c_str(), b.loss, a.loss, a.tokens));
     check(std::fabs(a.grad_norm - b.grad_norm) <= tol * a.grad_norm,
@@ -682,6 +685,49 @@ static void test_full_step_objective(const char* what, Objective objective, int 
         o.kl_discount = 0.9;
         if (on_policy) { o.lambda = 1; o.temperature = 0; o.max_new_tokens = 6; }
     });
+}
+
+// An on-policy step's matmul work on each device, in FLOPs: the CPU's matmuls with a weight
+// (cpu/blas.h's count_matmul: the linear layers and the LM head, forward and backward)
+// against the emulated cuBLAS's cublasSgemm_v2 calls, which are the GPU's matmuls with a
+// weight (attention's batched products are counted apart, on both sides left out). The
+// student's final LayerNorm is set to give the same logits at every position, EOS the
+// least likely token: greedy rows then never end before their budget, where the GPU's
+// fixed-shape decode keeps computing a finished row (docs/cuda.md).
+static void test_on_policy_flops() {
+#ifdef GKD_CUDA_EMULATOR
+    const int V = 257, C = 64, eos = V - 1;  // SizeOnlyTokenizer's EOS
+    GPT<float> student = random_model("2,64,4", V, 48), teacher = random_model("3,96,4", V, 48);
+    for (int c = 0; c < C; c++) {
+        student.params.lnfw[c] = 0;
+        student.params.lnfb[c] = 1;
+        student.params.wte[(size_t)eos * C + c] = -10;
+    }
+    Trainer cpu, gpu;
+    const uint64_t data_seed = derive_seed(run_seed, ++draws);
+    make_trainer(cpu, data_seed, student, teacher, 0.5, false);
+    make_trainer(gpu, data_seed, student, teacher, 0.5, false);
+    for (Trainer* t : {&cpu, &gpu}) {
+        t->opt.lambda = 1;
+        t->opt.temperature = 0;
+        t->opt.max_new_tokens = 8;
+    }
+    gpu.opt.device = "cuda";
+    create_training_device(gpu);
+    matmul_flops_counted() = 0;
+    const StepStats a = gkd_step(cpu, 0);
+    const double cpu_flops = (double)matmul_flops_counted();
+    emu::matmul_flops() = 0;
+    const StepStats b = gkd_step(gpu, 0);
+    const double gpu_flops = emu::matmul_flops();
+    check(a.on_policy && b.on_policy && a.forward_reused && b.forward_reused,
+          "on-policy step: both devices complete the student's forward from sampling's record");
+    check(gpu_flops > 0 && gpu_flops <= cpu_flops,
+          strf("on-policy step: the GPU's matmul FLOPs %.6g, the CPU's %.6g (GPU/CPU %.4f, at most 1)", gpu_flops,
+               cpu_flops, gpu_flops / cpu_flops));
+#else
+    printf("    (the matmul FLOPs are counted by the emulated cuBLAS: not on a GPU)\n");
+#endif
 }
 
 static void test_trajectory() {
@@ -800,6 +846,8 @@ static void test_decode_graph() {
         for (auto& row : a) tokens += row.size();
         check(a == b && b == c, strf("decode steps as a CUDA graph, t = %.0f: the tokens of one-by-one launches (%zu "
                                      "tokens), twice", t, tokens));
+        check(!graphed.graph_failed, strf("decode steps as a CUDA graph, t = %.0f: captured (no fallback to plain "
+                                          "launches)", t));
     }
 }
 
@@ -873,6 +921,9 @@ static void run_test(const char* name, F test) {
     fflush(stdout);
     const double t0 = now_seconds();
     try {
+        // each test starts clean: no error left by the last one, fp32 matmuls (not TF32)
+        cudaGetLastError();
+        gpu_init(false);
         test();
         CUDA_CHECK(cudaDeviceSynchronize());  // an asynchronous fault belongs to this test
     } catch (const GkdError& err) {
@@ -957,6 +1008,7 @@ int main() {
     run_test("full step (sampled reverse KL)", [] {
         test_full_step_objective("GKD step, sampled reverse KL", Objective::SampledReverseKl, 0, true);
     });
+    run_test("on-policy step: matmul FLOPs against the CPU's", [] { test_on_policy_flops(); });
     run_test("trajectory", [] { test_trajectory(); });
     run_test("full step (TF32)", [] { test_full_step(false, true); });
     run_test("device-resident generation", [] { test_generate_bookkeeping(); });

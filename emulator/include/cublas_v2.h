@@ -1,4 +1,4 @@
-// emulator/include/cublas_v2.h — cuBLAS's types and the five functions gkd calls, as
+// emulator/include/cublas_v2.h — cuBLAS's types and the six functions gkd calls, as
 // cublas_v2.h declares them. gkd looks them up with dlopen (cuda/common.cuh); in the
 // emulated build it opens build/emulator/libcublas.so.N, made from emulator/cublas.cpp.
 #pragma once
@@ -18,6 +18,7 @@ cublasStatus_t cublasCreate_v2(cublasHandle_t* handle);
 cublasStatus_t cublasDestroy_v2(cublasHandle_t handle);
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode);
 cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream);
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t workspaceSizeInBytes);
 cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                               int k, const float* alpha, const float* A, int lda, const float* B, int ldb,
                               const float* beta, float* C, int ldc);

@@ -34,6 +34,16 @@ inline ncclResult_t ncclCommInitRank(ncclComm_t* comm, int ranks, ncclUniqueId i
     *comm = new ncclComm{ranks, rank};
     return ncclSuccess;
 }
+inline ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    delete comm;
+    return ncclSuccess;
+}
+// MPI's errors are reported by the call that met them: nothing is left pending
+inline ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* state) {
+    if (!comm || !state) return ncclInvalidArgument;
+    *state = ncclSuccess;
+    return ncclSuccess;
+}
 inline ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
                                   ncclComm_t comm, cudaStream_t stream) {
     if (!comm || type != ncclFloat || op != ncclSum) return ncclInvalidArgument;
