@@ -16,9 +16,12 @@
 //   So each model just tracks how many of the row's tokens its cache holds: the target
 //   always all but the last; the draft the same, or one fewer after a round whose drafts
 //   were all kept (it never saw its own last draft), and then it reads two tokens.
-// - The loop runs on the host and asks the device only for logits (speculative_loop's
-//   two callbacks), so the CPU and the GPU share it, and every random draw comes from the
-//   row's own generator: a row's output does not depend on the batch.
+// - The loop runs on the host, so the CPU and the GPU share it; each device's models keep
+//   the logits where they compute them and hand the loop only tokens and, for the judging,
+//   per-position numbers (GpuSpeculativeModels: p(d), q(d) and the overlap, then the
+//   replacement draws, computed on the device). Every random draw comes from the row's own
+//   generator, in the same order on both devices: a row's output does not depend on the
+//   batch.
 // - The acceptance rate is counted two ways: the draws themselves (accepted / judged)
 //   and its expectation, sum_x min(p(x), q(x)) at each judged position (1 - the total
 //   variation distance); the tests hold one to the other.
@@ -112,19 +115,23 @@ static int judge_drafts(const std::vector<int>& drafts, const float* draft_logit
 
 // The bookkeeping of batched speculative sampling, whichever device runs the models.
 // Row b stops at its first EOS (kept) or after budgets[b] tokens; both models' contexts
-// must hold prompt + budget.
-//   run_draft(tokens, cache_row, start, n_new, Bn, Tn) -> the draft's logits (Bn, Vp_draft) at
-//       each row's last new token, on the host
-//   run_target(tokens, cache_row, start, n_new, Bn, Tn, all_positions) -> the target's
-//       logits on the host: all_positions ? (Bn, Tn, Vp_target) : (Bn, Vp_target)
-// Both take gpt_infer's arguments: Tn new tokens per row, right-padded, row b has n_new[b]
-// real ones starting at position start[b] of cache row cache_row[b].
-template <typename RunDraft, typename RunTarget>
+// must hold prompt + budget. `models` runs the passes and keeps their logits where they
+// are computed (CpuSpeculativeModels below, GpuSpeculativeModels in cuda/sampling.cuh):
+//   models.draft(tokens, cache_row, start, n_new, n, Tn, rows, i, rngs) -> the draft's pass
+//       over Tn new tokens per row (gpt_infer's arguments: right-padded, row r has n_new[r]
+//       real ones from position start[r] of cache row cache_row[r]); with rows (batch row of
+//       each r), each row's next draft token, draft i of its round, drawn from its logits
+//       with rngs[rows[r]] (pick_token), those logits kept for the judging; without, nothing
+//   models.target(tokens, cache_row, start, n_new, n, Tn, all_positions) -> the target's
+//       pass; with all_positions, its logits at every new position kept for the judging
+//   models.judge(active, drafts, rngs, kept, stats) -> judge_drafts for each row r of the
+//       last verification (batch row active[r]): kept[r] gets what it keeps, then the
+//       replacement or bonus token; returns the drafts kept per row. Each row's uniforms
+//       are drawn from its generator in judge_drafts' order on either device.
+template <typename Models>
 static std::vector<std::vector<int>> speculative_loop(const std::vector<const std::vector<int>*>& prompts,
-                                                      const std::vector<int>& budgets, int K, double temperature,
-                                                      int eos, int V, int Vp_draft, int Vp_target, std::vector<Rng>& rngs,
-                                                      RunDraft run_draft, RunTarget run_target,
-                                                      SpeculativeStats& stats) {
+                                                      const std::vector<int>& budgets, int K, int eos,
+                                                      std::vector<Rng>& rngs, Models& models, SpeculativeStats& stats) {
     const int Bn = (int)prompts.size();
     std::vector<std::vector<int>> out(Bn), seq(Bn);  // seq: prompt + out
     if (Bn == 0) return out;
@@ -148,21 +155,19 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
             cache_row[b] = b;
             n_new[b] = draft_cached[b];
         }
-        run_draft(tokens.data(), cache_row.data(), start.data(), n_new.data(), Bn, Pmax);
-        run_target(tokens.data(), cache_row.data(), start.data(), n_new.data(), Bn, Pmax, false);
+        models.draft(tokens.data(), cache_row.data(), start.data(), n_new.data(), Bn, Pmax, {}, 0, rngs);
+        models.target(tokens.data(), cache_row.data(), start.data(), n_new.data(), Bn, Pmax, false);
     }
     std::vector<int> active(Bn);
     for (int b = 0; b < Bn; b++) active[b] = b;
-    std::vector<std::vector<int>> drafts(Bn);
-    std::vector<std::vector<float>> draft_rows(Bn);  // (k, Vp_draft) per row: the logits behind its drafts
-    std::vector<int> wanted(Bn);                     // drafts a row asks for this round
+    std::vector<std::vector<int>> drafts(Bn), kept;
+    std::vector<int> wanted(Bn);  // drafts a row asks for this round
     while (!active.empty()) {
         const int n = (int)active.size();
         // 1. the draft proposes, one token per step; a row stops at EOS or at what it may emit
         int Kmax = 0;
         for (int b : active) {
             drafts[b].clear();
-            draft_rows[b].clear();
             wanted[b] = std::min(K, budgets[b] - (int)out[b].size());
             Kmax = std::max(Kmax, wanted[b]);
         }
@@ -189,13 +194,11 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
                     tokens[r] = drafts[b].back();
                 }
             }
-            const float* logits = run_draft(tokens.data(), cache_row.data(), start.data(), n_new.data(),
-                                            (int)going.size(), Tn);
+            const std::vector<int> picked = models.draft(tokens.data(), cache_row.data(), start.data(), n_new.data(),
+                                                         (int)going.size(), Tn, going, i, rngs);
             for (size_t r = 0; r < going.size(); r++) {
                 const int b = going[r];
-                const float* row = logits + r * Vp_draft;
-                draft_rows[b].insert(draft_rows[b].end(), row, row + Vp_draft);
-                drafts[b].push_back(pick_token(row, V, temperature, rngs[b]));
+                drafts[b].push_back(picked[r]);
                 draft_cached[b] = start[r] + n_new[r];
             }
         }
@@ -211,19 +214,17 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
             tokens[(size_t)r * Tn] = seq[b].back();
             std::copy(drafts[b].begin(), drafts[b].end(), tokens.begin() + (size_t)r * Tn + 1);
         }
-        const float* logits = run_target(tokens.data(), cache_row.data(), start.data(), n_new.data(), n, Tn, true);
+        models.target(tokens.data(), cache_row.data(), start.data(), n_new.data(), n, Tn, true);
         // 3. judge, keep, and cut at EOS or the budget
+        const std::vector<int> accepted = models.judge(active, drafts, rngs, kept, stats);
         std::vector<int> still;
         for (int r = 0; r < n; r++) {
             const int b = active[r], len = (int)seq[b].size();
-            std::vector<int> kept;
-            const int a = judge_drafts(drafts[b], draft_rows[b].data(), Vp_draft, logits + (size_t)r * Tn * Vp_target,
-                                       Vp_target, V, temperature, rngs[b], kept, stats);
             stats.verifications++;
             // the draft's cache is good up to the last token it read that the row kept
-            draft_cached[b] = std::min(draft_cached[b], len + a);
+            draft_cached[b] = std::min(draft_cached[b], len + accepted[r]);
             bool done = false;
-            for (int x : kept) {
+            for (int x : kept[r]) {
                 out[b].push_back(x);
                 seq[b].push_back(x);
                 stats.emitted++;
@@ -236,8 +237,56 @@ static std::vector<std::vector<int>> speculative_loop(const std::vector<const st
     return out;
 }
 
-// Speculative sampling on the CPU: the draft and the target each with their own
-// generator (cache and scratch). Row b's draws come from (seed, stream, row_ids[b]).
+// The CPU's models for speculative_loop: the draft and the target each with their own
+// generator (cache and scratch), their logits on the host, judged by judge_drafts.
+struct CpuSpeculativeModels {
+    const GPT<float>& draft_model;
+    Generator& dg;
+    const GPT<float>& target_model;
+    Generator& tg;
+    double temperature;
+    int V, Vp_draft, Vp_target, Tn_target = 0;
+    std::vector<std::vector<float>> draft_rows;  // (Bn) (k, Vp_draft) per row: the logits behind its drafts
+    CpuSpeculativeModels(const GPT<float>& d, Generator& dgen, const GPT<float>& t, Generator& tgen, double temp, int Bn)
+        : draft_model(d), dg(dgen), target_model(t), tg(tgen), temperature(temp), V(d.config.vocab_size),
+          Vp_draft(d.config.padded_vocab_size), Vp_target(t.config.padded_vocab_size), draft_rows(Bn) {}
+    std::vector<int> draft(const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
+                           const std::vector<int>& rows, int i, std::vector<Rng>& rngs) {
+        dg.logits.resize((size_t)n * Vp_draft);
+        gpt_infer(draft_model, dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, dg.logits.data(), false);
+        std::vector<int> picked(rows.size());
+        for (size_t r = 0; r < rows.size(); r++) {
+            const float* row = dg.logits.data() + r * Vp_draft;
+            std::vector<float>& kept = draft_rows[rows[r]];
+            if (i == 0) kept.clear();
+            kept.insert(kept.end(), row, row + Vp_draft);
+            picked[r] = pick_token(row, V, temperature, rngs[rows[r]]);
+        }
+        return picked;
+    }
+    void target(const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
+                bool all_positions) {
+        tg.logits.resize((size_t)n * (all_positions ? Tn : 1) * Vp_target);
+        gpt_infer(target_model, tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, tg.logits.data(),
+                  all_positions);
+        Tn_target = Tn;
+    }
+    std::vector<int> judge(const std::vector<int>& active, const std::vector<std::vector<int>>& drafts,
+                           std::vector<Rng>& rngs, std::vector<std::vector<int>>& kept, SpeculativeStats& stats) {
+        const int n = (int)active.size();
+        std::vector<int> accepted(n);
+        kept.assign(n, {});
+        for (int r = 0; r < n; r++) {
+            const int b = active[r];
+            accepted[r] = judge_drafts(drafts[b], draft_rows[b].data(), Vp_draft,
+                                       tg.logits.data() + (size_t)r * Tn_target * Vp_target, Vp_target, V, temperature,
+                                       rngs[b], kept[r], stats);
+        }
+        return accepted;
+    }
+};
+
+// Speculative sampling on the CPU. Row b's draws come from (seed, stream, row_ids[b]).
 static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draft, Generator& dg,
                                                           const GPT<float>& target, Generator& tg,
                                                           const std::vector<const std::vector<int>*>& prompts,
@@ -246,27 +295,14 @@ static std::vector<std::vector<int>> speculative_generate(const GPT<float>& draf
                                                           const std::vector<uint64_t>& row_ids,
                                                           SpeculativeStats& stats) {
     const int Bn = (int)prompts.size();
-    const int Vp_draft = draft.config.padded_vocab_size, Vp_target = target.config.padded_vocab_size;
     GKD_ASSERT(draft.config.vocab_size == target.config.vocab_size, "speculative sampling: vocabularies differ");
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
     dg.cache.allocate(draft.config, Bn);
     tg.cache.allocate(target.config, Bn);
     // the draft's one-token steps multiply packed weights, as plain generation's do
     pack_decode_weights(dg.scratch.decode, draft);
-    auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
-        dg.logits.resize((size_t)n * Vp_draft);
-        gpt_infer(draft, dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, dg.logits.data(), false);
-        return (const float*)dg.logits.data();
-    };
-    auto run_target = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
-                          bool all_positions) {
-        tg.logits.resize((size_t)n * (all_positions ? Tn : 1) * Vp_target);
-        gpt_infer(target, tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, tg.logits.data(),
-                  all_positions);
-        return (const float*)tg.logits.data();
-    };
-    auto out = speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vp_draft, Vp_target, rngs,
-                                run_draft, run_target, stats);
+    CpuSpeculativeModels models(draft, dg, target, tg, temperature, Bn);
+    auto out = speculative_loop(prompts, budgets, K, eos, rngs, models, stats);
     dg.scratch.decode.ready = false;
     return out;
 }

@@ -1,5 +1,5 @@
-// cuda/sampling.cuh — inference and sampling on the device: gpt_infer's and generate's
-// twins, with a KV cache.
+// cuda/sampling.cuh — inference and sampling on the device: gpt_infer's, generate's and
+// speculative_generate's twins, with a KV cache.
 //
 // gpu_infer runs new tokens through a model, storing their keys and values: a prefill
 // (all prompts at once, causal attention through batched GEMMs) or a decode step (one
@@ -24,6 +24,14 @@
 //   steps, and the completions once at the end. The same kernels and cuBLAS calls on the
 //   same pointers each step: with GKD_CUDA_GRAPHS=1 a decode step is captured once per
 //   generation and replayed as one CUDA graph launch (off by default until run on a GPU).
+// - With a GpuRecord (cuda/model.cuh), the prefill and each decode step also write their
+//   activations where the training forward keeps them: an on-policy step's forward is
+//   then packed down from sampling's, not run again.
+// - A teacher's pass for a loss (head_at) runs its last layer's projection and MLP and
+//   its LM head at the loss's positions alone, gathered.
+// - Speculative sampling keeps both models' logits on the device: the shared host loop
+//   gets draft tokens, three numbers a judged draft and the drawn tokens, and draws every
+//   uniform from the row's generator in the CPU's order.
 #pragma once
 #include "common.cuh"
 #include "layers.cuh"
@@ -567,10 +575,256 @@ static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerato
     return out;
 }
 
-// speculative_generate's twin (speculative.h): the same speculative_loop, the forward passes
-// on the device and their logits brought to the host, where the judging and every draw
-// happen. So greedy outputs match the CPU's; sampled ones come from the same generators,
-// and differ only where the two devices' logits round differently.
+namespace gpu {
+
+// ---- speculative sampling's judging on the device (speculative.h's judge_drafts)
+
+// draw_from's and pick_token's walk: the first id (in id order) at which the running sum of
+// w passes `target`, or `fallback` when rounding leaves none. Each thread sums a contiguous
+// chunk of the ids, thread 0 takes the chunks' prefix in order, each thread walks its own
+// chunk from its prefix, and the first chunk that crossed wins: the CPU's sum, in chunks.
+template <typename Weight>
+__device__ int block_inverse_cdf(Weight w, int V, double target, int fallback) {
+    __shared__ double prefix[THREADS];
+    __shared__ int crossed[THREADS];
+    __shared__ int result[1];
+    const int per = (V + blockDim.x - 1) / blockDim.x;
+    const int lo = min(V, (int)threadIdx.x * per), hi = min(V, lo + per);
+    double sum = 0;
+    for (int i = lo; i < hi; i++) sum += w(i);
+    prefix[threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double running = 0;
+        for (int t = 0; t < (int)blockDim.x; t++) { const double x = prefix[t]; prefix[t] = running; running += x; }
+    }
+    __syncthreads();
+    double cum = prefix[threadIdx.x];
+    int at = V;
+    for (int i = lo; i < hi && at == V; i++) {
+        cum += w(i);
+        if (cum > target) at = i;
+    }
+    crossed[threadIdx.x] = at;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        result[0] = fallback;
+        for (int t = 0; t < (int)blockDim.x; t++)
+            if (crossed[t] < V) { result[0] = crossed[t]; break; }
+    }
+    __syncthreads();
+    return result[0];
+}
+// the first largest of x[0..V) (the lowest id on ties, as the CPU's argmax), to every thread
+__device__ inline int block_argmax(const float* x, int V) {
+    float v = -INFINITY;
+    int id = V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        if (x[i] > v || (x[i] == v && i < id)) { v = x[i]; id = i; }
+    block_best(v, id);
+    return id < V ? id : 0;
+}
+// sum_i exp((x_i - x_best) / t): token_distribution's normaliser
+__device__ inline double block_softmax_total(const float* x, int V, int best, double t) {
+    double z = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) z += exp(((double)x[i] - x[best]) / t);
+    return block_sum(z);
+}
+
+// A draft step's rows: row r's logits kept in store (slot[r] of (Bn K, Vp)) for the judging,
+// and its next draft token drawn as pick_token draws it, from u[r] (the row's generator's
+// uniform, drawn on the host; unused at temperature 0).
+__global__ void draft_pick_kernel(const float* logits, int Vp, int V, double temperature, const double* u,
+                                  const int* slot, float* store, int* picked) {
+    const float* x = logits + (size_t)blockIdx.x * Vp;
+    float* kept = store + (size_t)slot[blockIdx.x] * Vp;
+    for (int i = threadIdx.x; i < Vp; i += blockDim.x) kept[i] = x[i];
+    const int best = block_argmax(x, V);
+    if (temperature == 0.0) {
+        if (threadIdx.x == 0) picked[blockIdx.x] = best;
+        return;  // the whole block leaves together
+    }
+    auto w = [&](int i) { return exp(((double)x[i] - x[best]) / temperature); };
+    const double total = block_softmax_total(x, V, best, temperature);
+    const int token = block_inverse_cdf(w, V, u[blockIdx.x] * total, best);
+    if (threadIdx.x == 0) picked[blockIdx.x] = token;
+}
+
+// What the judging of one draft reads (judge_drafts): the target's p and the draft's q at
+// temperature t (one-hot at the argmax when t = 0) at draft position i of row r, and
+// out (3) = p(d), q(d), sum_x min(p(x), q(x)). One block per judged position.
+struct JudgeArgs {
+    const float* target = nullptr;  // (n, Tn, Vp_target) the verification's logits
+    const float* store = nullptr;   // (Bn K, Vp_draft) the draft's, slot b K + i
+    int Tn = 0, Vp_target = 0, Vp_draft = 0, K = 0, V = 0;
+    double temperature = 0;
+    const int* r = nullptr;         // (positions) the verification row
+    const int* b = nullptr;         // (positions) its batch row
+    const int* i = nullptr;         // (positions) the draft position
+    const int* token = nullptr;     // (positions) the draft token d, or (draws) -1 for a bonus draw
+    const double* u = nullptr;      // (draws) the row's uniform for the draw
+};
+__global__ void judge_kernel(JudgeArgs a, double* out) {
+    const int j = blockIdx.x, d = a.token[j];
+    const float* p = a.target + ((size_t)a.r[j] * a.Tn + a.i[j]) * a.Vp_target;
+    const float* q = a.store + ((size_t)a.b[j] * a.K + a.i[j]) * a.Vp_draft;
+    const int bp = block_argmax(p, a.V), bq = block_argmax(q, a.V);
+    if (a.temperature == 0.0) {
+        if (threadIdx.x == 0) {
+            out[3 * j] = d == bp;
+            out[3 * j + 1] = d == bq;
+            out[3 * j + 2] = bp == bq;
+        }
+        return;
+    }
+    const double t = a.temperature;
+    const double zp = block_softmax_total(p, a.V, bp, t), zq = block_softmax_total(q, a.V, bq, t);
+    double overlap = 0;
+    for (int x = threadIdx.x; x < a.V; x += blockDim.x)
+        overlap += fmin(exp(((double)p[x] - p[bp]) / t) / zp, exp(((double)q[x] - q[bq]) / t) / zq);
+    overlap = block_sum(overlap);
+    if (threadIdx.x == 0) {
+        out[3 * j] = exp(((double)p[d] - p[bp]) / t) / zp;
+        out[3 * j + 1] = exp(((double)q[d] - q[bq]) / t) / zq;
+        out[3 * j + 2] = overlap;
+    }
+}
+// The token after a row's judged drafts: a draw from the residual max(0, p - q) at the first
+// refused one, or (token -1) the bonus draw from p after the last, as draw_from draws with
+// the row's uniform u. One block per row that draws.
+__global__ void residual_draw_kernel(JudgeArgs a, int* drawn) {
+    const int j = blockIdx.x;
+    const bool bonus = a.token[j] < 0;
+    const float* p = a.target + ((size_t)a.r[j] * a.Tn + a.i[j]) * a.Vp_target;
+    const float* q = bonus ? p : a.store + ((size_t)a.b[j] * a.K + a.i[j]) * a.Vp_draft;
+    const int bp = block_argmax(p, a.V), bq = block_argmax(q, a.V);
+    if (a.temperature == 0.0) {  // one-hots: the residual, and the bonus, is p's argmax
+        if (threadIdx.x == 0) drawn[j] = bp;
+        return;
+    }
+    const double t = a.temperature;
+    const double zp = block_softmax_total(p, a.V, bp, t), zq = bonus ? 1.0 : block_softmax_total(q, a.V, bq, t);
+    auto w = [&](int x) {
+        const double px = exp(((double)p[x] - p[bp]) / t) / zp;
+        return bonus ? px : fmax(0.0, px - exp(((double)q[x] - q[bq]) / t) / zq);
+    };
+    double total = 0;
+    for (int x = threadIdx.x; x < a.V; x += blockDim.x) total += w(x);
+    total = block_sum(total);
+    const int token = block_inverse_cdf(w, a.V, a.u[j] * total, 0);
+    if (threadIdx.x == 0) drawn[j] = token;
+}
+}  // namespace gpu
+
+// The GPU's models for speculative_loop (CpuSpeculativeModels' twin): both models' passes on
+// the device, their logits kept there. A draft step brings back one token a row; the
+// judging brings back three numbers a judged draft (p(d), q(d), the overlap), walks them on
+// the host with each row's generator in judge_drafts' order, and brings back one drawn
+// token a row. So a round moves ids and a few doubles across PCIe, never a logit row.
+struct GpuSpeculativeModels {
+    const GpuModel& draft_model;
+    GpuGenerator& dg;
+    const GpuModel& target_model;
+    GpuGenerator& tg;
+    double temperature;
+    int V, K, Vp_draft, Vp_target, Tn_target = 0;
+    DeviceBuffer<float> store;      // (Bn K, Vp_draft) the logits behind each row's drafts
+    DeviceBuffer<double> uniforms, judged;
+    DeviceBuffer<int> slots, picked, pos_r, pos_b, pos_i, pos_token, drawn;
+    GpuSpeculativeModels(const GpuModel& d, GpuGenerator& dgen, const GpuModel& t, GpuGenerator& tgen, double temp,
+                         int Bn, int drafts)
+        : draft_model(d), dg(dgen), target_model(t), tg(tgen), temperature(temp), V(d.config.vocab_size),
+          K(std::max(drafts, 1)), Vp_draft(d.config.padded_vocab_size), Vp_target(t.config.padded_vocab_size) {
+        store.ensure((size_t)Bn * K * Vp_draft);
+    }
+
+    std::vector<int> draft(const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
+                           const std::vector<int>& rows, int i, std::vector<Rng>& rngs) {
+        float* logits = dg.logits.ensure((size_t)n * Vp_draft);
+        gpu_infer(draft_model, &dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, false);
+        if (rows.empty()) return {};
+        std::vector<double> u(n, 0.0);
+        std::vector<int> slot(n), out(n);
+        for (int r = 0; r < n; r++) {
+            if (temperature > 0) u[r] = rngs[rows[r]].uniform();  // pick_token's one uniform, in its order
+            slot[r] = rows[r] * K + i;
+        }
+        uniforms.upload(u);
+        slots.upload(slot);
+        GPU_LAUNCH(gpu::draft_pick_kernel, n, gpu::THREADS, 0, gpu::stream(), (const float*)logits, Vp_draft, V,
+                   temperature, uniforms.ptr, slots.ptr, store.ptr, picked.ensure(n));
+        download(out.data(), picked.ptr, n);
+        return out;
+    }
+    void target(const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
+                bool all_positions) {
+        float* logits = tg.logits.ensure((size_t)n * (all_positions ? Tn : 1) * Vp_target);
+        gpu_infer(target_model, &tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, all_positions);
+        Tn_target = Tn;
+    }
+    gpu::JudgeArgs args() const {
+        gpu::JudgeArgs a;
+        a.target = tg.logits.ptr; a.store = store.ptr; a.Tn = Tn_target; a.Vp_target = Vp_target;
+        a.Vp_draft = Vp_draft; a.K = K; a.V = V; a.temperature = temperature;
+        return a;
+    }
+    // judge_drafts for every row: its per-position numbers from the device, the keep-or-refuse
+    // walk on the host (the row's uniforms in judge_drafts' order), then the draws
+    std::vector<int> judge(const std::vector<int>& active, const std::vector<std::vector<int>>& drafts,
+                           std::vector<Rng>& rngs, std::vector<std::vector<int>>& kept, SpeculativeStats& stats) {
+        const int n = (int)active.size();
+        std::vector<int> r_of, b_of, i_of, token;
+        auto add = [&](int r, int i, int t) {
+            r_of.push_back(r); b_of.push_back(active[r]); i_of.push_back(i); token.push_back(t);
+        };
+        for (int r = 0; r < n; r++)
+            for (int i = 0; i < (int)drafts[active[r]].size(); i++) add(r, i, drafts[active[r]][i]);
+        const int positions = (int)r_of.size();
+        std::vector<double> numbers(3 * (size_t)positions);
+        if (positions) {
+            pos_r.upload(r_of); pos_b.upload(b_of); pos_i.upload(i_of); pos_token.upload(token);
+            gpu::JudgeArgs a = args();
+            a.r = pos_r.ptr; a.b = pos_b.ptr; a.i = pos_i.ptr; a.token = pos_token.ptr;
+            GPU_LAUNCH(gpu::judge_kernel, positions, gpu::THREADS, 0, gpu::stream(), a,
+                       judged.ensure(numbers.size()));
+            download(numbers.data(), judged.ptr, numbers.size());
+        }
+        std::vector<int> accepted(n);
+        std::vector<double> u;
+        kept.assign(n, {});
+        r_of.clear(); b_of.clear(); i_of.clear(); token.clear();
+        for (int r = 0, j = 0; r < n; r++) {
+            const int b = active[r], k = (int)drafts[b].size();
+            int i = 0;
+            for (; i < k; i++, j++) {
+                const double p = numbers[3 * (size_t)j], q = numbers[3 * (size_t)j + 1];
+                stats.judged++;
+                stats.expected_sum += numbers[3 * (size_t)j + 2];
+                const double ui = rngs[b].uniform();  // one a judged draft, as judge_drafts
+                if (!(p >= q || ui * q < p)) break;
+                stats.accepted++;
+                kept[r].push_back(drafts[b][i]);
+            }
+            accepted[r] = i;
+            add(r, i, i < k ? drafts[b][i] : -1);  // the residual at the refused one, or the bonus
+            u.push_back(rngs[b].uniform());       // draw_from's uniform
+            j += i < k ? k - i : 0;               // the positions after a refusal are not judged
+        }
+        pos_r.upload(r_of); pos_b.upload(b_of); pos_i.upload(i_of); pos_token.upload(token);
+        uniforms.upload(u);
+        gpu::JudgeArgs a = args();
+        a.r = pos_r.ptr; a.b = pos_b.ptr; a.i = pos_i.ptr; a.token = pos_token.ptr; a.u = uniforms.ptr;
+        std::vector<int> tokens(n);
+        GPU_LAUNCH(gpu::residual_draw_kernel, n, gpu::THREADS, 0, gpu::stream(), a, drawn.ensure(n));
+        download(tokens.data(), drawn.ptr, n);
+        for (int r = 0; r < n; r++) kept[r].push_back(tokens[r]);
+        return accepted;
+    }
+};
+
+// speculative_generate's twin (speculative.h): the same speculative_loop, on GpuSpeculativeModels.
+// Greedy outputs match the CPU's; sampled ones come from the same generators, in the same
+// order, and differ only where the two devices' logits or sums round differently.
 static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& draft, GpuGenerator& dg,
                                                               const GpuModel& target, GpuGenerator& tg,
                                                               const std::vector<const std::vector<int>*>& prompts,
@@ -579,7 +833,6 @@ static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& dr
                                                               uint64_t stream, const std::vector<uint64_t>& row_ids,
                                                               SpeculativeStats& stats) {
     const int Bn = (int)prompts.size();
-    const int Vp_draft = draft.config.padded_vocab_size, Vp_target = target.config.padded_vocab_size;
     if (Bn == 0) return {};
     GKD_ASSERT(draft.config.vocab_size == target.config.vocab_size, "speculative sampling: vocabularies differ");
     int longest = 0;
@@ -587,23 +840,6 @@ static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& dr
     dg.cache.allocate(draft.config, Bn, std::min(longest, draft.config.max_seq_len));
     tg.cache.allocate(target.config, Bn, std::min(longest, target.config.max_seq_len));
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
-    std::vector<float> draft_host, target_host;
-    auto run_draft = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn) {
-        float* logits = dg.logits.ensure((size_t)n * Vp_draft);
-        gpu_infer(draft, &dg.cache, dg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, false);
-        draft_host.resize((size_t)n * Vp_draft);
-        download(draft_host.data(), logits, draft_host.size());
-        return (const float*)draft_host.data();
-    };
-    auto run_target = [&](const int* tokens, const int* cache_row, const int* start, const int* n_new, int n, int Tn,
-                          bool all_positions) {
-        const size_t count = (size_t)n * (all_positions ? Tn : 1) * Vp_target;
-        float* logits = tg.logits.ensure(count);
-        gpu_infer(target, &tg.cache, tg.scratch, tokens, cache_row, start, n_new, n, Tn, logits, all_positions);
-        target_host.resize(count);
-        download(target_host.data(), logits, count);
-        return (const float*)target_host.data();
-    };
-    return speculative_loop(prompts, budgets, K, temperature, eos, draft.config.vocab_size, Vp_draft, Vp_target, rngs, run_draft,
-                            run_target, stats);
+    GpuSpeculativeModels models(draft, dg, target, tg, temperature, Bn, K);
+    return speculative_loop(prompts, budgets, K, eos, rngs, models, stats);
 }

@@ -155,6 +155,9 @@ inline Memory& memory() { static Memory m; return m; }
 // (attention's), apart: what the tests hold the GPU path's work to.
 inline double& matmul_flops() { static double f = 0; return f; }
 inline double& batched_matmul_flops() { static double f = 0; return f; }
+// The bytes every copy from the device to the host has moved: what the tests hold
+// speculative sampling's traffic to.
+inline size_t& bytes_to_host() { static size_t n = 0; return n; }
 
 // the allocation whose data range holds [p, p + bytes), or null
 inline Allocation* allocation_of(const void* p, size_t bytes = 1) {
@@ -817,6 +820,7 @@ inline cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kin
         if (cudaError_t e = check_device_range(dst, n, "cudaMemcpy", "destination")) return e;
     if (src_device)
         if (cudaError_t e = check_device_range(src, n, "cudaMemcpy", "source")) return e;
+    if (src_device && !dst_device) bytes_to_host() += n;
     auto w = std::make_shared<Work>();
     w->what = "cudaMemcpy";
     w->run = [=] { memcpy(dst, src, n); return cudaSuccess; };

@@ -526,9 +526,19 @@ static void test_speculative() {
             GpuGenerator dd, dt;
             SpeculativeStats cs, gs;
             auto cpu = speculative_generate(draft, cd, target, ct, prompts, budgets, K, t, eos, 3, 0, ids, cs);
+#ifdef GKD_CUDA_EMULATOR
+            emu::bytes_to_host() = 0;
+#endif
             auto gpu = gpu_speculative_generate(gd, dd, gt, dt, prompts, budgets, K, t, eos, 3, 0, ids, gs);
             int same = 0;
             for (int b = 0; b < B; b++) same += cpu[b] == gpu[b];
+#ifdef GKD_CUDA_EMULATOR
+            // what came back: ids and a few numbers a verification, never a logit row (V floats)
+            const double per_verification = (double)emu::bytes_to_host() / gs.verifications;
+            check(per_verification < 257 * sizeof(float),
+                  strf("speculative, K = %d, t = %.0f: %.0f bytes from the device a verification (less than one logit "
+                       "row, %zu)", K, t, per_verification, 257 * sizeof(float)));
+#endif
             if (t == 0.0) {
                 auto greedy = generate(target, plain, prompts, budgets, 0.0, eos, 0, 0, ids);
                 check(same == B && cpu == greedy,
