@@ -274,6 +274,32 @@ __device__ T block_sum(T v) {
     return warp_sum(total);
 }
 
+// (value, id) pairs ranked the larger value first, the lower id on ties: the CPU's argmax
+// and teacher_top_k_row's `before`
+template <typename T>
+__device__ inline bool ranks_before(T v, int i, T w, int j) { return v > w || (v == w && i < j); }
+
+// The block's best (value, id) in ranks_before's order, to every thread (blockDim.x a
+// multiple of 32): the argmax of the sampler, the top-K selection and the judging.
+template <typename T>
+__device__ void block_best(T& v, int& id) {
+    __shared__ T best_v[32];
+    __shared__ int best_i[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int o = 16; o > 0; o >>= 1) {
+        const T ov = __shfl_xor_sync(FULL_MASK, v, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, id, o);
+        if (ranks_before(ov, oi, v, id)) { v = ov; id = oi; }
+    }
+    __syncthreads();  // a previous call's readers are done
+    if (lane == 0) { best_v[warp] = v; best_i[warp] = id; }
+    __syncthreads();
+    v = best_v[0];
+    id = best_i[0];
+    for (int w = 1; w < warps; w++)
+        if (ranks_before(best_v[w], best_i[w], v, id)) { v = best_v[w]; id = best_i[w]; }
+}
+
 // A running softmax normaliser: max m and sum z of exp(x - m), merged in any grouping.
 struct MaxSum {
     double m, z;

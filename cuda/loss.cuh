@@ -157,29 +157,6 @@ __global__ void __launch_bounds__(LOSS_THREADS, 2) fused_loss_kernel(LossArgs a)
 
 // ---- the teacher's signal when the loss needs less than its rows (loss.h's TeacherSignal)
 
-// (value, id) pairs in the teacher's order: the larger logit first, the lower id on ties
-// (teacher_top_k_row's `before`)
-__device__ inline bool ranks_before(float v, int i, float w, int j) { return v > w || (v == w && i < j); }
-
-// The block's best (value, id) in that order, to every thread.
-__device__ inline void block_best(float& v, int& id) {
-    __shared__ float best_v[32];
-    __shared__ int best_i[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(FULL_MASK, v, o);
-        const int oi = __shfl_xor_sync(FULL_MASK, id, o);
-        if (ranks_before(ov, oi, v, id)) { v = ov; id = oi; }
-    }
-    __syncthreads();  // a previous call's readers are done
-    if (lane == 0) { best_v[warp] = v; best_i[warp] = id; }
-    __syncthreads();
-    v = best_v[0];
-    id = best_i[0];
-    for (int w = 1; w < warps; w++)
-        if (ranks_before(best_v[w], best_i[w], v, id)) { v = best_v[w]; id = best_i[w]; }
-}
-
 // teacher_top_k_row's twin, one block per row of `logits`: the row of batch position
 // n = position_of[blockIdx.x] (a target).
 // K rounds of a block-wide argmax, each over the tokens ranked after the last one picked,
@@ -427,7 +404,7 @@ static double gpu_sampled_reverse_kl_loss(GpuLossBuffers& buf, const TrainBatch&
     double* log_norm = buf.log_norm.ensure(N);
     GPU_LAUNCH(gpu::target_log_prob_kernel, N, gpu::LOSS_THREADS, 0, gpu::stream(), student, Vp_student,
                buf.targets.ptr, (const int*)nullptr, V, 1.0 / tau, (float*)nullptr, log_q, log_norm);
-    std::vector<double> log_ratio(N, 0.0), teacher(N), student_lp(N);
+    std::vector<double> log_ratio(N, 0.0), student_lp(N);
     std::vector<float> teacher_f(N);
     download(student_lp.data(), log_q, N);
     download(teacher_f.data(), teacher_target_logp, N);

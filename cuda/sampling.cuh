@@ -66,23 +66,10 @@ __global__ void sample_kernel(int* tokens, const float* logits, int V, int Vp, d
     int best_id = V;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         double score = inv_temperature > 0 ? (double)x[i] * inv_temperature - log(-log(uniform_open(key, i))) : (double)x[i];
-        if (score > best || (score == best && i < best_id)) { best = score; best_id = i; }
+        if (ranks_before(score, i, best, best_id)) { best = score; best_id = i; }
     }
-    __shared__ double block_best[32];
-    __shared__ int block_id[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    for (int o = 16; o > 0; o >>= 1) {
-        double ob = __shfl_xor_sync(FULL_MASK, best, o);
-        int oi = __shfl_xor_sync(FULL_MASK, best_id, o);
-        if (ob > best || (ob == best && oi < best_id)) { best = ob; best_id = oi; }
-    }
-    if (lane == 0) { block_best[warp] = best; block_id[warp] = best_id; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < warps; w++)
-            if (block_best[w] > best || (block_best[w] == best && block_id[w] < best_id)) { best = block_best[w]; best_id = block_id[w]; }
-        tokens[r] = best_id < V ? best_id : 0;  // all NaN: token 0, as the CPU's argmax
-    }
+    block_best(best, best_id);
+    if (threadIdx.x == 0) tokens[r] = best_id < V ? best_id : 0;  // all NaN: token 0, as the CPU's argmax
 }
 
 // ---- inference with a KV cache
@@ -234,11 +221,18 @@ __global__ void advance_rows_kernel(int* completions, int* length, int* last_tok
 struct GpuKVCache {
     int L = 0, rows = 0, capacity = 0, C = 0;  // positions held per row: what this use needs, not maxT
     DeviceBuffer<float> k, v;                 // (L, rows, capacity, C) each
+    // Cached attention keeps a row's scores (capacity floats) in dynamic shared memory,
+    // beside the kernel's static arrays: 48 KB in all, checked once here, not per step.
     void allocate(const GPTConfig& c, int nrows, int positions) {
         if (nrows <= rows && positions <= capacity && L == c.num_layers && C == c.channels) return;
         L = c.num_layers; C = c.channels;
         rows = std::max(rows, nrows);
         capacity = std::max(capacity, positions);
+        cudaFuncAttributes attr;
+        CUDA_CHECK(cudaFuncGetAttributes(&attr, (const void*)gpu::cached_attention_kernel));
+        GKD_ASSERT(attr.sharedSizeBytes + (size_t)capacity * sizeof(float) <= 48 * 1024,
+                   "gpu_infer: cached attention keeps a row's scores in shared memory, 48 KB with its static arrays "
+                   "(a context of at most about 12200)");
         k.release();  // free before allocating the larger one
         v.release();
         k.ensure((size_t)L * rows * capacity * C);
@@ -284,38 +278,31 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
     float* fch = s.fch.ensure((size_t)N * 4 * C);
     // a prefill attends with batched GEMMs (a lone first token through the cache when there is one)
     const bool gemm_attention = prefill && (Tn > 1 || !cache);
-    if (!gemm_attention) {  // a row's scores in dynamic shared memory, beside the kernel's static arrays: 48 KB in all
-        cudaFuncAttributes attr;
-        CUDA_CHECK(cudaFuncGetAttributes(&attr, (const void*)gpu::cached_attention_kernel));
-        GKD_ASSERT(attr.sharedSizeBytes + (size_t)cache->capacity * sizeof(float) <= 48 * 1024,
-                   "gpu_infer: cached attention keeps a row's scores in shared memory, 48 KB with its static arrays "
-                   "(a context of at most about 12200)");
-    }
     float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
     const size_t total = (size_t)N * C;
     GKD_ASSERT(!rec || (!head_at && !all_positions && rec->B >= Bn), "a record is kept by sampling's passes only");
     float* mean = rec ? s.mean.ensure(N) : nullptr;
     float* rstd = rec ? s.rstd.ensure(N) : nullptr;
-    // rec's (B, maxT, width) tensor, at layer l's slab, gets these new positions of src (Bn, Tn, width)
-    auto keep = [&](float* tensor, int l, const float* src, int width) {
+    // with a record, its (B, maxT, width) tensor, at layer l's slab, gets these new
+    // positions of src (Bn, Tn, width)
+    using Acts = ActivationTensors<float>;
+    auto keep = [&](float* Acts::*tensor, int l, const float* src, int width) {
         if (!rec) return;
-        float* slab = tensor + (size_t)l * rec->B * rec->maxT * width;
+        float* slab = rec->acts.*tensor + (size_t)l * rec->B * rec->maxT * width;
         const size_t n = (size_t)N * width;
         GPU_LAUNCH(gpu::record_rows_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), slab, src, width,
             cache_row, start, n_new, Tn, rec->maxT, n);
     };
     GPU_LAUNCH(gpu::encoder_infer_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
         x, tokens, start, n_new, p.wte, p.wpe, Tn, C, V, total);
-    if (rec) keep(rec->acts.encoded, 0, x, C);
+    keep(&Acts::encoded, 0, x, C);
     for (int l = 0; l < L; l++) {
         gpu::layernorm_forward(ln, mean, rstd, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
         gpu::matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
-        if (rec) {
-            keep(rec->acts.ln1, l, ln, C);
-            keep(rec->acts.ln1_mean, l, mean, 1);
-            keep(rec->acts.ln1_rstd, l, rstd, 1);
-            keep(rec->acts.qkv, l, qkv, 3 * C);
-        }
+        keep(&Acts::ln1, l, ln, C);
+        keep(&Acts::ln1_mean, l, mean, 1);
+        keep(&Acts::ln1_rstd, l, rstd, 1);
+        keep(&Acts::qkv, l, qkv, 3 * C);
         float* record_att = rec ? rec->acts.att + (size_t)l * rec->B * NH * rec->maxT * rec->maxT : nullptr;
         if (cache) {
             GPU_LAUNCH(gpu::cache_store_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
@@ -335,7 +322,7 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
                 atty, qkv, cache->keys(l), cache->values(l), cache_row, start, n_new, Tn, C, NH,
                 cache->capacity, record_att, rec ? rec->maxT : 0);
         }
-        keep(rec ? rec->acts.atty : nullptr, l, atty, C);
+        keep(&Acts::atty, l, atty, C);
         // the last layer of a pass whose logits are wanted at head_at alone runs its
         // projection and MLP on those rows only (gpt_infer's trimmed last layer)
         int rows = N;
@@ -357,18 +344,16 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
         gpu::residual_forward(x, x, proj, part);
         gpu::layernorm_forward(ln, mean, rstd, x, p.ln2w + l * C, p.ln2b + l * C, rows, C);
         gpu::matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, rows, C, 4 * C, 4 * C);
-        if (rec) {
-            keep(rec->acts.residual2, l, x, C);
-            keep(rec->acts.ln2, l, ln, C);
-            keep(rec->acts.ln2_mean, l, mean, 1);
-            keep(rec->acts.ln2_rstd, l, rstd, 1);
-            keep(rec->acts.fch, l, fch, 4 * C);
-        }
+        keep(&Acts::residual2, l, x, C);
+        keep(&Acts::ln2, l, ln, C);
+        keep(&Acts::ln2_mean, l, mean, 1);
+        keep(&Acts::ln2_rstd, l, rstd, 1);
+        keep(&Acts::fch, l, fch, 4 * C);
         gpu::gelu_forward(fch, fch, part * 4);
-        keep(rec ? rec->acts.fch_gelu : nullptr, l, fch, 4 * C);
+        keep(&Acts::fch_gelu, l, fch, 4 * C);
         gpu::matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, rows, 4 * C, C, C);
         gpu::residual_forward(x, x, proj, part);
-        keep(rec ? rec->acts.residual3 : nullptr, l, x, C);
+        keep(&Acts::residual3, l, x, C);
     }
     if (head_at) {  // x holds the head's rows already (the trimmed last layer)
         gpu::layernorm_forward(ln, nullptr, nullptr, x, p.lnfw, p.lnfb, head_count, C);

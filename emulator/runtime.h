@@ -497,20 +497,20 @@ struct Tensor {
     std::string name;  // "wte of the parameters"
 };
 inline std::map<uintptr_t, Tensor>& tensors() { static std::map<uintptr_t, Tensor> t; return t; }  // by start
+inline void forget_tensors_in(const char* data, size_t bytes) {
+    auto& t = tensors();
+    t.erase(t.lower_bound((uintptr_t)data), t.lower_bound((uintptr_t)data + bytes));
+}
 // The named tensors of one allocation, replacing any named before inside [base, base + total).
 inline void name_tensors(const char* group, void* base, size_t total, const size_t* bytes, const char* const* names,
                          int count) {
+    forget_tensors_in((const char*)base, total);
     auto& t = tensors();
-    t.erase(t.lower_bound((uintptr_t)base), t.lower_bound((uintptr_t)base + total));
     char* p = (char*)base;
     for (int i = 0; i < count; i++) {
         if (bytes[i]) t[(uintptr_t)p] = Tensor{p, bytes[i], std::string(names[i]) + " of the " + group};
         p += bytes[i];
     }
-}
-inline void forget_tensors_in(const char* data, size_t bytes) {
-    auto& t = tensors();
-    t.erase(t.lower_bound((uintptr_t)data), t.lower_bound((uintptr_t)data + bytes));
 }
 inline const Tensor* tensor_of(const void* p) {
     auto& t = tensors();
@@ -527,8 +527,9 @@ inline Allocation* relocation_for(const Tensor& t) {
         void* p = nullptr;
         if (allocate(&p, t.bytes) != cudaSuccess) return nullptr;
         a = allocation_of(p);
-        snprintf(a->label, sizeof a->label, "tensor %s, on its own for this launch", t.name.c_str());
     }
+    // named again each time: another tensor may have taken this place and size since
+    snprintf(a->label, sizeof a->label, "tensor %s, on its own for this launch", t.name.c_str());
     return a;
 }
 

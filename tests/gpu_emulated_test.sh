@@ -46,30 +46,33 @@ COMMON="--data $W/data/train.jsonl --steps 8 --lr 3e-3 --max-new-tokens 12 --see
 
 # compare A B TOL: metrics losses step by step and model.bin, within TOL relative
 compare() { python3 tests/compare_runs.py "$1" "$2" "$3" 8; }
+# both_devices TOL "NAME|FLAGS"...: each case run with --device cpu and with the emulated
+# --device cuda, compared within TOL
+both_devices() {
+  local tol=$1 case name flags
+  shift
+  for case in "$@"; do
+    name=${case%%|*}; flags=${case#*|}
+    $CPU $flags $COMMON --batch 4 --device cpu --out "$W/cpu" 2>"$W/err" || cat "$W/err"
+    $EMU/gkd $flags $COMMON --batch 4 --device cuda --out "$W/cuda" 2>"$W/err" || cat "$W/err"
+    check "$name, --device cuda (emulated) against --device cpu: $(compare "$W/cuda" "$W/cpu" "$tol" 2>&1 | tail -1)" \
+          "compare '$W/cuda' '$W/cpu' $tol >/dev/null 2>&1"
+  done
+}
 
-for case in "gkd on-policy|distill --teacher $W/t.bin --student $W/s.bin --lambda 1 --beta 0.5 --temperature 0" \
-            "supervised kd|distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --beta 1" \
-            "sft|sft --model $W/s.bin"; do
-  name=${case%%|*}; flags=${case#*|}
-  $CPU $flags $COMMON --batch 4 --device cpu --out "$W/cpu" 2>"$W/err" || cat "$W/err"
-  $EMU/gkd $flags $COMMON --batch 4 --device cuda --out "$W/cuda" 2>"$W/err" || cat "$W/err"
-  check "$name, --device cuda (emulated) against --device cpu: $(compare "$W/cuda" "$W/cpu" 1e-3 2>&1 | tail -1)" \
-        "compare '$W/cuda' '$W/cpu' 1e-3 >/dev/null 2>&1"
-done
+both_devices 1e-3 \
+   "gkd on-policy|distill --teacher $W/t.bin --student $W/s.bin --lambda 1 --beta 0.5 --temperature 0" \
+  "supervised kd|distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --beta 1" \
+  "sft|sft --model $W/s.bin"
 
 # every objective and teacher signal beyond JSD(beta)'s full rows, off-policy or with
 # greedy samples (the same rows on both devices): losses within 1e-5 relative at each step
 $CPU teacher-cache --teacher "$W/t.bin" --data "$W/data/train.jsonl" --top-k 8 --out "$W/cache.bin" --quiet 2>"$W/err" || cat "$W/err"
-for case in "total variation|distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --objective tv" \
-            "top-8 with the tail, JSD(0.5)|distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --beta 0.5 --teacher-top-k 8" \
-            "top-8 TV on-policy|distill --teacher $W/t.bin --student $W/s.bin --lambda 1 --temperature 0 --objective tv --teacher-top-k 8" \
-            "the offline teacher cache|distill --student $W/s.bin --lambda 0 --teacher-cache $W/cache.bin"; do
-  name=${case%%|*}; flags=${case#*|}
-  $CPU $flags $COMMON --batch 4 --device cpu --out "$W/cpu" 2>"$W/err" || cat "$W/err"
-  $EMU/gkd $flags $COMMON --batch 4 --device cuda --out "$W/cuda" 2>"$W/err" || cat "$W/err"
-  check "$name, --device cuda (emulated) against --device cpu: $(compare "$W/cuda" "$W/cpu" 1e-5 2>&1 | tail -1)" \
-        "compare '$W/cuda' '$W/cpu' 1e-5 >/dev/null 2>&1"
-done
+both_devices 1e-5 \
+  "total variation|distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --objective tv" \
+  "top-8 with the tail, JSD(0.5)|distill --teacher $W/t.bin --student $W/s.bin --lambda 0 --beta 0.5 --teacher-top-k 8" \
+  "top-8 TV on-policy|distill --teacher $W/t.bin --student $W/s.bin --lambda 1 --temperature 0 --objective tv --teacher-top-k 8" \
+  "the offline teacher cache|distill --student $W/s.bin --lambda 0 --teacher-cache $W/cache.bin"
 # the sampled reverse KL and RL + GKD need samples at a temperature above 0, which the two
 # devices draw from different generators (docs/cuda.md): here the CUDA run completes, with a
 # finite loss at every step; tests/test_gpu.cu compares their losses and a greedy step

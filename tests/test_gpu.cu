@@ -256,6 +256,22 @@ static PolicyGradientTerm rl_term(int B) {
     return pg;
 }
 
+// A GPU loss against its CPU twin: the value and the mean per token within 1e-9 (the same
+// per-position values, summed by the same host code), RL's surrogate likewise (pg_gpu not
+// null), and the gradient written over the logits within 1e-6 (masked rows and padded
+// columns must be zero).
+static void check_loss(const std::string& name, double loss_gpu, double loss_cpu, double mean_gpu, double mean_cpu,
+                       const PolicyGradientTerm* pg_gpu, const PolicyGradientTerm& pg_cpu,
+                       const std::vector<float>& grad_gpu, const std::vector<float>& grad_cpu) {
+    double e = std::fabs(loss_gpu - loss_cpu) / std::max(std::fabs(loss_cpu), 1e-12);
+    check(e < 1e-9 && std::fabs(mean_gpu - mean_cpu) <= 1e-9 * std::max(1.0, std::fabs(mean_cpu)),
+          strf("%-52s loss %.10g vs %.10g", (name + ": value").c_str(), loss_gpu, loss_cpu));
+    if (pg_gpu)
+        check(std::fabs(pg_gpu->surrogate - pg_cpu.surrogate) <= 1e-9 * std::max(1.0, std::fabs(pg_cpu.surrogate)),
+              strf("%s: REINFORCE surrogate %.10g vs %.10g", name.c_str(), pg_gpu->surrogate, pg_cpu.surrogate));
+    check_close(name + ": gradient over the logits", grad_gpu, grad_cpu, 1e-6);
+}
+
 // At V = 300 each of the kernel's 256 threads holds one or two entries of a row; at
 // GPT-2's V = 50257 each folds ~196 into its running max and sum (the online rescaling).
 static void test_loss(const char* name, bool cross_entropy, double beta, double tau, LossNorm norm, bool rl,
@@ -272,14 +288,8 @@ static void test_loss(const char* name, bool cross_entropy, double beta, double 
     GpuLossBuffers buf;
     double loss_gpu = gpu_full_row_loss(buf, b, cross_entropy ? nullptr : d_teacher.p(), Vp_teacher, d_student.p(), V,
                                         Vp_student, cross_entropy, beta, tau, norm, &mean_gpu, rl ? &pg_gpu : nullptr);
-    double e = std::fabs(loss_gpu - loss_cpu) / std::max(std::fabs(loss_cpu), 1e-12);
-    check(e < 1e-9 && std::fabs(mean_gpu - mean_cpu) <= 1e-9 * std::max(1.0, std::fabs(mean_cpu)),
-          strf("%-52s loss %.10g vs %.10g", strf("fused loss %s: value", name).c_str(), loss_gpu, loss_cpu));
-    if (rl)
-        check(std::fabs(pg_gpu.surrogate - pg_cpu.surrogate) <= 1e-9 * std::max(1.0, std::fabs(pg_cpu.surrogate)),
-              strf("fused loss %s: REINFORCE surrogate %.10g vs %.10g", name, pg_gpu.surrogate, pg_cpu.surrogate));
-    // the gradient, written over the logits: masked rows and padded columns must be zero
-    check_close(strf("fused loss %s: gradient over the logits", name), d_student.get(), grad, 1e-6);
+    check_loss(strf("fused loss %s", name), loss_gpu, loss_cpu, mean_gpu, mean_cpu, rl ? &pg_gpu : nullptr, pg_cpu,
+               d_student.get(), grad);
 }
 
 // batch_loss against gpu_batch_loss for one LossSpec: total variation, the teacher's top-K
@@ -345,13 +355,7 @@ static void test_spec_loss(const char* name, LossSpec spec, bool rl, int V = 300
     Dev d_student(student);
     double loss_gpu = gpu_batch_loss(buf, b, d_rows.p(), Vp_teacher, d_row_of.b.ptr, d_signal, d_student.p(), V,
                                      Vp_student, spec, &mean_gpu, rl ? &pg_gpu : nullptr);
-    double e = std::fabs(loss_gpu - loss_cpu) / std::max(std::fabs(loss_cpu), 1e-12);
-    check(e < 1e-9 && std::fabs(mean_gpu - mean_cpu) <= 1e-9 * std::max(1.0, std::fabs(mean_cpu)),
-          strf("%-52s loss %.10g vs %.10g", strf("%s: value", name).c_str(), loss_gpu, loss_cpu));
-    if (rl)
-        check(std::fabs(pg_gpu.surrogate - pg_cpu.surrogate) <= 1e-9 * std::max(1.0, std::fabs(pg_cpu.surrogate)),
-              strf("%s: REINFORCE surrogate %.10g vs %.10g", name, pg_gpu.surrogate, pg_cpu.surrogate));
-    check_close(strf("%s: gradient over the logits", name), d_student.get(), grad, 1e-6);
+    check_loss(name, loss_gpu, loss_cpu, mean_gpu, mean_cpu, rl ? &pg_gpu : nullptr, pg_cpu, d_student.get(), grad);
 }
 static LossSpec spec_of(Objective objective, double beta, double tau, int top_k, double discount = 0,
                         LossNorm norm = LossNorm::Sequence) {
