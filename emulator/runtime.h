@@ -822,6 +822,10 @@ inline cudaError_t copy(void* dst, const void* src, size_t n, cudaMemcpyKind kin
     if (src_device)
         if (cudaError_t e = check_device_range(src, n, "cudaMemcpy", "source")) return e;
     if (src_device && !dst_device) bytes_to_host() += n;
+    if (n && (const char*)dst < (const char*)src + n && (const char*)src < (const char*)dst + n)
+        return fail(cudaErrorInvalidValue, "cudaMemcpy: the source and the destination overlap (" + std::to_string(n) +
+                                               " bytes, " + std::to_string((const char*)dst - (const char*)src) +
+                                               " apart): CUDA leaves the result undefined");
     auto w = std::make_shared<Work>();
     w->what = "cudaMemcpy";
     w->run = [=] { memcpy(dst, src, n); return cudaSuccess; };
@@ -841,6 +845,9 @@ inline cudaError_t fill(void* dst, int value, size_t n, cudaStream_t stream, boo
 
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
     return emu::copy(dst, src, n, kind, nullptr, false);
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s = nullptr) {
+    return emu::copy(dst, src, n, kind, s, true);
 }
 inline cudaError_t cudaMemset(void* dst, int value, size_t n) { return emu::fill(dst, value, n, nullptr, false); }
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t s = nullptr) {

@@ -336,6 +336,22 @@ int main() {
         emulated_sgemm(A, 20, B, C);
         return std::string("returned");
     });
+    expect_failure("a cuBLAS GemmEx with mixed operand types (bf16 A, fp32 B)", "CUBLAS_STATUS_NOT_SUPPORTED", [] {
+        void* lib = dlopen("libcublas.so.13", RTLD_NOW);
+        auto create = (cublasStatus_t(*)(cublasHandle_t*))dlsym(lib, "cublasCreate_v2");
+        auto gemm_ex = (decltype(&cublasGemmEx))dlsym(lib, "cublasGemmEx");
+        cublasHandle_t h;
+        create(&h);
+        float *A = device_floats(400), *B = device_floats(400), *C = device_floats(400);
+        const float one = 1, zero = 0;
+        gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_N, 20, 20, 20, &one, A, CUDA_R_16BF, 20, B, CUDA_R_32F, 20, &zero, C,
+                CUDA_R_32F, 20, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        return std::string("returned");
+    });
+    expect_failure("a device-to-device copy whose source and destination overlap", "overlap", [] {
+        float* x = device_floats(64);
+        return last_error(cudaMemcpy(x + 8, x, 32 * sizeof(float), cudaMemcpyDeviceToDevice));
+    });
     expect_failure("an allocation during graph capture", "cudaMalloc during stream capture", [] {
         cudaStream_t s;
         cudaStreamCreate(&s);
