@@ -267,21 +267,22 @@ struct CpuDevice : Device {
 #endif
 
 // --device resolved (cpu | cuda): a device that trains `student` in place (with AdamW's
-// state, zeros before the first update), the teacher beside it.
-static std::unique_ptr<Device> training_device(const std::string& where, bool tf32, GPT<float>& student,
-                                               const AdamW& opt, const GPT<float>* teacher) {
+// state, zeros before the first update), the teacher beside it. precision (cuda): fp32,
+// bf16 or auto (cuda/device.cuh's make_gpu_device); the CPU is fp32.
+static std::unique_ptr<Device> training_device(const std::string& where, bool tf32, const std::string& precision,
+                                               GPT<float>& student, const AdamW& opt, const GPT<float>* teacher) {
 #ifdef GKD_CUDA_PATH
-    if (where == "cuda") return std::make_unique<GpuDevice>(student, opt, teacher, tf32);
+    if (where == "cuda") return make_gpu_device(precision, tf32, student, opt, teacher, tf32);
 #endif
     GKD_ASSERT(where == "cpu", "a CUDA run in a build without CUDA");
     return std::make_unique<CpuDevice>(student, teacher);
 }
 
 // A device that runs `model` (and `teacher`) forward only: sampling and evaluation.
-static std::unique_ptr<Device> inference_device(const std::string& where, const GPT<float>& model,
-                                                const GPT<float>* teacher) {
+static std::unique_ptr<Device> inference_device(const std::string& where, const std::string& precision,
+                                                const GPT<float>& model, const GPT<float>* teacher) {
 #ifdef GKD_CUDA_PATH
-    if (where == "cuda") return std::make_unique<GpuDevice>(model, teacher);
+    if (where == "cuda") return make_gpu_device(precision, false, model, teacher);
 #endif
     GKD_ASSERT(where == "cpu", "a CUDA run in a build without CUDA");
     return std::make_unique<CpuDevice>(model, teacher);

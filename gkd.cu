@@ -144,7 +144,7 @@ static int shared_context(const Trainer& tr) {
 // student with its optimizer state, so a resumed run continues there) or on the CPU. A
 // trainer without one gets it at its first step.
 static Device& create_training_device(Trainer& tr) {
-    tr.device = training_device(tr.opt.device, tr.opt.tf32, tr.student, tr.adam, tr.has_teacher ? &tr.teacher : nullptr);
+    tr.device = training_device(tr.opt.device, tr.opt.tf32, tr.opt.precision, tr.student, tr.adam, tr.has_teacher ? &tr.teacher : nullptr);
     return *tr.device;
 }
 

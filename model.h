@@ -137,30 +137,37 @@ void point_parameters(ParameterTensors<T>& p, T* memory, const size_t sizes[NUM_
 
 constexpr int NUM_ACTIVATION_TENSORS = 20;
 
-template <typename T>
+// T: the stored activations; S: LayerNorm's statistics and the logits, which the CUDA
+// path's bf16 mode keeps in fp32 (ActivationTensors<bf16, float>; cuda/precision.cuh).
+// On the CPU both are float.
+template <typename T, typename S = T>
 struct ActivationTensors {
     T* encoded;    // (B, T, C)
     T* ln1;        // (L, B, T, C)
-    T* ln1_mean;   // (L, B, T)
-    T* ln1_rstd;   // (L, B, T)
+    S* ln1_mean;   // (L, B, T)
+    S* ln1_rstd;   // (L, B, T)
     T* qkv;        // (L, B, T, 3C)
     T* atty;       // (L, B, T, C)
     T* att;        // (L, B, NH, T, T) softmaxed attention weights
     T* attproj;    // (L, B, T, C)
     T* residual2;  // (L, B, T, C)
     T* ln2;        // (L, B, T, C)
-    T* ln2_mean;   // (L, B, T)
-    T* ln2_rstd;   // (L, B, T)
+    S* ln2_mean;   // (L, B, T)
+    S* ln2_rstd;   // (L, B, T)
     T* fch;        // (L, B, T, 4C)
     T* fch_gelu;   // (L, B, T, 4C)
     T* fcproj;     // (L, B, T, C)
     T* residual3;  // (L, B, T, C)
     T* lnf;        // (B, T, C)
-    T* lnf_mean;   // (B, T)
-    T* lnf_rstd;   // (B, T)
-    T* logits;     // (B, T, Vp) last; the loss overwrites it with its own gradient, so the
+    S* lnf_mean;   // (B, T)
+    S* lnf_rstd;   // (B, T)
+    S* logits;     // (B, T, Vp) last; the loss overwrites it with its own gradient, so the
                    // activation gradients have no logits tensor of their own (see gpt_prepare_training)
-    T** array() { return &encoded; }
+    T** array() {
+        static_assert(std::is_same<T, S>::value, "array(): one type; pointers() for ActivationTensors<T, S>");
+        return &encoded;
+    }
+    void** pointers() { return reinterpret_cast<void**>(&encoded); }  // by array()'s index, any types
 };
 // the names of array()'s tensors, in its order (messages, the emulator's guard zones)
 inline const char* const ACTIVATION_NAMES[NUM_ACTIVATION_TENSORS] = {
@@ -171,6 +178,8 @@ inline const char* const ACTIVATION_NAMES[NUM_ACTIVATION_TENSORS] = {
 // below): ln1 .. residual3 are one (B, T, ...) slab per layer; att is (L, B, NH, T, T);
 // lnf .. logits are the LM head's.
 inline bool activation_per_layer(int i) { return i >= 1 && i <= 15; }
+// the tensors of type S in ActivationTensors<T, S>: LayerNorm's statistics and the logits
+inline bool activation_is_statistic(int i) { return i == 2 || i == 3 || i == 10 || i == 11 || i >= 17; }
 inline bool activation_is_attention(int i) { return i == 6; }
 inline bool activation_of_head(int i) { return i >= 16; }
 

@@ -62,9 +62,15 @@ struct TrainOptions {
     // where this process runs the steps, and how it shows them: not saved (a resumed run may move)
     std::string device = "cpu";  // cpu | cuda: --device auto | cpu | cuda as resolve_device resolves it
     bool tf32;           // cuda: matmuls on TF32 tensor cores instead of fp32
+    std::string precision = "auto";  // cuda: auto | bf16 | fp32 (cuda/precision.cuh)
     bool quiet;          // no progress line
     TrainOptions();      // every option at its entry's default
 };
+
+// --precision's values and help (also sample's, eval's and bench's flag)
+inline const std::vector<std::string> PRECISIONS = {"auto", "bf16", "fp32"};
+inline const char* const PRECISION_HELP =
+    "cuda: bf16 stores weights, activations and the KV cache in bf16, keeping fp32 master weights, moments, statistics and logits; fp32 is the parity mode. auto: bf16 from compute capability 8.0, else fp32";
 
 // The commands an option belongs to.
 constexpr unsigned DISTILL = 1, SFT = 2, DISTILL_AND_SFT = DISTILL | SFT;
@@ -275,8 +281,9 @@ inline const std::vector<TrainOption>& train_options() {
         command_flag("device", true, DISTILL_AND_SFT, "auto | cpu | cuda (auto: the GPU when there is one)")
             .for_this_process(),
         switch_flag("tf32", &O::tf32, DISTILL_AND_SFT,
-                    "cuda: matmuls on TF32 tensor cores (faster; the default fp32 is the parity mode)")
+                    "cuda, fp32: matmuls on TF32 tensor cores (alone, it means --precision fp32)")
             .for_this_process(),
+        choice("precision", &O::precision, PRECISIONS, "auto", DISTILL_AND_SFT, PRECISION_HELP).for_this_process(),
         text("eval-data", &O::eval_data_path, DISTILL_AND_SFT,
              "held-out JSONL, evaluated every --eval-every steps and at the end"),
         count("eval-every", &O::eval_every, 0, 0, 1 << 30, DISTILL_AND_SFT, "steps between evaluations",

@@ -9,6 +9,8 @@
 //
 // Part of gkd.cu's single translation unit.
 #pragma once
+#include "gpu_memory.h"
+
 #include <fstream>
 #include <string>
 #include <vector>
@@ -35,7 +37,8 @@ static double forward_flops(const GPTConfig& c, double tokens, double attended, 
     return 2.0 * tokens * 12 * L * C * C + 2.0 * head_rows * C * c.vocab_size + 4.0 * L * C * attended;
 }
 
-static GPT<float> bench_model(const std::string& shape, int V, int context, uint64_t seed, const char* flag) {
+// --student / --teacher L,C,NH as a configuration, checked
+static GPTConfig bench_config(const std::string& shape, int V, int context, const char* flag) {
     int L = 0, C = 0, NH = 0;
     char extra;
     if (sscanf(shape.c_str(), "%d,%d,%d%c", &L, &C, &NH, &extra) != 3)
@@ -44,8 +47,11 @@ static GPT<float> bench_model(const std::string& shape, int V, int context, uint
     c.num_layers = L; c.channels = C; c.num_heads = NH; c.max_seq_len = context; c.vocab_size = V;
     c.padded_vocab_size = pad_vocab(V);
     validate_config(c, strf("gkd bench --%s", flag));
+    return c;
+}
+static GPT<float> bench_model(const std::string& shape, int V, int context, uint64_t seed, const char* flag) {
     GPT<float> m;
-    gpt_build(m, c);
+    gpt_build(m, bench_config(shape, V, context, flag));
     gpt_init_random(m, seed);
     return m;
 }
@@ -162,12 +168,12 @@ static double gpu_matmul_tflops(int M, int K, int N) {
     cudaEvent_t start, stop;
     CUDA_CHECK(cudaEventCreate(&start));
     CUDA_CHECK(cudaEventCreate(&stop));
-    gpu::matmul_forward(out.ptr, a.ptr, w.ptr, nullptr, M, K, N, N);  // warm-up
+    gpu::matmul_forward(out.ptr, a.ptr, w.ptr, (const float*)nullptr, M, K, N, N);  // warm-up
     double best = 0;
     for (int window = 0; window < 3; window++) {
         const int reps = 20;
         CUDA_CHECK(cudaEventRecord(start));
-        for (int r = 0; r < reps; r++) gpu::matmul_forward(out.ptr, a.ptr, w.ptr, nullptr, M, K, N, N);
+        for (int r = 0; r < reps; r++) gpu::matmul_forward(out.ptr, a.ptr, w.ptr, (const float*)nullptr, M, K, N, N);
         CUDA_CHECK(cudaEventRecord(stop));
         CUDA_CHECK(cudaEventSynchronize(stop));
         float ms = 0;
@@ -182,9 +188,12 @@ static double gpu_matmul_tflops(int M, int K, int N) {
 // gkd bench --device cuda: per phase ms, tokens/s, TFLOP/s and MFU against the card's
 // peak (fp32 CUDA cores, or TF32 tensor cores with --tf32), and the step's device memory.
 static int print_gpu_bench(bool as_json, bool sft, const Trainer& tr, const std::vector<BenchRow>& rows,
-                           double step_flops, double step_ms, int B, int P, int K, int V, int steps, int warmup, int T) {
+                           double step_flops, double step_ms, int B, int P, int K, int V, int steps, int warmup, int T,
+                           const std::vector<MemoryClass>& memory) {
     const GpuContext& g = gpu_context();
-    const double peak = gpu_peak_flops(g.tf32);
+    const bool bf16_run = dynamic_cast<const GpuDeviceOf<bf16>*>(tr.device.get()) != nullptr;
+    const Precision run_precision = bf16_run ? Precision::bf16 : Precision::fp32;
+    const double peak = gpu_peak_flops(g.tf32, run_precision);
     const GPTConfig& sc = tr.student.config;
     const GPTConfig& tc = sft ? sc : tr.teacher.config;
     // the steps' memory, read before the ceiling measurements allocate their own
@@ -195,14 +204,16 @@ static int print_gpu_bench(bool as_json, bool sft, const Trainer& tr, const std:
     // the emulator's "GPU" is this CPU: a 4096^3 ceiling would take minutes there
     const int ceiling_n = CUDA_EMULATED ? 256 : 4096;
     const double big = gpu_matmul_tflops(ceiling_n, ceiling_n, ceiling_n);
-    const char* precision = g.tf32 ? "TF32 tensor cores" : "fp32 (TF32 off)";
+    const char* precision = bf16_run ? "bf16 (fp32 accumulation, tensor cores)"
+                            : g.tf32 ? "fp32, TF32 tensor cores" : "fp32 (TF32 off)";
     if (as_json) {
         json j = {{"mode", sft ? "sft" : "on-policy gkd"}, {"device", g.prop.name}, {"precision", precision},
                   {"batch", B}, {"prompt_tokens", P}, {"new_tokens", K}, {"vocab", V},
                   {"student_parameters", tr.student.num_parameters},
                   {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_tflops", peak / 1e12},
                   {"sgemm_tflops_4096", big}, {"sgemm_tflops_step_shape", at_shape},
-                  {"peak_device_memory_mb", peak_mb}, {"device_memory_in_use_mb", used_mb}};
+                  {"peak_device_memory_mb", peak_mb}, {"device_memory_in_use_mb", used_mb},
+                  {"table_fp32_mb", memory_total(memory, 0) / 1e6}, {"table_bf16_mb", memory_total(memory, 1) / 1e6}};
         for (auto& r : rows) {
             j[std::string(r.key) + "_ms"] = r.ms;
             if (r.flops > 0) {
@@ -231,6 +242,9 @@ static int print_gpu_bench(bool as_json, bool sft, const Trainer& tr, const std:
            "%.1f at the step's shape (%d x %d x %d); the step reaches %.1f%% of the peak\n",
            peak_mb, used_mb, peak / 1e12, precision, g.prop.multiProcessorCount, g.clock_hz / 1e9, big, ceiling_n, at_shape,
            B * T, tc.channels, 4 * tc.channels, 100 * step_flops / (step_ms * 1e-3) / peak);
+    print_memory_table(memory, strf("B = %d, %d + %d tokens", B, P, K));
+    printf("this run (%s) allocated %.1f MB at its peak; the table's %s column says %.1f MB\n", precision_name(run_precision),
+           peak_mb * 1048576 / 1e6, precision_name(run_precision), memory_total(memory, bf16_run) / 1e6);
     return 0;
 }
 #endif
@@ -266,7 +280,9 @@ static const std::vector<FlagSpec> BENCH_FLAGS = {
     {"sft", false, "time an SFT step of the student instead (no teacher, no sampling)"},
     {"steps", true, "timed steps; the table gives medians (5)"}, {"warmup", true, "untimed steps first (1)"},
     {"json", false, "print one JSON object instead of the table"},
+    {"memory-only", false, "print the CUDA path's device memory by tensor class, fp32 against bf16, and stop (no step runs)"},
     {"device", true, "auto | cpu | cuda"},
+    {"precision", true, PRECISION_HELP},
     {"tf32", false, "cuda: matmuls on TF32 tensor cores (MFU then against the TF32 peak)"}};
 
 static int cmd_bench(int argc, char** argv) {
@@ -287,6 +303,26 @@ static int cmd_bench(int argc, char** argv) {
     bool sft = f.on("sft");
     if (P + K > context) GKD_FAIL("gkd bench: --prompt-tokens %d + --new-tokens %d exceed --context %d", P, K, context);
 
+    if (f.on("memory-only")) {  // the shapes alone: no model is made, no step runs
+        GPTConfig sc = bench_config(f.str("student", "2,128,4"), V, context, "student");
+        GPTConfig tc = bench_config(f.str("teacher", "4,256,4"), V, context, "teacher");
+        const int top_k = (int)f.integer("teacher-top-k", 0, 0, V);
+        const auto rows = gpu_step_memory(sc, sft ? nullptr : &tc, B, P, K, top_k);
+        if (f.on("json")) {
+            json j = {{"fp32_mb", memory_total(rows, 0) / 1e6}, {"bf16_mb", memory_total(rows, 1) / 1e6}};
+            for (const MemoryClass& r : rows) j["classes"].push_back({{"name", r.name}, {"fp32_mb", r.bytes[0] / 1e6},
+                                                                       {"bf16_mb", r.bytes[1] / 1e6}});
+            printf("%s\n", j.dump().c_str());
+        } else {
+            printf("gkd bench --memory-only: %s step; student L=%d C=%d NH=%d", sft ? "SFT" : "on-policy GKD",
+                   sc.num_layers, sc.channels, sc.num_heads);
+            if (!sft) printf(", teacher L=%d C=%d NH=%d", tc.num_layers, tc.channels, tc.num_heads);
+            printf("; V=%d, context %d\n", V, context);
+            print_memory_table(rows, strf("B = %d, %d + %d tokens%s", B, P, K,
+                                          top_k ? strf(", teacher top-%d", top_k).c_str() : ""));
+        }
+        return 0;
+    }
     Trainer tr;
     GPT<float> student = bench_model(f.str("student", "2,128,4"), V, context, 1, "student"), teacher;
     if (!sft) teacher = bench_model(f.str("teacher", "4,256,4"), V, context, 2, "teacher");
@@ -295,6 +331,7 @@ static int cmd_bench(int argc, char** argv) {
     if (tr.opt.teacher_top_k && sft) GKD_FAIL("gkd bench: --teacher-top-k times a distillation step: not with --sft");
     tr.opt.device = device;
     tr.opt.tf32 = f.on("tf32");
+    tr.opt.precision = precision_flag(f, device);
     create_training_device(tr);
     std::vector<StepStats> stats;
     for (int step = 0; step < warmup + steps; step++) {
@@ -350,9 +387,11 @@ static int cmd_bench(int argc, char** argv) {
     rows.push_back({"step", "step", med(&StepStats::ms), targets, step_flops});
     int threads = omp_get_max_threads();
     const GPTConfig& tc = sft ? sc : tr.teacher.config;
+    const std::vector<MemoryClass> device_memory =
+        gpu_step_memory(sc, sft ? nullptr : &tr.teacher.config, B, P, K, tr.opt.teacher_top_k);
 #ifdef GKD_CUDA_PATH
     if (tr.device->on_gpu()) return print_gpu_bench(f.on("json"), sft, tr, rows, step_flops, med(&StepStats::ms), B, P, K, V, steps,
-                                       warmup, (int)T);
+                                       warmup, (int)T, device_memory);
 #endif
     double at_shape = matmul_gflops(B * (int)T, tc.channels, 4 * tc.channels);
     double ceiling = std::max(matmul_gflops(1024, 1024, 1024), at_shape);
@@ -370,7 +409,9 @@ static int cmd_bench(int argc, char** argv) {
                   {"teacher_top_k", tr.opt.teacher_top_k}, {"teacher_kept_mb", memory.kept_mb},
                   {"teacher_chunk_mb", memory.chunk_mb}, {"gpt2_teacher_rows_mb", memory.gpt2_rows_mb},
                   {"gpt2_teacher_top64_mb", memory.gpt2_top64_mb}, {"gpt2_teacher_top8_mb", memory.gpt2_top8_mb},
-                  {"gpt2_teacher_chunk_mb", memory.gpt2_chunk_mb}};
+                  {"gpt2_teacher_chunk_mb", memory.gpt2_chunk_mb},
+                  {"cuda_table_fp32_mb", memory_total(device_memory, 0) / 1e6},
+                  {"cuda_table_bf16_mb", memory_total(device_memory, 1) / 1e6}};
         for (auto& r : rows) {
             j[std::string(r.key) + "_ms"] = r.ms;
             if (r.flops > 0) j[std::string(r.key) + "_gflops"] = r.flops / (r.ms * 1e6);
@@ -410,6 +451,7 @@ static int cmd_bench(int argc, char** argv) {
                "fp16) against %d for a float row\n", B, P + K, memory.gpt2_rows_mb, memory.gpt2_top64_mb,
                memory.gpt2_top8_mb, memory.gpt2_chunk_mb, 65 * 2 + 64 * 2, 50304 * 4);
     }
+    print_memory_table(device_memory, strf("B = %d, %d + %d tokens", B, P, K));
     return 0;
 }
 

@@ -126,6 +126,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
             start_step = load_training_state(tr, path);
             tr.opt.device = resolve_device(f);
             tr.opt.tf32 = f.on("tf32");
+            tr.opt.precision = precision_flag(f, tr.opt.device);
             if (tr.opt.sft != sft)
                 GKD_FAIL("%s: this is a %s run; resume it with gkd %s --resume %s", path.c_str(),
                          tr.opt.sft ? "sft" : "distill", tr.opt.sft ? "sft" : "distill", dir.c_str());
@@ -143,7 +144,9 @@ static int cmd_train(int argc, char** argv, bool sft) {
                 fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, on %s%s\n", cmd,
                         o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps,
                         o.batch,
-                        o.device == "cuda" ? (o.tf32 ? "the GPU (TF32 matmuls)" : "the GPU (fp32)")
+                        o.device == "cuda" ? (o.tf32 ? "the GPU (fp32, TF32 matmuls)"
+                                              : o.precision == "auto" ? "the GPU (bf16 from compute capability 8.0, else fp32)"
+                                              : o.precision == "bf16" ? "the GPU (bf16)" : "the GPU (fp32)")
                                            : strf("the CPU, %d threads", omp_get_max_threads()).c_str(),
                         world().size > 1 ? strf(", on each of %d ranks", world().size).c_str() : "");
         }
@@ -267,7 +270,7 @@ static const std::vector<FlagSpec> SAMPLE_FLAGS = {
     {"draft", true, "speculative sampling: this (smaller) model drafts, --model verifies; same vocabulary"},
     {"draft-tokens", true, "with --draft: tokens drafted per verification, K (4)"},
     {"baseline", true, "with --draft: 1 also times plain sampling from --model on the same prompts, 0 skips it (1)"},
-    {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
+    {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}, {"precision", true, PRECISION_HELP}};
 
 // A speculative round reads K + 1 positions: K must fit the shorter model's context.
 static void check_draft_tokens(const char* cmd, int K, int context) {
@@ -333,7 +336,8 @@ static int cmd_sample(int argc, char** argv) {
     }
     // with --draft, the device's student is the draft and its teacher the target
     std::unique_ptr<Device> runner =
-        speculative ? inference_device(device, draft, &m) : inference_device(device, m, nullptr);
+        speculative ? inference_device(device, precision_flag(f, device), draft, &m)
+                    : inference_device(device, precision_flag(f, device), m, nullptr);
     const int eos = tok->eos_id();
     auto print = [&](const SampleBatch& sb, const std::vector<std::vector<int>>& outs) {
         for (size_t i = 0; i < outs.size(); i++) {
@@ -409,7 +413,7 @@ static const std::vector<FlagSpec> EVAL_FLAGS = {
     {"draft-tokens", true, "with --teacher: also the model as the teacher's speculative draft of K tokens: its "
                            "acceptance rate, counted and expected, and tokens per teacher forward"},
     {"draft-temperature", true, "with --draft-tokens: the temperature of the teacher's samples, 0 = greedy (1.0)"},
-    {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}};
+    {"tokenizer", true, TOKENIZER_HELP}, {"device", true, "auto | cpu | cuda"}, {"precision", true, PRECISION_HELP}};
 
 // The on-policy gap in one line: does the model's own data hold anything the teacher has
 // not already taught it on the dataset's?
@@ -467,7 +471,7 @@ static int cmd_eval(int argc, char** argv) {
     if (f.has("teacher")) check_shared_tokenizer(*tok, tok_source, f.str("teacher"));
     Dataset d = load_jsonl(data_path, *tok, context, true);
     const GPT<float>* teacher = f.has("teacher") ? &t : nullptr;
-    std::unique_ptr<Device> runner = inference_device(device, m, teacher);
+    std::unique_ptr<Device> runner = inference_device(device, precision_flag(f, device), m, teacher);
     EvalResult r = evaluate(m, teacher, d, *tok, eo, runner.get());
     if (teacher && !std::isnan(r.sample_forward_kl)) fprintf(stderr, "%s\n", on_policy_gap_line(r).c_str());
     printf("%s\n", r.to_json().dump().c_str());

@@ -129,6 +129,20 @@ static std::optional<Flags> command_flags(const std::string& command, const std:
 // --task, one of SCORED_TASKS (data/tasks.h), or "" when not given
 static std::string task_flag(const Flags& f) { return f.has("task") ? f.choice("task", "", SCORED_TASKS) : ""; }
 
+// --precision auto | bf16 | fp32, for `device` (resolve_device's): bf16 is the CUDA path's
+// (the CPU is fp32), and --tf32 is fp32's tensor-core mode.
+static std::string precision_flag(const Flags& f, const std::string& device) {
+    if (!f.has("precision")) return f.on("tf32") ? "fp32" : "auto";
+    const std::string p = f.choice("precision", "auto", {"auto", "bf16", "fp32"});
+    if (p == "bf16" && device != "cuda")
+        GKD_FAIL("gkd %s: --precision bf16 is the CUDA path's: it needs --device cuda (the CPU computes in fp32)",
+                 f.command.c_str());
+    if (p == "bf16" && f.on("tf32"))
+        GKD_FAIL("gkd %s: --tf32 is fp32's tensor-core mode; with --precision bf16 the matmuls are on the tensor "
+                 "cores already: give one of them", f.command.c_str());
+    return p;
+}
+
 // --device auto | cpu | cuda, resolved to where the work runs: auto is the GPU when this
 // build has the CUDA path and a GPU is visible, else the CPU. cuda without one is an error.
 static std::string resolve_device(const Flags& f) {
@@ -141,8 +155,10 @@ static std::string resolve_device(const Flags& f) {
                  f.command.c_str());
     if (d == "auto") d = gpu_count() > 0 ? "cuda" : "cpu";
     if (f.on("tf32") && d != "cuda") GKD_FAIL("gkd %s: --tf32 is a GPU mode: it needs --device cuda", f.command.c_str());
+    precision_flag(f, d);  // refused here, before anything loads
     return d;
 }
+
 
 static const char* TOKENIZER_HELP =
     "byte, tokenizer.json, gpt2_tokenizer.bin, or a folder with vocab.json + merges.txt or encoder.json + vocab.bpe "

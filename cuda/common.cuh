@@ -20,12 +20,16 @@
 //   the emulator's launch in the emulated one, and the same check in both.
 // - Every launch goes to gpu::stream(), the legacy default stream unless a StreamScope
 //   says otherwise: that is how a decode step is captured as a CUDA graph (capture_graph).
+// - gemm and gemm_batched take fp32 or bf16 operands (cuda/precision.cuh): all fp32 is a
+//   cublasSgemm (TF32 with --tf32), anything bf16 a cublasGemmEx with fp32 accumulation.
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <unistd.h>
 #include <nvtx3/nvToolsExt.h>
+
+#include "precision.cuh"
 
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
 static void cuda_check(cudaError_t e, const char* what, const char* file, int line) {
@@ -53,13 +57,21 @@ struct NvtxRange {
 };
 
 // cuBLAS is opened when a GPU run starts, not linked, so that a CPU run never loads it
-// (with cuBLASLt, hundreds of MB of library). The six functions gkd calls, looked up by
+// (with cuBLASLt, hundreds of MB of library). The eight functions gkd calls, looked up by
 // name.
 struct CublasApi {
     decltype(&cublasCreate_v2) create = nullptr;
     decltype(&cublasSetMathMode) set_math_mode = nullptr;
     decltype(&cublasSgemm_v2) sgemm = nullptr;
     decltype(&cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
+    // (cublas_api.h overloads these two for an older compute-type argument: the C functions' types)
+    cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                              const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                              cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+    cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                              const void*, const void*, cudaDataType, int, long long, const void*,
+                                              cudaDataType, int, long long, const void*, void*, cudaDataType, int,
+                                              long long, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
     decltype(&cublasSetStream_v2) set_stream = nullptr;
     decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
 };
@@ -112,6 +124,8 @@ static void load_cublas() {
     api.set_math_mode = (decltype(api.set_math_mode))symbol("cublasSetMathMode");
     api.sgemm = (decltype(api.sgemm))symbol("cublasSgemm_v2");
     api.sgemm_strided_batched = (decltype(api.sgemm_strided_batched))symbol("cublasSgemmStridedBatched");
+    api.gemm_ex = (decltype(api.gemm_ex))symbol("cublasGemmEx");
+    api.gemm_strided_batched_ex = (decltype(api.gemm_strided_batched_ex))symbol("cublasGemmStridedBatchedEx");
     api.set_stream = (decltype(api.set_stream))symbol("cublasSetStream_v2");
     api.set_workspace = (decltype(api.set_workspace))symbol("cublasSetWorkspace_v2");
 }
@@ -159,14 +173,23 @@ static void gpu_init(bool tf32) {
     CUBLAS_CHECK(cublas().set_math_mode(g.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
 }
 
-// Peak rates of the card at its boost clock, for MFU: fp32 on the CUDA cores (128 FMA
-// lanes per SM from sm_86 on, 64 on sm_80), TF32 on the tensor cores (dense).
-static double gpu_peak_flops(bool tf32) {
+// The precision a run gets when --precision is not given: bf16 where the tensor cores take
+// it (compute capability 8.0 and above), fp32 before.
+static Precision default_precision() {
+    const GpuContext& g = gpu_context();
+    return g.prop.major >= 8 ? Precision::bf16 : Precision::fp32;
+}
+
+// Peak rates of the card at its clock, for MFU: fp32 on the CUDA cores (128 FMA lanes per
+// SM from sm_86 on, 64 on sm_80); TF32 and bf16 (fp32 accumulation) on the tensor cores,
+// dense, bf16 at twice TF32's rate (H100 SXM: 989 TFLOP/s bf16 at 1.83 GHz on 132 SMs).
+static double gpu_peak_flops(bool tf32, Precision precision = Precision::fp32) {
     const GpuContext& g = gpu_context();
     const int cc = g.prop.major * 10 + g.prop.minor;
     double fp32_per_sm_clock = 2.0 * (cc == 80 ? 64 : 128);
     double tf32_per_sm_clock = cc >= 90 ? 2048 : cc == 80 ? 1024 : 512;
-    return g.prop.multiProcessorCount * g.clock_hz * (tf32 ? tf32_per_sm_clock : fp32_per_sm_clock);
+    double per_sm_clock = precision == Precision::bf16 ? 2 * tf32_per_sm_clock : tf32 ? tf32_per_sm_clock : fp32_per_sm_clock;
+    return g.prop.multiProcessorCount * g.clock_hz * per_sm_clock;
 }
 
 // A growable device array, counted in gpu_context's memory tally.
@@ -211,17 +234,20 @@ static void download(T* host, const T* device, size_t n) {
 // one past it fails, naming it. Kernels that walk a whole carved allocation say so. The
 // nvcc build compiles both to nothing.
 #ifdef GKD_CUDA_EMULATOR
-#define GKD_WALKS_WHOLE_ALLOCATIONS(kernel) \
-    [[maybe_unused]] static const bool emu_whole_##kernel = ::emu::register_whole_allocations((const void*)&kernel);
-static void name_carved_tensors(const char* group, float* base, const size_t* counts, const char* const* names, int n) {
+#define GKD_WALKS_WHOLE_ALLOCATIONS(name, kernel) \
+    [[maybe_unused]] static const bool emu_whole_##name = ::emu::register_whole_allocations((const void*)&kernel);
+// counts[i] elements of T each, back to back from base
+template <typename T>
+static void name_carved_tensors(const char* group, T* base, const size_t* counts, const char* const* names, int n) {
     std::vector<size_t> bytes(n);
     size_t total = 0;
-    for (int i = 0; i < n; i++) total += bytes[i] = counts[i] * sizeof(float);
+    for (int i = 0; i < n; i++) total += bytes[i] = counts[i] * sizeof(T);
     emu::name_tensors(group, base, total, bytes.data(), names, n);
 }
 #else
-#define GKD_WALKS_WHOLE_ALLOCATIONS(kernel)
-static void name_carved_tensors(const char*, float*, const size_t*, const char* const*, int) {}
+#define GKD_WALKS_WHOLE_ALLOCATIONS(name, kernel)
+template <typename T>
+static void name_carved_tensors(const char*, T*, const size_t*, const char* const*, int) {}
 #endif
 
 namespace gpu {
@@ -329,21 +355,36 @@ __device__ MaxSum block_max_sum(MaxSum v) {
 
 // ---- GEMMs through cuBLAS, in the row-major terms of cpu/blas.h's gemm:
 // C (M, N) = op(A) op(B) + beta C. cuBLAS is column-major, and a row-major matrix is its
-// column-major transpose, so we ask it for C^T = op(B)^T op(A)^T.
-static void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-                 float beta, float* C, int ldc) {
+// column-major transpose, so we ask it for C^T = op(B)^T op(A)^T. A and B have one type
+// (AB), C its own: all fp32 is an SGEMM (TF32 with --tf32); with bf16 anywhere, a GemmEx
+// with fp32 accumulation, C rounded once if it is bf16.
+template <typename AB, typename CT>
+static void gemm(bool trans_a, bool trans_b, int M, int N, int K, const AB* A, int lda, const AB* B, int ldb,
+                 float beta, CT* C, int ldc) {
     const float one = 1.0f;
-    CUBLAS_CHECK(cublas().sgemm(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                             N, M, K, &one, B, ldb, A, lda, &beta, C, ldc));
+    const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if constexpr (is_fp32<AB>() && is_fp32<CT>())
+        CUBLAS_CHECK(cublas().sgemm(gpu_context().blas, op_b, op_a, N, M, K, &one, B, ldb, A, lda, &beta, C, ldc));
+    else
+        CUBLAS_CHECK(cublas().gemm_ex(gpu_context().blas, op_b, op_a, N, M, K, &one, B, cuda_type<AB>(), ldb, A,
+                                      cuda_type<AB>(), lda, &beta, C, cuda_type<CT>(), ldc, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT));
 }
-// `batch` independent products, each operand `stride_*` floats after the previous one
-static void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, long long stride_a,
-                         const float* B, int ldb, long long stride_b, float beta, float* C, int ldc, long long stride_c,
+// `batch` independent products, each operand `stride_*` elements after the previous one
+template <typename T>
+static void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, long long stride_a,
+                         const T* B, int ldb, long long stride_b, float beta, T* C, int ldc, long long stride_c,
                          int batch) {
     const float one = 1.0f;
-    CUBLAS_CHECK(cublas().sgemm_strided_batched(gpu_context().blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                           trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &one, B, ldb, stride_b, A, lda,
-                                           stride_a, &beta, C, ldc, stride_c, batch));
+    const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if constexpr (is_fp32<T>())
+        CUBLAS_CHECK(cublas().sgemm_strided_batched(gpu_context().blas, op_b, op_a, N, M, K, &one, B, ldb, stride_b, A,
+                                                    lda, stride_a, &beta, C, ldc, stride_c, batch));
+    else
+        CUBLAS_CHECK(cublas().gemm_strided_batched_ex(gpu_context().blas, op_b, op_a, N, M, K, &one, B, cuda_type<T>(),
+                                                      ldb, stride_b, A, cuda_type<T>(), lda, stride_a, &beta, C,
+                                                      cuda_type<T>(), ldc, stride_c, batch, CUBLAS_COMPUTE_32F,
+                                                      CUBLAS_GEMM_DEFAULT));
 }
 
 // Sends every launch and cuBLAS call of its lifetime to stream s, then back. Stream capture

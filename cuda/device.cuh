@@ -13,6 +13,8 @@
 //   the step's phase times, taken on the host, are the phases' own.
 // - Evaluation during training uses the models as they are on the device now: nothing is
 //   uploaded again.
+// - GpuDeviceOf<T> runs in T's precision (cuda/precision.cuh); make_gpu_device picks T
+//   from --precision. Only the trained student keeps fp32 master weights on the device.
 #pragma once
 #include "adamw.cuh"
 #include "common.cuh"
@@ -20,12 +22,13 @@
 #include "model.cuh"
 #include "sampling.cuh"
 
-struct GpuDevice : Device {
-    GpuModel student, teacher;
+template <typename T>
+struct GpuDeviceOf : Device {
+    GpuModelOf<T> student, teacher;
     bool has_teacher = false;
     GPT<float>* host_student = nullptr;  // training: where copy_to_host writes
-    GpuGenerator student_gen, teacher_gen;
-    GpuInferScratch scratch;             // forward passes with no activations kept
+    GpuGeneratorOf<T> student_gen, teacher_gen;
+    GpuInferScratchOf<T> scratch;        // forward passes with no activations kept
     DeviceBuffer<float> teacher_logits;  // (targets, Vp of the teacher): its logits where the loss reads them
     DeviceBuffer<int> teacher_row;       // (B * T) position n's row of teacher_logits, -1 off the targets
     DeviceBuffer<int> signal_at;         // (targets of a chunk) their batch positions
@@ -33,27 +36,31 @@ struct GpuDevice : Device {
     DeviceBuffer<float> eval_logits;     // (B, T, Vp) before they go to the host
     GpuLossBuffers loss;
     TeacherSignal cached_signal;         // a batch's signal from --teacher-cache, on its way to the device
-    GpuRecord sampled;                   // the last on-policy sampling's activations, for the student's forward
+    GpuRecordOf<T> sampled;              // the last on-policy sampling's activations, for the student's forward
 
-    // inference only: sampling and evaluation, in fp32
-    GpuDevice(const GPT<float>& model, const GPT<float>* teacher, bool tf32 = false) {
-        gpu_init(tf32);
-        gpu_upload(student, model);
-        if (teacher) { gpu_upload(this->teacher, *teacher); has_teacher = true; }
+    // inference only: sampling and evaluation
+    GpuDeviceOf(const GPT<float>& model, const GPT<float>* teacher, bool tf32 = false) {
+        upload(model, teacher, tf32, false);
     }
-    // training: the student with AdamW's state (zeros before the first update)
-    GpuDevice(GPT<float>& student_on_host, const AdamW& opt, const GPT<float>* teacher, bool tf32)
-        : GpuDevice(student_on_host, teacher, tf32) {
+    // training: the student with its master weights and AdamW's state (zeros before the first update)
+    GpuDeviceOf(GPT<float>& student_on_host, const AdamW& opt, const GPT<float>* teacher, bool tf32) {
+        upload(student_on_host, teacher, tf32, true);
         host_student = &student_on_host;
         gpu_upload_optimizer(student, opt);
     }
+    void upload(const GPT<float>& model, const GPT<float>* teacher, bool tf32, bool trains) {
+        gpu_init(tf32);
+        gpu_upload(student, model, trains);
+        if (teacher) { gpu_upload(this->teacher, *teacher, false); has_teacher = true; }
+    }
+    Precision precision() const { return is_fp32<T>() ? Precision::fp32 : Precision::bf16; }
 
     bool on_gpu() const override { return true; }
-    const GpuModel& of(Role who) const {
+    const GpuModelOf<T>& of(Role who) const {
         GKD_ASSERT(who == Role::Student || has_teacher, "a teacher phase without a teacher");
         return who == Role::Student ? student : teacher;
     }
-    GpuModel& trained() {
+    GpuModelOf<T>& trained() {
         GKD_ASSERT(host_student, "a training phase on an inference-only device");
         return student;
     }
@@ -102,7 +109,7 @@ struct GpuDevice : Device {
             for (int t = 0; t < n_new[r0 + i]; t++)
                 if (b.targets[row + t] >= 0) { head.push_back(i * Tn + t); at.push_back((int)(row + t)); }
         }
-        const GpuModel& t = of(Role::Teacher);
+        const GpuModelOf<T>& t = of(Role::Teacher);
         float* out = logits.ensure(std::max<size_t>(1, head.size()) * t.config.padded_vocab_size);
         gpu_infer(t, nullptr, scratch, tokens.data(), rows.data(), start.data(), n_new.data() + r0, count, Tn, out,
                   true, &head);
@@ -157,7 +164,7 @@ struct GpuDevice : Device {
                                                       const std::vector<uint64_t>& row_ids) override {
         int longest = 0;  // the longest input a row can have: prompt + budget - 1 (the last token is no input)
         for (size_t i = 0; i < prompts.size(); i++) longest = std::max(longest, (int)prompts[i]->size() + budgets[i] - 1);
-        gpu_begin_record(sampled, trained().config, (int)prompts.size(), longest);
+        gpu_begin_record(sampled, trained(), (int)prompts.size(), longest);
         return gpu_generate(student, student_gen, prompts, budgets, temperature, eos, seed, stream, row_ids, &sampled);
     }
     // the sampled batch's forward is already in the record: it is packed down, not rerun
@@ -171,7 +178,7 @@ struct GpuDevice : Device {
         CUDA_CHECK(cudaDeviceSynchronize());
     }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
-        GpuModel& s = trained();
+        GpuModelOf<T>& s = trained();
         const int Vp_teacher = spec.needs_teacher_rows() ? teacher.config.padded_vocab_size : 0;
         return gpu_batch_loss(loss, b, teacher_logits.ptr, Vp_teacher, teacher_row.ptr, teacher_signal, s.acts.logits,
                               s.config.vocab_size, s.config.padded_vocab_size, spec, nullptr, pg);
@@ -195,3 +202,19 @@ struct GpuDevice : Device {
         if (opt.t > 0) gpu_download_optimizer(student, opt);
     }
 };
+using GpuDevice = GpuDeviceOf<float>;
+
+// The device for --device cuda in the run's precision: --precision fp32 or bf16, or (auto)
+// bf16 where the GPU's tensor cores take it (default_precision). tf32 applies to fp32.
+static Precision resolve_precision(const std::string& precision, bool tf32) {
+    gpu_init(tf32);
+    if (precision == "fp32") return Precision::fp32;
+    if (precision == "bf16") return Precision::bf16;
+    return tf32 ? Precision::fp32 : default_precision();
+}
+template <typename... Args>
+static std::unique_ptr<Device> make_gpu_device(const std::string& precision, bool tf32, Args&&... args) {
+    if (resolve_precision(precision, tf32) == Precision::bf16)
+        return std::make_unique<GpuDeviceOf<bf16>>(std::forward<Args>(args)...);
+    return std::make_unique<GpuDeviceOf<float>>(std::forward<Args>(args)...);
+}

@@ -18,46 +18,91 @@
 //   zeroes the activations' gradients once and accumulates.
 // - An on-policy step's forward is sampling's (GpuRecord, gpu_forward_from_record): the
 //   prefill and the decode steps wrote their activations in the training layout.
+// - GpuModelOf<T> stores its working weights and activations in T (cuda/precision.cuh).
+//   In fp32 the working weights are the master weights; in bf16 they are a copy, refreshed
+//   by AdamW's kernel as it writes each master weight, and the activations are carved from
+//   two allocations: the bf16 tensors from one, LayerNorm's statistics (fp32) from another.
+//   The logits (fp32 in both) are an allocation of their own, shared with sampling's record
+//   (below). A model used only forward (a teacher, sampling) keeps no master.
+// - Sampling's record writes its logits straight into the student's logits, laid out
+//   (B, maxT, Vp); gpu_forward_from_record moves the rows down to the batch's (B, T) in
+//   place (pack_logits_in_place), so an on-policy step holds one (B, T, Vp) fp32 buffer,
+//   not two.
+// - The loss writes the logits' gradient over the fp32 logits; the LM head's backward
+//   rounds it to bf16 in place (gpu::narrow_logits_gradient): no second (B, T, Vp) buffer.
 // - The token-embedding gradient needs each token's positions grouped: the host builds
 //   the groups (a stable sort of B * T ids) while the device runs the forward pass.
 #pragma once
 #include "common.cuh"
 #include "layers.cuh"
 
-struct GpuModel {
+template <typename T>
+struct GpuModelOf {
     GPTConfig config;
     size_t param_sizes[NUM_PARAMETER_TENSORS] = {};
     size_t num_parameters = 0;
-    DeviceBuffer<float> params_memory;
-    ParameterTensors<float> params{};
+    DeviceBuffer<float> params_memory;        // (num_parameters) the fp32 master weights (fp32: also the working ones)
+    DeviceBuffer<T> working_memory;           // bf16: (num_parameters) the working weights every pass reads
+    ParameterTensors<T> params{};             // the working weights
     // training state
-    DeviceBuffer<float> grads_memory, adam_m, adam_v;  // each (num_parameters)
+    DeviceBuffer<float> grads_memory, adam_m, adam_v;  // each (num_parameters), fp32
     ParameterTensors<float> grads{};
     int max_B = 0, max_T = 0;
-    DeviceBuffer<float> acts_memory, grads_acts_memory;
-    ActivationTensors<float> acts{}, grads_acts{};
-    DeviceBuffer<float> attention_scratch, column_scratch;
+    DeviceBuffer<T> acts_memory, grads_acts_memory;
+    DeviceBuffer<float> stats_memory;         // bf16: LayerNorm's statistics, fp32
+    DeviceBuffer<float> logits_memory;        // (max_B, max_T, Vp) the logits, fp32; sampling's record's too
+    ActivationTensors<T, float> acts{}, grads_acts{};
+    DeviceBuffer<T> attention_scratch;
+    DeviceBuffer<float> column_scratch;
     DeviceBuffer<int> inputs;                 // (B, T) tokens of the last forward
     gpu::TokenGroups token_groups;            // their positions grouped by token, for the embedding gradient
     gpu::DeviceTokenGroups device_token_groups;
     DeviceBuffer<double> norm_partials;       // (NORM_BLOCKS)
     int batch_B = 0, batch_T = 0;
 };
+using GpuModel = GpuModelOf<float>;
 
-// Copies a CPU model's shape and parameters to the device.
-static void gpu_upload(GpuModel& g, const GPT<float>& m) {
+namespace gpu {
+// dst (n) = src (n) rounded to T: the working weights from the master
+template <typename T>
+__global__ void narrow_kernel(T* dst, const float* src, size_t n) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = from_float<T>(src[i]);
+}
+GKD_WALKS_WHOLE_ALLOCATIONS(narrow_bf16, narrow_kernel<bf16>)
+}  // namespace gpu
+
+// Copies a CPU model's shape and parameters to the device. keep_master: a model that
+// trains keeps its fp32 master weights; in bf16 one that only runs forward keeps the
+// working copy alone.
+template <typename T>
+static void gpu_upload(GpuModelOf<T>& g, const GPT<float>& m, bool keep_master = true) {
     g.config = m.config;
     memcpy(g.param_sizes, m.param_sizes, sizeof g.param_sizes);
     g.num_parameters = m.num_parameters;
     g.params_memory.upload(m.params_memory);
-    point_parameters(g.params, g.params_memory.ptr, g.param_sizes);
-    name_carved_tensors("parameters", g.params_memory.ptr, g.param_sizes, PARAMETER_NAMES, NUM_PARAMETER_TENSORS);
+    if constexpr (is_fp32<T>()) {
+        point_parameters(g.params, g.params_memory.ptr, g.param_sizes);
+    } else {
+        g.working_memory.ensure(g.num_parameters);
+        GPU_LAUNCH(gpu::narrow_kernel<T>, gpu::blocks_for(g.num_parameters), gpu::THREADS, 0, gpu::stream(),
+                   g.working_memory.ptr, (const float*)g.params_memory.ptr, g.num_parameters);
+        if (!keep_master) g.params_memory.release();
+        point_parameters(g.params, g.working_memory.ptr, g.param_sizes);
+        if (keep_master)
+            name_carved_tensors("master parameters", g.params_memory.ptr, g.param_sizes, PARAMETER_NAMES,
+                                NUM_PARAMETER_TENSORS);
+    }
+    name_carved_tensors("parameters", g.params.wte, g.param_sizes, PARAMETER_NAMES, NUM_PARAMETER_TENSORS);
 }
-static void gpu_download_parameters(const GpuModel& g, GPT<float>& m) {
+template <typename T>
+static void gpu_download_parameters(const GpuModelOf<T>& g, GPT<float>& m) {
+    GKD_ASSERT(g.params_memory.ptr, "a model without its master weights on the device");
     download(m.params_memory.data(), g.params_memory.ptr, g.num_parameters);
 }
 
-static void gpu_prepare_training(GpuModel& g, int B, int Tn) {
+template <typename T>
+static void gpu_prepare_training(GpuModelOf<T>& g, int B, int Tn) {
     GKD_ASSERT(Tn <= g.config.max_seq_len, "batch longer than the context");
     if (!g.grads_memory.ptr) {
         g.grads_memory.ensure(g.num_parameters);
@@ -70,18 +115,48 @@ static void gpu_prepare_training(GpuModel& g, int B, int Tn) {
     g.max_B = std::max(B, g.max_B);
     g.max_T = std::max(Tn, g.max_T);
     const GPTConfig& c = g.config;
-    size_t sizes[NUM_ACTIVATION_TENSORS], total = 0;
+    size_t sizes[NUM_ACTIVATION_TENSORS];
     fill_activation_sizes(sizes, c, g.max_B, g.max_T);
-    for (size_t s : sizes) total += s;
+    size_t total = 0, stats = 0;  // elements of T and, in bf16, of the fp32 carving: all but the logits
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) (is_fp32<T>() || !activation_is_statistic(i) ? total : stats) += sizes[i];
     g.acts_memory.ensure(total);
-    g.grads_acts_memory.ensure(total - sizes[NUM_ACTIVATION_TENSORS - 1]);
+    if (stats) g.stats_memory.ensure(stats);
+    g.logits_memory.ensure(sizes[NUM_ACTIVATION_TENSORS - 1]);
+    g.grads_acts_memory.ensure(total);
     g.attention_scratch.ensure(gpu::attention_scratch_size(g.max_B, g.max_T, c.channels, c.num_heads));
     g.column_scratch.ensure(gpu::column_scratch_size(g.max_B * g.max_T, 4 * c.channels));
     g.inputs.ensure((size_t)g.max_B * g.max_T);
 }
 
+// Points a's tensors for (B, T): in fp32 all but the logits in `memory`, in the CPU's
+// order; in bf16 the tensors of T in `memory` and the statistics in `stats` (either may be
+// null: those tensors stay null). The logits, an allocation of their own, at `logits`.
+// Names the carved tensors for the emulator's guard zones.
+template <typename T>
+static void gpu_point_activations(ActivationTensors<T, float>& a, T* memory, float* stats, float* logits,
+                                  const GPTConfig& c, int B, int Tn, const char* group) {
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    fill_activation_sizes(sizes, c, B, Tn);
+    sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
+    size_t in_memory[NUM_ACTIVATION_TENSORS], in_stats[NUM_ACTIVATION_TENSORS];
+    void** ptrs = a.pointers();
+    char* next[2] = {(char*)memory, (char*)stats};
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        const bool stat = !is_fp32<T>() && activation_is_statistic(i);
+        in_memory[i] = stat ? 0 : sizes[i];
+        in_stats[i] = stat ? sizes[i] : 0;
+        const size_t bytes = stat ? sizes[i] * sizeof(float) : sizes[i] * sizeof(T);
+        ptrs[i] = next[stat] && sizes[i] ? next[stat] : nullptr;
+        if (next[stat]) next[stat] += bytes;
+    }
+    a.logits = logits;
+    if (memory) name_carved_tensors(group, memory, in_memory, ACTIVATION_NAMES, NUM_ACTIVATION_TENSORS - 1);
+    if (stats) name_carved_tensors(group, stats, in_stats, ACTIVATION_NAMES, NUM_ACTIVATION_TENSORS - 1);
+}
+
 // AdamW's moments on the device, from the host's (zeros before the first update).
-static void gpu_upload_optimizer(GpuModel& g, const AdamW& opt) {
+template <typename T>
+static void gpu_upload_optimizer(GpuModelOf<T>& g, const AdamW& opt) {
     g.adam_m.ensure(g.num_parameters);
     g.adam_v.ensure(g.num_parameters);
     if (opt.m.empty()) {
@@ -92,7 +167,8 @@ static void gpu_upload_optimizer(GpuModel& g, const AdamW& opt) {
         g.adam_v.upload(opt.v);
     }
 }
-static void gpu_download_optimizer(const GpuModel& g, AdamW& opt) {
+template <typename T>
+static void gpu_download_optimizer(const GpuModelOf<T>& g, AdamW& opt) {
     opt.m.resize(g.num_parameters);
     opt.v.resize(g.num_parameters);
     download(opt.m.data(), g.adam_m.ptr, g.num_parameters);
@@ -101,14 +177,14 @@ static void gpu_download_optimizer(const GpuModel& g, AdamW& opt) {
 
 // The activations shaped for a batch of tokens (B, T) (on the host), and what the backward
 // needs of the tokens: on the device, and grouped by token for the embedding's gradient.
-static void gpu_shape_batch(GpuModel& g, const int* tokens, int B, int Tn) {
+template <typename T>
+static void gpu_shape_batch(GpuModelOf<T>& g, const int* tokens, int B, int Tn) {
     gpu_prepare_training(g, B, Tn);
-    point_training_activations(g.acts, g.grads_acts, g.acts_memory.ptr, g.grads_acts_memory.ptr, g.config, B, Tn);
-    size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, g.config, B, Tn);
-    name_carved_tensors("activations", g.acts_memory.ptr, sizes, ACTIVATION_NAMES, NUM_ACTIVATION_TENSORS);
-    name_carved_tensors("activation gradients", g.grads_acts_memory.ptr, sizes, ACTIVATION_NAMES,
-                        NUM_ACTIVATION_TENSORS - 1);  // no logits of their own: the loss writes over the logits
+    gpu_point_activations(g.acts, g.acts_memory.ptr, g.stats_memory.ptr, g.logits_memory.ptr, g.config, B, Tn,
+                          "activations");
+    // no logits of their own: the loss writes over the logits; in bf16 no statistics either
+    gpu_point_activations(g.grads_acts, g.grads_acts_memory.ptr, (float*)nullptr, g.logits_memory.ptr, g.config, B,
+                          Tn, "activation gradients");
     g.batch_B = B;
     g.batch_T = Tn;
     const int N = B * Tn;
@@ -120,21 +196,22 @@ static void gpu_shape_batch(GpuModel& g, const int* tokens, int B, int Tn) {
 
 // tokens (B, T) on the host -> acts.logits (B, T, Vp) on the device, keeping what
 // gpu_backward needs. gpt_forward's twin, line for line.
-static void gpu_forward(GpuModel& g, const int* tokens, int B, int Tn) {
+template <typename T>
+static void gpu_forward(GpuModelOf<T>& g, const int* tokens, int B, int Tn) {
     const GPTConfig& c = g.config;
     gpu_shape_batch(g, tokens, B, Tn);
     const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
-    ParameterTensors<float>& p = g.params;
-    ActivationTensors<float>& a = g.acts;
-    float* scratch = g.attention_scratch.ptr;
+    const ParameterTensors<T>& p = g.params;
+    ActivationTensors<T, float>& a = g.acts;
+    T* scratch = g.attention_scratch.ptr;
     gpu::encoder_forward(a.encoded, g.inputs.ptr, p.wte, p.wpe, B, Tn, C);
     for (int l = 0; l < L; l++) {
-        const float* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
+        const T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
         // where layer l starts in its slabs: (B, T, C), and the (B, T) layernorm statistics
         const size_t at_C = (size_t)l * N * C, at_stat = (size_t)l * N;
-        float* qkv = a.qkv + at_C * 3;
-        float* fch = a.fch + at_C * 4;
-        float* fch_gelu = a.fch_gelu + at_C * 4;
+        T* qkv = a.qkv + at_C * 3;
+        T* fch = a.fch + at_C * 4;
+        T* fch_gelu = a.fch_gelu + at_C * 4;
         gpu::layernorm_forward(a.ln1 + at_C, a.ln1_mean + at_stat, a.ln1_rstd + at_stat, residual, p.ln1w + l * C,
                                p.ln1b + l * C, N, C);
         gpu::matmul_forward(qkv, a.ln1 + at_C, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
@@ -150,17 +227,18 @@ static void gpu_forward(GpuModel& g, const int* tokens, int B, int Tn) {
                             4 * C, C, C);
         gpu::residual_forward(a.residual3 + at_C, a.residual2 + at_C, a.fcproj + at_C, (size_t)N * C);
     }
-    const float* last = a.residual3 + (size_t)(L - 1) * N * C;
+    const T* last = a.residual3 + (size_t)(L - 1) * N * C;
     gpu::layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, N, C);
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    gpu::matmul_forward(a.logits, a.lnf, p.wte, nullptr, N, C, V, Vp);
+    gpu::matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, V, Vp);  // bf16 in, fp32 logits out
     gpu::zero_padding(a.logits, N, V, Vp);
 }
 
 namespace gpu {
 // dst (outer, rows_dst, cols_dst) = the leading part of src (outer, rows_src, cols_src): a
 // record's (B, maxT) layout packed down to a batch's (B, T)
-__global__ void pack_down_kernel(float* dst, const float* src, int rows_src, int cols_src, int rows_dst, int cols_dst,
+template <typename E>
+__global__ void pack_down_kernel(E* dst, const E* src, int rows_src, int cols_src, int rows_dst, int cols_dst,
                                  size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
@@ -180,23 +258,37 @@ __global__ void pack_down_kernel(float* dst, const float* src, int rows_src, int
 // (B, T) instead of running the forward. Positions never run (padding after a row's end,
 // the LM head at prompt positions, which are no targets) stay zero: zero gradient. Unlike
 // the CPU's, the record is an allocation of its own (a device cannot pack in place in one
-// ascending pass), and attproj and fcproj are not kept (gpu_backward never reads them).
-struct GpuRecord {
+// ascending pass), except its logits, the biggest tensor: they are the student's own,
+// packed in place in chunks (gpu_pack_logits_in_place). attproj and fcproj are not kept
+// (gpu_backward never reads them).
+template <typename T>
+struct GpuRecordOf {
     int B = 0, maxT = 0;
-    DeviceBuffer<float> memory;
-    ActivationTensors<float> acts{};          // (B, maxT) in memory
+    DeviceBuffer<T> memory;
+    DeviceBuffer<float> stats;                // bf16: the statistics, fp32
+    ActivationTensors<T, float> acts{};       // (B, maxT) in memory (and stats); logits: the student's
     std::vector<std::vector<int>> rows;       // (B) what each row ran: its prompt, then its completion
     bool ready = false;                       // holds a sampling pass not yet used by a forward
 };
-// An empty record of B rows of at most maxT positions, zeros, for `m`'s shapes.
-static void gpu_begin_record(GpuRecord& r, const GPTConfig& c, int B, int maxT) {
-    size_t sizes[NUM_ACTIVATION_TENSORS], total = 0;
+using GpuRecord = GpuRecordOf<float>;
+// An empty record of B rows of at most maxT positions of g's, zeros. Its logits are g's:
+// g's activations are made ready for (B, maxT), and the record's (B, maxT, Vp) logits are
+// g's logits buffer, which the training forward then reads in place.
+template <typename T>
+static void gpu_begin_record(GpuRecordOf<T>& r, GpuModelOf<T>& g, int B, int maxT) {
+    const GPTConfig& c = g.config;
+    gpu_prepare_training(g, B, maxT);  // no later batch of these rows (T <= maxT) reallocates the logits
+    size_t sizes[NUM_ACTIVATION_TENSORS], total = 0, stats = 0;
     fill_activation_sizes(sizes, c, B, maxT);
-    for (size_t s : sizes) total += s;
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) (is_fp32<T>() || !activation_is_statistic(i) ? total : stats) += sizes[i];
+    CUDA_CHECK(cudaMemset(g.logits_memory.ptr, 0, sizes[NUM_ACTIVATION_TENSORS - 1] * sizeof(float)));
     r.memory.ensure(total);
-    CUDA_CHECK(cudaMemset(r.memory.ptr, 0, total * sizeof(float)));
-    point_activations(r.acts, r.memory.ptr, sizes);
-    name_carved_tensors("sampling record", r.memory.ptr, sizes, ACTIVATION_NAMES, NUM_ACTIVATION_TENSORS);
+    CUDA_CHECK(cudaMemset(r.memory.ptr, 0, total * sizeof(T)));
+    if (stats) {
+        r.stats.ensure(stats);
+        CUDA_CHECK(cudaMemset(r.stats.ptr, 0, stats * sizeof(float)));
+    }
+    gpu_point_activations(r.acts, r.memory.ptr, r.stats.ptr, g.logits_memory.ptr, c, B, maxT, "sampling record");
     r.B = B;
     r.maxT = maxT;
     r.rows.clear();
@@ -210,7 +302,25 @@ static void gpu_begin_record(GpuRecord& r, const GPTConfig& c, int B, int maxT) 
 // computed again. Otherwise (a batch that is not the one sampled) it returns false and
 // the caller runs gpu_forward. Every position with a target was run by sampling (the
 // prefill's last prompt position, then each decode step), so its logits are the record's.
-static bool gpu_forward_from_record(GpuModel& g, GpuRecord& r, const int* tokens, const int* targets, int B, int Tn) {
+// logits (B, maxT, Vp) -> (B, T, Vp) in the same memory, T <= maxT. Row (b, t) moves from
+// row b maxT + t down to row b T + t, b (maxT - T) rows lower: in increasing order, in
+// chunks of at most that many rows, so no copy reads a row an earlier one overwrote, and
+// no copy's source and destination overlap. Nothing moves when T = maxT or B = 1.
+static void gpu_pack_logits_in_place(float* logits, int B, int maxT, int Tn, int Vp) {
+    const size_t row = (size_t)Vp * sizeof(float);
+    for (int b = 1; b < B && Tn < maxT; b++) {
+        const int shift = b * (maxT - Tn);
+        for (int t0 = 0; t0 < Tn; t0 += shift) {
+            const int n = std::min(shift, Tn - t0);
+            CUDA_CHECK(cudaMemcpyAsync(logits + ((size_t)b * Tn + t0) * Vp, logits + ((size_t)b * maxT + t0) * Vp,
+                                       n * row, cudaMemcpyDeviceToDevice, gpu::stream()));
+        }
+    }
+}
+
+template <typename T>
+static bool gpu_forward_from_record(GpuModelOf<T>& g, GpuRecordOf<T>& r, const int* tokens, const int* targets, int B,
+                                    int Tn) {
     if (!r.ready || r.B != B || Tn > r.maxT) return false;
     r.ready = false;  // a record serves one forward
     for (int b = 0; b < B; b++) {
@@ -226,9 +336,10 @@ static bool gpu_forward_from_record(GpuModel& g, GpuRecord& r, const int* tokens
     const GPTConfig& c = g.config;
     size_t rec_sizes[NUM_ACTIVATION_TENSORS];
     fill_activation_sizes(rec_sizes, c, B, r.maxT);
-    float** to = g.acts.array();
-    float** from = r.acts.array();
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+    void** to = g.acts.pointers();
+    void** from = r.acts.pointers();
+    gpu_pack_logits_in_place(g.acts.logits, B, r.maxT, Tn, c.padded_vocab_size);
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) {
         // each tensor as (groups, maxT, width) -> (groups, T, width), groups the layers and rows
         // before the position; attention's (L B NH, maxT, maxT) -> (L B NH, T, T)
         const bool att = activation_is_attention(i);
@@ -236,13 +347,18 @@ static bool gpu_forward_from_record(GpuModel& g, GpuRecord& r, const int* tokens
         const int width = (int)(rec_sizes[i] / (groups * r.maxT));
         const int cols_dst = att ? Tn : width;
         const size_t n = groups * Tn * cols_dst;
-        GPU_LAUNCH(gpu::pack_down_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), to[i], (const float*)from[i],
-            r.maxT, width, Tn, cols_dst, n);
+        if (is_fp32<T>() || activation_is_statistic(i))
+            GPU_LAUNCH(gpu::pack_down_kernel<float>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (float*)to[i],
+                       (const float*)from[i], r.maxT, width, Tn, cols_dst, n);
+        else
+            GPU_LAUNCH(gpu::pack_down_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (T*)to[i],
+                       (const T*)from[i], r.maxT, width, Tn, cols_dst, n);
     }
     return true;
 }
 
-static void gpu_zero_grad(GpuModel& g) {
+template <typename T>
+static void gpu_zero_grad(GpuModelOf<T>& g) {
     CUDA_CHECK(cudaMemsetAsync(g.grads_memory.ptr, 0, g.num_parameters * sizeof(float), gpu::stream()));
 }
 
@@ -252,16 +368,22 @@ static void gpu_zero_grad(GpuModel& g) {
 // stream's (d.residual3 and d.residual2 serve as d.fcproj and d.attproj, which stay
 // unused), and a residual's gradient passes through layernorm's backward as its base.
 // The GPU's matmuls and attention accumulate, so the tensors are zeroed first.
-static void gpu_backward_activations(GpuModel& g) {
+template <typename T>
+static void gpu_backward_activations(GpuModelOf<T>& g) {
     const GPTConfig& c = g.config;
     const int B = g.batch_B, Tn = g.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    const ParameterTensors<float>& p = g.params;
-    const ActivationTensors<float>& a = g.acts;
-    ActivationTensors<float>& d = g.grads_acts;
-    CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0,
-                               (size_t)(d.lnf_rstd + N - g.grads_acts_memory.ptr) * sizeof(float), gpu::stream()));
-    gpu::matmul_backward_input(d.lnf, d.logits, p.wte, N, C, V, Vp);
+    const ParameterTensors<T>& p = g.params;
+    const ActivationTensors<T, float>& a = g.acts;
+    ActivationTensors<T, float>& d = g.grads_acts;
+    // every gradient tensor of T for this (B, T): the allocation up to the end of d.lnf (in
+    // fp32 the statistics' gradients after it too, unused)
+    const T* end = is_fp32<T>() ? (const T*)(void*)d.lnf_rstd + N : d.lnf + (size_t)N * C;
+    CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0, (size_t)(end - g.grads_acts_memory.ptr) * sizeof(T),
+                               gpu::stream()));
+    int ld_dlogits = 0;  // the logits' gradient as T (in place in bf16: row stride 2 Vp)
+    const T* dlogits = gpu::narrow_logits_gradient<T>(d.logits, N, Vp, &ld_dlogits);
+    gpu::matmul_backward_input(d.lnf, dlogits, p.wte, N, C, V, ld_dlogits);
     const size_t at_last_C = (size_t)(L - 1) * N * C;
     gpu::layernorm_backward_input(d.residual3 + at_last_C, d.lnf, a.residual3 + at_last_C, p.lnfw, a.lnf_mean,
                                   a.lnf_rstd, N, C);
@@ -269,43 +391,45 @@ static void gpu_backward_activations(GpuModel& g) {
         // where layer l starts in its slabs: (B, T, C), (B, T, 3C), (B, T, 4C), (B, T), (B, NH, T, T)
         const size_t at_C = (size_t)l * N * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N;
         const size_t at_att = (size_t)l * B * NH * Tn * Tn;
-        const float* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
-        float* dresidual = l == 0 ? d.encoded : d.residual3 + at_C - (size_t)N * C;
+        const T* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
+        T* dresidual = l == 0 ? d.encoded : d.residual3 + at_C - (size_t)N * C;
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
         gpu::matmul_backward_input(d.fch_gelu + at_4C, d.residual3 + at_C, p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C,
                                    C, C);
         gpu::gelu_backward(d.fch + at_4C, a.fch + at_4C, d.fch_gelu + at_4C, (size_t)N * 4 * C);
         gpu::matmul_backward_input(d.ln2 + at_C, d.fch + at_4C, p.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, 4 * C);
         gpu::layernorm_backward_input(d.residual2 + at_C, d.ln2 + at_C, a.residual2 + at_C, p.ln2w + l * C,
-                                      a.ln2_mean + at_stat, a.ln2_rstd + at_stat, N, C, d.residual3 + at_C);
+                                      a.ln2_mean + at_stat, a.ln2_rstd + at_stat, N, C, (const T*)d.residual3 + at_C);
         // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
         gpu::matmul_backward_input(d.atty + at_C, d.residual2 + at_C, p.attprojw + (size_t)l * C * C, N, C, C, C);
         gpu::attention_backward(d.qkv + at_3C, d.atty + at_C, a.qkv + at_3C, a.att + at_att, g.attention_scratch.ptr, B,
                                 Tn, C, NH);
         gpu::matmul_backward_input(d.ln1 + at_C, d.qkv + at_3C, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, 3 * C);
         gpu::layernorm_backward_input(dresidual, d.ln1 + at_C, residual, p.ln1w + l * C, a.ln1_mean + at_stat,
-                                      a.ln1_rstd + at_stat, N, C, d.residual2 + at_C);
+                                      a.ln1_rstd + at_stat, N, C, (const T*)d.residual2 + at_C);
     }
 }
 
 // The second half: gpt_parameter_gradients' twin, every parameter's gradient, a sum over
 // all B*T rows of the activations and their gradients, in the CPU's order.
-static void gpu_parameter_gradients(GpuModel& g) {
+template <typename T>
+static void gpu_parameter_gradients(GpuModelOf<T>& g) {
     const GPTConfig& c = g.config;
     const int B = g.batch_B, Tn = g.batch_T, C = c.channels, L = c.num_layers, N = B * Tn;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
     ParameterTensors<float>& gr = g.grads;
-    const ActivationTensors<float>& a = g.acts;
-    const ActivationTensors<float>& d = g.grads_acts;
+    const ActivationTensors<T, float>& a = g.acts;
+    const ActivationTensors<T, float>& d = g.grads_acts;
     float* cols = g.column_scratch.ptr;
-    // the LM head and the embedding share wte
-    gpu::matmul_backward_weight(gr.wte, nullptr, d.logits, a.lnf, N, C, V, Vp, cols);
+    // the LM head and the embedding share wte; the logits' gradient as T (gpu_backward_activations narrowed it)
+    const int ld_dlogits = Vp * (int)(sizeof(float) / sizeof(T));
+    gpu::matmul_backward_weight(gr.wte, nullptr, (const T*)(const void*)d.logits, a.lnf, N, C, V, ld_dlogits, cols);
     gpu::layernorm_backward_params(gr.lnfw, gr.lnfb, d.lnf, a.residual3 + (size_t)(L - 1) * N * C, a.lnf_mean,
                                    a.lnf_rstd, N, C, cols);
     for (int l = L - 1; l >= 0; l--) {
         // where layer l starts in its slabs: (B, T, C), (B, T, 3C), (B, T, 4C), (B, T)
         const size_t at_C = (size_t)l * N * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N;
-        const float* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
+        const T* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
         // (the projections' output gradients are the residual stream's: gpu_backward_activations)
         gpu::matmul_backward_weight(gr.fcprojw + (size_t)l * C * 4 * C, gr.fcprojb + l * C, d.residual3 + at_C,
                                     a.fch_gelu + at_4C, N, 4 * C, C, C, cols);
@@ -327,7 +451,8 @@ static void gpu_parameter_gradients(GpuModel& g) {
 // over the logits: gpt_backward's twin, its two sweeps in its order (on the GPU each
 // covers every row and channel at once, where the CPU shares rows, then channels, among
 // its threads).
-static void gpu_backward(GpuModel& g) {
+template <typename T>
+static void gpu_backward(GpuModelOf<T>& g) {
     gpu_backward_activations(g);
     gpu_parameter_gradients(g);
 }

@@ -29,6 +29,9 @@
 //   then packed down from sampling's, not run again.
 // - A teacher's pass for a loss (head_at) runs its last layer's projection and MLP and
 //   its LM head at the loss's positions alone, gathered.
+// - Everything here is a template over T, the model's storage type (cuda/precision.cuh):
+//   in bf16 the KV cache, the scratch and the recorded activations are bf16, the logits
+//   that sampling draws from are fp32 (the LM head's GEMM writes them so).
 // - Speculative sampling keeps both models' logits on the device: the shared host loop
 //   gets draft tokens, three numbers a judged draft and the drawn tokens, and draws every
 //   uniform from the row's generator in the CPU's order.
@@ -75,16 +78,20 @@ __global__ void sample_kernel(int* tokens, const float* logits, int V, int Vp, d
 // ---- inference with a KV cache
 
 // x (Bn, Tn, C) = wte[token] + wpe[start[b] + t], zero in padded slots (t >= n_new[b])
-__global__ void encoder_infer_kernel(float* out, const int* tokens, const int* start, const int* n_new, const float* wte,
-                                     const float* wpe, int Tn, int C, int V, size_t total) {
+template <typename T>
+__global__ void encoder_infer_kernel(T* out, const int* tokens, const int* start, const int* n_new, const T* wte,
+                                     const T* wpe, int Tn, int C, int V, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     size_t n = i / C;
     int c = (int)(i % C), b = (int)(n / Tn), t = (int)(n % Tn), tok = tokens[n];
-    out[i] = t < n_new[b] && tok >= 0 && tok < V ? wte[(size_t)tok * C + c] + wpe[(size_t)(start[b] + t) * C + c] : 0.0f;
+    out[i] = from_float<T>(t < n_new[b] && tok >= 0 && tok < V
+                               ? to_float(wte[(size_t)tok * C + c]) + to_float(wpe[(size_t)(start[b] + t) * C + c])
+                               : 0.0f);
 }
 // the keys and values of the new tokens into the cache (L, rows, capacity, C): layer l's slice
-__global__ void cache_store_kernel(float* kcache, float* vcache, const float* qkv, const int* cache_row, const int* start,
+template <typename T>
+__global__ void cache_store_kernel(T* kcache, T* vcache, const T* qkv, const int* cache_row, const int* start,
                                    const int* n_new, int Tn, int C, int capacity, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
@@ -100,26 +107,27 @@ __global__ void cache_store_kernel(float* kcache, float* vcache, const float* qk
 // 0..start[b] + t, causal; scores in shared memory (capacity floats), max subtracted.
 // With record_att (layer l's (B, NH, maxT, maxT) slab of a GpuRecord), each token's
 // attention weights are also written where the training forward keeps them.
-__global__ void cached_attention_kernel(float* out, const float* qkv, const float* kcache, const float* vcache,
-                                        const int* cache_row, const int* start, const int* n_new, int Tn, int C,
-                                        int NH, int capacity, float* record_att, int record_maxT) {
+template <typename T>
+__global__ void cached_attention_kernel(T* out, const T* qkv, const T* kcache, const T* vcache, const int* cache_row,
+                                        const int* start, const int* n_new, int Tn, int C, int NH, int capacity,
+                                        T* record_att, int record_maxT) {
     extern __shared__ float scores[];
     const int n = blockIdx.x, b = n / Tn, t = n % Tn, h = blockIdx.y, hs = C / NH;
-    float* o = out + (size_t)n * C + h * hs;
+    T* o = out + (size_t)n * C + h * hs;
     if (t >= n_new[b]) {
-        for (int i = threadIdx.x; i < hs; i += blockDim.x) o[i] = 0.0f;
+        for (int i = threadIdx.x; i < hs; i += blockDim.x) o[i] = from_float<T>(0.0f);
         return;
     }
     const int len = start[b] + t + 1;
-    const float* q = qkv + (size_t)n * 3 * C + h * hs;
-    const float* K = kcache + (size_t)cache_row[b] * capacity * C + h * hs;
-    const float* Vc = vcache + (size_t)cache_row[b] * capacity * C + h * hs;
+    const T* q = qkv + (size_t)n * 3 * C + h * hs;
+    const T* K = kcache + (size_t)cache_row[b] * capacity * C + h * hs;
+    const T* Vc = vcache + (size_t)cache_row[b] * capacity * C + h * hs;
     const float scale = 1.0f / sqrtf((float)hs);
     float maxv = -INFINITY;
     for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        const float* k = K + (size_t)j * C;
+        const T* k = K + (size_t)j * C;
         float dot = 0;
-        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+        for (int i = 0; i < hs; i++) dot += to_float(q[i]) * to_float(k[i]);
         scores[j] = dot * scale;
         maxv = fmaxf(maxv, dot * scale);
     }
@@ -134,17 +142,18 @@ __global__ void cached_attention_kernel(float* out, const float* qkv, const floa
     for (int j = threadIdx.x; j < len; j += blockDim.x) { float e = expf(scores[j] - maxv); scores[j] = e; sum += e; }
     const float inv = 1.0f / block_sum(sum);  // block_sum's barriers also publish `scores`
     if (record_att) {
-        float* row = record_att + (((size_t)cache_row[b] * NH + h) * record_maxT + (len - 1)) * record_maxT;
-        for (int j = threadIdx.x; j < len; j += blockDim.x) row[j] = scores[j] * inv;
+        T* row = record_att + (((size_t)cache_row[b] * NH + h) * record_maxT + (len - 1)) * record_maxT;
+        for (int j = threadIdx.x; j < len; j += blockDim.x) row[j] = from_float<T>(scores[j] * inv);
     }
     for (int i = threadIdx.x; i < hs; i += blockDim.x) {
         float acc = 0;
-        for (int j = 0; j < len; j++) acc += scores[j] * Vc[(size_t)j * C + i];
-        o[i] = acc * inv;
+        for (int j = 0; j < len; j++) acc += scores[j] * to_float(Vc[(size_t)j * C + i]);
+        o[i] = from_float<T>(acc * inv);
     }
 }
 // out (count, C) = x[at[j]]: the positions (of the Bn * Tn) where a loss reads the logits
-__global__ void gather_rows_kernel(float* out, const float* x, const int* at, int C, size_t total) {
+template <typename T>
+__global__ void gather_rows_kernel(T* out, const T* x, const int* at, int C, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     const size_t j = i / C;
@@ -154,7 +163,8 @@ __global__ void gather_rows_kernel(float* out, const float* x, const int* at, in
 
 // dst: layer l's slab of a (B, maxT, width) tensor of the record; row b's new positions
 // t < n_new[b] of src (Bn, Tn, width) go to batch row cache_row[b], position start[b] + t
-__global__ void record_rows_kernel(float* dst, const float* src, int width, const int* cache_row, const int* start,
+template <typename E>
+__global__ void record_rows_kernel(E* dst, const E* src, int width, const int* cache_row, const int* start,
                                    const int* n_new, int Tn, int maxT, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
@@ -164,7 +174,8 @@ __global__ void record_rows_kernel(float* dst, const float* src, int width, cons
     dst[((size_t)cache_row[b] * maxT + start[b] + t) * width + c] = src[i];
 }
 // the same for src (Bn, width) at each row's last new position (the LM head's rows)
-__global__ void record_last_kernel(float* dst, const float* src, int width, const int* cache_row, const int* start,
+template <typename E>
+__global__ void record_last_kernel(E* dst, const E* src, int width, const int* cache_row, const int* start,
                                    const int* n_new, int maxT, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
@@ -174,7 +185,8 @@ __global__ void record_last_kernel(float* dst, const float* src, int width, cons
 }
 // a prefill's attention weights, src (Bn, NH, Tn, Tn), into layer l's (B, NH, maxT, maxT) slab
 // (every start is 0 in a prefill); the weights past a query's position stay the slab's zeros
-__global__ void record_attention_kernel(float* dst, const float* src, const int* cache_row, const int* n_new, int NH,
+template <typename T>
+__global__ void record_attention_kernel(T* dst, const T* src, const int* cache_row, const int* n_new, int NH,
                                         int Tn, int maxT, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
@@ -184,7 +196,8 @@ __global__ void record_attention_kernel(float* dst, const float* src, const int*
     dst[(((size_t)cache_row[b] * NH + h) * maxT + t) * maxT + j] = src[i];
 }
 // x_last (Bn, C) = x[b, max(n_new[b] - 1, 0)]: the rows the LM head needs while sampling
-__global__ void gather_last_kernel(float* out, const float* x, const int* n_new, int Tn, int C, size_t total) {
+template <typename T>
+__global__ void gather_last_kernel(T* out, const T* x, const int* n_new, int Tn, int C, size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     int b = (int)(i / C), c = (int)(i % C), t = max(n_new[b] - 1, 0);
@@ -218,9 +231,10 @@ __global__ void advance_rows_kernel(int* completions, int* length, int* last_tok
 // ----------------------------------------------------------------------------
 // inference on the device: gpt_infer's twin, for the teacher and for sampling
 
-struct GpuKVCache {
+template <typename T>
+struct GpuKVCacheOf {
     int L = 0, rows = 0, capacity = 0, C = 0;  // positions held per row: what this use needs, not maxT
-    DeviceBuffer<float> k, v;                 // (L, rows, capacity, C) each
+    DeviceBuffer<T> k, v;                     // (L, rows, capacity, C) each
     // Cached attention keeps a row's scores (capacity floats) in dynamic shared memory,
     // beside the kernel's static arrays: 48 KB in all, checked once here, not per step.
     void allocate(const GPTConfig& c, int nrows, int positions) {
@@ -229,7 +243,7 @@ struct GpuKVCache {
         rows = std::max(rows, nrows);
         capacity = std::max(capacity, positions);
         cudaFuncAttributes attr;
-        CUDA_CHECK(cudaFuncGetAttributes(&attr, (const void*)gpu::cached_attention_kernel));
+        CUDA_CHECK(cudaFuncGetAttributes(&attr, (const void*)gpu::cached_attention_kernel<T>));
         GKD_ASSERT(attr.sharedSizeBytes + (size_t)capacity * sizeof(float) <= 48 * 1024,
                    "gpu_infer: cached attention keeps a row's scores in shared memory, 48 KB with its static arrays "
                    "(a context of at most about 12200)");
@@ -238,17 +252,20 @@ struct GpuKVCache {
         k.ensure((size_t)L * rows * capacity * C);
         v.ensure((size_t)L * rows * capacity * C);
     }
-    float* keys(int l) const { return k.ptr + (size_t)l * rows * capacity * C; }
-    float* values(int l) const { return v.ptr + (size_t)l * rows * capacity * C; }
+    T* keys(int l) const { return k.ptr + (size_t)l * rows * capacity * C; }
+    T* values(int l) const { return v.ptr + (size_t)l * rows * capacity * C; }
 };
+using GpuKVCache = GpuKVCacheOf<float>;
 
 // Reused across layers: a forward-only pass keeps no per-layer activations.
-struct GpuInferScratch {
-    DeviceBuffer<float> x, ln, qkv, atty, proj, fch, attention, last;
+template <typename T>
+struct GpuInferScratchOf {
+    DeviceBuffer<T> x, ln, qkv, atty, proj, fch, attention, last;
     DeviceBuffer<float> mean, rstd;  // (Bn * Tn) a LayerNorm's statistics, when a record keeps them
-    DeviceBuffer<float> head_atty;   // (head rows, C) the trimmed last layer's attention output
+    DeviceBuffer<T> head_atty;       // (head rows, C) the trimmed last layer's attention output
     DeviceBuffer<int> tokens, cache_row, start, n_new, head_at;
 };
+using GpuInferScratch = GpuInferScratchOf<float>;
 
 // Runs Tn new tokens per row (right-padded; row b has n_new[b]) through the model, storing
 // their keys and values in the cache when there is one. Two cases: a prefill (every
@@ -262,38 +279,41 @@ struct GpuInferScratch {
 // n_new (Bn)): no copy between host and device and nothing read back, so a decode step
 // is enqueued (or captured) without waiting. The caller vouches for gpu_infer's checks:
 // positions within the context and the cache; prefill iff every start is 0.
-static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens,
-                                const int* cache_row, const int* start, const int* n_new, int Bn, int Tn, bool prefill,
-                                float* logits, bool all_positions, const int* head_at = nullptr, int head_count = 0,
-                                GpuRecord* rec = nullptr) {
+template <typename T>
+static void gpu_infer_on_device(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf<T>>* cache, GpuInferScratchOf<T>& s,
+                                const int* tokens, const int* cache_row, const int* start, const int* n_new, int Bn,
+                                int Tn, bool prefill, float* logits, bool all_positions, const int* head_at = nullptr,
+                                int head_count = 0, not_deduced<GpuRecordOf<T>>* rec = nullptr) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads;
     const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
-    const ParameterTensors<float>& p = m.params;
-    float* x = s.x.ensure((size_t)N * C);
-    float* ln = s.ln.ensure((size_t)N * C);
-    float* qkv = s.qkv.ensure((size_t)N * 3 * C);
-    float* atty = s.atty.ensure((size_t)N * C);
-    float* proj = s.proj.ensure((size_t)N * C);
-    float* fch = s.fch.ensure((size_t)N * 4 * C);
+    const ParameterTensors<T>& p = m.params;
+    T* x = s.x.ensure((size_t)N * C);
+    T* ln = s.ln.ensure((size_t)N * C);
+    T* qkv = s.qkv.ensure((size_t)N * 3 * C);
+    T* atty = s.atty.ensure((size_t)N * C);
+    T* proj = s.proj.ensure((size_t)N * C);
+    T* fch = s.fch.ensure((size_t)N * 4 * C);
     // a prefill attends with batched GEMMs (a lone first token through the cache when there is one)
     const bool gemm_attention = prefill && (Tn > 1 || !cache);
-    float* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
+    T* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
     const size_t total = (size_t)N * C;
     GKD_ASSERT(!rec || (!head_at && !all_positions && rec->B >= Bn), "a record is kept by sampling's passes only");
     float* mean = rec ? s.mean.ensure(N) : nullptr;
     float* rstd = rec ? s.rstd.ensure(N) : nullptr;
     // with a record, its (B, maxT, width) tensor, at layer l's slab, gets these new
     // positions of src (Bn, Tn, width)
-    using Acts = ActivationTensors<float>;
-    auto keep = [&](float* Acts::*tensor, int l, const float* src, int width) {
+    using Acts = ActivationTensors<T, float>;
+    // tensor: a member of Acts (of T, or a float statistic); src of its element type
+    auto keep = [&](auto Acts::*tensor, int l, const auto* src, int width) {
         if (!rec) return;
-        float* slab = rec->acts.*tensor + (size_t)l * rec->B * rec->maxT * width;
+        auto* slab = rec->acts.*tensor + (size_t)l * rec->B * rec->maxT * width;
+        using E = std::remove_pointer_t<decltype(slab)>;
         const size_t n = (size_t)N * width;
-        GPU_LAUNCH(gpu::record_rows_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), slab, src, width,
-            cache_row, start, n_new, Tn, rec->maxT, n);
+        GPU_LAUNCH(gpu::record_rows_kernel<E>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), slab, (const E*)src,
+            width, cache_row, start, n_new, Tn, rec->maxT, n);
     };
-    GPU_LAUNCH(gpu::encoder_infer_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
+    GPU_LAUNCH(gpu::encoder_infer_kernel<T>, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
         x, tokens, start, n_new, p.wte, p.wpe, Tn, C, V, total);
     keep(&Acts::encoded, 0, x, C);
     for (int l = 0; l < L; l++) {
@@ -303,22 +323,22 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
         keep(&Acts::ln1_mean, l, mean, 1);
         keep(&Acts::ln1_rstd, l, rstd, 1);
         keep(&Acts::qkv, l, qkv, 3 * C);
-        float* record_att = rec ? rec->acts.att + (size_t)l * rec->B * NH * rec->maxT * rec->maxT : nullptr;
+        T* record_att = rec ? rec->acts.att + (size_t)l * rec->B * NH * rec->maxT * rec->maxT : nullptr;
         if (cache) {
-            GPU_LAUNCH(gpu::cache_store_kernel, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
+            GPU_LAUNCH(gpu::cache_store_kernel<T>, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
                 cache->keys(l), cache->values(l), qkv, cache_row, start, n_new, Tn, C, cache->capacity, total);
         }
         if (gemm_attention) {
             // padded slots sit after each row's real tokens: causal attention never lets a real one see them
-            float* att = scratch + 4 * (size_t)N * C;
+            T* att = scratch + 4 * (size_t)N * C;
             gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
             if (rec) {
                 const size_t n = (size_t)Bn * NH * Tn * Tn;
-                GPU_LAUNCH(gpu::record_attention_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), record_att,
+                GPU_LAUNCH(gpu::record_attention_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), record_att,
                     att, cache_row, n_new, NH, Tn, rec->maxT, n);
             }
         } else {
-            GPU_LAUNCH(gpu::cached_attention_kernel, dim3(N, NH), 128, sizeof(float) * cache->capacity, gpu::stream(),
+            GPU_LAUNCH(gpu::cached_attention_kernel<T>, dim3(N, NH), 128, sizeof(float) * cache->capacity, gpu::stream(),
                 atty, qkv, cache->keys(l), cache->values(l), cache_row, start, n_new, Tn, C, NH,
                 cache->capacity, record_att, rec ? rec->maxT : 0);
         }
@@ -329,12 +349,12 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
         if (head_at && l == L - 1) {
             if (head_count == 0) return;
             const size_t n = (size_t)head_count * C;
-            float* atty_rows = s.head_atty.ensure(n);
-            float* x_rows = s.last.ensure(n);
-            GPU_LAUNCH(gpu::gather_rows_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), atty_rows, atty,
-                head_at, C, n);
-            GPU_LAUNCH(gpu::gather_rows_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), x_rows, x, head_at,
-                C, n);
+            T* atty_rows = s.head_atty.ensure(n);
+            T* x_rows = s.last.ensure(n);
+            GPU_LAUNCH(gpu::gather_rows_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), atty_rows,
+                (const T*)atty, head_at, C, n);
+            GPU_LAUNCH(gpu::gather_rows_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), x_rows,
+                (const T*)x, head_at, C, n);
             atty = atty_rows;  // the rest of the layer, and the head, on those rows
             x = x_rows;
             rows = head_count;
@@ -357,24 +377,25 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
     }
     if (head_at) {  // x holds the head's rows already (the trimmed last layer)
         gpu::layernorm_forward(ln, nullptr, nullptr, x, p.lnfw, p.lnfb, head_count, C);
-        gpu::matmul_forward(logits, ln, p.wte, nullptr, head_count, C, V, Vp);
+        gpu::matmul_forward(logits, ln, p.wte, (const T*)nullptr, head_count, C, V, Vp);
         gpu::zero_padding(logits, head_count, V, Vp);
     } else if (all_positions) {
         gpu::layernorm_forward(ln, nullptr, nullptr, x, p.lnfw, p.lnfb, N, C);
-        gpu::matmul_forward(logits, ln, p.wte, nullptr, N, C, V, Vp);
+        gpu::matmul_forward(logits, ln, p.wte, (const T*)nullptr, N, C, V, Vp);
         gpu::zero_padding(logits, N, V, Vp);
     } else {
-        float* last = s.last.ensure((size_t)Bn * C);
-        GPU_LAUNCH(gpu::gather_last_kernel, gpu::blocks_for((size_t)Bn * C), gpu::THREADS, 0, gpu::stream(),
-            last, x, n_new, Tn, C, (size_t)Bn * C);
-        gpu::layernorm_forward(ln, mean, rstd, last, p.lnfw, p.lnfb, Bn, C);
-        gpu::matmul_forward(logits, ln, p.wte, nullptr, Bn, C, V, Vp);
+        T* last = s.last.ensure((size_t)Bn * C);
+        GPU_LAUNCH(gpu::gather_last_kernel<T>, gpu::blocks_for((size_t)Bn * C), gpu::THREADS, 0, gpu::stream(),
+            last, (const T*)x, n_new, Tn, C, (size_t)Bn * C);
+        gpu::layernorm_forward(ln, mean, rstd, (const T*)last, p.lnfw, p.lnfb, Bn, C);
+        gpu::matmul_forward(logits, (const T*)ln, p.wte, (const T*)nullptr, Bn, C, V, Vp);
         gpu::zero_padding(logits, Bn, V, Vp);
         if (rec) {  // the LM head ran at each row's last new position
-            auto keep_last = [&](float* tensor, const float* src, int width) {
+            auto keep_last = [&](auto* tensor, const auto* src, int width) {
+                using E = std::remove_pointer_t<decltype(tensor)>;
                 const size_t n = (size_t)Bn * width;
-                GPU_LAUNCH(gpu::record_last_kernel, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), tensor, src,
-                    width, cache_row, start, n_new, rec->maxT, n);
+                GPU_LAUNCH(gpu::record_last_kernel<E>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), tensor,
+                    (const E*)src, width, cache_row, start, n_new, rec->maxT, n);
             };
             keep_last(rec->acts.lnf, ln, C);
             keep_last(rec->acts.lnf_mean, mean, 1);
@@ -385,9 +406,11 @@ static void gpu_infer_on_device(const GpuModel& m, GpuKVCache* cache, GpuInferSc
 }
 
 // gpu_infer_on_device with the per-row arrays on the host: checked, then uploaded.
-static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, const int* tokens, const int* cache_row,
-                      const int* start, const int* n_new, int Bn, int Tn, float* logits, bool all_positions,
-                      const std::vector<int>* head_at = nullptr, GpuRecord* rec = nullptr) {
+template <typename T>
+static void gpu_infer(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf<T>>* cache, GpuInferScratchOf<T>& s,
+                      const int* tokens, const int* cache_row, const int* start, const int* n_new, int Bn, int Tn,
+                      float* logits, bool all_positions, const std::vector<int>* head_at = nullptr,
+                      not_deduced<GpuRecordOf<T>>* rec = nullptr) {
     const GPTConfig& c = m.config;
     bool prefill = true;
     for (int b = 0; b < Bn; b++) {
@@ -410,9 +433,10 @@ static void gpu_infer(const GpuModel& m, GpuKVCache* cache, GpuInferScratch& s, 
 }
 
 // Reusable device buffers for batched generation from one model.
-struct GpuGenerator {
-    GpuKVCache cache;
-    GpuInferScratch scratch;
+template <typename T>
+struct GpuGeneratorOf {
+    GpuKVCacheOf<T> cache;
+    GpuInferScratchOf<T> scratch;
     DeviceBuffer<float> logits;                          // (Bn, Vp) each row's next-token logits
     // the decode state (gpu_generate), one slot per row for the whole generation
     DeviceBuffer<int> picked;                            // (Bn) the tokens just drawn
@@ -426,13 +450,14 @@ struct GpuGenerator {
     bool use_graph = getenv("GKD_CUDA_GRAPHS") && std::string(getenv("GKD_CUDA_GRAPHS")) == "1";
     bool graph_failed = false;           // a capture failed: plain launches from then on (one warning)
     cudaStream_t graph_stream = nullptr;
-    GpuGenerator() = default;
-    GpuGenerator(const GpuGenerator&) = delete;
-    GpuGenerator& operator=(const GpuGenerator&) = delete;
-    ~GpuGenerator() {
+    GpuGeneratorOf() = default;
+    GpuGeneratorOf(const GpuGeneratorOf&) = delete;
+    GpuGeneratorOf& operator=(const GpuGeneratorOf&) = delete;
+    ~GpuGeneratorOf() {
         if (graph_stream) cudaStreamDestroy(graph_stream);
     }
 };
+using GpuGenerator = GpuGeneratorOf<float>;
 
 // How many decode steps run between two looks at the number of rows still going: each
 // look waits for the device. A look every 8 steps runs up to 7 steps of finished rows
@@ -448,11 +473,12 @@ constexpr int FINISHED_CHECK_EVERY = 8;
 // captured once per call (a cache or scratch buffer may have grown since the last), after
 // one plain step on the graph's stream (the warm-up), and replayed with one launch per
 // step; a capture that fails leaves a warning and plain launches.
-static std::vector<std::vector<int>> gpu_generate(const GpuModel& m, GpuGenerator& g,
+template <typename T>
+static std::vector<std::vector<int>> gpu_generate(const GpuModelOf<T>& m, GpuGeneratorOf<T>& g,
                                                   const std::vector<const std::vector<int>*>& prompts,
                                                   const std::vector<int>& budgets, double temperature, int eos,
                                                   uint64_t seed, uint64_t stream, const std::vector<uint64_t>& row_ids,
-                                                  GpuRecord* rec = nullptr) {
+                                                  not_deduced<GpuRecordOf<T>>* rec = nullptr) {
     const int Bn = (int)prompts.size(), Vp = m.config.padded_vocab_size, V = m.config.vocab_size;
     if (Bn == 0) return {};
     int Pmax = 0, longest = 0, max_budget = 0;
@@ -706,18 +732,19 @@ __global__ void residual_draw_kernel(JudgeArgs a, int* drawn) {
 // judging brings back three numbers a judged draft (p(d), q(d), the overlap), walks them on
 // the host with each row's generator in judge_drafts' order, and brings back one drawn
 // token a row. So a round moves ids and a few doubles across PCIe, never a logit row.
+template <typename T>
 struct GpuSpeculativeModels {
-    const GpuModel& draft_model;
-    GpuGenerator& dg;
-    const GpuModel& target_model;
-    GpuGenerator& tg;
+    const GpuModelOf<T>& draft_model;
+    GpuGeneratorOf<T>& dg;
+    const GpuModelOf<T>& target_model;
+    GpuGeneratorOf<T>& tg;
     double temperature;
     int V, K, Vp_draft, Vp_target, Tn_target = 0;
     DeviceBuffer<float> store;      // (Bn K, Vp_draft) the logits behind each row's drafts
     DeviceBuffer<double> uniforms, judged;
     DeviceBuffer<int> slots, picked, pos_r, pos_b, pos_i, pos_token, drawn;
-    GpuSpeculativeModels(const GpuModel& d, GpuGenerator& dgen, const GpuModel& t, GpuGenerator& tgen, double temp,
-                         int Bn, int drafts)
+    GpuSpeculativeModels(const GpuModelOf<T>& d, GpuGeneratorOf<T>& dgen, const GpuModelOf<T>& t,
+                         GpuGeneratorOf<T>& tgen, double temp, int Bn, int drafts)
         : draft_model(d), dg(dgen), target_model(t), tg(tgen), temperature(temp), V(d.config.vocab_size),
           K(std::max(drafts, 1)), Vp_draft(d.config.padded_vocab_size), Vp_target(t.config.padded_vocab_size) {
         store.ensure((size_t)Bn * K * Vp_draft);
@@ -810,8 +837,9 @@ struct GpuSpeculativeModels {
 // speculative_generate's twin (speculative.h): the same speculative_loop, on GpuSpeculativeModels.
 // Greedy outputs match the CPU's; sampled ones come from the same generators, in the same
 // order, and differ only where the two devices' logits or sums round differently.
-static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& draft, GpuGenerator& dg,
-                                                              const GpuModel& target, GpuGenerator& tg,
+template <typename T>
+static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModelOf<T>& draft, GpuGeneratorOf<T>& dg,
+                                                              const GpuModelOf<T>& target, GpuGeneratorOf<T>& tg,
                                                               const std::vector<const std::vector<int>*>& prompts,
                                                               const std::vector<int>& budgets, int K,
                                                               double temperature, int eos, uint64_t seed,
@@ -825,6 +853,6 @@ static std::vector<std::vector<int>> gpu_speculative_generate(const GpuModel& dr
     dg.cache.allocate(draft.config, Bn, std::min(longest, draft.config.max_seq_len));
     tg.cache.allocate(target.config, Bn, std::min(longest, target.config.max_seq_len));
     std::vector<Rng> rngs = row_generators(seed, stream, row_ids);
-    GpuSpeculativeModels models(draft, dg, target, tg, temperature, Bn, K);
+    GpuSpeculativeModels<T> models(draft, dg, target, tg, temperature, Bn, K);
     return speculative_loop(prompts, budgets, K, eos, rngs, models, stats);
 }

@@ -16,7 +16,10 @@
 #              the CPU path, the fused loss, full steps, sampling, and GPT-2's widths (C 768,
 #              head size 64, V 50257, ~130 positions); no usable GPU is a failure
 #   bench-*    ./gkd bench --device cuda: GPT-2 (124M-shaped student, 355M-shaped teacher,
-#              B 8, 128 + 128 tokens) in TF32 and fp32, then the reference configuration
+#              B 8, 128 + 128 tokens) in bf16 (--precision bf16, the default from sm_80)
+#              and in fp32 with TF32 matmuls, then the reference configuration in bf16: step
+#              times, MFU (each against its own peak), and the memory table beside what ran;
+#              test-gpu's bf16 lines give the bf16 run's agreement with fp32
 #   e2e        speculative sampling on the GPU against the CPU through the command line; a
 #              1-rank NCCL run against a plain one where OpenMPI is installed
 #   hf         tests/hf_parity.py: random Hugging Face GPT2LMHeadModels loaded by gkd; NLL,
@@ -32,8 +35,8 @@
 #   the machine's start outside it; an optional stage (hf, e2e, bench-gpt2-fp32, graphs,
 #   pytorch, memcheck, in that order) starts only if its limit fits in what is left. The
 #   others always run, each under its own timeout: preflight, gpu, build, test-gpu, the
-#   GPT-2 TF32 bench and the reference bench, expected near 180 s on one H100 (not yet
-#   measured: no GPU has run this version), 470 s if every one of them timed out.
+#   GPT-2 bf16 and TF32 benches and the reference bench, expected near 220 s on one H100
+#   (not yet measured: no GPU has run this version), 530 s if every one of them timed out.
 #   QUICK=1: preflight, gpu, build, test-gpu and the reference bench only.
 #
 # On a machine without nlohmann/json (a GPU image with no Debian packages) it refuses at
@@ -123,7 +126,7 @@ stage gpu 20 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total
 stage build 200 make -j2 gkd tests/test_gpu || { say "== stopped: nothing to test without a build"; exit 1; }
 grep -E '^gkd:' "$out/build.log" | tee -a "$out/summary.txt"
 stage test-gpu 150 env CUDA_LAUNCH_BLOCKING=1 GKD_REQUIRE_GPU=1 ./tests/test_gpu
-grep -E '^test-gpu on|^test-gpu: |^FAIL' "$out/test-gpu.log" | tee -a "$out/summary.txt"
+grep -E '^test-gpu on|^test-gpu: |^FAIL|bf16 (greedy|[0-9]+-step)|memory table' "$out/test-gpu.log" | tee -a "$out/summary.txt"
 grep -E '^[0-9]+ passed, [0-9]+ failed' "$out/test-gpu.log" | tail -1 | sed 's/^/test-gpu: /' | tee -a "$out/summary.txt"
 grep -q '^[0-9]* passed, 0 failed' "$out/test-gpu.log" || status=1
 
@@ -132,11 +135,13 @@ gpt2=(--student 12,768,12 --teacher 24,1024,16 --vocab 50257 --context 1024 --ba
 bench() {  # name, limit, flags...
   local name=$1 limit=$2; shift 2
   if stage "bench-$name" "$limit" ./gkd bench --device cuda --steps 3 --warmup 1 "$@"; then
-    grep -E '^\| (step|sample|teacher|student|loss|AdamW)|^peak device memory' "$out/bench-$name.log" | tee -a "$out/summary.txt"
+    grep -E '^gkd bench|^\| (step|sample|teacher|student|loss|AdamW|total)|^peak device memory|^this run' \
+        "$out/bench-$name.log" | tee -a "$out/summary.txt"
   fi
 }
-[ -z "${QUICK:-}" ] && bench gpt2-tf32 60 --tf32 "${gpt2[@]}"
-bench reference 30 "${reference[@]}"
+[ -z "${QUICK:-}" ] && bench gpt2-bf16 60 --precision bf16 "${gpt2[@]}"
+[ -z "${QUICK:-}" ] && bench gpt2-tf32 60 --precision fp32 --tf32 "${gpt2[@]}"
+bench reference 30 --precision bf16 "${reference[@]}"
 [ -n "${QUICK:-}" ] && { say "== done (QUICK): status $status in $((SECONDS - t0)) s; logs in $out, packed in $back/gpu-check-logs.tar.gz"; exit $status; }
 
 # end to end through the command line: speculative greedy sampling on the GPU gives the
@@ -148,7 +153,7 @@ e2e() {
   ./gkd init --layers 2 --channels 128 --heads 4 --context 64 --seed 2 --out "$e/t.bin" 2>/dev/null
   ./gkd data --task arithmetic --out "$e/data" --train 64 --validation 16 --test 16 2>/dev/null
   for d in cpu cuda; do
-    ./gkd sample --device $d --model "$e/t.bin" --draft "$e/s.bin" --draft-tokens 4 --temperature 0 \
+    ./gkd sample --device $d --precision fp32 --model "$e/t.bin" --draft "$e/s.bin" --draft-tokens 4 --temperature 0 \
         --data "$e/data/test.jsonl" --max-new-tokens 24 > "$e/spec-$d.jsonl" 2> "$e/spec-$d.log"
   done
   # random models' logits are close together, so an argmax may hinge on rounding: one row of 16 may differ
@@ -172,11 +177,11 @@ optional hf 90 python3 tests/hf_parity.py --device cuda --gkd ./gkd --work "$out
 [ -f "$out/hf.log" ] && grep -E '^(ok  |FAIL|hf_parity)' "$out/hf.log" | tee -a "$out/summary.txt"
 optional e2e 60 bash -c "$(declare -f e2e); out='$out'; e2e"
 [ -f "$out/e2e.log" ] && grep -E '^(ok|FAIL|not run):' "$out/e2e.log" | tee -a "$out/summary.txt"
-if optional bench-gpt2-fp32 60 ./gkd bench --device cuda --steps 3 --warmup 1 "${gpt2[@]}"; then
+if optional bench-gpt2-fp32 60 ./gkd bench --device cuda --steps 3 --warmup 1 --precision fp32 "${gpt2[@]}"; then
   grep -E '^\| (step|sample|teacher|student|loss|AdamW)|^peak device memory' "$out/bench-gpt2-fp32.log" | tee -a "$out/summary.txt"
 fi
 # decode steps replayed as CUDA graphs (GKD_CUDA_GRAPHS=1, off by default): the sample phase against bench-gpt2-tf32's
-if optional bench-gpt2-tf32-graphs 45 env GKD_CUDA_GRAPHS=1 ./gkd bench --device cuda --steps 3 --warmup 1 --tf32 "${gpt2[@]}"; then
+if optional bench-gpt2-tf32-graphs 45 env GKD_CUDA_GRAPHS=1 ./gkd bench --device cuda --steps 3 --warmup 1 --precision fp32 --tf32 "${gpt2[@]}"; then
   grep -E '^\| (step|sample)' "$out/bench-gpt2-tf32-graphs.log" | tee -a "$out/summary.txt"
 fi
 if optional pytorch 100 env DEVICE=cuda STEPS=3 dev/compare_pytorch.sh "$(nproc)" 1 --tf32 "${gpt2[@]}"; then

@@ -163,6 +163,9 @@ TABLE=$(cat <<EOF
 1	--prompt-tokens 100 + --new-tokens 64 exceed --context 128	bench --prompt-tokens 100
 1	use --device cpu (or auto)	bench --device cuda
 1	--tf32 is a GPU mode: it needs --device cuda	bench --tf32 --device cpu
+1	--precision bf16 is the CUDA path's: it needs --device cuda	bench --precision bf16 --device cpu
+1	--precision 'half' must be one of auto|bf16|fp32	bench --precision half
+1	--precision bf16 is the CUDA path's: it needs --device cuda	sample $S --prompt hi --precision bf16 --device cpu
 1	$W/malformed.jsonl:2: malformed JSON	sft $S --data $W/malformed.jsonl $TRAIN
 1	$W/notobject.jsonl:1: expected a JSON object	sft $S --data $W/notobject.jsonl $TRAIN
 1	$W/prompttype.jsonl:1: "prompt" must be a string	sft $S --data $W/prompttype.jsonl $TRAIN

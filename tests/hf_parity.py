@@ -158,6 +158,7 @@ def main():
 
     gkd = {}
     common = ["--data", data, "--tokenizer", tok, "--device", a.device, "--batch", "4"]
+    common += ["--precision", "fp32"]  # the parity mode (bf16 is the GPU's default from sm_80)
     for beta in (0.0, 0.5, 1.0):
         out = json.loads(run([a.gkd, "eval", "--model", os.path.join(sdir, "model.safetensors"), "--teacher",
                               os.path.join(tdir, "model.safetensors"), "--beta", str(beta), "--max-new-tokens", "1"]

@@ -633,6 +633,7 @@ static void make_trainer(Trainer& tr, uint64_t data_seed, const GPT<float>& stud
     o.weight_decay = 0.01;
     o.grad_clip = 1.0;
     o.shuffle = false;
+    o.precision = "fp32";  // the parity mode; the bf16 tests ask for bf16
     tr.adam.weight_decay = o.weight_decay;
     Rng rng(data_seed);
     for (int i = 0; i < 8; i++) {
@@ -921,6 +922,401 @@ static void test_sampling_distribution_gpt2() {
 // GKD_GPU_TEST_SKIP=TEXT leaves out the tests whose names contain TEXT (gpu_check.sh's
 // memcheck stage skips "GPT-2 width", too slow under the sanitizer); GKD_GPU_TEST_ONLY=TEXT
 // runs only those (a kernel under development, on the emulator); the summary counts the rest.
+// ----------------------------------------------------------------------------
+// bf16 (--precision bf16): the conversions bit for bit, then each kernel, a step, a
+// trajectory and greedy decoding against fp32. Every limit is explained in docs/testing.md.
+
+static uint16_t bits_of(bf16 h) {
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
+}
+// The nearest bf16 to x, found independently of the bit trick: the two bf16 values around
+// x (its bits truncated toward zero, and the next magnitude up, infinity past the largest
+// finite one, counted as 2^128) compared in exact double arithmetic, a tie to the even
+// one. NaN: the canonical quiet NaN 0x7FFF, as the hardware's conversion gives.
+static uint16_t reference_bf16(float x) {
+    if (std::isnan(x)) return 0x7FFF;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    const uint32_t lo = u & 0xFFFF0000u;
+    if (lo == u) return (uint16_t)(lo >> 16);
+    const uint32_t hi = lo + 0x10000u;
+    auto magnitude = [](uint32_t b) {
+        b &= 0x7FFFFFFFu;
+        if (b == 0x7F800000u) return std::ldexp(1.0, 128);
+        float f;
+        memcpy(&f, &b, 4);
+        return (double)f;
+    };
+    const double ax = std::fabs((double)x), below = ax - magnitude(lo), above = magnitude(hi) - ax;
+    const uint32_t pick = below < above ? lo : above < below ? hi : (lo & 0x10000u) ? hi : lo;
+    return (uint16_t)(pick >> 16);
+}
+// bf16 bits widened by their definition: sign, 8-bit exponent, 7-bit mantissa
+static double reference_widen(uint16_t h) {
+    const int sign = h >> 15, e = (h >> 7) & 0xFF, m = h & 0x7F;
+    double v = e == 0 ? std::ldexp((double)m, -133) : e == 255 ? (m ? NAN : INFINITY) : std::ldexp(1.0 + m / 128.0, e - 127);
+    return sign ? -v : v;
+}
+
+static void test_bf16_conversion() {
+    // the sweep: every float whose low 16 bits are a rounding boundary or next to one (ties,
+    // just below and above, all 65536 high halves: every exponent, subnormals, infinities,
+    // NaNs), and every 4099th float besides
+    std::vector<float> xs;
+    for (uint32_t high = 0; high < 65536; high++)
+        for (uint32_t low : {0x0000u, 0x0001u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
+            const uint32_t u = high << 16 | low;
+            float f;
+            memcpy(&f, &u, 4);
+            xs.push_back(f);
+        }
+    for (uint64_t u = 0; u < (1ull << 32); u += 4099) {
+        const uint32_t v = (uint32_t)u;
+        float f;
+        memcpy(&f, &v, 4);
+        xs.push_back(f);
+    }
+    size_t host_wrong = 0, nans = 0, infs = 0, subnormals = 0;
+    std::string first;
+    for (float x : xs) {
+        const uint16_t got = bits_of(__float2bfloat16(x)), want = reference_bf16(x);
+        if (got != want && host_wrong++ == 0) first = strf(" (first: %a -> 0x%04x, want 0x%04x)", x, got, want);
+        nans += std::isnan(x);
+        infs += std::isinf(x) || ((want & 0x7FFF) == 0x7F80 && !std::isinf(x));
+        subnormals += std::fpclassify(x) == FP_SUBNORMAL;
+    }
+    check(host_wrong == 0, strf("bf16 rounding (host): %zu floats (%zu NaN, %zu subnormal, %zu infinite or rounding "
+                                "to infinity), %zu differ from the reference%s", xs.size(), nans, subnormals, infs,
+                                host_wrong, first.c_str()));
+    // the same floats through a device kernel (the working-copy refresh's conversion)
+    DeviceBuffer<float> d_in;
+    DeviceBuffer<bf16> d_out;
+    d_in.upload(xs);
+    d_out.ensure(xs.size());
+    GPU_LAUNCH(gpu::narrow_kernel<bf16>, gpu::blocks_for(xs.size()), gpu::THREADS, 0, gpu::stream(), d_out.ptr,
+               (const float*)d_in.ptr, xs.size());
+    std::vector<bf16> out(xs.size());
+    download(out.data(), d_out.ptr, out.size());
+    size_t device_wrong = 0;
+    for (size_t i = 0; i < xs.size(); i++) device_wrong += bits_of(out[i]) != reference_bf16(xs[i]);
+    check(device_wrong == 0, strf("bf16 rounding (device kernel): %zu floats, %zu differ from the reference",
+                                  xs.size(), device_wrong));
+    size_t widen_wrong = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        bf16 b;
+        const uint16_t h16 = (uint16_t)h;
+        memcpy(&b, &h16, 2);
+        const double want = reference_widen(h16), got = __bfloat162float(b);
+        widen_wrong += std::isnan(want) ? !std::isnan(got) : got != want;
+    }
+    check(widen_wrong == 0, strf("bf16 widening: all 65536 bf16 values exact (%zu differ)", widen_wrong));
+}
+
+// host floats as bf16 on the device, or n poisoned (NaN) values; get() widens them back
+struct DevBf16 {
+    DeviceBuffer<bf16> b;
+    explicit DevBf16(const std::vector<float>& v) {
+        std::vector<bf16> h(v.size());
+        for (size_t i = 0; i < v.size(); i++) h[i] = __float2bfloat16(v[i]);
+        b.upload(h);
+    }
+    explicit DevBf16(size_t n) {
+        b.ensure(n);
+        CUDA_CHECK(cudaMemset(b.ptr, 0xFF, n * sizeof(bf16)));
+    }
+    bf16* p() { return b.ptr; }
+    std::vector<float> get() {
+        std::vector<bf16> h(b.count);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        download(h.data(), b.ptr, b.count);
+        std::vector<float> v(h.size());
+        for (size_t i = 0; i < h.size(); i++) v[i] = __bfloat162float(h[i]);
+        return v;
+    }
+};
+// floats that are bf16 values: both precisions' kernels then start from the same inputs
+static std::vector<float> bf16_values(size_t n, double std = 1.0) {
+    std::vector<float> v = random_floats(n, std);
+    for (auto& x : v) x = __bfloat162float(__float2bfloat16(x));
+    return v;
+}
+// The limits (docs/testing.md): a value stored once in bf16 is within 2^-9 of itself
+// relatively, so an output rounded once is within 2^-9 ~ 2.0e-3 in norm; ONE_ROUNDING
+// allows 2^-8. A kernel that stores an intermediate in bf16 and computes on from it (the
+// attention's scores and probabilities, a gradient accumulated onto a bf16 value) gets
+// SEVERAL_ROUNDINGS, 2^-6. An fp32 output from bf16 inputs that both kernels see alike
+// (the LM head's logits, the weight gradients) differs by summation order only: 1e-5.
+constexpr double ONE_ROUNDING = 1.0 / 256, SEVERAL_ROUNDINGS = 1.0 / 64, SAME_INPUTS = 1e-5;
+
+static void test_bf16_kernels() {
+    const int B = 2, T = 13, C = 64, NH = 4, N = B * T, V = 40, OC = 3 * C;
+    auto close = [](const std::string& what, const std::vector<float>& b16, const std::vector<float>& f32, double tol) {
+        check_close("bf16 " + what, b16, f32, tol);
+    };
+    {  // encoder
+        auto wte = bf16_values((size_t)V * C), wpe = bf16_values((size_t)T * C);
+        std::vector<int> tokens(N);
+        Rng rng(derive_seed(run_seed, ++draws));
+        for (auto& t : tokens) t = (int)rng.below(V);
+        DevInt d_tok(tokens);
+        Dev f_out((size_t)N * C), f_wte(wte), f_wpe(wpe);
+        DevBf16 h_out((size_t)N * C), h_wte(wte), h_wpe(wpe);
+        gpu::encoder_forward(f_out.p(), d_tok.b.ptr, f_wte.p(), f_wpe.p(), B, T, C);
+        gpu::encoder_forward(h_out.p(), d_tok.b.ptr, h_wte.p(), h_wpe.p(), B, T, C);
+        close("encoder forward", h_out.get(), f_out.get(), ONE_ROUNDING);
+    }
+    auto x = bf16_values((size_t)N * C, 3.0), w = bf16_values(C), bias = bf16_values(C), dout = bf16_values((size_t)N * C);
+    {  // layernorm
+        Dev f_out((size_t)N * C), f_mean((size_t)N), f_rstd((size_t)N), f_x(x), f_w(w), f_b(bias);
+        DevBf16 h_out((size_t)N * C), h_x(x), h_w(w), h_b(bias);
+        Dev h_mean((size_t)N), h_rstd((size_t)N);
+        gpu::layernorm_forward(f_out.p(), f_mean.p(), f_rstd.p(), f_x.p(), f_w.p(), f_b.p(), N, C);
+        gpu::layernorm_forward(h_out.p(), h_mean.p(), h_rstd.p(), h_x.p(), h_w.p(), h_b.p(), N, C);
+        close("layernorm forward", h_out.get(), f_out.get(), ONE_ROUNDING);
+        close("layernorm forward: mean (fp32)", h_mean.get(), f_mean.get(), SAME_INPUTS);
+        close("layernorm forward: rstd (fp32)", h_rstd.get(), f_rstd.get(), SAME_INPUTS);
+        auto dx = bf16_values((size_t)N * C);
+        Dev f_dx(dx), f_dw((size_t)C), f_db((size_t)C), f_dout(dout), fs(gpu::column_scratch_size(N, C));
+        DevBf16 h_dx(dx), h_dout(dout);
+        Dev h_dw((size_t)C), h_db((size_t)C), hs(gpu::column_scratch_size(N, C));
+        CUDA_CHECK(cudaMemset(f_dw.p(), 0, C * 4)); CUDA_CHECK(cudaMemset(f_db.p(), 0, C * 4));
+        CUDA_CHECK(cudaMemset(h_dw.p(), 0, C * 4)); CUDA_CHECK(cudaMemset(h_db.p(), 0, C * 4));
+        gpu::layernorm_backward(f_dx.p(), f_dw.p(), f_db.p(), f_dout.p(), f_x.p(), f_w.p(), f_mean.p(), f_rstd.p(), N, C, fs.p());
+        gpu::layernorm_backward(h_dx.p(), h_dw.p(), h_db.p(), h_dout.p(), h_x.p(), h_w.p(), h_mean.p(), h_rstd.p(), N, C, hs.p());
+        close("layernorm backward: dinp (added to a bf16 gradient)", h_dx.get(), f_dx.get(), ONE_ROUNDING);
+        close("layernorm backward: dweight (fp32)", h_dw.get(), f_dw.get(), SAME_INPUTS);
+        close("layernorm backward: dbias (fp32)", h_db.get(), f_db.get(), SAME_INPUTS);
+    }
+    {  // matmul, and the LM head's fp32 logits
+        auto wm = bf16_values((size_t)OC * C), bm = bf16_values(OC), dy = bf16_values((size_t)N * OC);
+        Dev f_out((size_t)N * OC), f_x(x), f_w(wm), f_b(bm);
+        DevBf16 h_out((size_t)N * OC), h_x(x), h_w(wm), h_b(bm);
+        gpu::matmul_forward(f_out.p(), f_x.p(), f_w.p(), f_b.p(), N, C, OC, OC);
+        gpu::matmul_forward(h_out.p(), h_x.p(), h_w.p(), h_b.p(), N, C, OC, OC);
+        close("matmul forward (bias: rounded twice)", h_out.get(), f_out.get(), SEVERAL_ROUNDINGS);
+        Dev f_logits((size_t)N * OC), h_logits((size_t)N * OC);
+        gpu::matmul_forward(f_logits.p(), f_x.p(), f_w.p(), (const float*)nullptr, N, C, OC, OC);
+        gpu::matmul_forward(h_logits.p(), h_x.p(), h_w.p(), (const bf16*)nullptr, N, C, OC, OC);
+        close("LM head: bf16 operands, fp32 logits", h_logits.get(), f_logits.get(), SAME_INPUTS);
+        auto dx = bf16_values((size_t)N * C);
+        Dev f_dx(dx), f_dw((size_t)OC * C), f_db((size_t)OC), f_dy(dy), fs(gpu::column_scratch_size(N, OC));
+        DevBf16 h_dx(dx), h_dy(dy);
+        Dev h_dw((size_t)OC * C), h_db((size_t)OC), hs(gpu::column_scratch_size(N, OC));
+        for (Dev* d : {&f_dw, &f_db, &h_dw, &h_db}) CUDA_CHECK(cudaMemset(d->p(), 0, d->b.count * 4));
+        gpu::matmul_backward(f_dx.p(), f_dw.p(), f_db.p(), f_dy.p(), f_x.p(), f_w.p(), N, C, OC, OC, fs.p());
+        gpu::matmul_backward(h_dx.p(), h_dw.p(), h_db.p(), h_dy.p(), h_x.p(), h_w.p(), N, C, OC, OC, hs.p());
+        close("matmul backward: dinp (added to a bf16 gradient)", h_dx.get(), f_dx.get(), ONE_ROUNDING);
+        close("matmul backward: dweight (fp32)", h_dw.get(), f_dw.get(), SAME_INPUTS);
+        close("matmul backward: dbias (fp32)", h_db.get(), f_db.get(), SAME_INPUTS);
+    }
+    {  // attention
+        auto qkv = bf16_values((size_t)N * 3 * C);
+        Dev f_out((size_t)N * C), f_att((size_t)B * NH * T * T), f_qkv(qkv), fs(gpu::attention_scratch_size(B, T, C, NH));
+        DevBf16 h_out((size_t)N * C), h_att((size_t)B * NH * T * T), h_qkv(qkv), hs(gpu::attention_scratch_size(B, T, C, NH));
+        gpu::attention_forward(f_out.p(), f_att.p(), f_qkv.p(), fs.p(), B, T, C, NH);
+        gpu::attention_forward(h_out.p(), h_att.p(), h_qkv.p(), hs.p(), B, T, C, NH);
+        close("attention forward: softmax weights", h_att.get(), f_att.get(), SEVERAL_ROUNDINGS);
+        close("attention forward: out", h_out.get(), f_out.get(), SEVERAL_ROUNDINGS);
+        auto dq = bf16_values(qkv.size());
+        Dev f_dqkv(dq), f_dout(dout);
+        DevBf16 h_dqkv(dq), h_dout(dout);
+        gpu::attention_backward(f_dqkv.p(), f_dout.p(), f_qkv.p(), f_att.p(), fs.p(), B, T, C, NH);
+        gpu::attention_backward(h_dqkv.p(), h_dout.p(), h_qkv.p(), h_att.p(), hs.p(), B, T, C, NH);
+        close("attention backward: dqkv", h_dqkv.get(), f_dqkv.get(), SEVERAL_ROUNDINGS);
+    }
+    {  // GELU and the residual
+        auto a = bf16_values((size_t)N * C, 2.0), b = bf16_values((size_t)N * C), da = bf16_values((size_t)N * C);
+        Dev f_y((size_t)N * C), f_a(a), f_b(b), f_da(da), f_dy(dout);
+        DevBf16 h_y((size_t)N * C), h_a(a), h_b(b), h_da(da), h_dy(dout);
+        gpu::gelu_forward(f_y.p(), f_a.p(), (size_t)N * C);
+        gpu::gelu_forward(h_y.p(), h_a.p(), (size_t)N * C);
+        close("GELU forward", h_y.get(), f_y.get(), ONE_ROUNDING);
+        gpu::gelu_backward(f_da.p(), f_a.p(), f_dy.p(), (size_t)N * C);
+        gpu::gelu_backward(h_da.p(), h_a.p(), h_dy.p(), (size_t)N * C);
+        close("GELU backward (added to a bf16 gradient)", h_da.get(), f_da.get(), ONE_ROUNDING);
+        gpu::residual_forward(f_y.p(), f_a.p(), f_b.p(), (size_t)N * C);
+        gpu::residual_forward(h_y.p(), h_a.p(), h_b.p(), (size_t)N * C);
+        close("residual forward", h_y.get(), f_y.get(), ONE_ROUNDING);
+    }
+    {  // the logits' gradient narrowed in place: each value rounded as __float2bfloat16 rounds it
+        const int rows = 5, Vp = 300;
+        auto g = random_floats((size_t)rows * Vp);
+        Dev d(g);
+        const bf16* narrowed;
+        int ld = 0;
+        narrowed = gpu::narrow_logits_gradient<bf16>(d.p(), rows, Vp, &ld);
+        std::vector<bf16> back((size_t)rows * ld);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        download(back.data(), narrowed, back.size());
+        size_t wrong = 0;
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < Vp; i++) wrong += bits_of(back[(size_t)r * ld + i]) != reference_bf16(g[(size_t)r * Vp + i]);
+        check(ld == 2 * Vp && wrong == 0, strf("bf16 logits' gradient narrowed in place: row stride %d (want %d), %zu of "
+                                               "%d values differ from the reference rounding", ld, 2 * Vp, wrong, rows * Vp));
+    }
+}
+
+// cosine similarity and norm ratio of two gradients
+static void gradient_agreement(const float* a, const float* b, size_t n, double& cosine, double& ratio) {
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) { ab += (double)a[i] * b[i]; aa += (double)a[i] * a[i]; bb += (double)b[i] * b[i]; }
+    cosine = aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
+    ratio = bb > 0 ? std::sqrt(aa / bb) : (aa == 0 ? 1.0 : INFINITY);
+    if (!std::isfinite(cosine)) cosine = -1;
+}
+
+// One step in bf16 on the GPU against the CPU's fp32, from the same models and batches: the
+// loss, and each parameter tensor's gradient by cosine similarity and relative norm.
+constexpr double BF16_LOSS = 2e-3, BF16_COSINE = 0.99, BF16_NORM = 5e-2;
+static void compare_step_bf16(const std::string& what, bool sft, const std::function<void(TrainOptions&)>& options) {
+    GPT<float> student = random_model("2,64,4", 257, 32), teacher = random_model("3,96,4", 257, 32, 4.0);
+    Trainer cpu, gpu;
+    const uint64_t data_seed = derive_seed(run_seed, ++draws);
+    make_trainer(cpu, data_seed, student, teacher, 0.5, sft);
+    make_trainer(gpu, data_seed, student, teacher, 0.5, sft);
+    if (options) { options(cpu.opt); options(gpu.opt); }
+    gpu.opt.device = "cuda";
+    gpu.opt.precision = "bf16";
+    create_training_device(gpu);
+    auto* dev = dynamic_cast<GpuDeviceOf<bf16>*>(gpu.device.get());
+    check(dev != nullptr, what + ": --precision bf16 makes a bf16 device");
+    if (!dev) return;
+    StepStats a = gkd_step(cpu, 0), b = gkd_step(gpu, 0);
+    check(a.tokens == b.tokens, strf("%s: the same rows (%d target tokens, CPU %d)", what.c_str(), b.tokens, a.tokens));
+    const double loss_diff = std::fabs(a.loss - b.loss) / std::max(std::fabs(a.loss), 1e-30);
+    check(loss_diff <= BF16_LOSS, strf("%s: loss %.6g vs CPU fp32 %.6g: rel %.2e (limit %.0e)", what.c_str(), b.loss,
+                                       a.loss, loss_diff, BF16_LOSS));
+    std::vector<float> grads(gpu.student.num_parameters);
+    download(grads.data(), dev->student.grads_memory.ptr, grads.size());
+    double worst_cos = 2, worst_norm = 0;
+    std::string cos_at, norm_at;
+    size_t offset = 0;
+    for (int k = 0; k < NUM_PARAMETER_TENSORS; k++) {
+        const size_t n = student.param_sizes[k];
+        double cosine, ratio;
+        gradient_agreement(grads.data() + offset, cpu.student.grads_memory.data() + offset, n, cosine, ratio);
+        if (cosine < worst_cos) { worst_cos = cosine; cos_at = PARAMETER_NAMES[k]; }
+        if (worse(worst_norm, std::fabs(ratio - 1)) > worst_norm) { worst_norm = worse(worst_norm, std::fabs(ratio - 1)); norm_at = PARAMETER_NAMES[k]; }
+        offset += n;
+    }
+    check(worst_cos >= BF16_COSINE, strf("%s: every tensor's gradient, cosine with the CPU's >= %.2f: worst %.5f (%s)",
+                                         what.c_str(), BF16_COSINE, worst_cos, cos_at.c_str()));
+    check(worst_norm <= BF16_NORM, strf("%s: every tensor's gradient norm within %.0f%% of the CPU's: worst %.2f%% (%s)",
+                                        what.c_str(), 100 * BF16_NORM, 100 * worst_norm, norm_at.c_str()));
+}
+
+static void test_bf16_steps() {
+    auto objective = [](Objective o, double beta, int top_k, bool on_policy) {
+        return [=](TrainOptions& t) {
+            t.objective = o;
+            t.beta = beta;
+            t.teacher_top_k = top_k;
+            t.kl_discount = 0.9;
+            if (on_policy) { t.lambda = 1; t.temperature = 0; t.max_new_tokens = 6; }
+        };
+    };
+    compare_step_bf16("bf16 SFT step", true, nullptr);
+    compare_step_bf16("bf16 supervised step, JSD(0.5)", false, objective(Objective::Jsd, 0.5, 0, false));
+    compare_step_bf16("bf16 supervised step, forward KL", false, objective(Objective::Jsd, 0.0, 0, false));
+    compare_step_bf16("bf16 supervised step, reverse KL", false, objective(Objective::Jsd, 1.0, 0, false));
+    compare_step_bf16("bf16 supervised step, TV", false, objective(Objective::TotalVariation, 0, 0, false));
+    compare_step_bf16("bf16 supervised step, top-8 JSD(0.5)", false, objective(Objective::Jsd, 0.5, 8, false));
+    compare_step_bf16("bf16 on-policy step, JSD(0.5)", false, objective(Objective::Jsd, 0.5, 0, true));
+    compare_step_bf16("bf16 on-policy step, TV", false, objective(Objective::TotalVariation, 0, 0, true));
+    compare_step_bf16("bf16 on-policy step, sampled reverse KL", false, objective(Objective::SampledReverseKl, 0, 0, true));
+}
+
+// A few hundred supervised GKD steps in bf16 (GPU) and fp32 (CPU) from the same models and
+// batches: the loss curves, averaged over windows of 20 steps, stay within BF16_BAND of each
+// other, both fall, and every loss is finite. Then greedy decoding from the trained model:
+// bf16 against fp32 on the GPU, position by position.
+constexpr int BF16_STEPS = 200, BF16_WINDOW = 20;
+constexpr double BF16_BAND = 5e-2, BF16_GREEDY = 0.75;
+static void test_bf16_trajectory() {
+    GPT<float> student = random_model("1,32,2", 257, 32), teacher = random_model("1,64,4", 257, 32, 4.0);
+    Trainer cpu, gpu;
+    const uint64_t data_seed = derive_seed(run_seed, ++draws);
+    make_trainer(cpu, data_seed, student, teacher, 0.5, false);
+    make_trainer(gpu, data_seed, student, teacher, 0.5, false);
+    for (Trainer* t : {&cpu, &gpu}) t->opt.steps = BF16_STEPS;
+    gpu.opt.device = "cuda";
+    gpu.opt.precision = "bf16";
+    create_training_device(gpu);
+    std::vector<double> lc, lg;
+    bool finite = true;
+    for (int step = 0; step < BF16_STEPS; step++) {
+        lc.push_back(gkd_step(cpu, step).loss);
+        lg.push_back(gkd_step(gpu, step).loss);
+        finite = finite && std::isfinite(lc.back()) && std::isfinite(lg.back());
+    }
+    double worst = 0;
+    std::string curve;
+    std::vector<double> wc, wg;
+    for (int w = 0; w + BF16_WINDOW <= BF16_STEPS; w += BF16_WINDOW) {
+        double c = 0, g = 0;
+        for (int i = w; i < w + BF16_WINDOW; i++) { c += lc[i] / BF16_WINDOW; g += lg[i] / BF16_WINDOW; }
+        wc.push_back(c);
+        wg.push_back(g);
+        worst = worse(worst, std::fabs(g - c) / c);
+        if (w % (BF16_WINDOW * 3) == 0) curve += strf(" %d-%d: %.4f/%.4f", w, w + BF16_WINDOW - 1, g, c);
+    }
+    check(finite && worst <= BF16_BAND,
+          strf("bf16 %d-step supervised GKD: mean loss per %d steps within %.0f%% of fp32's: worst %.2f%%; bf16/fp32%s",
+               BF16_STEPS, BF16_WINDOW, 100 * BF16_BAND, 100 * worst, curve.c_str()));
+    check(finite && wc.back() < 0.8 * wc.front() && wg.back() < 0.8 * wg.front(),
+          strf("bf16 %d-step supervised GKD: neither diverges, both learn: last window's mean loss %.4f (bf16), %.4f "
+               "(fp32), first %.4f, %.4f", BF16_STEPS, wg.back(), wc.back(), wg.front(), wc.front()));
+    // greedy decoding from the fp32-trained model, in each precision on the GPU
+    RandomPrompts r(16, 16, 0, 256);
+    std::vector<std::vector<int>> rows[2];
+    for (int k = 0; k < 2; k++) {
+        std::unique_ptr<Device> d = k ? std::unique_ptr<Device>(new GpuDeviceOf<bf16>(cpu.student, nullptr))
+                                      : std::unique_ptr<Device>(new GpuDeviceOf<float>(cpu.student, nullptr));
+        rows[k] = d->generate(Role::Student, r.prompts, r.budgets, 0.0, 256, 1, 0, r.ids);
+    }
+    int same = 0, total = 0, whole = 0;
+    for (size_t b = 0; b < rows[0].size(); b++) {
+        whole += rows[0][b] == rows[1][b];
+        for (size_t t = 0; t < rows[0][b].size(); t++, total++) same += t < rows[1][b].size() && rows[1][b][t] == rows[0][b][t];
+    }
+    check(total > 0 && same >= BF16_GREEDY * total,
+          strf("bf16 greedy decoding of the trained model: %d of %d positions as fp32's (%.1f%%, limit %.0f%%), %d of "
+               "%zu rows whole", same, total, 100.0 * same / std::max(total, 1), 100 * BF16_GREEDY, whole, rows[0].size()));
+}
+
+// bench's memory table (cli/gpu_memory.h), computed from the shapes, against what a
+// bench step really allocated on the device (DeviceBuffer's tally, the cuBLAS workspace
+// apart), in each precision: the table may leave out only the small per-position arrays
+// (tokens, targets, the loss's buffers), BF16_TABLE_SLACK of the total.
+constexpr double BF16_TABLE_SLACK = 0.01;
+static void test_memory_table() {
+    const int B = 3, P = 6, K = 5;
+    for (const char* precision : {"fp32", "bf16"}) {
+        Trainer tr;
+        GPT<float> student = bench_model("2,64,4", 257, 32, derive_seed(run_seed, ++draws), "student");
+        GPT<float> teacher = bench_model("2,96,4", 257, 32, derive_seed(run_seed, ++draws), "teacher");
+        // EOS never sampled: every row runs to its budget, the table's shapes
+        for (int c = 0; c < 64; c++) student.params.wte[(size_t)256 * 64 + c] = -10;
+        benchmark_trainer(tr, std::move(student), std::move(teacher), false, B, P, K, 0.5, 2);
+        tr.opt.device = "cuda";
+        tr.opt.precision = precision;
+        GpuContext& g = gpu_context();
+        const size_t before = g.bytes_now;
+        g.bytes_peak = before;
+        create_training_device(tr);
+        for (int step = 0; step < 2; step++) gkd_step(tr, step);
+        const double measured = (double)(g.bytes_peak - before);
+        const bool bf16_run = std::string(precision) == "bf16";
+        const double table = memory_total(gpu_step_memory(tr.student.config, &tr.teacher.config, B, P, K, 0), bf16_run);
+        check(measured >= table && measured <= table * (1 + BF16_TABLE_SLACK),
+              strf("memory table, %s: a step allocated %.0f bytes, the table says %.0f (%.2f%% more allocated; limit "
+                   "0 to %.0f%%)", precision, measured, table, 100 * (measured / table - 1), 100 * BF16_TABLE_SLACK));
+        tr.device.reset();
+    }
+}
+
 static int skipped = 0;
 template <typename F>
 static void run_test(const char* name, F test) {
@@ -1030,6 +1426,11 @@ int main() {
     run_test("GPT-2 width: sampling distribution", [] { test_sampling_distribution_gpt2(); });
     run_test("GPT-2 width: greedy decoding", [] { test_gpt2_greedy(); });
     run_test("GPT-2 width: one GKD step", [] { test_gpt2_step(); });
+    run_test("bench's memory table against a step's allocations", [] { test_memory_table(); });
+    run_test("bf16: conversions, bit for bit", [] { test_bf16_conversion(); });
+    run_test("bf16: each kernel against its fp32 twin", [] { test_bf16_kernels(); });
+    run_test("bf16: one step per objective against the CPU's fp32", [] { test_bf16_steps(); });
+    run_test("bf16: a trajectory and greedy decoding against fp32", [] { test_bf16_trajectory(); });
     if (skipped) printf("%d tests skipped (GKD_GPU_TEST_SKIP or _ONLY)\n", skipped);
     printf("test-gpu: %.1f s in all\n", now_seconds() - started);
     printf("%d passed, %d failed\n", passed, failed);
