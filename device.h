@@ -69,7 +69,7 @@ struct Device {
                                                                uint64_t seed, uint64_t stream,
                                                                const std::vector<uint64_t>& row_ids,
                                                                SpeculativeStats& stats) = 0;
-    // out (B, T, Vp of that model): its logits at every position of b, on the host
+    // out (N, Vp of that model): its logits at every position of b, on the host
     virtual void logits(Role who, const TrainBatch& b, std::vector<float>& out) = 0;
 
     // the phases of a training step, in order
@@ -116,9 +116,9 @@ static void loss_extent(const TrainBatch& b, std::vector<int>& n_new, std::vecto
     n_new.assign(b.B, 1);
     head_from.assign(b.B, 1);
     for (int i = 0; i < b.B; i++) {
-        const int* targets = b.targets.data() + (size_t)i * b.T;
-        int first = b.T, last = -1;
-        for (int t = 0; t < b.T; t++)
+        const int* targets = b.targets.data() + b.row_start[i];
+        int first = b.length(i), last = -1;
+        for (int t = 0; t < b.length(i); t++)
             if (targets[t] >= 0) { first = std::min(first, t); last = t; }
         n_new[i] = std::max(last + 1, 1);
         head_from[i] = std::min(first, n_new[i]);
@@ -131,9 +131,9 @@ struct CpuDevice : Device {
     const GPT<float>* teacher;              // or null
     Generator student_gen, teacher_gen;
     InferScratch<float> student_scratch, teacher_scratch;
-    std::vector<float> teacher_logits;      // (B, T, Vp of the teacher), when the loss reads whole rows
-    TeacherSignal teacher_signal;           // else (B * T, K + 1) and (B * T, K), or (B * T)
-    std::vector<float> teacher_chunk;       // (rows of one chunk, T, Vp): the logits a top-K pass reduces
+    std::vector<float> teacher_logits;      // (N, Vp of the teacher), when the loss reads whole rows
+    TeacherSignal teacher_signal;           // else (N, K + 1) and (N, K), or (N)
+    std::vector<float> teacher_chunk;       // (positions of one chunk's rows, Vp): the logits a top-K pass reduces
     ForwardRecord<float> sampled;           // the last on-policy sampling's activations, for student_forward
 
     // inference only: sampling and evaluation
@@ -164,31 +164,35 @@ struct CpuDevice : Device {
         return ::speculative_generate(*model, student_gen, of(Role::Teacher), teacher_gen, prompts, budgets,
                                       draft_tokens, temperature, eos, seed, stream, row_ids, stats);
     }
-    // a forward pass over b's rows [first, first + count) (all of them by default) with no
-    // activations kept, and no KV cache (nothing follows it): n_new and head_from are b's
-    // whole rows'; row i runs its first n_new[i] positions; with head_from, only
-    // [head_from[i], n_new[i]) get logits (gpt_infer), the others zeros. out: (count, T, Vp)
+    // a forward pass over b's rows [first, first + count) (all of them by default), packed,
+    // with no activations kept and no KV cache (nothing follows it): n_new and head_from are
+    // b's whole rows'; row i runs its first n_new[i] positions; with head_from, only
+    // [head_from[i], n_new[i]) get logits (gpt_infer), the others zeros. out: (positions of
+    // those rows, Vp), as b lays them out
     void logits_pass(Role who, const TrainBatch& b, std::vector<float>& out, const std::vector<int>& n_new,
                      const int* head_from, int first = 0, int count = -1) {
         if (count < 0) count = b.B;
         const GPT<float>& m = of(who);
         KVCache<float> no_cache;
-        std::vector<int> rows(count), start(count, 0);
-        for (int i = 0; i < count; i++) rows[i] = i;
-        out.resize((size_t)count * b.T * m.config.padded_vocab_size);
-        gpt_infer(m, no_cache, who == Role::Student ? student_scratch : teacher_scratch,
-                  b.tokens.data() + (size_t)first * b.T, rows.data(), start.data(), n_new.data() + first, count, b.T,
-                  out.data(), true, (ForwardRecord<float>*)nullptr, head_from ? head_from + first : nullptr);
+        const int n0 = b.row_start[first];
+        std::vector<int> rows(count), start(count, 0), io(count);
+        for (int i = 0; i < count; i++) { rows[i] = i; io[i] = b.row_start[first + i] - n0; }
+        out.resize((size_t)(b.row_start[first + count] - n0) * m.config.padded_vocab_size);
+        gpt_infer(m, no_cache, who == Role::Student ? student_scratch : teacher_scratch, b.tokens.data() + n0,
+                  io.data(), rows.data(), start.data(), n_new.data() + first, count, b.T, out.data(), true,
+                  (ForwardRecord<float>*)nullptr, head_from ? head_from + first : nullptr);
     }
     void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {
-        logits_pass(who, b, out, std::vector<int>(b.B, b.T), nullptr);
+        std::vector<int> n_new(b.B);
+        for (int i = 0; i < b.B; i++) n_new[i] = b.length(i);
+        logits_pass(who, b, out, n_new, nullptr);
     }
 
     // the loss reads the teacher's logits at targets only: each row runs up to its last
     // target, and the last layer skips the positions before its first (gpt_infer's head_from).
     // When the loss needs less than the rows (top-K, the sampled reverse KL), the rows run
     // a chunk at a time and each chunk's logits are reduced at once: what is kept is
-    // (B * T, K + 1) values and (B * T, K) ids, and the chunk's (rows, T, Vp) is the peak.
+    // (N, K + 1) values and (N, K) ids, and the chunk's (positions, Vp) is the peak.
     void teacher_forward(const TrainBatch& b, const LossSpec& spec) override {
         std::vector<int> n_new, head_from;
         loss_extent(b, n_new, head_from);
@@ -201,14 +205,16 @@ struct CpuDevice : Device {
         GKD_ASSERT(K <= V, "--teacher-top-k above the vocabulary");
         teacher_logits.clear();
         teacher_logits.shrink_to_fit();
-        teacher_signal.reset((size_t)b.B * b.T, K);
-        const int chunk = teacher_chunk_rows(b.T, Vp);
-        for (int r0 = 0; r0 < b.B; r0 += chunk) {
-            const int rows_here = std::min(chunk, b.B - r0);
-            logits_pass(Role::Teacher, b, teacher_chunk, n_new, head_from.data(), r0, rows_here);
+        teacher_signal.reset((size_t)b.N, K);
+        const int chunk = teacher_chunk_positions(Vp);
+        for (int r0 = 0, r1; r0 < b.B; r0 = r1) {
+            // rows while their positions fit the chunk (at least one row)
+            for (r1 = r0 + 1; r1 < b.B && b.row_start[r1 + 1] - b.row_start[r0] <= chunk; r1++) {}
+            logits_pass(Role::Teacher, b, teacher_chunk, n_new, head_from.data(), r0, r1 - r0);
+            const int n0 = b.row_start[r0], positions = b.row_start[r1] - n0;
             #pragma omp parallel for schedule(dynamic, 4)
-            for (int j = 0; j < rows_here * b.T; j++) {
-                const size_t n = (size_t)r0 * b.T + j;
+            for (int j = 0; j < positions; j++) {
+                const size_t n = (size_t)n0 + j;
                 const int y = b.targets[n];
                 if (y < 0) continue;
                 const float* row = teacher_chunk.data() + (size_t)j * Vp;
@@ -218,10 +224,10 @@ struct CpuDevice : Device {
             }
         }
     }
-    // rows per chunk of a reduced teacher pass: its logits within 16 MB, at least one row
-    // (at GPT-2's vocabulary one row of 96 positions is 19 MB: a row at a time)
-    static int teacher_chunk_rows(int T, int Vp) {
-        return std::max(1, (int)((16ull << 20) / ((size_t)T * Vp * sizeof(float))));
+    // positions per chunk of a reduced teacher pass: its logits within 16 MB (whole rows,
+    // at least one: at GPT-2's vocabulary 96 positions are 19 MB)
+    static int teacher_chunk_positions(int Vp) {
+        return std::max(1, (int)((16ull << 20) / ((size_t)Vp * sizeof(float))));
     }
     void teacher_signal_from_cache(const TeacherCache& cache, const TrainBatch& b,
                                    const std::vector<size_t>& examples) override {
@@ -238,10 +244,12 @@ struct CpuDevice : Device {
     // the sampled batch's forward is already in the record (cpu/inference.h): it is
     // completed, not rerun
     bool student_forward_from_samples(const TrainBatch& b) override {
-        auto has_target = [&](int row, int t) { return b.targets[(size_t)row * b.T + t] >= 0; };
-        return gpt_forward_from_record(trained(), sampled, b.tokens.data(), b.B, b.T, has_target);
+        auto has_target = [&](int n) { return b.targets[n] >= 0; };
+        return gpt_forward_from_record(trained(), sampled, b.tokens.data(), b.row_start.data(), b.B, has_target);
     }
-    void student_forward(const TrainBatch& b) override { gpt_forward(trained(), b.tokens.data(), b.B, b.T); }
+    void student_forward(const TrainBatch& b) override {
+        gpt_forward(trained(), b.tokens.data(), b.row_start.data(), b.B);
+    }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {
         GPT<float>& s = trained();
         const int Vp_teacher = spec.needs_teacher_rows() ? teacher->config.padded_vocab_size : 0;

@@ -64,10 +64,14 @@ struct Trainer {
     AdamW adam;
     std::vector<int> permutation;       // of the current epoch, when shuffling
     long long permutation_epoch = -1;
+    std::vector<long long> batch_begin; // --batch-tokens: where step k's examples begin in the stream (batch_span)
     // where the phases of a step run (device.h): made by create_training_device
     std::unique_ptr<Device> device;
     // --teacher-cache: the teacher's top-K of every example, for the off-policy steps
     std::unique_ptr<TeacherCache> cache;
+    // gkd bench's baseline: each batch padded to its longest row (pad_batch), as a trainer
+    // that pads runs it; gkd itself never pads
+    bool pad_batches = false;
 };
 
 // The loss of the run's steps, from its options (docs/algorithm.md §1).
@@ -92,31 +96,74 @@ struct StepStats {
     int tokens = 0;               // target tokens of the whole batch
 };
 
-// The examples of step k: kB..kB+B-1 (mod N) of the file, or of this epoch's shuffle.
-static std::vector<const Example*> select_examples(Trainer& tr, int step) {
-    const size_t N = tr.data.examples.size(), B = tr.opt.batch;
-    std::vector<const Example*> out;
-    for (size_t i = 0; i < B; i++) {
-        size_t global = (size_t)step * B + i, index = global % N;
-        if (tr.opt.shuffle) {
-            long long epoch = (long long)(global / N);
-            if (epoch != tr.permutation_epoch) {
-                tr.permutation.resize(N);
-                for (size_t j = 0; j < N; j++) tr.permutation[j] = (int)j;
-                Rng rng(derive_seed(tr.opt.seed, STREAM_SHUFFLE, (uint64_t)epoch));
-                for (size_t j = N - 1; j > 0; j--) std::swap(tr.permutation[j], tr.permutation[rng.below(j + 1)]);
-                tr.permutation_epoch = epoch;
-            }
-            index = tr.permutation[index];
+// The run's stream of examples: position g is example g mod N of the file, or of epoch
+// g / N's shuffle.
+static const Example* example_at(Trainer& tr, long long g) {
+    const size_t N = tr.data.examples.size();
+    size_t index = (size_t)(g % (long long)N);
+    if (tr.opt.shuffle) {
+        const long long epoch = g / (long long)N;
+        if (epoch != tr.permutation_epoch) {
+            tr.permutation.resize(N);
+            for (size_t j = 0; j < N; j++) tr.permutation[j] = (int)j;
+            Rng rng(derive_seed(tr.opt.seed, STREAM_SHUFFLE, (uint64_t)epoch));
+            for (size_t j = N - 1; j > 0; j--) std::swap(tr.permutation[j], tr.permutation[rng.below(j + 1)]);
+            tr.permutation_epoch = epoch;
         }
-        out.push_back(&tr.data.examples[index]);
+        index = tr.permutation[index];
     }
+    return &tr.data.examples[index];
+}
+
+// --batch-tokens: the positions an example's row is expected to take, with each of its
+// --samples-per-prompt rows: its prompt and its dataset completion with the EOS (without a
+// completion, the sampling budget). A sampled row's length is known only once sampled:
+// the dataset's is the estimate.
+static long long row_tokens(const Trainer& tr, const Example& e) {
+    const long long completion = e.has_completion ? (long long)e.completion.size() + 1 : tr.opt.max_new_tokens;
+    return ((long long)e.prompt.size() + completion) * tr.opt.samples_per_prompt;
+}
+
+// Where step k's examples lie in the stream, [begin, end): kB .. kB + B with --batch; with
+// --batch-tokens, whole examples in order while their rows' tokens fit the budget (at least
+// one a rank). The spans are found in order from the first step and kept: a function of the
+// data, the seed and k alone, so a resumed run takes the same batches.
+static std::pair<long long, long long> batch_span(Trainer& tr, int step) {
+    if (tr.opt.batch_tokens == 0) return {(long long)step * tr.opt.batch, (long long)(step + 1) * tr.opt.batch};
+    if (tr.batch_begin.empty()) tr.batch_begin.push_back(0);
+    while ((int)tr.batch_begin.size() <= step + 1) {
+        long long g = tr.batch_begin.back(), tokens = 0;
+        for (int rows = 0;; rows++, g++) {
+            const long long t = row_tokens(tr, *example_at(tr, g));
+            if (rows >= world().size && tokens + t > tr.opt.batch_tokens) break;
+            tokens += t;
+        }
+        tr.batch_begin.push_back(g);
+    }
+    return {tr.batch_begin[step], tr.batch_begin[step + 1]};
+}
+
+// The steps of one pass over the data (--steps 0).
+static int steps_for_one_pass(Trainer& tr) {
+    const long long N = (long long)tr.data.examples.size();
+    int steps = 0;
+    while (batch_span(tr, steps).first < N) steps++;
+    return steps;
+}
+
+// The examples of step k (batch_span).
+static std::vector<const Example*> select_examples(Trainer& tr, int step) {
+    const auto [begin, end] = batch_span(tr, step);
+    std::vector<const Example*> out;
+    for (long long g = begin; g < end; g++) out.push_back(example_at(tr, g));
     return out;
 }
 
 // Step k's rows on this rank: the batch's prompts, each K times with --samples-per-prompt K,
 // and of those this rank's share (distributed.h), in whole prompts, so that a prompt's K
-// samples and their baseline stay on one rank. In one process: all of them.
+// samples and their baseline stay on one rank: equal numbers of prompts, or with
+// --batch-tokens contiguous shares of about equal tokens (at least one prompt each). In one
+// process: all of them.
 struct RankRows {
     std::vector<const Example*> examples;  // this rank's rows
     int first_row = 0;                     // the first one's place in the whole batch: its randomness
@@ -124,14 +171,26 @@ struct RankRows {
 };
 static RankRows this_ranks_rows(Trainer& tr, int step) {
     const int K = tr.opt.samples_per_prompt;
-    RankRows r;
-    for (const Example* e : select_examples(tr, step)) r.examples.insert(r.examples.end(), K, e);
-    r.batch_rows = (int)r.examples.size();
-    r.first_row = world().first_of(r.batch_rows / K) * K;
-    const int share = world().share_of(r.batch_rows / K) * K;
-    r.examples.erase(r.examples.begin() + r.first_row + share, r.examples.end());
-    r.examples.erase(r.examples.begin(), r.examples.begin() + r.first_row);
-    return r;
+    const std::vector<const Example*> prompts = select_examples(tr, step);
+    const int P = (int)prompts.size(), R = world().size, r = world().rank;
+    int first = world().first_of(P), last = first + world().share_of(P);
+    if (tr.opt.batch_tokens > 0 && R > 1) {
+        std::vector<long long> before(P + 1, 0);  // tokens of the prompts before each
+        for (int i = 0; i < P; i++) before[i + 1] = before[i] + row_tokens(tr, *prompts[i]);
+        // rank q's share begins at the first prompt with at least q/R of the tokens before it
+        auto share_start = [&](int q) {
+            const long long goal = before[P] * q / R;
+            const int at = (int)(std::lower_bound(before.begin(), before.end() - 1, goal) - before.begin());
+            return std::min(std::max(at, q), P - (R - q));
+        };
+        first = share_start(r);
+        last = r + 1 == R ? P : std::max(share_start(r + 1), first + 1);
+    }
+    RankRows rows;
+    rows.batch_rows = P * K;
+    rows.first_row = first * K;
+    for (int i = first; i < last; i++) rows.examples.insert(rows.examples.end(), K, prompts[i]);
+    return rows;
 }
 
 // The largest context both models can read.
@@ -303,7 +362,8 @@ static StepStats gkd_step(Trainer& tr, int step) {
     if (st.on_policy) seqs = sample_completions(tr, Role::Student, rows, step, STREAM_STUDENT_SAMPLES);
     else if (o.seq_kd) seqs = sample_completions(tr, Role::Teacher, rows, step, STREAM_TEACHER_SAMPLES);
     else seqs = dataset_completions(rows.examples, tr.tok->eos_id());
-    const TrainBatch b = build_rank_batch(seqs, rows, tr.tok->eos_id());
+    TrainBatch b = build_rank_batch(seqs, rows, tr.tok->eos_id());
+    if (tr.pad_batches) b = pad_batch(b, tr.tok->eos_id());
     st.tokens = (int)b.norm_targets;
 
     // the teacher's view of every token of y, with no gradient: its forward pass over x + y,
@@ -419,7 +479,7 @@ struct EvalResult {
 };
 
 // Both KLs at every target of b, in fp64, row by row in order: (targets) pairs of
-// KL(teacher || student) and KL(student || teacher), from logits (B, T, Vp of each model).
+// KL(teacher || student) and KL(student || teacher), from logits (N, Vp of each model).
 static std::vector<std::pair<double, double>> token_kls(const TrainBatch& b, const std::vector<float>& teacher_logits,
                                                         int Vp_teacher, const std::vector<float>& student_logits, int Vp_student,
                                                         int V) {
@@ -694,7 +754,7 @@ static void load_inputs(Trainer& tr) {
     }
     if (!opt.eval_data_path.empty())
         tr.eval_data = load_jsonl(opt.eval_data_path, *tr.tok, shared_context(tr), true);
-    if (opt.steps == 0) tr.opt.steps = (int)((tr.data.examples.size() + opt.batch - 1) / opt.batch);
+    if (opt.steps == 0) tr.opt.steps = steps_for_one_pass(tr);
     tr.adam.beta1 = opt.adam_beta1;
     tr.adam.beta2 = opt.adam_beta2;
     tr.adam.eps = opt.adam_eps;

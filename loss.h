@@ -16,14 +16,14 @@
 //   position against O(V*C) for the LM head that produced them, and it keeps small
 //   probabilities exact enough to match an fp64 reference to ~1e-6.
 // - The loss writes its gradient over the student's logits in place (each row is read
-//   before it is written), so a model holds one (B, T, Vp) buffer; RL's policy gradient
+//   before it is written), so a model holds one (N, Vp) buffer; RL's policy gradient
 //   is added in the same pass, before the row is overwritten.
 // - exp and log1p are written here so that the loops over a row vectorize (libm's are
 //   scalar calls); both stay within a few ulp of libm, tested.
 // - A row is prompt + completion (+ EOS). The model reads all of it but the last token;
 //   the logits at position t predict token t+1, so the targets are the positions
-//   P-1 .. n-2. Rows are right-padded; with causal attention and positions starting at 0
-//   in every row, padding never changes a real position's logits.
+//   P-1 .. n-2. A batch's rows are packed end to end (TrainBatch): no padding, and every
+//   per-position array of the loss is (N) or (N, Vp), N the batch's real positions.
 // - Per-position values are summed in one fixed order (sum_position_losses), whatever
 //   the device and the threads: the loss is the same run after run.
 //
@@ -48,39 +48,85 @@ struct Sequence {
     std::vector<int> completion;
 };
 
+// A batch packed (docs/algorithm.md §2): its rows laid end to end as one stream of N
+// positions, row i's at [row_start[i], row_start[i + 1]), each row's positions counted from
+// 0 (the model's position embedding and its causal attention are per row). No position is
+// padding, so no layer spends work on one. pad_batch gives the same rows padded to the
+// longest, the layout a rectangular (B, T) trainer would run: the tests and the benchmark
+// compare the two.
 struct TrainBatch {
-    int B = 0, T = 0;                // T = the longest row's input length
-    std::vector<int> tokens;         // (B, T) model inputs, right-padded with EOS
-    std::vector<int> targets;        // (B, T) the next token where a position is a target, else -1
+    int B = 0;                       // rows
+    int N = 0;                       // positions of all rows
+    int T = 0;                       // the longest row's positions
+    std::vector<int> row_start;      // (B + 1) where each row begins; row_start[B] = N
+    std::vector<int> tokens;         // (N) model inputs
+    std::vector<int> targets;        // (N) the next token where a position is a target, else -1
+    std::vector<int> row_of;         // (N) the row of each position
     std::vector<int> target_count;   // (B) target positions per row (its L_y)
     int num_targets = 0;
     // what the loss is normalised over: this batch's rows and targets (0), or, for one
     // rank's share of a data-parallel batch, the whole batch's (distributed.h)
     int norm_rows = 0;
     long long norm_targets = 0;
+    int length(int i) const { return row_start[i + 1] - row_start[i]; }
+    // (re)builds row_start's companions: N, T and row_of, from row_start
+    void index_rows() {
+        N = row_start[B];
+        T = 0;
+        row_of.assign(N, 0);
+        for (int i = 0; i < B; i++) {
+            T = std::max(T, length(i));
+            std::fill(row_of.begin() + row_start[i], row_of.begin() + row_start[i + 1], i);
+        }
+    }
 };
 
 // docs/algorithm.md §2: the completion tokens (and the EOS that ends them) are the targets;
-// prompt positions never are.
+// prompt positions never are. Row i has P + |c| - 1 positions: every token but the last.
 static TrainBatch build_batch(const std::vector<Sequence>& rows, int eos) {
+    (void)eos;
     TrainBatch b;
     b.B = (int)rows.size();
-    for (const auto& r : rows) b.T = std::max(b.T, (int)(r.prompt->size() + r.completion.size()) - 1);
-    b.tokens.assign((size_t)b.B * b.T, eos);
-    b.targets.assign((size_t)b.B * b.T, -1);
-    b.target_count.assign(b.B, 0);
+    b.row_start.assign(b.B + 1, 0);
     for (int i = 0; i < b.B; i++) {
         const std::vector<int>& p = *rows[i].prompt;
         const std::vector<int>& c = rows[i].completion;
         GKD_ASSERT(!p.empty() && !c.empty(), "a row needs a prompt token and a completion token");
-        int P = (int)p.size(), n = P + (int)c.size();
+        b.row_start[i + 1] = b.row_start[i] + (int)(p.size() + c.size()) - 1;
+    }
+    b.index_rows();
+    b.tokens.assign(b.N, eos);
+    b.targets.assign(b.N, -1);
+    b.target_count.assign(b.B, 0);
+    for (int i = 0; i < b.B; i++) {
+        const std::vector<int>& p = *rows[i].prompt;
+        const std::vector<int>& c = rows[i].completion;
+        const int P = (int)p.size(), n = P + (int)c.size(), at = b.row_start[i];
         auto token = [&](int j) { return j < P ? p[j] : c[j - P]; };
-        for (int t = 0; t < n - 1; t++) b.tokens[(size_t)i * b.T + t] = token(t);
-        for (int t = P - 1; t < n - 1; t++) b.targets[(size_t)i * b.T + t] = token(t + 1);
+        for (int t = 0; t < n - 1; t++) b.tokens[at + t] = token(t);
+        for (int t = P - 1; t < n - 1; t++) b.targets[at + t] = token(t + 1);
         b.target_count[i] = n - P;
         b.num_targets += n - P;
     }
     return b;
+}
+
+// The same rows padded to the longest (every row T positions, the padding `pad` tokens
+// with no targets): what a trainer that pads computes. Causal attention with positions
+// from 0 in every row keeps padding out of every real position, so the loss and gradients
+// equal the packed batch's up to float summation order (tests/test_gkd.cpp).
+static TrainBatch pad_batch(const TrainBatch& b, int pad) {
+    TrainBatch p = b;
+    for (int i = 0; i <= b.B; i++) p.row_start[i] = i * b.T;
+    p.index_rows();
+    p.tokens.assign(p.N, pad);
+    p.targets.assign(p.N, -1);
+    for (int i = 0; i < b.B; i++)
+        for (int t = 0; t < b.length(i); t++) {
+            p.tokens[(size_t)i * b.T + t] = b.tokens[b.row_start[i] + t];
+            p.targets[(size_t)i * b.T + t] = b.targets[b.row_start[i] + t];
+        }
+    return p;
 }
 
 enum class LossNorm { Sequence, Token };
@@ -426,11 +472,11 @@ static double sum_position_losses(const TrainBatch& b, const std::vector<double>
                                   PolicyGradientTerm* pg) {
     double loss = 0, total = 0;
     if (pg) pg->surrogate = 0;
-    for (int n = 0; n < b.B * b.T; n++)
+    for (int n = 0; n < b.N; n++)
         if (b.targets[n] >= 0) {
-            loss += per_position[n] * position_weight(b, n / b.T, norm);
+            loss += per_position[n] * position_weight(b, b.row_of[n], norm);
             total += per_position[n];
-            if (pg) pg->surrogate -= pg->advantage[n / b.T] * logp[n] / (b.norm_rows ? b.norm_rows : b.B);
+            if (pg) pg->surrogate -= pg->advantage[b.row_of[n]] * logp[n] / (b.norm_rows ? b.norm_rows : b.B);
         }
     if (mean_per_token) *mean_per_token = total / b.num_targets;
     return loss;
@@ -440,13 +486,13 @@ static double sum_position_losses(const TrainBatch& b, const std::vector<double>
 // which returns the position's value and writes weight * its gradient over dlogits (null:
 // value only); non-target positions get zero gradient. dstudent may be the student logits
 // themselves: each row is read before it is overwritten, so the model keeps one
-// (B, T, Vp) buffer, as llm.c's fused classifier does. With pg, the row loss is weighted
+// (N, Vp) buffer, as llm.c's fused classifier does. With pg, the row loss is weighted
 // by pg->alpha and the policy gradient added. Ends in sum_position_losses.
-//   student, dstudent (B, T, Vp_student)
+//   student, dstudent (N, Vp_student), N the batch's positions
 template <typename T, typename RowLoss>
 double loss_over_positions(const TrainBatch& b, const T* student, T* dstudent, int V, int Vp_student, LossNorm norm,
                            double* mean_per_token, PolicyGradientTerm* pg, RowLoss row_loss) {
-    const int N = b.B * b.T;
+    const int N = b.N;
     std::vector<double> per_position(N, 0.0), logp(pg ? N : 0, 0.0);
     #pragma omp parallel for schedule(dynamic, 8)
     for (int n = 0; n < N; n++) {
@@ -457,11 +503,11 @@ double loss_over_positions(const TrainBatch& b, const T* student, T* dstudent, i
             if (ds) std::fill(ds, ds + Vp_student, T(0));
             continue;
         }
-        double w = position_weight(b, n / b.T, norm);
+        double w = position_weight(b, b.row_of[n], norm);
         static thread_local std::vector<double> pg_grad;  // (V) one per thread, reused
         if (pg) {  // the policy gradient reads this row's logits before they become gradients
             pg_grad.assign(V, 0.0);
-            double g = -pg->scale * pg->advantage[n / b.T] / pg->temperature;
+            double g = -pg->scale * pg->advantage[b.row_of[n]] / pg->temperature;
             logp[n] = policy_gradient_row(s, target, V, 1.0 / pg->temperature, g, pg_grad.data());
             w *= pg->alpha;
         }
@@ -475,7 +521,7 @@ double loss_over_positions(const TrainBatch& b, const T* student, T* dstudent, i
 // (loss_over_positions): JSD(beta) of docs/algorithm.md §1 against the teacher's logits, or
 // cross-entropy against the targets (teacher may then be null). The GPU computes these two
 // in one fused kernel (cuda/loss.cuh's gpu_full_row_loss).
-//   teacher (B, T, Vp_teacher); student, dstudent (B, T, Vp_student)
+//   teacher (N, Vp_teacher); student, dstudent (N, Vp_student)
 template <typename T>
 double full_row_loss(const TrainBatch& b, const T* teacher, int Vp_teacher, const T* student, T* dstudent, int V,
                      int Vp_student, bool cross_entropy, double beta, double tau, LossNorm norm,
@@ -523,14 +569,13 @@ struct TeacherSignal {
 
 // The sampled reverse KL's advantages (below): at each target n, A_t = r_t + gamma A_{t+1}
 // with r_t = -log_ratio[n], summed from the row's end. Both devices call it on the host.
-//   log_ratio, advantage (B * T)
+//   log_ratio, advantage (N)
 static void discounted_advantages(const TrainBatch& b, const std::vector<double>& log_ratio, double discount,
                                   std::vector<double>& advantage) {
-    advantage.assign((size_t)b.B * b.T, 0.0);
+    advantage.assign((size_t)b.N, 0.0);
     for (int row = 0; row < b.B; row++) {
         double later = 0;
-        for (int t = b.T - 1; t >= 0; t--) {
-            const int n = row * b.T + t;
+        for (int n = b.row_start[row + 1] - 1; n >= b.row_start[row]; n--) {
             if (b.targets[n] < 0) continue;
             later = -log_ratio[n] + discount * later;
             advantage[n] = later;
@@ -544,12 +589,12 @@ static void discounted_advantages(const TrainBatch& b, const std::vector<double>
 // -sum_t w_t A_t log q(y_t) with A_t held constant: REINFORCE. Its gradient over the
 // logits at t is -w_t A_t (onehot(y_t) - q_t) / tau; the value returned is the estimate
 // sum_t w_t (log q(y_t) - log p(y_t)) of the reverse KL. Needs the teacher's log p(y_t) only.
-//   teacher_target_logp (B * T); student, dstudent (B, T, Vp_student)
+//   teacher_target_logp (N); student, dstudent (N, Vp_student)
 template <typename T>
 double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_logp, const T* student, T* dstudent,
                                int V, int Vp_student, double tau, double discount, LossNorm norm,
                                double* mean_per_token = nullptr) {
-    const int N = b.B * b.T;
+    const int N = b.N;
     // per target: the student's max and log-normaliser (online_logsumexp), kept for the gradient
     std::vector<double> log_ratio(N, 0.0), advantage, max_of(N, 0.0), log_z(N, 0.0);
     #pragma omp parallel for schedule(dynamic, 8)
@@ -568,7 +613,7 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
             const int y = b.targets[n];
             if (y < 0) { std::fill(ds, ds + Vp_student, T(0)); continue; }
             const double m = max_of[n], lz = log_z[n];
-            const double g = -position_weight(b, n / b.T, norm) * advantage[n] / tau;
+            const double g = -position_weight(b, b.row_of[n], norm) * advantage[n] / tau;
             for (int i = 0; i < V; i++)  // reads s[i] before writing ds[i]: in place is safe
                 ds[i] = (T)(g * ((i == y ? 1.0 : 0.0) - std::exp((double)s[i] / tau - m - lz)));
             for (int i = V; i < Vp_student; i++) ds[i] = T(0);
@@ -580,7 +625,7 @@ double sampled_reverse_kl_loss(const TrainBatch& b, const float* teacher_target_
 // The batch loss of a step, as spec says, and its gradient over the student's logits: the
 // entry point (the file's header says which function it calls for which loss). The teacher
 // hands over its logit rows (spec.needs_teacher_rows()) or a TeacherSignal.
-//   teacher (B, T, Vp_teacher) or null; student, dstudent (B, T, Vp_student)
+//   teacher (N, Vp_teacher) or null; student, dstudent (N, Vp_student)
 template <typename T>
 double batch_loss(const TrainBatch& b, const T* teacher, int Vp_teacher, const TeacherSignal& signal,
                   const T* student, T* dstudent, int V, int Vp_student, const LossSpec& spec,

@@ -20,9 +20,13 @@
 // - Everything is templated on the scalar type T. Training uses float; the gradient
 //   tests instantiate double so that central finite differences are accurate to ~1e-8.
 // - As in llm.c, the parameters are one allocation carved into 16 named tensors, and the
-//   activations one allocation carved into named tensors laid out (L, B, T, ...) for the
-//   (B, T) of the current batch: allocate for the largest batch once, and any smaller
-//   (B, T) fits in the same memory.
+//   activations one allocation carved into named tensors laid out (L, N, ...) for the N
+//   positions of the current batch: allocate for the largest batch once, and any smaller
+//   one fits in the same memory.
+// - Batches are packed (RowLayout): the rows lie end to end, N positions in all, each
+//   row's positions counted from 0; attention is causal within a row and never crosses
+//   rows, its weights (NH, len, len) per row. No layer computes a padded position. A
+//   rectangular (B, T) batch is the layout whose rows all have T positions.
 // - The LM head computes the V real vocabulary columns only; the padded columns
 //   (V..Vp-1) of the logits stay zero and never receive gradient.
 // - Two forward paths: gpt_forward keeps every activation for gpt_backward (the student);
@@ -142,26 +146,27 @@ constexpr int NUM_ACTIVATION_TENSORS = 20;
 // On the CPU both are float.
 template <typename T, typename S = T>
 struct ActivationTensors {
-    T* encoded;    // (B, T, C)
-    T* ln1;        // (L, B, T, C)
-    S* ln1_mean;   // (L, B, T)
-    S* ln1_rstd;   // (L, B, T)
-    T* qkv;        // (L, B, T, 3C)
-    T* atty;       // (L, B, T, C)
-    T* att;        // (L, B, NH, T, T) softmaxed attention weights
-    T* attproj;    // (L, B, T, C)
-    T* residual2;  // (L, B, T, C)
-    T* ln2;        // (L, B, T, C)
-    S* ln2_mean;   // (L, B, T)
-    S* ln2_rstd;   // (L, B, T)
-    T* fch;        // (L, B, T, 4C)
-    T* fch_gelu;   // (L, B, T, 4C)
-    T* fcproj;     // (L, B, T, C)
-    T* residual3;  // (L, B, T, C)
-    T* lnf;        // (B, T, C)
-    S* lnf_mean;   // (B, T)
-    S* lnf_rstd;   // (B, T)
-    S* logits;     // (B, T, Vp) last; the loss overwrites it with its own gradient, so the
+    // N: the batch's positions, its rows end to end (RowLayout); a rectangular batch has N = B T
+    T* encoded;    // (N, C)
+    T* ln1;        // (L, N, C)
+    S* ln1_mean;   // (L, N)
+    S* ln1_rstd;   // (L, N)
+    T* qkv;        // (L, N, 3C)
+    T* atty;       // (L, N, C)
+    T* att;        // (L, A) softmaxed attention weights: row b's (NH, len_b, len_b) at its att_start
+    T* attproj;    // (L, N, C)
+    T* residual2;  // (L, N, C)
+    T* ln2;        // (L, N, C)
+    S* ln2_mean;   // (L, N)
+    S* ln2_rstd;   // (L, N)
+    T* fch;        // (L, N, 4C)
+    T* fch_gelu;   // (L, N, 4C)
+    T* fcproj;     // (L, N, C)
+    T* residual3;  // (L, N, C)
+    T* lnf;        // (N, C)
+    S* lnf_mean;   // (N)
+    S* lnf_rstd;   // (N)
+    S* logits;     // (N, Vp) last; the loss overwrites it with its own gradient, so the
                    // activation gradients have no logits tensor of their own (see gpt_prepare_training)
     T** array() {
         static_assert(std::is_same<T, S>::value, "array(): one type; pointers() for ActivationTensors<T, S>");
@@ -175,23 +180,58 @@ inline const char* const ACTIVATION_NAMES[NUM_ACTIVATION_TENSORS] = {
     "ln2_mean", "ln2_rstd", "fch", "fch_gelu", "fcproj", "residual3", "lnf", "lnf_mean", "lnf_rstd", "logits"};
 
 // What each tensor of ActivationTensors::array() is laid out as (by index, as the sizes
-// below): ln1 .. residual3 are one (B, T, ...) slab per layer; att is (L, B, NH, T, T);
-// lnf .. logits are the LM head's.
+// below): ln1 .. residual3 are one (N, ...) slab per layer; att is (L, A); lnf .. logits
+// are the LM head's.
 inline bool activation_per_layer(int i) { return i >= 1 && i <= 15; }
 // the tensors of type S in ActivationTensors<T, S>: LayerNorm's statistics and the logits
 inline bool activation_is_statistic(int i) { return i == 2 || i == 3 || i == 10 || i == 11 || i >= 17; }
 inline bool activation_is_attention(int i) { return i == 6; }
 inline bool activation_of_head(int i) { return i >= 16; }
 
-inline void fill_activation_sizes(size_t s[NUM_ACTIVATION_TENSORS], const GPTConfig& c, size_t B, size_t T) {
-    size_t C = c.channels, L = c.num_layers, NH = c.num_heads, Vp = c.padded_vocab_size;
+// The sizes for N positions whose attention weights take A values per layer.
+inline void fill_packed_activation_sizes(size_t s[NUM_ACTIVATION_TENSORS], const GPTConfig& c, size_t N, size_t A) {
+    size_t C = c.channels, L = c.num_layers, Vp = c.padded_vocab_size;
     size_t sz[NUM_ACTIVATION_TENSORS] = {
-        B * T * C, L * B * T * C, L * B * T, L * B * T, L * B * T * 3 * C, L * B * T * C,
-        L * B * NH * T * T, L * B * T * C, L * B * T * C, L * B * T * C, L * B * T, L * B * T,
-        L * B * T * 4 * C, L * B * T * 4 * C, L * B * T * C, L * B * T * C, B * T * C, B * T,
-        B * T, B * T * Vp};
+        N * C, L * N * C, L * N, L * N, L * N * 3 * C, L * N * C,
+        L * A, L * N * C, L * N * C, L * N * C, L * N, L * N,
+        L * N * 4 * C, L * N * 4 * C, L * N * C, L * N * C, N * C, N,
+        N, N * Vp};
     memcpy(s, sz, sizeof sz);
 }
+// ... for a rectangular batch: B rows of T positions
+inline void fill_activation_sizes(size_t s[NUM_ACTIVATION_TENSORS], const GPTConfig& c, size_t B, size_t T) {
+    fill_packed_activation_sizes(s, c, B * T, B * (size_t)c.num_heads * T * T);
+}
+
+// Where each row of a packed batch lies: its positions, and its attention weights within a
+// layer's (A) slab. Rows of any lengths (at least 1), laid end to end.
+struct RowLayout {
+    int B = 0, N = 0, T = 0;        // rows, positions, the longest row
+    std::vector<int> start;         // (B + 1) row b's positions are [start[b], start[b + 1])
+    std::vector<size_t> att_start;  // (B + 1) row b's (NH, len, len) weights begin at att_start[b]
+    int length(int b) const { return start[b + 1] - start[b]; }
+    size_t att() const { return att_start[B]; }  // A: a layer's attention weights
+    // B rows beginning at row_start (B + 1 offsets), NH heads (a training batch's rows have
+    // a position each; an inference pass may have rows with nothing new)
+    static RowLayout packed(const int* row_start, int B, int NH) {
+        RowLayout r;
+        r.B = B;
+        r.start.assign(row_start, row_start + B + 1);
+        r.att_start.assign(B + 1, 0);
+        for (int b = 0; b < B; b++) {
+            GKD_ASSERT(r.length(b) >= 0, "a packed batch's rows out of order");
+            r.T = std::max(r.T, r.length(b));
+            r.att_start[b + 1] = r.att_start[b] + (size_t)NH * r.length(b) * r.length(b);
+        }
+        r.N = r.start[B];
+        return r;
+    }
+    static RowLayout rectangle(int B, int T, int NH) {
+        std::vector<int> s(B + 1);
+        for (int b = 0; b <= B; b++) s[b] = b * T;
+        return packed(s.data(), B, NH);
+    }
+};
 
 template <typename T>
 void point_activations(ActivationTensors<T>& a, T* memory, const size_t sizes[NUM_ACTIVATION_TENSORS]) {
@@ -209,12 +249,13 @@ struct GPT {
     // Training state, allocated only by gpt_prepare_training (never for a teacher).
     std::vector<T> grads_memory;
     ParameterTensors<T> grads{};
-    int max_B = 0, max_T = 0;
+    int max_N = 0, max_T = 0;          // the allocation's positions and longest row
+    size_t max_att = 0;                // ... and attention weights per layer
     std::vector<T> acts_memory, grads_acts_memory;
     ActivationTensors<T> acts{}, grads_acts{};
     std::vector<T> attention_scratch;  // (threads, attention_scratch_per_thread) for attention backward
-    std::vector<int> inputs;           // (B, T) tokens of the last gpt_forward
-    int batch_B = 0, batch_T = 0;      // shape of the last gpt_forward
+    std::vector<int> inputs;           // (N) tokens of the last gpt_forward
+    RowLayout batch;                   // the rows of the last gpt_forward
 
     // A copy's tensors point into its own memory (a memberwise copy would point them into
     // the original's, and a trained copy would read the original's weights). Moves keep
@@ -271,18 +312,32 @@ void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, 
         }
 }
 
-// Part `part` of `parts` (gpt_parameter_gradients splits the work this way): the wte rows
-// of tokens in the part's share of [0, V) and the wpe rows of its share of positions.
+// The same over a packed batch (RowLayout): out (N, C), each row's positions from 0.
 template <typename T>
-void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, int Tn, int C, int V = INT_MAX,
-                      int part = 0, int parts = 1) {
-    // serial over (b,t) within a part: two positions may share a token, and a fixed order keeps it exact
+void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, const RowLayout& rows, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < rows.N; n++) {
+        const int b = int(std::upper_bound(rows.start.begin(), rows.start.end(), n) - rows.start.begin()) - 1;
+        const T* e = wte + (size_t)inp[n] * C;
+        const T* pe = wpe + (size_t)(n - rows.start[b]) * C;
+        T* o = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) o[i] = e[i] + pe[i];
+    }
+}
+// Part `part` of `parts` (gpt_parameter_gradients splits the work this way): the wte rows
+// of tokens in the part's share of [0, V) and the wpe rows of its share of positions
+// [0, longest row). Serial over positions within a part: two positions may share a token,
+// and a fixed order keeps it exact.
+template <typename T>
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, const RowLayout& rows, int C, int V, int part,
+                      int parts) {
     const int v0 = share_begin(V, part, parts), v1 = share_begin(V, part + 1, parts);
-    const int t0 = share_begin(Tn, part, parts), t1 = share_begin(Tn, part + 1, parts);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < Tn; t++) {
-            const T* d = dout + ((size_t)b * Tn + t) * C;
-            const int token = inp[b * Tn + t];
+    const int t0 = share_begin(rows.T, part, parts), t1 = share_begin(rows.T, part + 1, parts);
+    for (int b = 0; b < rows.B; b++)
+        for (int t = 0; t < rows.length(b); t++) {
+            const size_t n = (size_t)rows.start[b] + t;
+            const T* d = dout + n * C;
+            const int token = inp[n];
             if (token >= v0 && token < v1) {
                 T* de = dwte + (size_t)token * C;
                 for (int i = 0; i < C; i++) de[i] += d[i];
@@ -292,6 +347,12 @@ void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, in
                 for (int i = 0; i < C; i++) dp[i] += d[i];
             }
         }
+}
+// ... over a rectangular batch (B, T), every row T long (tests, and gpu::encoder_backward's reference)
+template <typename T>
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, int Tn, int C, int V = INT_MAX,
+                      int part = 0, int parts = 1) {
+    encoder_backward(dwte, dwpe, dout, inp, RowLayout::rectangle(B, Tn, 1), C, V, part, parts);
 }
 
 template <typename T>
@@ -445,6 +506,53 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* s
     }
 }
 
+// The same over a packed batch (RowLayout): row b's qkv (len, 3C) and out (len, C) begin at
+// position rows.start[b], its weights (NH, len, len) at rows.att_start[b] of att (A). Each
+// row is its own causal block: no position attends across rows.
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, const RowLayout& rows, int C, int NH) {
+    if constexpr (!std::is_same_v<T, float>) {
+        for (int b = 0; b < rows.B; b++)
+            attention_forward_any(out + (size_t)rows.start[b] * C, att + rows.att_start[b],
+                                  qkv + (size_t)rows.start[b] * 3 * C, 1, rows.length(b), C, NH);
+    } else {
+        for_each_row_head(rows.B, NH, C, [&](int b, int h, int hs, float scale) {
+            static thread_local std::vector<float> scratch;  // grows once, reused
+            const int len = rows.length(b);
+            if (scratch.size() < attention_head_scratch(len, hs)) scratch.resize(attention_head_scratch(len, hs));
+            const float* q = qkv + (size_t)rows.start[b] * 3 * C + h * hs;
+            attention_head_forward(out + (size_t)rows.start[b] * C + h * hs, C, att + rows.att_start[b] + (size_t)h * len * len,
+                                   len, q, 3 * C, q + C, q + 2 * C, 3 * C, 0, len, 0, hs, scale, scratch.data());
+        });
+    }
+}
+
+// ... and its backward; scratch: (omp_get_max_threads(), per_thread) values, per_thread at
+// least attention_scratch_per_thread(rows.T, hs)
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch, size_t per_thread,
+                        const RowLayout& rows, int C, int NH, bool accumulate = true) {
+    if constexpr (!std::is_same_v<T, float>) {
+        for (int b = 0; b < rows.B; b++) {
+            const size_t at = (size_t)rows.start[b];
+            attention_backward_any(dqkv + at * 3 * C, dout + at * C, qkv + at * 3 * C, att + rows.att_start[b], scratch,
+                                   1, rows.length(b), C, NH, accumulate);
+        }
+    } else {
+        for_each_row_head(rows.B, NH, C, [&](int b, int h, int hs, float scale) {
+            const int len = rows.length(b);
+            float* sc = scratch + (size_t)omp_get_thread_num() * per_thread;
+            const size_t at = (size_t)rows.start[b];
+            const float* q = qkv + at * 3 * C + h * hs;
+            float* dq = dqkv + at * 3 * C + h * hs;
+            const float* d = dout + at * C + h * hs;
+            const float* a = att + rows.att_start[b] + (size_t)h * len * len;
+            auto run = accumulate ? attention_head_backward<true> : attention_head_backward<false>;
+            run(dq, dq + C, dq + 2 * C, 3 * C, d, C, q, q + C, q + 2 * C, 3 * C, a, len, hs, scale, sc);
+        });
+    }
+}
+
 // GELU, tanh approximation (GPT-2's)
 template <typename T>
 inline T gelu_scalar(T x) {
@@ -501,19 +609,20 @@ void residual_backward(T* da, T* db, const T* dout, size_t N) {
 // buffer per model.
 template <typename T>
 void point_training_activations(ActivationTensors<T>& acts, ActivationTensors<T>& grads, T* acts_memory,
-                                T* grads_memory, const GPTConfig& c, int B, int Tn) {
+                                T* grads_memory, const GPTConfig& c, size_t N, size_t A) {
     size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, c, B, Tn);
+    fill_packed_activation_sizes(sizes, c, N, A);
     point_activations(acts, acts_memory, sizes);
     sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
     point_activations(grads, grads_memory, sizes);
     grads.logits = acts.logits;
 }
 
-// Re-points the activation tensors for the current (B, T) inside the allocation.
+// Re-points the activation tensors for a batch of these rows inside the allocation.
 template <typename T>
-void gpt_shape_activations(GPT<T>& m, int B, int Tn) {
-    point_training_activations(m.acts, m.grads_acts, m.acts_memory.data(), m.grads_acts_memory.data(), m.config, B, Tn);
+void gpt_shape_activations(GPT<T>& m, const RowLayout& rows) {
+    point_training_activations(m.acts, m.grads_acts, m.acts_memory.data(), m.grads_acts_memory.data(), m.config,
+                               rows.N, rows.att());
 }
 
 template <typename T>
@@ -524,14 +633,14 @@ GPT<T>& GPT<T>::operator=(const GPT<T>& o) {
     num_parameters = o.num_parameters;
     params_memory = o.params_memory;
     grads_memory = o.grads_memory;
-    max_B = o.max_B;
+    max_N = o.max_N;
     max_T = o.max_T;
+    max_att = o.max_att;
     acts_memory = o.acts_memory;
     grads_acts_memory = o.grads_acts_memory;
     attention_scratch = o.attention_scratch;
     inputs = o.inputs;
-    batch_B = o.batch_B;
-    batch_T = o.batch_T;
+    batch = o.batch;
     params = {};
     grads = {};
     acts = {};
@@ -540,53 +649,90 @@ GPT<T>& GPT<T>::operator=(const GPT<T>& o) {
     if (!grads_memory.empty()) point_parameters(grads, grads_memory.data(), param_sizes);
     if (!acts_memory.empty())
         point_training_activations(acts, grads_acts, acts_memory.data(), grads_acts_memory.data(), config,
-                                   batch_B ? batch_B : max_B, batch_T ? batch_T : max_T);
+                                   batch.B ? batch.N : max_N, batch.B ? batch.att() : max_att);
     return *this;
 }
 
+// The gradients, and activations for a batch of these rows: allocated when the largest
+// batch so far does not hold them (positions, attention weights or longest row).
 template <typename T>
-void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
-    GKD_ASSERT(Tn <= m.config.max_seq_len, "batch longer than the context");
+void gpt_prepare_training(GPT<T>& m, const RowLayout& rows) {
+    GKD_ASSERT(rows.T <= m.config.max_seq_len, "batch longer than the context");
     if (m.grads_memory.empty()) {
         m.grads_memory.assign(m.num_parameters, T(0));
         point_parameters(m.grads, m.grads_memory.data(), m.param_sizes);
     }
-    if (B <= m.max_B && Tn <= m.max_T) return;
-    m.max_B = std::max(B, m.max_B);
-    m.max_T = std::max(Tn, m.max_T);
+    if (rows.N <= m.max_N && rows.att() <= m.max_att && rows.T <= m.max_T) return;
+    m.max_N = std::max(rows.N, m.max_N);
+    m.max_T = std::max(rows.T, m.max_T);
+    m.max_att = std::max(rows.att(), m.max_att);
     size_t sizes[NUM_ACTIVATION_TENSORS], total = 0;
-    fill_activation_sizes(sizes, m.config, m.max_B, m.max_T);
+    fill_packed_activation_sizes(sizes, m.config, m.max_N, m.max_att);
     for (size_t s : sizes) total += s;
     m.acts_memory.assign(total, T(0));
     m.grads_acts_memory.assign(total - sizes[NUM_ACTIVATION_TENSORS - 1], T(0));  // all but the logits
-    gpt_shape_activations(m, m.max_B, m.max_T);
-    m.inputs.assign((size_t)m.max_B * m.max_T, 0);
+    m.batch = RowLayout();
+    point_training_activations(m.acts, m.grads_acts, m.acts_memory.data(), m.grads_acts_memory.data(), m.config,
+                               m.max_N, m.max_att);
+    m.inputs.assign((size_t)m.max_N, 0);
+}
+template <typename T>
+void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
+    gpt_prepare_training(m, RowLayout::rectangle(B, Tn, m.config.num_heads));
 }
 
 
 
-// gpt_forward on rows [b0, b1) of the batch (the activations' rows of those batch rows).
+// Rows [b0, b1) of a packed batch: a RowLayout of those rows alone, their positions and
+// weights from 0 (where a share's slice of the batch's tensors begins is the batch's
+// start[b0] and att_start[b0]).
+inline RowLayout rows_slice(const RowLayout& r, int b0, int b1) {
+    RowLayout s;
+    s.B = b1 - b0;
+    s.start.resize(s.B + 1);
+    s.att_start.resize(s.B + 1);
+    for (int b = 0; b <= s.B; b++) {
+        s.start[b] = r.start[b0 + b] - r.start[b0];
+        s.att_start[b] = r.att_start[b0 + b] - r.att_start[b0];
+    }
+    for (int b = 0; b < s.B; b++) s.T = std::max(s.T, s.length(b));
+    s.N = s.start[s.B];
+    return s;
+}
+
+// Where part `part` of `parts` of the threads begins among a batch's rows: contiguous
+// shares of rows that hold about equal positions (rows are never split).
+inline int row_share_begin(const RowLayout& r, int part, int parts) {
+    if (part >= parts) return r.B;
+    const long long goal = (long long)r.N * part / parts;
+    return int(std::lower_bound(r.start.begin(), r.start.begin() + r.B, goal) - r.start.begin());
+}
+
+// gpt_forward on rows [b0, b1) of the batch (the activations' positions of those rows).
 template <typename T>
 void gpt_forward_rows(GPT<T>& m, int b0, int b1) {
+    if (b1 <= b0) return;
     const GPTConfig& c = m.config;
-    const int B = m.batch_B, Tn = m.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = m.batch.N;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    const int nb = b1 - b0, n = nb * Tn;  // this share: nb rows, n positions
-    const size_t r0 = (size_t)b0 * Tn;    // its first position
+    const RowLayout rows = rows_slice(m.batch, b0, b1);
+    const int n = rows.N;                       // this share: its rows' positions
+    const size_t r0 = (size_t)m.batch.start[b0];  // its first position
+    const size_t A = m.batch.att();             // a layer's attention weights
     ParameterTensors<T>& p = m.params;
     ActivationTensors<T>& a = m.acts;
-    encoder_forward(a.encoded + r0 * C, m.inputs.data() + r0, p.wte, p.wpe, nb, Tn, C);
+    encoder_forward(a.encoded + r0 * C, m.inputs.data() + r0, p.wte, p.wpe, rows, C);
     for (int l = 0; l < L; l++) {
-        // where this share starts in layer l's slabs: (B, T, C), (B, T, 3C), (B, T, 4C), the
-        // (B, T) layernorm statistics, and the (B, NH, T, T) attention weights
+        // where this share starts in layer l's slabs: (N, C), (N, 3C), (N, 4C), the (N)
+        // layernorm statistics, and the (A) attention weights
         const size_t at_C = ((size_t)l * N + r0) * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N + r0;
-        const size_t at_att = ((size_t)l * B + b0) * NH * Tn * Tn;
+        const size_t at_att = (size_t)l * A + m.batch.att_start[b0];
         const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + at_C - (size_t)N * C;
         layernorm_forward(a.ln1 + at_C, a.ln1_mean + at_stat, a.ln1_rstd + at_stat, residual, p.ln1w + l * C,
                           p.ln1b + l * C, n, C);
         matmul_forward(a.qkv + at_3C, a.ln1 + at_C, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, n, C, 3 * C,
                        3 * C);
-        attention_forward(a.atty + at_C, a.att + at_att, a.qkv + at_3C, nb, Tn, C, NH);
+        attention_forward(a.atty + at_C, a.att + at_att, a.qkv + at_3C, rows, C, NH);
         matmul_forward(a.attproj + at_C, a.atty + at_C, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, n, C, C, C);
         residual_forward(a.residual2 + at_C, residual, a.attproj + at_C, (size_t)n * C);
         layernorm_forward(a.ln2 + at_C, a.ln2_mean + at_stat, a.ln2_rstd + at_stat, a.residual2 + at_C, p.ln2w + l * C,
@@ -605,25 +751,40 @@ void gpt_forward_rows(GPT<T>& m, int b0, int b1) {
         for (int i = 0; i < n; i++) std::fill(logits + (size_t)i * Vp + V, logits + (size_t)(i + 1) * Vp, T(0));
 }
 
-// tokens (B, T) -> acts.logits (B, T, Vp), keeping what gpt_backward needs.
+// The model's activations shaped for a packed batch: B rows beginning at row_start
+// (B + 1 offsets into tokens (N)), the tokens checked and kept for the backward.
 template <typename T>
-void gpt_forward(GPT<T>& m, const int* tokens, int B, int Tn) {
+void gpt_shape_batch(GPT<T>& m, const int* tokens, const int* row_start, int B) {
     const GPTConfig& c = m.config;
-    gpt_prepare_training(m, B, Tn);
-    gpt_shape_activations(m, B, Tn);
-    m.batch_B = B;
-    m.batch_T = Tn;
-    for (int i = 0; i < B * Tn; i++) {
+    RowLayout rows = RowLayout::packed(row_start, B, c.num_heads);
+    for (int b = 0; b < B; b++) GKD_ASSERT(rows.length(b) >= 1, "a row of a training batch with no position");
+    gpt_prepare_training(m, rows);
+    gpt_shape_activations(m, rows);
+    for (int i = 0; i < rows.N; i++) {
         GKD_ASSERT(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id out of range");
         m.inputs[i] = tokens[i];
     }
+    m.batch = std::move(rows);
+}
+
+// tokens (N), B rows end to end from row_start (B + 1) -> acts.logits (N, Vp), keeping
+// what gpt_backward needs.
+template <typename T>
+void gpt_forward(GPT<T>& m, const int* tokens, const int* row_start, int B) {
+    gpt_shape_batch(m, tokens, row_start, B);
     const int parts = row_split_threads(B);
     if (parts == 1) return gpt_forward_rows(m, 0, B);
     #pragma omp parallel num_threads(parts)
     {
         const int t = omp_get_thread_num();
-        gpt_forward_rows(m, share_begin(B, t, parts), share_begin(B, t + 1, parts));
+        gpt_forward_rows(m, row_share_begin(m.batch, t, parts), row_share_begin(m.batch, t + 1, parts));
     }
+}
+// ... a rectangular batch: tokens (B, T)
+template <typename T>
+void gpt_forward(GPT<T>& m, const int* tokens, int B, int Tn) {
+    const RowLayout r = RowLayout::rectangle(B, Tn, m.config.num_heads);
+    gpt_forward(m, tokens, r.start.data(), B);
 }
 
 template <typename T>
@@ -633,14 +794,16 @@ void gpt_zero_grad(GPT<T>& m) {
 
 // The first half of gpt_backward, on rows [b0, b1): the activations' gradients, from the
 // logits' (which the loss wrote over the logits) down to the embeddings'. `scratch` is
-// attention_backward's, for the threads this call runs on.
+// attention_backward's, per_thread values for each thread this call runs on.
 template <typename T>
-void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
+void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch, size_t per_thread) {
+    if (b1 <= b0) return;
     const GPTConfig& c = m.config;
-    const int B = m.batch_B, Tn = m.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = m.batch.N;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    const int nb = b1 - b0, n = nb * Tn;
-    const size_t r0 = (size_t)b0 * Tn;
+    const RowLayout rows = rows_slice(m.batch, b0, b1);
+    const int n = rows.N;
+    const size_t r0 = (size_t)m.batch.start[b0], A = m.batch.att();
     const ParameterTensors<T>& p = m.params;
     const ActivationTensors<T>& a = m.acts;
     ActivationTensors<T>& d = m.grads_acts;
@@ -656,7 +819,7 @@ void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
     for (int l = L - 1; l >= 0; l--) {
         // where this share starts in layer l's slabs, as in gpt_forward_rows
         const size_t at_C = ((size_t)l * N + r0) * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N + r0;
-        const size_t at_att = ((size_t)l * B + b0) * NH * Tn * Tn;
+        const size_t at_att = (size_t)l * A + m.batch.att_start[b0];
         const T* residual = l == 0 ? a.encoded + r0 * C : a.residual3 + at_C - (size_t)N * C;
         T* dresidual = l == 0 ? d.encoded + r0 * C : d.residual3 + at_C - (size_t)N * C;
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
@@ -668,7 +831,8 @@ void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
                                  a.ln2_mean + at_stat, a.ln2_rstd + at_stat, n, C, (const T*)(d.residual3 + at_C));
         // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
         matmul_backward_input(d.atty + at_C, d.residual2 + at_C, p.attprojw + (size_t)l * C * C, n, C, C, C, false);
-        attention_backward(d.qkv + at_3C, d.atty + at_C, a.qkv + at_3C, a.att + at_att, scratch, nb, Tn, C, NH, false);
+        attention_backward(d.qkv + at_3C, d.atty + at_C, a.qkv + at_3C, a.att + at_att, scratch, per_thread, rows, C, NH,
+                           false);
         matmul_backward_input(d.ln1 + at_C, d.qkv + at_3C, p.qkvw + (size_t)l * 3 * C * C, n, C, 3 * C, 3 * C, false);
         layernorm_backward_input(dresidual, d.ln1 + at_C, residual, p.ln1w + l * C, a.ln1_mean + at_stat,
                                  a.ln1_rstd + at_stat, n,
@@ -676,13 +840,13 @@ void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch) {
     }
 }
 
-// The second half of gpt_backward: every parameter's gradient, a sum over all B*T rows of
-// the activations and their gradients. Part `part` of `parts` takes its share of each
-// tensor's output channels (each element is summed by one thread, rows in order).
+// The second half of gpt_backward: every parameter's gradient, a sum over all N positions
+// of the activations and their gradients. Part `part` of `parts` takes its share of each
+// tensor's output channels (each element is summed by one thread, positions in order).
 template <typename T>
 void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
     const GPTConfig& c = m.config;
-    const int B = m.batch_B, Tn = m.batch_T, C = c.channels, L = c.num_layers, N = B * Tn;
+    const int C = c.channels, L = c.num_layers, N = m.batch.N;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
     ParameterTensors<T>& g = m.grads;
     const ActivationTensors<T>& a = m.acts;
@@ -701,7 +865,7 @@ void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
     layernorm_backward_params(g.lnfw, g.lnfb, d.lnf, a.residual3 + (size_t)(L - 1) * N * C, a.lnf_mean, a.lnf_rstd, N,
                               C, c0, c1);
     for (int l = L - 1; l >= 0; l--) {
-        // where layer l starts in its slabs: (B, T, C), (B, T, 3C), (B, T, 4C), (B, T)
+        // where layer l starts in its slabs: (N, C), (N, 3C), (N, 4C), (N)
         const size_t at_C = (size_t)l * N * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N;
         const T* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
         // (the projections' output gradients are the residual stream's: gpt_backward_rows)
@@ -718,28 +882,28 @@ void gpt_parameter_gradients(GPT<T>& m, int part, int parts) {
         layernorm_backward_params(g.ln1w + l * C, g.ln1b + l * C, d.ln1 + at_C, residual, a.ln1_mean + at_stat,
                                   a.ln1_rstd + at_stat, N, C, c0, c1);
     }
-    encoder_backward(g.wte, g.wpe, d.encoded, m.inputs.data(), B, Tn, C, V, part, parts);
+    encoder_backward(g.wte, g.wpe, d.encoded, m.inputs.data(), m.batch, C, V, part, parts);
 }
 
-// Accumulates parameter gradients from grads_acts.logits (B, T, Vp), which the loss wrote
+// Accumulates parameter gradients from grads_acts.logits (N, Vp), which the loss wrote
 // over the logits. Two sweeps: the activations' gradients row by row (each thread its rows,
 // as the forward), then the parameters' by output channel (each thread its channels of
 // every tensor): neither sweep needs a lock or a per-thread copy of the gradients.
 template <typename T>
 void gpt_backward(GPT<T>& m) {
-    const int B = m.batch_B, parts = row_split_threads(B), threads = omp_get_max_threads();
-    const size_t scratch_per_thread = attention_scratch_per_thread<T>(m.max_T, m.config.channels / m.config.num_heads);
-    if (m.attention_scratch.size() < threads * scratch_per_thread) m.attention_scratch.assign(threads * scratch_per_thread, T(0));
+    const int B = m.batch.B, parts = row_split_threads(B), threads = omp_get_max_threads();
+    const size_t per_thread = attention_scratch_per_thread<T>(m.max_T, m.config.channels / m.config.num_heads);
+    if (m.attention_scratch.size() < threads * per_thread) m.attention_scratch.assign(threads * per_thread, T(0));
     if (parts == 1) {
-        gpt_backward_rows(m, 0, B, m.attention_scratch.data());
+        gpt_backward_rows(m, 0, B, m.attention_scratch.data(), per_thread);
         gpt_parameter_gradients(m, 0, 1);
         return;
     }
     #pragma omp parallel num_threads(parts)
     {
         const int t = omp_get_thread_num();
-        gpt_backward_rows(m, share_begin(B, t, parts), share_begin(B, t + 1, parts),
-                          m.attention_scratch.data() + t * scratch_per_thread);
+        gpt_backward_rows(m, row_share_begin(m.batch, t, parts), row_share_begin(m.batch, t + 1, parts),
+                          m.attention_scratch.data() + t * per_thread, per_thread);
         #pragma omp barrier
         gpt_parameter_gradients(m, t, parts);
     }
@@ -766,14 +930,19 @@ struct KVCache {
 template <typename T>
 struct InferScratch {
     size_t capacity_rows = 0;
-    std::vector<T> x, ln, qkv, atty, proj, fch;  // (rows, C | C | 3C | C | C | 4C)
+    std::vector<T> x, ln, qkv, atty, proj, fch;  // (rows, C | C | 3C | C | C | 4C): every new position
     std::vector<T> mean, rstd;                    // (rows) layernorm statistics, kept only when recording
+    std::vector<T> last_x, last_ln, last_mean, last_rstd;  // (batch rows, C | C | 1 | 1): the LM head at last positions
     std::vector<T> scores;                        // (threads, NH, maxT)
     std::vector<T> block_scores;                  // (threads, Tn, maxT): the attention weights of many new tokens
     std::vector<T> head_scratch;                  // (threads, attention_head_scratch(maxT, hs)): their operands' panels
     DecodeWeights decode;                         // float only: the weights packed for one generation's decode steps
-    void ensure(size_t rows, int C, int NH, int maxT, int Tn = 1) {
+    void ensure(size_t rows, int C, int NH, int maxT, int Tn = 1, size_t batch_rows = 1) {
         size_t threads = (size_t)omp_get_max_threads();
+        if (last_x.size() < batch_rows * C) {
+            last_x.assign(batch_rows * C, T(0)); last_ln.assign(batch_rows * C, T(0));
+            last_mean.assign(batch_rows, T(0)); last_rstd.assign(batch_rows, T(0));
+        }
         if (scores.size() < threads * NH * maxT) scores.assign(threads * NH * maxT, T(0));
         if (Tn > 1 && block_scores.size() < threads * Tn * maxT) block_scores.assign(threads * Tn * maxT, T(0));
         const size_t panels = threads * attention_head_scratch(maxT, C / NH);
@@ -793,11 +962,12 @@ struct InferScratch {
 // gpt_infer (below) on batch rows [b0, b1): the layer loop of gpt_forward, on scratch
 template <typename T>
 void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int b0, int b1, int slot,
-                    const int* tokens, const int* cache_row, const int* start, const int* n_new, int Tn, T* logits,
-                    bool all_positions, ForwardRecord<T>* rec, const int* head_from) {
+                    const int* tokens, const int* io_start, const int* cache_row, const int* start, const int* n_new,
+                    int Tn, T* logits, bool all_positions, ForwardRecord<T>* rec, const int* head_from,
+                    const int* first) {
     if (b1 <= b0) return;
-    InferShare<T> r(m, cache, s, b0, b1, slot, tokens, cache_row, start, n_new, Tn, logits, all_positions, rec,
-                    head_from);
+    InferShare<T> r(m, cache, s, b0, b1, slot, tokens, io_start, cache_row, start, n_new, Tn, logits, all_positions,
+                    rec, head_from, first);
     if (rec) r.record_positions();
     r.embed();
     // many new tokens run the tiled attention (float, or fp64 through a BLAS), one the decode
@@ -812,45 +982,61 @@ void gpt_infer_rows(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, int 
     if (all_positions) r.head_all_positions(); else r.head_last_position();
 }
 
-// Runs Tn new tokens per row through the model, appending their keys and values to the
-// cache, and attending over everything the row has cached so far.
-//   tokens    (Bn, Tn) new tokens, right-padded; row b has n_new[b] real ones
+// Runs n_new[b] new tokens of each row b through the model, appending their keys and
+// values to the cache, and attending over everything the row has cached so far. Only the
+// new tokens are computed: the rows lie end to end in the scratch (sum of n_new rows), so
+// rows of different lengths (prompts in a prefill) spend nothing on padding.
+//   tokens    row b's new tokens: at io_start[b] (packed), or with io_start null at b Tn
+//             ((Bn, Tn), right-padded; Tn >= every n_new)
 //   cache_row (Bn)     which cache row each batch row uses
 //   start     (Bn)     the position of the row's first new token (= tokens already cached)
-//   logits    all_positions ? (Bn, Tn, Vp) : (Bn, Vp) at each row's last new token
+//   logits    all_positions ? laid out as tokens, Vp per position : (Bn, Vp) at each row's
+//             last new token. Padded: the positions past n_new[b] get zeros; packed: each
+//             row's span from io_start[b] must hold its n_new[b] rows, and only those are written.
 //   head_from (Bn) or null: with all_positions, row b's logits are needed at its new
 //             positions [head_from[b], n_new[b]) only (a loss's targets); the others are
 //             zeros, and the last layer skips what only they need (see gpt_infer_rows)
-// Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length.
-// Padded slots compute junk that is never stored in the cache and never read. An empty
-// cache (KVCache with rows = 0) is a pass that nothing continues (the teacher's): every
-// row starts at 0, and attention reads keys and values from the pass's own qkv.
+// Prefill is start = 0 with the prompts; decode is Tn = 1 with start = current length. An
+// empty cache (KVCache with rows = 0) is a pass that nothing continues (the teacher's):
+// every row starts at 0, and attention reads keys and values from the pass's own qkv.
 //
 // Rows are shared out among the threads as in the training passes (row_split_threads):
 // with enough rows each thread runs its share through the whole model alone; with few
 // (one prompt at a time, say) all threads work on each layer.
 template <typename T>
-void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
-               const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions,
-               ForwardRecord<T>* rec = nullptr, const int* head_from = nullptr) {
+void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* io_start,
+               const int* cache_row, const int* start, const int* n_new, int Bn, int Tn, T* logits,
+               bool all_positions, ForwardRecord<T>* rec = nullptr, const int* head_from = nullptr) {
     const GPTConfig& c = m.config;
-    s.ensure((size_t)Bn * Tn, c.channels, c.num_heads, c.max_seq_len, Tn);
-    for (int b = 0; b < Bn; b++)
+    std::vector<int> first(Bn + 1, 0);  // row b's first scratch row
+    for (int b = 0; b < Bn; b++) {
         GKD_ASSERT(start[b] + n_new[b] <= c.max_seq_len && (cache.rows == 0 ? start[b] == 0 : cache_row[b] < cache.rows),
                    "sequence past the context, or a continued row without a cache");
+        GKD_ASSERT(n_new[b] >= 0 && (io_start || n_new[b] <= Tn), "a row with more new tokens than its room");
+        first[b + 1] = first[b] + n_new[b];
+    }
+    s.ensure((size_t)std::max(first[Bn], 1), c.channels, c.num_heads, c.max_seq_len, Tn, (size_t)std::max(Bn, 1));
     int parts = row_split_threads(Bn);
     // packed decode with under a register tile of rows per thread: the threads share out
     // the weights instead of each reading all of them for its one or two rows
     if (decode_packed(m, s, Tn) && Bn < DECODE_TILE_ROWS * parts) parts = 1;
     if (parts == 1)
-        return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, cache_row, start, n_new, Tn, logits, all_positions, rec,
-                              head_from);
+        return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, io_start, cache_row, start, n_new, Tn, logits,
+                              all_positions, rec, head_from, first.data());
     #pragma omp parallel num_threads(parts)
     {
         const int t = omp_get_thread_num();
-        gpt_infer_rows(m, cache, s, share_begin(Bn, t, parts), share_begin(Bn, t + 1, parts), t, tokens, cache_row,
-                       start, n_new, Tn, logits, all_positions, rec, head_from);
+        gpt_infer_rows(m, cache, s, share_begin(Bn, t, parts), share_begin(Bn, t + 1, parts), t, tokens, io_start,
+                       cache_row, start, n_new, Tn, logits, all_positions, rec, head_from, first.data());
     }
+}
+// ... with the tokens (Bn, Tn), right-padded
+template <typename T>
+void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int* tokens, const int* cache_row,
+               const int* start, const int* n_new, int Bn, int Tn, T* logits, bool all_positions,
+               ForwardRecord<T>* rec = nullptr, const int* head_from = nullptr) {
+    gpt_infer(m, cache, s, tokens, (const int*)nullptr, cache_row, start, n_new, Bn, Tn, logits, all_positions, rec,
+              head_from);
 }
 
 // ----------------------------------------------------------------------------

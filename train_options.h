@@ -43,6 +43,7 @@ struct TrainOptions {
     bool seq_kd;
     LossNorm loss_norm;
     int batch, steps;  // steps 0: one pass over the data
+    int batch_tokens;  // > 0: each batch whole examples up to this many tokens, instead of `batch` of them
     double lr;
     Schedule schedule;
     int warmup;
@@ -264,6 +265,10 @@ inline const std::vector<TrainOption>& train_options() {
         choice("loss-norm", &O::loss_norm, LOSS_NORM_NAMES, "sequence", DISTILL_AND_SFT,
                "sequence (mean over sequences of per-token means) | token"),
         count("batch", &O::batch, 8, 1, 1 << 16, DISTILL_AND_SFT, "sequences per step"),
+        count("batch-tokens", &O::batch_tokens, 0, 1, 1 << 30, DISTILL_AND_SFT,
+              "fill each step with whole examples while their tokens (prompt + dataset completion + EOS, each "
+              "sample of it) fit N, instead of --batch examples; with MPI, ranks get shares of equal tokens",
+              "off: --batch examples"),
         count("steps", &O::steps, 0, 1, 1 << 30, DISTILL_AND_SFT, "optimizer steps", "one pass over the data"),
         number("lr", &O::lr, "1e-4", 0, 10, DISTILL_AND_SFT, "peak learning rate"),
         choice("lr-schedule", &O::schedule, SCHEDULE_NAMES, "constant", DISTILL_AND_SFT, "constant | cosine"),

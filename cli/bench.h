@@ -264,8 +264,143 @@ static TeacherMemory teacher_memory(const Trainer& tr, int B, int T) {
     m.gpt2_rows_mb = positions * Vp * 4 / 1e6;
     m.gpt2_top64_mb = positions * (2 * 64 + 1) * 4 / 1e6;  // (K + 1) floats and K int32 ids
     m.gpt2_top8_mb = positions * (2 * 8 + 1) * 4 / 1e6;
-    m.gpt2_chunk_mb = CpuDevice::teacher_chunk_rows(T, (int)Vp) * (double)T * Vp * 4 / 1e6;
+    m.gpt2_chunk_mb = std::max(1, CpuDevice::teacher_chunk_positions((int)Vp) / T) * (double)T * Vp * 4 / 1e6;
     return m;
+}
+
+// ----------------------------------------------------------------------------
+// the ragged workload: a supervised distillation step (lambda 0: the dataset's completions,
+// whose lengths the workload sets) on rows of very different lengths, padded against packed
+
+// Row lengths of instruction data, as gkd bench --ragged draws them: prompts and answers
+// long-tailed, log-normal, prompts of median 24 tokens (sigma 0.9), answers of median 48
+// (sigma 1.0), each cut to fit the context. The parameters are chosen to have the shape of
+// instruction-tuning data (a dozen to hundreds of prompt tokens, answers ending anywhere up
+// to the budget); they are stated here, not measured from a dataset: --lengths FILE runs
+// the lengths of real data instead.
+struct RaggedRow { int prompt, completion; };
+static std::vector<RaggedRow> instruction_like_lengths(int B, int context, uint64_t seed) {
+    Rng rng(seed);
+    std::vector<RaggedRow> rows(B);
+    for (RaggedRow& r : rows) {
+        const double p = std::exp(std::log(24.0) + 0.9 * rng.normal()), c = std::exp(std::log(48.0) + 1.0 * rng.normal());
+        r.prompt = std::min(std::max(1, (int)std::lround(p)), context / 2);
+        r.completion = std::min(std::max(1, (int)std::lround(c)), context - r.prompt - 1);
+    }
+    return rows;
+}
+// --lengths FILE: one JSON object a line, {"prompt": tokens, "completion": tokens}
+static std::vector<RaggedRow> lengths_from_file(const std::string& path, int context) {
+    std::ifstream in(path);
+    if (!in) GKD_FAIL("gkd bench --lengths: %s: cannot open for reading", path.c_str());
+    std::vector<RaggedRow> rows;
+    std::string line;
+    for (int n = 1; std::getline(in, line); n++) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        json j = json::parse(line, nullptr, false);
+        if (!j.is_object() || !j.contains("prompt") || !j.contains("completion") || !j["prompt"].is_number_integer() ||
+            !j["completion"].is_number_integer())
+            GKD_FAIL("%s:%d: expected {\"prompt\": tokens, \"completion\": tokens}", path.c_str(), n);
+        RaggedRow r{j["prompt"].get<int>(), j["completion"].get<int>()};
+        if (r.prompt < 1 || r.completion < 1 || r.prompt + r.completion + 1 > context)
+            GKD_FAIL("%s:%d: prompt %d and completion %d tokens: each at least 1, together within the context %d "
+                     "less the EOS", path.c_str(), n, r.prompt, r.completion, context);
+        rows.push_back(r);
+    }
+    if (rows.empty()) GKD_FAIL("gkd bench --lengths: %s has no rows", path.c_str());
+    return rows;
+}
+
+// Times the same supervised distillation step padded (each batch padded to its longest
+// row, as a trainer that pads runs it) and packed (gkd), step for step in turn, and prints
+// both by phase with the real and the padded tokens.
+static int bench_ragged(const Flags& f, const std::string& device, int V, int context, int steps, int warmup) {
+    const int B = (int)f.integer("batch", 16, 1, 1 << 16);
+    const std::vector<RaggedRow> lengths = f.has("lengths") ? lengths_from_file(f.str("lengths", ""), context)
+                                                            : instruction_like_lengths(B, context, 11);
+    const int rows = (int)lengths.size();
+    Trainer tr[2];  // 0: padded, 1: packed
+    for (int k = 0; k < 2; k++) {
+        GPT<float> student = bench_model(f.str("student", "2,768,12"), V, context, 1, "student");
+        GPT<float> teacher = bench_model(f.str("teacher", "4,768,12"), V, context, 2, "teacher");
+        benchmark_trainer(tr[k], std::move(student), std::move(teacher), false, 0, 1, 1, f.num("beta", 0.5, 0, 1),
+                          warmup + steps);
+        Trainer& t = tr[k];
+        t.opt.lambda = 0;  // the dataset's completions: the workload's lengths
+        t.opt.batch = rows;
+        t.opt.teacher_top_k = (int)f.integer("teacher-top-k", 0, 0, V);
+        t.data.examples.clear();
+        Rng rng(7);
+        for (const RaggedRow& r : lengths) {
+            Example e;
+            for (int i = 0; i < r.prompt; i++) e.prompt.push_back((int)rng.below(V - 1));
+            for (int i = 0; i < r.completion; i++) e.completion.push_back((int)rng.below(V - 1));
+            e.has_completion = true;
+            t.data.examples.push_back(e);
+        }
+        t.pad_batches = k == 0;
+        t.opt.device = device;
+        t.opt.tf32 = f.on("tf32");
+        t.opt.precision = precision_flag(f, device);
+        create_training_device(t);
+    }
+    std::vector<StepStats> stats[2];
+    for (int step = 0; step < warmup + steps; step++)
+        for (int k = 0; k < 2; k++) {
+            StepStats st = gkd_step(tr[k], step);
+            if (step >= warmup) stats[k].push_back(st);
+        }
+    long long real = 0, longest = 0, targets = 0;
+    for (const RaggedRow& r : lengths) {
+        real += r.prompt + r.completion;  // inputs: every token but the EOS
+        longest = std::max<long long>(longest, r.prompt + r.completion);
+        targets += r.completion + 1;
+    }
+    const long long padded = longest * rows;
+    auto med = [&](int k, double StepStats::*field) {
+        std::vector<double> v;
+        for (auto& s : stats[k]) v.push_back(s.*field);
+        return median(v);
+    };
+    struct Phase { const char* name; const char* key; double StepStats::*field; };
+    const Phase phases[] = {{"teacher forward", "teacher", &StepStats::teacher_ms},
+                            {"student forward", "forward", &StepStats::forward_ms},
+                            {"loss", "loss", &StepStats::loss_ms},
+                            {"student backward + grad norm", "backward", &StepStats::backward_ms},
+                            {"AdamW", "update", &StepStats::update_ms},
+                            {"step", "step", &StepStats::ms}};
+    const CpuDescription cpu = describe_cpu();
+    const GPTConfig &sc = tr[1].student.config, &tc = tr[1].teacher.config;
+    if (f.on("json")) {
+        json j = {{"workload", f.has("lengths") ? f.str("lengths", "") : "instruction-like"}, {"rows", rows},
+                  {"real_tokens", real}, {"padded_tokens", padded}, {"target_tokens", targets},
+                  {"device", tr[1].device->on_gpu() ? "cuda" : "cpu"}, {"threads", omp_get_max_threads()},
+                  {"cpu", cpu.model}, {"matmuls", cpu.blas}};
+        for (const Phase& p : phases) {
+            j[std::string("padded_") + p.key + "_ms"] = med(0, p.field);
+            j[std::string("packed_") + p.key + "_ms"] = med(1, p.field);
+        }
+        printf("%s\n", j.dump().c_str());
+        return 0;
+    }
+    printf("gkd bench --ragged: supervised distillation step (lambda 0) on %d rows of %s; student L=%d C=%d NH=%d, "
+           "teacher L=%d C=%d NH=%d, V=%d\n", rows,
+           f.has("lengths") ? strf("the lengths in %s", f.str("lengths", "").c_str()).c_str()
+                            : "instruction-like lengths (log-normal prompts of median 24, answers of median 48)",
+           sc.num_layers, sc.channels, sc.num_heads, tc.num_layers, tc.channels, tc.num_heads, V);
+    printf("  tokens: %lld real, %lld padded to the longest row (%lld x %d rows: %.0f%% padding); %lld targets\n",
+           real, padded, longest, rows, 100.0 * (padded - real) / padded, targets);
+    printf("  median of %d steps after %d warm-up, padded and packed in turn; %s\n\n", steps, warmup,
+           tr[1].device->on_gpu() ? "on the GPU"
+                                   : strf("%s, %d threads; matmuls: %s", cpu.model.c_str(), omp_get_max_threads(),
+                                          cpu.blas.c_str()).c_str());
+    printf("| phase | padded ms | packed ms | packed speed-up | padded target tok/s | packed target tok/s |\n"
+           "|---|---:|---:|---:|---:|---:|\n");
+    for (const Phase& p : phases) {
+        const double a = med(0, p.field), b = med(1, p.field);
+        printf("| %s | %.1f | %.1f | %.2fx | %.0f | %.0f |\n", p.name, a, b, a / b, targets / a * 1000, targets / b * 1000);
+    }
+    return 0;
 }
 
 static const std::vector<FlagSpec> BENCH_FLAGS = {
@@ -281,6 +416,9 @@ static const std::vector<FlagSpec> BENCH_FLAGS = {
     {"steps", true, "timed steps; the table gives medians (5)"}, {"warmup", true, "untimed steps first (1)"},
     {"json", false, "print one JSON object instead of the table"},
     {"memory-only", false, "print the CUDA path's device memory by tensor class, fp32 against bf16, and stop (no step runs)"},
+    {"ragged", false, "time a supervised distillation step on rows of instruction-like lengths, padded against packed "
+                      "(defaults then: --student 2,768,12 --teacher 4,768,12 --batch 16 --context 256 --steps 3)"},
+    {"lengths", true, "with --ragged: the rows' lengths from FILE, JSONL {\"prompt\": tokens, \"completion\": tokens}"},
     {"device", true, "auto | cpu | cuda"},
     {"precision", true, PRECISION_HELP},
     {"tf32", false, "cuda: matmuls on TF32 tensor cores (MFU then against the TF32 peak)"}};
@@ -295,6 +433,10 @@ static int cmd_bench(int argc, char** argv) {
     const std::string device = resolve_device(f);
     std::string vocab = f.str("vocab", "byte");
     int V = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);
+    if (f.has("lengths") && !f.on("ragged")) GKD_FAIL("gkd bench: --lengths gives the rows of --ragged: add --ragged");
+    if (f.on("ragged"))
+        return bench_ragged(f, device, V, (int)f.integer("context", 256, 2, 1 << 20),
+                            (int)f.integer("steps", 3, 1, 100000), (int)f.integer("warmup", 1, 0, 100000));
     int context = (int)f.integer("context", 128, 2, 1 << 20);
     int B = (int)f.integer("batch", 32, 1, 1 << 16);
     int P = (int)f.integer("prompt-tokens", 32, 1, 1 << 20);

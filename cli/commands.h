@@ -141,9 +141,9 @@ static int cmd_train(int argc, char** argv, bool sft) {
             }
             load_trainer(tr, o);
             if (!o.quiet && root)
-                fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %d, on %s%s\n", cmd,
+                fprintf(stderr, "gkd %s: student %s (%zu parameters), %zu examples, %d steps of %s, on %s%s\n", cmd,
                         o.student_path.c_str(), tr.student.num_parameters, tr.data.examples.size(), tr.opt.steps,
-                        o.batch,
+                        o.batch_tokens ? strf("up to %d tokens", o.batch_tokens).c_str() : strf("%d", o.batch).c_str(),
                         o.device == "cuda" ? (o.tf32 ? "the GPU (fp32, TF32 matmuls)"
                                               : o.precision == "auto" ? "the GPU (bf16 from compute capability 8.0, else fp32)"
                                               : o.precision == "bf16" ? "the GPU (bf16)" : "the GPU (fp32)")
@@ -162,7 +162,7 @@ static int cmd_train(int argc, char** argv, bool sft) {
 static void check_data_parallel(const TrainOptions& o) {
     const int ranks = world().size;
     if (ranks == 1) return;
-    if (o.batch < ranks)  // rows are shared out in whole prompts (a prompt's K samples stay together)
+    if (o.batch_tokens == 0 && o.batch < ranks)  // rows are shared out in whole prompts (a prompt's K samples stay together)
         GKD_FAIL("gkd %s: --batch %d gives fewer prompts than the %d ranks: each rank needs at least one",
                  o.sft ? "sft" : "distill", o.batch, ranks);
 }
@@ -624,8 +624,8 @@ static int cmd_teacher_cache(int argc, char** argv) {
             logp.clear();
             ids.clear();
             int positions = 0;
-            for (int t = 0; t < b.T; t++) {
-                const size_t n = (size_t)i * b.T + t;
+            for (int t = 0; t < b.length(i); t++) {
+                const size_t n = (size_t)b.row_start[i] + t;
                 if (b.targets[n] < 0) continue;
                 logp.insert(logp.end(), sig.logp.begin() + n * (K + 1), sig.logp.begin() + (n + 1) * (K + 1));
                 ids.insert(ids.end(), sig.ids.begin() + n * K, sig.ids.begin() + (n + 1) * K);

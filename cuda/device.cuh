@@ -30,10 +30,10 @@ struct GpuDeviceOf : Device {
     GpuGeneratorOf<T> student_gen, teacher_gen;
     GpuInferScratchOf<T> scratch;        // forward passes with no activations kept
     DeviceBuffer<float> teacher_logits;  // (targets, Vp of the teacher): its logits where the loss reads them
-    DeviceBuffer<int> teacher_row;       // (B * T) position n's row of teacher_logits, -1 off the targets
+    DeviceBuffer<int> teacher_row;       // (N) position n's row of teacher_logits, -1 off the targets
     DeviceBuffer<int> signal_at;         // (targets of a chunk) their batch positions
-    GpuTeacherSignal teacher_signal;     // else (B * T, K + 1) and (B * T, K), or (B * T)
-    DeviceBuffer<float> eval_logits;     // (B, T, Vp) before they go to the host
+    GpuTeacherSignal teacher_signal;     // else (N, K + 1) and (N, K), or (N)
+    DeviceBuffer<float> eval_logits;     // (N, Vp) before they go to the host
     GpuLossBuffers loss;
     TeacherSignal cached_signal;         // a batch's signal from --teacher-cache, on its way to the device
     GpuRecordOf<T> sampled;              // the last on-policy sampling's activations, for the student's forward
@@ -78,41 +78,36 @@ struct GpuDeviceOf : Device {
         return gpu_speculative_generate(student, student_gen, of(Role::Teacher), teacher_gen, prompts, budgets,
                                         draft_tokens, temperature, eos, seed, stream, row_ids, stats);
     }
-    // logits (device) at every position of b: no KV cache, nothing decodes after it
+    // logits (device) at every position of b, packed: no KV cache, nothing decodes after it
     void forward_all_positions(Role who, const TrainBatch& b, float* logits) {
-        std::vector<int> rows(b.B), start(b.B, 0), n_new(b.B, b.T);
-        for (int i = 0; i < b.B; i++) rows[i] = i;
-        gpu_infer(of(who), nullptr, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), b.B, b.T, logits,
-                  true);
+        gpu_infer_packed(of(who), scratch, b.tokens.data(), b.row_start.data(), b.B, logits);
     }
     void logits(Role who, const TrainBatch& b, std::vector<float>& out) override {
-        out.resize((size_t)b.B * b.T * of(who).config.padded_vocab_size);
+        out.resize((size_t)b.N * of(who).config.padded_vocab_size);
         float* d = eval_logits.ensure(out.size());
         forward_all_positions(who, b, d);
         download(out.data(), d, out.size());
     }
 
-    // The teacher's pass for the loss over rows [r0, r0 + count) of b, as the CPU's: each row
-    // up to its last target (loss_extent), the LM head at the targets alone (gpu_infer's
-    // head_at). logits (device) gets (targets of these rows, Vp) in batch order; at, the
-    // batch position of each.
+    // The teacher's pass for the loss over rows [r0, r0 + count) of b, packed, as the CPU's:
+    // each row up to its last target (loss_extent), the LM head at the targets alone
+    // (gpu_infer_packed's head_at). logits (device) gets (targets of these rows, Vp) in
+    // batch order; at, the batch position of each.
     void teacher_pass(const TrainBatch& b, const std::vector<int>& n_new, int r0, int count, std::vector<int>& at,
                       DeviceBuffer<float>& logits) {
-        int Tn = 1;
-        for (int i = r0; i < r0 + count; i++) Tn = std::max(Tn, n_new[i]);
-        std::vector<int> tokens((size_t)count * Tn, 0), rows(count), start(count, 0), head;
+        std::vector<int> tokens, row_start(1, 0), head;
         at.clear();
-        for (int i = 0; i < count; i++) {
-            const size_t row = (size_t)(r0 + i) * b.T;
-            std::copy(b.tokens.begin() + row, b.tokens.begin() + row + n_new[r0 + i], tokens.begin() + (size_t)i * Tn);
-            rows[i] = i;
-            for (int t = 0; t < n_new[r0 + i]; t++)
-                if (b.targets[row + t] >= 0) { head.push_back(i * Tn + t); at.push_back((int)(row + t)); }
+        for (int i = r0; i < r0 + count; i++) {
+            const int n0 = b.row_start[i];
+            for (int t = 0; t < n_new[i]; t++) {
+                if (b.targets[n0 + t] >= 0) { head.push_back((int)tokens.size()); at.push_back(n0 + t); }
+                tokens.push_back(b.tokens[n0 + t]);
+            }
+            row_start.push_back((int)tokens.size());
         }
         const GpuModelOf<T>& t = of(Role::Teacher);
         float* out = logits.ensure(std::max<size_t>(1, head.size()) * t.config.padded_vocab_size);
-        gpu_infer(t, nullptr, scratch, tokens.data(), rows.data(), start.data(), n_new.data() + r0, count, Tn, out,
-                  true, &head);
+        gpu_infer_packed(t, scratch, tokens.data(), row_start.data(), count, out, &head);
     }
     // what the loss reads of the teacher at every target position of b: its logit rows
     // (teacher_row maps a position to its row), or, when the loss needs less (top-K, the
@@ -121,7 +116,7 @@ struct GpuDeviceOf : Device {
     void teacher_forward(const TrainBatch& b, const LossSpec& spec) override {
         std::vector<int> n_new, head_from, at;
         loss_extent(b, n_new, head_from);
-        const int N = b.B * b.T, V = of(Role::Teacher).config.vocab_size;
+        const int N = b.N, V = of(Role::Teacher).config.vocab_size;
         const int Vp = of(Role::Teacher).config.padded_vocab_size, K = spec.top_k;
         if (spec.needs_teacher_rows()) {
             teacher_pass(b, n_new, 0, b.B, at, teacher_logits);
@@ -140,9 +135,10 @@ struct GpuDeviceOf : Device {
             teacher_signal.target_logp.ensure(N);
         }
         loss.targets.upload(b.targets.data(), N);
-        const int chunk = std::max(1, (int)((256ull << 20) / ((size_t)b.T * Vp * sizeof(float))));
-        for (int r0 = 0; r0 < b.B; r0 += chunk) {
-            teacher_pass(b, n_new, r0, std::min(chunk, b.B - r0), at, teacher_logits);
+        const int chunk = std::max(1, (int)((256ull << 20) / ((size_t)Vp * sizeof(float))));  // positions
+        for (int r0 = 0, r1; r0 < b.B; r0 = r1) {
+            for (r1 = r0 + 1; r1 < b.B && b.row_start[r1 + 1] - b.row_start[r0] <= chunk; r1++) {}
+            teacher_pass(b, n_new, r0, r1 - r0, at, teacher_logits);
             if (at.empty()) continue;
             signal_at.upload(at);
             gpu_teacher_signal(teacher_signal, teacher_logits.ptr, Vp, signal_at.ptr, loss.targets.ptr, (int)at.size(),
@@ -151,7 +147,7 @@ struct GpuDeviceOf : Device {
         CUDA_CHECK(cudaDeviceSynchronize());
     }
     // the cache's signal (data/teacher_cache.h) into the host's TeacherSignal, then to the
-    // device: (B * T, K + 1) floats and (B * T, K) ids a batch
+    // device: (N, K + 1) floats and (N, K) ids a batch
     void teacher_signal_from_cache(const TeacherCache& cache, const TrainBatch& b,
                                    const std::vector<size_t>& examples) override {
         cache.fill(cached_signal, b, examples);
@@ -169,12 +165,13 @@ struct GpuDeviceOf : Device {
     }
     // the sampled batch's forward is already in the record: it is packed down, not rerun
     bool student_forward_from_samples(const TrainBatch& b) override {
-        const bool reused = gpu_forward_from_record(trained(), sampled, b.tokens.data(), b.targets.data(), b.B, b.T);
+        const bool reused =
+            gpu_forward_from_record(trained(), sampled, b.tokens.data(), b.targets.data(), b.row_start.data(), b.B);
         if (reused) CUDA_CHECK(cudaDeviceSynchronize());
         return reused;
     }
     void student_forward(const TrainBatch& b) override {
-        gpu_forward(trained(), b.tokens.data(), b.B, b.T);
+        gpu_forward(trained(), b.tokens.data(), b.row_start.data(), b.B);
         CUDA_CHECK(cudaDeviceSynchronize());
     }
     double student_loss(const TrainBatch& b, const LossSpec& spec, PolicyGradientTerm* pg) override {

@@ -3,7 +3,9 @@
 //
 // Each gpu:: function takes the arguments of its CPU op in model.h (device pointers, the
 // same shapes) and computes the same thing, so tests/test_gpu.cu compares them one by one.
-// Shapes: B rows of Tn positions, N = B * Tn, C channels, NH heads of hs = C / NH.
+// Shapes: B rows of Tn positions, N = B * Tn, C channels, NH heads of hs = C / NH; the
+// encoder and attention also come for packed batches (rows of any lengths end to end,
+// model.h's RowLayout), which the training passes run.
 // Each is a template over T, the storage type of activations and working weights (float,
 // or bf16 under --precision bf16; cuda/precision.cuh): arithmetic is fp32 in registers,
 // each stored value rounded once. LayerNorm's statistics and every weight gradient are
@@ -42,6 +44,23 @@ static void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, 
     GPU_LAUNCH(encoder_forward_kernel<T>, blocks_for(total), THREADS, 0, gpu::stream(), out, inp, wte, wpe, Tn, C, total);
 }
 
+// The same over a packed batch: out (N, C), position n at pos[n] of its row (device)
+template <typename T>
+__global__ void encoder_forward_packed_kernel(T* out, const int* inp, const int* pos, const T* wte, const T* wpe, int C,
+                                              size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    size_t n = i / C;
+    int c = (int)(i % C);
+    out[i] = from_float<T>(to_float(wte[(size_t)inp[n] * C + c]) + to_float(wpe[(size_t)pos[n] * C + c]));
+}
+template <typename T>
+static void encoder_forward(T* out, const int* inp, const int* pos, const T* wte, const T* wpe, int N, int C) {
+    size_t total = (size_t)N * C;
+    GPU_LAUNCH(encoder_forward_packed_kernel<T>, blocks_for(total), THREADS, 0, gpu::stream(), out, inp, pos, wte, wpe,
+               C, total);
+}
+
 // dwpe: one thread per (t, c), summing over the rows b in order
 template <typename T>
 __global__ void position_grad_kernel(float* dwpe, const T* dout, int B, int Tn, int C) {
@@ -49,6 +68,18 @@ __global__ void position_grad_kernel(float* dwpe, const T* dout, int B, int Tn, 
     if (i >= Tn * C) return;
     float s = 0;
     for (int b = 0; b < B; b++) s += to_float(dout[(size_t)b * Tn * C + i]);
+    dwpe[i] += s;
+}
+// ... over a packed batch: row b begins at row_start[b] (device, B + 1), rows shorter
+// than t + 1 have no position t
+template <typename T>
+__global__ void position_grad_packed_kernel(float* dwpe, const T* dout, const int* row_start, int B, int Tn, int C) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= Tn * C) return;
+    const int t = i / C, c = i % C;
+    float s = 0;
+    for (int b = 0; b < B; b++)
+        if (row_start[b] + t < row_start[b + 1]) s += to_float(dout[(size_t)(row_start[b] + t) * C + c]);
     dwpe[i] += s;
 }
 // dwte: one block per distinct token, its positions (in order) listed by the host
@@ -91,6 +122,17 @@ template <typename T>
 static void encoder_backward(float* dwte, float* dwpe, const T* dout, const DeviceTokenGroups& groups, int B, int Tn,
                              int C) {
     GPU_LAUNCH(position_grad_kernel<T>, blocks_for((size_t)Tn * C), THREADS, 0, gpu::stream(), dwpe, dout, B, Tn, C);
+    if (groups.count == 0) return;
+    GPU_LAUNCH(token_grad_kernel<T>, groups.count, 128, 0, gpu::stream(),
+        dwte, dout, groups.token_ids.ptr, groups.first.ptr, groups.positions.ptr, C);
+}
+
+// ... over a packed batch: B rows from row_start (device, B + 1), the longest Tn
+template <typename T>
+static void encoder_backward(float* dwte, float* dwpe, const T* dout, const DeviceTokenGroups& groups,
+                             const int* row_start, int B, int Tn, int C) {
+    GPU_LAUNCH(position_grad_packed_kernel<T>, blocks_for((size_t)Tn * C), THREADS, 0, gpu::stream(), dwpe, dout,
+               row_start, B, Tn, C);
     if (groups.count == 0) return;
     GPU_LAUNCH(token_grad_kernel<T>, groups.count, 128, 0, gpu::stream(),
         dwte, dout, groups.token_ids.ptr, groups.first.ptr, groups.positions.ptr, C);
@@ -375,6 +417,35 @@ static void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* at
     merge_heads(dqkv, 3 * C, dq, B, Tn, NH, hs, true);
     merge_heads(dqkv + C, 3 * C, dk, B, Tn, NH, hs, true);
     merge_heads(dqkv + 2 * C, 3 * C, dv, B, Tn, NH, hs, true);
+}
+
+// Attention over a packed batch (RowLayout, model.h): each run of consecutive rows of one
+// length is one rectangular call above (rows of one length lie end to end, and so do their
+// weights), so a batch of equal rows is one call per layer, as before packing, and
+// ragged rows cost a call per distinct run. att (A): row b's (NH, len, len) at
+// rows.att_start[b]. scratch: attention_scratch_size(N, 1, C, NH) + A elements cover any run.
+template <typename F>
+static void for_each_length_run(const RowLayout& rows, F f) {
+    for (int b0 = 0, b1; b0 < rows.B; b0 = b1) {
+        for (b1 = b0 + 1; b1 < rows.B && rows.length(b1) == rows.length(b0); b1++) {}
+        if (rows.length(b0) > 0) f(b0, b1, rows.length(b0));
+    }
+}
+template <typename T>
+static void attention_forward(T* out, T* att, const T* qkv, T* scratch, const RowLayout& rows, int C, int NH) {
+    for_each_length_run(rows, [&](int b0, int b1, int len) {
+        const size_t at = rows.start[b0];
+        gpu::attention_forward(out + at * C, att + rows.att_start[b0], qkv + at * 3 * C, scratch, b1 - b0, len, C, NH);
+    });
+}
+template <typename T>
+static void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch, const RowLayout& rows,
+                               int C, int NH) {
+    for_each_length_run(rows, [&](int b0, int b1, int len) {
+        const size_t at = rows.start[b0];
+        gpu::attention_backward(dqkv + at * 3 * C, dout + at * C, qkv + at * 3 * C, att + rows.att_start[b0], scratch,
+                                b1 - b0, len, C, NH);
+    });
 }
 
 // ---- GELU (tanh approximation) and residuals: elementwise

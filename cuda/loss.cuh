@@ -2,10 +2,10 @@
 // teacher signal of the CPU path, in loss.h's order.
 //
 // - fused_loss_kernel (full_row_loss's and total_variation_row's twin): one block per
-//   position n of the batch (B * T blocks). It reads the student's logits row (and the
+//   position n of the batch (N blocks, N the packed batch's positions). It reads the student's logits row (and the
 //   teacher's), computes D(P, Q) of docs/algorithm.md §1 (forward KL, reverse KL, JSD(beta)
 //   or TV at temperature tau), or SFT's cross-entropy, and overwrites the student's row with
-//   the gradient, like llm.c's fused classifier: the model keeps one (B, T, Vp) buffer.
+//   the gradient, like llm.c's fused classifier: the model keeps one (N, Vp) buffer.
 // - teacher_top_k_kernel and target_log_prob_kernel: the teacher's signal when the loss
 //   needs less than its rows (teacher_top_k_row's and token_log_prob's twins);
 //   top_k_loss_kernel: the divergence over the K + 1 buckets (top_k_divergence_row's twin);
@@ -317,12 +317,12 @@ struct GpuLossBuffers {
 // loss kernel shares.
 static gpu::LossArgs loss_args(GpuLossBuffers& buf, const TrainBatch& b, float* student, int V, int Vp_student,
                                double tau, LossNorm norm, const PolicyGradientTerm* pg) {
-    const int N = b.B * b.T;
+    const int N = b.N;
     std::vector<double> weight(N, 0.0), coef(pg ? N : 0, 0.0);
     for (int n = 0; n < N; n++) {
         if (b.targets[n] < 0) continue;
-        weight[n] = position_weight(b, n / b.T, norm) * (pg ? pg->alpha : 1.0);
-        if (pg) coef[n] = -pg->scale * pg->advantage[n / b.T] / pg->temperature;
+        weight[n] = position_weight(b, b.row_of[n], norm) * (pg ? pg->alpha : 1.0);
+        if (pg) coef[n] = -pg->scale * pg->advantage[b.row_of[n]] / pg->temperature;
     }
     buf.targets.upload(b.targets.data(), N);
     buf.weight.upload(weight);
@@ -338,7 +338,7 @@ static gpu::LossArgs loss_args(GpuLossBuffers& buf, const TrainBatch& b, float* 
 // Each position's value (and log p(y) with RL) to the host, summed in the CPU's fixed order.
 static double sum_on_host(GpuLossBuffers& buf, const TrainBatch& b, LossNorm norm, double* mean_per_token,
                           PolicyGradientTerm* pg) {
-    const int N = b.B * b.T;
+    const int N = b.N;
     std::vector<double> per_position(N), logp(pg ? N : 0);
     download(per_position.data(), buf.per_position.ptr, N);
     if (pg) download(logp.data(), buf.logp.ptr, N);
@@ -347,8 +347,8 @@ static double sum_on_host(GpuLossBuffers& buf, const TrainBatch& b, LossNorm nor
 
 // full_row_loss's twin (loss.h), and total_variation_row's over the batch: the fused kernel
 // over every position, then the same fixed-order sums on the host (sum_position_losses).
-//   teacher (B, T, Vp_teacher), or (targets, Vp_teacher) with teacher_row (B * T) on the
-//   device, or null; student (B, T, Vp_student) on the device, which becomes the gradient
+//   teacher (N, Vp_teacher), or (targets, Vp_teacher) with teacher_row (N) on the
+//   device, or null; student (N, Vp_student) on the device, which becomes the gradient
 static double gpu_full_row_loss(GpuLossBuffers& buf, const TrainBatch& b, const float* teacher, int Vp_teacher,
                                 float* student, int V, int Vp_student, bool cross_entropy, double beta, double tau,
                                 LossNorm norm, double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr,
@@ -356,7 +356,7 @@ static double gpu_full_row_loss(GpuLossBuffers& buf, const TrainBatch& b, const 
     gpu::LossArgs a = loss_args(buf, b, student, V, Vp_student, cross_entropy ? 1.0 : tau, norm, pg);
     a.teacher = teacher; a.Vp_teacher = Vp_teacher; a.teacher_row = teacher_row;
     a.cross_entropy = cross_entropy; a.total_variation = total_variation; a.beta = beta;
-    GPU_LAUNCH(gpu::fused_loss_kernel, b.B * b.T, gpu::LOSS_THREADS, 0, gpu::stream(), a);
+    GPU_LAUNCH(gpu::fused_loss_kernel, b.N, gpu::LOSS_THREADS, 0, gpu::stream(), a);
     return sum_on_host(buf, b, norm, mean_per_token, pg);
 }
 
@@ -379,7 +379,7 @@ struct GpuTeacherSignal {
 static double gpu_top_k_loss(GpuLossBuffers& buf, const TrainBatch& b, const GpuTeacherSignal& signal, float* student,
                              int V, int Vp_student, Objective objective, double beta, double tau, LossNorm norm,
                              double* mean_per_token = nullptr, PolicyGradientTerm* pg = nullptr) {
-    const int N = b.B * b.T, K = signal.K;
+    const int N = b.N, K = signal.K;
     gpu::LossArgs a = loss_args(buf, b, student, V, Vp_student, tau, norm, pg);
     a.beta = beta;
     gpu::TopKArgs k;
@@ -394,11 +394,11 @@ static double gpu_top_k_loss(GpuLossBuffers& buf, const TrainBatch& b, const Gpu
 // sampled_reverse_kl_loss's twin: log q(y_t) and the row's normaliser per target on the
 // device, the log-ratios to the host for the advantages (discounted_advantages, the
 // CPU's code), each position's coefficient back, and the gradient kernel.
-//   teacher_target_logp (B * T) on the device; student (B, T, Vp_student) on the device
+//   teacher_target_logp (N) on the device; student (N, Vp_student) on the device
 static double gpu_sampled_reverse_kl_loss(GpuLossBuffers& buf, const TrainBatch& b, const float* teacher_target_logp,
                                           float* student, int V, int Vp_student, double tau, double discount,
                                           LossNorm norm, double* mean_per_token = nullptr) {
-    const int N = b.B * b.T;
+    const int N = b.N;
     buf.targets.upload(b.targets.data(), N);
     double* log_q = buf.logp.ensure(N);
     double* log_norm = buf.log_norm.ensure(N);
@@ -413,7 +413,7 @@ static double gpu_sampled_reverse_kl_loss(GpuLossBuffers& buf, const TrainBatch&
     std::vector<double> advantage, coef(N, 0.0);
     discounted_advantages(b, log_ratio, discount, advantage);
     for (int n = 0; n < N; n++)
-        if (b.targets[n] >= 0) coef[n] = -position_weight(b, n / b.T, norm) * advantage[n] / tau;
+        if (b.targets[n] >= 0) coef[n] = -position_weight(b, b.row_of[n], norm) * advantage[n] / tau;
     buf.pg_coef.upload(coef);
     GPU_LAUNCH(gpu::sampled_token_gradient_kernel, N, gpu::LOSS_THREADS, 0, gpu::stream(), student, Vp_student, V,
                buf.targets.ptr, buf.pg_coef.ptr, log_norm, 1.0 / tau);
@@ -421,8 +421,8 @@ static double gpu_sampled_reverse_kl_loss(GpuLossBuffers& buf, const TrainBatch&
 }
 
 // batch_loss's twin (loss.h), the entry point of the GPU's loss: the same dispatch.
-//   teacher (B, T, Vp_teacher) (or its target rows, with teacher_row) when the loss reads
-//   whole rows, else signal; student (B, T, Vp_student), which becomes the gradient
+//   teacher (N, Vp_teacher) (or its target rows, with teacher_row) when the loss reads
+//   whole rows, else signal; student (N, Vp_student), which becomes the gradient
 static double gpu_batch_loss(GpuLossBuffers& buf, const TrainBatch& b, const float* teacher, int Vp_teacher,
                              const int* teacher_row, const GpuTeacherSignal& signal, float* student, int V,
                              int Vp_student, const LossSpec& spec, double* mean_per_token = nullptr,

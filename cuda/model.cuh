@@ -24,14 +24,16 @@
 //   two allocations: the bf16 tensors from one, LayerNorm's statistics (fp32) from another.
 //   The logits (fp32 in both) are an allocation of their own, shared with sampling's record
 //   (below). A model used only forward (a teacher, sampling) keeps no master.
+// - Batches are packed (model.h's RowLayout): N positions, rows end to end, no padding;
+//   attention runs one rectangular call per run of equal-length rows (gpu::attention_forward).
 // - Sampling's record writes its logits straight into the student's logits, laid out
-//   (B, maxT, Vp); gpu_forward_from_record moves the rows down to the batch's (B, T) in
-//   place (pack_logits_in_place), so an on-policy step holds one (B, T, Vp) fp32 buffer,
-//   not two.
+//   (B, maxT, Vp); gpu_forward_from_record moves each row down to its place in the batch's
+//   (N, Vp) in place (gpu_pack_logits_in_place), so an on-policy step holds one fp32
+//   logits buffer, not two.
 // - The loss writes the logits' gradient over the fp32 logits; the LM head's backward
-//   rounds it to bf16 in place (gpu::narrow_logits_gradient): no second (B, T, Vp) buffer.
+//   rounds it to bf16 in place (gpu::narrow_logits_gradient): no second (N, Vp) buffer.
 // - The token-embedding gradient needs each token's positions grouped: the host builds
-//   the groups (a stable sort of B * T ids) while the device runs the forward pass.
+//   the groups (a stable sort of N ids) while the device runs the forward pass.
 #pragma once
 #include "common.cuh"
 #include "layers.cuh"
@@ -47,18 +49,21 @@ struct GpuModelOf {
     // training state
     DeviceBuffer<float> grads_memory, adam_m, adam_v;  // each (num_parameters), fp32
     ParameterTensors<float> grads{};
-    int max_B = 0, max_T = 0;
+    int max_N = 0, max_T = 0;                 // the allocation's positions and longest row
+    size_t max_att = 0;                       // ... and attention weights per layer
     DeviceBuffer<T> acts_memory, grads_acts_memory;
     DeviceBuffer<float> stats_memory;         // bf16: LayerNorm's statistics, fp32
-    DeviceBuffer<float> logits_memory;        // (max_B, max_T, Vp) the logits, fp32; sampling's record's too
+    DeviceBuffer<float> logits_memory;        // (max_N, Vp) the logits, fp32; sampling's record's too
     ActivationTensors<T, float> acts{}, grads_acts{};
     DeviceBuffer<T> attention_scratch;
     DeviceBuffer<float> column_scratch;
-    DeviceBuffer<int> inputs;                 // (B, T) tokens of the last forward
+    DeviceBuffer<int> inputs;                 // (N) tokens of the last forward
+    DeviceBuffer<int> positions;              // (N) each one's position in its row
+    DeviceBuffer<int> row_start;              // (B + 1) where each row begins
     gpu::TokenGroups token_groups;            // their positions grouped by token, for the embedding gradient
     gpu::DeviceTokenGroups device_token_groups;
     DeviceBuffer<double> norm_partials;       // (NORM_BLOCKS)
-    int batch_B = 0, batch_T = 0;
+    RowLayout batch;                          // the rows of the last forward (on the host)
 };
 using GpuModel = GpuModelOf<float>;
 
@@ -102,8 +107,8 @@ static void gpu_download_parameters(const GpuModelOf<T>& g, GPT<float>& m) {
 }
 
 template <typename T>
-static void gpu_prepare_training(GpuModelOf<T>& g, int B, int Tn) {
-    GKD_ASSERT(Tn <= g.config.max_seq_len, "batch longer than the context");
+static void gpu_prepare_training(GpuModelOf<T>& g, const RowLayout& rows) {
+    GKD_ASSERT(rows.T <= g.config.max_seq_len, "batch longer than the context");
     if (!g.grads_memory.ptr) {
         g.grads_memory.ensure(g.num_parameters);
         CUDA_CHECK(cudaMemset(g.grads_memory.ptr, 0, g.num_parameters * sizeof(float)));
@@ -111,32 +116,39 @@ static void gpu_prepare_training(GpuModelOf<T>& g, int B, int Tn) {
         name_carved_tensors("gradients", g.grads_memory.ptr, g.param_sizes, PARAMETER_NAMES, NUM_PARAMETER_TENSORS);
         g.norm_partials.ensure(gpu::NORM_BLOCKS);
     }
-    if (B <= g.max_B && Tn <= g.max_T) return;
-    g.max_B = std::max(B, g.max_B);
-    g.max_T = std::max(Tn, g.max_T);
+    if (rows.N <= g.max_N && rows.att() <= g.max_att && rows.T <= g.max_T) return;
+    g.max_N = std::max(rows.N, g.max_N);
+    g.max_T = std::max(rows.T, g.max_T);
+    g.max_att = std::max(rows.att(), g.max_att);
     const GPTConfig& c = g.config;
     size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, c, g.max_B, g.max_T);
+    fill_packed_activation_sizes(sizes, c, g.max_N, g.max_att);
     size_t total = 0, stats = 0;  // elements of T and, in bf16, of the fp32 carving: all but the logits
     for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) (is_fp32<T>() || !activation_is_statistic(i) ? total : stats) += sizes[i];
     g.acts_memory.ensure(total);
     if (stats) g.stats_memory.ensure(stats);
     g.logits_memory.ensure(sizes[NUM_ACTIVATION_TENSORS - 1]);
     g.grads_acts_memory.ensure(total);
-    g.attention_scratch.ensure(gpu::attention_scratch_size(g.max_B, g.max_T, c.channels, c.num_heads));
-    g.column_scratch.ensure(gpu::column_scratch_size(g.max_B * g.max_T, 4 * c.channels));
-    g.inputs.ensure((size_t)g.max_B * g.max_T);
+    // (any run of equal rows of a batch needs at most this: gpu::attention_forward)
+    g.attention_scratch.ensure(gpu::attention_scratch_size(g.max_N, 1, c.channels, c.num_heads) + g.max_att);
+    g.column_scratch.ensure(gpu::column_scratch_size(g.max_N, 4 * c.channels));
+    g.inputs.ensure((size_t)g.max_N);
+    g.positions.ensure((size_t)g.max_N);
+}
+template <typename T>
+static void gpu_prepare_training(GpuModelOf<T>& g, int B, int Tn) {
+    gpu_prepare_training(g, RowLayout::rectangle(B, Tn, g.config.num_heads));
 }
 
-// Points a's tensors for (B, T): in fp32 all but the logits in `memory`, in the CPU's
+// Points a's tensors for N positions (A attention weights a layer): in fp32 all but the logits in `memory`, in the CPU's
 // order; in bf16 the tensors of T in `memory` and the statistics in `stats` (either may be
 // null: those tensors stay null). The logits, an allocation of their own, at `logits`.
 // Names the carved tensors for the emulator's guard zones.
 template <typename T>
 static void gpu_point_activations(ActivationTensors<T, float>& a, T* memory, float* stats, float* logits,
-                                  const GPTConfig& c, int B, int Tn, const char* group) {
+                                  const GPTConfig& c, size_t N, size_t A, const char* group) {
     size_t sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(sizes, c, B, Tn);
+    fill_packed_activation_sizes(sizes, c, N, A);
     sizes[NUM_ACTIVATION_TENSORS - 1] = 0;
     size_t in_memory[NUM_ACTIVATION_TENSORS], in_stats[NUM_ACTIVATION_TENSORS];
     void** ptrs = a.pointers();
@@ -175,39 +187,47 @@ static void gpu_download_optimizer(const GpuModelOf<T>& g, AdamW& opt) {
     download(opt.v.data(), g.adam_v.ptr, g.num_parameters);
 }
 
-// The activations shaped for a batch of tokens (B, T) (on the host), and what the backward
-// needs of the tokens: on the device, and grouped by token for the embedding's gradient.
+// The activations shaped for a packed batch (tokens (N) on the host, B rows from
+// row_start (B + 1)), and what the passes need of it on the device: the tokens, each
+// position's place in its row, the rows' starts, and the tokens grouped for the
+// embedding's gradient.
 template <typename T>
-static void gpu_shape_batch(GpuModelOf<T>& g, const int* tokens, int B, int Tn) {
-    gpu_prepare_training(g, B, Tn);
-    gpu_point_activations(g.acts, g.acts_memory.ptr, g.stats_memory.ptr, g.logits_memory.ptr, g.config, B, Tn,
-                          "activations");
+static void gpu_shape_batch(GpuModelOf<T>& g, const int* tokens, const int* row_start, int B) {
+    RowLayout rows = RowLayout::packed(row_start, B, g.config.num_heads);
+    gpu_prepare_training(g, rows);
+    gpu_point_activations(g.acts, g.acts_memory.ptr, g.stats_memory.ptr, g.logits_memory.ptr, g.config, rows.N,
+                          rows.att(), "activations");
     // no logits of their own: the loss writes over the logits; in bf16 no statistics either
-    gpu_point_activations(g.grads_acts, g.grads_acts_memory.ptr, (float*)nullptr, g.logits_memory.ptr, g.config, B,
-                          Tn, "activation gradients");
-    g.batch_B = B;
-    g.batch_T = Tn;
-    const int N = B * Tn;
+    gpu_point_activations(g.grads_acts, g.grads_acts_memory.ptr, (float*)nullptr, g.logits_memory.ptr, g.config,
+                          rows.N, rows.att(), "activation gradients");
+    const int N = rows.N;
+    std::vector<int> pos(N);
+    for (int b = 0; b < B; b++)
+        for (int n = rows.start[b]; n < rows.start[b + 1]; n++) pos[n] = n - rows.start[b];
     for (int i = 0; i < N; i++) GKD_ASSERT(tokens[i] >= 0 && tokens[i] < g.config.vocab_size, "token id out of range");
     CUDA_CHECK(cudaMemcpy(g.inputs.ptr, tokens, sizeof(int) * N, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(g.positions.ptr, pos.data(), sizeof(int) * N, cudaMemcpyHostToDevice));
+    g.row_start.upload(rows.start);
     g.token_groups.build(tokens, N);
     g.device_token_groups.upload(g.token_groups);
+    g.batch = std::move(rows);
 }
 
-// tokens (B, T) on the host -> acts.logits (B, T, Vp) on the device, keeping what
-// gpu_backward needs. gpt_forward's twin, line for line.
+// tokens (N) on the host, B rows from row_start (B + 1) -> acts.logits (N, Vp) on the
+// device, keeping what gpu_backward needs. gpt_forward's twin, line for line.
 template <typename T>
-static void gpu_forward(GpuModelOf<T>& g, const int* tokens, int B, int Tn) {
+static void gpu_forward(GpuModelOf<T>& g, const int* tokens, const int* row_start, int B) {
     const GPTConfig& c = g.config;
-    gpu_shape_batch(g, tokens, B, Tn);
-    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    gpu_shape_batch(g, tokens, row_start, B);
+    const RowLayout& rows = g.batch;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = rows.N;
     const ParameterTensors<T>& p = g.params;
     ActivationTensors<T, float>& a = g.acts;
     T* scratch = g.attention_scratch.ptr;
-    gpu::encoder_forward(a.encoded, g.inputs.ptr, p.wte, p.wpe, B, Tn, C);
+    gpu::encoder_forward(a.encoded, g.inputs.ptr, g.positions.ptr, p.wte, p.wpe, N, C);
     for (int l = 0; l < L; l++) {
         const T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
-        // where layer l starts in its slabs: (B, T, C), and the (B, T) layernorm statistics
+        // where layer l starts in its slabs: (N, C), the (N) layernorm statistics, the (A) attention weights
         const size_t at_C = (size_t)l * N * C, at_stat = (size_t)l * N;
         T* qkv = a.qkv + at_C * 3;
         T* fch = a.fch + at_C * 4;
@@ -215,7 +235,7 @@ static void gpu_forward(GpuModelOf<T>& g, const int* tokens, int B, int Tn) {
         gpu::layernorm_forward(a.ln1 + at_C, a.ln1_mean + at_stat, a.ln1_rstd + at_stat, residual, p.ln1w + l * C,
                                p.ln1b + l * C, N, C);
         gpu::matmul_forward(qkv, a.ln1 + at_C, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
-        gpu::attention_forward(a.atty + at_C, a.att + (size_t)l * B * NH * Tn * Tn, qkv, scratch, B, Tn, C, NH);
+        gpu::attention_forward(a.atty + at_C, a.att + (size_t)l * rows.att(), qkv, scratch, rows, C, NH);
         gpu::matmul_forward(a.attproj + at_C, a.atty + at_C, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N,
                             C, C, C);
         gpu::residual_forward(a.residual2 + at_C, residual, a.attproj + at_C, (size_t)N * C);
@@ -233,18 +253,48 @@ static void gpu_forward(GpuModelOf<T>& g, const int* tokens, int B, int Tn) {
     gpu::matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, V, Vp);  // bf16 in, fp32 logits out
     gpu::zero_padding(a.logits, N, V, Vp);
 }
+// ... a rectangular batch: tokens (B, T)
+template <typename T>
+static void gpu_forward(GpuModelOf<T>& g, const int* tokens, int B, int Tn) {
+    const RowLayout r = RowLayout::rectangle(B, Tn, g.config.num_heads);
+    gpu_forward(g, tokens, r.start.data(), B);
+}
 
 namespace gpu {
-// dst (outer, rows_dst, cols_dst) = the leading part of src (outer, rows_src, cols_src): a
-// record's (B, maxT) layout packed down to a batch's (B, T)
+// The row of position n (or of attention weight n) of a packed batch: the last b with
+// first[b] <= n, by bisection over first (B + 1).
+template <typename I>
+__device__ inline int row_containing(const I* first, int B, size_t n) {
+    int lo = 0, hi = B - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if ((size_t)first[mid] <= n) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+// dst (layers, N, width) = a record's (layers, B, maxT, width) at each row's first
+// len_b positions: the record packed down to a batch's rows (row_start (B + 1), device)
 template <typename E>
-__global__ void pack_down_kernel(E* dst, const E* src, int rows_src, int cols_src, int rows_dst, int cols_dst,
+__global__ void pack_rows_kernel(E* dst, const E* src, const int* row_start, int B, int N, int maxT, int width,
                                  size_t total) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
-    const int c = (int)(i % cols_dst);
-    const size_t r = i / cols_dst % rows_dst, o = i / ((size_t)cols_dst * rows_dst);
-    dst[i] = src[(o * rows_src + r) * cols_src + c];
+    const size_t l = i / ((size_t)N * width), n = i / width % N;
+    const int c = (int)(i % width), b = row_containing(row_start, B, n), t = (int)(n - row_start[b]);
+    dst[i] = src[((l * B + b) * maxT + t) * width + c];
+}
+// dst (layers, A) = a record's attention weights (layers, B, NH, maxT, maxT) at each row's
+// (NH, len_b, len_b) (att_start (B + 1), device)
+template <typename E>
+__global__ void pack_attention_kernel(E* dst, const E* src, const size_t* att_start, const int* row_start, int B,
+                                      size_t A, int NH, int maxT, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const size_t l = i / A, a = i % A;
+    const int b = row_containing(att_start, B, a), len = row_start[b + 1] - row_start[b];
+    const size_t r = a - att_start[b], square = (size_t)len * len;
+    const size_t h = r / square, t = r % square / len, k = r % len;
+    dst[i] = src[(((l * B + b) * NH + h) * maxT + t) * maxT + k];
 }
 
 }  // namespace gpu
@@ -255,7 +305,7 @@ __global__ void pack_down_kernel(E* dst, const E* src, int rows_src, int cols_sr
 // causal context). With a record, the prefill and every decode step also write each
 // position they run where gpu_forward would put it ((B, maxT): batch row cache_row[b],
 // position start[b] + t); gpu_forward_from_record then packs that down to the batch's
-// (B, T) instead of running the forward. Positions never run (padding after a row's end,
+// rows (RowLayout) instead of running the forward. Positions never run (padding after a row's end,
 // the LM head at prompt positions, which are no targets) stay zero: zero gradient. Unlike
 // the CPU's, the record is an allocation of its own (a device cannot pack in place in one
 // ascending pass), except its logits, the biggest tensor: they are the student's own,
@@ -267,6 +317,7 @@ struct GpuRecordOf {
     DeviceBuffer<T> memory;
     DeviceBuffer<float> stats;                // bf16: the statistics, fp32
     ActivationTensors<T, float> acts{};       // (B, maxT) in memory (and stats); logits: the student's
+    DeviceBuffer<size_t> att_start;           // (B + 1) the packed batch's, for gpu_forward_from_record
     std::vector<std::vector<int>> rows;       // (B) what each row ran: its prompt, then its completion
     bool ready = false;                       // holds a sampling pass not yet used by a forward
 };
@@ -288,71 +339,78 @@ static void gpu_begin_record(GpuRecordOf<T>& r, GpuModelOf<T>& g, int B, int max
         r.stats.ensure(stats);
         CUDA_CHECK(cudaMemset(r.stats.ptr, 0, stats * sizeof(float)));
     }
-    gpu_point_activations(r.acts, r.memory.ptr, r.stats.ptr, g.logits_memory.ptr, c, B, maxT, "sampling record");
+    gpu_point_activations(r.acts, r.memory.ptr, r.stats.ptr, g.logits_memory.ptr, c, (size_t)B * maxT,
+                          (size_t)B * c.num_heads * maxT * maxT, "sampling record");
     r.B = B;
     r.maxT = maxT;
     r.rows.clear();
     r.ready = false;
 }
 
-// gpt_forward_from_record's twin (cpu/inference.h): gpu_forward(g, tokens, B, T) from
-// sampling's record instead of a pass. When every row of the batch is what its record row
-// ran (the same tokens at every input position) and B is the record's, the record's
-// (B, maxT) layout is packed down to the batch's (B, T) and it returns true: nothing is
+// gpt_forward_from_record's twin (cpu/inference.h): gpu_forward(g, tokens, row_start, B)
+// from sampling's record instead of a pass. When every row of the batch is what its record
+// row ran (the same tokens at every input position) and B is the record's, the record's
+// (B, maxT) layout is packed down to the batch's rows and it returns true: nothing is
 // computed again. Otherwise (a batch that is not the one sampled) it returns false and
 // the caller runs gpu_forward. Every position with a target was run by sampling (the
 // prefill's last prompt position, then each decode step), so its logits are the record's.
-// logits (B, maxT, Vp) -> (B, T, Vp) in the same memory, T <= maxT. Row (b, t) moves from
-// row b maxT + t down to row b T + t, b (maxT - T) rows lower: in increasing order, in
-// chunks of at most that many rows, so no copy reads a row an earlier one overwrote, and
-// no copy's source and destination overlap. Nothing moves when T = maxT or B = 1.
-static void gpu_pack_logits_in_place(float* logits, int B, int maxT, int Tn, int Vp) {
+// logits (B, maxT, Vp) -> (N, Vp) in the same memory: row b's len rows move from b maxT
+// down to row_start[b], shift = b maxT - row_start[b] rows lower (shifts grow with b), in
+// increasing order and in chunks of at most `shift` rows, so no copy reads a row an
+// earlier one overwrote, and no copy's source and destination overlap.
+static void gpu_pack_logits_in_place(float* logits, int B, int maxT, const int* row_start, int Vp) {
     const size_t row = (size_t)Vp * sizeof(float);
-    for (int b = 1; b < B && Tn < maxT; b++) {
-        const int shift = b * (maxT - Tn);
-        for (int t0 = 0; t0 < Tn; t0 += shift) {
-            const int n = std::min(shift, Tn - t0);
-            CUDA_CHECK(cudaMemcpyAsync(logits + ((size_t)b * Tn + t0) * Vp, logits + ((size_t)b * maxT + t0) * Vp,
+    for (int b = 1; b < B; b++) {
+        const int shift = b * maxT - row_start[b], len = row_start[b + 1] - row_start[b];
+        for (int t0 = 0; shift > 0 && t0 < len; t0 += shift) {
+            const int n = std::min(shift, len - t0);
+            CUDA_CHECK(cudaMemcpyAsync(logits + ((size_t)row_start[b] + t0) * Vp, logits + ((size_t)b * maxT + t0) * Vp,
                                        n * row, cudaMemcpyDeviceToDevice, gpu::stream()));
         }
     }
 }
 
 template <typename T>
-static bool gpu_forward_from_record(GpuModelOf<T>& g, GpuRecordOf<T>& r, const int* tokens, const int* targets, int B,
-                                    int Tn) {
-    if (!r.ready || r.B != B || Tn > r.maxT) return false;
+static bool gpu_forward_from_record(GpuModelOf<T>& g, GpuRecordOf<T>& r, const int* tokens, const int* targets,
+                                    const int* row_start, int B) {
+    if (!r.ready || r.B != B) return false;
     r.ready = false;  // a record serves one forward
     for (int b = 0; b < B; b++) {
+        const int n0 = row_start[b], len = row_start[b + 1] - n0;
+        if (len > r.maxT) return false;
         int inputs = 0;  // the row's real positions: up to its last target
-        for (int t = 0; t < Tn; t++)
-            if (targets[(size_t)b * Tn + t] >= 0) inputs = t + 1;
+        for (int t = 0; t < len; t++)
+            if (targets[n0 + t] >= 0) inputs = t + 1;
         const std::vector<int>& ran = r.rows[b];
-        if ((int)ran.size() != inputs + 1) return false;
+        if ((int)ran.size() != inputs + 1 || inputs != len) return false;
         for (int t = 0; t < inputs; t++)
-            if (tokens[(size_t)b * Tn + t] != ran[t]) return false;
+            if (tokens[n0 + t] != ran[t]) return false;
     }
-    gpu_shape_batch(g, tokens, B, Tn);
+    gpu_shape_batch(g, tokens, row_start, B);
+    const RowLayout& rows = g.batch;
     const GPTConfig& c = g.config;
-    size_t rec_sizes[NUM_ACTIVATION_TENSORS];
-    fill_activation_sizes(rec_sizes, c, B, r.maxT);
+    r.att_start.upload(rows.att_start);
     void** to = g.acts.pointers();
     void** from = r.acts.pointers();
-    gpu_pack_logits_in_place(g.acts.logits, B, r.maxT, Tn, c.padded_vocab_size);
+    gpu_pack_logits_in_place(g.acts.logits, B, r.maxT, rows.start.data(), c.padded_vocab_size);
     for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) {
-        // each tensor as (groups, maxT, width) -> (groups, T, width), groups the layers and rows
-        // before the position; attention's (L B NH, maxT, maxT) -> (L B NH, T, T)
-        const bool att = activation_is_attention(i);
-        const size_t groups = (activation_per_layer(i) ? (size_t)c.num_layers : 1) * B * (att ? c.num_heads : 1);
-        const int width = (int)(rec_sizes[i] / (groups * r.maxT));
-        const int cols_dst = att ? Tn : width;
-        const size_t n = groups * Tn * cols_dst;
-        if (is_fp32<T>() || activation_is_statistic(i))
-            GPU_LAUNCH(gpu::pack_down_kernel<float>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (float*)to[i],
-                       (const float*)from[i], r.maxT, width, Tn, cols_dst, n);
+        const bool att = activation_is_attention(i), f32 = is_fp32<T>() || activation_is_statistic(i);
+        const size_t layers = activation_per_layer(i) ? (size_t)c.num_layers : 1;
+        size_t sizes[NUM_ACTIVATION_TENSORS];
+        fill_packed_activation_sizes(sizes, c, rows.N, rows.att());
+        const size_t n = sizes[i];
+        if (att) {
+            GPU_LAUNCH(gpu::pack_attention_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (T*)to[i],
+                       (const T*)from[i], r.att_start.ptr, g.row_start.ptr, B, rows.att(), c.num_heads, r.maxT, n);
+            continue;
+        }
+        const int width = (int)(n / (layers * rows.N));
+        if (f32)
+            GPU_LAUNCH(gpu::pack_rows_kernel<float>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (float*)to[i],
+                       (const float*)from[i], g.row_start.ptr, B, rows.N, r.maxT, width, n);
         else
-            GPU_LAUNCH(gpu::pack_down_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (T*)to[i],
-                       (const T*)from[i], r.maxT, width, Tn, cols_dst, n);
+            GPU_LAUNCH(gpu::pack_rows_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (T*)to[i],
+                       (const T*)from[i], g.row_start.ptr, B, rows.N, r.maxT, width, n);
     }
     return true;
 }
@@ -371,12 +429,13 @@ static void gpu_zero_grad(GpuModelOf<T>& g) {
 template <typename T>
 static void gpu_backward_activations(GpuModelOf<T>& g) {
     const GPTConfig& c = g.config;
-    const int B = g.batch_B, Tn = g.batch_T, C = c.channels, L = c.num_layers, NH = c.num_heads, N = B * Tn;
+    const RowLayout& rows = g.batch;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = rows.N;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
     const ParameterTensors<T>& p = g.params;
     const ActivationTensors<T, float>& a = g.acts;
     ActivationTensors<T, float>& d = g.grads_acts;
-    // every gradient tensor of T for this (B, T): the allocation up to the end of d.lnf (in
+    // every gradient tensor of T for this batch: the allocation up to the end of d.lnf (in
     // fp32 the statistics' gradients after it too, unused)
     const T* end = is_fp32<T>() ? (const T*)(void*)d.lnf_rstd + N : d.lnf + (size_t)N * C;
     CUDA_CHECK(cudaMemsetAsync(g.grads_acts_memory.ptr, 0, (size_t)(end - g.grads_acts_memory.ptr) * sizeof(T),
@@ -388,9 +447,9 @@ static void gpu_backward_activations(GpuModelOf<T>& g) {
     gpu::layernorm_backward_input(d.residual3 + at_last_C, d.lnf, a.residual3 + at_last_C, p.lnfw, a.lnf_mean,
                                   a.lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
-        // where layer l starts in its slabs: (B, T, C), (B, T, 3C), (B, T, 4C), (B, T), (B, NH, T, T)
+        // where layer l starts in its slabs: (N, C), (N, 3C), (N, 4C), (N), (A)
         const size_t at_C = (size_t)l * N * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N;
-        const size_t at_att = (size_t)l * B * NH * Tn * Tn;
+        const size_t at_att = (size_t)l * rows.att();
         const T* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
         T* dresidual = l == 0 ? d.encoded : d.residual3 + at_C - (size_t)N * C;
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
@@ -402,8 +461,8 @@ static void gpu_backward_activations(GpuModelOf<T>& g) {
                                       a.ln2_mean + at_stat, a.ln2_rstd + at_stat, N, C, (const T*)d.residual3 + at_C);
         // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
         gpu::matmul_backward_input(d.atty + at_C, d.residual2 + at_C, p.attprojw + (size_t)l * C * C, N, C, C, C);
-        gpu::attention_backward(d.qkv + at_3C, d.atty + at_C, a.qkv + at_3C, a.att + at_att, g.attention_scratch.ptr, B,
-                                Tn, C, NH);
+        gpu::attention_backward(d.qkv + at_3C, d.atty + at_C, a.qkv + at_3C, a.att + at_att, g.attention_scratch.ptr,
+                                rows, C, NH);
         gpu::matmul_backward_input(d.ln1 + at_C, d.qkv + at_3C, p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, 3 * C);
         gpu::layernorm_backward_input(dresidual, d.ln1 + at_C, residual, p.ln1w + l * C, a.ln1_mean + at_stat,
                                       a.ln1_rstd + at_stat, N, C, (const T*)d.residual2 + at_C);
@@ -411,11 +470,11 @@ static void gpu_backward_activations(GpuModelOf<T>& g) {
 }
 
 // The second half: gpt_parameter_gradients' twin, every parameter's gradient, a sum over
-// all B*T rows of the activations and their gradients, in the CPU's order.
+// all N positions of the activations and their gradients, in the CPU's order.
 template <typename T>
 static void gpu_parameter_gradients(GpuModelOf<T>& g) {
     const GPTConfig& c = g.config;
-    const int B = g.batch_B, Tn = g.batch_T, C = c.channels, L = c.num_layers, N = B * Tn;
+    const int C = c.channels, L = c.num_layers, N = g.batch.N;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
     ParameterTensors<float>& gr = g.grads;
     const ActivationTensors<T, float>& a = g.acts;
@@ -427,7 +486,7 @@ static void gpu_parameter_gradients(GpuModelOf<T>& g) {
     gpu::layernorm_backward_params(gr.lnfw, gr.lnfb, d.lnf, a.residual3 + (size_t)(L - 1) * N * C, a.lnf_mean,
                                    a.lnf_rstd, N, C, cols);
     for (int l = L - 1; l >= 0; l--) {
-        // where layer l starts in its slabs: (B, T, C), (B, T, 3C), (B, T, 4C), (B, T)
+        // where layer l starts in its slabs: (N, C), (N, 3C), (N, 4C), (N)
         const size_t at_C = (size_t)l * N * C, at_3C = 3 * at_C, at_4C = 4 * at_C, at_stat = (size_t)l * N;
         const T* residual = l == 0 ? a.encoded : a.residual3 + at_C - (size_t)N * C;
         // (the projections' output gradients are the residual stream's: gpu_backward_activations)
@@ -444,10 +503,10 @@ static void gpu_parameter_gradients(GpuModelOf<T>& g) {
         gpu::layernorm_backward_params(gr.ln1w + l * C, gr.ln1b + l * C, d.ln1 + at_C, residual, a.ln1_mean + at_stat,
                                        a.ln1_rstd + at_stat, N, C, cols);
     }
-    gpu::encoder_backward(gr.wte, gr.wpe, d.encoded, g.device_token_groups, B, Tn, C);
+    gpu::encoder_backward(gr.wte, gr.wpe, d.encoded, g.device_token_groups, g.row_start.ptr, g.batch.B, g.batch.T, C);
 }
 
-// Accumulates parameter gradients from grads_acts.logits (B, T, Vp), which the loss wrote
+// Accumulates parameter gradients from grads_acts.logits (N, Vp), which the loss wrote
 // over the logits: gpt_backward's twin, its two sweeps in its order (on the GPU each
 // covers every row and channel at once, where the CPU shares rows, then channels, among
 // its threads).

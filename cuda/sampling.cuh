@@ -77,14 +77,27 @@ __global__ void sample_kernel(int* tokens, const float* logits, int V, int Vp, d
 
 // ---- inference with a KV cache
 
-// x (Bn, Tn, C) = wte[token] + wpe[start[b] + t], zero in padded slots (t >= n_new[b])
+// Which row b and new position t position n of a pass is: rows padded to Tn (row0 null),
+// or packed end to end, row b's new positions from row0[b] (Bn + 1, device).
+__device__ inline void locate(size_t n, const int* row0, int Bn, int Tn, int& b, int& t) {
+    if (row0) {
+        b = row_containing(row0, Bn, n);
+        t = (int)(n - row0[b]);
+    } else {
+        b = (int)(n / Tn);
+        t = (int)(n % Tn);
+    }
+}
+
+// x (N, C) = wte[token] + wpe[start[b] + t], zero in padded slots (t >= n_new[b])
 template <typename T>
 __global__ void encoder_infer_kernel(T* out, const int* tokens, const int* start, const int* n_new, const T* wte,
-                                     const T* wpe, int Tn, int C, int V, size_t total) {
+                                     const T* wpe, int Tn, int C, int V, size_t total, const int* row0, int Bn) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     size_t n = i / C;
-    int c = (int)(i % C), b = (int)(n / Tn), t = (int)(n % Tn), tok = tokens[n];
+    int c = (int)(i % C), b, t, tok = tokens[n];
+    locate(n, row0, Bn, Tn, b, t);
     out[i] = from_float<T>(t < n_new[b] && tok >= 0 && tok < V
                                ? to_float(wte[(size_t)tok * C + c]) + to_float(wpe[(size_t)(start[b] + t) * C + c])
                                : 0.0f);
@@ -92,11 +105,12 @@ __global__ void encoder_infer_kernel(T* out, const int* tokens, const int* start
 // the keys and values of the new tokens into the cache (L, rows, capacity, C): layer l's slice
 template <typename T>
 __global__ void cache_store_kernel(T* kcache, T* vcache, const T* qkv, const int* cache_row, const int* start,
-                                   const int* n_new, int Tn, int C, int capacity, size_t total) {
+                                   const int* n_new, int Tn, int C, int capacity, size_t total, const int* row0, int Bn) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     size_t n = i / C;
-    int c = (int)(i % C), b = (int)(n / Tn), t = (int)(n % Tn);
+    int c = (int)(i % C), b, t;
+    locate(n, row0, Bn, Tn, b, t);
     if (t >= n_new[b]) return;
     size_t slot = ((size_t)cache_row[b] * capacity + start[b] + t) * C + c;
     kcache[slot] = qkv[n * 3 * C + C + c];
@@ -162,14 +176,16 @@ __global__ void gather_rows_kernel(T* out, const T* x, const int* at, int C, siz
 // ---- sampling's record: what a decode or prefill computes, where the training forward keeps it
 
 // dst: layer l's slab of a (B, maxT, width) tensor of the record; row b's new positions
-// t < n_new[b] of src (Bn, Tn, width) go to batch row cache_row[b], position start[b] + t
+// t < n_new[b] of src (N, width) go to batch row cache_row[b], position start[b] + t
 template <typename E>
 __global__ void record_rows_kernel(E* dst, const E* src, int width, const int* cache_row, const int* start,
-                                   const int* n_new, int Tn, int maxT, size_t total) {
+                                   const int* n_new, int Tn, int maxT, size_t total, const int* row0, int Bn) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     const size_t n = i / width;
-    const int c = (int)(i % width), b = (int)(n / Tn), t = (int)(n % Tn);
+    const int c = (int)(i % width);
+    int b, t;
+    locate(n, row0, Bn, Tn, b, t);
     if (t >= n_new[b]) return;
     dst[((size_t)cache_row[b] * maxT + start[b] + t) * width + c] = src[i];
 }
@@ -184,7 +200,8 @@ __global__ void record_last_kernel(E* dst, const E* src, int width, const int* c
     dst[((size_t)cache_row[b] * maxT + start[b] + n_new[b] - 1) * width + c] = src[i];
 }
 // a prefill's attention weights, src (Bn, NH, Tn, Tn), into layer l's (B, NH, maxT, maxT) slab
-// (every start is 0 in a prefill); the weights past a query's position stay the slab's zeros
+// (every start is 0 in a prefill); the weights past a query's position stay the slab's zeros.
+// (record_packed_attention_kernel: the same from a packed prefill's weights)
 template <typename T>
 __global__ void record_attention_kernel(T* dst, const T* src, const int* cache_row, const int* n_new, int NH,
                                         int Tn, int maxT, size_t total) {
@@ -195,13 +212,27 @@ __global__ void record_attention_kernel(T* dst, const T* src, const int* cache_r
     if (t >= n_new[b] || j > t) return;
     dst[(((size_t)cache_row[b] * NH + h) * maxT + t) * maxT + j] = src[i];
 }
-// x_last (Bn, C) = x[b, max(n_new[b] - 1, 0)]: the rows the LM head needs while sampling
 template <typename T>
-__global__ void gather_last_kernel(T* out, const T* x, const int* n_new, int Tn, int C, size_t total) {
+__global__ void record_packed_attention_kernel(T* dst, const T* src, const size_t* att_start, const int* cache_row,
+                                               const int* n_new, int Bn, int NH, int maxT, size_t total) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int b = row_containing(att_start, Bn, i), len = n_new[b];
+    const size_t r = i - att_start[b], square = (size_t)len * len;
+    const int h = (int)(r / square), t = (int)(r % square / len), j = (int)(r % len);
+    if (j > t) return;
+    dst[(((size_t)cache_row[b] * NH + h) * maxT + t) * maxT + j] = src[i];
+}
+// x_last (Bn, C) = x at row b's last new position (zeros for a row with none): the rows
+// the LM head needs while sampling; x padded (Bn, Tn, C), or packed from row0 (device)
+template <typename T>
+__global__ void gather_last_kernel(T* out, const T* x, const int* n_new, int Tn, int C, size_t total,
+                                   const int* row0) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     int b = (int)(i / C), c = (int)(i % C), t = max(n_new[b] - 1, 0);
-    out[i] = x[((size_t)b * Tn + t) * C + c];
+    if (row0 && n_new[b] == 0) { out[i] = from_float<T>(0.0f); return; }
+    out[i] = x[((row0 ? (size_t)row0[b] : (size_t)b * Tn) + t) * C + c];
 }
 
 // generation_loop's bookkeeping after a draw, one block over the Bn rows: row b, if still
@@ -264,6 +295,14 @@ struct GpuInferScratchOf {
     DeviceBuffer<float> mean, rstd;  // (Bn * Tn) a LayerNorm's statistics, when a record keeps them
     DeviceBuffer<T> head_atty;       // (head rows, C) the trimmed last layer's attention output
     DeviceBuffer<int> tokens, cache_row, start, n_new, head_at;
+    DeviceBuffer<int> positions;     // (N) a packed pass's positions within their rows
+    // x, ln, qkv, atty, proj, fch for N positions: (N, C | C | 3C | C | C | 4C)
+    void ensure_rows(size_t N, int C) {
+        x.ensure(N * C); ln.ensure(N * C); qkv.ensure(N * 3 * C); atty.ensure(N * C); proj.ensure(N * C);
+        fch.ensure(N * 4 * C);
+    }
+    DeviceBuffer<int> row0;          // (Bn + 1) a packed prefill's rows: where each begins
+    DeviceBuffer<size_t> att_start;  // (Bn + 1) ... and where its attention weights begin
 };
 using GpuInferScratch = GpuInferScratchOf<float>;
 
@@ -279,30 +318,32 @@ using GpuInferScratch = GpuInferScratchOf<float>;
 // n_new (Bn)): no copy between host and device and nothing read back, so a decode step
 // is enqueued (or captured) without waiting. The caller vouches for gpu_infer's checks:
 // positions within the context and the cache; prefill iff every start is 0.
+// packed (a prefill, with s.row0 and s.att_start uploaded for it): the rows' new tokens
+// lie end to end, tokens (packed->N), and every layer runs on those positions alone.
 template <typename T>
 static void gpu_infer_on_device(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf<T>>* cache, GpuInferScratchOf<T>& s,
                                 const int* tokens, const int* cache_row, const int* start, const int* n_new, int Bn,
                                 int Tn, bool prefill, float* logits, bool all_positions, const int* head_at = nullptr,
-                                int head_count = 0, not_deduced<GpuRecordOf<T>>* rec = nullptr) {
+                                int head_count = 0, not_deduced<GpuRecordOf<T>>* rec = nullptr,
+                                const RowLayout* packed = nullptr) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads;
-    const int V = c.vocab_size, Vp = c.padded_vocab_size, N = Bn * Tn;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size, N = packed ? packed->N : Bn * Tn;
+    const int* row0 = packed ? s.row0.ptr : nullptr;
+    GKD_ASSERT(!packed || (prefill && !all_positions && !head_at), "a packed pass of gpu_infer is a prefill");
     const ParameterTensors<T>& p = m.params;
-    T* x = s.x.ensure((size_t)N * C);
-    T* ln = s.ln.ensure((size_t)N * C);
-    T* qkv = s.qkv.ensure((size_t)N * 3 * C);
-    T* atty = s.atty.ensure((size_t)N * C);
-    T* proj = s.proj.ensure((size_t)N * C);
-    T* fch = s.fch.ensure((size_t)N * 4 * C);
+    s.ensure_rows((size_t)N, C);
+    T *x = s.x.ptr, *ln = s.ln.ptr, *qkv = s.qkv.ptr, *atty = s.atty.ptr, *proj = s.proj.ptr, *fch = s.fch.ptr;
     // a prefill attends with batched GEMMs (a lone first token through the cache when there is one)
     const bool gemm_attention = prefill && (Tn > 1 || !cache);
-    T* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + (size_t)Bn * NH * Tn * Tn) : nullptr;
+    const size_t att_size = packed ? packed->att() : (size_t)Bn * NH * Tn * Tn;
+    T* scratch = gemm_attention ? s.attention.ensure(4 * (size_t)N * C + att_size) : nullptr;
     const size_t total = (size_t)N * C;
     GKD_ASSERT(!rec || (!head_at && !all_positions && rec->B >= Bn), "a record is kept by sampling's passes only");
     float* mean = rec ? s.mean.ensure(N) : nullptr;
     float* rstd = rec ? s.rstd.ensure(N) : nullptr;
     // with a record, its (B, maxT, width) tensor, at layer l's slab, gets these new
-    // positions of src (Bn, Tn, width)
+    // positions of src (N, width)
     using Acts = ActivationTensors<T, float>;
     // tensor: a member of Acts (of T, or a float statistic); src of its element type
     auto keep = [&](auto Acts::*tensor, int l, const auto* src, int width) {
@@ -311,10 +352,10 @@ static void gpu_infer_on_device(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf
         using E = std::remove_pointer_t<decltype(slab)>;
         const size_t n = (size_t)N * width;
         GPU_LAUNCH(gpu::record_rows_kernel<E>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), slab, (const E*)src,
-            width, cache_row, start, n_new, Tn, rec->maxT, n);
+            width, cache_row, start, n_new, Tn, rec->maxT, n, row0, Bn);
     };
     GPU_LAUNCH(gpu::encoder_infer_kernel<T>, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
-        x, tokens, start, n_new, p.wte, p.wpe, Tn, C, V, total);
+        x, tokens, start, n_new, p.wte, p.wpe, Tn, C, V, total, row0, Bn);
     keep(&Acts::encoded, 0, x, C);
     for (int l = 0; l < L; l++) {
         gpu::layernorm_forward(ln, mean, rstd, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
@@ -326,13 +367,20 @@ static void gpu_infer_on_device(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf
         T* record_att = rec ? rec->acts.att + (size_t)l * rec->B * NH * rec->maxT * rec->maxT : nullptr;
         if (cache) {
             GPU_LAUNCH(gpu::cache_store_kernel<T>, gpu::blocks_for(total), gpu::THREADS, 0, gpu::stream(),
-                cache->keys(l), cache->values(l), qkv, cache_row, start, n_new, Tn, C, cache->capacity, total);
+                cache->keys(l), cache->values(l), qkv, cache_row, start, n_new, Tn, C, cache->capacity, total, row0, Bn);
         }
         if (gemm_attention) {
             // padded slots sit after each row's real tokens: causal attention never lets a real one see them
             T* att = scratch + 4 * (size_t)N * C;
-            gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
-            if (rec) {
+            if (packed) {
+                gpu::attention_forward(atty, att, qkv, scratch, *packed, C, NH);
+                if (rec)
+                    GPU_LAUNCH(gpu::record_packed_attention_kernel<T>, gpu::blocks_for(att_size), gpu::THREADS, 0,
+                        gpu::stream(), record_att, att, s.att_start.ptr, cache_row, n_new, Bn, NH, rec->maxT, att_size);
+            } else {
+                gpu::attention_forward(atty, att, qkv, scratch, Bn, Tn, C, NH);
+            }
+            if (rec && !packed) {
                 const size_t n = (size_t)Bn * NH * Tn * Tn;
                 GPU_LAUNCH(gpu::record_attention_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), record_att,
                     att, cache_row, n_new, NH, Tn, rec->maxT, n);
@@ -386,7 +434,7 @@ static void gpu_infer_on_device(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf
     } else {
         T* last = s.last.ensure((size_t)Bn * C);
         GPU_LAUNCH(gpu::gather_last_kernel<T>, gpu::blocks_for((size_t)Bn * C), gpu::THREADS, 0, gpu::stream(),
-            last, (const T*)x, n_new, Tn, C, (size_t)Bn * C);
+            last, (const T*)x, n_new, Tn, C, (size_t)Bn * C, row0);
         gpu::layernorm_forward(ln, mean, rstd, (const T*)last, p.lnfw, p.lnfb, Bn, C);
         gpu::matmul_forward(logits, (const T*)ln, p.wte, (const T*)nullptr, Bn, C, V, Vp);
         gpu::zero_padding(logits, Bn, V, Vp);
@@ -419,10 +467,27 @@ static void gpu_infer(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf<T>>* cach
         prefill = prefill && start[b] == 0;
     }
     GKD_ASSERT(prefill || cache, "gpu_infer: tokens after position 0 attend through a KV cache");
-    s.tokens.upload(tokens, (size_t)Bn * Tn);
     s.cache_row.upload(cache_row, Bn);
     s.start.upload(start, Bn);
     s.n_new.upload(n_new, Bn);
+    // a prefill of several tokens a row that wants the last logits only (sampling's, the
+    // drafts') runs packed: the rows' tokens end to end, no position spent on padding
+    if (prefill && Tn > 1 && !all_positions && !head_at) {
+        std::vector<int> packed_tokens, row0(1, 0);
+        for (int b = 0; b < Bn; b++) {
+            packed_tokens.insert(packed_tokens.end(), tokens + (size_t)b * Tn, tokens + (size_t)b * Tn + n_new[b]);
+            row0.push_back((int)packed_tokens.size());
+        }
+        const RowLayout rows = RowLayout::packed(row0.data(), Bn, c.num_heads);
+        if (rows.N == 0) return;
+        s.tokens.upload(packed_tokens);
+        s.row0.upload(row0);
+        s.att_start.upload(rows.att_start);
+        gpu_infer_on_device(m, cache, s, s.tokens.ptr, s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Bn, Tn, prefill,
+                            logits, false, nullptr, 0, rec, &rows);
+        return;
+    }
+    s.tokens.upload(tokens, (size_t)Bn * Tn);
     if (head_at && head_at->empty() && !cache) return;  // no logits wanted, nothing kept: nothing to run
     if (head_at) {
         for (int at : *head_at) GKD_ASSERT(at >= 0 && at < Bn * Tn && at % Tn < n_new[at / Tn], "a head position off the rows");
@@ -430,6 +495,70 @@ static void gpu_infer(const GpuModelOf<T>& m, not_deduced<GpuKVCacheOf<T>>* cach
     }
     gpu_infer_on_device(m, cache, s, s.tokens.ptr, s.cache_row.ptr, s.start.ptr, s.n_new.ptr, Bn, Tn, prefill, logits,
                         all_positions, head_at ? s.head_at.ptr : nullptr, head_at ? (int)head_at->size() : 0, rec);
+}
+
+// A forward pass with no KV cache over a packed batch (a teacher's pass for the loss, or
+// evaluation's logits): tokens (N) on the host, B rows from row_start (B + 1), no
+// padding anywhere; gpt_infer's packed pass (model.h) on the device. logits (device): (N, Vp)
+// at every position, or with head_at (positions of the N, on the host) (head_at.size(),
+// Vp) at those alone, the last layer's projection, MLP and LM head run on those rows only.
+template <typename T>
+static void gpu_infer_packed(const GpuModelOf<T>& m, GpuInferScratchOf<T>& s, const int* tokens, const int* row_start,
+                             int B, float* logits, const std::vector<int>* head_at = nullptr) {
+    const GPTConfig& c = m.config;
+    const int C = c.channels, L = c.num_layers, NH = c.num_heads;
+    const int V = c.vocab_size, Vp = c.padded_vocab_size;
+    const RowLayout rows = RowLayout::packed(row_start, B, NH);
+    const int N = rows.N;
+    GKD_ASSERT(rows.T <= c.max_seq_len, "sequence past the context");
+    if (head_at && head_at->empty()) return;
+    std::vector<int> pos(N);
+    for (int b = 0; b < B; b++)
+        for (int n = rows.start[b]; n < rows.start[b + 1]; n++) pos[n] = n - rows.start[b];
+    s.tokens.upload(tokens, N);
+    s.positions.upload(pos);
+    if (head_at) {
+        for (int at : *head_at) GKD_ASSERT(at >= 0 && at < N, "a head position off the rows");
+        s.head_at.upload(*head_at);
+    }
+    const ParameterTensors<T>& p = m.params;
+    s.ensure_rows((size_t)N, C);
+    T *x = s.x.ptr, *ln = s.ln.ptr, *qkv = s.qkv.ptr, *atty = s.atty.ptr, *proj = s.proj.ptr, *fch = s.fch.ptr;
+    T* scratch = s.attention.ensure(gpu::attention_scratch_size(N, 1, C, NH) + rows.att());
+    T* att = scratch + gpu::attention_scratch_size(N, 1, C, NH);  // (A) a layer's weights, overwritten by the next
+    gpu::encoder_forward(x, s.tokens.ptr, s.positions.ptr, p.wte, p.wpe, N, C);
+    for (int l = 0; l < L; l++) {
+        gpu::layernorm_forward(ln, (float*)nullptr, (float*)nullptr, x, p.ln1w + l * C, p.ln1b + l * C, N, C);
+        gpu::matmul_forward(qkv, ln, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, 3 * C);
+        gpu::attention_forward(atty, att, qkv, scratch, rows, C, NH);
+        // the last layer of a pass whose logits are wanted at head_at alone runs its
+        // projection and MLP on those rows only (gpt_infer's trimmed last layer)
+        int n_rows = N;
+        if (head_at && l == L - 1) {
+            n_rows = (int)head_at->size();
+            const size_t n = (size_t)n_rows * C;
+            T* atty_rows = s.head_atty.ensure(n);
+            T* x_rows = s.last.ensure(n);
+            GPU_LAUNCH(gpu::gather_rows_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), atty_rows,
+                (const T*)atty, s.head_at.ptr, C, n);
+            GPU_LAUNCH(gpu::gather_rows_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), x_rows,
+                (const T*)x, s.head_at.ptr, C, n);
+            atty = atty_rows;
+            x = x_rows;
+        }
+        const size_t part = (size_t)n_rows * C;
+        gpu::matmul_forward(proj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, n_rows, C, C, C);
+        gpu::residual_forward(x, x, proj, part);
+        gpu::layernorm_forward(ln, (float*)nullptr, (float*)nullptr, x, p.ln2w + l * C, p.ln2b + l * C, n_rows, C);
+        gpu::matmul_forward(fch, ln, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, n_rows, C, 4 * C, 4 * C);
+        gpu::gelu_forward(fch, fch, part * 4);
+        gpu::matmul_forward(proj, fch, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, n_rows, 4 * C, C, C);
+        gpu::residual_forward(x, x, proj, part);
+    }
+    const int head_rows = head_at ? (int)head_at->size() : N;
+    gpu::layernorm_forward(ln, (float*)nullptr, (float*)nullptr, x, p.lnfw, p.lnfb, head_rows, C);
+    gpu::matmul_forward(logits, ln, p.wte, (const T*)nullptr, head_rows, C, V, Vp);
+    gpu::zero_padding(logits, head_rows, V, Vp);
 }
 
 // Reusable device buffers for batched generation from one model.

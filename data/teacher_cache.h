@@ -306,7 +306,7 @@ struct TeacherCache {
     // row i's targets, in order, are that example's positions. Each block read is checked.
     void fill(TeacherSignal& signal, const TrainBatch& b, const std::vector<size_t>& examples) const {
         const int K = header.top_k;
-        signal.reset((size_t)b.B * b.T, K);
+        signal.reset((size_t)b.N, K);
         for (int i = 0; i < b.B; i++) {
             const size_t e = examples[i];
             GKD_ASSERT(e < header.examples, "an example outside the cache");
@@ -316,8 +316,8 @@ struct TeacherCache {
             if ((uint32_t)fnv1a(p, bytes) != entry.checksum)
                 fail(strf("example %zu's block fails its checksum: corrupt", e));
             uint32_t t_seen = 0;
-            for (int t = 0; t < b.T; t++) {
-                const size_t n = (size_t)i * b.T + t;
+            for (int t = 0; t < b.length(i); t++) {
+                const size_t n = (size_t)b.row_start[i] + t;
                 if (b.targets[n] < 0) continue;
                 if (t_seen == entry.positions)
                     fail(strf("example %zu has %u positions in the cache and more in the batch", e, entry.positions));

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tests/mpi_test.sh — data parallelism over MPI ranks (distributed.h), on the CPU:
 # - 2 ranks against 1 process with the same global batch (5 prompts: 2 + 3, an uneven split),
-#   for SFT, supervised KD, on-policy GKD with both loss normalisations, and RL + GKD with
-#   the batch-mean baseline and with 4 samples per prompt (whole prompts per rank): every
+#   for SFT, supervised KD, on-policy GKD with both loss normalisations, RL + GKD with
+#   the batch-mean baseline and with 4 samples per prompt (whole prompts per rank), and
+#   batches by tokens (--batch-tokens: shares of equal tokens, whatever the rows): every
 #   step's loss within 1e-5 relative, and the final models within 1e-5 (relative L2);
 # - for a fixed number of ranks, two runs are bitwise identical;
 # - a rank killed mid-run ends the job within seconds, the last checkpoint is intact, and
@@ -49,11 +50,12 @@ for case in "sft-sequence|sft --model $W/student.bin --loss-norm sequence" \
             "gkd-sequence|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --beta 0.5 --loss-norm sequence" \
             "gkd-token|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --beta 1 --loss-norm token" \
             "rl-batch-baseline|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --alpha 0.5 --reward arithmetic" \
-            "rl-4-per-prompt|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --alpha 0.5 --reward arithmetic --samples-per-prompt 4"; do
+            "rl-4-per-prompt|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 1 --alpha 0.5 --reward arithmetic --samples-per-prompt 4" \
+            "batch-tokens|distill --teacher $W/teacher.bin --student $W/student.bin --lambda 0.5 --beta 0.5 --batch-tokens 90"; do
   name=${case%%|*}; flags=${case#*|}
   $GKD $flags $COMMON --out "$W/$name-1" 2>"$W/err" || cat "$W/err"
   ranks 2 $flags $COMMON --out "$W/$name-2" 2>"$W/err" || cat "$W/err"
-  check "$name: 2 ranks (2 + 3 prompts) match 1 process: $(compare "$W/$name-1" "$W/$name-2" 2>&1 | tail -1)" \
+  check "$name: 2 ranks (whole prompts each) match 1 process: $(compare "$W/$name-1" "$W/$name-2" 2>&1 | tail -1)" \
         "compare '$W/$name-1' '$W/$name-2' >/dev/null 2>&1"
 done
 check "gkd-sequence: only the root wrote (metrics 20 lines, one model.bin)" \

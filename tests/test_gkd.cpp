@@ -480,6 +480,17 @@ static std::vector<Sequence> small_rows(const std::vector<std::vector<int>>& pro
     return rows;
 }
 
+// A per-position array of packed batch b (N, width) laid out as pad_batch(b) lays the
+// positions out ((B, T, width), zeros at the padding).
+template <typename X>
+static std::vector<X> pad_positions(const TrainBatch& b, const std::vector<X>& x, size_t width) {
+    std::vector<X> out((size_t)b.B * b.T * width, X(0));
+    for (int i = 0; i < b.B; i++)
+        std::copy(x.begin() + (size_t)b.row_start[i] * width, x.begin() + (size_t)b.row_start[i + 1] * width,
+                  out.begin() + (size_t)i * b.T * width);
+    return out;
+}
+
 TEST_CASE("the whole model's backward matches finite differences, for a divergence and for cross-entropy") {
     GPT<double> m;
     const int V = 11;
@@ -498,14 +509,14 @@ TEST_CASE("the whole model's backward matches finite differences, for a divergen
       std::vector<std::vector<int>> p(prompts.begin(), prompts.begin() + rows), c(completions.begin(), completions.begin() + rows);
       TrainBatch b = build_batch(small_rows(p, c), 10);
       REQUIRE(b.T == 5);
-      auto teacher = randn((size_t)b.B * b.T * Vp, 41, 2.0);
+      auto teacher = randn((size_t)b.N * Vp, 41, 2.0);
       for (bool ce : {false, true}) {
         CAPTURE(ce);
         auto loss = [&]() {
-            gpt_forward(m, b.tokens.data(), b.B, b.T);
+            gpt_forward(m, b.tokens.data(), b.row_start.data(), b.B);
             return full_row_loss(b, teacher.data(), Vp, m.acts.logits, (double*)nullptr, V, Vp, ce, 0.3, 1.5, LossNorm::Sequence);
         };
-        gpt_forward(m, b.tokens.data(), b.B, b.T);
+        gpt_forward(m, b.tokens.data(), b.row_start.data(), b.B);
         full_row_loss(b, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, ce, 0.3, 1.5, LossNorm::Sequence);
         gpt_zero_grad(m);
         // the backward writes every activation gradient before it reads it (nothing zeroes
@@ -553,12 +564,12 @@ TEST_CASE("GPT-2's widths (C 768, head size 64, V 50257, T 38): gradient against
     }
     TrainBatch b = build_batch(small_rows(prompts, completions), eos);
     REQUIRE(b.T == 38);  // past the 32 lanes of a warp
-    auto teacher = randn((size_t)b.B * b.T * Vp, 53, 2.0);
+    auto teacher = randn((size_t)b.N * Vp, 53, 2.0);
     auto loss = [&]() {
-        gpt_forward(m, b.tokens.data(), b.B, b.T);
+        gpt_forward(m, b.tokens.data(), b.row_start.data(), b.B);
         return full_row_loss(b, teacher.data(), Vp, m.acts.logits, (double*)nullptr, V, Vp, false, 0.5, 1.0, LossNorm::Sequence);
     };
-    gpt_forward(m, b.tokens.data(), b.B, b.T);
+    gpt_forward(m, b.tokens.data(), b.row_start.data(), b.B);
     const double value = full_row_loss(b, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0,
                                     LossNorm::Sequence);
     gpt_zero_grad(m);
@@ -586,7 +597,7 @@ TEST_CASE("GPT-2's widths (C 768, head size 64, V 50257, T 38): gradient against
     GPT<float> f;
     gpt_build(f, m.config);
     for (size_t i = 0; i < m.num_parameters; i++) f.params_memory[i] = (float)params[i];
-    gpt_forward(f, b.tokens.data(), b.B, b.T);
+    gpt_forward(f, b.tokens.data(), b.row_start.data(), b.B);
     std::vector<float> teacher_f(teacher.begin(), teacher.end());
     const double value_f = full_row_loss(b, teacher_f.data(), Vp, f.acts.logits, f.grads_acts.logits, V, Vp, false, 0.5,
                                       1.0, LossNorm::Sequence);
@@ -648,7 +659,7 @@ TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient 
         completions.back().push_back(V - 1);
     }
     TrainBatch b = build_batch(small_rows(prompts, completions), V - 1);
-    auto teacher = randn((size_t)b.B * b.T * Vp, 45, 2.0);
+    auto teacher = randn((size_t)b.N * Vp, 45, 2.0);
     std::vector<float> teacher_f(teacher.begin(), teacher.end());
     const int threads_before = omp_get_max_threads();
     std::vector<float> logits[2], grads[2], cached[2], trimmed[2];
@@ -656,8 +667,8 @@ TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient 
     for (int run = 0; run < 2; run++) {
         omp_set_num_threads(run == 0 ? 1 : 4);  // 1: one pass over all rows; 4: 2 rows per thread
         REQUIRE(row_split_threads(B) == (run == 0 ? 1 : 4));
-        gpt_forward(m, b.tokens.data(), b.B, b.T);
-        logits[run].assign(m.acts.logits, m.acts.logits + (size_t)b.B * b.T * Vp);
+        gpt_forward(m, b.tokens.data(), b.row_start.data(), b.B);
+        logits[run].assign(m.acts.logits, m.acts.logits + (size_t)b.N * Vp);
         loss[run] = full_row_loss(b, teacher_f.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0,
                                LossNorm::Sequence);
         gpt_zero_grad(m);
@@ -669,13 +680,15 @@ TEST_CASE("sharing rows among threads changes no row's logits, loss or gradient 
         std::vector<int> rows(B), start(B, 0), n_new(B, b.T);
         for (int i = 0; i < B; i++) rows[i] = i;
         cached[run].resize((size_t)B * b.T * Vp);
-        gpt_infer(m, cache, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), B, b.T, cached[run].data(), true);
+        const TrainBatch padded = pad_batch(b, V - 1);  // gpt_infer's (B, T) tokens, right-padded
+        gpt_infer(m, cache, scratch, padded.tokens.data(), rows.data(), start.data(), n_new.data(), B, b.T,
+                  cached[run].data(), true);
         // the teacher's trimmed pass (logits from each row's first target on)
         KVCache<float> none;
         std::vector<int> head_from(B);
         for (int i = 0; i < B; i++) head_from[i] = (int)prompts[i].size() - 1;
         trimmed[run].assign((size_t)B * b.T * Vp, NAN);
-        gpt_infer(m, none, scratch, b.tokens.data(), rows.data(), start.data(), n_new.data(), B, b.T,
+        gpt_infer(m, none, scratch, padded.tokens.data(), rows.data(), start.data(), n_new.data(), B, b.T,
                   trimmed[run].data(), true, (ForwardRecord<float>*)nullptr, head_from.data());
         for (int i = 0; i < B; i++)
             for (int t = 0; t < b.T; t++)
@@ -901,21 +914,21 @@ TEST_CASE("sampling's recorded activations give the forward's loss and gradient 
     for (int b = 0; b < B; b++) { rows[b].prompt = pp[b]; rows[b].completion = completions[b]; }
     TrainBatch batch = build_batch(rows, eos);
     REQUIRE(batch.T < longest);  // the record is packed down
-    auto has_target = [&](int b, int t) { return batch.targets[(size_t)b * batch.T + t] >= 0; };
-    REQUIRE(gpt_forward_from_record(sampled, rec, batch.tokens.data(), B, batch.T, has_target));
+    auto has_target = [&](int n) { return batch.targets[n] >= 0; };
+    REQUIRE(gpt_forward_from_record(sampled, rec, batch.tokens.data(), batch.row_start.data(), B, has_target));
     CHECK(!rec.ready);  // a record serves one forward
-    gpt_forward(fresh, batch.tokens.data(), B, batch.T);
+    gpt_forward(fresh, batch.tokens.data(), batch.row_start.data(), B);
 
     const int Vp = fresh.config.padded_vocab_size;
     double worst_logit = 0;
-    for (int n = 0; n < B * batch.T; n++)
+    for (int n = 0; n < batch.N; n++)
         if (batch.targets[n] >= 0)
             for (int v = 0; v < Vp; v++) {
                 const double d = std::fabs(sampled.acts.logits[(size_t)n * Vp + v] - fresh.acts.logits[(size_t)n * Vp + v]);
                 worst_logit = worse(worst_logit, d);
             }
     CHECK(worst_logit < 1e-12);
-    auto teacher = randn((size_t)B * batch.T * Vp, 5);
+    auto teacher = randn((size_t)batch.N * Vp, 5);
     double losses[2];
     GPT<double>* models[2] = {&sampled, &fresh};
     for (int i = 0; i < 2; i++) {
@@ -941,8 +954,8 @@ TEST_CASE("sampling's recorded activations give the forward's loss and gradient 
 
     // a batch other than the one sampled is refused (and the caller runs the forward)
     gpt_begin_record(sampled, rec, B, longest);
-    CHECK(!gpt_forward_from_record(sampled, rec, batch.tokens.data(), B, batch.T, has_target));  // nothing recorded
-    CHECK(!gpt_forward_from_record(sampled, rec, batch.tokens.data(), B, batch.T, has_target));  // used up
+    CHECK(!gpt_forward_from_record(sampled, rec, batch.tokens.data(), batch.row_start.data(), B, has_target));  // nothing recorded
+    CHECK(!gpt_forward_from_record(sampled, rec, batch.tokens.data(), batch.row_start.data(), B, has_target));  // used up
 }
 
 TEST_CASE("greedy sampling equals a full-recompute greedy decode") {
@@ -1034,22 +1047,153 @@ TEST_CASE("only completion tokens and their EOS are targets; nothing after a row
     const int V = 10, Vp = m.config.padded_vocab_size;
     std::vector<std::vector<int>> p2 = {ids({1, 2}), ids({3, 4, 5})};
     TrainBatch base = build_batch(small_rows(p2, {ids({6, 9}), ids({7, 8, 6, 9})}), 9);
-    auto teacher = randn((size_t)base.B * base.T * Vp, 81);
+    auto teacher = randn((size_t)base.N * Vp, 81);
+    const std::vector<double> teacher_padded = pad_positions(base, teacher, Vp);
     auto run = [&](const TrainBatch& bb, std::vector<double>& grads) {
-        gpt_forward(m, bb.tokens.data(), bb.B, bb.T);
-        double l = full_row_loss(bb, teacher.data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0, LossNorm::Sequence);
+        gpt_forward(m, bb.tokens.data(), bb.row_start.data(), bb.B);
+        double l = full_row_loss(bb, (bb.N == base.N ? teacher : teacher_padded).data(), Vp, m.acts.logits, m.grads_acts.logits, V, Vp, false, 0.5, 1.0, LossNorm::Sequence);
         gpt_zero_grad(m);
         gpt_backward(m);
         grads = m.grads_memory;
         return l;
     };
-    std::vector<double> g1, g2;
-    double l1 = run(base, g1);
-    TrainBatch junk = base;
+    // packed, no position follows a row's end; padded to the longest, whatever fills row 0's
+    // padding changes nothing, and the padded batch computes what the packed one does
+    std::vector<double> g0, g1, g2;
+    double l0 = run(base, g0);
+    TrainBatch padded = pad_batch(base, 9);
+    double l1 = run(padded, g1);
+    TrainBatch junk = padded;
     for (int t = 3; t < base.T; t++) junk.tokens[t] = 1 + t % 7;  // row 0 ends at position 2
     double l2 = run(junk, g2);
     CHECK(l1 == l2);
     CHECK(g1 == g2);
+    CHECK(std::fabs(l0 - l1) < 1e-13);
+    double worst = 0;
+    for (size_t i = 0; i < g0.size(); i++) worst = worse(worst, std::fabs(g0[i] - g1[i]));
+    CHECK(worst < 1e-12);
+}
+
+// Packed batches (TrainBatch) against the same rows padded to the longest: every loss and
+// teacher signal, through the CPU device's phases (teacher pass, student forward, loss,
+// backward), on rows from 2 to 40 positions. Padding is invisible to causal attention, so
+// the two differ by float summation order alone: the loss and each parameter tensor's
+// gradient agree within 1e-6 relative (measured: docs/testing.md).
+TEST_CASE("packed batches give the padded batch's loss and gradients, for every objective and teacher signal") {
+    const int V = 29, eos = V - 1;
+    GPT<float> student, teacher;
+    make_model(student, 2, 32, 4, 48, V, 301, 0.2);
+    make_model(teacher, 2, 48, 4, 48, V, 302, 0.2);
+    std::vector<std::vector<int>> prompts, completions;
+    Rng rng(17);
+    const int prompt_len[6] = {1, 30, 4, 12, 2, 7}, completion_len[6] = {9, 10, 1, 3, 25, 1};
+    for (int i = 0; i < 6; i++) {
+        prompts.push_back({});
+        completions.push_back({});
+        for (int t = 0; t < prompt_len[i]; t++) prompts.back().push_back((int)rng.below(V - 1));
+        for (int t = 0; t < completion_len[i] - 1; t++) completions.back().push_back((int)rng.below(V - 1));
+        completions.back().push_back(i == 1 ? 3 : eos);  // row 1 ends without EOS (cut at the budget)
+    }
+    const TrainBatch packed = build_batch(small_rows(prompts, completions), eos);
+    const TrainBatch padded = pad_batch(packed, eos);
+    REQUIRE(packed.T == 39);
+    REQUIRE(padded.N == 6 * 39);
+    CHECK(packed.N < padded.N / 2);  // most of the rectangle is padding
+    struct Case { const char* name; LossSpec spec; bool rl; };
+    std::vector<Case> cases;
+    auto add = [&](const char* name, auto set, bool rl = false) { LossSpec s; set(s); cases.push_back({name, s, rl}); };
+    add("cross-entropy (sft)", [](LossSpec& s) { s.cross_entropy = true; });
+    add("forward KL", [](LossSpec& s) { s.beta = 0; });
+    add("JSD(0.5), per token", [](LossSpec& s) { s.beta = 0.5; s.norm = LossNorm::Token; });
+    add("reverse KL, tau 2", [](LossSpec& s) { s.beta = 1; s.tau = 2; });
+    add("total variation", [](LossSpec& s) { s.objective = Objective::TotalVariation; });
+    add("top-5 with the tail, JSD(0.5)", [](LossSpec& s) { s.top_k = 5; });
+    add("top-5 TV", [](LossSpec& s) { s.top_k = 5; s.objective = Objective::TotalVariation; });
+    add("sampled reverse KL", [](LossSpec& s) { s.objective = Objective::SampledReverseKl; s.kl_discount = 0.9; });
+    add("RL + GKD (alpha 0.5), JSD(0.5)", [](LossSpec& s) { s.beta = 0.5; }, true);
+    for (const Case& c : cases) {
+        const std::string name = c.name;
+        CAPTURE(name);
+        double loss[2];
+        std::vector<float> grads[2];
+        for (int k = 0; k < 2; k++) {
+            const TrainBatch& b = k == 0 ? packed : padded;
+            GPT<float> s = student;
+            CpuDevice dev(s, &teacher);
+            if (!c.spec.cross_entropy) dev.teacher_forward(b, c.spec);
+            dev.student_forward(b);
+            PolicyGradientTerm pg;
+            if (c.rl) {
+                pg.advantage = {0.5, -1.0, 0.25, 2.0, -0.75, 0.0};
+                pg.scale = 0.5 / b.B;
+                pg.alpha = 0.5;
+                pg.temperature = 0.8;
+            }
+            loss[k] = dev.student_loss(b, c.spec, c.rl ? &pg : nullptr);
+            if (c.rl) loss[k] += pg.surrogate;
+            dev.student_backward();
+            grads[k] = s.grads_memory;
+        }
+        CHECK(std::isfinite(loss[0]));
+        CHECK(std::fabs(loss[0] - loss[1]) <= 1e-6 * std::fabs(loss[1]));
+        size_t at = 0;
+        double worst = 0;
+        for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+            double diff = 0, norm = 0;
+            for (size_t i = at; i < at + student.param_sizes[t]; i++) {
+                diff += ((double)grads[0][i] - grads[1][i]) * ((double)grads[0][i] - grads[1][i]);
+                norm += (double)grads[1][i] * grads[1][i];
+            }
+            at += student.param_sizes[t];
+            if (norm == 0) { CHECK(diff == 0); continue; }
+            worst = worse(worst, std::sqrt(diff / norm));
+        }
+        MESSAGE(std::string(c.name) << ": loss " << loss[0] << ", relative loss difference "
+                       << std::fabs(loss[0] - loss[1]) / std::fabs(loss[1]) << ", worst tensor gradient " << worst);
+        CHECK(worst <= 1e-6);
+    }
+}
+
+// --batch-tokens: each step's examples are consecutive in the stream, whole, and fill the
+// budget: their tokens fit it (or the step has a single example, longer than the budget),
+// and the next example would not have fitted. The spans do not depend on the order they are
+// asked for (a resumed run asks from its checkpoint's step on).
+TEST_CASE("--batch-tokens: whole examples in order, filling the token budget") {
+    Trainer tr;
+    tr.opt.batch_tokens = 40;
+    tr.opt.samples_per_prompt = 1;
+    tr.opt.max_new_tokens = 8;
+    tr.opt.shuffle = false;
+    Rng rng(5);
+    for (int i = 0; i < 30; i++) {
+        Example e;
+        e.prompt.assign(1 + rng.below(i == 7 ? 60 : 20), 1);
+        e.has_completion = i % 5 != 0;  // without a completion: the sampling budget counts
+        if (e.has_completion) e.completion.assign(rng.below(15), 2);
+        tr.data.examples.push_back(e);
+    }
+    const int steps = steps_for_one_pass(tr);
+    CHECK(steps >= 10);
+    long long expect_begin = 0, seen = 0;
+    for (int k = 0; k < steps; k++) {
+        const auto [begin, end] = batch_span(tr, k);
+        CHECK(begin == expect_begin);
+        REQUIRE(end > begin);
+        long long tokens = 0;
+        for (long long g = begin; g < end; g++) tokens += row_tokens(tr, tr.data.examples[g % 30]);
+        CHECK((tokens <= 40 || end - begin == 1));
+        CHECK(tokens + row_tokens(tr, tr.data.examples[end % 30]) > 40);
+        expect_begin = end;
+        seen += end - begin;
+    }
+    CHECK(seen >= 30);
+    Trainer again;
+    again.opt = tr.opt;
+    again.data = tr.data;
+    CHECK(batch_span(again, steps - 1) == batch_span(tr, steps - 1));  // asked for the last step first
+    tr.opt.batch_tokens = 0;
+    tr.opt.batch = 4;
+    CHECK(batch_span(tr, 3) == std::pair<long long, long long>(12, 16));
 }
 
 // ----------------------------------------------------------------------------
@@ -1409,7 +1553,7 @@ TEST_CASE("reference fixture: first-batch loss for every beta, tau and normalisa
     for (const json& c : fx["cases"]) {
         double beta = c["beta"], tau = c["tau"];
         LossNorm norm = c["loss_norm"] == "token" ? LossNorm::Token : LossNorm::Sequence;
-        gpt_forward(s, b.tokens.data(), b.B, b.T);
+        gpt_forward(s, b.tokens.data(), b.row_start.data(), b.B);
         double loss = full_row_loss(b, dev.teacher_logits.data(), t.config.padded_vocab_size, s.acts.logits,
                                  s.grads_acts.logits, 257, s.config.padded_vocab_size, false, beta, tau, norm);
         CAPTURE(beta);
@@ -1423,7 +1567,7 @@ TEST_CASE("reference fixture: first-batch loss for every beta, tau and normalisa
         }
     }
     CHECK(with_grads == 3);
-    gpt_forward(s, b.tokens.data(), b.B, b.T);
+    gpt_forward(s, b.tokens.data(), b.row_start.data(), b.B);
     double ce = full_row_loss(b, (const float*)nullptr, 0, s.acts.logits, s.grads_acts.logits, 257,
                            s.config.padded_vocab_size, true, 0, 1, LossNorm::Sequence);
     CHECK(rel_err(ce, fx["sft"]["loss"].get<double>()) < 1e-5);
@@ -3079,7 +3223,7 @@ TEST_CASE("teacher cache: gkd teacher-cache writes what the live top-K pass comp
     live.teacher_forward(b, spec);
     double worst = 0;
     int compared = 0;
-    for (int n = 0; n < b.B * b.T; n++) {
+    for (int n = 0; n < b.N; n++) {
         if (b.targets[n] < 0) continue;
         for (int j = 0; j < K; j++) CHECK(from_cache.ids[n * K + j] == live.teacher_signal.ids[n * K + j]);
         for (int j = 0; j <= K; j++) {

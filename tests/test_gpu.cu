@@ -224,20 +224,22 @@ static void test_elementwise() {
 // ----------------------------------------------------------------------------
 // the fused loss
 
-// A batch of B rows of T positions with targets on the completion part, some rows short
-// (masked tails), targets spread over the real vocabulary.
+// A packed batch of B rows of T - 2 to T positions with targets on the completion part,
+// targets spread over the real vocabulary.
 static TrainBatch random_batch(int B, int T, int V) {
     Rng rng(derive_seed(run_seed, ++draws));
     TrainBatch b;
     b.B = B;
-    b.T = T;
-    b.tokens.assign((size_t)B * T, 0);
-    b.targets.assign((size_t)B * T, -1);
+    b.row_start.assign(B + 1, 0);
+    for (int r = 0; r < B; r++) b.row_start[r + 1] = b.row_start[r] + T - (int)rng.below(3);
+    b.index_rows();
+    b.tokens.assign(b.N, 0);
+    b.targets.assign(b.N, -1);
     b.target_count.assign(B, 0);
     for (int r = 0; r < B; r++) {
-        int prompt = 1 + (int)rng.below(3), len = T - (int)rng.below(3);
-        for (int t = prompt - 1; t < len; t++) {
-            b.targets[(size_t)r * T + t] = (int)rng.below(V);
+        const int prompt = 1 + (int)rng.below(3);
+        for (int t = prompt - 1; t < b.length(r); t++) {
+            b.targets[b.row_start[r] + t] = (int)rng.below(V);
             b.target_count[r]++;
             b.num_targets++;
         }
@@ -278,7 +280,7 @@ static void test_loss(const char* name, bool cross_entropy, double beta, double 
                       int V = 300, int Vp_student = 384, int Vp_teacher = 320) {
     const int B = 3, T = 6;
     TrainBatch b = random_batch(B, T, V);
-    auto student = random_floats((size_t)B * T * Vp_student, 3.0), teacher = random_floats((size_t)B * T * Vp_teacher, 3.0);
+    auto student = random_floats((size_t)b.N * Vp_student, 3.0), teacher = random_floats((size_t)b.N * Vp_teacher, 3.0);
     PolicyGradientTerm pg_cpu = rl_term(B), pg_gpu = pg_cpu;
     std::vector<float> grad(student.size());
     double mean_cpu = 0, mean_gpu = 0;
@@ -300,8 +302,9 @@ static void test_loss(const char* name, bool cross_entropy, double beta, double 
 // through the teacher_row map, as GpuDevice::teacher_forward leaves them.
 static void test_spec_loss(const char* name, LossSpec spec, bool rl, int V = 300, int Vp_student = 384,
                            int Vp_teacher = 320) {
-    const int B = 3, T = 6, N = B * T, K = spec.top_k;
+    const int B = 3, T = 6, K = spec.top_k;
     TrainBatch b = random_batch(B, T, V);
+    const int N = b.N;
     auto student = random_floats((size_t)N * Vp_student, 3.0), teacher = random_floats((size_t)N * Vp_teacher, 3.0);
     PolicyGradientTerm pg_cpu = rl_term(B), pg_gpu = pg_cpu;
     std::vector<int> at, row_of(N, -1);
