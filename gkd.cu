@@ -69,8 +69,9 @@ struct Trainer {
     std::unique_ptr<Device> device;
     // --teacher-cache: the teacher's top-K of every example, for the off-policy steps
     std::unique_ptr<TeacherCache> cache;
-    // gkd bench's baseline: each batch padded to its longest row (pad_batch), as a trainer
-    // that pads runs it; gkd itself never pads
+    // gkd bench's baseline: each batch padded to its longest row (pad_batch), so that the
+    // student's forward and backward run the rectangle a padding trainer runs (the teacher's
+    // pass and sampling lay their rows end to end whatever the batch); gkd itself never pads
     bool pad_batches = false;
 };
 

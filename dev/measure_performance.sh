@@ -26,6 +26,7 @@ run() {  # run NAME COMMAND...: the command's stdout, stamped, into results/perf
   { stamp; "$@"; } > "$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name.md"
 }
 run bench env OMP_NUM_THREADS="$threads" ./gkd bench --steps 5
+run ragged env OMP_NUM_THREADS="$threads" ./gkd bench --ragged
 run compare_pytorch dev/compare_pytorch.sh "$threads" 5
 run compare_pytorch_gpt2 env STEPS=2 dev/compare_pytorch.sh "$threads" 1 --student 12,768,12 --teacher 24,1024,16 \
     --vocab 50257 --context 256 --batch 4 --prompt-tokens 128 --new-tokens 128

@@ -748,6 +748,38 @@ static void test_on_policy_flops() {
 #endif
 }
 
+// A supervised distillation step on ragged rows (1 to 30 completion tokens): the emulated
+// GPU issues exactly the CPU's matmul FLOPs, which are the packed batch's; the same batch
+// padded to its longest row (Trainer::pad_batches, the bench's baseline) costs both more.
+static void test_packed_flops() {
+#ifdef GKD_CUDA_EMULATOR
+    GPT<float> student = random_model("2,64,4", 257, 48), teacher = random_model("3,96,4", 257, 48);
+    const uint64_t data_seed = derive_seed(run_seed, ++draws);
+    double flops[2][2];  // [padded][0: CPU, 1: GPU]
+    for (int padded = 0; padded < 2; padded++) {
+        Trainer cpu, gpu;
+        make_trainer(cpu, data_seed, student, teacher, 0.5, false, 8, 1, 30);
+        make_trainer(gpu, data_seed, student, teacher, 0.5, false, 8, 1, 30);
+        cpu.pad_batches = gpu.pad_batches = padded;
+        gpu.opt.device = "cuda";
+        create_training_device(gpu);
+        matmul_flops_counted() = 0;
+        gkd_step(cpu, 0);
+        flops[padded][0] = (double)matmul_flops_counted();
+        emu::matmul_flops() = 0;
+        gkd_step(gpu, 0);
+        flops[padded][1] = emu::matmul_flops();
+    }
+    check(flops[0][1] == flops[0][0] && flops[1][1] == flops[1][0],
+          strf("supervised step on ragged rows: the GPU's matmul FLOPs equal the CPU's, packed (%.6g, %.6g) and padded "
+               "(%.6g, %.6g)", flops[0][1], flops[0][0], flops[1][1], flops[1][0]));
+    check(flops[0][1] < flops[1][1],
+          strf("... packed, %.2f of the padded batch's: the work follows the real tokens", flops[0][1] / flops[1][1]));
+#else
+    printf("    (the matmul FLOPs are counted by the emulated cuBLAS: not on a GPU)\n");
+#endif
+}
+
 static void test_trajectory() {
     GPT<float> student = random_model("2,64,4", 257, 32), teacher = random_model("3,96,4", 257, 32);
     Trainer cpu, gpu;
@@ -1422,6 +1454,7 @@ int main() {
         test_full_step_objective("GKD step, sampled reverse KL", Objective::SampledReverseKl, 0, true);
     });
     run_test("on-policy step: matmul FLOPs against the CPU's", [] { test_on_policy_flops(); });
+    run_test("packed against padded: matmul FLOPs", [] { test_packed_flops(); });
     run_test("trajectory", [] { test_trajectory(); });
     run_test("full step (TF32)", [] { test_full_step(false, true); });
     run_test("device-resident generation", [] { test_generate_bookkeeping(); });
