@@ -125,6 +125,14 @@ static void loss_extent(const TrainBatch& b, std::vector<int>& n_new, std::vecto
     }
 }
 
+// The rows of b from r0 on whose positions fit `positions`, at least one: where a chunk
+// of a teacher pass that reduces its logits as it goes ends (both devices).
+static int rows_within(const TrainBatch& b, int r0, int positions) {
+    int r1 = r0 + 1;
+    while (r1 < b.B && b.row_start[r1 + 1] - b.row_start[r0] <= positions) r1++;
+    return r1;
+}
+
 struct CpuDevice : Device {
     const GPT<float>* model;                // the student, or the model being evaluated
     GPT<float>* trainee = nullptr;          // the same model, when this device trains it
@@ -208,8 +216,7 @@ struct CpuDevice : Device {
         teacher_signal.reset((size_t)b.N, K);
         const int chunk = teacher_chunk_positions(Vp);
         for (int r0 = 0, r1; r0 < b.B; r0 = r1) {
-            // rows while their positions fit the chunk (at least one row)
-            for (r1 = r0 + 1; r1 < b.B && b.row_start[r1 + 1] - b.row_start[r0] <= chunk; r1++) {}
+            r1 = rows_within(b, r0, chunk);
             logits_pass(Role::Teacher, b, teacher_chunk, n_new, head_from.data(), r0, r1 - r0);
             const int n0 = b.row_start[r0], positions = b.row_start[r1] - n0;
             #pragma omp parallel for schedule(dynamic, 4)

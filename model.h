@@ -226,6 +226,13 @@ struct RowLayout {
         r.N = r.start[B];
         return r;
     }
+    // (N) each position's place in its row: what the position embedding reads
+    std::vector<int> positions() const {
+        std::vector<int> pos(N);
+        for (int b = 0; b < B; b++)
+            for (int n = start[b]; n < start[b + 1]; n++) pos[n] = n - start[b];
+        return pos;
+    }
     static RowLayout rectangle(int B, int T, int NH) {
         std::vector<int> s(B + 1);
         for (int b = 0; b <= B; b++) s[b] = b * T;
@@ -686,18 +693,10 @@ void gpt_prepare_training(GPT<T>& m, int B, int Tn) {
 // Rows [b0, b1) of a packed batch: a RowLayout of those rows alone, their positions and
 // weights from 0 (where a share's slice of the batch's tensors begins is the batch's
 // start[b0] and att_start[b0]).
-inline RowLayout rows_slice(const RowLayout& r, int b0, int b1) {
-    RowLayout s;
-    s.B = b1 - b0;
-    s.start.resize(s.B + 1);
-    s.att_start.resize(s.B + 1);
-    for (int b = 0; b <= s.B; b++) {
-        s.start[b] = r.start[b0 + b] - r.start[b0];
-        s.att_start[b] = r.att_start[b0 + b] - r.att_start[b0];
-    }
-    for (int b = 0; b < s.B; b++) s.T = std::max(s.T, s.length(b));
-    s.N = s.start[s.B];
-    return s;
+inline RowLayout rows_slice(const RowLayout& r, int b0, int b1, int NH) {
+    std::vector<int> start(r.start.begin() + b0, r.start.begin() + b1 + 1);
+    for (int& s : start) s -= r.start[b0];
+    return RowLayout::packed(start.data(), b1 - b0, NH);
 }
 
 // Where part `part` of `parts` of the threads begins among a batch's rows: contiguous
@@ -715,7 +714,7 @@ void gpt_forward_rows(GPT<T>& m, int b0, int b1) {
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = m.batch.N;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    const RowLayout rows = rows_slice(m.batch, b0, b1);
+    const RowLayout rows = rows_slice(m.batch, b0, b1, NH);
     const int n = rows.N;                       // this share: its rows' positions
     const size_t r0 = (size_t)m.batch.start[b0];  // its first position
     const size_t A = m.batch.att();             // a layer's attention weights
@@ -801,7 +800,7 @@ void gpt_backward_rows(GPT<T>& m, int b0, int b1, T* scratch, size_t per_thread)
     const GPTConfig& c = m.config;
     const int C = c.channels, L = c.num_layers, NH = c.num_heads, N = m.batch.N;
     const int V = c.vocab_size, Vp = c.padded_vocab_size;
-    const RowLayout rows = rows_slice(m.batch, b0, b1);
+    const RowLayout rows = rows_slice(m.batch, b0, b1, NH);
     const int n = rows.N;
     const size_t r0 = (size_t)m.batch.start[b0], A = m.batch.att();
     const ParameterTensors<T>& p = m.params;

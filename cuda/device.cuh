@@ -137,7 +137,7 @@ struct GpuDeviceOf : Device {
         loss.targets.upload(b.targets.data(), N);
         const int chunk = std::max(1, (int)((256ull << 20) / ((size_t)Vp * sizeof(float))));  // positions
         for (int r0 = 0, r1; r0 < b.B; r0 = r1) {
-            for (r1 = r0 + 1; r1 < b.B && b.row_start[r1 + 1] - b.row_start[r0] <= chunk; r1++) {}
+            r1 = rows_within(b, r0, chunk);
             teacher_pass(b, n_new, r0, r1 - r0, at, teacher_logits);
             if (at.empty()) continue;
             signal_at.upload(at);

@@ -201,11 +201,9 @@ static void gpu_shape_batch(GpuModelOf<T>& g, const int* tokens, const int* row_
     gpu_point_activations(g.grads_acts, g.grads_acts_memory.ptr, (float*)nullptr, g.logits_memory.ptr, g.config,
                           rows.N, rows.att(), "activation gradients");
     const int N = rows.N;
-    std::vector<int> pos(N);
-    for (int b = 0; b < B; b++)
-        for (int n = rows.start[b]; n < rows.start[b + 1]; n++) pos[n] = n - rows.start[b];
     for (int i = 0; i < N; i++) GKD_ASSERT(tokens[i] >= 0 && tokens[i] < g.config.vocab_size, "token id out of range");
     CUDA_CHECK(cudaMemcpy(g.inputs.ptr, tokens, sizeof(int) * N, cudaMemcpyHostToDevice));
+    const std::vector<int> pos = rows.positions();
     CUDA_CHECK(cudaMemcpy(g.positions.ptr, pos.data(), sizeof(int) * N, cudaMemcpyHostToDevice));
     g.row_start.upload(rows.start);
     g.token_groups.build(tokens, N);
@@ -393,11 +391,11 @@ static bool gpu_forward_from_record(GpuModelOf<T>& g, GpuRecordOf<T>& r, const i
     void** to = g.acts.pointers();
     void** from = r.acts.pointers();
     gpu_pack_logits_in_place(g.acts.logits, B, r.maxT, rows.start.data(), c.padded_vocab_size);
+    size_t sizes[NUM_ACTIVATION_TENSORS];
+    fill_packed_activation_sizes(sizes, c, rows.N, rows.att());
     for (int i = 0; i < NUM_ACTIVATION_TENSORS - 1; i++) {
         const bool att = activation_is_attention(i), f32 = is_fp32<T>() || activation_is_statistic(i);
         const size_t layers = activation_per_layer(i) ? (size_t)c.num_layers : 1;
-        size_t sizes[NUM_ACTIVATION_TENSORS];
-        fill_packed_activation_sizes(sizes, c, rows.N, rows.att());
         const size_t n = sizes[i];
         if (att) {
             GPU_LAUNCH(gpu::pack_attention_kernel<T>, gpu::blocks_for(n), gpu::THREADS, 0, gpu::stream(), (T*)to[i],

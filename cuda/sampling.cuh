@@ -512,11 +512,8 @@ static void gpu_infer_packed(const GpuModelOf<T>& m, GpuInferScratchOf<T>& s, co
     const int N = rows.N;
     GKD_ASSERT(rows.T <= c.max_seq_len, "sequence past the context");
     if (head_at && head_at->empty()) return;
-    std::vector<int> pos(N);
-    for (int b = 0; b < B; b++)
-        for (int n = rows.start[b]; n < rows.start[b + 1]; n++) pos[n] = n - rows.start[b];
     s.tokens.upload(tokens, N);
-    s.positions.upload(pos);
+    s.positions.upload(rows.positions());
     if (head_at) {
         for (int at : *head_at) GKD_ASSERT(at >= 0 && at < N, "a head position off the rows");
         s.head_at.upload(*head_at);
