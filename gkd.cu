@@ -1002,6 +1002,10 @@ int main(int argc, char** argv) {
     int status = 1;
     try {
         ranks_init(&argc, &argv);
+        // which variant of gkd's own CPU kernels runs (cpu/packed_tile.h): the CPU's
+        // widest, unless GKD_CPU_KERNELS names a narrower one
+        const std::string kernels = select_cpu_kernels(getenv("GKD_CPU_KERNELS"));
+        if (!kernels.empty()) throw GkdError(kernels);
         status = run_command(argc, argv);
     } catch (const ExitRequest& e) {
         status = e.status;

@@ -1018,7 +1018,7 @@ void gpt_infer(const GPT<T>& m, KVCache<T>& cache, InferScratch<T>& s, const int
     int parts = row_split_threads(Bn);
     // packed decode with under a register tile of rows per thread: the threads share out
     // the weights instead of each reading all of them for its one or two rows
-    if (decode_packed(m, s, Tn) && Bn < DECODE_TILE_ROWS * parts) parts = 1;
+    if (decode_packed(m, s, Tn) && Bn < tile_rows() * parts) parts = 1;
     if (parts == 1)
         return gpt_infer_rows(m, cache, s, 0, Bn, -1, tokens, io_start, cache_row, start, n_new, Tn, logits,
                               all_positions, rec, head_from, first.data());

@@ -13,8 +13,10 @@
 //   do not depend on its batch.
 // - dS^T and A^T are read down the columns of dS and A (packed_tile's ldk), never
 //   transposed in memory.
-// - Decode scores eight keys at a time, summed across lanes together (hadd and a swap of
-//   halves); decode's values are accumulated in registers, 64 channels at a time.
+// - Decode scores eight keys at a time (AVX-512: sixteen, two per register), summed across
+//   lanes together (hadd and a swap of halves); decode's values are accumulated in
+//   registers, 64 channels at a time (AVX-512: 128). The AVX-512 and AVX2 variants (picked
+//   at run time, cpu/packed_tile.h's cpu_kernels()) sum in the same order: the same bits.
 #pragma once
 
 #include <algorithm>
@@ -73,13 +75,11 @@ inline void attention_head_forward(float* out, size_t ldo, float* att, size_t ld
     size_t ldv, v_step;
     const float* value_panels = columns_as_panels(v, ldkv, nk, hs, key_panels + (size_t)panel_round(nk) * hs, &ldv,
                                                   &v_step);
-    for (int t0 = q0; t0 < q1; t0 += DECODE_TILE_ROWS) {
-        const int R = std::min(DECODE_TILE_ROWS, q1 - t0), kc = kbase + t0 + R;  // the tile's keys
+    for (int t0 = q0; t0 < q1; t0 += tile_rows()) {
+        const int R = std::min(tile_rows(), q1 - t0), kc = kbase + t0 + R;  // the tile's keys
         float* S = att + (size_t)(t0 - q0) * ld_att;                               // (R, kc)
-        for (int p = 0; p < panel_count(kc); p++)
-            packed_tile_rows(R, S + p * DECODE_PANEL, ld_att, q + (size_t)t0 * ldq, ldq, 1, hs,
-                             key_panels + (size_t)p * hs * DECODE_PANEL, DECODE_PANEL, nullptr,
-                             std::min(DECODE_PANEL, kc - p * DECODE_PANEL));
+        packed_tiles(R, S, ld_att, q + (size_t)t0 * ldq, ldq, 1, hs, key_panels, DECODE_PANEL,
+                     (size_t)hs * DECODE_PANEL, nullptr, kc);
         for (int r = 0; r < R; r++) {
             float* row = S + (size_t)r * ld_att;
             const int valid = kbase + t0 + r + 1;
@@ -92,9 +92,7 @@ inline void attention_head_forward(float* out, size_t ldo, float* att, size_t ld
             for (int j = 0; j < valid; j++) row[j] *= inv;
             std::fill(row + valid, row + nk, 0.0f);  // (the tile below reads up to kc)
         }
-        for (int p = 0; p < panel_count(hs); p++)
-            packed_tile_rows(R, out + (size_t)t0 * ldo + p * DECODE_PANEL, ldo, S, ld_att, 1, kc,
-                             value_panels + p * v_step, ldv, nullptr, std::min(DECODE_PANEL, hs - p * DECODE_PANEL));
+        packed_tiles(R, out + (size_t)t0 * ldo, ldo, S, ld_att, 1, kc, value_panels, ldv, v_step, nullptr, hs);
     }
 }
 
@@ -112,12 +110,10 @@ void attention_head_backward(float* dq, float* dk, float* dv, size_t ld_d, const
     // dA = dO V^T (row t: keys [0, t] of its tile), then through the softmax:
     // dS = A (dA - rowsum(A dA)) scale, zeros above the diagonal
     pack_rows_as_panels(room, v, ldqkv, T, hs);
-    for (int t0 = 0; t0 < T; t0 += DECODE_TILE_ROWS) {
-        const int R = std::min(DECODE_TILE_ROWS, T - t0), kc = t0 + R;
-        for (int p = 0; p < panel_count(kc); p++)
-            packed_tile_rows(R, g + (size_t)t0 * T + p * DECODE_PANEL, T, dout + (size_t)t0 * ldo, ldo, 1, hs,
-                             room + (size_t)p * hs * DECODE_PANEL, DECODE_PANEL, nullptr,
-                             std::min(DECODE_PANEL, kc - p * DECODE_PANEL));
+    for (int t0 = 0; t0 < T; t0 += tile_rows()) {
+        const int R = std::min(tile_rows(), T - t0), kc = t0 + R;
+        packed_tiles(R, g + (size_t)t0 * T, T, dout + (size_t)t0 * ldo, ldo, 1, hs, room, DECODE_PANEL,
+                     (size_t)hs * DECODE_PANEL, nullptr, kc);
     }
     causal_softmax_backward(g, att, T, scale);
     // dQ = dS K: query t sums over keys [0, t] (its tile's keys: zeros past t)
@@ -126,23 +122,18 @@ void attention_head_backward(float* dq, float* dk, float* dv, size_t ld_d, const
     size_t ldk_, k_step, ldq_, q_step, ldo_, o_step;
     const float* kp = columns_as_panels(k, ldqkv, T, hs, room, &ldk_, &k_step);
     const float* qp = columns_as_panels(q, ldqkv, T, hs, room + P, &ldq_, &q_step);
-    for (int t0 = 0; t0 < T; t0 += DECODE_TILE_ROWS) {
-        const int R = std::min(DECODE_TILE_ROWS, T - t0);
-        for (int p = 0; p < panel_count(hs); p++) {
-            const int cols = std::min(DECODE_PANEL, hs - p * DECODE_PANEL);
-            packed_tile_rows<ACCUMULATE>(R, dq + (size_t)t0 * ld_d + p * DECODE_PANEL, ld_d, g + (size_t)t0 * T, T, 1,
-                                         t0 + R, kp + p * k_step, ldk_, nullptr, cols);
-            packed_tile_rows<ACCUMULATE>(R, dk + (size_t)t0 * ld_d + p * DECODE_PANEL, ld_d, g + (size_t)t0 * T + t0,
-                                         1, T, T - t0, qp + p * q_step + (size_t)t0 * ldq_, ldq_, nullptr, cols);
-        }
+    for (int t0 = 0; t0 < T; t0 += tile_rows()) {
+        const int R = std::min(tile_rows(), T - t0);
+        packed_tiles<ACCUMULATE>(R, dq + (size_t)t0 * ld_d, ld_d, g + (size_t)t0 * T, T, 1, t0 + R, kp, ldk_, k_step,
+                                 nullptr, hs);
+        packed_tiles<ACCUMULATE>(R, dk + (size_t)t0 * ld_d, ld_d, g + (size_t)t0 * T + t0, 1, T, T - t0,
+                                 qp + (size_t)t0 * ldq_, ldq_, q_step, nullptr, hs);
     }
     const float* op = columns_as_panels(dout, ldo, T, hs, room, &ldo_, &o_step);
-    for (int t0 = 0; t0 < T; t0 += DECODE_TILE_ROWS) {
-        const int R = std::min(DECODE_TILE_ROWS, T - t0);
-        for (int p = 0; p < panel_count(hs); p++)
-            packed_tile_rows<ACCUMULATE>(R, dv + (size_t)t0 * ld_d + p * DECODE_PANEL, ld_d, att + (size_t)t0 * T + t0,
-                                         1, T, T - t0, op + p * o_step + (size_t)t0 * ldo_, ldo_, nullptr,
-                                         std::min(DECODE_PANEL, hs - p * DECODE_PANEL));
+    for (int t0 = 0; t0 < T; t0 += tile_rows()) {
+        const int R = std::min(tile_rows(), T - t0);
+        packed_tiles<ACCUMULATE>(R, dv + (size_t)t0 * ld_d, ld_d, att + (size_t)t0 * T + t0, 1, T, T - t0,
+                                 op + (size_t)t0 * ldo_, ldo_, o_step, nullptr, hs);
     }
 }
 
@@ -328,36 +319,99 @@ size_t attention_scratch_per_thread(int Tn, int hs) {
 
 // A decode step's attention scores: sc[h * len + j] = (q . key j) over head h's channels,
 // times scale, for keys j in [0, len) (key_row(j): the key's C channels). Keys are taken
-// eight at a time: each key row is read once for all heads, and with AVX the eight dot
-// products of a head are summed across lanes together (hadd and a swap of halves: ten
-// shuffles and adds for eight scores, against a horizontal sum of its own per score). A score's rounding depends only on its position and the row's length,
-// never on the batch.
+// eight at a time (AVX-512: sixteen): each key row is read once for all heads, and a
+// head's eight dot products are summed across lanes together (hadd and a swap of halves:
+// ten shuffles and adds for eight scores, against a horizontal sum of its own per score).
+// AVX-512 holds two keys per register (keys u and u + 8 in its halves) and sums them in
+// the same tree, so both variants give the same bits. A score's rounding depends only on
+// its position and the row's length, never on the batch.
+#ifdef GKD_X86_KERNELS
+// keys [j0, j1) (j1 - j0 a multiple of 8), eight at a time
+template <typename KeyRow>
+GKD_TARGET_AVX2 inline void decode_scores_avx2(float* sc, const float* q, KeyRow& key_row, int j0, int j1, int len,
+                                              int NH, int hs, float scale) {
+    for (int j = j0; j < j1; j += 8) {
+        const float* k[8];
+        for (int u = 0; u < 8; u++) k[u] = key_row(j + u);
+        for (int h = 0; h < NH; h++) {
+            __m256 acc[8];
+            #pragma GCC unroll 8
+            for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+            for (int i = h * hs; i < (h + 1) * hs; i += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + i);
+                #pragma GCC unroll 8
+                for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[u] + i), acc[u]);
+            }
+            // lanes 0-3 and 4-7 of key u's partial sums, for keys 0-3 and 4-7
+            const __m256 k0123 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+            const __m256 k4567 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+            const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(k0123, k4567, 0x20),
+                                              _mm256_permute2f128_ps(k0123, k4567, 0x31));
+            _mm256_storeu_ps(sc + (size_t)h * len + j, _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+        }
+    }
+}
+// [lo | hi] (AVX512F alone: no DQ's float insert)
+GKD_TARGET_AVX512 inline __m512 two_halves(__m256 lo, __m256 hi) {
+    // (the masked forms, all lanes on, name a source for the lanes they keep: GCC 12 warns
+    // that the plain forms' "undefined" source may be used uninitialized)
+    const __m512d zero = _mm512_setzero_pd();
+    const __m512d low = _mm512_mask_insertf64x4(zero, 0xff, zero, _mm256_castps_pd(lo), 0);
+    return _mm512_castpd_ps(_mm512_mask_insertf64x4(low, 0xff, low, _mm256_castps_pd(hi), 1));
+}
+// _mm256_hadd_ps in each 256-bit half: [a0+a1, a2+a3, b0+b1, b2+b3] per 128-bit lane
+GKD_TARGET_AVX512 inline __m512 hadd_halves(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xdd));
+}
+// keys [0, 16 floor(len / 16)), sixteen at a time: register u holds keys u (low half) and
+// u + 8 (high half), and the tree of decode_scores_avx2 runs on both halves at once.
+// Returns the keys done.
+template <typename KeyRow>
+GKD_TARGET_AVX512 inline int decode_scores_avx512(float* sc, const float* q, KeyRow& key_row, int len, int NH, int hs,
+                                                 float scale) {
+    int j = 0;
+    for (; j + 16 <= len; j += 16) {
+        const float* k[16];
+        for (int u = 0; u < 16; u++) k[u] = key_row(j + u);
+        for (int h = 0; h < NH; h++) {
+            __m512 acc[8];
+            #pragma GCC unroll 8
+            for (int u = 0; u < 8; u++) acc[u] = _mm512_setzero_ps();
+            for (int i = h * hs; i < (h + 1) * hs; i += 8) {
+                const __m512 qv = two_halves(_mm256_loadu_ps(q + i), _mm256_loadu_ps(q + i));
+                #pragma GCC unroll 8
+                for (int u = 0; u < 8; u++)
+                    acc[u] = _mm512_fmadd_ps(qv, two_halves(_mm256_loadu_ps(k[u] + i), _mm256_loadu_ps(k[u + 8] + i)), acc[u]);
+            }
+            // 128-bit lanes of the tree: [keys 0-3 low, keys 0-3 high, keys 8-11 low, keys 8-11 high]
+            const __m512 k0123 = hadd_halves(hadd_halves(acc[0], acc[1]), hadd_halves(acc[2], acc[3]));
+            const __m512 k4567 = hadd_halves(hadd_halves(acc[4], acc[5]), hadd_halves(acc[6], acc[7]));
+            // low + high of each: keys 0-3, 4-7, 8-11, 12-15
+            const __m512 lo = _mm512_mask_shuffle_f32x4(k0123, 0xffff, k0123, k4567, 0x88);  // lanes 0, 2 of each
+            const __m512 hi = _mm512_mask_shuffle_f32x4(k0123, 0xffff, k0123, k4567, 0xdd);  // lanes 1, 3 of each
+            // lo + hi holds keys [0-3, 8-11, 4-7, 12-15]: put them in order
+            const __m512 mixed = _mm512_add_ps(lo, hi);
+            const __m512 sums = _mm512_mask_permutexvar_ps(
+                mixed, 0xffff, _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15), mixed);
+            _mm512_storeu_ps(sc + (size_t)h * len + j, _mm512_mul_ps(sums, _mm512_set1_ps(scale)));
+        }
+    }
+    return j;
+}
+#endif
 template <typename T, typename KeyRow>
 inline void decode_scores(T* sc, const T* q, KeyRow key_row, int len, int NH, int hs, T scale) {
     int j = 0;
-#if defined(__AVX2__) && defined(__FMA__)
+#ifdef GKD_X86_KERNELS
     if constexpr (std::is_same_v<T, float>)
-        if (hs % 8 == 0)
-            for (; j + 8 <= len; j += 8) {
-                const float* k[8];
-                for (int u = 0; u < 8; u++) k[u] = key_row(j + u);
-                for (int h = 0; h < NH; h++) {
-                    __m256 acc[8];
-                    #pragma GCC unroll 8
-                    for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-                    for (int i = h * hs; i < (h + 1) * hs; i += 8) {
-                        const __m256 qv = _mm256_loadu_ps(q + i);
-                        #pragma GCC unroll 8
-                        for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[u] + i), acc[u]);
-                    }
-                    // lanes 0-3 and 4-7 of key u's partial sums, for keys 0-3 and 4-7
-                    const __m256 k0123 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-                    const __m256 k4567 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-                    const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(k0123, k4567, 0x20),
-                                                      _mm256_permute2f128_ps(k0123, k4567, 0x31));
-                    _mm256_storeu_ps(sc + (size_t)h * len + j, _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
-                }
+        if (hs % 8 == 0) {
+            if (cpu_kernels() == CpuKernels::avx512) j = decode_scores_avx512(sc, q, key_row, len, NH, hs, scale);
+            if (cpu_kernels() >= CpuKernels::avx2) {
+                const int j1 = len - len % 8;
+                decode_scores_avx2(sc, q, key_row, j, j1, len, NH, hs, scale);
+                j = std::max(j, j1);
             }
+        }
 #endif
     for (; j < len; j++) {
         const T* k = key_row(j);
@@ -372,35 +426,70 @@ inline void decode_scores(T* sc, const T* q, KeyRow key_row, int len, int NH, in
 
 // A decode step's attention output: o[i] = sum_j w[h * len + j] v_j[i] over values j in
 // [0, len), channel i of head h = i / hs (value_row(j): the value's C channels); o (C) is
-// overwritten. With AVX, 64 channels at a time stay in registers (eight accumulators, one
-// head of 64 or more channels, or two of 32) while the values stream past: per value one
-// load and one fma per eight channels, where accumulating in memory also loaded and
-// stored o for every value. Each output is one chain over j in order, whatever the batch.
+// overwritten. With AVX2 64 channels at a time stay in registers (eight accumulators, one
+// head of 64 or more channels, or two of 32), with AVX-512 128 (eight zmm, each within one
+// head), while the values stream past: per value one load and one fma per register,
+// where accumulating in memory also loaded and stored o for every value. Each output is
+// one chain over j in order, whatever the batch and the variant.
+#ifdef GKD_X86_KERNELS
+// channels [i0, C) in blocks of 64 while they last; returns where it stopped
+template <typename ValueRow>
+GKD_TARGET_AVX2 inline int decode_values_avx2(float* o, const float* w, ValueRow& value_row, int i0, int len, int C,
+                                             int hs) {
+    if (!(hs % 64 == 0 || hs == 32)) return i0;
+    for (; i0 + 64 <= C; i0 += 64) {
+        // the block's heads: its first, and (hs = 32) the next one for its upper half
+        const float* w_lo = w + (size_t)(i0 / hs) * len;
+        const float* w_hi = hs == 32 ? w_lo + len : w_lo;
+        __m256 acc[8];
+        #pragma GCC unroll 8
+        for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+        for (int j = 0; j < len; j++) {
+            const float* v = value_row(j) + i0;
+            const __m256 a = _mm256_broadcast_ss(w_lo + j), b = _mm256_broadcast_ss(w_hi + j);
+            #pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) acc[u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(v + 8 * u), acc[u]);
+            #pragma GCC unroll 4
+            for (int u = 4; u < 8; u++) acc[u] = _mm256_fmadd_ps(b, _mm256_loadu_ps(v + 8 * u), acc[u]);
+        }
+        #pragma GCC unroll 8
+        for (int u = 0; u < 8; u++) _mm256_storeu_ps(o + i0 + 8 * u, acc[u]);
+    }
+    return i0;
+}
+// channels [0, C) in blocks of 128 while they last; returns where it stopped
+template <typename ValueRow>
+GKD_TARGET_AVX512 inline int decode_values_avx512(float* o, const float* w, ValueRow& value_row, int len, int C,
+                                                 int hs) {
+    int i0 = 0;
+    if (!(hs % 64 == 0 || hs == 32)) return 0;  // (what decode_values_avx2 takes: the same chains)
+    for (; i0 + 128 <= C; i0 += 128) {
+        const float* wu[8];  // register u's head's weights
+        for (int u = 0; u < 8; u++) wu[u] = w + (size_t)((i0 + 16 * u) / hs) * len;
+        __m512 acc[8];
+        #pragma GCC unroll 8
+        for (int u = 0; u < 8; u++) acc[u] = _mm512_setzero_ps();
+        for (int j = 0; j < len; j++) {
+            const float* v = value_row(j) + i0;
+            #pragma GCC unroll 8
+            for (int u = 0; u < 8; u++)
+                acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(wu[u][j]), _mm512_loadu_ps(v + 16 * u), acc[u]);
+        }
+        #pragma GCC unroll 8
+        for (int u = 0; u < 8; u++) _mm512_storeu_ps(o + i0 + 16 * u, acc[u]);
+    }
+    return i0;
+}
+#endif
 template <typename T, typename ValueRow>
 inline void decode_values(T* o, const T* w, ValueRow value_row, int len, int NH, int hs) {
     const int C = NH * hs;
     int i0 = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (std::is_same_v<T, float>)
-        if (hs % 64 == 0 || hs == 32)
-            for (; i0 + 64 <= C; i0 += 64) {
-                // the block's heads: its first, and (hs = 32) the next one for its upper half
-                const float* w_lo = w + (size_t)(i0 / hs) * len;
-                const float* w_hi = hs == 32 ? w_lo + len : w_lo;
-                __m256 acc[8];
-                #pragma GCC unroll 8
-                for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-                for (int j = 0; j < len; j++) {
-                    const float* v = value_row(j) + i0;
-                    const __m256 a = _mm256_broadcast_ss(w_lo + j), b = _mm256_broadcast_ss(w_hi + j);
-                    #pragma GCC unroll 4
-                    for (int u = 0; u < 4; u++) acc[u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(v + 8 * u), acc[u]);
-                    #pragma GCC unroll 4
-                    for (int u = 4; u < 8; u++) acc[u] = _mm256_fmadd_ps(b, _mm256_loadu_ps(v + 8 * u), acc[u]);
-                }
-                #pragma GCC unroll 8
-                for (int u = 0; u < 8; u++) _mm256_storeu_ps(o + i0 + 8 * u, acc[u]);
-            }
+#ifdef GKD_X86_KERNELS
+    if constexpr (std::is_same_v<T, float>) {
+        if (cpu_kernels() == CpuKernels::avx512) i0 = decode_values_avx512(o, w, value_row, len, C, hs);
+        if (cpu_kernels() >= CpuKernels::avx2) i0 = decode_values_avx2(o, w, value_row, i0, len, C, hs);
+    }
 #endif
     // the heads left (i0 ends on a head's boundary): accumulated in o, value by value
     std::fill(o + i0, o + C, T(0));

@@ -12,12 +12,12 @@
 // steps multiply with matmul_forward_packed.
 //
 // Tricks worth knowing:
-// - a register tile of up to 6 rows x 16 channels (12 AVX accumulators): per k, two loads
-//   of the panel and one broadcast per row;
+// - the register tile of cpu/packed_tile.h (AVX-512: up to 8 rows x 32 channels; AVX2:
+//   6 x 16): per k, one load per panel and one broadcast per row;
 // - each output is one fma chain over k in order, then + bias: its rounding does not
-//   depend on the rows around it, on the tile it lands in or on the thread split, so a
-//   row's sample does not depend on its batch; the scalar fallback (no AVX2/FMA) rounds
-//   the same (std::fma), and a unit test holds both to that chain exactly;
+//   depend on the rows around it, on the tile it lands in, on the thread split or on the
+//   variant (AVX-512, AVX2, the portable std::fma loops), so a row's sample does not
+//   depend on its batch or on the CPU; unit tests hold every variant to that chain exactly;
 // - panels are taken in groups that fit in L2, each group against every row tile; with
 //   few rows and all threads on one call, threads take groups (each weight read once).
 #pragma once
@@ -54,13 +54,13 @@ inline void matmul_forward_packed(float* out, const float* inp, const float* pan
     if (!omp_in_parallel()) group = std::min(group, (np + omp_get_max_threads() - 1) / omp_get_max_threads());
     const int ngroups = (np + group - 1) / group;
     #pragma omp parallel for schedule(static)
-    for (int g = 0; g < ngroups; g++)
-        for (int n = 0; n < N; n += DECODE_TILE_ROWS)
-            for (int p = g * group; p < std::min(np, (g + 1) * group); p++)
-                packed_tile_rows(std::min(DECODE_TILE_ROWS, N - n), out + (size_t)n * ld_out + (size_t)p * DECODE_PANEL,
-                                 ld_out, inp + (size_t)n * K, K, 1, K, panels + p * panel_size, DECODE_PANEL,
-                                 bias ? bias + (size_t)p * DECODE_PANEL : nullptr,
-                                 std::min(DECODE_PANEL, OC - p * DECODE_PANEL));
+    for (int g = 0; g < ngroups; g++) {
+        const int p0 = g * group, cols = std::min(OC, (g + 1) * group * DECODE_PANEL) - p0 * DECODE_PANEL;
+        for (int n = 0; n < N; n += tile_rows())
+            packed_tiles(std::min(tile_rows(), N - n), out + (size_t)n * ld_out + (size_t)p0 * DECODE_PANEL, ld_out,
+                         inp + (size_t)n * K, K, 1, K, panels + p0 * panel_size, DECODE_PANEL, panel_size,
+                         bias ? bias + (size_t)p0 * DECODE_PANEL : nullptr, cols);
+    }
 }
 
 // Every weight of a model in panels, for the decode steps of one generation: packed at

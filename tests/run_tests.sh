@@ -38,6 +38,14 @@ suite() {
 }
 
 suite unit '^\[doctest\] test cases: *[0-9]+ \| *([0-9]+) passed \| *([0-9]+) failed.*' ./tests/test_gkd
+# gkd's own kernels run AVX-512 where the CPU has it (cpu/packed_tile.h): there the cases
+# that run them (attention, decode, sampling, the reference fixtures, the seeds' runs,
+# speculative decoding) run again on the AVX2 variant
+if grep -qw avx512f /proc/cpuinfo; then
+  suite unit-avx2 '^\[doctest\] test cases: *[0-9]+ \| *([0-9]+) passed \| *([0-9]+) failed.*' \
+      env GKD_CPU_KERNELS=avx2 ./tests/test_gkd \
+      -tc='*attention*,*decode*,*sampl*,*greedy*,sharing rows*,packed batches*,reference fixture*,the same seed*,speculative*'
+fi
 suite cli '^cli: ([0-9]+) passed, ([0-9]+) failed' bash tests/cli_test.sh
 # the study's verdicts (dev/verdicts.py) on the cases the unit tests feed the experiment's (cli/verdicts.h)
 suite verdicts '^verdicts: ([0-9]+) passed, ([0-9]+) failed' python3 tests/verdicts_test.py

@@ -45,6 +45,13 @@ void operator delete(void* p, size_t) noexcept { free(p); }
 // helpers
 
 static const std::string FIXTURE_DIR = "tests/fixtures/reference/";
+// GKD_CPU_KERNELS picks the variant of gkd's own CPU kernels here as in gkd (tests/run_tests.sh
+// runs the kernels' cases again on AVX2 where the CPU has AVX-512)
+static const bool cpu_kernels_from_environment = [] {
+    const std::string why = select_cpu_kernels(getenv("GKD_CPU_KERNELS"));
+    if (!why.empty()) { fprintf(stderr, "%s\n", why.c_str()); exit(1); }
+    return true;
+}();
 
 // The larger of an error so far and a new one, a NaN counting as infinitely large:
 // std::max(worst, NaN) keeps worst, and a NaN result would pass "worst < tolerance".
@@ -1467,6 +1474,113 @@ TEST_CASE("a short run on a tiny task lowers the loss (sft) and the divergence t
     double div_after = evaluate(after, &teacher, d, tok, eo).divergence;
     CHECK(div_after < 0.5 * div_before);
     CHECK(lines.back()["eval"]["divergence"].get<double>() == doctest::Approx(div_after).epsilon(1e-9));
+}
+
+// The variants of gkd's own CPU kernels this CPU runs (cpu/packed_tile.h), narrowest first;
+// the test sets each in turn and puts the one before back after.
+static std::vector<CpuKernels> runnable_cpu_kernels() {
+    std::vector<CpuKernels> v;
+    for (CpuKernels k : {CpuKernels::portable, CpuKernels::avx2, CpuKernels::avx512})
+        if (k <= cpu_kernels_widest()) v.push_back(k);
+    return v;
+}
+struct UseCpuKernels {
+    CpuKernels before = cpu_kernels();
+    explicit UseCpuKernels(CpuKernels k) { g_cpu_kernels = k; }
+    ~UseCpuKernels() { g_cpu_kernels = before; }
+};
+
+TEST_CASE("every variant of gkd's CPU kernels gives the same bits: tiles, decode attention, a whole on-policy run") {
+    const auto variants = runnable_cpu_kernels();
+    MESSAGE("kernel variants on this CPU: " << variants.size() << " (widest " << std::string(cpu_kernels_name(cpu_kernels_widest())) << ")");
+    // the tile: rows 1-8, widths across one and two panels and a partial one, short and long
+    // chains, rows read in place or down columns (ldk), bias, accumulate
+    for (int K : {1, 5, 33})
+        for (int cols : {3, 16, 17, 40, 64})
+            for (int rows = 1; rows <= MAX_TILE_ROWS + 3; rows++)  // (past a tile: several)
+                for (int mode = 0; mode < 3; mode++) {  // 0: no bias, 1: bias, 2: accumulate
+                    CAPTURE(K); CAPTURE(cols); CAPTURE(rows); CAPTURE(mode);
+                    const bool transposed = (K + cols + rows) % 2;
+                    const size_t ldx = transposed ? 1 : K + 2, ldk = transposed ? rows + 3 : 1;
+                    const int np = panel_count(cols);
+                    std::vector<float> x, panels, bias;
+                    for (double v : randn((size_t)(K + 3) * (rows + 3) + K * 2, 7 + K)) x.push_back((float)v);
+                    for (double v : randn((size_t)np * K * DECODE_PANEL, 8 + cols)) panels.push_back((float)v);
+                    for (double v : randn(np * DECODE_PANEL, 9)) bias.push_back((float)v);
+                    std::vector<std::vector<float>> outs;
+                    for (CpuKernels k : variants) {
+                        UseCpuKernels use(k);
+                        const int ld = cols + 5;
+                        std::vector<float> out((size_t)rows * ld, 0.5f);  // the columns past cols stay 0.5
+                        if (mode == 2)
+                            packed_tiles<true>(rows, out.data(), ld, x.data(), ldx, ldk, K, panels.data(), DECODE_PANEL,
+                                               (size_t)K * DECODE_PANEL, nullptr, cols);
+                        else
+                            packed_tiles(rows, out.data(), ld, x.data(), ldx, ldk, K, panels.data(), DECODE_PANEL,
+                                         (size_t)K * DECODE_PANEL, mode ? bias.data() : nullptr, cols);
+                        outs.push_back(out);
+                    }
+                    for (size_t v = 1; v < outs.size(); v++) CHECK(outs[v] == outs[0]);
+                }
+    // decode attention's scores and values: the vector variants agree bit for bit (the
+    // portable loops sum a score in another order, to rounding)
+    for (int hs : {16, 32, 48, 64})
+        for (int NH : {1, 2, 4})
+            for (int len : {1, 7, 8, 15, 16, 17, 40}) {
+                CAPTURE(hs); CAPTURE(NH); CAPTURE(len);
+                const int C = NH * hs;
+                std::vector<float> q, kv, w;
+                for (double v : randn(C, 1)) q.push_back((float)v);
+                for (double v : randn((size_t)len * C, 2)) kv.push_back((float)v);
+                for (double v : randn((size_t)NH * len, 3)) w.push_back((float)v);
+                auto row = [&](int j) { return kv.data() + (size_t)j * C; };
+                std::vector<std::vector<float>> scores, values;
+                for (CpuKernels k : variants) {
+                    UseCpuKernels use(k);
+                    std::vector<float> sc((size_t)NH * len), o(C);
+                    decode_scores(sc.data(), q.data(), row, len, NH, hs, 0.25f);
+                    decode_values(o.data(), w.data(), row, len, NH, hs);
+                    scores.push_back(sc);
+                    values.push_back(o);
+                }
+                for (size_t v = 1; v < scores.size(); v++) {
+                    for (size_t i = 0; i < scores[0].size(); i++) CHECK(scores[v][i] == doctest::Approx(scores[0][i]).epsilon(1e-5));
+                    for (size_t i = 0; i < values[0].size(); i++) CHECK(values[v][i] == doctest::Approx(values[0][i]).epsilon(1e-5));
+                    if (variants[v - 1] != CpuKernels::portable) {
+                        CHECK(scores[v] == scores[v - 1]);
+                        CHECK(values[v] == values[v - 1]);
+                    }
+                }
+            }
+    // a whole on-policy run: sampling (decode attention, packed decode weights), the record,
+    // the student's backward and the teacher's pass, at head sizes 32 (student) and 64
+    // (teacher): the same losses and model.bin from every vector variant
+    std::string dir = temp_dir();
+    write_tiny_task(dir + "/task.jsonl");
+    for (auto& [name, channels, heads] : std::vector<std::tuple<std::string, int, int>>{{"t", 128, 2}, {"s", 128, 4}}) {
+        std::vector<std::string> init = {"gkd", "init", "--layers", "1", "--channels", std::to_string(channels),
+                                         "--heads", std::to_string(heads), "--context", "48", "--seed", "5", "--out",
+                                         dir + "/" + name + ".bin"};
+        auto argv = argv_of(init);
+        REQUIRE(run_command((int)argv.size(), argv.data()) == 0);
+    }
+    std::vector<std::vector<json>> runs;
+    std::vector<std::string> models;
+    for (CpuKernels k : variants) {
+        if (k == CpuKernels::portable) continue;
+        UseCpuKernels use(k);
+        const std::string out = dir + "/" + cpu_kernels_name(k);
+        train_in_process({"--teacher", dir + "/t.bin", "--student", dir + "/s.bin", "--data", dir + "/task.jsonl", "--out",
+                          out, "--steps", "3", "--batch", "6", "--lr", "1e-2", "--lambda", "1", "--max-new-tokens", "40"});
+        auto lines = read_metrics(out + "/metrics.jsonl");
+        for (auto& j : lines) { j.erase("step_ms"); j.erase("sample_ms"); }
+        runs.push_back(lines);
+        models.push_back(read_bytes(out + "/model.bin"));
+    }
+    for (size_t v = 1; v < runs.size(); v++) {
+        CHECK(runs[v] == runs[0]);
+        CHECK(models[v] == models[0]);
+    }
 }
 
 TEST_CASE("the same seed gives identical losses, samples and model.bin; another seed does not") {
