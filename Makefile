@@ -290,5 +290,13 @@ test-asan:
 	GKD=build/gkd_asan GKD_GPT2_CHECK=0 bash tests/cli_test.sh
 	GKD=build/gkd_asan bash tests/bad_input_test.sh
 
+# dev/kernel_libraries.sh's benchmark: gkd's tiles against OpenBLAS, and against oneDNN
+# (libdnnl-dev) and libxsmm (libxsmm-dev) where they are installed
+KERNEL_LIBS := $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),-DHAVE_DNNL) $(if $(wildcard /usr/include/libxsmm.h),-DHAVE_XSMM)
+build/kernel_libraries: dev/kernel_libraries.cpp $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) $(KERNEL_LIBS) dev/kernel_libraries.cpp -o $@ $(LDLIBS) \
+	    $(if $(findstring DNNL,$(KERNEL_LIBS)),-ldnnl) $(if $(findstring XSMM,$(KERNEL_LIBS)),$(shell pkg-config --libs libxsmmnoblas)) -lm
+
 clean:
 	rm -rf gkd tests/test_gkd tests/test_gpu build

@@ -13,7 +13,10 @@
 
 #include <fstream>
 #include <string>
+#include <sys/wait.h>
 #include <vector>
+
+extern char** environ;
 
 // A tokenizer that only knows its size and EOS (V - 1): what a benchmark step needs.
 struct SizeOnlyTokenizer : Tokenizer {
@@ -105,9 +108,10 @@ static double matmul_gflops(int M, int K, int N) {
 }
 
 // What a CPU figure depends on: the processor, its widest vector ISA, what gkd's own code
-// runs on it (its register tiles are AVX2 at most; the loops GCC vectorizes follow
-// -march=native, AVX-512 included), and the BLAS as OpenBLAS reports itself, with the
-// OPENBLAS_CORETYPE that forces its kernel choice when the environment sets one.
+// runs on it (its tiles and decode attention: the variant cpu_kernels() picked, AVX-512
+// where the CPU has it unless GKD_CPU_KERNELS says otherwise; the loops GCC vectorizes
+// follow -march), and the BLAS as OpenBLAS reports itself, with the OPENBLAS_CORETYPE
+// that forces its kernel choice when the environment sets one.
 struct CpuDescription {
     std::string model = "unknown CPU", isa = "unknown", kernels, blas;
 };
@@ -131,7 +135,9 @@ static CpuDescription describe_cpu() {
 #else
     const char* loops = "SSE2";
 #endif
-    d.kernels = strf("gkd's register tiles %s, its compiled loops up to %s", packed_tile_isa(), loops);
+    const char* chosen = getenv("GKD_CPU_KERNELS");
+    d.kernels = strf("gkd's kernels %s%s, its compiled loops up to %s", packed_tile_isa(),
+                     chosen && *chosen ? strf(" (GKD_CPU_KERNELS=%s)", chosen).c_str() : "", loops);
 #ifdef GKD_BLAS
     const char* forced = getenv("OPENBLAS_CORETYPE");
     d.blas = strf("OpenBLAS (%s; kernels for %s%s)", openblas_get_config(), openblas_get_corename(),
@@ -142,17 +148,127 @@ static CpuDescription describe_cpu() {
     return d;
 }
 
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? NAN : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// ----------------------------------------------------------------------------
+// the step under each choice of CPU kernels
+
+// One choice: OpenBLAS's kernels (the environment's, or its own for this CPU: the child
+// runs without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE) and gkd's own (GKD_CPU_KERNELS).
+struct KernelChoice {
+    bool blas_own;
+    CpuKernels tiles;
+};
+// The choices that differ on this machine: OpenBLAS's own only where the environment
+// forces its kernels, AVX-512 only where the CPU has it.
+static std::vector<KernelChoice> kernel_choices() {
+    auto set = [](const char* v) { const char* e = getenv(v); return e && *e; };
+    const bool forced = set("OPENBLAS_CORETYPE") || set("OPENBLAS_L2_SIZE");
+    std::vector<KernelChoice> out;
+    for (bool own : {false, true}) {
+        if (own && !forced) continue;
+        for (CpuKernels k : {CpuKernels::avx2, CpuKernels::avx512})
+            if (k <= cpu_kernels_widest()) out.push_back({own, k});
+    }
+    return out;
+}
+
+// OpenBLAS's name for the kernels it runs (its own pick, or OPENBLAS_CORETYPE's)
+static std::string blas_kernels_name() {
+#ifdef GKD_BLAS
+    return openblas_get_corename();
+#else
+    return "none (gkd's OpenMP loops)";
+#endif
+}
+
+// Runs this program (gkd bench with `args`) under a choice; its one JSON line.
+static json bench_under(const std::vector<std::string>& args, const KernelChoice& c) {
+    std::vector<std::string> env;
+    for (char** e = environ; *e; e++) {
+        std::string v = *e;
+        if (v.rfind("GKD_CPU_KERNELS=", 0) == 0) continue;
+        if (c.blas_own && (v.rfind("OPENBLAS_CORETYPE=", 0) == 0 || v.rfind("OPENBLAS_L2_SIZE=", 0) == 0)) continue;
+        env.push_back(v);
+    }
+    env.push_back(std::string("GKD_CPU_KERNELS=") + cpu_kernels_name(c.tiles));
+    std::vector<char*> argv_c, env_c;
+    for (const std::string& a : args) argv_c.push_back(const_cast<char*>(a.c_str()));
+    argv_c.push_back(nullptr);
+    for (std::string& e : env) env_c.push_back(const_cast<char*>(e.c_str()));
+    env_c.push_back(nullptr);
+    int out[2];
+    if (pipe(out) != 0) GKD_FAIL("gkd bench: pipe: %s", strerror(errno));
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid < 0) GKD_FAIL("gkd bench: fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        close(out[0]);
+        close(out[1]);
+        execve("/proc/self/exe", argv_c.data(), env_c.data());
+        _exit(127);
+    }
+    close(out[1]);
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) text.append(buf, n);
+    close(out[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    json j = json::parse(text, nullptr, false);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || j.is_discarded())
+        GKD_FAIL("gkd bench: the run with OpenBLAS's %s kernels and gkd's %s failed (exit %d)",
+                 c.blas_own ? "own" : "environment's", cpu_kernels_name(c.tiles), WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    return j;
+}
+
+// The step under every choice, `rounds` times in turn (so that all see the same machine
+// state), each a fresh process; a table of each choice's medians over the rounds.
+static void print_kernel_choices(const Flags& f, int rounds) {
+    std::vector<std::string> args = {"gkd", "bench"};
+    for (const auto& [name, value] : f.values)
+        if (name != "kernel-choices" && name != "rounds") { args.push_back("--" + name); args.push_back(value); }
+    for (const std::string& name : f.switches) args.push_back("--" + name);
+    args.push_back("--json");
+    args.push_back("--kernel-choices");
+    args.push_back("this");
+    const std::vector<KernelChoice> choices = kernel_choices();
+    std::vector<std::vector<json>> runs(choices.size());
+    for (int r = 0; r < rounds; r++)
+        for (size_t i = 0; i < choices.size(); i++) runs[i].push_back(bench_under(args, choices[i]));
+    auto med = [&](size_t i, const char* key) {
+        std::vector<double> v;
+        for (const json& j : runs[i]) v.push_back(j.value(key, 0.0));
+        return median(v);
+    };
+    printf("\nthe step under each choice of CPU kernels (each a process of its own, %d round%s in turn, medians; "
+           "OpenBLAS's own: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for that run alone):\n\n",
+           rounds, rounds == 1 ? "" : "s");
+    printf("| OpenBLAS kernels | gkd's kernels | sample ms (GFLOP/s) | teacher ms (GFLOP/s) | backward ms "
+           "(GFLOP/s, of the ceiling) | step ms | sgemm ceiling GFLOP/s | step: share of the ceiling "
+           "(algorithm's work / what ran) |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for (size_t i = 0; i < choices.size(); i++) {
+        const json& j = runs[i].back();
+        const double ceiling = med(i, "sgemm_gflops"), step_ms = med(i, "step_ms");
+        printf("| %s%s | %s | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f, %.0f%%) | %.1f | %.0f | %.0f%% / %.0f%% |\n",
+               j.value("blas_kernels", std::string("?")).c_str(), choices[i].blas_own ? " (its own choice)" : " (the environment's)",
+               cpu_kernels_name(choices[i].tiles), med(i, "sample_ms"), med(i, "sample_gflops"), med(i, "teacher_ms"),
+               med(i, "teacher_gflops"), med(i, "backward_ms"), med(i, "backward_gflops"),
+               100 * med(i, "backward_gflops") / ceiling, step_ms, ceiling, 100 * med(i, "step_gflops") / ceiling,
+               100 * med(i, "step_run_gflops") / ceiling);
+    }
+}
+
 // One line of the bench table: a phase, its median time, and the work it did.
 struct BenchRow {
     const char* name;
     const char* key;
     double ms, tokens, flops;
 };
-
-static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? NAN : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 #ifdef GKD_CUDA_PATH
 // cuBLAS SGEMM (M, K) x (K, N) in the run's precision mode, timed with CUDA events: the
@@ -419,6 +535,11 @@ static const std::vector<FlagSpec> BENCH_FLAGS = {
     {"ragged", false, "time a supervised distillation step on rows of instruction-like lengths, padded against packed "
                       "(defaults then: --student 2,768,12 --teacher 4,768,12 --batch 16 --context 256 --steps 3)"},
     {"lengths", true, "with --ragged: the rows' lengths from FILE, JSONL {\"prompt\": tokens, \"completion\": tokens}"},
+    {"kernel-choices", true, "cpu: all (the table's default: after this run, the step again under each choice of "
+                              "OpenBLAS's kernels (the environment's; its own, where the environment forces them) and "
+                              "of gkd's (avx2, avx512 where the CPU has it), each in a process of its own) or this "
+                              "(this process's alone; the default with --json)"},
+    {"rounds", true, "with --kernel-choices all: runs of each choice, in turn; the table gives medians (1)"},
     {"device", true, "auto | cpu | cuda"},
     {"precision", true, PRECISION_HELP},
     {"tf32", false, "cuda: matmuls on TF32 tensor cores (MFU then against the TF32 peak)"}};
@@ -434,6 +555,8 @@ static int cmd_bench(int argc, char** argv) {
     std::string vocab = f.str("vocab", "byte");
     int V = vocab == "byte" ? 257 : (int)f.integer("vocab", 0, 2, 1 << 24);
     if (f.has("lengths") && !f.on("ragged")) GKD_FAIL("gkd bench: --lengths gives the rows of --ragged: add --ragged");
+    if (f.on("ragged") && (f.has("kernel-choices") || f.has("rounds")))
+        GKD_FAIL("gkd bench: --%s applies to the step's bench, not --ragged", f.has("rounds") ? "rounds" : "kernel-choices");
     if (f.on("ragged"))
         return bench_ragged(f, device, V, (int)f.integer("context", 256, 2, 1 << 20),
                             (int)f.integer("steps", 3, 1, 100000), (int)f.integer("warmup", 1, 0, 100000));
@@ -443,6 +566,14 @@ static int cmd_bench(int argc, char** argv) {
     int K = (int)f.integer("new-tokens", 64, 1, 1 << 20);
     int steps = (int)f.integer("steps", 5, 1, 100000), warmup = (int)f.integer("warmup", 1, 0, 100000);
     bool sft = f.on("sft");
+    const std::string choices = f.str("kernel-choices", f.on("json") || device != "cpu" ? "this" : "all");
+    if (choices != "all" && choices != "this")
+        GKD_FAIL("gkd bench: --kernel-choices '%s' must be all or this", choices.c_str());
+    if (choices == "all" && (device != "cpu" || f.on("json") || f.on("memory-only")))
+        GKD_FAIL("gkd bench: --kernel-choices all times the CPU's kernels in the table: not with %s",
+                 device != "cpu" ? "--device cuda" : f.on("json") ? "--json" : "--memory-only");
+    if (f.has("rounds") && choices != "all") GKD_FAIL("gkd bench: --rounds counts the runs of --kernel-choices all");
+    const bool kernel_choices_all = choices == "all";
     if (P + K > context) GKD_FAIL("gkd bench: --prompt-tokens %d + --new-tokens %d exceed --context %d", P, K, context);
 
     if (f.on("memory-only")) {  // the shapes alone: no model is made, no step runs
@@ -546,6 +677,7 @@ static int cmd_bench(int argc, char** argv) {
                   {"teacher_parameters", sft ? 0 : tr.teacher.num_parameters}, {"peak_rss_mb", rss},
                   {"sgemm_gflops", ceiling}, {"sgemm_at_step_shape_gflops", at_shape}, {"matmuls", cpu.blas},
                   {"cpu", cpu.model}, {"vector_isa", cpu.isa}, {"gkd_kernels", cpu.kernels},
+                  {"gkd_kernel_variant", cpu_kernels_name(cpu_kernels())}, {"blas_kernels", blas_kernels_name()},
                   {"target_tokens", targets}, {"forward_reused", reused}, {"teacher_trimmed", teacher_skipped > 0},
                   {"step_run_gflops", run_flops / (med(&StepStats::ms) * 1e6)},
                   {"teacher_top_k", tr.opt.teacher_top_k}, {"teacher_kept_mb", memory.kept_mb},
@@ -584,6 +716,7 @@ static int cmd_bench(int argc, char** argv) {
                "only what ran)",
                100 * run_flops / (med(&StepStats::ms) * 1e6) / ceiling);
     printf("\n");
+    if (kernel_choices_all) print_kernel_choices(f, (int)f.integer("rounds", 1, 1, 1000));
     if (!sft) {
         printf("\nthe teacher's signal for the loss: %.1f MB kept by this run (%s)%s\n", memory.kept_mb,
                tr.opt.teacher_top_k ? strf("top-%d + tail", tr.opt.teacher_top_k).c_str() : "whole logit rows",

@@ -15,9 +15,22 @@
 # vector ISA, the thread count, each side's BLAS (OpenBLAS's own config string; PyTorch's
 # build setting and the libraries loaded after a matmul) and each side's sgemm rate.
 # OPENBLAS_CORETYPE, when the environment sets it, forces OpenBLAS's kernel choice in both
-# processes alike: the report says so on each side.
+# processes alike: the report says so on each side. On the CPU, where the environment
+# forces OpenBLAS's kernels (OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE), the comparison runs
+# twice: with the environment's kernels on both sides, then with OpenBLAS's own choice on
+# both sides (both variables unset for those runs alone). KERNELS=this runs only the first.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ "${DEVICE:-cpu}" = cpu ] && [ "${KERNELS:-both}" = both ] && [ -n "${OPENBLAS_CORETYPE:-}${OPENBLAS_L2_SIZE:-}" ]; then
+  echo "## the environment's OpenBLAS kernels, both sides (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}, OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset})"
+  echo
+  KERNELS=this "$0" "$@"
+  echo
+  echo "## OpenBLAS's own kernel choice, both sides (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for these runs)"
+  echo
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE KERNELS=this "$0" "$@"
+  exit
+fi
 threads=${1:-2}; rounds=${2:-3}; shift $(( $# < 2 ? $# : 2 )) || true
 device=${DEVICE:-cpu}
 steps=${STEPS:-5}

@@ -6,7 +6,10 @@
 #
 #   dev/measure_performance.sh [THREADS] [LLMC_CHECKOUT]
 # THREADS (default: nproc) for every run; with LLMC_CHECKOUT (a checkout of
-# github.com/karpathy/llm.c), also the llm.c comparison. About 12 minutes on 2 cores.
+# github.com/karpathy/llm.c), also the llm.c comparison. About 15 minutes on 2 cores.
+# Where the environment forces OpenBLAS's kernels (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE),
+# gkd bench, the PyTorch comparisons and the library comparison each also run with
+# OpenBLAS's own choice (those variables unset for that run alone).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
@@ -36,6 +39,7 @@ run compare_pytorch_gpt2 env STEPS=2 dev/compare_pytorch.sh "$threads" 1 --stude
 if grep -qw avx512f /proc/cpuinfo && [ -z "${OPENBLAS_CORETYPE:-}" ]; then
   run compare_pytorch_skylakex env OPENBLAS_CORETYPE=SkylakeX dev/compare_pytorch.sh "$threads" 5
 fi
+run kernel_libraries dev/kernel_libraries.sh "$threads"
 run mpi_overhead dev/mpi_overhead.sh 2 5 10
 [ -n "$llmc" ] && run compare_llmc dev/compare_llmc.sh "$llmc" "$threads" 3
 dev/insert_results.sh

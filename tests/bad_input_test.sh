@@ -163,6 +163,10 @@ TABLE=$(cat <<EOF
 1	--prompt-tokens 100 + --new-tokens 64 exceed --context 128	bench --prompt-tokens 100
 1	use --device cpu (or auto)	bench --device cuda
 1	--tf32 is a GPU mode: it needs --device cuda	bench --tf32 --device cpu
+1	gkd bench: --kernel-choices 'some' must be all or this	bench --kernel-choices some
+1	--kernel-choices all times the CPU's kernels in the table: not with --json	bench --kernel-choices all --json
+1	gkd bench: --rounds counts the runs of --kernel-choices all	bench --rounds 2 --json
+1	gkd bench: --kernel-choices applies to the step's bench, not --ragged	bench --ragged --kernel-choices this
 1	--precision bf16 is the CUDA path's: it needs --device cuda	bench --precision bf16 --device cpu
 1	--precision 'half' must be one of auto|bf16|fp32	bench --precision half
 1	--precision bf16 is the CUDA path's: it needs --device cuda	sample $S --prompt hi --precision bf16 --device cpu
@@ -270,6 +274,12 @@ while IFS=$'\t' read -r want message cmd; do
   elif [ -s "$W/out" ]; then fail=$((fail + 1)); echo "FAIL: gkd $cmd wrote to stdout: $(head -c 200 "$W/out")" >&2
   else pass=$((pass + 1)); fi
 done <<<"$TABLE"
+# the environment's choice of gkd's CPU kernels (cpu/packed_tile.h): a name it does not know
+GKD_CPU_KERNELS=avx9 $GKD init --layers 1 --channels 16 --heads 2 --out "$W/never.bin" >"$W/out" 2>"$W/err"
+rc=$?
+if [ "$rc" -eq 1 ] && [ "$(wc -l <"$W/err")" -eq 1 ] && grep -qF "GKD_CPU_KERNELS=avx9: expected avx512, avx2 or portable" "$W/err"; then
+  pass=$((pass + 1))
+else fail=$((fail + 1)); echo "FAIL: GKD_CPU_KERNELS=avx9: exit $rc: $(cat "$W/err")" >&2; fi
 # nothing half-written: no refused run left a folder or a file behind
 if [ -e "$W/never" ]; then fail=$((fail + 1)); echo "FAIL: a refused run created its --out folder" >&2; else pass=$((pass + 1)); fi
 if ls "$W"/never.* "$W"/*.partial >/dev/null 2>&1; then fail=$((fail + 1)); echo "FAIL: a refused convert left $(ls "$W"/never.*)" >&2; else pass=$((pass + 1)); fi
