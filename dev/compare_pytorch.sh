@@ -22,11 +22,11 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ "${DEVICE:-cpu}" = cpu ] && [ "${KERNELS:-both}" = both ] && [ -n "${OPENBLAS_CORETYPE:-}${OPENBLAS_L2_SIZE:-}" ]; then
-  echo "## the environment's OpenBLAS kernels, both sides (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}, OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset})"
+  echo "**the environment's OpenBLAS kernels, both sides (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}, OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset})**"
   echo
   KERNELS=this "$0" "$@"
   echo
-  echo "## OpenBLAS's own kernel choice, both sides (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for these runs)"
+  echo "**OpenBLAS's own kernel choice, both sides (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for these runs)**"
   echo
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE KERNELS=this "$0" "$@"
   exit

@@ -13,12 +13,12 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 threads=${1:-$(nproc)}; case_filter=${2:-}
 make -s build/kernel_libraries
-echo "## the environment's OpenBLAS kernels"
+echo "**the environment's OpenBLAS kernels**"
 echo
 OMP_NUM_THREADS=$threads ./build/kernel_libraries $case_filter 2>/dev/null
 if [ -n "${OPENBLAS_CORETYPE:-}${OPENBLAS_L2_SIZE:-}" ]; then
   echo
-  echo "## OpenBLAS's own kernel choice (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for this run)"
+  echo "**OpenBLAS's own kernel choice (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for this run)**"
   echo
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=$threads ./build/kernel_libraries $case_filter 2>/dev/null
 fi

@@ -33,12 +33,6 @@ run ragged env OMP_NUM_THREADS="$threads" ./gkd bench --ragged
 run compare_pytorch dev/compare_pytorch.sh "$threads" 5
 run compare_pytorch_gpt2 env STEPS=2 dev/compare_pytorch.sh "$threads" 1 --student 12,768,12 --teacher 24,1024,16 \
     --vocab 50257 --context 256 --batch 4 --prompt-tokens 128 --new-tokens 128
-# where the CPU has AVX-512 and nothing forces OpenBLAS's kernels, the same comparison with
-# its AVX-512 (SkylakeX) kernels forced on both sides: OpenBLAS 0.3.21 falls back to its
-# Prescott (SSE3) kernels on CPU models newer than it knows
-if grep -qw avx512f /proc/cpuinfo && [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  run compare_pytorch_skylakex env OPENBLAS_CORETYPE=SkylakeX dev/compare_pytorch.sh "$threads" 5
-fi
 run kernel_libraries dev/kernel_libraries.sh "$threads"
 run mpi_overhead dev/mpi_overhead.sh 2 5 10
 [ -n "$llmc" ] && run compare_llmc dev/compare_llmc.sh "$llmc" "$threads" 3
