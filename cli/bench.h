@@ -163,10 +163,10 @@ struct KernelChoice {
     CpuKernels tiles;
 };
 // The choices that differ on this machine: OpenBLAS's own only where the environment
-// forces its kernels, AVX-512 only where the CPU has it.
+// forces its kernels (and this build calls OpenBLAS), AVX-512 only where the CPU has it.
 static std::vector<KernelChoice> kernel_choices() {
     auto set = [](const char* v) { const char* e = getenv(v); return e && *e; };
-    const bool forced = set("OPENBLAS_CORETYPE") || set("OPENBLAS_L2_SIZE");
+    const bool forced = HAVE_BLAS && (set("OPENBLAS_CORETYPE") || set("OPENBLAS_L2_SIZE"));
     std::vector<KernelChoice> out;
     for (bool own : {false, true}) {
         if (own && !forced) continue;
@@ -181,7 +181,7 @@ static std::string blas_kernels_name() {
 #ifdef GKD_BLAS
     return openblas_get_corename();
 #else
-    return "none (gkd's OpenMP loops)";
+    return "none";  // gkd's OpenMP loops
 #endif
 }
 
@@ -538,7 +538,7 @@ static const std::vector<FlagSpec> BENCH_FLAGS = {
     {"kernel-choices", true, "cpu: all (the table's default: after this run, the step again under each choice of "
                               "OpenBLAS's kernels (the environment's; its own, where the environment forces them) and "
                               "of gkd's (avx2, avx512 where the CPU has it), each in a process of its own) or this "
-                              "(this process's alone; the default with --json)"},
+                              "(this process's alone; the default with --json and --memory-only)"},
     {"rounds", true, "with --kernel-choices all: runs of each choice, in turn; the table gives medians (1)"},
     {"device", true, "auto | cpu | cuda"},
     {"precision", true, PRECISION_HELP},
@@ -566,7 +566,8 @@ static int cmd_bench(int argc, char** argv) {
     int K = (int)f.integer("new-tokens", 64, 1, 1 << 20);
     int steps = (int)f.integer("steps", 5, 1, 100000), warmup = (int)f.integer("warmup", 1, 0, 100000);
     bool sft = f.on("sft");
-    const std::string choices = f.str("kernel-choices", f.on("json") || device != "cpu" ? "this" : "all");
+    const std::string choices =
+        f.str("kernel-choices", f.on("json") || f.on("memory-only") || device != "cpu" ? "this" : "all");
     if (choices != "all" && choices != "this")
         GKD_FAIL("gkd bench: --kernel-choices '%s' must be all or this", choices.c_str());
     if (choices == "all" && (device != "cpu" || f.on("json") || f.on("memory-only")))

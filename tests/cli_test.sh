@@ -175,14 +175,20 @@ done
 check "bench gives the step's share of the ceiling both ways (the algorithm's FLOPs, and those run)" grep -qE "the step reaches [0-9]+% of the ceiling \(.*; [0-9]+% counting only what ran\)" "$W/out"
 check "bench reports peak RSS and the sgemm ceiling" grep -qE "^peak RSS [0-9]+ MB; sgemm ceiling [0-9.]+ GFLOP/s" "$W/out"
 check "the bench table names the machine: CPU, vector ISA, threads, gkd's kernels, BLAS and its kernels" \
-  grep -qE "^  .+, (AVX|SSE).*, [0-9]+ threads; gkd's register tiles .+, its compiled loops up to .+; matmuls: .*(kernels for |no BLAS)" "$W/out"
+  grep -qE "^  .+, (AVX|SSE).*, [0-9]+ threads; gkd's kernels .+, its compiled loops up to .+; matmuls: .*(kernels for |no BLAS)" "$W/out"
+# the step again under each choice of CPU kernels: OpenBLAS's (the environment's; its own where
+# the environment forces them) x gkd's (avx2; avx512 where the CPU has it), one row each
+[ -n "${OPENBLAS_CORETYPE:-}${OPENBLAS_L2_SIZE:-}" ] && grep -q "matmuls: OpenBLAS" "$W/out" && choices=2 || choices=1
+grep -qw avx512f /proc/cpuinfo && choices=$((choices * 2))
+check "the bench table runs the step under each choice of CPU kernels ($choices here), each with its ceiling" bash -c \
+  "[ \$(grep -cE '^\| [A-Za-z0-9]+ \((the environment.s|its own choice)\) \| (avx2|avx512) \| [0-9.]+ \([0-9]+\) \| .* \| [0-9]+% / [0-9]+% \|$' '$W/out') -eq $choices ]"
 check "bench prints the CUDA path's memory table, fp32 against bf16, on the CPU too" grep -qE "^\| total \| [0-9.]+ \| [0-9.]+ \| bf16 / fp32 = 0\.[0-9]+ \|" "$W/out"
 expect_ok "bench --memory-only (the GPT-2 pair: 124M student, 355M teacher, B 8, 256 + 256)" $GKD bench --memory-only --json --student 12,768,12 --teacher 24,1024,16 --vocab 50257 --context 1024 --batch 8 --prompt-tokens 256 --new-tokens 256
 check "the GPT-2 pair's memory in bf16 is at most 0.61x fp32's" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); r=j["bf16_mb"]/j["fp32_mb"]; print(r); assert 0.5 < r <= 0.61' "$W/out"
 check "docs/cuda.md's memory table is this build's (gkd bench --memory-only, the GPT-2 pair)" bash -c "diff <(sed -n '/<!-- memory-table -->/,/<!-- \/memory-table -->/p' docs/cuda.md | grep '^|') <($GKD bench --memory-only --student 12,768,12 --teacher 24,1024,16 --vocab 50257 --context 1024 --batch 8 --prompt-tokens 256 --new-tokens 256 | grep '^|')"
 expect_ok "bench --json (on-policy)" $GKD bench --json --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 2
 check "on-policy bench JSON: the forward reused, the teacher trimmed, the rate of the FLOPs run below the step's" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["forward_reused"] is True and j["teacher_trimmed"] is True; assert 0 < j["step_run_gflops"] < j["step_gflops"]' "$W/out"
-check "bench JSON names what gkd's kernels compile to and the BLAS kernels" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert "register tiles" in j["gkd_kernels"] and j["vector_isa"] and j["matmuls"]' "$W/out"
+check "bench JSON names what gkd's kernels compile to and the BLAS kernels" python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["gkd_kernels"].startswith("gkd'"'"'s kernels ") and j["gkd_kernel_variant"] in ("avx512", "avx2", "portable") and j["blas_kernels"] and j["vector_isa"] and j["matmuls"]' "$W/out"
 if grep -q '"matmuls":"OpenBLAS' "$W/out"; then  # (Prescott: SSE3 kernels, safe on any x86-64)
   expect_ok "bench with OPENBLAS_CORETYPE set" env OPENBLAS_CORETYPE=Prescott $GKD bench --student 1,16,2 --teacher 1,32,2 --context 32 --batch 4 --prompt-tokens 8 --new-tokens 8 --steps 1 --warmup 0
   check "bench says that OPENBLAS_CORETYPE forced OpenBLAS's kernels" grep -q "kernels for Prescott, forced by OPENBLAS_CORETYPE=Prescott" "$W/out"
