@@ -84,7 +84,6 @@ struct TrainBatch {
 // docs/algorithm.md §2: the completion tokens (and the EOS that ends them) are the targets;
 // prompt positions never are. Row i has P + |c| - 1 positions: every token but the last.
 static TrainBatch build_batch(const std::vector<Sequence>& rows, int eos) {
-    (void)eos;
     TrainBatch b;
     b.B = (int)rows.size();
     b.row_start.assign(b.B + 1, 0);

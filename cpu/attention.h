@@ -432,11 +432,15 @@ inline void decode_scores(T* sc, const T* q, KeyRow key_row, int len, int NH, in
 // where accumulating in memory also loaded and stored o for every value. Each output is
 // one chain over j in order, whatever the batch and the variant.
 #ifdef GKD_X86_KERNELS
+// The head sizes whose channels both vector variants keep in registers (a register never
+// spans two heads' weights); others are summed in o by the loop of decode_values, in both
+// variants alike, so that every variant makes the same chains.
+inline bool decode_values_in_registers(int hs) { return hs % 64 == 0 || hs == 32; }
 // channels [i0, C) in blocks of 64 while they last; returns where it stopped
 template <typename ValueRow>
 GKD_TARGET_AVX2 inline int decode_values_avx2(float* o, const float* w, ValueRow& value_row, int i0, int len, int C,
                                              int hs) {
-    if (!(hs % 64 == 0 || hs == 32)) return i0;
+    if (!decode_values_in_registers(hs)) return i0;
     for (; i0 + 64 <= C; i0 += 64) {
         // the block's heads: its first, and (hs = 32) the next one for its upper half
         const float* w_lo = w + (size_t)(i0 / hs) * len;
@@ -462,7 +466,7 @@ template <typename ValueRow>
 GKD_TARGET_AVX512 inline int decode_values_avx512(float* o, const float* w, ValueRow& value_row, int len, int C,
                                                  int hs) {
     int i0 = 0;
-    if (!(hs % 64 == 0 || hs == 32)) return 0;  // (what decode_values_avx2 takes: the same chains)
+    if (!decode_values_in_registers(hs)) return 0;
     for (; i0 + 128 <= C; i0 += 128) {
         const float* wu[8];  // register u's head's weights
         for (int u = 0; u < 8; u++) wu[u] = w + (size_t)((i0 + 16 * u) / hs) * len;

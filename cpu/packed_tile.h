@@ -1,5 +1,6 @@
-// cpu/packed_tile.h — gkd's own register-tiled matmul kernel: up to 6 rows x 16 or 32
-// output channels held in vector accumulators, over operands laid out in panels of 16.
+// cpu/packed_tile.h — gkd's own register-tiled matmul kernel: up to 8 rows x 32 (AVX-512)
+// or 6 rows x 16 (AVX2) output channels held in vector accumulators, over operands laid out
+// in panels of 16.
 //
 // GPU twin: none; the GPU's small products are cuBLAS's (cuda/common.cuh) and its decode
 // matmuls cuda/sampling.cuh's.
@@ -10,7 +11,7 @@
 //   split, nor the vector width: a row's sample does not depend on its batch, and the
 //   three variants below give the same bits (a unit test holds them to it).
 // - Three variants, picked at run time (cpu_kernels()): AVX-512 (two panels per tile,
-//   6 rows x 32 channels in 12 zmm accumulators, a partial panel stored through a mask),
+//   8 rows x 32 channels in 16 zmm accumulators, a partial panel stored through a mask),
 //   AVX2 + FMA (one panel per tile, 6 x 16 in 12 ymm accumulators), and std::fma loops.
 //   The vector variants are compiled for their ISA by function attribute, whatever
 //   -march says, so one binary carries both; the CPU's widest wins unless the environment
@@ -93,10 +94,7 @@ inline const char* packed_tile_isa() {
 // The tile's shape: panels of 16 output channels; tiles of up to 6 rows (AVX2: 12 of the
 // 16 ymm registers hold accumulators) or 8 (AVX-512: two panels, 16 of the 32 zmm).
 constexpr int DECODE_PANEL = 16;
-#ifndef GKD_AVX512_TILE_ROWS
-#define GKD_AVX512_TILE_ROWS 8
-#endif
-constexpr int AVX2_TILE_ROWS = 6, AVX512_TILE_ROWS = GKD_AVX512_TILE_ROWS;
+constexpr int AVX2_TILE_ROWS = 6, AVX512_TILE_ROWS = 8;
 constexpr int MAX_TILE_ROWS = std::max(AVX2_TILE_ROWS, AVX512_TILE_ROWS);
 // Rows per tile of the variant in use: callers step through their rows this many at a time.
 inline int tile_rows() { return cpu_kernels() == CpuKernels::avx512 ? AVX512_TILE_ROWS : AVX2_TILE_ROWS; }

@@ -11,8 +11,9 @@
 //     per generation in each method's own layout);
 //   attention forward/backward per (row, head), T=96: Q K^T, softmax, A V (and the four
 //     backward products), heads shared between threads;
-//   weight gradients: dW = dout^T x over N=3072 positions, output channels shared between
-//     threads as gpt_parameter_gradients shares them.
+//   the backward's input and weight gradients over N=3072 positions: dinp = dout W (rows
+//     shared between threads) and dW = dout^T x (output channels shared), as gpt_backward
+//     shares them.
 // GFLOP/s count the algorithm's work: attention's causal half, whatever a method computes.
 #include <omp.h>
 
@@ -28,6 +29,7 @@
 
 #include "../cpu/attention.h"
 #include "../cpu/decode_weights.h"
+#include "../cpu/threads.h"
 
 #ifdef HAVE_DNNL
 #include <oneapi/dnnl/dnnl.h>
@@ -358,37 +360,54 @@ static void attention_backward_case(const char* name, int B, int NH, int T, int 
 }
 
 // ----------------------------------------------------------------------------
-// weight gradients: dW (OC, C) += dout (N, OC)^T x (N, C), each thread its channels
+// the backward's products of a student layer over N positions, each thread its share as
+// gpt_backward shares them (share_begin):
+//   input gradients:  dinp (N, C) = dout (N, OC) @ W (OC, C), the rows shared;
+//   weight gradients: dW (OC, C) = dout (N, OC)^T x (N, C), the output channels shared
 
-static void weight_gradient_case(const char* name, int N, const std::vector<std::pair<int, int>>& weights) {
+struct GradientProduct {
+    int C, OC;
+    std::vector<float> operand, dout, out;  // operand: W (OC, C) or x (N, C)
+};
+
+// weight_gradient: dW, else dinp; seed: each case its own data
+static void gradient_case(const char* name, int N, const std::vector<std::pair<int, int>>& weights, bool weight_gradient,
+                          int seed) {
     Case c{name, 0, {}};
-    struct W {
-        int C, OC;
-        std::vector<float> x, dout, dw;
-    };
-    std::vector<W> ws;
+    std::vector<GradientProduct> ws;
     for (auto [C, OC] : weights) {
-        ws.push_back({C, OC, random_floats((size_t)N * C, C), random_floats((size_t)N * OC, OC), std::vector<float>((size_t)OC * C)});
+        ws.push_back({C, OC, random_floats((size_t)(weight_gradient ? N : OC) * C, C + seed),
+                      random_floats((size_t)N * OC, OC + 2 * seed),
+                      std::vector<float>((size_t)(weight_gradient ? OC : N) * C)});
         c.flops += 2.0 * N * C * OC;
     }
     std::vector<float> all, ref;
-    auto gather = [&] {
-        all.clear();
-        for (W& w : ws) all.insert(all.end(), w.dw.begin(), w.dw.end());
-    };
-    auto with_sgemm = [&](Sgemm gemm) {
-        return [&, gemm] {
+    // every thread runs share(w, lo, hi) of each product: output rows [lo, hi) (rows of dinp
+    // or of dW), then the outputs are gathered for the check
+    auto on_shares = [&](std::function<void(GradientProduct&, int, int)> share) {
+        return [&, share] {
             #pragma omp parallel
             {
                 const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-                for (W& w : ws) {
-                    const int o0 = (int)((long)w.OC * t / nt), o1 = (int)((long)w.OC * (t + 1) / nt);
-                    if (o1 > o0) gemm(true, false, o1 - o0, w.C, N, w.dout.data() + o0, w.OC, w.x.data(), w.C, 0.0f,
-                                      w.dw.data() + (size_t)o0 * w.C, w.C);
+                for (GradientProduct& w : ws) {
+                    const int rows = weight_gradient ? w.OC : N;
+                    share(w, share_begin(rows, t, nt), share_begin(rows, t + 1, nt));
                 }
             }
-            gather();
+            all.clear();
+            for (GradientProduct& w : ws) all.insert(all.end(), w.out.begin(), w.out.end());
         };
+    };
+    auto with_sgemm = [&](Sgemm gemm) {
+        return on_shares([&, gemm](GradientProduct& w, int lo, int hi) {
+            if (hi <= lo) return;
+            if (weight_gradient)
+                gemm(true, false, hi - lo, w.C, N, w.dout.data() + lo, w.OC, w.operand.data(), w.C, 0.0f,
+                     w.out.data() + (size_t)lo * w.C, w.C);
+            else
+                gemm(false, false, hi - lo, w.C, w.OC, w.dout.data() + (size_t)lo * w.OC, w.OC, w.operand.data(), w.C,
+                     0.0f, w.out.data() + (size_t)lo * w.C, w.C);
+        });
     };
     with_sgemm(openblas_sgemm)();
     ref = all;
@@ -396,83 +415,17 @@ static void weight_gradient_case(const char* name, int N, const std::vector<std:
 #ifdef HAVE_DNNL
     record(c, "oneDNN sgemm", with_sgemm(onednn_sgemm), all, ref);
 #endif
-    // gkd's tile: dout^T read down its columns (ldk), x's channels read in place as panels
+    // gkd's tile: the operand's channels read in place as panels (C a multiple of 16); dout
+    // read by rows (input gradients) or down its columns (dout^T, weight gradients)
     for (CpuKernels k : tile_variants()) {
         g_cpu_kernels = k;
-        record(c, tile_name(k), [&] {
-            #pragma omp parallel
-            {
-                const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-                for (W& w : ws) {
-                    const int o0 = (int)((long)w.OC * t / nt), o1 = (int)((long)w.OC * (t + 1) / nt);
-                    for (int r = o0; r < o1; r += tile_rows())
-                        packed_tiles(std::min(tile_rows(), o1 - r), w.dw.data() + (size_t)r * w.C, w.C,
-                                     w.dout.data() + r, 1, w.OC, N, w.x.data(), w.C, DECODE_PANEL, nullptr, w.C);
-                }
-            }
-            gather();
-        }, all, ref);
-    }
-    g_cpu_kernels = cpu_kernels_widest();
-    results.push_back(c);
-}
-
-// ----------------------------------------------------------------------------
-// input gradients: dinp (n, C) = dout (n, OC) @ W (OC, C), each thread its rows (n = N / threads)
-
-static void input_gradient_case(const char* name, int N, const std::vector<std::pair<int, int>>& weights) {
-    Case c{name, 0, {}};
-    struct W {
-        int C, OC;
-        std::vector<float> w, dout, dinp;
-    };
-    std::vector<W> ws;
-    for (auto [C, OC] : weights) {
-        ws.push_back({C, OC, random_floats((size_t)OC * C, C + 1), random_floats((size_t)N * OC, OC + 2),
-                      std::vector<float>((size_t)N * C)});
-        c.flops += 2.0 * N * C * OC;
-    }
-    std::vector<float> all, ref;
-    auto gather = [&] {
-        all.clear();
-        for (W& w : ws) all.insert(all.end(), w.dinp.begin(), w.dinp.end());
-    };
-    auto rows_of = [&](int t, int nt, int& r0, int& r1) { r0 = (int)((long)N * t / nt); r1 = (int)((long)N * (t + 1) / nt); };
-    auto with_sgemm = [&](Sgemm gemm) {
-        return [&, gemm] {
-            #pragma omp parallel
-            {
-                int r0, r1;
-                rows_of(omp_get_thread_num(), omp_get_num_threads(), r0, r1);
-                for (W& w : ws)
-                    gemm(false, false, r1 - r0, w.C, w.OC, w.dout.data() + (size_t)r0 * w.OC, w.OC, w.w.data(), w.C, 0.0f,
-                         w.dinp.data() + (size_t)r0 * w.C, w.C);
-            }
-            gather();
-        };
-    };
-    with_sgemm(openblas_sgemm)();
-    ref = all;
-    record(c, "OpenBLAS sgemm", with_sgemm(openblas_sgemm), all, ref);
-#ifdef HAVE_DNNL
-    record(c, "oneDNN sgemm", with_sgemm(onednn_sgemm), all, ref);
-#endif
-    // gkd's tile: W's columns read in place as panels (C a multiple of 16)
-    for (CpuKernels k : tile_variants()) {
-        g_cpu_kernels = k;
-        record(c, tile_name(k), [&] {
-            #pragma omp parallel
-            {
-                int r0, r1;
-                rows_of(omp_get_thread_num(), omp_get_num_threads(), r0, r1);
-                for (W& w : ws)
-                    for (int r = r0; r < r1; r += tile_rows())
-                        packed_tiles(std::min(tile_rows(), r1 - r), w.dinp.data() + (size_t)r * w.C, w.C,
-                                     w.dout.data() + (size_t)r * w.OC, w.OC, 1, w.OC, w.w.data(), w.C, DECODE_PANEL,
-                                     nullptr, w.C);
-            }
-            gather();
-        }, all, ref);
+        record(c, tile_name(k), on_shares([&](GradientProduct& w, int lo, int hi) {
+            const size_t ldx = weight_gradient ? 1 : w.OC, ldk = weight_gradient ? w.OC : 1;
+            const int K = weight_gradient ? N : w.OC;
+            for (int r = lo; r < hi; r += tile_rows())
+                packed_tiles(std::min(tile_rows(), hi - r), w.out.data() + (size_t)r * w.C, w.C,
+                             w.dout.data() + r * ldx, ldx, ldk, K, w.operand.data(), w.C, DECODE_PANEL, nullptr, w.C);
+        }), all, ref);
     }
     g_cpu_kernels = cpu_kernels_widest();
     results.push_back(c);
@@ -505,8 +458,10 @@ int main(int argc, char** argv) {
     if (wanted("attention forward, T=96 hs=32 (student)")) attention_forward_case("attention forward, T=96 hs=32 (student)", 32, 4, 96, 32);
     if (wanted("attention forward, T=96 hs=64 (teacher)")) attention_forward_case("attention forward, T=96 hs=64 (teacher)", 32, 4, 96, 64);
     if (wanted("attention backward, T=96 hs=32 (student)")) attention_backward_case("attention backward, T=96 hs=32 (student)", 32, 4, 96, 32);
-    if (wanted("input gradients, student layer, N=3072")) input_gradient_case("input gradients, student layer, N=3072", 3072, {{128, 384}, {128, 128}, {128, 512}, {512, 128}});
-    if (wanted("weight gradients, student layer, N=3072")) weight_gradient_case("weight gradients, student layer, N=3072", 3072, {{128, 384}, {128, 128}, {128, 512}, {512, 128}});
+    if (wanted("input gradients, student layer, N=3072"))
+        gradient_case("input gradients, student layer, N=3072", 3072, {{128, 384}, {128, 128}, {128, 512}, {512, 128}}, false, 1);
+    if (wanted("weight gradients, student layer, N=3072"))
+        gradient_case("weight gradients, student layer, N=3072", 3072, {{128, 384}, {128, 128}, {128, 512}, {512, 128}}, true, 0);
 
     std::vector<std::string> names;
     for (const Case& c : results)
